@@ -1,0 +1,3 @@
+from lmkit.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""Shared CLI machinery: one typer app, config-driven commands, and the error/exit-code policy.
+
+A config-driven command gets one flag per config field (``--vocab-size`` for ``vocab_size``),
+plus ``--config FILE.toml`` and ``--print-config``; flags left unset fall back to the file,
+then to the defaults. User errors print one ``error:`` line per problem and exit 1;
+Ctrl-C exits 130 and SIGTERM 143; bugs keep their tracebacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from lmkit import config as config_lib
+from lmkit.errors import Interrupted, UserError
+from lmkit.progress import reporter
+
+app = typer.Typer(
+    name="lmkit",
+    help="From raw text to a trained, evaluated language model: one command per stage, "
+         "a verified artifact per step.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def report_user_error(exc: UserError) -> None:
+    for line in str(exc).splitlines() or ["unknown error"]:
+        reporter.err.print(f"error: {line}", markup=False, style="bold red", soft_wrap=True)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn user errors and interrupts into exit codes; let bugs raise."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            report_user_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            reporter.err.print("interrupted; nothing was written", markup=False)
+            raise typer.Exit(130) from None
+        except Interrupted as exc:
+            reporter.err.print(f"{exc}; nothing was written", markup=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
+    meta = field.metadata
+    help_text = meta.get("help", "")
+    base, _optional = config_lib._base_type(annotation)
+    if meta.get("positional"):
+        default = typer.Argument(None, help=help_text, show_default=False)
+        return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=Optional[list[str]])
+    names = [config_lib.flag_name(field.name)]
+    if base is bool:
+        names = [f"{names[0]}/--no-{names[0][2:]}"]
+        cli_type: Any = Optional[bool]
+    elif base is int:
+        cli_type = Optional[int]
+    elif base is float:
+        cli_type = Optional[float]
+    else:  # strings, and lists given comma-separated
+        cli_type = Optional[str]
+    if meta.get("short"):
+        names.append(meta["short"])
+    shown = field.default if field.default is not dataclasses.MISSING else (
+        field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+    if isinstance(shown, list):
+        shown = ",".join(map(str, shown)) or "(none)"
+    default_text = "required" if field.default is dataclasses.MISSING and \
+        field.default_factory is dataclasses.MISSING else (str(shown) if shown is not None else "unset")
+    option = typer.Option(None, *names, help=help_text, show_default=default_text)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_type)
+
+
+def config_command(name: str, config_cls: type, help: str, render: Callable[[Any], None],
+                   run: Callable[[Any], Any]) -> None:
+    """Register ``lmkit NAME`` with a flag per field of ``config_cls``.
+
+    ``run(config)`` does the work (a stage function); ``render(result)`` shows the result.
+    """
+    types_ = config_lib.field_types(config_cls)
+    fields = dataclasses.fields(config_cls)
+    params = [_parameter(f, types_[f.name]) for f in fields]
+    params.append(inspect.Parameter(
+        "config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+        default=typer.Option(None, "--config", "-c", help="TOML file of settings (keys are the flag names "
+                             "with underscores); flags override it.", show_default=False)))
+    params.append(inspect.Parameter(
+        "print_config", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--print-config", help="Print the resolved settings as TOML and exit.")))
+
+    @handle_errors
+    def command(**kwargs: Any) -> None:
+        config_file = kwargs.pop("config_file")
+        print_config = kwargs.pop("print_config")
+        file_values = config_lib.load_toml(config_file) if config_file else {}
+        for f in fields:  # positional lists arrive as an empty tuple/list when not given
+            if f.metadata.get("positional") and not kwargs.get(f.name):
+                kwargs[f.name] = None
+        config = config_lib.resolve(config_cls, file_values, kwargs, config_file)
+        if print_config:
+            sys.stdout.write(config_lib.to_toml(config))
+            return
+        render(run(config))
+
+    command.__signature__ = inspect.Signature(params)  # typer reads the flags from this
+    command.__doc__ = help
+    app.command(name, help=help, no_args_is_help=True)(command)

@@ -1,0 +1,58 @@
+"""``lmkit info PATH``: what an artifact is, what made it and what it holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from lmkit import artifacts
+from lmkit.cli._util import app, handle_errors
+from lmkit.progress import reporter
+
+
+def _flatten(prefix: str, value: object, rows: list[tuple[str, str]]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, rows)
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+        rows.append((prefix, f"{len(value)} entries"))
+    else:
+        rows.append((prefix, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value))
+
+
+@app.command("info")
+@handle_errors
+def info(
+    path: Path = typer.Argument(..., help="An artifact directory (dataset, tokenizer, checkpoint, report)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+) -> None:
+    """Show an artifact's kind, id, config, stats and parents (reads the manifest; `verify` re-hashes)."""
+    manifest = artifacts.read_manifest(path)
+    if as_json:
+        reporter.out.print_json(data=manifest)
+        return
+    table = Table(show_header=False, title=f"{path}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("kind", f"{manifest['kind']} (format {manifest['format_version']})")
+    table.add_row("id", manifest["id"])
+    table.add_row("created", f"{manifest['created_at']} by lmkit {manifest['lmkit_version']}")
+    size = sum(entry.get("size", 0) for entry in manifest["files"].values())
+    table.add_row("files", f"{len(manifest['files'])} ({size:,} bytes)")
+    for parent in manifest["inputs"].get("artifacts", []):
+        table.add_row(f"parent: {parent['role']}", f"{parent['path']} ({parent['id'][:12]})")
+    raw = manifest["inputs"].get("files", [])
+    if raw:
+        table.add_row("raw inputs", f"{len(raw)} file(s), {sum(f['size'] for f in raw):,} bytes")
+    rows: list[tuple[str, str]] = []
+    _flatten("", manifest["config"], rows)
+    for key, value in rows:
+        table.add_row(f"config.{key}", value)
+    rows = []
+    _flatten("", manifest["stats"], rows)
+    for key, value in rows:
+        table.add_row(f"stats.{key}", value)
+    reporter.out.print(table)

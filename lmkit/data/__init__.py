@@ -1,0 +1,1 @@
+"""Data: reading raw sources, cleaning and filtering, dedup, splitting, Arrow shards."""

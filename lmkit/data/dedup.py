@@ -1,0 +1,247 @@
+"""Exact and near-duplicate detection: a content digest for exact duplicates, MinHash signatures
+(Broder 1997, "On the resemblance and containment of documents") with LSH banding (Leskovec,
+Rajaraman & Ullman, "Mining of Massive Datasets", ch. 3.4) for near duplicates.
+
+Determinism: every hash here is blake2b or plain integer arithmetic, never Python's
+``hash()`` (salted per process), so signatures and band keys are identical in every worker and
+every run. Deduplication itself is stateful and runs in one process in input order: the first
+document of a cluster survives, later ones are dropped.
+
+Memory: ``ExactDeduper`` keeps one 16-byte digest per distinct document (about 100 bytes with
+Python's overhead); ``NearDeduper`` keeps ``bands`` 64-bit keys per *kept* document (about 70
+bytes each in a Python set; 9 bands at the default threshold 0.8 and 128 permutations, so
+roughly 0.6 KB per kept document, 6 GB for ten million).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import unicodedata
+
+import numpy as np
+
+from lmkit.data.filters import split_words
+from lmkit.errors import ConfigError
+
+_MERSENNE_PRIME = (1 << 61) - 1
+_EMPTY_SLOT = np.uint64(_MERSENNE_PRIME)  # above every hash value, which is < the prime
+# Bound on num_perm x shingles values per vectorized step (8 MiB per uint64 temporary).
+_CHUNK_VALUES = 1 << 20
+
+
+def text_digest(text: str) -> bytes:
+    """16-byte blake2b digest of the UTF-8 text: exact-dedup key and train/validation split hash.
+
+    Lone surrogates (from undecodable bytes read with ``surrogateescape``) are encoded as is
+    rather than raising, so every ``str`` has a digest.
+    """
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class ExactDeduper:
+    """Remembers digests: the first document with a given digest is kept, later ones dropped."""
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def is_duplicate(self, digest: bytes) -> bool:
+        """False the first time ``digest`` is seen (and remember it), True afterwards."""
+        if digest in self._seen:
+            return True
+        self._seen.add(digest)
+        return False
+
+
+_PUNCTUATION_RUN = re.compile(r"[^\w\s]+")
+
+
+def _drop_punctuation(match: re.Match[str]) -> str:
+    # [^\w\s] also matches combining marks (Devanagari vowel signs, decomposed accents), which
+    # belong to their word: keep those, drop punctuation and symbols.
+    run = match.group()
+    if run.isascii():
+        return ""
+    return "".join(char for char in run if unicodedata.category(char).startswith("M"))
+
+
+def shingles(text: str, size: int = 5) -> list[str]:
+    """Word ``size``-grams of the lowercased text with punctuation removed, in document order.
+
+    Words are ``filters.split_words``, so each CJK character is a word and Chinese or Japanese
+    text gets character n-grams instead of one giant "word". A document with fewer than ``size``
+    words gives one shingle of all its words; one with no words gives none.
+    """
+    if size < 1:
+        raise ValueError(f"shingle size must be >= 1, got {size}")
+    words = split_words(_PUNCTUATION_RUN.sub(_drop_punctuation, text.lower()))
+    if not words:
+        return []
+    if len(words) <= size:
+        return [" ".join(words)]
+    return [" ".join(words[i : i + size]) for i in range(len(words) - size + 1)]
+
+
+@functools.lru_cache(maxsize=16)
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (a, b) of h(x) = (a*x + b) mod p, shape (num_perm, 1).
+
+    Derived from blake2b rather than a numpy generator so they cannot change with the numpy
+    version: a in [1, p), b in [0, p).
+    """
+    a = np.empty(num_perm, dtype=np.uint64)
+    b = np.empty(num_perm, dtype=np.uint64)
+    for i in range(num_perm):
+        digest = hashlib.blake2b(f"lmkit-minhash:{seed}:{i}".encode(), digest_size=16).digest()
+        a[i] = int.from_bytes(digest[:8], "little") % (_MERSENNE_PRIME - 1) + 1
+        b[i] = int.from_bytes(digest[8:], "little") % _MERSENNE_PRIME
+    a.flags.writeable = False
+    b.flags.writeable = False
+    return a[:, None], b[:, None]
+
+
+def _shingle_hashes(shingle_set: set[str]) -> np.ndarray:
+    """32-bit blake2b of each distinct shingle, as uint64 (so products stay below 2**64)."""
+    digests = b"".join(
+        hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+        for s in sorted(shingle_set)
+    )
+    return np.frombuffer(digests, dtype="<u4").astype(np.uint64)
+
+
+def _mod_mersenne(values: np.ndarray) -> np.ndarray:
+    """values mod 2**61-1 for values < 2**64, using 2**61 = 1 (mod p)."""
+    values = (values & np.uint64(_MERSENNE_PRIME)) + (values >> np.uint64(61))
+    return np.where(values >= _MERSENNE_PRIME, values - np.uint64(_MERSENNE_PRIME), values)
+
+
+def _universal_hash(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(a*x + b) mod 2**61-1 exactly, for a, b < 2**61 and x < 2**32, without 128-bit integers.
+
+    a*x = a_hi*x*2**32 + a_lo*x with a_hi < 2**29; both products fit in 64 bits, and the
+    2**32 shift is reduced with 2**61 = 1 (mod p).
+    """
+    low_mask = np.uint64(0xFFFFFFFF)
+    low = (a & low_mask) * x  # < 2**64
+    high = (a >> np.uint64(32)) * x  # < 2**61
+    # high * 2**32 = (high mod 2**29) * 2**32 + (high >> 29) * 2**61 = ... + (high >> 29) (mod p)
+    high_shifted = ((high & np.uint64((1 << 29) - 1)) << np.uint64(32)) + (high >> np.uint64(29))
+    total = _mod_mersenne(low) + high_shifted + b  # < 3 * 2**61 + 2**32
+    return _mod_mersenne(total)
+
+
+def minhash_signature(
+    text: str, num_perm: int = 128, shingle_size: int = 5, seed: int = 1
+) -> np.ndarray:
+    """MinHash signature (uint64, length ``num_perm``) of the set of ``shingles(text)``.
+
+    Each permutation is the universal hash (a*x + b) mod 2**61-1 of the shingle's 32-bit
+    blake2b (Broder 1997). A text without words gets the all-``2**61-1`` signature.
+    """
+    a, b = _permutations(num_perm, seed)
+    signature = np.full(num_perm, _EMPTY_SLOT, dtype=np.uint64)
+    hashes = _shingle_hashes(set(shingles(text, shingle_size)))
+    chunk = max(1, _CHUNK_VALUES // num_perm)  # bounds memory on very long documents
+    for start in range(0, len(hashes), chunk):
+        permuted = _universal_hash(a, b, hashes[None, start : start + chunk])  # (num_perm, chunk)
+        np.minimum(signature, permuted.min(axis=1), out=signature)
+    return signature
+
+
+def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
+    """Fraction of equal signature slots: an unbiased estimate of the shingle-set Jaccard."""
+    if sig_a.shape != sig_b.shape:
+        raise ValueError(f"signatures differ in shape: {sig_a.shape} vs {sig_b.shape}")
+    return float(np.mean(sig_a == sig_b))
+
+
+@functools.lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) with bands*rows <= num_perm minimizing false positives + false negatives.
+
+    A pair of similarity s shares at least one band with probability 1 - (1 - s**rows)**bands
+    (MMDS ch. 3.4.2). Like datasketch's ``_optimal_param``, we pick the (bands, rows) minimizing
+    the area under that curve below ``threshold`` (false positives) plus the area above it of
+    its complement (false negatives), equal weights, by numeric integration; ties go to fewer
+    bands, then fewer rows.
+    """
+    candidates = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    bands = np.array([b for b, _ in candidates], dtype=np.float64)[:, None]
+    rows = np.array([r for _, r in candidates], dtype=np.float64)[:, None]
+    false_positive = _integrate(
+        lambda s: 1.0 - (1.0 - s**rows) ** bands, 0.0, threshold
+    )
+    false_negative = _integrate(lambda s: (1.0 - s**rows) ** bands, threshold, 1.0)
+    best = int(np.argmin(false_positive + false_negative))  # first minimum: the tie rule
+    return candidates[best]
+
+
+def _integrate(function, low: float, high: float, points: int = 1001) -> np.ndarray:
+    """Trapezoid rule over ``points`` samples, row-wise for a function returning (n, points)."""
+    grid = np.linspace(low, high, points)
+    values = function(grid[None, :])
+    step = (high - low) / (points - 1)
+    return (values[:, 1:] + values[:, :-1]).sum(axis=1) * step / 2.0
+
+
+def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[int]:
+    """One stable 64-bit key per band: blake2b of the band's slots, band index in the low bits.
+
+    The low ``bit_length(bands - 1)`` bits hold the band index, so keys of different bands can
+    never be equal and one set can hold all bands.
+    """
+    if bands * rows > len(signature):
+        raise ValueError(f"{bands} bands x {rows} rows exceed {len(signature)} signature slots")
+    index_bits = (bands - 1).bit_length()
+    slots = np.ascontiguousarray(signature[: bands * rows], dtype="<u8")
+    keys = []
+    for band in range(bands):
+        content = slots[band * rows : (band + 1) * rows].tobytes()
+        digest = hashlib.blake2b(content, digest_size=8).digest()
+        keys.append((int.from_bytes(digest, "little") >> index_bits << index_bits) | band)
+    return keys
+
+
+class NearDeduper:
+    """MinHash-LSH near-duplicate detection; see the module docstring for memory and order.
+
+    ``keys`` is pure and can run in worker processes; ``is_duplicate`` must be called in input
+    order in one process. A document is a duplicate when any of its band keys was seen before,
+    i.e. when it collides with some kept document in at least one band: pairs above
+    ``threshold`` almost always collide, pairs well below it rarely do (the LSH S-curve).
+    Collisions are not verified against stored signatures, to keep memory at ``bands`` keys
+    per kept document.
+    """
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle_size: int = 5):
+        problems = []
+        if not 0.0 < threshold < 1.0:
+            problems.append(f"--near-dedup-threshold must be between 0 and 1, got {threshold}")
+        if num_perm < 16:
+            problems.append(f"near-dedup num_perm must be at least 16, got {num_perm}")
+        if shingle_size < 1:
+            problems.append(f"near-dedup shingle size must be at least 1, got {shingle_size}")
+        if problems:
+            raise ConfigError(problems)
+        self.threshold = threshold
+        self.num_perm = num_perm
+        self.shingle_size = shingle_size
+        self.bands, self.rows = lsh_params(threshold, num_perm)
+        self._seen: set[int] = set()
+
+    def keys(self, text: str) -> list[int]:
+        """Band keys of ``text``; pure, so worker processes can compute them."""
+        signature = minhash_signature(text, self.num_perm, self.shingle_size)
+        return band_keys(signature, self.bands, self.rows)
+
+    def is_duplicate(self, keys: list[int]) -> bool:
+        """True if any key was seen (the document is dropped and its keys are not added);
+        otherwise remember all keys and return False."""
+        if any(key in self._seen for key in keys):
+            return True
+        self._seen.update(keys)
+        return False

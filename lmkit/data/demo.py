@@ -1,0 +1,76 @@
+"""The built-in demo corpus: Python's own documentation, present wherever Python is.
+
+* ``topics/*.txt``: the language reference topics bundled for ``help()`` (``pydoc_data``),
+  about half a megabyte of technical English prose and code.
+* ``docstrings.jsonl``: docstrings of standard-library modules, classes and functions, labeled
+  ``module``, ``class`` or ``function``: a small labeled set for classification.
+
+Nothing is downloaded. The exact text depends on the Python version, which is fine for a demo.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+from pathlib import Path
+
+# Pure-Python modules with substantial docstrings that import without side effects.
+_MODULES = (
+    "abc argparse ast asyncio base64 bisect calendar collections configparser contextlib copy csv "
+    "dataclasses datetime decimal difflib email.message enum fractions functools gettext glob gzip "
+    "heapq hmac html.parser http.client inspect ipaddress itertools json logging mailbox mimetypes "
+    "numbers operator optparse os pathlib pickle pprint queue random re shlex shutil smtplib socket "
+    "statistics string struct subprocess tarfile tempfile textwrap threading timeit tokenize typing "
+    "unittest urllib.parse uuid warnings weakref zipfile"
+).split()
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    """Keep file times (and so Make's view) unchanged when the content is the same."""
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
+def _docstrings() -> list[dict]:
+    records, seen = [], set()
+    for module_name in _MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # a trimmed-down Python may lack one; the demo does not need all
+            continue
+        members = [(module_name, "module", module)]
+        for name, member in sorted(vars(module).items()):
+            if name.startswith("_") or getattr(member, "__module__", None) != module.__name__:
+                continue
+            if inspect.isclass(member):
+                members.append((f"{module_name}.{name}", "class", member))
+            elif inspect.isfunction(member):
+                members.append((f"{module_name}.{name}", "function", member))
+        for qualified, label, obj in members:
+            doc = inspect.getdoc(obj)
+            if not doc or len(doc) < 40 or doc in seen:
+                continue
+            seen.add(doc)
+            records.append({"text": doc, "label": label, "meta": {"name": qualified}})
+    return records
+
+
+def write_demo_corpus(out: Path) -> dict:
+    """Write the corpus under ``out``; returns counts. Unchanged files are not rewritten."""
+    import pydoc_data.topics
+
+    topics_dir = out / "topics"
+    topics_dir.mkdir(parents=True, exist_ok=True)
+    changed = 0
+    for name, text in sorted(pydoc_data.topics.topics.items()):
+        safe = re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+        changed += _write_if_changed(topics_dir / f"{safe}.txt", text)
+    records = _docstrings()
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    changed += _write_if_changed(out / "docstrings.jsonl", lines)
+    return {"topics": len(pydoc_data.topics.topics), "docstrings": len(records), "files_changed": changed,
+            "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}

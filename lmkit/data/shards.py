@@ -1,0 +1,101 @@
+"""Dataset shards: Arrow IPC files of tokenized documents, written with a size bound, read memory-mapped.
+
+One row per document, documents kept whole (packing into windows is the training stage's job):
+
+    id       uint64             stable document id (first 8 bytes of the text's blake2b digest)
+    tokens   list<uint16|uint32> token ids, the smallest type that holds the vocabulary
+    n_bytes  uint32             UTF-8 bytes of the cleaned text, for bits per byte
+    label    int32 (optional)   index into the dataset's label names (manifest stats.labels.names)
+
+Files are named ``{split}-{index:05d}.arrow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+SPLITS = ("train", "validation", "test")
+
+
+def schema(token_type: str, with_labels: bool) -> pa.Schema:
+    fields = [
+        pa.field("id", pa.uint64(), nullable=False),
+        pa.field("tokens", pa.list_(getattr(pa, token_type)()), nullable=False),
+        pa.field("n_bytes", pa.uint32(), nullable=False),
+    ]
+    if with_labels:
+        fields.append(pa.field("label", pa.int32(), nullable=False))
+    return pa.schema(fields)
+
+
+def make_batch(ids: list[int], tokens: list[list[int]], n_bytes: list[int], labels: list[int] | None,
+               token_type: str) -> pa.RecordBatch:
+    columns = [
+        pa.array(ids, type=pa.uint64()),
+        pa.array(tokens, type=pa.list_(getattr(pa, token_type)())),
+        pa.array(n_bytes, type=pa.uint32()),
+    ]
+    if labels is not None:
+        columns.append(pa.array(labels, type=pa.int32()))
+    return pa.RecordBatch.from_arrays(columns, schema=schema(token_type, labels is not None))
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.arrow"
+
+
+class ShardWriter:
+    """Append record batches to ``{split}-NNNNN.arrow`` files, starting a new file once the
+    current one reaches ``max_bytes`` (a shard may exceed it by at most one batch)."""
+
+    def __init__(self, directory: Path, split: str, max_bytes: int, schema_: pa.Schema):
+        self.directory, self.split, self.max_bytes, self.schema = Path(directory), split, max_bytes, schema_
+        self.shards: list[dict] = []
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+        self._sink = None
+        self._current_bytes = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        if self._writer is None or self._current_bytes >= self.max_bytes:
+            self._roll()
+        self._writer.write_batch(batch)
+        self._current_bytes += batch.nbytes
+        shard = self.shards[-1]
+        shard["documents"] += batch.num_rows
+        shard["tokens"] += len(batch.column("tokens").values)
+
+    def _roll(self) -> None:
+        self._close_current()
+        name = shard_name(self.split, len(self.shards))
+        self._sink = pa.OSFile(str(self.directory / name), "wb")
+        self._writer = pa.ipc.new_file(self._sink, self.schema)
+        self._current_bytes = 0
+        self.shards.append({"file": name, "documents": 0, "tokens": 0})
+
+    def _close_current(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = self._sink = None
+
+    def close(self) -> list[dict]:
+        """Finish the open shard (also after an error: the caller removes the temporary directory)."""
+        self._close_current()
+        return self.shards
+
+
+def read_shard(path: str | Path) -> pa.Table:
+    """A shard as a table backed by a memory map (no copy into RAM)."""
+    source = pa.memory_map(str(path), "r")
+    return pa.ipc.open_file(source).read_all()
+
+
+def iter_batches(path: str | Path) -> Iterator[pa.RecordBatch]:
+    reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+    for index in range(reader.num_record_batches):
+        yield reader.get_batch(index)

@@ -1,0 +1,59 @@
+"""Ordered parallel map over worker processes, with bounded work in flight.
+
+``multiprocessing.Pool.imap`` reads its whole input ahead of the workers, which for a corpus
+means the whole corpus in memory; this keeps at most ``max_in_flight`` items outstanding.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _worker_init(initializer: Callable | None, initargs: tuple) -> None:
+    # The parent handles Ctrl-C and stops the pool; workers must not die half-way on their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int,
+                initializer: Callable | None = None, initargs: tuple = (),
+                max_in_flight: int | None = None) -> Iterator[Any]:
+    """Yield ``fn(item)`` for each item, in input order. ``workers <= 1`` runs in this process."""
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for item in items:
+            yield fn(item)
+        return
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    context = multiprocessing.get_context(method)
+    limit = max_in_flight or 2 * workers
+    pool = context.Pool(workers, _worker_init, (initializer, initargs))
+    try:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.apply_async(fn, (item,)))
+            if len(pending) >= limit:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()

@@ -1,0 +1,116 @@
+"""Progress and messages: live rich bars on a terminal, plain log lines elsewhere (CI, pipes).
+
+Messages and progress go to stderr; results (tables, "up to date") go to stdout, so
+``lmkit ... > result.txt`` captures only results. Colour follows rich's rules: off when
+``NO_COLOR`` is set or the stream is not a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn, DownloadColumn)
+
+
+def _format_count(value: float, unit: str) -> str:
+    if unit == "B":
+        for suffix in ("B", "KB", "MB", "GB", "TB"):
+            if abs(value) < 1000 or suffix == "TB":
+                return f"{value:.1f} {suffix}" if suffix != "B" else f"{int(value)} B"
+            value /= 1000
+    return f"{int(value):,} {unit}"
+
+
+class Task:
+    """One progress counter; ``advance`` is cheap enough to call per batch."""
+
+    def __init__(self, reporter: "Reporter", description: str, total: float | None, unit: str):
+        self.reporter, self.description, self.total, self.unit = reporter, description, total, unit
+        self.completed = 0.0
+        self.started = time.monotonic()
+        self._last_line = self.started
+        self._rich_id = None
+
+    def advance(self, amount: float = 1) -> None:
+        self.completed += amount
+        if self._rich_id is not None:
+            self.reporter._live.update(self._rich_id, completed=self.completed)
+        elif self.reporter.plain_progress:
+            now = time.monotonic()
+            if now - self._last_line >= self.reporter.interval:
+                self._last_line = now
+                self.reporter.info(self.line())
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.completed / elapsed
+        text = f"{self.description}: {_format_count(self.completed, self.unit)}"
+        if self.total:
+            text += f" / {_format_count(self.total, self.unit)} ({100 * self.completed / self.total:.0f}%)"
+        text += f", {_format_count(rate, self.unit)}/s"
+        if self.total and rate > 0:
+            remaining = max(self.total - self.completed, 0) / rate
+            text += f", ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}"
+        return text
+
+
+class Reporter:
+    """Where stages send human-facing output. Configured once by the CLI."""
+
+    def __init__(self, quiet: bool = False, verbose: bool = False):
+        self.configure(quiet=quiet, verbose=verbose)
+
+    def configure(self, quiet: bool = False, verbose: bool = False) -> None:
+        self.quiet, self.verbose = quiet, verbose
+        self.err = Console(stderr=True, highlight=False)
+        self.out = Console(highlight=False)
+        self.interval = float(os.environ.get("LMKIT_PROGRESS_INTERVAL", "10"))
+        self._live: Progress | None = None
+
+    @property
+    def interactive(self) -> bool:
+        return self.err.is_terminal and not self.quiet
+
+    @property
+    def plain_progress(self) -> bool:
+        return not self.quiet and not self.err.is_terminal
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(message, markup=False)
+
+    def detail(self, message: str) -> None:
+        if self.verbose and not self.quiet:
+            self.err.print(message, markup=False, style="dim")
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"warning: {message}", markup=False, style="yellow")
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None, unit: str = "docs") -> Iterator[Task]:
+        task = Task(self, description, total, unit)
+        if self.interactive:
+            columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
+            columns += [DownloadColumn(), TransferSpeedColumn()] if unit == "B" else [MofNCompleteColumn()]
+            columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+            with Progress(*columns, console=self.err, transient=True) as live:
+                self._live = live
+                task._rich_id = live.add_task(description, total=total)
+                try:
+                    yield task
+                finally:
+                    self._live = None
+        else:
+            yield task
+        if not self.quiet:
+            elapsed = time.monotonic() - task.started
+            self.detail(f"{task.line()} (done in {elapsed:.1f} s)")
+
+
+reporter = Reporter()

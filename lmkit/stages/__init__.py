@@ -1,0 +1,1 @@
+"""Pipeline stages: each a plain ``run(config) -> Artifact`` that the CLI and tests call."""

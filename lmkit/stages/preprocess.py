@@ -1,0 +1,402 @@
+"""``lmkit preprocess``: raw text → cleaned, deduplicated, split, tokenized Arrow shards.
+
+Two streaming passes keep memory bounded whatever the corpus size:
+
+1. read → clean → filter (worker processes) → exact and near dedup → split by text hash
+   (main process, in input order, so the first document of a duplicate cluster survives);
+   kept texts are spilled to Arrow streams inside the temporary output directory.
+2. train the tokenizer on a bounded sample of the train spill (or reuse ``--tokenizer``),
+   then shuffle (seeded buffer) → tokenize (worker processes, order kept) → shards.
+
+Output is identical for any ``--workers``; only time changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lmkit import artifacts, config as config_lib
+from lmkit.data import sources
+from lmkit.data.cleaning import clean_text
+from lmkit.data.dedup import ExactDeduper, NearDeduper, text_digest
+from lmkit.data.filters import FilterThresholds, first_failing_filter
+from lmkit.data.shards import SPLITS, ShardWriter, make_batch, schema
+from lmkit.data.split import doc_id, shuffled, split_of
+from lmkit.errors import UserError
+from lmkit.parallel import available_cores, ordered_map
+from lmkit.progress import reporter
+from lmkit.stages.preprocess_config import PreprocessConfig
+from lmkit.tokenizer import MODEL_FILE, SPECIAL_TOKENS, Tokenizer, TrainSettings, token_dtype_name, train
+from lmkit.units import parse_size
+
+_BATCH_DOCS = 512
+_BATCH_BYTES = 1 << 20
+_SPILL_DIR = "_spill"
+
+
+# -- pass 1 workers: cleaning and filtering -------------------------------------------------------
+@dataclass(frozen=True)
+class _CleanSettings:
+    normalization: str
+    strip_html: bool
+    filters: tuple[str, ...]
+    thresholds: FilterThresholds
+    near_dedup: bool
+    near_threshold: float
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _init_clean(settings: _CleanSettings) -> None:
+    _worker_state["clean"] = settings
+    _worker_state["near"] = NearDeduper(settings.near_threshold) if settings.near_dedup else None
+
+
+def _clean_batch(batch: list[tuple[str, str | None, str]]) -> list[tuple]:
+    """(text, label, split hint) → ("ok", text, label, hint, digest, near keys) or (drop reason,)."""
+    settings: _CleanSettings = _worker_state["clean"]
+    near: NearDeduper | None = _worker_state["near"]
+    results = []
+    for text, label, hint in batch:
+        cleaned = clean_text(text, settings.normalization, settings.strip_html)
+        if not cleaned:
+            results.append(("empty",))
+            continue
+        reason = first_failing_filter(cleaned, settings.filters, settings.thresholds)
+        if reason is not None:
+            results.append((reason,))
+            continue
+        keys = near.keys(cleaned) if near is not None else None
+        results.append(("ok", cleaned, label, hint, text_digest(cleaned), keys))
+    return results
+
+
+# -- pass 2 workers: tokenization -----------------------------------------------------------------
+def _init_tokenize(model_path: str, token_type: str) -> None:
+    _worker_state["tokenizer"] = Tokenizer(model_path)
+    _worker_state["token_type"] = token_type
+
+
+def _tokenize_batch(batch: tuple[list[str], list[int], list[int] | None]) -> pa.RecordBatch:
+    texts, ids, labels = batch
+    tokens = _worker_state["tokenizer"].encode_batch(texts)
+    n_bytes = [len(text.encode("utf-8")) for text in texts]
+    return make_batch(ids, tokens, n_bytes, labels, _worker_state["token_type"])
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+class _HashingReader:
+    """Wraps stdin so its bytes are hashed as they are read (stdin has lineage too)."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        data = self.raw.readline(limit)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class _Spill:
+    """Kept documents of one split, as an Arrow stream in the temporary directory."""
+
+    SCHEMA = pa.schema([("text", pa.large_string()), ("label", pa.string()), ("digest", pa.binary(16))])
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._writer = pa.ipc.new_stream(str(path), self.SCHEMA)
+        self._rows: list[tuple[str, str | None, bytes]] = []
+        self.count = 0
+
+    def add(self, text: str, label: str | None, digest: bytes) -> None:
+        self._rows.append((text, label, digest))
+        self.count += 1
+        if len(self._rows) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            texts, labels, digests = zip(*self._rows)
+            self._writer.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array(texts, pa.large_string()), pa.array(labels, pa.string()), pa.array(digests, pa.binary(16))],
+                schema=self.SCHEMA))
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def rows(self) -> Iterator[tuple[str, str | None, bytes]]:
+        with pa.memory_map(str(self.path), "r") as source:
+            for batch in pa.ipc.open_stream(source):
+                yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
+                               batch.column("digest").to_pylist())
+
+
+def _batches(items: Iterator[tuple], max_docs: int = _BATCH_DOCS, max_bytes: int = _BATCH_BYTES) -> Iterator[list]:
+    batch, size = [], 0
+    for item in items:
+        batch.append(item)
+        size += len(item[0])
+        if len(batch) >= max_docs or size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _label_names(counts: Counter) -> list[str]:
+    """Label vocabulary: numeric order when every label is an integer, else lexical."""
+    names = list(counts)
+    if all(name.lstrip("-").isdigit() for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _read_options(config: PreprocessConfig) -> sources.ReadOptions:
+    return sources.ReadOptions(
+        split_by=config.split_by, text_field=config.text_field, text_column=config.text_column,
+        label_field=config.label_field, encoding_errors=config.encoding_errors,
+        skip_bad_records=config.skip_bad_records, max_record_bytes=parse_size(config.max_record_bytes),
+        input_format=config.input_format)
+
+
+# -- the stage -------------------------------------------------------------------------------------
+def run(config: PreprocessConfig, stdin: BinaryIO | None = None) -> artifacts.Artifact:
+    """Run the stage; returns the dataset artifact (``up_to_date`` set when nothing was done)."""
+    started = time.monotonic()
+    inputs = sources.resolve_inputs(config.inputs)
+    val_inputs = sources.resolve_inputs(config.val_inputs) if config.val_inputs else []
+    parent_tokenizer = artifacts.load(config.tokenizer, kind="tokenizer") if config.tokenizer else None
+    all_inputs = [(path, "train") for path in inputs] + [(path, "validation") for path in val_inputs]
+    if sum(path == "-" for path, _ in all_inputs) > 1:
+        raise UserError("INPUTS: '-' (stdin) can be given only once")
+    hashed = [p for p, _ in all_inputs if p != "-"]
+    with reporter.task("hashing inputs", total=sum(Path(p).stat().st_size for p in hashed), unit="B") as task:
+        input_files = []
+        for path, role in all_inputs:
+            if path != "-":
+                record = artifacts.describe_file(path)
+                input_files.append({**record, "role": role})
+                task.advance(record["size"])
+    parents = [{"role": "tokenizer", "id": parent_tokenizer.id}] if parent_tokenizer else []
+    identity = config_lib.identity_dict(config)
+    uses_stdin = len(hashed) < len(all_inputs)
+    recipe = None if uses_stdin else artifacts.make_recipe("dataset", identity, input_files, parents)
+
+    with artifacts.ArtifactWriter(config.out, "dataset", recipe, force=config.force) as writer:
+        if writer.up_to_date:
+            return writer.existing
+        stdin_reader = _HashingReader(stdin if stdin is not None else sys.stdin.buffer) if uses_stdin else None
+        try:
+            stats = _build(config, writer.tmp, all_inputs, input_files, parent_tokenizer, stdin_reader, identity)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(f"{config.out}: no space left on device while writing the dataset; "
+                                "nothing was written and any earlier artifact there is intact") from None
+            raise
+        if stdin_reader is not None:
+            stdin_record = {"path": "-", "size": stdin_reader.size, "sha256": stdin_reader.sha256.hexdigest()}
+            input_files.insert([p for p, _ in all_inputs].index("-"),
+                                {**stdin_record, "role": dict(all_inputs)["-"]})
+            writer.recipe = artifacts.make_recipe("dataset", identity, input_files, parents)
+        tokenizer_parent = (artifacts.describe_parent("tokenizer", parent_tokenizer, writer.out)
+                            if parent_tokenizer else
+                            {"role": "tokenizer", "path": "tokenizer", "id": stats.pop("_tokenizer_id")})
+        stats["seconds"] = round(time.monotonic() - started, 3)
+        stats["mb_per_s"] = round(stats["input_bytes"] / 1e6 / max(stats["seconds"], 1e-9), 3)
+        stats["tokens_per_s"] = round(stats["tokens"] / max(stats["seconds"], 1e-9), 1)
+        inputs_record = {"artifacts": [tokenizer_parent], "files": input_files}
+        return writer.commit(config_lib.as_dict(config), inputs_record, stats)
+
+
+def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]], input_files: list[dict],
+           parent_tokenizer: artifacts.Artifact | None, stdin_reader: _HashingReader | None,
+           identity: dict) -> dict:
+    workers = config.workers or available_cores()
+    spill_dir = tmp / _SPILL_DIR
+    spill_dir.mkdir()
+    counts, dropped, label_counts, spills = _pass_one(config, all_inputs, input_files, spill_dir, workers,
+                                                      stdin_reader)
+    kept = sum(s.count for s in spills.values())
+    if kept == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "no documents in the input"
+        raise UserError(f"no documents left after cleaning and filtering ({reasons}); nothing was written")
+    if spills["train"].count == 0:
+        raise UserError("every kept document went to validation/test; lower --val-fraction/--test-fraction "
+                        "or add inputs")
+
+    tokenizer_dir = tmp / "tokenizer"
+    tokenizer_dir.mkdir()
+    if parent_tokenizer is not None:
+        for name in [artifacts.MANIFEST, *parent_tokenizer.manifest["files"]]:
+            shutil.copy2(parent_tokenizer.path / name, tokenizer_dir / name)
+        tokenizer_id = parent_tokenizer.id
+        tokenizer_stats = parent_tokenizer.stats
+    else:
+        tokenizer_id, tokenizer_stats = _train_tokenizer(config, tokenizer_dir, spills["train"], input_files,
+                                                         identity, workers)
+    vocab_size = tokenizer_stats["vocab_size"]
+    token_type = token_dtype_name(vocab_size)
+    label_names = _label_names(sum(label_counts.values(), Counter())) if config.label_field else None
+
+    split_stats = _pass_two(config, tmp, spills, tokenizer_dir / MODEL_FILE, token_type, label_names, workers)
+    shutil.rmtree(spill_dir)
+
+    total_tokens = sum(s["tokens"] for s in split_stats.values())
+    total_bytes = sum(s["bytes"] for s in split_stats.values())
+    stats: dict[str, Any] = {
+        "documents_in": counts["records"],
+        "documents_kept": kept,
+        "dropped": dict(sorted(dropped.items())),
+        "encoding_replaced": counts["encoding_replaced"],
+        "input_bytes": counts["input_bytes"],
+        "splits": split_stats,
+        "tokens": total_tokens,
+        "bytes": total_bytes,
+        "tokens_per_byte": round(total_tokens / total_bytes, 6) if total_bytes else 0.0,
+        "vocab_size": vocab_size,
+        "token_type": token_type,
+        "tokenizer": tokenizer_stats,
+        "_tokenizer_id": tokenizer_id,
+    }
+    if label_names is not None:
+        stats["labels"] = {"names": label_names,
+                           "counts": {split: {name: label_counts[split][name] for name in label_names}
+                                      for split in split_stats}}
+    return stats
+
+
+def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input_files: list[dict],
+              spill_dir: Path, workers: int, stdin_reader: _HashingReader | None):
+    options = _read_options(config)
+    counts: Counter = Counter()
+    dropped: Counter = Counter()
+    label_counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
+    spills = {split: _Spill(spill_dir / f"{split}.arrows") for split in SPLITS}
+    exact = ExactDeduper() if config.dedup else None
+    near = NearDeduper(config.near_dedup_threshold) if config.near_dedup else None
+    val_fraction = 0.0 if any(role == "validation" for _, role in all_inputs) else config.val_fraction
+    settings = _CleanSettings(config.normalization, config.strip_html, tuple(config.filters), config.thresholds(),
+                              config.near_dedup, config.near_dedup_threshold)
+    total_bytes = sum(f["size"] for f in input_files) or None
+
+    def raw_documents() -> Iterator[tuple[str, str | None, str]]:
+        for path, role in all_inputs:
+            for document in sources.iter_documents(path, options, counts, stdin=stdin_reader):
+                if config.label_field and document.label is None:
+                    dropped["missing_label"] += 1
+                    continue
+                yield document.text, document.label, role
+
+    with reporter.task("reading and cleaning", total=total_bytes, unit="B") as task:
+        seen_bytes = 0
+        for results in ordered_map(_clean_batch, _batches(raw_documents()), workers,
+                                   initializer=_init_clean, initargs=(settings,)):
+            task.advance(counts["input_bytes"] - seen_bytes)
+            seen_bytes = counts["input_bytes"]
+            for result in results:
+                if result[0] != "ok":
+                    dropped[result[0]] += 1
+                    continue
+                _, text, label, role, digest, keys = result
+                if exact is not None and exact.is_duplicate(digest):
+                    dropped["exact_duplicate"] += 1
+                elif near is not None and near.is_duplicate(keys):
+                    dropped["near_duplicate"] += 1
+                else:
+                    split = "validation" if role == "validation" else split_of(digest, val_fraction,
+                                                                               config.test_fraction)
+                    spills[split].add(text, label, digest)
+                    if label is not None:
+                        label_counts[split][label] += 1
+    for spill in spills.values():
+        spill.close()
+    for reason, key in (("invalid_utf8", "encoding_skipped"), ("bad_record", "bad_records")):
+        if counts[key]:
+            dropped[reason] += counts[key]
+    return counts, dropped, label_counts, spills
+
+
+def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: _Spill, input_files: list[dict],
+                     identity: dict, workers: int) -> tuple[str, dict]:
+    settings = TrainSettings(type=config.tokenizer_type, vocab_size=config.vocab_size,
+                             character_coverage=config.character_coverage,
+                             max_sentences=config.tokenizer_sample_sentences, seed=config.seed, threads=workers)
+    reporter.info(f"training a {config.tokenizer_type} tokenizer (vocabulary {config.vocab_size}) on "
+                  f"{train_spill.count:,} documents")
+    stats = train((text for text, _, _ in train_spill.rows()), tokenizer_dir, settings)
+    if stats["vocab_size"] < config.vocab_size:
+        reporter.warn(f"the corpus supports only {stats['vocab_size']} tokenizer pieces, fewer than "
+                      f"--vocab-size {config.vocab_size}")
+    tokenizer_config = {"type": settings.type, "vocab_size": settings.vocab_size,
+                        "character_coverage": settings.character_coverage,
+                        "max_sentences": settings.max_sentences, "seed": settings.seed,
+                        "byte_fallback": True, "normalization": "identity (text cleaned by lmkit: "
+                        f"{config.normalization})",
+                        "special_tokens": {name: {"piece": piece, "id": token_id}
+                                           for name, (piece, token_id) in SPECIAL_TOKENS.items()}}
+    recipe = artifacts.make_recipe("tokenizer", {"tokenizer": tokenizer_config, "dataset": identity},
+                                   input_files, [])
+    manifest = artifacts.seal(tokenizer_dir, "tokenizer", recipe, tokenizer_config,
+                              {"artifacts": [], "files": input_files}, stats)
+    return manifest["id"], stats
+
+
+def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, _Spill], model_path: Path,
+              token_type: str, label_names: list[str] | None, workers: int) -> dict[str, dict]:
+    label_ids = {name: index for index, name in enumerate(label_names)} if label_names is not None else None
+    shard_schema = schema(token_type, label_ids is not None)
+    split_stats = {}
+    total = sum(spill.count for spill in spills.values())
+    with reporter.task("tokenizing", total=total, unit="docs") as task:
+        for index, split in enumerate(SPLITS):
+            spill = spills[split]
+            if spill.count == 0:
+                continue
+            rows = shuffled(spill.rows(), config.shuffle_buffer, seed=config.seed * len(SPLITS) + index)
+
+            def jobs() -> Iterator[tuple]:
+                for batch in _batches(rows):
+                    texts = [text for text, _, _ in batch]
+                    ids = [doc_id(digest) for _, _, digest in batch]
+                    labels = [label_ids[label] for _, label, _ in batch] if label_ids is not None else None
+                    yield texts, ids, labels
+
+            writer = ShardWriter(tmp, split, parse_size(config.shard_size), shard_schema)
+            n_bytes = 0
+            try:
+                for record_batch in ordered_map(_tokenize_batch, jobs(), workers, initializer=_init_tokenize,
+                                                initargs=(str(model_path), token_type)):
+                    writer.write(record_batch)
+                    n_bytes += pc.sum(record_batch.column("n_bytes")).as_py()
+                    task.advance(record_batch.num_rows)
+            finally:
+                writer.close()
+            shards = writer.shards
+            split_stats[split] = {"documents": spill.count, "tokens": sum(s["tokens"] for s in shards),
+                                  "bytes": n_bytes, "shards": shards}
+    return split_stats

@@ -1,0 +1,127 @@
+"""Configuration of ``lmkit preprocess``: every field is a flag and a key of ``--config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmkit.config import flag_name, option, validate
+from lmkit.data.cleaning import NORMALIZATIONS
+from lmkit.data.filters import FILTERS, FilterThresholds
+from lmkit.tokenizer import MIN_VOCAB_SIZE, TOKENIZER_TYPES
+from lmkit.units import parse_size
+
+_THRESHOLDS = FilterThresholds()
+
+
+@dataclass(kw_only=True)
+class PreprocessConfig:
+    # -- inputs ----------------------------------------------------------------------------
+    inputs: list[str] = option([], "Input files, directories or globs; '-' reads stdin.",
+                               positional=True, affects_output=False)
+    out: str = option(help="Output dataset directory (an artifact; its tokenizer goes in OUT/tokenizer).",
+                      short="-o", affects_output=False)
+    val_inputs: list[str] = option([], "Explicit validation inputs (comma-separated); replaces --val-fraction.",
+                                   affects_output=False)
+    input_format: str = option("auto", "Format of the inputs: auto (from the suffix; stdin is txt), txt, jsonl, "
+                               "json, csv, tsv, parquet, arrow.",
+                               choices=("auto", "txt", "jsonl", "json", "csv", "tsv", "parquet", "arrow"))
+    split_by: str = option("paragraph", "How .txt files become documents: one per line, per blank-line "
+                           "separated paragraph, or per file.", choices=("line", "paragraph", "file"))
+    text_field: str = option("text", "JSON field holding the text; dots reach nested fields (meta.body, turns.0.text). "
+                             "Also the column of parquet/arrow inputs.")
+    text_column: str = option("text", "CSV/TSV column holding the text.")
+    label_field: str | None = option(None, "Keep a label column from this JSON field / CSV, parquet or arrow column "
+                                     "(labeled data for finetuning); records without a label are dropped and counted.")
+    encoding_errors: str = option("strict", "Invalid UTF-8: strict (error naming file:line), replace (U+FFFD, counted) "
+                                  "or skip (drop the record, counted).", choices=("strict", "replace", "skip"))
+    skip_bad_records: bool = option(False, "Skip and count malformed records (bad JSON line, missing text field, "
+                                    "oversized record) instead of stopping with an error.")
+    max_record_bytes: str = option("64MiB", "Largest line/record/document accepted; longer ones are bad records "
+                                   "(memory stays bounded).")
+    # -- cleaning and filters -----------------------------------------------------------------
+    normalization: str = option("NFC", "Unicode normalization.", choices=NORMALIZATIONS)
+    strip_html: bool = option(False, "Convert HTML to plain text before cleaning.")
+    filters: list[str] = option(list(FILTERS), "Quality filters to apply (comma-separated; 'none' for none): "
+                                + ", ".join(FILTERS) + ".", choices=tuple(FILTERS) + ("none",))
+    min_chars: int = option(_THRESHOLDS.min_chars, "too_short: drop documents with fewer characters.")
+    max_chars: int = option(_THRESHOLDS.max_chars, "too_long: drop documents with more characters.")
+    min_words: int = option(_THRESHOLDS.min_words, "few_words: drop documents with fewer words "
+                            "(each CJK character counts as a word).")
+    max_symbol_ratio: float = option(_THRESHOLDS.max_symbol_ratio, "symbols: drop documents whose ('#' + ellipsis) "
+                                     "count per word exceeds this (Gopher).")
+    max_repeated_line_fraction: float = option(_THRESHOLDS.max_repeated_line_fraction,
+                                               "repeated_lines: drop documents where more than this fraction of "
+                                               "lines repeat an earlier line (Gopher).")
+    min_alpha_word_fraction: float = option(_THRESHOLDS.min_alpha_word_fraction,
+                                            "non_alpha: drop documents where fewer words than this fraction "
+                                            "contain a letter (Gopher).")
+    # -- dedup and split ------------------------------------------------------------------------
+    dedup: bool = option(True, "Drop exact duplicates (same text after cleaning); the first one seen is kept.")
+    near_dedup: bool = option(True, "Drop near-duplicates (MinHash + LSH over word 5-grams); the first one "
+                              "seen of each cluster is kept.")
+    near_dedup_threshold: float = option(0.8, "Estimated Jaccard similarity above which two documents are "
+                                         "near-duplicates.")
+    val_fraction: float = option(0.02, "Fraction of documents for the validation split, chosen by a hash of "
+                                 "each text, so the split is stable when the corpus grows.")
+    test_fraction: float = option(0.0, "Fraction of documents for a test split (hash-chosen as well).")
+    # -- tokenizer -----------------------------------------------------------------------------
+    tokenizer: str | None = option(None, "Reuse this tokenizer artifact (e.g. another dataset's OUT/tokenizer) "
+                                   "instead of training one.", affects_output=False)
+    tokenizer_type: str = option("bpe", "SentencePiece model type.", choices=TOKENIZER_TYPES)
+    vocab_size: int = option(8000, "Tokenizer vocabulary size, special and byte-fallback pieces included.")
+    character_coverage: float = option(0.9995, "Share of characters covered by pieces; the rarest fall back to bytes.")
+    tokenizer_sample_sentences: int = option(1_000_000, "At most this many lines (reservoir-sampled) train the "
+                                             "tokenizer, so a huge corpus cannot exhaust memory.")
+    # -- output --------------------------------------------------------------------------------
+    shard_size: str = option("64MB", "Start a new shard file once one reaches this size.")
+    shuffle_buffer: int = option(10_000, "Documents are shuffled (seeded) through a buffer of this many documents.")
+    seed: int = option(0, "Seed for the document shuffle and tokenizer sampling.")
+    workers: int = option(0, "Worker processes for cleaning and tokenization; 0 means all cores.",
+                          affects_output=False)
+    force: bool = option(False, "Replace a different artifact already at --out.", affects_output=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.inputs:
+            problems.append("INPUTS: give at least one input file, directory, glob or '-'")
+        for name in ("max_record_bytes", "shard_size"):
+            try:
+                if parse_size(getattr(self, name)) <= 0:
+                    problems.append(f"{flag_name(name)}: must be positive")
+            except ValueError as exc:
+                problems.append(f"{flag_name(name)}: {exc}")
+        if self.filters == ["none"]:
+            self.filters = []
+        elif "none" in self.filters:
+            problems.append("--filters: 'none' cannot be combined with filter names")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{flag_name(name)}: must be in [0, 1), got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            problems.append("--val-fraction + --test-fraction: must leave documents for training")
+        if not 0.0 < self.near_dedup_threshold < 1.0:
+            problems.append(f"--near-dedup-threshold: must be in (0, 1), got {self.near_dedup_threshold}")
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            problems.append(f"--vocab-size: must be at least {MIN_VOCAB_SIZE} (256 byte-fallback pieces, "
+                            f"the special tokens and room for text), got {self.vocab_size}")
+        if not 0.0 < self.character_coverage <= 1.0:
+            problems.append(f"--character-coverage: must be in (0, 1], got {self.character_coverage}")
+        for name in ("min_chars", "max_chars", "min_words", "tokenizer_sample_sentences", "shuffle_buffer"):
+            if getattr(self, name) < (1 if name in ("tokenizer_sample_sentences", "shuffle_buffer") else 0):
+                problems.append(f"{flag_name(name)}: must be positive, got {getattr(self, name)}")
+        if self.max_chars < self.min_chars:
+            problems.append("--max-chars: must not be below --min-chars")
+        if self.max_symbol_ratio < 0:
+            problems.append(f"--max-symbol-ratio: must not be negative, got {self.max_symbol_ratio}")
+        for name in ("max_repeated_line_fraction", "min_alpha_word_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{flag_name(name)}: must be in [0, 1], got {getattr(self, name)}")
+        if self.workers < 0:
+            problems.append(f"--workers: must be 0 (all cores) or more, got {self.workers}")
+        validate(self, problems)
+
+    def thresholds(self) -> FilterThresholds:
+        return FilterThresholds(
+            min_chars=self.min_chars, max_chars=self.max_chars, min_words=self.min_words,
+            max_symbol_ratio=self.max_symbol_ratio, max_repeated_line_fraction=self.max_repeated_line_fraction,
+            min_alpha_word_fraction=self.min_alpha_word_fraction)

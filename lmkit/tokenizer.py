@@ -1,0 +1,160 @@
+"""SentencePiece tokenizers with lmkit's special tokens at fixed ids: training and loading.
+
+Every tokenizer lmkit trains has the same seven special tokens at the same ids, so later
+stages never have to look them up:
+
+    id  piece    use
+    0   <pad>    padding (batched finetuning and generation)
+    1   <unk>    never produced for text: byte fallback spells any unknown character in bytes
+    2   <s>      beginning of sequence
+    3   </s>     end of sequence; separates documents packed into one training window
+    4   [MASK]   masked-LM corruption (BERT)
+    5   [CLS]    start of an encoder input; its vector is pooled for classification
+    6   [SEP]    end of an encoder segment
+
+[MASK], [CLS] and [SEP] are control symbols: they are only ever inserted as ids, never
+matched in text, so ``decode(encode(x)) == x`` for every string. SentencePiece's own
+normalization is off ("identity") because lmkit's cleaner has already normalized the text.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sentencepiece as spm
+
+from lmkit import artifacts
+from lmkit.errors import UserError
+
+MODEL_FILE = "tokenizer.model"
+
+SPECIAL_TOKENS: dict[str, tuple[str, int]] = {
+    "pad": ("<pad>", 0),
+    "unk": ("<unk>", 1),
+    "bos": ("<s>", 2),
+    "eos": ("</s>", 3),
+    "mask": ("[MASK]", 4),
+    "cls": ("[CLS]", 5),
+    "sep": ("[SEP]", 6),
+}
+TOKENIZER_TYPES = ("bpe", "unigram")
+# Byte fallback needs 256 byte pieces, plus the specials, plus room for real pieces.
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 64
+# SentencePiece skips training sentences longer than this many bytes; we cut lines to fit.
+_MAX_SENTENCE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    type: str = "bpe"
+    vocab_size: int = 8000
+    character_coverage: float = 0.9995
+    max_sentences: int = 1_000_000   # training sample bound: reservoir-sampled by SentencePiece
+    seed: int = 0
+    threads: int = 1
+
+
+def training_sentences(texts: Iterable[str]) -> Iterator[str]:
+    """Documents split into non-empty lines no longer than SentencePiece accepts."""
+    for text in texts:
+        for line in text.split("\n"):
+            if not line.strip():
+                continue
+            while len(line.encode("utf-8")) > _MAX_SENTENCE_BYTES:
+                cut = _MAX_SENTENCE_BYTES // 4  # characters; at most 4 bytes each in UTF-8
+                yield line[:cut]
+                line = line[cut:]
+            yield line
+
+
+def train(texts: Iterable[str], out_dir: Path, settings: TrainSettings) -> dict:
+    """Train a model into ``out_dir/tokenizer.model``; returns training statistics."""
+    counter = {"sentences": 0}
+    sentences = training_sentences(texts)
+    first = next(sentences, None)
+    if first is None:  # SentencePiece would fail with an internal error
+        raise UserError("no training text for the tokenizer (every document was dropped or empty)")
+
+    def counted() -> Iterator[str]:
+        for sentence in itertools.chain([first], sentences):
+            counter["sentences"] += 1
+            yield sentence
+
+    spm.set_random_generator_seed(settings.seed)
+    specials = SPECIAL_TOKENS
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=counted(),
+            model_prefix=str(out_dir / "tokenizer"),
+            model_type=settings.type,
+            vocab_size=settings.vocab_size,
+            character_coverage=settings.character_coverage,
+            byte_fallback=True,
+            pad_id=specials["pad"][1], pad_piece=specials["pad"][0],
+            unk_id=specials["unk"][1], unk_piece=specials["unk"][0],
+            bos_id=specials["bos"][1], bos_piece=specials["bos"][0],
+            eos_id=specials["eos"][1], eos_piece=specials["eos"][0],
+            control_symbols=[specials[name][0] for name in ("mask", "cls", "sep")],
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            input_sentence_size=settings.max_sentences,
+            shuffle_input_sentence=True,
+            max_sentence_length=_MAX_SENTENCE_BYTES * 2,
+            hard_vocab_limit=False,
+            num_threads=settings.threads,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        if "Vocabulary size" in message or "vocab_size" in message:
+            raise UserError(f"--vocab-size {settings.vocab_size} is too large for this corpus "
+                            f"(sentencepiece: {message}); lower --vocab-size") from None
+        raise
+    (out_dir / "tokenizer.vocab").unlink(missing_ok=True)  # the model file holds the vocabulary
+    tokenizer = Tokenizer(out_dir / MODEL_FILE)
+    return {"training_sentences_seen": counter["sentences"], "vocab_size": tokenizer.vocab_size}
+
+
+class Tokenizer:
+    """A loaded SentencePiece model with lmkit's special ids."""
+
+    pad_id, unk_id, bos_id, eos_id, mask_id, cls_id, sep_id = (SPECIAL_TOKENS[k][1] for k in SPECIAL_TOKENS)
+
+    def __init__(self, model_path: str | Path):
+        self.model_path = Path(model_path)
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        for name, (piece, token_id) in SPECIAL_TOKENS.items():
+            if self.sp.id_to_piece(token_id) != piece:
+                raise UserError(f"{self.model_path}: not an lmkit tokenizer (id {token_id} is "
+                                f"{self.sp.id_to_piece(token_id)!r}, expected {piece!r} for {name})")
+
+    @classmethod
+    def from_artifact(cls, path: str | Path) -> "Tokenizer":
+        artifact = artifacts.load(path, kind="tokenizer")
+        return cls(artifact.file(MODEL_FILE))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode(list(ids))
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.sp.id_to_piece(token_id)
+
+
+def token_dtype_name(vocab_size: int) -> str:
+    """The smallest unsigned integer type that holds every id."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"

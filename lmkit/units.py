@@ -1,0 +1,19 @@
+"""Human-readable sizes for flags such as ``--shard-size 64MB``."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in "64MB", "1.5GiB", "4096" (decimal units for KB/MB/GB, binary for KiB/MiB/GiB)."""
+    if isinstance(text, int):
+        return text
+    match = _PATTERN.match(text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 4096, 64MB, 1GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

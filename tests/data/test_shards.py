@@ -1,0 +1,30 @@
+import pyarrow as pa
+
+from lmkit.data.shards import ShardWriter, iter_batches, make_batch, read_shard, schema
+
+
+def test_round_trip_and_size_bound(tmp_path):
+    rows = [list(range(i % 50 + 1)) for i in range(300)]
+    writer = ShardWriter(tmp_path, "train", max_bytes=4000, schema_=schema("uint16", with_labels=True))
+    for start in range(0, 300, 30):
+        chunk = rows[start:start + 30]
+        writer.write(make_batch(list(range(start, start + 30)), chunk, [len(r) * 3 for r in chunk],
+                                [i % 2 for i in range(30)], "uint16"))
+    shards = writer.close()
+    assert len(shards) > 1 and sum(s["documents"] for s in shards) == 300
+    assert sum(s["tokens"] for s in shards) == sum(len(r) for r in rows)
+    tables = [read_shard(tmp_path / s["file"]) for s in shards]
+    table = pa.concat_tables(tables)
+    assert table.column("tokens").to_pylist() == rows
+    assert table.schema.field("tokens").type == pa.list_(pa.uint16())
+    assert table.column("id").to_pylist() == list(range(300))
+    assert table.column("label").to_pylist() == [i % 2 for r in range(10) for i in range(30)]
+    assert sum(b.num_rows for s in shards for b in iter_batches(tmp_path / s["file"])) == 300
+
+
+def test_uint32_tokens_for_large_vocabularies(tmp_path):
+    writer = ShardWriter(tmp_path, "validation", 1 << 20, schema("uint32", with_labels=False))
+    writer.write(make_batch([1], [[70000, 3]], [5], None, "uint32"))
+    (shard,) = writer.close()
+    assert shard["file"] == "validation-00000.arrow"
+    assert read_shard(tmp_path / shard["file"]).column("tokens").to_pylist() == [[70000, 3]]

@@ -1,0 +1,27 @@
+from collections import Counter
+
+from lmkit.data.dedup import text_digest
+from lmkit.data.split import shuffled, split_of
+
+
+def test_split_fractions_roughly_respected():
+    counts = Counter(split_of(text_digest(f"document {i}"), 0.1, 0.05) for i in range(20000))
+    assert abs(counts["validation"] / 20000 - 0.1) < 0.01
+    assert abs(counts["test"] / 20000 - 0.05) < 0.01
+
+
+def test_split_stable_when_corpus_grows():
+    before = {f"doc {i}": split_of(text_digest(f"doc {i}"), 0.2, 0.0) for i in range(500)}
+    grown = [f"doc {i}" for i in range(2000)]  # more documents, another order
+    after = {text: split_of(text_digest(text), 0.2, 0.0) for text in reversed(grown)}
+    assert all(after[text] == split for text, split in before.items())
+
+
+def test_shuffle_is_a_seeded_permutation():
+    items = list(range(1000))
+    a = list(shuffled(items, 64, seed=1))
+    assert sorted(a) == items and a != items
+    assert a == list(shuffled(items, 64, seed=1))
+    assert a != list(shuffled(items, 64, seed=2))
+    assert list(shuffled([], 8, seed=0)) == []
+    assert sorted(shuffled(range(5), 100, seed=0)) == list(range(5))  # buffer larger than input

@@ -1,0 +1,156 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmkit import artifacts
+from lmkit.artifacts import ArtifactWriter
+from lmkit.errors import ArtifactError, UserError
+
+RECIPE = artifacts.make_recipe("tokenizer", {"a": 1}, [], [])
+
+
+def make(out, recipe=RECIPE, content=b"hello", force=False):
+    with ArtifactWriter(out, "tokenizer", recipe, force=force) as writer:
+        if writer.up_to_date:
+            return writer.existing
+        (writer.tmp / "tokenizer.model").write_bytes(content)
+        (writer.tmp / "sub").mkdir()
+        (writer.tmp / "sub" / "x.json").write_text("{}")
+        return writer.commit({"a": 1}, {"artifacts": [], "files": []}, {"n": 1})
+
+
+def test_commit_then_load(tmp_path):
+    art = make(tmp_path / "tok")
+    loaded = artifacts.load(tmp_path / "tok", kind="tokenizer")
+    assert loaded.id == art.id and len(art.id) == 32
+    assert set(loaded.manifest["files"]) == {"tokenizer.model", "sub/x.json"}
+    assert loaded.manifest["files"]["tokenizer.model"]["size"] == 5
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tok.tmp")] == []
+
+
+def test_same_recipe_is_up_to_date_and_touches_manifest(tmp_path):
+    make(tmp_path / "tok")
+    manifest = tmp_path / "tok" / "manifest.json"
+    os.utime(manifest, (1, 1))
+    again = make(tmp_path / "tok", content=b"other")
+    assert again.up_to_date and (tmp_path / "tok" / "tokenizer.model").read_bytes() == b"hello"
+    assert manifest.stat().st_mtime > 1
+
+
+def test_different_recipe_refused_then_forced(tmp_path):
+    make(tmp_path / "tok")
+    other = artifacts.make_recipe("tokenizer", {"a": 2}, [], [])
+    with pytest.raises(UserError, match="already holds a different tokenizer artifact.*--force"):
+        make(tmp_path / "tok", recipe=other, content=b"new")
+    assert (tmp_path / "tok" / "tokenizer.model").read_bytes() == b"hello"
+    make(tmp_path / "tok", recipe=other, content=b"new", force=True)
+    assert artifacts.load(tmp_path / "tok").manifest["recipe"] == other
+    assert not [p for p in tmp_path.iterdir() if ".old-" in p.name or ".tmp-" in p.name]
+
+
+def test_failure_inside_writer_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ArtifactWriter(tmp_path / "tok", "tokenizer", RECIPE) as writer:
+            (writer.tmp / "half").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tok.lock"]
+
+
+def test_output_that_is_a_file_or_foreign_dir(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="exists and is a file"):
+        make(tmp_path / "file")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(UserError, match="not an lmkit artifact; refusing"):
+        make(tmp_path / "mine", force=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_second_writer_is_refused(tmp_path):
+    with ArtifactWriter(tmp_path / "tok", "tokenizer", RECIPE):
+        with pytest.raises(UserError, match="another lmkit process is writing"):
+            with ArtifactWriter(tmp_path / "tok", "tokenizer", RECIPE):
+                pass
+
+
+def test_stale_temporaries_cleaned_and_old_restored(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".tok.tmp-{dead}-abcd"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    make(tmp_path / "tok")
+    assert not stale.exists()
+    # a crash between the two renames of a --force commit: the old artifact sits aside
+    (tmp_path / "tok").rename(tmp_path / f".tok.old-{dead}-abcd")
+    with pytest.raises(UserError, match="already holds a different"):
+        make(tmp_path / "tok", recipe=artifacts.make_recipe("tokenizer", {"a": 3}, [], []))
+    assert artifacts.load(tmp_path / "tok").manifest["recipe"] == RECIPE
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "tokenizer.model").write_bytes(b"hellO"), "content changed"),
+    (lambda d: (d / "tokenizer.model").write_bytes(b"hell"), "size 4 bytes, manifest says 5"),
+    (lambda d: (d / "sub" / "x.json").unlink(), "x.json: missing"),
+    (lambda d: (d / "manifest.json").unlink(), "not an lmkit artifact"),
+    (lambda d: (d / "manifest.json").write_text("{not json"), "invalid manifest"),
+])
+def test_tampering_detected(tmp_path, damage, message):
+    make(tmp_path / "tok")
+    damage(tmp_path / "tok")
+    with pytest.raises(ArtifactError, match=message):
+        artifacts.load(tmp_path / "tok")
+
+
+def edit_manifest(directory, change):
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.update(format_version=99), "format version 99 is not supported.*lmkit preprocess"),
+    (lambda m: m.update(kind="spaceship"), "unknown artifact kind"),
+    (lambda m: m["stats"].update(n=2) or m.update(id="0" * 32), "id does not match"),
+    (lambda m: m["files"].update({"../escape": {"size": 1, "sha256": "x"}}), "unsafe file name '../escape'"),
+    (lambda m: m["files"].update({"/etc/passwd": {"size": 1, "sha256": "x"}}), "unsafe file name '/etc/passwd'"),
+    (lambda m: m.pop("files"), "missing files"),
+])
+def test_edited_manifest_detected(tmp_path, change, message):
+    make(tmp_path / "tok")
+    edit_manifest(tmp_path / "tok", change)
+    with pytest.raises(ArtifactError, match=message):
+        artifacts.load(tmp_path / "tok")
+
+
+def test_symlink_member_refused(tmp_path):
+    make(tmp_path / "tok")
+    (tmp_path / "outside").write_bytes(b"hello")
+    model = tmp_path / "tok" / "tokenizer.model"
+    model.unlink()
+    model.symlink_to(tmp_path / "outside")
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        artifacts.load(tmp_path / "tok")
+
+
+def test_wrong_kind(tmp_path):
+    make(tmp_path / "tok")
+    with pytest.raises(ArtifactError, match="is a tokenizer artifact, expected a dataset"):
+        artifacts.load(tmp_path / "tok", kind="dataset")
+
+
+def test_recipe_depends_on_content_not_names():
+    a = artifacts.make_recipe("dataset", {"x": 1}, [{"path": "/a", "sha256": "1", "role": "train"}], [])
+    b = artifacts.make_recipe("dataset", {"x": 1}, [{"path": "/b", "sha256": "1", "role": "train"}], [])
+    c = artifacts.make_recipe("dataset", {"x": 1}, [{"path": "/a", "sha256": "2", "role": "train"}], [])
+    assert a == b != c
+
+
+def test_kind_registered_twice_is_a_bug():
+    with pytest.raises(ValueError, match="registered twice"):
+        artifacts.register_kind("dataset", 1, "x")

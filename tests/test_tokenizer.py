@@ -1,0 +1,57 @@
+import pydoc_data.topics
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lmkit.errors import UserError
+from lmkit.tokenizer import SPECIAL_TOKENS, Tokenizer, TrainSettings, token_dtype_name, train
+
+CORPUS = list(pydoc_data.topics.topics.values())[:30]
+
+
+@pytest.fixture(scope="module", params=["bpe", "unigram"])
+def tokenizer(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    stats = train(CORPUS, out, TrainSettings(type=request.param, vocab_size=1000))
+    assert stats["vocab_size"] == 1000 and stats["training_sentences_seen"] > 100
+    return Tokenizer(out / "tokenizer.model")
+
+
+def test_special_tokens_at_fixed_ids(tokenizer):
+    for name, (piece, token_id) in SPECIAL_TOKENS.items():
+        assert tokenizer.id_to_piece(token_id) == piece
+    assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.mask_id) == (0, 3, 4)
+
+
+@pytest.mark.parametrize("text", [
+    "The quick brown fox.", "  indented\n\n    code(x)  # two  spaces", "emoji 👩‍💻 and 🇫🇷 flags",
+    "日本語のテキストと中文文本", "[MASK] [CLS] </s> <pad> are just text here", "tab\tand\u00a0nbsp", ""])
+def test_round_trip(tokenizer, text):
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.unk_id not in ids  # byte fallback: nothing is unknown
+    assert not {SPECIAL_TOKENS[k][1] for k in ("mask", "cls", "sep")} & set(ids)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=80))
+def test_round_trip_any_text(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_not_an_lmkit_tokenizer(tmp_path):
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS[:5]), model_prefix=str(tmp_path / "plain"),
+                                   vocab_size=300, minloglevel=2)
+    with pytest.raises(UserError, match="not an lmkit tokenizer"):
+        Tokenizer(tmp_path / "plain.model")
+
+
+def test_no_training_text(tmp_path):
+    with pytest.raises(UserError, match="no training text"):
+        train(["", "   \n"], tmp_path, TrainSettings(vocab_size=400))
+
+
+def test_token_dtype():
+    assert token_dtype_name(8000) == "uint16" and token_dtype_name(65536) == "uint16"
+    assert token_dtype_name(65537) == "uint32"
