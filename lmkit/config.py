@@ -155,9 +155,24 @@ def resolve(cls: type, file_values: dict[str, Any] | None = None, flags: dict[st
                if f.default is _MISSING and f.default_factory is _MISSING and f.name not in values]
     for f in missing:
         problems.append(f"{flag_name(f.name)}: required")
-    if problems:
-        raise ConfigError(problems)
-    return cls(**values)
+    if not problems:
+        return cls(**values)
+    if not missing:  # also collect what the class's own validation says of the usable values
+        try:
+            cls(**{k: v for k, v in values.items() if k not in _fields_named(problems, cls)})
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    raise ConfigError(problems)
+
+
+def _fields_named(problems: list[str], cls: type) -> set[str]:
+    """Fields whose values already have a problem (their defaults stand in for validation)."""
+    named = set()
+    for f in dataclasses.fields(cls):
+        flag, key = flag_name(f.name), f": {f.name}:"
+        if any(p.startswith(flag + ":") or key in p for p in problems):
+            named.add(f.name)
+    return named
 
 
 def validate(config: Any, problems: list[str]) -> None:

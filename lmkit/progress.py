@@ -70,6 +70,8 @@ class Reporter:
         self.quiet, self.verbose = quiet, verbose
         self.err = Console(stderr=True, highlight=False)
         self.out = Console(highlight=False)
+        if not self.out.is_terminal:  # pipes and CI logs: do not wrap tables at 80 columns
+            self.out = Console(highlight=False, width=max(120, self.out.width))
         self.interval = float(os.environ.get("LMKIT_PROGRESS_INTERVAL", "10"))
         self._live: Progress | None = None
 

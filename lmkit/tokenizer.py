@@ -19,6 +19,7 @@ normalization is off ("identity") because lmkit's cleaner has already normalized
 
 from __future__ import annotations
 
+import io
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ SPECIAL_TOKENS: dict[str, tuple[str, int]] = {
 TOKENIZER_TYPES = ("bpe", "unigram")
 # Byte fallback needs 256 byte pieces, plus the specials, plus room for real pieces.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 64
+_TRAIN_THREADS = 4
 # SentencePiece skips training sentences longer than this many bytes; we cut lines to fit.
 _MAX_SENTENCE_BYTES = 4096
 
@@ -54,7 +56,6 @@ class TrainSettings:
     character_coverage: float = 0.9995
     max_sentences: int = 1_000_000   # training sample bound: reservoir-sampled by SentencePiece
     seed: int = 0
-    threads: int = 1
 
 
 def training_sentences(texts: Iterable[str]) -> Iterator[str]:
@@ -84,11 +85,12 @@ def train(texts: Iterable[str], out_dir: Path, settings: TrainSettings) -> dict:
             yield sentence
 
     spm.set_random_generator_seed(settings.seed)
+    model = io.BytesIO()
     specials = SPECIAL_TOKENS
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=counted(),
-            model_prefix=str(out_dir / "tokenizer"),
+            model_writer=model,  # not model_prefix: the model file would record that temporary path
             model_type=settings.type,
             vocab_size=settings.vocab_size,
             character_coverage=settings.character_coverage,
@@ -106,7 +108,9 @@ def train(texts: Iterable[str], out_dir: Path, settings: TrainSettings) -> dict:
             shuffle_input_sentence=True,
             max_sentence_length=_MAX_SENTENCE_BYTES * 2,
             hard_vocab_limit=False,
-            num_threads=settings.threads,
+            # Fixed, not --workers: unigram training sums in thread order, so the thread count
+            # changes the model, and the output must not depend on the machine.
+            num_threads=_TRAIN_THREADS,
             minloglevel=2,
         )
     except RuntimeError as exc:
@@ -115,7 +119,7 @@ def train(texts: Iterable[str], out_dir: Path, settings: TrainSettings) -> dict:
             raise UserError(f"--vocab-size {settings.vocab_size} is too large for this corpus "
                             f"(sentencepiece: {message}); lower --vocab-size") from None
         raise
-    (out_dir / "tokenizer.vocab").unlink(missing_ok=True)  # the model file holds the vocabulary
+    (out_dir / MODEL_FILE).write_bytes(model.getvalue())
     tokenizer = Tokenizer(out_dir / MODEL_FILE)
     return {"training_sentences_seen": counter["sentences"], "vocab_size": tokenizer.vocab_size}
 

@@ -13,14 +13,22 @@ from lmkit.cli._util import app, handle_errors
 from lmkit.progress import reporter
 
 
-def _add(tree: Tree, node: dict) -> None:
+_SHOWN_FILES = 8
+
+
+def _add(tree: Tree, node: dict, show_all: bool) -> None:
     for parent in node.get("parents", []):
         label = f"{parent.get('role', '?')}: {parent.get('kind', '?')} {parent.get('id', '?')[:12]}  {parent['path']}"
         if parent.get("error"):
             label += f"  [{parent['error']}]"
-        _add(tree.add(label), parent)
-    for raw in node.get("files", []):
+        _add(tree.add(label), parent, show_all)
+    raw_files = node.get("files", [])
+    shown = raw_files if show_all else raw_files[:_SHOWN_FILES]
+    for raw in shown:
         tree.add(f"file ({raw.get('role', 'input')}): {raw['path']}  {raw['size']:,} bytes  sha256 {raw['sha256'][:12]}")
+    if len(shown) < len(raw_files):
+        rest = raw_files[len(shown):]
+        tree.add(f"... {len(rest)} more files, {sum(f['size'] for f in rest):,} bytes (--all lists them)")
 
 
 @app.command("lineage")
@@ -28,6 +36,7 @@ def _add(tree: Tree, node: dict) -> None:
 def lineage(
     path: Path = typer.Argument(..., help="An artifact directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the tree as JSON."),
+    show_all: bool = typer.Option(False, "--all", help=f"List every raw input file, not just the first {_SHOWN_FILES}."),
 ) -> None:
     """Show where an artifact comes from: parent artifacts, recursively, down to raw input files."""
     artifacts.read_manifest(path)  # a clear error when PATH is not an artifact
@@ -36,5 +45,5 @@ def lineage(
         reporter.out.print(json.dumps(node, indent=2, ensure_ascii=False), markup=False, soft_wrap=True)
         return
     tree = Tree(f"{node['kind']} {node['id'][:12]}  {node['path']}")
-    _add(tree, node)
+    _add(tree, node, show_all)
     reporter.out.print(tree, soft_wrap=True)

@@ -86,6 +86,8 @@ class ReadOptions:
 
 @dataclass
 class RawDocument:
+    """One document as read, before cleaning."""
+
     text: str
     location: str          # "path:line" (the line where the record starts); "path:row N" (1-based) for columnar
     label: str | None      # str() of a str/int/bool label; None when absent or null
@@ -496,7 +498,7 @@ def _read_txt_file(source: _TextSource, options: ReadOptions, counts: collection
     lines: list[str] = []
     size, invalid = 0, False
     while (raw := source.next_line(max(limit - size, 0))) is not None:
-        size += len(raw) + (1 if lines else 0) if raw is not _TOO_LONG else limit + 1
+        size += (len(raw) + (1 if lines else 0)) if raw is not _TOO_LONG else limit + 1
         if size > limit:
             _bad_record(_too_long(location, limit), options, counts)
             source.drain()
@@ -649,11 +651,11 @@ class _CsvLines:
 
     def __init__(self, source: _TextSource, options: ReadOptions, counts: collections.Counter):
         self._source, self._options, self._counts = source, options, counts
-        self.take_record()
+        self._start, self._size, self._invalid, self._lines = 0, 0, False, 0
 
     def take_record(self) -> tuple[int, bool]:
         """(first line, held invalid UTF-8) of the record just parsed; starts the next one."""
-        record = (getattr(self, "_start", 0), getattr(self, "_invalid", False))
+        record = (self._start, self._invalid)
         self._start, self._size, self._invalid, self._lines = 0, 0, False, 0
         return record
 
@@ -669,7 +671,7 @@ class _CsvLines:
                 _bad_record(_too_long(location, limit), self._options, self._counts)
                 continue
             self._start = self._start or self._source.line_no
-            self._size += len(raw) + 1 if raw is not _TOO_LONG else limit + 1
+            self._size += (len(raw) + 1) if raw is not _TOO_LONG else limit + 1
             if self._size > limit:
                 raise UserError(f"{_too_long(f'{self._source.name}:{self._start}', limit)}; a quoted field "
                                 "spanning lines cannot be skipped")
@@ -759,15 +761,23 @@ def _read_columnar(path: str, fmt: str, options: ReadOptions, counts: collection
             chunk = batch.slice(start, _BATCH_ROWS)
             texts = _column_values(chunk, text_path)
             labels = _column_values(chunk, label_path) if label_path else [None] * len(texts)
-            for text, label in zip(texts, labels):
-                row += 1
-                counts["records"] += 1
-                if text is None:
-                    _bad_record(f"{name}:row {row}: no text at --text-field '{options.text_field}' (found null)",
-                                options, counts)
-                    continue
-                yield RawDocument(text, f"{name}:row {row}", None if label is None else str(label))
+            yield from _row_documents(texts, labels, row, name, options, counts)
+            row += len(texts)
         progress.reach(int(size * fraction_done()))
+
+
+def _row_documents(texts: list[Any], labels: list[Any], rows_before: int, name: str, options: ReadOptions,
+                   counts: collections.Counter) -> Iterator[RawDocument]:
+    limit = options.max_record_bytes
+    for row, (text, label) in enumerate(zip(texts, labels), start=rows_before + 1):
+        location = f"{name}:row {row}"
+        counts["records"] += 1
+        if text is None:
+            _bad_record(f"{location}: no text at --text-field '{options.text_field}' (found null)", options, counts)
+        elif len(text) > limit // 4 and len(text.encode("utf-8", errors="surrogatepass")) > limit:
+            _bad_record(_too_long(location, limit), options, counts)  # the same limit as every other format
+        else:
+            yield RawDocument(text, location, None if label is None else str(label))
 
 
 def _open_parquet(path: str, stdin: BinaryIO | None):

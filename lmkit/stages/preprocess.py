@@ -188,8 +188,9 @@ def _read_options(config: PreprocessConfig) -> sources.ReadOptions:
 def run(config: PreprocessConfig, stdin: BinaryIO | None = None) -> artifacts.Artifact:
     """Run the stage; returns the dataset artifact (``up_to_date`` set when nothing was done)."""
     started = time.monotonic()
-    inputs = sources.resolve_inputs(config.inputs)
-    val_inputs = sources.resolve_inputs(config.val_inputs) if config.val_inputs else []
+    inputs = sources.resolve_inputs(config.inputs, input_format=config.input_format)
+    val_inputs = sources.resolve_inputs(config.val_inputs, input_format=config.input_format) \
+        if config.val_inputs else []
     parent_tokenizer = artifacts.load(config.tokenizer, kind="tokenizer") if config.tokenizer else None
     all_inputs = [(path, "train") for path in inputs] + [(path, "validation") for path in val_inputs]
     if sum(path == "-" for path, _ in all_inputs) > 1:
@@ -258,7 +259,7 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
         tokenizer_stats = parent_tokenizer.stats
     else:
         tokenizer_id, tokenizer_stats = _train_tokenizer(config, tokenizer_dir, spills["train"], input_files,
-                                                         identity, workers)
+                                                         identity)
     vocab_size = tokenizer_stats["vocab_size"]
     token_type = token_dtype_name(vocab_size)
     label_names = _label_names(sum(label_counts.values(), Counter())) if config.label_field else None
@@ -342,10 +343,10 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
 
 
 def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: _Spill, input_files: list[dict],
-                     identity: dict, workers: int) -> tuple[str, dict]:
+                     identity: dict) -> tuple[str, dict]:
     settings = TrainSettings(type=config.tokenizer_type, vocab_size=config.vocab_size,
                              character_coverage=config.character_coverage,
-                             max_sentences=config.tokenizer_sample_sentences, seed=config.seed, threads=workers)
+                             max_sentences=config.tokenizer_sample_sentences, seed=config.seed)
     reporter.info(f"training a {config.tokenizer_type} tokenizer (vocabulary {config.vocab_size}) on "
                   f"{train_spill.count:,} documents")
     stats = train((text for text, _, _ in train_spill.rows()), tokenizer_dir, settings)
