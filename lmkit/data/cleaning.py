@@ -38,6 +38,8 @@ def _control_table() -> dict[int, str | None]:
 
 
 _CONTROL_TABLE = _control_table()
+# str.translate walks every character through a dict; a regex scan finds the rare text that needs it.
+_ANY_CONTROL = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROL_TABLE) + "]")
 # Every Unicode whitespace character (re's \s is str.isspace) except newline and plain space.
 _OTHER_WHITESPACE = re.compile(r"[^\S\n ]")
 # A run of spaces that follows a visible character: inside a line, never leading indentation.
@@ -65,7 +67,8 @@ def clean_text(text: str, normalization: str = "NFC", strip_html: bool = False) 
     if strip_html:
         text = html_to_text(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = text.translate(_CONTROL_TABLE)
+    if _ANY_CONTROL.search(text):
+        text = text.translate(_CONTROL_TABLE)
     if normalization != "none":
         text = unicodedata.normalize(normalization, text)
     return _tidy_whitespace(text)

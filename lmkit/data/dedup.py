@@ -2,7 +2,7 @@
 (Broder 1997, "On the resemblance and containment of documents") with LSH banding (Leskovec,
 Rajaraman & Ullman, "Mining of Massive Datasets", ch. 3.4) for near duplicates.
 
-Determinism: every hash here is blake2b or plain integer arithmetic, never Python's
+Determinism: every hash here is blake2b, crc32 or plain integer arithmetic, never Python's
 ``hash()`` (salted per process), so signatures and band keys are identical in every worker and
 every run. Deduplication itself is stateful and runs in one process in input order: the first
 document of a cluster survives, later ones are dropped.
@@ -19,14 +19,14 @@ import functools
 import hashlib
 import re
 import unicodedata
+import zlib
 
 import numpy as np
 
 from lmkit.data.filters import split_words
 from lmkit.errors import ConfigError
 
-_MERSENNE_PRIME = (1 << 61) - 1
-_EMPTY_SLOT = np.uint64(_MERSENNE_PRIME)  # above every hash value, which is < the prime
+_EMPTY_SLOT = np.uint64(1 << 32)  # above every permuted hash value, which has 32 bits
 # Bound on num_perm x shingles values per vectorized step (8 MiB per uint64 temporary).
 _CHUNK_VALUES = 1 << 20
 
@@ -87,67 +87,73 @@ def shingles(text: str, size: int = 5) -> list[str]:
 
 
 @functools.lru_cache(maxsize=16)
-def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients (a, b) of h(x) = (a*x + b) mod p, shape (num_perm, 1).
-
-    Derived from blake2b rather than a numpy generator so they cannot change with the numpy
-    version: a in [1, p), b in [0, p).
-    """
-    a = np.empty(num_perm, dtype=np.uint64)
-    b = np.empty(num_perm, dtype=np.uint64)
-    for i in range(num_perm):
-        digest = hashlib.blake2b(f"lmkit-minhash:{seed}:{i}".encode(), digest_size=16).digest()
-        a[i] = int.from_bytes(digest[:8], "little") % (_MERSENNE_PRIME - 1) + 1
-        b[i] = int.from_bytes(digest[8:], "little") % _MERSENNE_PRIME
-    a.flags.writeable = False
-    b.flags.writeable = False
-    return a[:, None], b[:, None]
+def _coefficients(count: int, seed: int, label: str) -> np.ndarray:
+    """``count`` odd 64-bit multipliers from blake2b, so they never change with numpy's RNG."""
+    values = np.empty(count, dtype=np.uint64)
+    for i in range(count):
+        digest = hashlib.blake2b(f"lmkit-minhash:{label}:{seed}:{i}".encode(), digest_size=8).digest()
+        values[i] = int.from_bytes(digest, "little") | 1
+    values.flags.writeable = False
+    return values
 
 
-def _shingle_hashes(shingle_set: set[str]) -> np.ndarray:
-    """32-bit blake2b of each distinct shingle, as uint64 (so products stay below 2**64)."""
-    digests = b"".join(
-        hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=4).digest()
-        for s in sorted(shingle_set)
-    )
-    return np.frombuffer(digests, dtype="<u4").astype(np.uint64)
+# A regex deletes ASCII punctuation far faster than str.translate; non-ASCII runs go through
+# _drop_punctuation, which keeps combining marks.
+_ASCII_PUNCTUATION = re.compile("[" + re.escape("".join(chr(c) for c in range(128)
+                                                          if not chr(c).isalnum() and not chr(c).isspace())) + "]+")
+_word_cache: dict[str, int] = {}
 
 
-def _mod_mersenne(values: np.ndarray) -> np.ndarray:
-    """values mod 2**61-1 for values < 2**64, using 2**61 = 1 (mod p)."""
-    values = (values & np.uint64(_MERSENNE_PRIME)) + (values >> np.uint64(61))
-    return np.where(values >= _MERSENNE_PRIME, values - np.uint64(_MERSENNE_PRIME), values)
+def _word_hashes(text: str) -> np.ndarray:
+    """crc32 of each word (as in ``shingles``), cached per process: corpora repeat words a lot."""
+    lowered = _ASCII_PUNCTUATION.sub("", text.lower())
+    if not lowered.isascii():
+        lowered = _PUNCTUATION_RUN.sub(_drop_punctuation, lowered)
+    words = split_words(lowered)
+    if len(_word_cache) > 1_000_000:  # bound the cache on huge vocabularies
+        _word_cache.clear()
+    cache = _word_cache
+    hashes = []
+    for word in words:
+        value = cache.get(word)
+        if value is None:
+            value = cache[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
+        hashes.append(value)
+    return np.array(hashes, dtype=np.uint64)
 
 
-def _universal_hash(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(a*x + b) mod 2**61-1 exactly, for a, b < 2**61 and x < 2**32, without 128-bit integers.
-
-    a*x = a_hi*x*2**32 + a_lo*x with a_hi < 2**29; both products fit in 64 bits, and the
-    2**32 shift is reduced with 2**61 = 1 (mod p).
-    """
-    low_mask = np.uint64(0xFFFFFFFF)
-    low = (a & low_mask) * x  # < 2**64
-    high = (a >> np.uint64(32)) * x  # < 2**61
-    # high * 2**32 = (high mod 2**29) * 2**32 + (high >> 29) * 2**61 = ... + (high >> 29) (mod p)
-    high_shifted = ((high & np.uint64((1 << 29) - 1)) << np.uint64(32)) + (high >> np.uint64(29))
-    total = _mod_mersenne(low) + high_shifted + b  # < 3 * 2**61 + 2**32
-    return _mod_mersenne(total)
+def _shingle_hashes(text: str, size: int, seed: int) -> np.ndarray:
+    """Distinct 32-bit hashes of the word ``size``-grams: a random linear combination of the
+    words' hashes mod 2**64, top 32 bits (multiply-shift hashing, Dietzfelbinger et al. 1997)."""
+    words = _word_hashes(text)
+    if len(words) == 0:
+        return words
+    width = min(size, len(words))
+    count = len(words) - width + 1
+    weights = _coefficients(width, seed, "shingle")
+    combined = np.zeros(count, dtype=np.uint64)
+    for offset in range(width):  # uint64 arithmetic wraps around: that is the mod 2**64
+        combined += words[offset:offset + count] * weights[offset]
+    return np.unique(combined >> np.uint64(32))
 
 
 def minhash_signature(
     text: str, num_perm: int = 128, shingle_size: int = 5, seed: int = 1
 ) -> np.ndarray:
-    """MinHash signature (uint64, length ``num_perm``) of the set of ``shingles(text)``.
+    """MinHash signature (uint64 values below 2**32, length ``num_perm``) of the text's word
+    ``shingle_size``-grams (Broder 1997).
 
-    Each permutation is the universal hash (a*x + b) mod 2**61-1 of the shingle's 32-bit
-    blake2b (Broder 1997). A text without words gets the all-``2**61-1`` signature.
+    Permutation i is the multiply-add-shift hash ((a_i * x + b_i) mod 2**64) >> 32 of the
+    shingle hash x, a 2-independent family that numpy computes in two vector operations.
+    A text without words gets the all-``2**32`` signature.
     """
-    a, b = _permutations(num_perm, seed)
+    a = _coefficients(num_perm, seed, "a")[:, None]
+    b = _coefficients(num_perm, seed, "b")[:, None]
     signature = np.full(num_perm, _EMPTY_SLOT, dtype=np.uint64)
-    hashes = _shingle_hashes(set(shingles(text, shingle_size)))
+    hashes = _shingle_hashes(text, shingle_size, seed)
     chunk = max(1, _CHUNK_VALUES // num_perm)  # bounds memory on very long documents
     for start in range(0, len(hashes), chunk):
-        permuted = _universal_hash(a, b, hashes[None, start : start + chunk])  # (num_perm, chunk)
+        permuted = (a * hashes[None, start:start + chunk] + b) >> np.uint64(32)  # (num_perm, chunk)
         np.minimum(signature, permuted.min(axis=1), out=signature)
     return signature
 

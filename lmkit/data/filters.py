@@ -27,6 +27,7 @@ Every threshold is inclusive on the keep side: a document exactly at a threshold
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -84,17 +85,23 @@ _CJK_RANGES = (
     "\uff66-\uff9f"  # Half-width katakana
     "\U00020000-\U0003134f"  # CJK extensions B-G and compatibility supplement
 )
+_has_letter = re.compile(r"[^\W\d_]").search  # a letter (or another non-digit alphanumeric)
 _WORD = re.compile(f"[{_CJK_RANGES}]|[^\\s{_CJK_RANGES}]+")
+
+
+@functools.lru_cache(maxsize=4)  # several filters ask for the words of the same document in a row
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text))
 
 
 def split_words(text: str) -> list[str]:
     """Whitespace-separated words, with each CJK ideograph, kana or Hangul syllable on its own."""
-    return _WORD.findall(text)
+    return list(_words(text))
 
 
 def word_count(text: str) -> int:
     """Number of ``split_words`` words: "東京 tower" has 3."""
-    return len(split_words(text))
+    return len(_words(text))
 
 
 def _long_enough(text: str, thresholds: FilterThresholds) -> bool:
@@ -136,10 +143,10 @@ def _few_repeated_lines(text: str, thresholds: FilterThresholds) -> bool:
 
 def _mostly_alphabetic(text: str, thresholds: FilterThresholds) -> bool:
     # Few words with letters means tables of numbers, code dumps or encoded data (Gopher).
-    words = split_words(text)
+    words = _words(text)
     if not words:
         return True  # nothing to judge; few_words is the filter for empty documents
-    alphabetic = sum(1 for word in words if any(char.isalpha() for char in word))
+    alphabetic = sum(1 for word in words if _has_letter(word))
     return alphabetic / len(words) >= thresholds.min_alpha_word_fraction
 
 

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmkit.data import sources
+from lmkit.data.sources import streams
 from lmkit.data.sources import RawDocument, ReadOptions, iter_documents, resolve_inputs
 from lmkit.errors import ConfigError, UserError
 
@@ -84,12 +85,12 @@ def test_line_ends_split_across_read_chunks(pieces):
     data = "".join(pieces)
     expected = [(line, f"<stdin>:{number}")
                 for number, line in enumerate(re.split(r"\r\n|\r|\n", data), start=1) if line.strip()]
-    saved = sources._CHUNK_BYTES, sources._SNIFF_BYTES
-    sources._CHUNK_BYTES, sources._SNIFF_BYTES = 3, 2  # tiny chunks put a \r\n across every boundary
+    saved = streams._CHUNK_BYTES, streams._SNIFF_BYTES
+    streams._CHUNK_BYTES, streams._SNIFF_BYTES = 3, 2  # tiny chunks put a \r\n across every boundary
     try:
         docs, _ = read("-", stdin=io.BytesIO(data.encode()), split_by="line")
     finally:
-        sources._CHUNK_BYTES, sources._SNIFF_BYTES = saved
+        streams._CHUNK_BYTES, streams._SNIFF_BYTES = saved
     assert [(d.text, d.location) for d in docs] == expected
 
 
@@ -407,7 +408,7 @@ def test_missing_file_and_directory_are_named(tmp_path):
 def test_unreadable_file_is_named(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(sources, "open", denied, raising=False)  # chmod does not stop root, who runs CI here
+    monkeypatch.setattr(streams, "open", denied, raising=False)  # chmod does not stop root, who runs CI here
     path = write(tmp_path / "a.txt", "x")
     assert error_of(path) == f"{path}: permission denied"
 

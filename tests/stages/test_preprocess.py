@@ -7,7 +7,6 @@ import io
 import json
 
 import pyarrow as pa
-import pydoc_data.topics
 import pytest
 
 from lmkit import artifacts
@@ -18,11 +17,9 @@ from lmkit.errors import UserError
 from lmkit.stages import preprocess
 from lmkit.stages.preprocess_config import PreprocessConfig
 from lmkit.tokenizer import Tokenizer
+from tests.conftest import paragraphs
 
-# Real prose that passes the default filters: unique, single-line paragraphs of Python's docs.
-PARAGRAPHS = list(dict.fromkeys(
-    " ".join(p.split()) for text in pydoc_data.topics.topics.values() for p in text.split("\n\n")
-    if len(p.split()) >= 8 and "..." not in p and "#" not in p and sum(c.isalpha() for c in p) > len(p) / 2))[:400]
+PARAGRAPHS = paragraphs(400)
 
 
 def config(inputs, out, **overrides):

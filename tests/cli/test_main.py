@@ -1,0 +1,46 @@
+"""The lmkit command itself: entry points, version, exit codes, output on a pipe."""
+
+from typer.testing import CliRunner
+
+from lmkit import __version__
+from lmkit.cli import app
+from tests.conftest import run_lmkit
+
+
+def test_version_from_module_and_console_script():
+    result = run_lmkit("--version", check=True)
+    assert result.stdout.strip() == f"lmkit {__version__}"
+    assert CliRunner().invoke(app, ["--version"]).output.strip() == f"lmkit {__version__}"
+
+
+def test_help_lists_every_command():
+    result = run_lmkit("--help", check=True)
+    for command in ("preprocess", "info", "verify", "lineage", "demo-corpus"):
+        assert command in result.stdout
+
+
+def test_usage_error_exits_2():
+    result = run_lmkit("preprocess", "x", "--out", "y", "--no-such-flag")
+    assert result.returncode == 2 and "No such option" in result.stderr
+    assert run_lmkit("no-such-command").returncode == 2
+
+
+def test_user_error_is_one_line_exit_1(tmp_path):
+    result = run_lmkit("preprocess", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.txt" in lines[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_no_colour_or_live_bars_on_a_pipe(tmp_path, text_corpus):
+    result = run_lmkit("preprocess", str(text_corpus), "--out", str(tmp_path / "o"), "--vocab-size", "400",
+                       env={"NO_COLOR": "", "LMKIT_PROGRESS_INTERVAL": "0"}, check=True)
+    assert "\x1b[" not in result.stdout + result.stderr
+    assert "reading and cleaning:" in result.stderr and "tokenizing:" in result.stderr  # plain progress lines
+
+
+def test_quiet_prints_only_results(tmp_path, text_corpus):
+    result = run_lmkit("--quiet", "preprocess", str(text_corpus), "--out", str(tmp_path / "o"),
+                       "--vocab-size", "400", env={"LMKIT_PROGRESS_INTERVAL": "0"}, check=True)
+    assert result.stderr == "" and "documents kept" in result.stdout

@@ -1,0 +1,45 @@
+"""Shared fixtures: small real corpora and a dataset built once per test session."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydoc_data.topics
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def paragraphs(limit: int = 300) -> list[str]:
+    """Unique single-line paragraphs of Python's bundled docs that pass the default filters."""
+    found = dict.fromkeys(
+        " ".join(p.split()) for text in pydoc_data.topics.topics.values() for p in text.split("\n\n")
+        if len(p.split()) >= 8 and "..." not in p and "#" not in p and sum(c.isalpha() for c in p) > len(p) / 2)
+    return list(found)[:limit]
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("corpus")
+    (directory / "docs.txt").write_text("\n\n".join(paragraphs()) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, text_corpus) -> Path:
+    """A dataset artifact made by the real CLI in a subprocess (read-only for tests: copy to change)."""
+    out = tmp_path_factory.mktemp("datasets") / "data"
+    run_lmkit("preprocess", str(text_corpus), "--out", str(out), "--vocab-size", "400", "--workers", "1",
+              check=True)
+    return out
+
+
+def run_lmkit(*args: str, check: bool = False, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m lmkit ARGS` in a subprocess, as a user or Make runs it (no terminal)."""
+    full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "lmkit", *args], capture_output=True, text=True,
+                            env=full_env, cwd=kwargs.pop("cwd", None), **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lmkit {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
