@@ -184,16 +184,28 @@ def verify_files(path: str | Path, manifest: dict[str, Any], full: bool = True) 
             continue
         if full and sha256_file(member) != entry.get("sha256"):
             problems.append(f"{member}: content changed (sha256 mismatch)")
-    expected_id = artifact_id(manifest["kind"], manifest["files"], manifest["recipe"])
+    expected_id = artifact_id(manifest["kind"], manifest["files"], manifest["recipe"], root)
     if manifest["id"] != expected_id:
         problems.append(f"{root / MANIFEST}: id does not match its contents (edited manifest?)")
     return problems
 
 
-def artifact_id(kind: str, files: dict[str, Any], recipe: str) -> str:
+def artifact_id(kind: str, files: dict[str, Any], recipe: str, root: Path) -> str:
     """Content address: a hash over kind, the files' hashes and the recipe (which covers the
-    output-affecting config and the inputs' contents)."""
-    hashes = {name: entry.get("sha256") if isinstance(entry, dict) else None for name, entry in files.items()}
+    output-affecting config and the inputs' contents).
+
+    A nested artifact's manifest (``tokenizer/manifest.json``) counts by its id, not its bytes:
+    its creation time must not change the id of the artifact that contains it.
+    """
+    hashes = {}
+    for name, entry in files.items():
+        hashes[name] = entry.get("sha256") if isinstance(entry, dict) else None
+        if name.endswith("/" + MANIFEST):
+            try:
+                nested = _safe_member(root, name)  # never read outside the artifact
+                hashes[name] = json.loads(nested.read_text(encoding="utf-8")).get("id")
+            except (ArtifactError, OSError, ValueError, AttributeError):
+                pass  # verify_files reports the damaged or unsafe file itself
     return digest_json({"kind": kind, "files": hashes, "recipe": recipe})[:32]
 
 
@@ -387,7 +399,7 @@ def seal(directory: Path, kind: str, recipe: str, config: dict[str, Any], inputs
     manifest = {
         "kind": kind,
         "format_version": KINDS[kind][0],
-        "id": artifact_id(kind, files, recipe),
+        "id": artifact_id(kind, files, recipe, directory),
         "recipe": recipe,
         "config": config,
         "inputs": inputs,

@@ -54,7 +54,7 @@ class TrainSettings:
     type: str = "bpe"
     vocab_size: int = 8000
     character_coverage: float = 0.9995
-    max_sentences: int = 1_000_000   # training sample bound: reservoir-sampled by SentencePiece
+    max_sentences: int = 5_000_000   # a last guard; callers bound the sample in bytes
     seed: int = 0
 
 

@@ -154,3 +154,32 @@ def test_recipe_depends_on_content_not_names():
 def test_kind_registered_twice_is_a_bug():
     with pytest.raises(ValueError, match="registered twice"):
         artifacts.register_kind("dataset", 1, "x")
+
+
+def test_nested_manifest_time_does_not_change_the_id(tmp_path):
+    def build(out):
+        with ArtifactWriter(out, "dataset", RECIPE) as writer:
+            nested = writer.tmp / "tokenizer"
+            nested.mkdir()
+            (nested / "tokenizer.model").write_bytes(b"model")
+            artifacts.seal(nested, "tokenizer", RECIPE, {}, {"artifacts": [], "files": []}, {})
+            edit_manifest(nested, lambda m: m.update(created_at=str(out)))  # as if made at another time
+            return writer.commit({}, {"artifacts": [], "files": []}, {})
+
+    a, b = build(tmp_path / "a"), build(tmp_path / "b")
+    assert a.manifest["files"]["tokenizer/manifest.json"] != b.manifest["files"]["tokenizer/manifest.json"]
+    assert a.id == b.id
+    artifacts.load(tmp_path / "a")
+
+
+def test_nested_manifest_outside_the_artifact_is_never_read(tmp_path, monkeypatch):
+    make(tmp_path / "tok")
+    edit_manifest(tmp_path / "tok", lambda m: m["files"].update({"../x/manifest.json": {"size": 1, "sha256": "x"}}))
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "manifest.json").write_text('{"id": "outside"}')
+    opened = []
+    real_read_text = type(tmp_path).read_text
+    monkeypatch.setattr(type(tmp_path), "read_text", lambda self, *a, **k: opened.append(self) or real_read_text(self, *a, **k))
+    with pytest.raises(ArtifactError, match="unsafe file name"):
+        artifacts.load(tmp_path / "tok")
+    assert tmp_path / "x" / "manifest.json" not in [p.resolve() for p in opened]

@@ -130,10 +130,12 @@ class _Spill:
         self._writer = pa.ipc.new_stream(str(path), self.SCHEMA)
         self._rows: list[tuple[str, str | None, bytes]] = []
         self.count = 0
+        self.characters = 0
 
     def add(self, text: str, label: str | None, digest: bytes) -> None:
         self._rows.append((text, label, digest))
         self.count += 1
+        self.characters += len(text)
         if len(self._rows) >= 1024:
             self._flush()
 
@@ -154,6 +156,11 @@ class _Spill:
             for batch in pa.ipc.open_stream(source):
                 yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
                                batch.column("digest").to_pylist())
+
+
+def _sample_point(digest: bytes) -> float:
+    """A uniform number in [0, 1) from a document digest, independent of its id and split bits."""
+    return int.from_bytes(hashlib.blake2b(digest, digest_size=8, person=b"lmkit-tok").digest(), "big") / 2.0**64
 
 
 def _batches(items: Iterator[tuple], max_docs: int = _BATCH_DOCS, max_bytes: int = _BATCH_BYTES) -> Iterator[list]:
@@ -345,17 +352,21 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
 def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: _Spill, input_files: list[dict],
                      identity: dict) -> tuple[str, dict]:
     settings = TrainSettings(type=config.tokenizer_type, vocab_size=config.vocab_size,
-                             character_coverage=config.character_coverage,
-                             max_sentences=config.tokenizer_sample_sentences, seed=config.seed)
+                             character_coverage=config.character_coverage, seed=config.seed)
+    # A Bernoulli sample by document hash: streaming, deterministic, about the requested size.
+    # (SentencePiece's own sampling bounds lines, not bytes, and reads every line first.)
+    share = min(1.0, parse_size(config.tokenizer_sample_size) / max(train_spill.characters, 1))
+    chosen = (text for text, _, digest in train_spill.rows() if share >= 1.0 or _sample_point(digest) < share)
     reporter.info(f"training a {config.tokenizer_type} tokenizer (vocabulary {config.vocab_size}) on "
-                  f"{train_spill.count:,} documents")
-    stats = train((text for text, _, _ in train_spill.rows()), tokenizer_dir, settings)
+                  f"{share:.0%} of {train_spill.count:,} training documents")
+    stats = train(chosen, tokenizer_dir, settings)
+    stats["sample_share"] = round(share, 6)
     if stats["vocab_size"] < config.vocab_size:
         reporter.warn(f"the corpus supports only {stats['vocab_size']} tokenizer pieces, fewer than "
                       f"--vocab-size {config.vocab_size}")
     tokenizer_config = {"type": settings.type, "vocab_size": settings.vocab_size,
                         "character_coverage": settings.character_coverage,
-                        "max_sentences": settings.max_sentences, "seed": settings.seed,
+                        "sample_size": config.tokenizer_sample_size, "seed": settings.seed,
                         "byte_fallback": True, "normalization": "identity (text cleaned by lmkit: "
                         f"{config.normalization})",
                         "special_tokens": {name: {"piece": piece, "id": token_id}

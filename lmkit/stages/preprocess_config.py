@@ -70,8 +70,8 @@ class PreprocessConfig:
     tokenizer_type: str = option("bpe", "SentencePiece model type.", choices=TOKENIZER_TYPES)
     vocab_size: int = option(8000, "Tokenizer vocabulary size, special and byte-fallback pieces included.")
     character_coverage: float = option(0.9995, "Share of characters covered by pieces; the rarest fall back to bytes.")
-    tokenizer_sample_sentences: int = option(1_000_000, "At most this many lines (reservoir-sampled) train the "
-                                             "tokenizer, so a huge corpus cannot exhaust memory.")
+    tokenizer_sample_size: str = option("64MB", "About this much training text (documents chosen by hash) "
+                                        "trains the tokenizer, so a huge corpus cannot exhaust memory.")
     # -- output --------------------------------------------------------------------------------
     shard_size: str = option("64MB", "Start a new shard file once one reaches this size.")
     shuffle_buffer: int = option(10_000, "Documents are shuffled (seeded) through a buffer of this many documents.")
@@ -84,7 +84,7 @@ class PreprocessConfig:
         problems = []
         if not self.inputs:
             problems.append("INPUTS: give at least one input file, directory, glob or '-'")
-        for name in ("max_record_bytes", "shard_size"):
+        for name in ("max_record_bytes", "shard_size", "tokenizer_sample_size"):
             try:
                 if parse_size(getattr(self, name)) <= 0:
                     problems.append(f"{flag_name(name)}: must be positive")
@@ -106,8 +106,8 @@ class PreprocessConfig:
                             f"the special tokens and room for text), got {self.vocab_size}")
         if not 0.0 < self.character_coverage <= 1.0:
             problems.append(f"--character-coverage: must be in (0, 1], got {self.character_coverage}")
-        for name in ("min_chars", "max_chars", "min_words", "tokenizer_sample_sentences", "shuffle_buffer"):
-            if getattr(self, name) < (1 if name in ("tokenizer_sample_sentences", "shuffle_buffer") else 0):
+        for name in ("min_chars", "max_chars", "min_words", "shuffle_buffer"):
+            if getattr(self, name) < (1 if name == "shuffle_buffer" else 0):
                 problems.append(f"{flag_name(name)}: must be positive, got {getattr(self, name)}")
         if self.max_chars < self.min_chars:
             problems.append("--max-chars: must not be below --min-chars")

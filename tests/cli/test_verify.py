@@ -33,13 +33,14 @@ def flip_byte(path):
     (lambda d: (d / "train-00000.arrow").write_bytes((d / "train-00000.arrow").read_bytes()[:100]),
      "train-00000.arrow", "size 100 bytes"),
     (lambda d: (d / "validation-00000.arrow").unlink(), "validation-00000.arrow", "missing"),
-    (lambda d: (d / "manifest.json").unlink(), "", "not an lmkit artifact"),
+    (lambda d: (d / "manifest.json").unlink(), "manifest.json", "not an lmkit artifact"),
 ])
 def test_tampering_named_with_exit_1(copy, damage, name, message):
     damage(copy)
     result = run_lmkit("verify", str(copy))
     assert result.returncode == 1
-    assert f"{copy}/{name}" in result.stderr and message in result.stderr
+    named = f"{copy}: " if name == "manifest.json" else f"{copy}/{name}"
+    assert named in result.stderr and message in result.stderr
 
 
 def test_edited_manifest_detected(copy):
