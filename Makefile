@@ -25,6 +25,8 @@ test-fast: setup
 
 demo: setup
 	$(MAKE) -C examples LMKIT="$(abspath $(BIN)/lmkit)" WORK="$(abspath $(DEMO_DIR))"
+	$(BIN)/lmkit verify $(DEMO_DIR)/data
+	$(BIN)/lmkit lineage $(DEMO_DIR)/labeled
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess.py
