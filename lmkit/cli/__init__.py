@@ -39,4 +39,7 @@ def _on_sigterm(signum: int, _frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # A shell starting us in the background (CI runners, nohup) may have set SIGINT to be
+    # ignored; `kill -INT` must still stop a run cleanly with exit code 130.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app()
