@@ -21,10 +21,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker_init(initializer: Callable | None, initargs: tuple) -> None:
-    # The parent handles Ctrl-C and stops the pool; workers must not die half-way on their own.
+    # The parent handles Ctrl-C and stops the pool; workers must not die half-way on their own,
+    # but must die at once when the pool terminates them (SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked while the pool forked us
     if initializer is not None:
         initializer(*initargs)
 
@@ -42,8 +48,19 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int,
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     context = multiprocessing.get_context(method)
     limit = max_in_flight or 2 * workers
-    pool = context.Pool(workers, _worker_init, (initializer, initargs))
+    # A signal arriving while the pool forks would leave workers nobody terminates (and that
+    # hold our stdout open): hold SIGINT/SIGTERM until the pool exists and cleanup is armed.
+    blocking = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if blocking else None
     try:
+        pool = context.Pool(workers, _worker_init, (initializer, initargs))
+    except BaseException:
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    try:
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending signal raises here
         pending: deque = deque()
         for item in items:
             pending.append(pool.apply_async(fn, (item,)))
