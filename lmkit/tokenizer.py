@@ -114,11 +114,14 @@ def train(texts: Iterable[str], out_dir: Path, settings: TrainSettings) -> dict:
             minloglevel=2,
         )
     except RuntimeError as exc:
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        message = " ".join(str(exc).split()) or repr(exc)
+        if "smaller than required_chars" in message:
+            raise UserError(f"--vocab-size {settings.vocab_size} is too small for the characters of this corpus "
+                            f"(sentencepiece: {message}); raise --vocab-size or lower --character-coverage") from None
         if "Vocabulary size" in message or "vocab_size" in message:
             raise UserError(f"--vocab-size {settings.vocab_size} is too large for this corpus "
                             f"(sentencepiece: {message}); lower --vocab-size") from None
-        raise
+        raise UserError(f"tokenizer training failed (sentencepiece: {message})") from None
     (out_dir / MODEL_FILE).write_bytes(model.getvalue())
     tokenizer = Tokenizer(out_dir / MODEL_FILE)
     return {"training_sentences_seen": counter["sentences"], "vocab_size": tokenizer.vocab_size}

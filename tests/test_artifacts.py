@@ -183,3 +183,63 @@ def test_nested_manifest_outside_the_artifact_is_never_read(tmp_path, monkeypatc
     with pytest.raises(ArtifactError, match="unsafe file name"):
         artifacts.load(tmp_path / "tok")
     assert tmp_path / "x" / "manifest.json" not in [p.resolve() for p in opened]
+
+
+def test_config_or_stats_edit_alone_is_detected(tmp_path):
+    make(tmp_path / "tok")
+    edit_manifest(tmp_path / "tok", lambda m: m["config"].update(a=2))
+    with pytest.raises(ArtifactError, match="checksum does not match"):
+        artifacts.load(tmp_path / "tok")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m["inputs"].update(artifacts=[{"role": "tokenizer"}]), "inputs.artifacts entries need"),
+    (lambda m: m["files"].update({"x": "not a dict"}), "files entry 'x' needs"),
+    (lambda m: m.update(stats=[]), "stats is not a dict"),
+])
+def test_malformed_manifest_shapes_are_clear_errors(tmp_path, change, message):
+    make(tmp_path / "tok")
+    edit_manifest(tmp_path / "tok", change)
+    with pytest.raises(ArtifactError, match=message):
+        artifacts.read_manifest(tmp_path / "tok")
+
+
+def test_verify_tree_never_leaves_the_artifact(tmp_path):
+    make(tmp_path / "tok")
+    (tmp_path / "x").mkdir()
+    make(tmp_path / "x" / "inner")  # a valid artifact outside, which must not be visited
+    edit_manifest(tmp_path / "tok", lambda m: m["files"].update(
+        {"../x/inner/manifest.json": {"size": 1, "sha256": "x"}}))
+    checked, problems = artifacts.verify_tree(tmp_path / "tok")
+    assert not any("inner" in line for line in checked)
+    assert any("unsafe file name" in p for p in problems)
+
+
+def test_failed_force_commit_keeps_the_old_artifact(tmp_path, monkeypatch):
+    make(tmp_path / "tok")
+    other = artifacts.make_recipe("tokenizer", {"a": 9}, [], [])
+    real_rename = type(tmp_path).rename
+
+    def rename(self, target):
+        if ".tmp-" in self.name:  # the second rename: the new artifact into place
+            raise OSError(5, "Input/output error")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(tmp_path), "rename", rename)
+    with pytest.raises(OSError):
+        make(tmp_path / "tok", recipe=other, content=b"new", force=True)
+    monkeypatch.undo()
+    assert artifacts.load(tmp_path / "tok").manifest["recipe"] == RECIPE
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tok.lock", "tok"]
+
+
+def test_unreadable_input_is_a_user_error(tmp_path, monkeypatch):
+    from lmkit.artifacts import manifest
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(manifest, "sha256_file", denied)
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(UserError, match=r"a.txt: cannot read \(Permission denied\)"):
+        artifacts.describe_file(tmp_path / "a.txt")

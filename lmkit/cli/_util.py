@@ -48,10 +48,10 @@ def handle_errors(fn: Callable) -> Callable:
             report_user_error(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            reporter.err.print("interrupted; nothing was written", markup=False)
+            reporter.err.print("interrupted; no partial artifact was left", markup=False)
             raise typer.Exit(130) from None
         except Interrupted as exc:
-            reporter.err.print(f"{exc}; nothing was written", markup=False)
+            reporter.err.print(f"{exc}; no partial artifact was left", markup=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper

@@ -2,11 +2,15 @@
 character removal and whitespace tidying, so that the same text always reaches the tokenizer in
 the same form.
 
-``clean_text`` is idempotent: cleaning cleaned text changes nothing.
+``clean_text`` is idempotent: cleaning cleaned text changes nothing. It also turns U+2581 ("▁")
+into a plain space: SentencePiece escapes spaces as that meta symbol and decodes it back to a
+space (Kudo & Richardson 2018, "SentencePiece", section 3.1), so text holding it would not survive
+encode/decode unchanged; replacing it here keeps the cleaned text equal to what decoding returns.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from html.parser import HTMLParser
@@ -46,24 +50,21 @@ _OTHER_WHITESPACE = re.compile(r"[^\S\n ]")
 _INNER_SPACE_RUN = re.compile(r"(?<=[^ \n]) {2,}")
 _TRAILING_SPACES = re.compile(r" +$", re.MULTILINE)
 _EXTRA_NEWLINES = re.compile(r"\n{3,}")
+_SENTENCEPIECE_SPACE = "\u2581"  # "▁", SentencePiece's whitespace meta symbol
 
 
 def clean_text(text: str, normalization: str = "NFC", strip_html: bool = False) -> str:
     """Return ``text`` cleaned for training; see the module docstring for the guarantees.
 
     Steps: optional ``html_to_text``; line endings to ``\\n``; control characters removed;
-    Unicode normalization; whitespace tidied (``_tidy_whitespace``).
+    Unicode normalization; U+2581 to a space; whitespace tidied (``_tidy_whitespace``).
 
     Line endings and control characters go before normalization (the brief listed them after):
     removing a control character can bring a base letter and a combining mark together
     ("e\\x00\\u0301"), which normalizing first would leave uncomposed, and a second call would
     then change the text. ``\\r`` is itself a control character, so it is converted first.
     """
-    if normalization not in NORMALIZATIONS:
-        raise UserError(
-            f"unknown Unicode normalization {normalization!r}: "
-            f"choose one of {', '.join(NORMALIZATIONS)}"
-        )
+    _check_normalization(normalization)
     if strip_html:
         text = html_to_text(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -71,7 +72,18 @@ def clean_text(text: str, normalization: str = "NFC", strip_html: bool = False) 
         text = text.translate(_CONTROL_TABLE)
     if normalization != "none":
         text = unicodedata.normalize(normalization, text)
+    if _SENTENCEPIECE_SPACE in text:
+        text = text.replace(_SENTENCEPIECE_SPACE, " ")
     return _tidy_whitespace(text)
+
+
+@functools.lru_cache(maxsize=8)  # clean_text runs per document; only valid values are cached
+def _check_normalization(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise UserError(
+            f"unknown Unicode normalization {normalization!r}: "
+            f"choose one of {', '.join(NORMALIZATIONS)}"
+        )
 
 
 def _tidy_whitespace(text: str) -> str:

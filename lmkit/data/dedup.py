@@ -240,13 +240,21 @@ class NearDeduper:
         self._seen: set[int] = set()
 
     def keys(self, text: str) -> list[int]:
-        """Band keys of ``text``; pure, so worker processes can compute them."""
+        """Band keys of ``text``; pure, so worker processes can compute them.
+
+        A text without shingles ("!!! ???", emoji only) has no keys: its all-empty signature
+        would otherwise make every such text a near duplicate of the first one.
+        """
         signature = minhash_signature(text, self.num_perm, self.shingle_size)
+        if signature[0] == _EMPTY_SLOT:  # a real slot is below 2**32, so no shingle was hashed
+            return []
         return band_keys(signature, self.bands, self.rows)
 
     def is_duplicate(self, keys: list[int]) -> bool:
         """True if any key was seen (the document is dropped and its keys are not added);
-        otherwise remember all keys and return False."""
+        otherwise remember all keys and return False. No keys: never a duplicate, nothing remembered."""
+        if not keys:
+            return False
         if any(key in self._seen for key in keys):
             return True
         self._seen.update(keys)

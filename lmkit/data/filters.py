@@ -209,9 +209,14 @@ def first_failing_filter(
 
     The order of ``enabled`` does not matter, so the reported reason is the same for every run.
     """
-    enabled = set(enabled)
-    validate_filter_names(sorted(enabled))
-    for name, rule in FILTERS.items():
-        if name in enabled and not rule.check(text, thresholds):
-            return name
+    for rule in _enabled_filters(tuple(enabled)):
+        if not rule.check(text, thresholds):
+            return rule.name
     return None
+
+
+@functools.lru_cache(maxsize=32)  # first_failing_filter runs per document: validate each name set once
+def _enabled_filters(names: tuple[str, ...]) -> tuple[Filter, ...]:
+    """The named filters in ``FILTERS`` order; raises ``UserError`` (never cached) for unknown names."""
+    validate_filter_names(sorted(set(names)))
+    return tuple(rule for name, rule in FILTERS.items() if name in names)

@@ -43,13 +43,18 @@ def make_batch(ids: list[int], tokens: list[list[int]], n_bytes: list[int], labe
     return pa.RecordBatch.from_arrays(columns, schema=schema(token_type, labels is not None))
 
 
+def _token_count(batch: pa.RecordBatch) -> int:
+    offsets = batch.column("tokens").offsets  # of the slice: first and last bound its tokens
+    return offsets[-1].as_py() - offsets[0].as_py()
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.arrow"
 
 
 class ShardWriter:
-    """Append record batches to ``{split}-NNNNN.arrow`` files, starting a new file once the
-    current one reaches ``max_bytes`` (a shard may exceed it by at most one batch)."""
+    """Append record batches to ``{split}-NNNNN.arrow`` files of about ``max_bytes`` each:
+    batches are cut so a shard exceeds the bound by at most one document."""
 
     def __init__(self, directory: Path, split: str, max_bytes: int, schema_: pa.Schema):
         self.directory, self.split, self.max_bytes, self.schema = Path(directory), split, max_bytes, schema_
@@ -59,15 +64,17 @@ class ShardWriter:
         self._current_bytes = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows == 0:
-            return
-        if self._writer is None or self._current_bytes >= self.max_bytes:
-            self._roll()
-        self._writer.write_batch(batch)
-        self._current_bytes += batch.nbytes
-        shard = self.shards[-1]
-        shard["documents"] += batch.num_rows
-        shard["tokens"] += len(batch.column("tokens").values)
+        while batch.num_rows:
+            if self._writer is None or self._current_bytes >= self.max_bytes:
+                self._roll()
+            per_row = max(1, batch.nbytes // batch.num_rows)
+            take = max(1, min(batch.num_rows, (self.max_bytes - self._current_bytes) // per_row))
+            piece, batch = batch.slice(0, take), batch.slice(take)
+            self._writer.write_batch(piece)
+            self._current_bytes += per_row * take
+            shard = self.shards[-1]
+            shard["documents"] += piece.num_rows
+            shard["tokens"] += _token_count(piece)
 
     def _roll(self) -> None:
         self._close_current()

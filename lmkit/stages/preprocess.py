@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import re
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
-
-import sys
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,6 +44,9 @@ from lmkit.units import parse_size
 _BATCH_DOCS = 512
 _BATCH_BYTES = 1 << 20
 _SPILL_DIR = "_spill"
+_INTEGER = re.compile(r"-?[0-9]+")
+# Settings that shape the dataset's files but not the text the tokenizer is trained on.
+_NOT_TOKENIZER_IDENTITY = ("shard_size", "shuffle_buffer")
 
 
 # -- pass 1 workers: cleaning and filtering -------------------------------------------------------
@@ -130,12 +133,12 @@ class _Spill:
         self._writer = pa.ipc.new_stream(str(path), self.SCHEMA)
         self._rows: list[tuple[str, str | None, bytes]] = []
         self.count = 0
-        self.characters = 0
+        self.bytes = 0
 
     def add(self, text: str, label: str | None, digest: bytes) -> None:
         self._rows.append((text, label, digest))
         self.count += 1
-        self.characters += len(text)
+        self.bytes += len(text.encode("utf-8"))
         if len(self._rows) >= 1024:
             self._flush()
 
@@ -178,7 +181,7 @@ def _batches(items: Iterator[tuple], max_docs: int = _BATCH_DOCS, max_bytes: int
 def _label_names(counts: Counter) -> list[str]:
     """Label vocabulary: numeric order when every label is an integer, else lexical."""
     names = list(counts)
-    if all(name.lstrip("-").isdigit() for name in names):
+    if all(_INTEGER.fullmatch(name) for name in names):
         return sorted(names, key=int)
     return sorted(names)
 
@@ -221,24 +224,21 @@ def run(config: PreprocessConfig, stdin: BinaryIO | None = None) -> artifacts.Ar
         stdin_reader = _HashingReader(stdin if stdin is not None else sys.stdin.buffer) if uses_stdin else None
         try:
             stats = _build(config, writer.tmp, all_inputs, input_files, parent_tokenizer, stdin_reader, identity)
+            if stdin_reader is not None:  # stdin's hash is known only now
+                writer.recipe = artifacts.make_recipe("dataset", identity, input_files, parents)
+            tokenizer_parent = (artifacts.describe_parent("tokenizer", parent_tokenizer, writer.out)
+                                if parent_tokenizer else
+                                {"role": "tokenizer", "path": "tokenizer", "id": stats.pop("_tokenizer_id")})
+            stats["seconds"] = round(time.monotonic() - started, 3)
+            stats["mb_per_s"] = round(stats["input_bytes"] / 1e6 / max(stats["seconds"], 1e-9), 3)
+            stats["tokens_per_s"] = round(stats["tokens"] / max(stats["seconds"], 1e-9), 1)
+            inputs_record = {"artifacts": [tokenizer_parent], "files": input_files}
+            return writer.commit(config_lib.as_dict(config), inputs_record, stats)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise UserError(f"{config.out}: no space left on device while writing the dataset; "
                                 "nothing was written and any earlier artifact there is intact") from None
             raise
-        if stdin_reader is not None:
-            stdin_record = {"path": "-", "size": stdin_reader.size, "sha256": stdin_reader.sha256.hexdigest()}
-            input_files.insert([p for p, _ in all_inputs].index("-"),
-                                {**stdin_record, "role": dict(all_inputs)["-"]})
-            writer.recipe = artifacts.make_recipe("dataset", identity, input_files, parents)
-        tokenizer_parent = (artifacts.describe_parent("tokenizer", parent_tokenizer, writer.out)
-                            if parent_tokenizer else
-                            {"role": "tokenizer", "path": "tokenizer", "id": stats.pop("_tokenizer_id")})
-        stats["seconds"] = round(time.monotonic() - started, 3)
-        stats["mb_per_s"] = round(stats["input_bytes"] / 1e6 / max(stats["seconds"], 1e-9), 3)
-        stats["tokens_per_s"] = round(stats["tokens"] / max(stats["seconds"], 1e-9), 1)
-        inputs_record = {"artifacts": [tokenizer_parent], "files": input_files}
-        return writer.commit(config_lib.as_dict(config), inputs_record, stats)
 
 
 def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]], input_files: list[dict],
@@ -249,6 +249,10 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     spill_dir.mkdir()
     counts, dropped, label_counts, spills = _pass_one(config, all_inputs, input_files, spill_dir, workers,
                                                       stdin_reader)
+    if stdin_reader is not None:  # read to the end now: it has a hash, and lineage like any file
+        position = [path for path, _ in all_inputs].index("-")
+        input_files.insert(position, {"path": "-", "size": stdin_reader.size,
+                                      "sha256": stdin_reader.sha256.hexdigest(), "role": dict(all_inputs)["-"]})
     kept = sum(s.count for s in spills.values())
     if kept == 0:
         reasons = ", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "no documents in the input"
@@ -267,7 +271,7 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     else:
         tokenizer_id, tokenizer_stats = _train_tokenizer(config, tokenizer_dir, spills["train"], input_files,
                                                          identity)
-    vocab_size = tokenizer_stats["vocab_size"]
+    vocab_size = Tokenizer(tokenizer_dir / MODEL_FILE).vocab_size  # the model, not what a manifest says
     token_type = token_dtype_name(vocab_size)
     label_names = _label_names(sum(label_counts.values(), Counter())) if config.label_field else None
 
@@ -355,7 +359,7 @@ def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill:
                              character_coverage=config.character_coverage, seed=config.seed)
     # A Bernoulli sample by document hash: streaming, deterministic, about the requested size.
     # (SentencePiece's own sampling bounds lines, not bytes, and reads every line first.)
-    share = min(1.0, parse_size(config.tokenizer_sample_size) / max(train_spill.characters, 1))
+    share = min(1.0, parse_size(config.tokenizer_sample_size) / max(train_spill.bytes, 1))
     chosen = (text for text, _, digest in train_spill.rows() if share >= 1.0 or _sample_point(digest) < share)
     reporter.info(f"training a {config.tokenizer_type} tokenizer (vocabulary {config.vocab_size}) on "
                   f"{share:.0%} of {train_spill.count:,} training documents")
@@ -371,7 +375,8 @@ def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill:
                         f"{config.normalization})",
                         "special_tokens": {name: {"piece": piece, "id": token_id}
                                            for name, (piece, token_id) in SPECIAL_TOKENS.items()}}
-    recipe = artifacts.make_recipe("tokenizer", {"tokenizer": tokenizer_config, "dataset": identity},
+    text_settings = {k: v for k, v in identity.items() if k not in _NOT_TOKENIZER_IDENTITY}
+    recipe = artifacts.make_recipe("tokenizer", {"tokenizer": tokenizer_config, "text": text_settings},
                                    input_files, [])
     manifest = artifacts.seal(tokenizer_dir, "tokenizer", recipe, tokenizer_config,
                               {"artifacts": [], "files": input_files}, stats)

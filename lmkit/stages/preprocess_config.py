@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from lmkit.config import flag_name, option, validate
@@ -116,6 +117,11 @@ class PreprocessConfig:
         for name in ("max_repeated_line_fraction", "min_alpha_word_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{flag_name(name)}: must be in [0, 1], got {getattr(self, name)}")
+        if self.tokenizer is not None:  # a reused tokenizer is used as it is: these would do nothing
+            for name in ("tokenizer_type", "vocab_size", "character_coverage", "tokenizer_sample_size"):
+                if getattr(self, name) != _DEFAULTS[name]:
+                    problems.append(f"{flag_name(name)}: has no effect with --tokenizer (the reused tokenizer "
+                                    "is used as it is); drop one of them")
         if self.workers < 0:
             problems.append(f"--workers: must be 0 (all cores) or more, got {self.workers}")
         validate(self, problems)
@@ -125,3 +131,6 @@ class PreprocessConfig:
             min_chars=self.min_chars, max_chars=self.max_chars, min_words=self.min_words,
             max_symbol_ratio=self.max_symbol_ratio, max_repeated_line_fraction=self.max_repeated_line_fraction,
             min_alpha_word_fraction=self.min_alpha_word_fraction)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PreprocessConfig)}

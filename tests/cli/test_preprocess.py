@@ -81,7 +81,7 @@ def test_signal_exits_cleanly_without_artifact(tmp_path, signum, code):
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == code, stderr
-    assert "nothing was written" in stderr
+    assert "no partial artifact was left" in stderr
     assert not out.exists() and not list(tmp_path.glob(".data.tmp-*"))
 
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmkit.data import cleaning
 from lmkit.data.cleaning import NORMALIZATIONS, clean_text, html_to_text
 from lmkit.errors import UserError
 
@@ -23,6 +24,16 @@ def test_nfc_composes_combining_marks_and_none_leaves_them():
     decomposed = "cafe\u0301"
     assert clean_text(decomposed, normalization="NFC") == "caf\u00e9"
     assert clean_text(decomposed, normalization="none") == decomposed
+
+
+def test_normalization_is_checked_once_per_value_not_per_document():
+    cleaning._check_normalization.cache_clear()
+    for _ in range(100):
+        clean_text("text", normalization="NFKC")
+    assert cleaning._check_normalization.cache_info().misses == 1
+    for _ in range(3):  # a bad value is never remembered as checked
+        with pytest.raises(UserError):
+            clean_text("text", normalization="NFD")
 
 
 def test_unknown_normalization_is_a_user_error_listing_choices():
@@ -90,6 +101,14 @@ def test_whitespace_only_text_becomes_empty():
     assert clean_text(" \n\t\u3000\r\n ") == ""
 
 
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_sentencepiece_space_marker_becomes_a_space(normalization):
+    # SentencePiece reads U+2581 as a space, so it could not survive a round trip anyway.
+    assert clean_text("a\u2581b", normalization=normalization) == "a b"
+    assert clean_text("a \u2581\u2581 b\u2581\nc", normalization=normalization) == "a b\nc"
+    assert clean_text("\u2581\u2581x", normalization=normalization) == "  x"  # indentation, as for spaces
+
 # --- HTML ------------------------------------------------------------------------------------
 
 PAGE = """<!DOCTYPE html>
@@ -145,7 +164,7 @@ def test_strip_html_off_keeps_markup():
 # compose with neighbours, compatibility characters, Hangul jamo, ZWJ, markup.
 _TRICKY = list(
     " \t\n\r\x00\x0b\x0c\x1f\x85\u00a0\u2028\u3000e\u0301\u0308\u00a8\ufb01\uff11a"
-    "\u1100\u1161\u11a8\u200d<>&;/p"
+    "\u1100\u1161\u11a8\u200d\u2581<>&;/p"
 )
 _texts = st.one_of(st.text(), st.text(alphabet=st.sampled_from(_TRICKY)))
 

@@ -180,6 +180,17 @@ def test_dropped_document_keys_are_not_remembered():
     assert dedup.is_duplicate([4]) is False
 
 
+
+def test_documents_without_shingles_are_never_near_duplicates():
+    # Without words every signature slot is empty, so all such documents would share every band.
+    dedup = NearDeduper()
+    for text in ["!!! ???", "\U0001f44d\U0001f44d", "", "  \n ", "!!! ???"]:
+        assert dedup.keys(text) == []
+        assert dedup.is_duplicate(dedup.keys(text)) is False
+    assert dedup.is_duplicate([]) is False
+    assert dedup._seen == set()  # nothing remembered
+    assert dedup.is_duplicate(dedup.keys(doc(0))) is False
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [

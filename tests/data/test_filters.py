@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lmkit.data import filters
 from lmkit.data.filters import (
     FILTERS,
     FilterThresholds,
@@ -151,6 +152,27 @@ def test_first_failing_filter_rejects_unknown_names():
     with pytest.raises(UserError, match="'symbol'"):
         first_failing_filter("some text here", ["symbol"], DEFAULTS)
 
+
+
+def test_filter_names_are_validated_once_per_set_not_per_document(monkeypatch):
+    calls = []
+
+    def counting(names):
+        calls.append(tuple(names))
+        validate_filter_names(names)
+
+    monkeypatch.setattr(filters, "validate_filter_names", counting)
+    filters._enabled_filters.cache_clear()
+    try:
+        for _ in range(100):
+            assert first_failing_filter("some text here", ["symbols", "few_words"], DEFAULTS) is None
+        assert calls == [("few_words", "symbols")]
+        for _ in range(3):  # unknown names are never remembered as valid
+            with pytest.raises(UserError, match="'symbol'"):
+                first_failing_filter("some text here", ["symbol"], DEFAULTS)
+        assert len(calls) == 4
+    finally:
+        filters._enabled_filters.cache_clear()
 
 def test_bad_thresholds_reported_together():
     with pytest.raises(ConfigError) as raised:

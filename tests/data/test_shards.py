@@ -28,3 +28,15 @@ def test_uint32_tokens_for_large_vocabularies(tmp_path):
     (shard,) = writer.close()
     assert shard["file"] == "validation-00000.arrow"
     assert read_shard(tmp_path / shard["file"]).column("tokens").to_pylist() == [[70000, 3]]
+
+
+def test_one_large_batch_is_cut_to_the_size_bound(tmp_path):
+    rows = [list(range(40)) for _ in range(200)]  # 200 documents of 80 bytes of tokens each
+    writer = ShardWriter(tmp_path, "train", max_bytes=2000, schema_=schema("uint16", with_labels=False))
+    writer.write(make_batch(list(range(200)), rows, [1] * 200, None, "uint16"))
+    shards = writer.close()
+    assert len(shards) >= 8
+    assert all(s["documents"] <= 25 for s in shards)  # ~2000 bytes / (80 + 20 bytes per row)
+    assert sum(s["tokens"] for s in shards) == 8000
+    table = pa.concat_tables([read_shard(tmp_path / s["file"]) for s in shards])
+    assert table.column("id").to_pylist() == list(range(200))

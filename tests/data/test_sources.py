@@ -176,6 +176,27 @@ def test_json_bad_inputs(tmp_path):
     assert "d.json: JSON file larger than 100 bytes (--max-record-bytes)" in error_of(path, max_record_bytes=100)
 
 
+
+def test_json_trailing_comma_is_invalid(tmp_path):
+    path = write(tmp_path / "a.json", '[{"text": "a"},]')
+    assert error_of(path) == f"{path}:1: invalid JSON (trailing comma before ']')"
+    path = write(tmp_path / "b.json", '[\n"a",\n"b" ,\n  ]\n')
+    assert error_of(path) == f"{path}:3: invalid JSON (trailing comma before ']')"
+    assert texts(write(tmp_path / "c.json", "[ ]")) == []
+
+
+def test_deeply_nested_json_is_a_malformed_record(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write(tmp_path / "a.jsonl", '{"text": "a"}\n' + deep + '\n{"text": "b"}\n' + "[" * 100_000 + "\n")
+    assert error_of(path) == (f"{path}:2: invalid JSON (nested too deeply); "
+                              "use --skip-bad-records to skip such records")
+    docs, counts = read(path, skip_bad_records=True)
+    assert [d.text for d in docs] == ["a", "b"]
+    assert counts["bad_records"] == 2 and counts["records"] == 4
+    path = write(tmp_path / "b.json", '[\n{"text": "a"},\n' + deep + "\n]")
+    assert error_of(path) == f"{path}:3: invalid JSON (nested too deeply)"
+    assert error_of(path, skip_bad_records=True) == f"{path}:3: invalid JSON (nested too deeply)"
+
 # -- CSV and TSV ---------------------------------------------------------------------------------------
 def test_csv_quoted_multiline_field_is_located_at_its_first_line(tmp_path):
     path = write(tmp_path / "a.csv", 'id,body,y\n1,"line one\r\nline two, with comma",pos\n\n2,plain,\n')
@@ -329,6 +350,37 @@ def test_invalid_utf8_in_json_array_and_csv(tmp_path):
     assert [d.text for d in docs] == ["ok"] and counts["encoding_skipped"] == 1
 
 
+
+def test_lone_surrogate_escapes_in_jsonl_follow_encoding_errors(tmp_path):
+    path = write(tmp_path / "a.jsonl", '{"text": "ok \\ud83d\\ude00"}\n{"text": "a \\ud800 b"}\n'
+                                       '{"text": "x", "label": "\\udfff"}\n')
+    assert error_of(path) == (f"{path}:2: invalid UTF-8 (lone surrogate \\ud800 in the text); "
+                              "use --encoding-errors replace|skip")
+    docs, counts = read(path, label_field="label", encoding_errors="replace")
+    assert [(d.text, d.label) for d in docs] == [("ok \U0001f600", None), ("a \ufffd b", None), ("x", "\ufffd")]
+    assert counts["encoding_replaced"] == 2 and counts["encoding_skipped"] == 0
+    docs, counts = read(path, label_field="label", encoding_errors="skip")
+    assert [d.text for d in docs] == ["ok \U0001f600"]
+    assert counts["encoding_skipped"] == 2 and counts["records"] == 3
+    label = write(tmp_path / "b.jsonl", '{"text": "x", "label": "\\udfff"}\n')
+    assert f"{label}:1: invalid UTF-8 (lone surrogate \\udfff in the label)" in error_of(label, label_field="label")
+    # Invalid bytes and a lone surrogate in one record: one record replaced, counted once.
+    both = write(tmp_path / "c.jsonl", b'{"text": "\xff \\udc00"}\n')
+    docs, counts = read(both, encoding_errors="replace")
+    assert [d.text for d in docs] == ["\ufffd \ufffd"] and counts["encoding_replaced"] == 1
+    for doc in docs:
+        doc.text.encode("utf-8")
+
+
+def test_lone_surrogate_escapes_in_json_array_follow_encoding_errors(tmp_path):
+    path = write(tmp_path / "a.json", '[\n"ok",\n{"text": "\\udc80z"},\n"\\ud800"\n]')
+    assert error_of(path) == (f"{path}:3: invalid UTF-8 (lone surrogate \\udc80 in the text); "
+                              "use --encoding-errors replace|skip")
+    docs, counts = read(path, encoding_errors="replace")
+    assert [d.text for d in docs] == ["ok", "\ufffdz", "\ufffd"] and counts["encoding_replaced"] == 2
+    docs, counts = read(path, encoding_errors="skip")
+    assert [d.text for d in docs] == ["ok"] and counts["encoding_skipped"] == 2
+
 def test_nul_byte_early_means_binary(tmp_path):
     path = write(tmp_path / "a.jsonl", b'{"text": "x"}\n\x00\x01\x02')
     assert error_of(path) == f"{path} looks binary (NUL byte at offset 14); text input must be UTF-8"
@@ -427,6 +479,19 @@ def test_resolve_inputs_directory_recursion_is_sorted_and_filtered(tmp_path):
     assert resolve_inputs([str(tmp_path)]) == [f"{tmp_path}/a.csv", f"{tmp_path}/b/a.jsonl.gz",
                                                f"{tmp_path}/b/z.txt"]
 
+
+
+def test_resolve_inputs_skips_artifacts_inside_an_input_directory(tmp_path):
+    # `lmkit preprocess corpus/ --out corpus/data` must not read its own output back next time.
+    corpus = tmp_path / "corpus"
+    for name in ["a.txt", "sub/b.jsonl", "data/manifest.json", "data/shard.jsonl", "data/deeper/c.txt",
+                 "sub/tok/manifest.json", "sub/tok/vocab.txt"]:
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_bytes(b"")
+    assert resolve_inputs([str(corpus)]) == [f"{corpus}/a.txt", f"{corpus}/sub/b.jsonl"]
+    with pytest.raises(UserError) as info:
+        resolve_inputs([str(corpus / "data")])
+    assert str(info.value) == f"{corpus}/data: is an lmkit artifact, not raw input"
 
 def test_resolve_inputs_globs_stdin_and_dedupe(tmp_path):
     for name in ["b.txt", "a.txt", "sub/c.txt", "d.md"]:

@@ -5,6 +5,7 @@ import errno
 import gzip
 import io
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -26,6 +27,8 @@ def config(inputs, out, **overrides):
     values = {"inputs": [str(p) for p in inputs], "out": str(out), "vocab_size": 400, "workers": 1,
               "near_dedup": False}
     values.update(overrides)
+    if "tokenizer" in values:  # a reused tokenizer takes no tokenizer settings
+        del values["vocab_size"]
     return resolve(PreprocessConfig, {}, values)
 
 
@@ -75,7 +78,7 @@ def test_mixed_inputs_round_trip_through_shards(corpus, tmp_path):
     assert 0 < splits["validation"]["documents"] < 0.25 * art2.stats["documents_kept"]
     assert art2.stats["tokens"] == splits["train"]["tokens"] + splits["validation"]["tokens"]
     assert dataset_docs(tmp_path / "data2").schema.field("tokens").type == pa.list_(pa.uint16())
-    assert [f["path"].endswith(name) for f, name in zip(art2.manifest["inputs"]["files"], ["a.txt", "b.jsonl.gz"])]
+    assert [Path(f["path"]).name for f in art2.manifest["inputs"]["files"]] == ["a.txt", "b.jsonl.gz"]
     assert art2.parent_path("tokenizer") == (tmp_path / "data2" / "tokenizer").resolve()
 
 
@@ -276,3 +279,58 @@ def test_config_problems_reported_together(tmp_path):
     text = str(info.value)
     for flag in ("--val-fraction", "--vocab-size", "--shard-size", "--filters"):
         assert flag in text
+
+
+def test_tokenizer_sample_is_bounded(corpus, tmp_path):
+    art = preprocess.run(config([corpus / "a.txt"], tmp_path / "o", tokenizer_sample_size="5KB"))
+    share = art.stats["tokenizer"]["sample_share"]
+    assert 0 < share < 0.5
+    assert art.stats["tokenizer"]["training_sentences_seen"] < 0.5 * art.stats["splits"]["train"]["documents"]
+
+
+def test_test_split_shards_html_and_unigram(tmp_path):
+    path = tmp_path / "pages.jsonl"
+    path.write_text("".join(json.dumps({"text": f"<html><head><title>t</title></head><body><p>{p}</p>"
+                                                f"<script>var x = 1;</script></body></html>"}) + "\n"
+                            for p in PARAGRAPHS[:200]))
+    art = preprocess.run(config([path], tmp_path / "o", strip_html=True, test_fraction=0.1, val_fraction=0.1,
+                                tokenizer_type="unigram", shard_size="8KB", filters="none"))
+    splits = art.stats["splits"]
+    assert set(splits) == {"train", "validation", "test"} and splits["test"]["documents"] > 5
+    assert len(splits["train"]["shards"]) > 1
+    texts = [text for _, text in all_texts(art.path).values()]
+    assert all("<" not in t and "var x" not in t for t in texts)
+    assert artifacts.load(art.path / "tokenizer").config["type"] == "unigram"
+
+
+def test_tokenizer_settings_with_a_reused_tokenizer_are_refused(corpus, tmp_path):
+    from lmkit.errors import ConfigError
+
+    a = preprocess.run(config([corpus / "a.txt"], tmp_path / "a"))
+    with pytest.raises(ConfigError, match="--vocab-size: has no effect with --tokenizer"):
+        resolve(PreprocessConfig, {}, {"inputs": ["x"], "out": "o", "tokenizer": str(a.path / "tokenizer"),
+                                       "vocab_size": 500})
+
+
+def test_stdin_tokenizer_lineage_includes_stdin(tmp_path):
+    data = ("\n\n".join(PARAGRAPHS[:40])).encode()
+    art = preprocess.run(config(["-"], tmp_path / "out"), stdin=io.BytesIO(data))
+    tokenizer = artifacts.load(art.path / "tokenizer")
+    assert [f["path"] for f in tokenizer.manifest["inputs"]["files"]] == ["-"]
+
+
+def test_renaming_an_input_to_another_format_is_not_up_to_date(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("\n".join(json.dumps({"text": p}) for p in PARAGRAPHS[:40]))
+    preprocess.run(config([a], tmp_path / "out", split_by="line"))
+    b = a.rename(tmp_path / "a.jsonl")
+    with pytest.raises(UserError, match="already holds a different dataset"):
+        preprocess.run(config([b], tmp_path / "out", split_by="line"))
+
+
+def test_odd_labels_sort_lexically(tmp_path):
+    path = tmp_path / "l.jsonl"
+    path.write_text("".join(json.dumps({"text": p, "label": ["--1", "²", "3"][i % 3]}) + "\n"
+                            for i, p in enumerate(PARAGRAPHS[:30])))
+    art = preprocess.run(config([path], tmp_path / "out", label_field="label"))
+    assert art.stats["labels"]["names"] == ["--1", "3", "²"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import os
 
+from lmkit.artifacts import MANIFEST
 from lmkit.data.sources.options import ReadOptions
 from lmkit.errors import UserError
 
@@ -23,6 +24,9 @@ _COLUMNAR = ("parquet", "arrow")
 def resolve_inputs(specs: list[str], *, input_format: str = "auto") -> list[str]:
     """Expand files, directories (recursive, sorted), glob patterns (sorted, ``**`` allowed) and "-"
     (stdin) into a de-duplicated list of inputs, keeping first occurrences.
+
+    Directory expansion skips hidden entries and lmkit artifacts (directories holding a manifest), so an
+    output written inside an input directory is never read back as input; naming an artifact is an error.
 
     With an explicit ``input_format``, explicit files and glob matches of any suffix are accepted.
     """
@@ -53,14 +57,21 @@ def _expand(spec: str, input_format: str) -> list[str]:
 
 
 def _expand_directory(directory: str) -> list[str]:
+    if _is_artifact(directory):
+        raise UserError(f"{directory}: is an lmkit artifact, not raw input")
     found = []
     for root, dirs, files in os.walk(directory, onerror=_raise_walk_error):
-        # Hidden entries are tool metadata (.git, .cache, macOS "._x.txt" resource forks), not corpus.
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        # Hidden entries are tool metadata (.git, .cache, macOS "._x.txt" resource forks), not corpus;
+        # artifacts are lmkit's own outputs (`preprocess corpus/ --out corpus/data`), not corpus either.
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _is_artifact(os.path.join(root, d))]
         found += [os.path.join(root, f) for f in files if not f.startswith(".") and _is_supported(f)]
     if not found:
         raise UserError(f"{directory}: directory has no supported file; {_supported_list()}")
     return sorted(found)
+
+
+def _is_artifact(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, MANIFEST))
 
 
 def _raise_walk_error(exc: OSError) -> None:

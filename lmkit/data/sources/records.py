@@ -15,7 +15,10 @@ from lmkit.errors import UserError
 
 _NEWLINE = b"\n"
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")   # what errors="surrogateescape" makes of invalid UTF-8
+# A lone surrogate is invalid UTF-8 in disguise: a JSON escape ("\ud800") or, with errors="surrogateescape",
+# an undecodable byte (U+DC80-U+DCFF). Either would crash UTF-8 encoding later on.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TOO_DEEP = "nested too deeply"  # the JSON decoder recurses per level and raises RecursionError
 _MISSING = object()
 
 
@@ -84,8 +87,12 @@ def _read_jsonl(source: _TextSource, options: ReadOptions, counts: collections.C
         except json.JSONDecodeError as exc:
             _bad_record(f"{location}: invalid JSON ({exc.msg})", options, counts)
             continue
+        except RecursionError:
+            _bad_record(f"{location}: invalid JSON ({_TOO_DEEP})", options, counts)
+            continue
         document = _document_from_json(record, location, options, counts)
-        if document is not None:
+        # Invalid bytes were already replaced and counted (or skipped) with the line.
+        if document is not None and _keep_json_encoding(document, options, counts, counted=invalid):
             yield document
 
 
@@ -112,13 +119,17 @@ def _read_json_array(source: _TextSource, options: ReadOptions, counts: collecti
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:  # no way to resynchronize inside an array: always an error
             raise UserError(f"{source.name}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise UserError(f"{location}: invalid JSON ({_TOO_DEEP})") from None
         counts["records"] += 1
         document = _document_from_json(value, location, options, counts, allow_string=True)
         if document is not None and _keep_json_encoding(document, options, counts):
             yield document
         pos = _JSON_SPACE.match(text, pos).end()
         if text.startswith(",", pos):
-            pos = _JSON_SPACE.match(text, pos + 1).end()
+            comma, pos = pos, _JSON_SPACE.match(text, pos + 1).end()
+            if text.startswith("]", pos):  # json.loads refuses "[1,]" too
+                raise UserError(f"{source.name}:{_line_of(text, comma)}: invalid JSON (trailing comma before ']')")
         elif not text.startswith("]", pos):
             raise UserError(f"{source.name}:{_line_of(text, pos)}: invalid JSON (Expecting ',' delimiter or ']')")
     end = _JSON_SPACE.match(text, pos + 1).end()
@@ -142,12 +153,28 @@ def _decode_json_file(data: bytes, name: str, encoding_errors: str) -> str:
         raise _invalid_utf8(data[line_start:], exc.start - line_start, location) from None
 
 
-def _keep_json_encoding(document: RawDocument, options: ReadOptions, counts: collections.Counter) -> bool:
-    invalid = bool(_ESCAPED_BYTE.search(document.text) or (document.label and _ESCAPED_BYTE.search(document.label)))
-    if invalid:
-        document.text = _ESCAPED_BYTE.sub("\ufffd", document.text)
-        document.label = document.label and _ESCAPED_BYTE.sub("\ufffd", document.label)
-    return _keep_encoding(invalid, options, counts)
+def _lone_surrogate(text: str) -> str | None:
+    if text.isascii():  # nearly every record: no regex scan
+        return None
+    match = _SURROGATE.search(text)
+    return match.group() if match else None
+
+
+def _keep_json_encoding(document: RawDocument, options: ReadOptions, counts: collections.Counter,
+                        counted: bool = False) -> bool:
+    """Whether a JSON record is kept given lone surrogates in its text or label, which are invalid UTF-8
+    under --encoding-errors like undecodable bytes; ``counted``: the record was already counted as replaced."""
+    where, surrogate = "text", _lone_surrogate(document.text)
+    if surrogate is None and document.label is not None:
+        where, surrogate = "label", _lone_surrogate(document.label)
+    if surrogate is None:
+        return True
+    if options.encoding_errors == "strict":
+        raise UserError(f"{document.location}: invalid UTF-8 (lone surrogate \\u{ord(surrogate):04x} in the "
+                        f"{where}); use --encoding-errors replace|skip")
+    document.text = _SURROGATE.sub("\ufffd", document.text)
+    document.label = None if document.label is None else _SURROGATE.sub("\ufffd", document.label)
+    return counted or _keep_encoding(True, options, counts)
 
 
 # -- CSV / TSV ------------------------------------------------------------------------------------------

@@ -1,32 +1,25 @@
-"""Artifacts: the one contract between stages (see ARCHITECTURE.md).
+"""Manifests: what an artifact is, its content address, and verification on load.
 
-An artifact is a directory holding files and a ``manifest.json`` written last. This module
-writes them atomically (temporary sibling, fsync, rename), verifies them on load (format
-version, sizes, sha256, paths confined to the directory), and decides whether a stage's
-output is already up to date (same recipe) or would overwrite something different.
+An artifact is a directory of files plus ``manifest.json`` (written last). Loading checks the
+format version, the manifest's own checksum, every file's size and sha256, and that every
+listed path stays inside the directory without following links.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import errno
-import fcntl
 import hashlib
 import json
 import os
-import shutil
-import stat
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lmkit import __version__
 from lmkit.errors import ArtifactError, UserError
 
 MANIFEST = "manifest.json"
 MANIFEST_FIELDS = ("kind", "format_version", "id", "recipe", "config", "inputs", "files", "stats",
-                   "lmkit_version", "created_at")
+                   "lmkit_version", "created_at", "checksum")
 
 # kind -> (format version this lmkit reads and writes, the command that makes it)
 KINDS: dict[str, tuple[int, str]] = {}
@@ -61,7 +54,10 @@ def digest_json(obj: Any) -> str:
 def describe_file(path: str | Path) -> dict[str, Any]:
     """Lineage record of a raw input file: path, size and content hash."""
     p = Path(path)
-    return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": sha256_file(p)}
+    try:
+        return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": sha256_file(p)}
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def make_recipe(kind: str, config: dict[str, Any], input_files: list[dict[str, Any]],
@@ -72,7 +68,8 @@ def make_recipe(kind: str, config: dict[str, Any], input_files: list[dict[str, A
         "kind": kind,
         "format_version": KINDS[kind][0],
         "config": config,
-        "inputs": [(f.get("role"), f["sha256"]) for f in input_files],
+        # Content and how it is read (the suffix picks the format): not where it lies.
+        "inputs": [(f.get("role"), "".join(Path(f["path"]).suffixes[-2:]), f["sha256"]) for f in input_files],
         "parents": [(p["role"], p["id"]) for p in parents],
     })
 
@@ -147,9 +144,37 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{manifest_path}: {kind} format version {manifest['format_version']!r} is not supported "
             f"by lmkit {__version__} (reads version {version}); remake it with `{made_by}`")
-    if not isinstance(manifest["files"], dict) or not isinstance(manifest["inputs"], dict):
-        raise ArtifactError(f"{manifest_path}: invalid manifest (files/inputs malformed)")
+    problem = _shape_problem(manifest)
+    if problem:
+        raise ArtifactError(f"{manifest_path}: invalid manifest ({problem})")
     return manifest
+
+
+def _shape_problem(manifest: dict[str, Any]) -> str | None:
+    """What is structurally wrong with a manifest, so later code can index it safely."""
+    for key, kind in (("config", dict), ("stats", dict), ("inputs", dict), ("files", dict), ("id", str),
+                      ("recipe", str), ("checksum", str)):
+        if not isinstance(manifest[key], kind):
+            return f"{key} is not a {kind.__name__}"
+    for name, entry in manifest["files"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                and isinstance(entry.get("sha256"), str)):
+            return f"files entry {name!r} needs an integer size and a sha256"
+    parents = manifest["inputs"].get("artifacts", [])
+    raw = manifest["inputs"].get("files", [])
+    if not isinstance(parents, list) or not all(
+            isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("role", "path", "id")) for p in parents):
+        return "inputs.artifacts entries need role, path and id"
+    if not isinstance(raw, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("size"), int)
+            and isinstance(f.get("sha256"), str) for f in raw):
+        return "inputs.files entries need path, size and sha256"
+    return None
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 over every other field: any edit of the manifest, not only of the files, shows."""
+    return digest_json({key: value for key, value in manifest.items() if key != "checksum"})
 
 
 def _safe_member(root: Path, name: str) -> Path:
@@ -187,7 +212,35 @@ def verify_files(path: str | Path, manifest: dict[str, Any], full: bool = True) 
     expected_id = artifact_id(manifest["kind"], manifest["files"], manifest["recipe"], root)
     if manifest["id"] != expected_id:
         problems.append(f"{root / MANIFEST}: id does not match its contents (edited manifest?)")
+    elif manifest["checksum"] != manifest_checksum(manifest):
+        problems.append(f"{root / MANIFEST}: checksum does not match (the manifest was edited)")
     return problems
+
+
+def verify_tree(path: str | Path) -> tuple[list[str], list[str]]:
+    """(descriptions of verified artifacts, problems) for PATH and every artifact nested in it.
+
+    Nested artifacts are found among the listed files (``sub/manifest.json``), only at safe
+    names, so a hostile manifest cannot send verification outside the directory.
+    """
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+    except ArtifactError as exc:
+        return [], [str(exc)]
+    problems = verify_files(path, manifest, full=True)
+    checked = [f"{path} ({manifest['kind']} {manifest['id'][:12]}, {len(manifest['files'])} files)"]
+    for name in sorted(manifest["files"]):
+        if not name.endswith("/" + MANIFEST):
+            continue
+        try:
+            nested = _safe_member(path, name).parent
+        except ArtifactError:
+            continue  # already reported by verify_files
+        sub_checked, sub_problems = verify_tree(nested)
+        checked += sub_checked
+        problems += sub_problems
+    return checked, problems
 
 
 def artifact_id(kind: str, files: dict[str, Any], recipe: str, root: Path) -> str:
@@ -222,203 +275,6 @@ def load(path: str | Path, kind: str | None = None, full: bool = True) -> Artifa
         raise ArtifactError(problems[0] + (f" (and {len(problems) - 1} more problems; "
                                            f"run `lmkit verify {path}`)" if len(problems) > 1 else ""))
     return Artifact(path=path, manifest=manifest)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class ArtifactWriter:
-    """Build an artifact in a temporary sibling directory and commit it atomically.
-
-    Usage::
-
-        with ArtifactWriter(out, "dataset", recipe, force=False) as writer:
-            if writer.up_to_date: return writer.existing
-            ... write files under writer.tmp ...
-            artifact = writer.commit(config, inputs, stats)
-
-    On entry it takes an exclusive lock beside ``out`` (a second writer fails at once),
-    removes temporaries left by dead processes, and checks what ``out`` holds now.
-    Leaving without commit (an error, an interrupt) removes the temporary directory.
-    """
-
-    def __init__(self, out: str | Path, kind: str, recipe: str | None, force: bool = False):
-        self.out = Path(out).absolute()
-        self.kind = kind
-        self.recipe = recipe
-        self.force = force
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.existing: Artifact | None = None
-        self.up_to_date = False
-        self._lock_fd: int | None = None
-        self._committed = False
-
-    # -- entry checks -------------------------------------------------------------------
-    def __enter__(self) -> "ArtifactWriter":
-        parent = self.out.parent
-        if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"{self.out}: exists and is a file; the output must be a directory (--out)")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"{parent}: cannot create output directory ({exc.strerror})") from None
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"{parent}: not writable (--out)")
-        self._lock()
-        try:
-            self._clean_stale()
-            self._inspect_existing()
-            if not self.up_to_date:
-                self.tmp.mkdir()
-        except BaseException:
-            self._unlock()
-            raise
-        return self
-
-    def _lock(self) -> None:
-        lock_path = self.out.parent / f".{self.out.name}.lock"
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise UserError(f"{self.out}: another lmkit process is writing this output "
-                                f"(lock {lock_path}); wait for it or choose another --out") from None
-            raise
-        self._lock_fd = fd
-
-    def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def _clean_stale(self) -> None:
-        """Remove temporaries of dead writers; restore an old artifact a crash left aside."""
-        prefix_tmp, prefix_old = f".{self.out.name}.tmp-", f".{self.out.name}.old-"
-        for entry in self.out.parent.iterdir():
-            for prefix in (prefix_tmp, prefix_old):
-                if not entry.name.startswith(prefix):
-                    continue
-                pid = entry.name[len(prefix):].split("-")[0]
-                if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
-                    continue
-                if prefix == prefix_old and not self.out.exists() and (entry / MANIFEST).is_file():
-                    entry.rename(self.out)  # crashed between the two renames of a --force commit
-                else:
-                    shutil.rmtree(entry, ignore_errors=True)
-
-    def _inspect_existing(self) -> None:
-        if not self.out.exists():
-            return
-        if not (self.out / MANIFEST).exists():
-            if any(self.out.iterdir()):
-                raise UserError(f"{self.out}: exists, is not empty and is not an lmkit artifact; "
-                                "refusing to replace it (choose another --out or remove it)")
-            return
-        try:
-            self.existing = load(self.out)
-        except ArtifactError as exc:
-            if not self.force:
-                raise UserError(f"{self.out}: holds a damaged artifact ({exc}); use --force to rebuild it") from None
-            return
-        if self.recipe is None and not self.force:
-            raise UserError(f"{self.out}: already holds an artifact, and with input from stdin lmkit cannot "
-                            "tell whether it is up to date; use --force to replace it")
-        if self.recipe is not None and self.existing.manifest.get("recipe") == self.recipe \
-                and self.existing.kind == self.kind:
-            self.up_to_date = self.existing.up_to_date = True
-            os.utime(self.out / MANIFEST)  # so Make sees the target as fresh
-        elif not self.force:
-            raise UserError(f"{self.out}: already holds a different {self.existing.kind} artifact "
-                            f"(id {self.existing.id[:12]}); use --force to replace it")
-
-    # -- commit -------------------------------------------------------------------------
-    def commit(self, config: dict[str, Any], inputs: dict[str, Any], stats: dict[str, Any]) -> Artifact:
-        """Seal the temporary directory with its manifest and move it into place."""
-        if self.recipe is None:
-            raise RuntimeError("commit needs a recipe")  # set it once the inputs are hashed
-        manifest = seal(self.tmp, self.kind, self.recipe, config, inputs, stats)
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self.out.rename(old)
-        self.tmp.rename(self.out)
-        _fsync_path(self.out.parent)
-        self._committed = True
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return Artifact(path=self.out, manifest=manifest)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if not self._committed and self.tmp.exists():
-                shutil.rmtree(self.tmp, ignore_errors=True)
-        finally:
-            self._unlock()
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            path = Path(dirpath) / name
-            if not stat.S_ISREG(path.lstat().st_mode):
-                raise RuntimeError(f"{path}: artifacts hold regular files only")
-            yield path
-
-
-def seal(directory: Path, kind: str, recipe: str, config: dict[str, Any], inputs: dict[str, Any],
-         stats: dict[str, Any]) -> dict[str, Any]:
-    """Hash and fsync every file under ``directory``, then write its manifest, last.
-
-    Used for the top-level artifact and for artifacts nested inside it (a dataset's tokenizer).
-    """
-    files = {}
-    for file_path in sorted(_walk(directory)):
-        name = file_path.relative_to(directory).as_posix()
-        if name == MANIFEST:
-            continue
-        files[name] = {"size": file_path.stat().st_size, "sha256": sha256_file(file_path)}
-        _fsync_path(file_path)
-    manifest = {
-        "kind": kind,
-        "format_version": KINDS[kind][0],
-        "id": artifact_id(kind, files, recipe, directory),
-        "recipe": recipe,
-        "config": config,
-        "inputs": inputs,
-        "files": files,
-        "stats": stats,
-        "lmkit_version": __version__,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json_durable(directory / MANIFEST, manifest)
-    _fsync_path(directory)
-    return manifest
-
-
-def write_json_durable(path: Path, obj: Any) -> None:
-    data = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def lineage(path: str | Path, _seen: frozenset = frozenset()) -> dict[str, Any]:
