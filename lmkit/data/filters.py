@@ -215,8 +215,9 @@ def first_failing_filter(
     return None
 
 
-@functools.lru_cache(maxsize=32)  # first_failing_filter runs per document: validate each name set once
+# first_failing_filter runs per document: validate each set of names once, not per document.
+@functools.lru_cache(maxsize=32)
 def _enabled_filters(names: tuple[str, ...]) -> tuple[Filter, ...]:
-    """The named filters in ``FILTERS`` order; raises ``UserError`` (never cached) for unknown names."""
+    """The named filters in ``FILTERS`` order; unknown names raise ``UserError`` (never cached)."""
     validate_filter_names(sorted(set(names)))
     return tuple(rule for name, rule in FILTERS.items() if name in names)

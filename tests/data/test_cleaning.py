@@ -107,7 +107,8 @@ def test_sentencepiece_space_marker_becomes_a_space(normalization):
     # SentencePiece reads U+2581 as a space, so it could not survive a round trip anyway.
     assert clean_text("a\u2581b", normalization=normalization) == "a b"
     assert clean_text("a \u2581\u2581 b\u2581\nc", normalization=normalization) == "a b\nc"
-    assert clean_text("\u2581\u2581x", normalization=normalization) == "  x"  # indentation, as for spaces
+    # Leading ones are indentation, like leading spaces.
+    assert clean_text("\u2581\u2581x", normalization=normalization) == "  x"
 
 # --- HTML ------------------------------------------------------------------------------------
 
