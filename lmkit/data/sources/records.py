@@ -9,8 +9,8 @@ import re
 from typing import Any, Iterator
 
 from lmkit.data.sources.options import RawDocument, ReadOptions
-from lmkit.data.sources.streams import (_TOO_LONG, _bad_record, _decode, _invalid_utf8, _keep_encoding,
-                                        _TextSource, _too_long)
+from lmkit.data.sources.streams import (_TOO_LONG, _bad_record, _decode, _decoded_lines, _invalid_utf8,
+                                        _keep_encoding, _TextSource, _too_long)
 from lmkit.errors import UserError
 
 _NEWLINE = b"\n"
@@ -69,19 +69,7 @@ def _document_from_json(record: Any, location: str, options: ReadOptions,
 
 
 def _read_jsonl(source: _TextSource, options: ReadOptions, counts: collections.Counter):
-    limit = options.max_record_bytes
-    while (raw := source.next_line(limit)) is not None:
-        location = f"{source.name}:{source.line_no}"
-        if raw is _TOO_LONG:
-            counts["records"] += 1
-            _bad_record(_too_long(location, limit), options, counts)
-            continue
-        line, invalid = _decode(raw, location, options.encoding_errors)
-        if not line.strip():
-            continue
-        counts["records"] += 1
-        if not _keep_encoding(invalid, options, counts):
-            continue
+    for location, line, invalid in _decoded_lines(source, options, counts):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:

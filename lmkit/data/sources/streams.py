@@ -12,7 +12,7 @@ import lzma
 import re
 import sys
 import zlib
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from lmkit.data.sources.inputs import _split_name
 from lmkit.data.sources.options import ReadOptions
@@ -240,3 +240,22 @@ def _bad_record(message: str, options: ReadOptions, counts: collections.Counter)
 
 def _too_long(location: str, limit: int) -> str:
     return f"{location}: record longer than {limit} bytes (--max-record-bytes)"
+
+
+def _decoded_lines(source: "_TextSource", options: ReadOptions,
+                   counts: collections.Counter) -> Iterator[tuple[str, str, bool]]:
+    """(location, text, had invalid UTF-8) of each non-blank line, oversized lines and invalid
+    UTF-8 already handled by policy (error, or skipped and counted): for line-based readers."""
+    limit = options.max_record_bytes
+    while (raw := source.next_line(limit)) is not None:
+        location = f"{source.name}:{source.line_no}"
+        if raw is _TOO_LONG:
+            counts["records"] += 1
+            _bad_record(_too_long(location, limit), options, counts)
+            continue
+        text, invalid = _decode(raw, location, options.encoding_errors)
+        if not text.strip():
+            continue
+        counts["records"] += 1
+        if _keep_encoding(invalid, options, counts):
+            yield location, text, invalid

@@ -6,7 +6,8 @@ import collections
 from typing import Iterator
 
 from lmkit.data.sources.options import RawDocument, ReadOptions
-from lmkit.data.sources.streams import _TOO_LONG, _bad_record, _decode, _keep_encoding, _TextSource, _too_long
+from lmkit.data.sources.streams import (_TOO_LONG, _bad_record, _decode, _decoded_lines, _keep_encoding,
+                                        _TextSource, _too_long)
 
 
 def _read_txt(source: _TextSource, options: ReadOptions, counts: collections.Counter) -> Iterator[RawDocument]:
@@ -15,19 +16,8 @@ def _read_txt(source: _TextSource, options: ReadOptions, counts: collections.Cou
 
 
 def _read_txt_lines(source: _TextSource, options: ReadOptions, counts: collections.Counter):
-    limit = options.max_record_bytes
-    while (raw := source.next_line(limit)) is not None:
-        location = f"{source.name}:{source.line_no}"
-        if raw is _TOO_LONG:
-            counts["records"] += 1
-            _bad_record(_too_long(location, limit), options, counts)
-            continue
-        text, invalid = _decode(raw, location, options.encoding_errors)
-        if not text.strip():
-            continue
-        counts["records"] += 1
-        if _keep_encoding(invalid, options, counts):
-            yield RawDocument(text, location, None)
+    for location, text, _invalid in _decoded_lines(source, options, counts):
+        yield RawDocument(text, location, None)
 
 
 def _read_txt_paragraphs(source: _TextSource, options: ReadOptions, counts: collections.Counter):
