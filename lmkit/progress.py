@@ -33,6 +33,7 @@ class Task:
     def __init__(self, reporter: "Reporter", description: str, total: float | None, unit: str):
         self.reporter, self.description, self.total, self.unit = reporter, description, total, unit
         self.completed = 0.0
+        self.status = ""  # e.g. "loss 3.21 lr 3.0e-04": shown after the counts
         self.started = time.monotonic()
         self._last_line = self.started
         self._rich_id = None
@@ -47,6 +48,11 @@ class Task:
                 self._last_line = now
                 self.reporter.info(self.line())
 
+    def set_status(self, status: str) -> None:
+        self.status = status
+        if self._rich_id is not None:
+            self.reporter._live.update(self._rich_id, description=f"{self.description} {status}")
+
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.completed / elapsed
@@ -57,7 +63,7 @@ class Task:
         if self.total and rate > 0:
             remaining = max(self.total - self.completed, 0) / rate
             text += f", ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}"
-        return text
+        return f"{text}  {self.status}" if self.status else text
 
 
 class Reporter:

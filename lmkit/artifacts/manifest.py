@@ -33,6 +33,7 @@ def register_kind(kind: str, format_version: int, made_by: str) -> None:
 
 register_kind("tokenizer", 1, "lmkit preprocess")
 register_kind("dataset", 1, "lmkit preprocess")
+register_kind("checkpoint", 1, "lmkit pretrain")
 
 _HASH_CHUNK = 1 << 20
 

@@ -30,7 +30,7 @@ def _global_options(
 
 
 # Registering the commands: each module adds itself to `app` on import.
-from lmkit.cli import demo, info, lineage, preprocess, verify  # noqa: E402,F401
+from lmkit.cli import demo, info, lineage, preprocess, pretrain, verify  # noqa: E402,F401
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -63,8 +64,9 @@ def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
     base, _optional = config_lib._base_type(annotation)
     if meta.get("positional"):
         default = typer.Argument(None, help=help_text, show_default=False)
+        many = typing.get_origin(base) is list
         return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                 annotation=Optional[list[str]])
+                                 annotation=Optional[list[str]] if many else Optional[str])
     names = [config_lib.flag_name(field.name)]
     if base is bool:
         names = [f"{names[0]}/--no-{names[0][2:]}"]

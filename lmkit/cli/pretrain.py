@@ -1,0 +1,47 @@
+"""``lmkit pretrain``: train a GPT, BERT or LSTM language model from a dataset artifact."""
+
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+
+from lmkit.artifacts import Artifact
+from lmkit.cli._util import config_command
+from lmkit.progress import reporter
+from lmkit.stages import pretrain
+from lmkit.stages.pretrain_config import PretrainConfig
+
+
+def render(artifact: Artifact) -> None:
+    if artifact.up_to_date:
+        reporter.out.print(f"{artifact.path}: up to date (checkpoint {artifact.id[:12]})", markup=False)
+        return
+    stats = artifact.stats
+    table = Table(title=f"checkpoint {artifact.id[:12]} → {artifact.path}", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("model", f"{stats['arch']}, {stats['parameters']:,} parameters, objective {stats['objective']}")
+    table.add_row("trained", f"{stats['step']:,} steps, {stats['tokens']:,} tokens")
+    last_eval = _last_eval(artifact.path.parent / "metrics.jsonl")
+    for key, value in last_eval.items():
+        if key.startswith("val_"):
+            table.add_row(key, f"{value:.4f}")
+    if stats.get("best_step") is not None:
+        table.add_row("best", f"step {stats['best_step']} (val_loss {stats['best_val_loss']:.4f})")
+    reporter.out.print(table)
+
+
+def _last_eval(path) -> dict:
+    if not path.exists():
+        return {}
+    evals = [json.loads(line) for line in path.read_text().splitlines() if '"val_loss"' in line]
+    return evals[-1] if evals else {}
+
+
+config_command(
+    "pretrain", PretrainConfig,
+    help="Pretrain a language model (GPT, BERT or LSTM) on a dataset artifact, with checkpoints, exact resume "
+         "and validation. Runs data-parallel under torchrun.\n\n"
+         "Example: lmkit pretrain data --out runs/gpt --model gpt-tiny --max-steps 300",
+    render=render, run=pretrain.run)

@@ -1,0 +1,141 @@
+"""Training windows from a dataset split: documents packed end to end, and MLM corruption.
+
+Causal LM (Radford et al. 2019; no padding waste): the split's documents are concatenated,
+each followed by ``</s>``, and cut into windows of ``seq_len + 1`` tokens that overlap by one,
+so window i gives inputs ``w[:-1]`` and targets ``w[1:]``.
+
+Masked LM (Devlin et al. 2019, with RoBERTa's full-sentence packing, Liu et al. 2019): the
+documents are joined by ``[SEP]`` and cut into ``seq_len - 2`` token chunks framed as
+``[CLS] chunk [SEP]``; 15% of the non-special positions are chosen, of which 80% become
+``[MASK]``, 10% a random token and 10% stay; only chosen positions carry a target.
+
+Which windows a step reads depends only on (seed, step): resuming at a step reads exactly
+what an uninterrupted run would have, on any rank.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from lmkit.artifacts import Artifact
+from lmkit.data.shards import read_shard
+from lmkit.errors import UserError
+from lmkit.tokenizer import SPECIAL_TOKENS
+
+IGNORE_INDEX = -100
+EOS_ID = SPECIAL_TOKENS["eos"][1]
+SEP_ID = SPECIAL_TOKENS["sep"][1]
+CLS_ID = SPECIAL_TOKENS["cls"][1]
+MASK_ID = SPECIAL_TOKENS["mask"][1]
+FIRST_TEXT_ID = len(SPECIAL_TOKENS)  # ids below this are special tokens
+
+
+@dataclass
+class TokenStream:
+    """One split of a dataset: every document followed by a separator, as one int32 array."""
+
+    tokens: np.ndarray
+    documents: int
+    text_bytes: int
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.text_bytes / max(len(self.tokens), 1)
+
+
+def load_stream(dataset: Artifact, split: str, separator: int = EOS_ID) -> TokenStream:
+    """Concatenate a split's shards (read memory-mapped) with ``separator`` after each document."""
+    info = dataset.stats["splits"].get(split)
+    if not info or info["documents"] == 0:
+        raise UserError(f"{dataset.path}: has no {split} documents (see `lmkit info {dataset.path}`)")
+    pieces = []
+    documents = text_bytes = 0
+    for shard in info["shards"]:
+        table = read_shard(dataset.file(shard["file"]))
+        tokens = table.column("tokens").combine_chunks()
+        offsets = tokens.offsets.to_numpy()
+        values = tokens.values.to_numpy().astype(np.int32)
+        # Insert the separator after each document: document i lands at offsets[i] + i.
+        out = np.full(len(values) + len(offsets) - 1, separator, dtype=np.int32)
+        positions = np.arange(len(values)) + np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        out[positions] = values
+        pieces.append(out)
+        documents += table.num_rows
+        text_bytes += int(pa.compute.sum(table.column("n_bytes")).as_py() or 0)
+    return TokenStream(np.concatenate(pieces), documents, text_bytes)
+
+
+class CausalWindows:
+    """Windows of ``seq_len + 1`` tokens at stride ``seq_len`` over a token stream."""
+
+    def __init__(self, stream: TokenStream, seq_len: int):
+        self.stream, self.seq_len = stream, seq_len
+        self.count = (len(stream.tokens) - 1) // seq_len
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = indices[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
+        windows = torch.from_numpy(self.stream.tokens[starts].astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+
+@dataclass(frozen=True)
+class MaskingSettings:
+    probability: float = 0.15
+    replace_mask: float = 0.8     # of chosen positions: become [MASK]
+    replace_random: float = 0.1   # of chosen positions: become a random text token; the rest stay
+
+
+class MaskedWindows:
+    """``[CLS] chunk [SEP]`` windows of ``seq_len`` tokens, corrupted for masked-LM training."""
+
+    def __init__(self, stream: TokenStream, seq_len: int, vocab_size: int, masking: MaskingSettings):
+        self.stream, self.seq_len, self.vocab_size, self.masking = stream, seq_len, vocab_size, masking
+        self.chunk = seq_len - 2
+        self.count = len(stream.tokens) // self.chunk
+
+    def batch(self, indices: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = indices[:, None] * self.chunk + np.arange(self.chunk)[None, :]
+        body = torch.from_numpy(self.stream.tokens[starts].astype(np.int64))
+        rows = len(indices)
+        clean = torch.cat([torch.full((rows, 1), CLS_ID), body, torch.full((rows, 1), SEP_ID)], dim=1)
+        return mask_tokens(clean, self.vocab_size, self.masking, generator)
+
+
+def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 corruption; returns (inputs, targets) with IGNORE_INDEX where not chosen."""
+    maskable = tokens >= FIRST_TEXT_ID
+    draw = torch.rand(tokens.shape, generator=generator)
+    chosen = maskable & (draw < masking.probability)
+    action = torch.rand(tokens.shape, generator=generator)
+    random_tokens = torch.randint(FIRST_TEXT_ID, vocab_size, tokens.shape, generator=generator)
+    inputs = tokens.clone()
+    to_mask = chosen & (action < masking.replace_mask)
+    to_random = chosen & (action >= masking.replace_mask) & (action < masking.replace_mask + masking.replace_random)
+    inputs[to_mask] = MASK_ID
+    inputs[to_random] = random_tokens[to_random]
+    targets = torch.where(chosen, tokens, torch.full_like(tokens, IGNORE_INDEX))
+    return inputs, targets
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(count: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def sample_indices(count: int, seed: int, start: int, length: int) -> np.ndarray:
+    """Window indices for global sample positions [start, start + length): epoch after epoch,
+    each epoch a permutation seeded by (seed, epoch). Pure: no state to save for resume."""
+    positions = np.arange(start, start + length)
+    epochs = positions // count
+    result = np.empty(length, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        permutation = _permutation(count, seed, int(epoch))
+        selected = epochs == epoch
+        result[selected] = permutation[positions[selected] % count]
+    return result

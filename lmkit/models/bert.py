@@ -1,0 +1,82 @@
+"""BERT: a bidirectional transformer encoder with a masked-language-model head (Devlin et al. 2019).
+
+It shares the decoder's blocks (layers.py) with causal masking off, so it too is pre-norm with
+RMSNorm and, instead of BERT's learned position table, rotary positions: one position scheme
+across lmkit, and attention that depends on relative offsets only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmkit.models.config import ModelConfig
+from lmkit.models.layers import Block, init_transformer_weights, rope_tables, token_loss
+
+POOLING = ("cls", "mean")
+
+
+class MLMHead(nn.Module):
+    """The transform before the vocabulary projection: dense, GELU, norm (as in BERT)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.gelu(self.dense(x)))  # (B, T, C)
+
+
+class BERT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
+        self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlm_head = MLMHead(config)
+        # The decoder has a per-token bias, as in BERT; its weight is the embedding matrix when tied.
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=True)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd/2)
+        self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hd/2)
+        init_transformer_weights(self, self.blocks)
+
+    def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Contextual vectors (B, T, C) of idx (B, T); attention_mask (B, T) bool, True = real token:
+        no position attends to padding, so padded ids cannot change the real positions' vectors."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd/2)
+        x = self.emb_dropout(self.tok_emb(idx))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, cos, sin, attention_mask)  # (B, T, C)
+        return self.final_norm(x)  # (B, T, C)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) at every position and the cross entropy over targets that are not -100."""
+        logits = self.lm_head(self.mlm_head(self.encode(idx, attention_mask)))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = token_loss(logits, targets)
+        return logits, loss
+
+    def pooled(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               method: str = "cls") -> torch.Tensor:
+        """One vector (B, C) per sequence: the first ([CLS]) position's, or the mean over real tokens."""
+        hidden = self.encode(idx, attention_mask)  # (B, T, C)
+        if method == "cls":
+            return hidden[:, 0]  # (B, C)
+        if method == "mean":
+            if attention_mask is None:
+                return hidden.mean(dim=1)  # (B, C)
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
+        raise ValueError(f"unknown pooling {method!r} (choose one of {', '.join(POOLING)})")

@@ -1,0 +1,122 @@
+"""The model configuration: one small, JSON-serializable dataclass for every architecture.
+
+A checkpoint stores ``ModelConfig.to_dict()``; ``ModelConfig.from_dict`` rebuilds it, so a model
+is always rebuilt from names and numbers, never from pickled classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from lmkit.config import coerce, field_types, flag_name, option, validate
+from lmkit.errors import ConfigError
+
+ARCHS = ("gpt", "bert", "lstm")
+MLPS = ("swiglu", "gelu")
+# The special tokens have fixed ids 0..6 across lmkit (lmkit/tokenizer.py); a vocabulary holds them all.
+MIN_VOCAB_SIZE = 7
+# Fields that only transformers (gpt, bert) use; an LSTM refuses non-default values rather than ignore them.
+TRANSFORMER_ONLY = ("n_head", "d_ff", "mlp", "qk_norm", "rope_theta", "norm_eps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    arch: str = option(help="Architecture: gpt (decoder), bert (encoder) or lstm.")
+    vocab_size: int = option(help="Vocabulary size (the tokenizer's, special tokens included).")
+    block_size: int = option(256, "Longest sequence the model accepts (length of the rotary tables).")
+    n_layer: int = option(4, "Number of transformer blocks / LSTM layers.")
+    n_head: int = option(4, "Attention heads per block (gpt, bert); must divide --d-model.")
+    d_model: int = option(256, "Width of the residual stream / LSTM hidden state.")
+    d_ff: int = option(0, "Hidden width of the feed-forward layer; 0 picks the default: 8/3*d_model rounded up "
+                       "to a multiple of 64 for swiglu (Shazeer 2020), 4*d_model for gelu.")
+    mlp: str = option("swiglu", "Feed-forward type of gpt and bert blocks: swiglu or gelu.", choices=MLPS)
+    qk_norm: bool = option(False, "RMSNorm on each head's queries and keys before attention (OLMo 2, Gemma 3).")
+    rope_theta: float = option(10000.0, "Base of the rotary position embedding frequencies (Su et al. 2021).")
+    dropout: float = option(0.0, "Dropout probability on embeddings, attention and residual branches.")
+    tie_embeddings: bool = option(True, "Share the input embedding matrix with the output projection "
+                                  "(Press & Wolf 2017).")
+    norm_eps: float = option(1e-6, "Epsilon of the RMSNorm layers.")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.arch not in ARCHS:
+            problems.append(f"--arch: unknown architecture {self.arch!r} (choose one of {', '.join(ARCHS)})")
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            problems.append(f"--vocab-size: must be at least {MIN_VOCAB_SIZE} (the special tokens), "
+                            f"got {self.vocab_size}")
+        for name in ("block_size", "n_layer", "d_model"):
+            if getattr(self, name) < 1:
+                problems.append(f"{flag_name(name)}: must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"--dropout: must be in [0, 1), got {self.dropout}")
+        if self.arch == "lstm":
+            for name in TRANSFORMER_ONLY:
+                if getattr(self, name) != _DEFAULTS[name]:
+                    problems.append(f"{flag_name(name)}: has no effect on an LSTM (--arch lstm); drop it")
+        else:
+            problems.extend(self._transformer_problems())
+        validate(self, problems)
+
+    def _transformer_problems(self) -> list[str]:
+        problems = []
+        if self.n_head < 1:
+            problems.append(f"--n-head: must be positive, got {self.n_head}")
+        elif self.d_model % self.n_head != 0:
+            problems.append(f"--n-head: must divide --d-model ({self.d_model} % {self.n_head} != 0)")
+        elif (self.d_model // self.n_head) % 2 != 0:
+            problems.append(f"--n-head: the head size --d-model/--n-head must be even for rotary embeddings "
+                            f"({self.d_model}/{self.n_head} = {self.d_model // self.n_head})")
+        if self.d_ff < 0:
+            problems.append(f"--d-ff: must be 0 (default) or positive, got {self.d_ff}")
+        if self.mlp not in MLPS:
+            problems.append(f"--mlp: unknown feed-forward type {self.mlp!r} (choose one of {', '.join(MLPS)})")
+        if self.rope_theta <= 0:
+            problems.append(f"--rope-theta: must be positive, got {self.rope_theta}")
+        if self.norm_eps <= 0:
+            problems.append(f"--norm-eps: must be positive, got {self.norm_eps}")
+        return problems
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        """The feed-forward hidden width, with the 0 = default rule applied."""
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":  # 8/3 keeps the parameter count of a 4x GELU MLP with three matrices
+            return _round_up(-(-8 * self.d_model // 3), 64)
+        return 4 * self.d_model
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config from ``to_dict()`` output (e.g. a checkpoint manifest); every problem is reported."""
+        types_ = field_types(cls)
+        problems, checked = [], {}
+        for key, value in values.items():
+            if key not in types_:
+                problems.append(f"model config: unknown key {key!r}")
+                continue
+            try:
+                checked[key] = coerce(value, types_[key], f"model config: {key}")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        for f in dataclasses.fields(cls):
+            if f.default is dataclasses.MISSING and f.name not in values:
+                problems.append(f"model config: missing key {f.name!r}")
+        if problems:
+            raise ConfigError(problems)
+        return cls(**checked)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}

@@ -1,0 +1,253 @@
+"""``lmkit pretrain``: a language model trained from a dataset artifact into a run directory.
+
+The run directory holds checkpoint artifacts ``step-XXXXXXXX/`` (the last ``--keep-last`` and
+the best by validation loss) and ``final/``, plus ``metrics.jsonl`` and ``config.toml``. All
+checks on the inputs happen before any compute.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmkit import artifacts, config as config_lib
+from lmkit.data.packing import SEP_ID, MaskingSettings, load_stream
+from lmkit.errors import UserError
+from lmkit.models import build_model, count_parameters, flops_per_token
+from lmkit.models.config import ModelConfig
+from lmkit.models.presets import model_config
+from lmkit.progress import reporter
+from lmkit.stages.pretrain_config import PretrainConfig, parse_duration
+from lmkit.training import distributed
+from lmkit.training.checkpoint import TrainerState, read_checkpoint, write_checkpoint
+from lmkit.training.loop import LoopSettings, fit
+from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, BatchLayout, CausalLM, MaskedLM
+from lmkit.training.optim import build_optimizer
+
+CHECKPOINT_PREFIX = "step-"
+FINAL = "final"
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """bf16 where the hardware computes it natively (CUDA bf16, or AVX-512 BF16 / AMX CPUs)."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = torch.cpu._is_avx512_bf16_supported() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "fp32"
+
+
+@dataclass
+class _Plan:
+    """Everything decided before compute: model, objective, batch layout, the run directory's state."""
+
+    dataset: artifacts.Artifact
+    tokenizer: artifacts.Artifact
+    model_config: ModelConfig
+    objective: str
+    seq_len: int
+    layout: BatchLayout
+    run_dir: Path
+    recipe: str
+    resume_from: Path | None
+    init_from: Path | None
+
+
+def _plan(config: PretrainConfig, env: distributed.Distributed) -> _Plan:
+    dataset = artifacts.load(config.dataset, kind="dataset")
+    tokenizer = artifacts.load(dataset.path / "tokenizer", kind="tokenizer")
+    vocab_size = int(tokenizer.stats["vocab_size"])
+    model_cfg = model_config(config.model, vocab_size, **config.model_overrides())
+    objective = DEFAULT_OBJECTIVE[model_cfg.arch] if config.objective == "auto" else config.objective
+    if model_cfg.arch not in OBJECTIVES[objective].archs:
+        raise UserError(f"--objective {objective} does not fit a {model_cfg.arch} model (--model {config.model}); "
+                        f"{objective} trains {', '.join(OBJECTIVES[objective].archs)}")
+    seq_len = config.seq_len or min(model_cfg.block_size, 256)
+    if seq_len > model_cfg.block_size:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's block size {model_cfg.block_size} "
+                        "(raise --block-size or lower --seq-len)")
+    if objective == "mlm" and seq_len < 4:
+        raise UserError("--seq-len: masked LM windows need at least 4 tokens ([CLS] ... [SEP])")
+    per_micro = config.micro_batch * seq_len * env.world_size
+    batch_tokens = config.batch_tokens or per_micro
+    if batch_tokens % per_micro:
+        raise UserError(f"--batch-tokens {batch_tokens} is not a multiple of --micro-batch x --seq-len x processes "
+                        f"= {per_micro}")
+    layout = BatchLayout(config.micro_batch, batch_tokens // per_micro, env.world_size)
+    init_from = None
+    if config.init_from:
+        source = read_checkpoint(config.init_from)
+        if source.model_config != model_cfg:
+            raise UserError(f"--init-from {config.init_from}: its model ({source.model_config.arch}, "
+                            f"{source.model_config.d_model} wide, {source.model_config.n_layer} layers, vocab "
+                            f"{source.model_config.vocab_size}) differs from the one requested")
+        if artifacts.load(source.tokenizer_path).id != tokenizer.id:
+            raise UserError(f"--init-from {config.init_from}: its tokenizer differs from the dataset's")
+        init_from = source.path
+    run_dir = Path(config.out)
+    identity = {**config_lib.identity_dict(config), "dataset": dataset.id}
+    if init_from:
+        identity["init_from"] = artifacts.load(init_from).id
+    recipe = artifacts.make_recipe("checkpoint", identity, [], [{"role": "dataset", "id": dataset.id}])
+    resume_from = _inspect_run_dir(run_dir, config, recipe, env)
+    return _Plan(dataset, tokenizer, model_cfg, objective, seq_len, layout, run_dir, recipe, resume_from, init_from)
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """Committed checkpoints of a run (a directory with a manifest), oldest step first."""
+    found = [p for p in run_dir.iterdir() if p.is_dir() and (p / artifacts.MANIFEST).is_file()
+             and (p.name.startswith(CHECKPOINT_PREFIX) or p.name == FINAL)]
+    return sorted(found, key=lambda p: (read_checkpoint(p).trainer_state().step, p.name == FINAL))
+
+
+def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: distributed.Distributed) -> Path | None:
+    """Refuse to clobber a run; find the checkpoint to resume from; apply --force."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is a file; --out must be a directory")
+    existing = _checkpoints(run_dir) if run_dir.is_dir() else []
+    if config.resume:
+        if not existing:
+            raise UserError(f"{run_dir}: no checkpoint to resume from (run without --resume to start)")
+        latest = existing[-1]
+        saved = read_checkpoint(latest).trainer_state()
+        if saved.world_size != env.world_size:
+            raise UserError(f"{latest}: was trained on {saved.world_size} process(es); resume with the same number "
+                            f"(now {env.world_size})")
+        return latest
+    final = run_dir / FINAL
+    if final.is_dir() and (final / artifacts.MANIFEST).is_file() and not config.force:
+        if artifacts.read_manifest(final).get("recipe") == recipe:
+            return None  # the stage reports "up to date"
+    if existing or (run_dir / "metrics.jsonl").exists():
+        if not config.force:
+            raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or --force to start over")
+        if env.is_main:
+            for path in existing:
+                shutil.rmtree(path)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return None
+
+
+def run(config: PretrainConfig) -> artifacts.Artifact:
+    env = distributed.setup()
+    try:
+        return _run(config, env)
+    finally:
+        distributed.teardown(env)
+
+
+def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Artifact:
+    plan = _plan(config, env)
+    final_path = plan.run_dir / FINAL
+    if plan.resume_from is None and not config.force and (final_path / artifacts.MANIFEST).is_file() \
+            and artifacts.read_manifest(final_path).get("recipe") == plan.recipe:
+        existing = artifacts.load(final_path)
+        existing.up_to_date = True
+        return existing
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    precision = resolve_precision(config.precision, env.device)
+
+    train_stream = load_stream(plan.dataset, "train", SEP_ID if plan.objective == "mlm" else 3)
+    validation = plan.dataset.stats["splits"].get("validation")
+    val_stream = (load_stream(plan.dataset, "validation", SEP_ID if plan.objective == "mlm" else 3)
+                  if validation and validation["documents"] else None)
+    if plan.objective == "clm":
+        objective = CausalLM(train_stream, val_stream, plan.seq_len, plan.layout, config.seed, env.device)
+    else:
+        masking = MaskingSettings(config.mask_prob, config.mask_replace, config.mask_random)
+        objective = MaskedLM(train_stream, val_stream, plan.seq_len, plan.layout, config.seed, env.device,
+                             plan.model_config.vocab_size, masking)
+    per_step = plan.layout.micro_batch * plan.layout.world_size
+    if objective.train_windows.count < per_step:
+        raise UserError(f"{config.dataset}: the train split has {objective.train_windows.count} windows of "
+                        f"{plan.seq_len} tokens, fewer than one batch ({per_step}); lower --seq-len or "
+                        "--micro-batch, or add data")
+    if env.is_main:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(plan.run_dir)
+        (plan.run_dir / "config.toml").write_text(config_lib.to_toml(config))
+
+    torch.manual_seed(config.seed)
+    model = build_model(plan.model_config).to(env.device)
+    if plan.init_from:
+        model.load_state_dict(read_checkpoint(plan.init_from).build_model().state_dict())
+    optimizers = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, (config.beta1, config.beta2))
+    state = TrainerState(world_size=env.world_size)
+    if plan.resume_from is not None:
+        checkpoint = read_checkpoint(plan.resume_from)
+        model.load_state_dict(checkpoint.build_model().state_dict())
+        state = checkpoint.restore_training(optimizers)
+        reporter.info(f"resuming from {plan.resume_from} (step {state.step})")
+
+    n_params = count_parameters(model)
+    flops = flops_per_token(plan.model_config, plan.seq_len)
+    reporter.info(f"{config.model}: {plan.model_config.arch}, {n_params:,} parameters, {flops / 1e6:,.1f} MFLOPs "
+                  f"per token; objective {plan.objective}, {precision}, {plan.layout.global_batch} windows x "
+                  f"{plan.seq_len} tokens per step ({plan.layout.accumulation} accumulation, "
+                  f"{env.world_size} process(es))")
+
+    def save(tag: str, trainer_state: TrainerState, optimizer_state) -> Path:
+        return _save(plan, config, env, tag, model, optimizer_state, trainer_state, n_params, flops)
+
+    settings = LoopSettings(
+        lr=config.lr, schedule=config.schedule, warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio,
+        decay_fraction=config.decay_fraction, grad_clip=config.grad_clip, max_steps=config.max_steps,
+        max_tokens=config.max_tokens, max_seconds=parse_duration(config.max_time), eval_every=config.eval_every,
+        eval_batches=config.eval_batches, patience=config.patience, checkpoint_every=config.checkpoint_every,
+        log_every=config.log_every, precision=precision, compile=config.compile, flops_per_token=flops,
+        peak_flops=config.peak_tflops * 1e12)
+    state = fit(model, objective, optimizers, settings, plan.layout, env, plan.run_dir, state, save,
+                last_checkpoint=plan.resume_from)
+    final = save(FINAL, state, optimizers)
+    return artifacts.load(final)
+
+
+def _check_writable(run_dir: Path) -> None:
+    probe = run_dir / f".write-test-{time.time_ns()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{run_dir}: not writable ({exc.strerror}) (--out)") from None
+
+
+def _save(plan: _Plan, config: PretrainConfig, env: distributed.Distributed, tag: str, model, optimizers,
+          state: TrainerState, n_params: int, flops: float) -> Path:
+    """Commit checkpoint ``tag`` (rank 0 writes; every rank waits), then prune old step checkpoints."""
+    path = plan.run_dir / tag
+    if env.is_main:
+        recipe = plan.recipe if tag == FINAL else artifacts.make_recipe(
+            "checkpoint", {"run": plan.recipe, "step": state.step}, [], [])
+        with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
+            if not writer.up_to_date:
+                write_checkpoint(writer.tmp, model, plan.model_config, plan.objective, optimizers, state,
+                                 plan.tokenizer)
+                parents = [artifacts.describe_parent("dataset", plan.dataset, path),
+                           {"role": "tokenizer", "path": "tokenizer", "id": plan.tokenizer.id}]
+                if plan.init_from:
+                    parents.append(artifacts.describe_parent("init", artifacts.load(plan.init_from), path))
+                stats = {"step": state.step, "tokens": state.tokens, "parameters": n_params,
+                         "flops_per_token": flops, "best_step": state.best_step, "best_val_loss": state.best_metric,
+                         "objective": plan.objective, "arch": plan.model_config.arch}
+                writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": []}, stats)
+        _prune(plan.run_dir, config.keep_last, state.best_step)
+    distributed.barrier(env)
+    return path
+
+
+def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:
+    steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+    keep = set(steps[-keep_last:])
+    if best_step is not None:
+        keep.add(run_dir / f"{CHECKPOINT_PREFIX}{best_step:08d}")
+    for path in steps:
+        if path not in keep:
+            trash = path.with_name(f".trash-{path.name}")
+            path.rename(trash)  # out of sight atomically, then removed
+            shutil.rmtree(trash)

@@ -1,0 +1,1 @@
+"""Training: one loop shared by pretraining and finetuning, parameterized by an objective."""

@@ -1,0 +1,131 @@
+"""Checkpoints: model weights, model config, tokenizer and the complete trainer state.
+
+A checkpoint is an artifact (kind ``checkpoint``)::
+
+    model.safetensors            weights (tied tensors stored once)
+    model.json                   ModelConfig and the objective it was trained with
+    tokenizer/                   a copy of the tokenizer artifact (nested, verified with the rest)
+    trainer/state.json           step, tokens seen, best metric, RNG states, optimizer metadata
+    trainer/optimizer.safetensors  optimizer moments and the torch RNG state
+
+Nothing is pickled: loading a checkpoint never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from lmkit import artifacts
+from lmkit.errors import ArtifactError
+from lmkit.models import build_model
+from lmkit.models.config import ModelConfig
+
+MODEL_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "model.json"
+STATE_FILE = "trainer/state.json"
+OPTIMIZER_FILE = "trainer/optimizer.safetensors"
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights and optimizer moments that resuming needs."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_seconds: float = 0.0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    world_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]}
+
+
+def _restore_rng(saved: dict[str, Any], torch_state: torch.Tensor) -> None:
+    version, internal, gauss = saved["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = saved["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch_state)
+
+
+def write_checkpoint(directory: Path, model: nn.Module, model_config: ModelConfig, objective: str,
+                     optimizers, state: TrainerState, tokenizer: artifacts.Artifact) -> None:
+    """Write a checkpoint's files into ``directory`` (an ArtifactWriter's temporary directory)."""
+    save_model(model, str(directory / MODEL_FILE))
+    (directory / MODEL_CONFIG_FILE).write_text(json.dumps({"model": model_config.to_dict(), "objective": objective},
+                                                          indent=2) + "\n")
+    tokenizer_dir = directory / "tokenizer"
+    tokenizer_dir.mkdir()
+    for name in [artifacts.MANIFEST, *tokenizer.manifest["files"]]:
+        shutil.copy2(tokenizer.path / name, tokenizer_dir / name)
+    (directory / "trainer").mkdir()
+    tensors, optimizer_meta = optimizers.state_tensors()
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(directory / OPTIMIZER_FILE))
+    payload = {"state": asdict(state), "rng": _rng_state(), "optimizer": optimizer_meta}
+    (directory / STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint artifact and what it says about its model."""
+
+    artifact: artifacts.Artifact
+    model_config: ModelConfig
+    objective: str
+
+    @property
+    def path(self) -> Path:
+        return self.artifact.path
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.artifact.path / "tokenizer"
+
+    def build_model(self) -> nn.Module:
+        model = build_model(self.model_config)
+        missing, unexpected = load_model(model, str(self.artifact.file(MODEL_FILE)), strict=False)
+        if missing or unexpected:
+            raise ArtifactError(f"{self.artifact.file(MODEL_FILE)}: weights do not match model.json "
+                                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        return model
+
+    def restore_training(self, optimizers) -> TrainerState:
+        """Load optimizer moments and every RNG state; returns the trainer state to continue from."""
+        payload = json.loads(self.artifact.file(STATE_FILE).read_text())
+        tensors = load_file(str(self.artifact.file(OPTIMIZER_FILE)))
+        torch_rng = tensors.pop("rng.torch")
+        optimizers.load_state_tensors(tensors, payload["optimizer"])
+        _restore_rng(payload["rng"], torch_rng)
+        return TrainerState(**payload["state"])
+
+    def trainer_state(self) -> TrainerState:
+        payload = json.loads(self.artifact.file(STATE_FILE).read_text())
+        return TrainerState(**payload["state"])
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    artifact = artifacts.load(path, kind="checkpoint")
+    try:
+        saved = json.loads(artifact.file(MODEL_CONFIG_FILE).read_text())
+        model_config = ModelConfig.from_dict(saved["model"])
+        objective = saved["objective"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{artifact.file(MODEL_CONFIG_FILE)}: invalid model config ({exc})") from None
+    return Checkpoint(artifact=artifact, model_config=model_config, objective=objective)

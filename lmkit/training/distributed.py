@@ -1,0 +1,70 @@
+"""torch.distributed setup for runs under ``torchrun``: DDP with gloo on CPU, nccl on GPU.
+
+Rank 0 logs and writes artifacts; every rank computes its own deterministic share of each
+batch (see ``lmkit.data.packing.sample_indices``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(prefer_cuda: bool = True) -> Distributed:
+    """Read torchrun's environment; initialize the process group when there is more than one rank."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = prefer_cuda and torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def mean_across_ranks(value: torch.Tensor, env: Distributed) -> torch.Tensor:
+    if not env.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / env.world_size
+
+
+def any_rank(flag: bool, env: Distributed) -> bool:
+    """True on every rank if it is true on any (e.g. a stop signal received by one rank)."""
+    if not env.enabled:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def barrier(env: Distributed) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def teardown(env: Distributed) -> None:
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()

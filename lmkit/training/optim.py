@@ -1,0 +1,88 @@
+"""Optimizers: AdamW with weight decay on matrices only, or Muon for hidden matrices.
+
+Decay applies to parameters with two or more dimensions (linear and embedding matrices), not
+to norms' gains or biases (Loshchilov & Hutter 2019; nanoGPT's grouping). Muon (Jordan et al.
+2024, ``torch.optim.Muon``) orthogonalizes the updates of 2-D hidden weights; embeddings,
+the output head and 1-D parameters stay with AdamW, as its authors recommend.
+
+Optimizer state is saved without pickle: tensors to safetensors, everything else to JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+class Optimizers:
+    """One or two torch optimizers stepped together, with one flat state for checkpoints."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors for safetensors, JSON-able rest) of every optimizer's state_dict."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {"optimizers": []}
+        for index, opt in enumerate(self.optimizers):
+            state = opt.state_dict()
+            scalars: dict[str, dict[str, Any]] = {}
+            for param_id, values in state["state"].items():
+                for name, value in values.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"{index}.{param_id}.{name}"] = value.detach().clone().contiguous()
+                    else:
+                        scalars.setdefault(str(param_id), {})[name] = value
+            meta["optimizers"].append({"param_groups": state["param_groups"], "scalars": scalars,
+                                       "params_with_state": [str(k) for k in state["state"]]})
+        return tensors, meta
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        for index, (opt, saved) in enumerate(zip(self.optimizers, meta["optimizers"])):
+            state: dict[int, dict[str, Any]] = {}
+            for param_id in saved["params_with_state"]:
+                values = dict(saved["scalars"].get(param_id, {}))
+                prefix = f"{index}.{param_id}."
+                values.update({key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)})
+                state[int(param_id)] = values
+            opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                    betas: tuple[float, float]) -> Optimizers:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for _, p in named if p.dim() >= 2]
+    no_decay = [p for _, p in named if p.dim() < 2]
+    if name == "adamw":
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return Optimizers([torch.optim.AdamW(groups, lr=lr, betas=betas, fused=False)])
+    if name == "muon":
+        # Hidden 2-D weights go to Muon; embeddings and the (tied) output head stay with AdamW.
+        hidden = [p for n, p in named if p.dim() == 2 and "embed" not in n and "head" not in n]
+        hidden_ids = {id(p) for p in hidden}
+        rest_decay = [p for p in decay if id(p) not in hidden_ids]
+        adamw = torch.optim.AdamW([{"params": rest_decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+        muon = torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        return Optimizers([adamw, muon])
+    raise ValueError(f"unknown optimizer {name!r}")
