@@ -91,14 +91,14 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(message, markup=False)
+            self.err.print(message, markup=False, soft_wrap=True)
 
     def detail(self, message: str) -> None:
         if self.verbose and not self.quiet:
-            self.err.print(message, markup=False, style="dim")
+            self.err.print(message, markup=False, style="dim", soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"warning: {message}", markup=False, style="yellow")
+        self.err.print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
     @contextmanager
     def task(self, description: str, total: float | None = None, unit: str = "docs") -> Iterator[Task]:

@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from lmkit.artifacts import Artifact
@@ -66,7 +66,7 @@ def load_stream(dataset: Artifact, split: str, separator: int = EOS_ID) -> Token
         out[positions] = values
         pieces.append(out)
         documents += table.num_rows
-        text_bytes += int(pa.compute.sum(table.column("n_bytes")).as_py() or 0)
+        text_bytes += int(pc.sum(table.column("n_bytes")).as_py() or 0)
     return TokenStream(np.concatenate(pieces), documents, text_bytes)
 
 

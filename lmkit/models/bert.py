@@ -49,7 +49,8 @@ class BERT(nn.Module):
 
     def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Contextual vectors (B, T, C) of idx (B, T); attention_mask (B, T) bool, True = real token:
-        no position attends to padding, so padded ids cannot change the real positions' vectors."""
+        no position attends to padding, so padded ids cannot change the real positions' vectors.
+        Each row needs at least one real token (a row of padding only has nothing to attend to: NaN)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")

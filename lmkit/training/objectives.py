@@ -88,6 +88,9 @@ class CausalLM:
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_bpb": bpb}
 
 
+_EVAL_KEY = 2**31 - 1  # validation masks: a key no training step uses
+
+
 class MaskedLM:
     """BERT's masked-LM objective; validation masks with a fixed seed and reports loss and accuracy."""
 
@@ -126,7 +129,7 @@ class MaskedLM:
         total_loss, correct, masked = 0.0, 0, 0
         for batch_index, start in enumerate(range(0, count, batch_size)):
             indices = np.arange(start, min(start + batch_size, count))
-            inputs, targets = self.val_windows.batch(indices, self._generator(-1, batch_index))
+            inputs, targets = self.val_windows.batch(indices, self._generator(_EVAL_KEY, batch_index))
             logits, loss = model(inputs.to(self.device), targets.to(self.device))
             chosen = targets != -100
             n = int(chosen.sum())

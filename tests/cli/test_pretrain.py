@@ -1,0 +1,92 @@
+"""`lmkit pretrain` as a user runs it: signals, exit codes, resume from the CLI, torchrun."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lmkit import artifacts
+from tests.conftest import run_lmkit
+
+ARGS = ["--seq-len", "32", "--micro-batch", "4", "--eval-every", "0", "--checkpoint-every", "0",
+        "--precision", "fp32", "--log-every", "1", "--threads", "1"]
+
+
+def start(dataset, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "lmkit", "pretrain", str(dataset), "--out", str(out),
+                             "--max-steps", "100000", *ARGS, *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(run_dir, step, process, timeout=60):
+    deadline = time.time() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and any(json.loads(line)["step"] >= step for line in metrics.read_text().splitlines()
+                                    if line.strip()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"training never reached step {step}: {process.stderr.read() if process.poll() else ''}")
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_then_resume_continues(dataset, tmp_path, signum, code):
+    run_dir = tmp_path / "run"
+    process = start(dataset, run_dir)
+    wait_for_step(run_dir, 3, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    (checkpoint,) = run_dir.glob("step-*")
+    saved = artifacts.load(checkpoint).stats["step"]
+    assert saved >= 3 and "resume with --resume" in stderr
+    assert not list(run_dir.glob(".*tmp-*"))
+    resumed = run_lmkit("pretrain", str(dataset), "--out", str(run_dir), "--max-steps", str(saved + 2), *ARGS,
+                        "--resume", check=True)
+    assert f"resuming from {checkpoint}" in resumed.stderr
+    assert artifacts.load(run_dir / "final").stats["step"] == saved + 2
+
+
+def test_second_ctrl_c_stops_at_once_without_partial_checkpoint(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(dataset, run_dir, "--model", "gpt-small", "--n-layer", "2")  # slower steps
+    wait_for_step(run_dir, 1, process)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert not list(run_dir.glob(".*tmp-*"))
+    for checkpoint in run_dir.glob("step-*"):  # a checkpoint that exists is complete
+        artifacts.load(checkpoint)
+
+
+def test_existing_run_without_resume_is_refused(dataset, tmp_path):
+    args = ["pretrain", str(dataset), "--out", str(tmp_path / "run"), "--max-steps", "2", *ARGS]
+    run_lmkit(*args, check=True)
+    again = run_lmkit(*args[:-len(ARGS) - 1], "3", *ARGS)
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    assert "up to date" in run_lmkit(*args, check=True).stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(dataset, tmp_path):
+    common = ["pretrain", str(dataset), "--max-steps", "8", *ARGS]
+    single = run_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", check=True)
+    assert "2 accumulation, 1 process(es)" in single.stderr
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", "-m", "lmkit", *common, "--out", str(tmp_path / "two")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 accumulation, 2 process(es)" in result.stderr
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+
+    one, two = losses("one"), losses("two")
+    assert len(one) == len(two) == 8
+    assert one == pytest.approx(two, rel=1e-4, abs=1e-4)
+    assert artifacts.load(tmp_path / "two" / "final").stats["step"] == 8

@@ -1,0 +1,65 @@
+import numpy as np
+import torch
+
+from lmkit import artifacts
+from lmkit.data.packing import (CLS_ID, EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, MASK_ID, SEP_ID, CausalWindows,
+                                MaskedWindows, MaskingSettings, TokenStream, load_stream, mask_tokens,
+                                sample_indices)
+from lmkit.data.shards import read_shard
+
+
+def test_stream_puts_a_separator_after_each_document(dataset):
+    art = artifacts.load(dataset)
+    stream = load_stream(art, "train")
+    docs = [tokens for shard in art.stats["splits"]["train"]["shards"]
+            for tokens in read_shard(art.path / shard["file"]).column("tokens").to_pylist()]
+    expected = [t for doc in docs for t in doc + [EOS_ID]]
+    assert stream.tokens.tolist() == expected
+    assert stream.documents == len(docs)
+    assert stream.text_bytes == art.stats["splits"]["train"]["bytes"]
+
+
+def test_causal_windows_overlap_by_one_and_shift_targets():
+    stream = TokenStream(np.arange(100, dtype=np.int32), 1, 100)
+    windows = CausalWindows(stream, seq_len=10)
+    assert windows.count == 9
+    x, y = windows.batch(np.array([0, 3]))
+    assert x[0].tolist() == list(range(10)) and y[0].tolist() == list(range(1, 11))
+    assert x[1].tolist() == list(range(30, 40)) and y[1, -1].item() == 40
+
+
+def test_masking_statistics():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(FIRST_TEXT_ID, 1000, (200, 256))
+    tokens[:, 0], tokens[:, -1] = CLS_ID, SEP_ID
+    inputs, targets = mask_tokens(tokens, 1000, MaskingSettings(), generator)
+    chosen = targets != IGNORE_INDEX
+    assert abs(chosen.float().mean().item() - 0.15 * 254 / 256) < 0.005
+    assert not chosen[:, 0].any() and not chosen[:, -1].any()  # specials are never chosen
+    assert torch.equal(targets[chosen], tokens[chosen])
+    masked = (inputs == MASK_ID) & chosen
+    kept = (inputs == tokens) & chosen
+    randomized = chosen & ~masked & ~kept
+    n = chosen.sum().item()
+    assert abs(masked.sum().item() / n - 0.8) < 0.02
+    assert abs(kept.sum().item() / n - 0.1) < 0.02  # (random can also hit the same token: rare)
+    assert abs(randomized.sum().item() / n - 0.1) < 0.02
+    assert torch.equal(inputs[~chosen], tokens[~chosen])
+
+
+def test_masked_windows_are_framed():
+    stream = TokenStream(np.arange(FIRST_TEXT_ID, FIRST_TEXT_ID + 100, dtype=np.int32), 1, 100)
+    windows = MaskedWindows(stream, 12, 200, MaskingSettings(probability=0.0))
+    x, y = windows.batch(np.array([1]), torch.Generator().manual_seed(0))
+    assert x[0, 0].item() == CLS_ID and x[0, -1].item() == SEP_ID
+    assert x[0, 1:-1].tolist() == list(range(FIRST_TEXT_ID + 10, FIRST_TEXT_ID + 20))
+    assert (y == IGNORE_INDEX).all()
+
+
+def test_sample_indices_are_epoch_permutations_and_pure():
+    first = sample_indices(50, seed=3, start=0, length=50)
+    assert sorted(first.tolist()) == list(range(50))
+    second = sample_indices(50, seed=3, start=50, length=50)
+    assert sorted(second.tolist()) == list(range(50)) and second.tolist() != first.tolist()
+    assert sample_indices(50, seed=3, start=45, length=10).tolist() == first[45:].tolist() + second[:5].tolist()
+    assert sample_indices(50, seed=4, start=0, length=50).tolist() != first.tolist()

@@ -1,0 +1,155 @@
+"""The pretrain stage through its Python API: real (tiny) training, checkpoints, exact resume."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from lmkit import artifacts
+from lmkit.config import resolve
+from lmkit.errors import UserError
+from lmkit.stages import pretrain
+from lmkit.stages.pretrain_config import PretrainConfig
+from lmkit.training import loop
+from lmkit.training.checkpoint import read_checkpoint
+
+FAST = {"seq_len": 32, "micro_batch": 4, "max_steps": 12, "eval_every": 4, "eval_batches": 2,
+        "checkpoint_every": 6, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32", "log_every": 1}
+
+
+def config(dataset, out, **overrides):
+    return resolve(PretrainConfig, {}, {"dataset": str(dataset), "out": str(out), **FAST, **overrides})
+
+
+def metrics(run_dir, key="loss"):
+    return [(r["step"], r[key]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if key in r]
+
+
+def weights(path):
+    return read_checkpoint(path).build_model().state_dict()
+
+
+def test_gpt_run_writes_checkpoints_and_learns(dataset, tmp_path):
+    final = pretrain.run(config(dataset, tmp_path / "run", max_steps=30, checkpoint_every=10))
+    assert final.path == tmp_path / "run" / "final" and final.stats["step"] == 30
+    steps = sorted(p.name for p in (tmp_path / "run").glob("step-*"))
+    best = f"step-{final.stats['best_step']:08d}"
+    assert "step-00000030" in steps and best in steps and len(steps) <= 3  # the last 2 and the best
+    assert {"config.toml", "final", "metrics.jsonl"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    losses = [loss for _, loss in metrics(tmp_path / "run")]
+    assert losses[-1] < losses[0] - 0.5  # it learns
+    val = metrics(tmp_path / "run", "val_bpb")
+    assert val and all(bpb > 0 for _, bpb in val)
+    checkpoint = read_checkpoint(final.path)
+    assert checkpoint.objective == "clm" and artifacts.load(checkpoint.tokenizer_path).kind == "tokenizer"
+    roles = {p["role"] for p in final.parents}
+    assert roles == {"dataset", "tokenizer"} and final.parent_path("dataset") == dataset.resolve()
+
+
+def test_resume_equals_uninterrupted_bit_for_bit(dataset, tmp_path):
+    full = pretrain.run(config(dataset, tmp_path / "full", keep_last=5))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copytree(tmp_path / "full" / "step-00000006", partial / "step-00000006")
+    resumed = pretrain.run(config(dataset, partial, keep_last=5, resume=True))
+    for name, tensor in weights(full.path).items():
+        assert torch.equal(tensor, weights(resumed.path)[name]), name
+    assert metrics(tmp_path / "full")[6:] == metrics(partial)  # same losses after the checkpoint, exactly
+
+
+@pytest.mark.parametrize("model,objective", [("bert-tiny", "mlm"), ("lstm-small", "clm")])
+def test_bert_and_lstm_train(dataset, tmp_path, model, objective):
+    overrides = {"d_model": 64} if model == "lstm-small" else {}
+    final = pretrain.run(config(dataset, tmp_path / "run", model=model, max_steps=8, **overrides))
+    assert read_checkpoint(final.path).objective == objective
+    if objective == "mlm":
+        assert any("val_mlm_accuracy" in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_rerun_is_up_to_date_and_existing_run_is_protected(dataset, tmp_path):
+    first = pretrain.run(config(dataset, tmp_path / "run", max_steps=4, eval_every=0))
+    again = pretrain.run(config(dataset, tmp_path / "run", max_steps=4, eval_every=0))
+    assert again.up_to_date and again.id == first.id
+    with pytest.raises(UserError, match="already holds a run; use --resume to continue it or --force"):
+        pretrain.run(config(dataset, tmp_path / "run", max_steps=6, eval_every=0))
+    assert artifacts.load(tmp_path / "run" / "final").id == first.id
+    longer = pretrain.run(config(dataset, tmp_path / "run", max_steps=6, eval_every=0, resume=True))
+    assert longer.stats["step"] == 6
+    forced = pretrain.run(config(dataset, tmp_path / "run", max_steps=2, eval_every=0, force=True))
+    assert forced.stats["step"] == 2
+
+
+def test_nan_loss_stops_before_the_update(dataset, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    real_loss = pretrain.CausalLM.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        loss = real_loss(self, model, batch)
+        return loss * float("nan") if calls["n"] == 9 else loss
+
+    monkeypatch.setattr(pretrain.CausalLM, "loss", poisoned)
+    with pytest.raises(loop.NonFiniteError, match=r"step 9: the loss is nan.*last good checkpoint is .*step-00000008"):
+        pretrain.run(config(dataset, run_dir))
+    good = weights(run_dir / "step-00000008")  # the best so far, saved at the step-8 evaluation
+    assert not (run_dir / "final").exists()
+    assert artifacts.load(run_dir / "step-00000008").stats["step"] == 8
+    for tensor in good.values():
+        assert torch.isfinite(tensor).all()
+
+
+def test_nan_gradient_stops_before_the_update(dataset, tmp_path, monkeypatch):
+    real = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def poisoned(parameters, max_norm):
+        calls["n"] += 1
+        norm = real(parameters, max_norm)
+        return norm * float("inf") if calls["n"] == 3 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", poisoned)
+    with pytest.raises(loop.NonFiniteError, match="step 3: the gradient norm is inf.*no checkpoint was written yet"):
+        pretrain.run(config(dataset, tmp_path / "run"))
+
+
+def test_early_stopping_keeps_the_best(dataset, tmp_path):
+    final = pretrain.run(config(dataset, tmp_path / "run", max_steps=200, eval_every=2, patience=2, lr=0.05,
+                                warmup_steps=0, checkpoint_every=0))
+    assert final.stats["step"] < 200
+    best = final.stats["best_step"]
+    assert (tmp_path / "run" / f"step-{best:08d}").is_dir()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model": "gpt-tiny", "objective": "mlm"}, "--objective mlm does not fit a gpt model"),
+    ({"seq_len": 4096}, "--seq-len 4096 exceeds the model's block size 128"),
+    ({"micro_batch": 100000}, "fewer than one batch"),
+    ({"batch_tokens": 100}, "--batch-tokens 100 is not a multiple"),
+    ({"model": "gpt-huge"}, "gpt-huge"),
+])
+def test_bad_requests_refused_before_compute(dataset, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        pretrain.run(config(dataset, tmp_path / "run", **overrides))
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_damaged_dataset_refused(dataset, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(dataset, copy)
+    shard = copy / "train-00000.arrow"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="train-00000.arrow: content changed"):
+        pretrain.run(config(copy, tmp_path / "run"))
+
+
+def test_init_from_checks_the_model(dataset, tmp_path):
+    base = pretrain.run(config(dataset, tmp_path / "base", max_steps=2, eval_every=0))
+    child = pretrain.run(config(dataset, tmp_path / "child", max_steps=2, eval_every=0, init_from=str(base.path)))
+    assert any(p["role"] == "init" for p in child.parents)
+    with pytest.raises(UserError, match="--init-from .* differs from the one requested"):
+        pretrain.run(config(dataset, tmp_path / "other", max_steps=2, init_from=str(base.path), d_model=32))

@@ -1,0 +1,40 @@
+import torch
+
+from lmkit.models import build_model
+from lmkit.models.presets import model_config
+from lmkit.training.optim import build_optimizer
+
+
+def trained(name):
+    torch.manual_seed(0)
+    model = build_model(model_config("gpt-tiny", 100))
+    opt = build_optimizer(model, name, 1e-3, 0.1, (0.9, 0.95))
+    idx = torch.randint(0, 100, (2, 16))
+    for _ in range(2):
+        _, loss = model(idx, idx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt, idx
+
+
+def test_weight_decay_only_on_matrices():
+    model, opt, _ = trained("adamw")
+    for group in opt.param_groups:
+        assert all(p.dim() >= 2 for p in group["params"]) == (group["weight_decay"] > 0)
+
+
+def test_state_round_trip_continues_identically():
+    for name in ("adamw", "muon"):
+        model, opt, idx = trained(name)
+        tensors, meta = opt.state_tensors()
+        twin = build_model(model_config("gpt-tiny", 100))
+        twin.load_state_dict(model.state_dict())
+        twin_opt = build_optimizer(twin, name, 1e-3, 0.1, (0.9, 0.95))
+        twin_opt.load_state_tensors(tensors, meta)
+        for m, o in ((model, opt), (twin, twin_opt)):
+            _, loss = m(idx, idx)
+            loss.backward()
+            o.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            assert torch.equal(a, b), name
