@@ -23,17 +23,17 @@ def make(work: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_second_make_does_nothing_and_touch_reruns_dependents(tmp_path):
     work = tmp_path / "work"
-    first = make(work)
+    first = make(work, "data")
     assert first.returncode == 0, first.stdout + first.stderr
     assert (work / "data" / "manifest.json").exists() and (work / "labeled" / "manifest.json").exists()
 
-    assert make(work, "-q").returncode == 0  # -q: exit 0 means everything is up to date
+    assert make(work, "-q", "data").returncode == 0  # -q: exit 0 means everything is up to date
 
     time.sleep(1.1)  # file times must move forward
     (work / "corpus" / "docstrings.jsonl").touch()
-    dry = make(work, "-n")
+    dry = make(work, "-n", "data")
     assert "--out " + str(work / "labeled") in dry.stdout
     assert "--out " + str(work / "data") not in dry.stdout  # only what depends on the touched file
-    rerun = make(work)
+    rerun = make(work, "data")
     assert rerun.returncode == 0 and "up to date" in rerun.stdout  # same content: no work redone
-    assert make(work, "-q").returncode == 0
+    assert make(work, "-q", "data").returncode == 0

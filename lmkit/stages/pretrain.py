@@ -7,6 +7,7 @@ checks on the inputs happen before any compute.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -119,10 +120,8 @@ def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: di
             raise UserError(f"{latest}: was trained on {saved.world_size} process(es); resume with the same number "
                             f"(now {env.world_size})")
         return latest
-    final = run_dir / FINAL
-    if final.is_dir() and (final / artifacts.MANIFEST).is_file() and not config.force:
-        if artifacts.read_manifest(final).get("recipe") == recipe:
-            return None  # the stage reports "up to date"
+    if _up_to_date(run_dir, recipe):
+        return None  # the stage reports "up to date", with or without --force (as every stage does)
     if existing or (run_dir / "metrics.jsonl").exists():
         if not config.force:
             raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or --force to start over")
@@ -131,6 +130,11 @@ def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: di
                 shutil.rmtree(path)
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return None
+
+
+def _up_to_date(run_dir: Path, recipe: str) -> bool:
+    final = run_dir / FINAL
+    return (final / artifacts.MANIFEST).is_file() and artifacts.read_manifest(final).get("recipe") == recipe
 
 
 def run(config: PretrainConfig) -> artifacts.Artifact:
@@ -143,11 +147,10 @@ def run(config: PretrainConfig) -> artifacts.Artifact:
 
 def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Artifact:
     plan = _plan(config, env)
-    final_path = plan.run_dir / FINAL
-    if plan.resume_from is None and not config.force and (final_path / artifacts.MANIFEST).is_file() \
-            and artifacts.read_manifest(final_path).get("recipe") == plan.recipe:
-        existing = artifacts.load(final_path)
+    if plan.resume_from is None and _up_to_date(plan.run_dir, plan.recipe):
+        existing = artifacts.load(plan.run_dir / FINAL)
         existing.up_to_date = True
+        os.utime(existing.path / artifacts.MANIFEST)  # fresh for Make
         return existing
     if config.threads:
         torch.set_num_threads(config.threads)
