@@ -81,6 +81,11 @@ class Reporter:
         self.interval = float(os.environ.get("LMKIT_PROGRESS_INTERVAL", "10"))
         self._live: Progress | None = None
 
+    def silence(self) -> None:
+        """Print nothing, results included (ranks other than 0 of a distributed run)."""
+        self.quiet = True
+        self.out = Console(file=open(os.devnull, "w"), highlight=False)  # noqa: SIM115 (lives as long as we do)
+
     @property
     def interactive(self) -> bool:
         return self.err.is_terminal and not self.quiet

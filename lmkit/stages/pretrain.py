@@ -68,6 +68,8 @@ def _plan(config: PretrainConfig, env: distributed.Distributed) -> _Plan:
     if model_cfg.arch not in OBJECTIVES[objective].archs:
         raise UserError(f"--objective {objective} does not fit a {model_cfg.arch} model (--model {config.model}); "
                         f"{objective} trains {', '.join(OBJECTIVES[objective].archs)}")
+    if config.shard and model_cfg.arch == "lstm":
+        raise UserError("--shard: FSDP2 shards transformer blocks; an LSTM model is trained unsharded")
     seq_len = config.seq_len or min(model_cfg.block_size, 256)
     if seq_len > model_cfg.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's block size {model_cfg.block_size} "
@@ -180,12 +182,15 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
     model = build_model(plan.model_config).to(env.device)
     if plan.init_from:
         model.load_state_dict(read_checkpoint(plan.init_from).build_model().state_dict())
+    checkpoint = read_checkpoint(plan.resume_from) if plan.resume_from is not None else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.build_model().state_dict())
+    if config.shard:
+        distributed.shard_model(model)  # after loading full weights, before the optimizer sees parameters
     optimizers = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, (config.beta1, config.beta2))
     state = TrainerState(world_size=env.world_size)
-    if plan.resume_from is not None:
-        checkpoint = read_checkpoint(plan.resume_from)
-        model.load_state_dict(checkpoint.build_model().state_dict())
-        state = checkpoint.restore_training(optimizers)
+    if checkpoint is not None:
+        state = checkpoint.restore_training(optimizers, sharded_model=model if config.shard else None)
         reporter.info(f"resuming from {plan.resume_from} (step {state.step})")
 
     n_params = count_parameters(model)
@@ -204,7 +209,7 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
         max_tokens=config.max_tokens, max_seconds=parse_duration(config.max_time), eval_every=config.eval_every,
         eval_batches=config.eval_batches, patience=config.patience, checkpoint_every=config.checkpoint_every,
         log_every=config.log_every, precision=precision, compile=config.compile, flops_per_token=flops,
-        peak_flops=config.peak_tflops * 1e12)
+        peak_flops=config.peak_tflops * 1e12, sharded=config.shard)
     state = fit(model, objective, optimizers, settings, plan.layout, env, plan.run_dir, state, save,
                 last_checkpoint=plan.resume_from)
     final = save(FINAL, state, optimizers)
@@ -224,12 +229,21 @@ def _save(plan: _Plan, config: PretrainConfig, env: distributed.Distributed, tag
           state: TrainerState, n_params: int, flops: float) -> Path:
     """Commit checkpoint ``tag`` (rank 0 writes; every rank waits), then prune old step checkpoints."""
     path = plan.run_dir / tag
+    if config.shard:  # gather the full weights and optimizer state: every rank takes part
+        full_weights = distributed.full_model_state(model)
+        full_optimizer = distributed.full_optimizer_states(model, optimizers)
+        if env.is_main:  # (the other ranks receive empty dicts)
+            optimizer_state = optimizers.state_tensors(full_optimizer)
+            model = build_model(plan.model_config)
+            model.load_state_dict(full_weights)
+    else:
+        optimizer_state = optimizers.state_tensors()
     if env.is_main:
         recipe = plan.recipe if tag == FINAL else artifacts.make_recipe(
             "checkpoint", {"run": plan.recipe, "step": state.step}, [], [])
         with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
             if not writer.up_to_date:
-                write_checkpoint(writer.tmp, model, plan.model_config, plan.objective, optimizers, state,
+                write_checkpoint(writer.tmp, model, plan.model_config, plan.objective, optimizer_state, state,
                                  plan.tokenizer)
                 parents = [artifacts.describe_parent("dataset", plan.dataset, path),
                            {"role": "tokenizer", "path": "tokenizer", "id": plan.tokenizer.id}]

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from lmkit import artifacts
-from lmkit.errors import ArtifactError
+from lmkit.errors import ArtifactError, UserError
 from lmkit.models import build_model
 from lmkit.models.config import ModelConfig
 
@@ -65,8 +65,12 @@ def _restore_rng(saved: dict[str, Any], torch_state: torch.Tensor) -> None:
 
 
 def write_checkpoint(directory: Path, model: nn.Module, model_config: ModelConfig, objective: str,
-                     optimizers, state: TrainerState, tokenizer: artifacts.Artifact) -> None:
-    """Write a checkpoint's files into ``directory`` (an ArtifactWriter's temporary directory)."""
+                     optimizer_state: tuple[dict[str, torch.Tensor], dict[str, Any]], state: TrainerState,
+                     tokenizer: artifacts.Artifact) -> None:
+    """Write a checkpoint's files into ``directory`` (an ArtifactWriter's temporary directory).
+
+    ``model`` is an unsharded module; ``optimizer_state`` is ``Optimizers.state_tensors(...)``.
+    """
     save_model(model, str(directory / MODEL_FILE))
     (directory / MODEL_CONFIG_FILE).write_text(json.dumps({"model": model_config.to_dict(), "objective": objective},
                                                           indent=2) + "\n")
@@ -75,8 +79,8 @@ def write_checkpoint(directory: Path, model: nn.Module, model_config: ModelConfi
     for name in [artifacts.MANIFEST, *tokenizer.manifest["files"]]:
         shutil.copy2(tokenizer.path / name, tokenizer_dir / name)
     (directory / "trainer").mkdir()
-    tensors, optimizer_meta = optimizers.state_tensors()
-    tensors["rng.torch"] = torch.get_rng_state()
+    tensors, optimizer_meta = optimizer_state
+    tensors = {**tensors, "rng.torch": torch.get_rng_state()}
     save_file(tensors, str(directory / OPTIMIZER_FILE))
     payload = {"state": asdict(state), "rng": _rng_state(), "optimizer": optimizer_meta}
     (directory / STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
@@ -106,12 +110,25 @@ class Checkpoint:
                                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         return model
 
-    def restore_training(self, optimizers) -> TrainerState:
-        """Load optimizer moments and every RNG state; returns the trainer state to continue from."""
+    def restore_training(self, optimizers, sharded_model: nn.Module | None = None) -> TrainerState:
+        """Load optimizer moments and every RNG state; returns the trainer state to continue from.
+
+        A run trained with --shard saved its optimizer state by parameter name; it resumes into a
+        sharded model (``sharded_model``) only, and an unsharded run only into an unsharded one.
+        """
         payload = json.loads(self.artifact.file(STATE_FILE).read_text())
         tensors = load_file(str(self.artifact.file(OPTIMIZER_FILE)))
         torch_rng = tensors.pop("rng.torch")
-        optimizers.load_state_tensors(tensors, payload["optimizer"])
+        by_name = payload["optimizer"].get("keys") == "name"
+        if by_name != (sharded_model is not None):
+            raise UserError(f"{self.path}: was saved by a run {'with' if by_name else 'without'} --shard; "
+                            f"resume it {'with' if by_name else 'without'} --shard")
+        if by_name:
+            from lmkit.training.distributed import load_full_optimizer_states
+
+            load_full_optimizer_states(sharded_model, optimizers, optimizers.saved_states(tensors, payload["optimizer"]))
+        else:
+            optimizers.load_state_tensors(tensors, payload["optimizer"])
         _restore_rng(payload["rng"], torch_rng)
         return TrainerState(**payload["state"])
 

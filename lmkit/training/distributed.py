@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from lmkit.progress import reporter
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -40,6 +42,8 @@ def setup(prefer_cuda: bool = True) -> Distributed:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if rank != 0:
+        reporter.silence()  # one voice: rank 0 logs and prints results
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
@@ -68,3 +72,36 @@ def barrier(env: Distributed) -> None:
 def teardown(env: Distributed) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2 (``fully_shard``): each transformer block, then the root, so that only one block's
+    parameters are gathered at a time (Zhao et al. 2023; torchtitan's wrapping)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded weights on CPU (collective: every rank must call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_states(model: torch.nn.Module, optimizers) -> list[dict]:
+    """Each optimizer's unsharded state, keyed by parameter name (collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return [get_optimizer_state_dict(model, opt, options=options) for opt in optimizers.optimizers]
+
+
+def load_full_optimizer_states(model: torch.nn.Module, optimizers, states: list[dict]) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    for opt, state in zip(optimizers.optimizers, states):
+        set_optimizer_state_dict(model, opt, state, options=options)

@@ -49,6 +49,7 @@ class LoopSettings:
     compile: bool
     flops_per_token: float
     peak_flops: float         # 0 when unknown: no MFU shown
+    sharded: bool = False     # the model is already wrapped with FSDP2 (fully_shard)
 
 
 class NonFiniteError(UserError):
@@ -88,7 +89,8 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
     metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
         _metrics_log(metrics_path, state.step)
-    forward_model: nn.Module = DistributedDataParallel(model) if env.enabled else model
+    ddp = env.enabled and not settings.sharded
+    forward_model: nn.Module = DistributedDataParallel(model) if ddp else model
     if settings.compile:
         forward_model = torch.compile(forward_model)
     autocast = (torch.autocast(device_type=env.device.type, dtype=torch.bfloat16)
@@ -112,7 +114,9 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                 for micro in range(layout.accumulation):
                     batch = objective.train_batch(state.step, micro, env.rank)
                     last_micro = micro == layout.accumulation - 1
-                    sync = nullcontext() if (last_micro or not env.enabled) else forward_model.no_sync()
+                    if settings.sharded:  # FSDP2: reduce-scatter gradients on the last micro-batch only
+                        model.set_requires_gradient_sync(last_micro)
+                    sync = nullcontext() if (last_micro or not ddp) else forward_model.no_sync()
                     with sync:
                         with autocast:
                             loss = objective.loss(forward_model, batch)
@@ -122,6 +126,8 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                     loss_sum += loss.detach().float()
                 clip = settings.grad_clip if settings.grad_clip > 0 else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                if hasattr(grad_norm, "full_tensor"):  # a DTensor when the model is sharded
+                    grad_norm = grad_norm.full_tensor()
                 if not torch.isfinite(grad_norm):
                     optimizers.zero_grad()
                     raise _non_finite(state.step, "gradient norm", grad_norm.item(), last_checkpoint)

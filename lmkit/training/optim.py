@@ -40,12 +40,13 @@ class Optimizers:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
 
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(tensors for safetensors, JSON-able rest) of every optimizer's state_dict."""
+    def state_tensors(self, states: list[dict] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors for safetensors, JSON-able rest) of every optimizer's state_dict (or of the
+        given state dicts, e.g. gathered from a sharded model and keyed by parameter name)."""
         tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {"optimizers": []}
+        meta: dict[str, Any] = {"optimizers": [], "keys": "index" if states is None else "name"}
         for index, opt in enumerate(self.optimizers):
-            state = opt.state_dict()
+            state = opt.state_dict() if states is None else states[index]
             scalars: dict[str, dict[str, Any]] = {}
             for param_id, values in state["state"].items():
                 for name, value in values.items():
@@ -57,15 +58,25 @@ class Optimizers:
                                        "params_with_state": [str(k) for k in state["state"]]})
         return tensors, meta
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        for index, (opt, saved) in enumerate(zip(self.optimizers, meta["optimizers"])):
-            state: dict[int, dict[str, Any]] = {}
+    def saved_states(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> list[dict]:
+        """The state dicts that ``state_tensors`` flattened, rebuilt."""
+        by_name = meta.get("keys") == "name"
+        states = []
+        for index, saved in enumerate(meta["optimizers"]):
+            state: dict[Any, dict[str, Any]] = {}
             for param_id in saved["params_with_state"]:
                 values = dict(saved["scalars"].get(param_id, {}))
                 prefix = f"{index}.{param_id}."
                 values.update({key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)})
-                state[int(param_id)] = values
-            opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+                state[param_id if by_name else int(param_id)] = values
+            states.append({"state": state, "param_groups": saved["param_groups"]})
+        return states
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if meta.get("keys") == "name":
+            raise ValueError("name-keyed optimizer state belongs to a sharded run")  # see distributed
+        for opt, state in zip(self.optimizers, self.saved_states(tensors, meta)):
+            opt.load_state_dict(state)
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,

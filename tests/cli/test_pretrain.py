@@ -90,3 +90,34 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path):
     assert len(one) == len(two) == 8
     assert one == pytest.approx(two, rel=1e-4, abs=1e-4)
     assert artifacts.load(tmp_path / "two" / "final").stats["step"] == 8
+
+
+@pytest.mark.slow
+def test_fsdp2_shard_matches_one_process_and_resumes_exactly(dataset, tmp_path):
+    common = ["pretrain", str(dataset), "--max-steps", "6", *ARGS, "--checkpoint-every", "3"]
+    run_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", check=True)
+
+    def torchrun(out, *extra):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_port", "29518", "-m", "lmkit", *common, "--out", str(out), "--shard",
+                                 *extra], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    sharded = torchrun(tmp_path / "two")
+    assert sharded.stdout.count("checkpoint ") == 1  # only rank 0 prints results
+
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in line]
+
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), rel=1e-4, abs=1e-4)
+    # the gathered checkpoint is a plain one; resuming sharded from step 3 ends where the full run ended
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    import shutil
+    shutil.copytree(tmp_path / "two" / "step-00000003", partial / "step-00000003")
+    torchrun(partial, "--resume")
+    assert losses(partial) == losses(tmp_path / "two")[3:]
+    refused = run_lmkit(*common, "--out", str(partial), "--resume", "--max-steps", "9")
+    assert refused.returncode == 1 and "was trained on 2 process(es); resume with the same number" in refused.stderr
