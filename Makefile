@@ -30,6 +30,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/python benchmarks/pretrain.py
 
 clean:
 	rm -rf $(DEMO_DIR) benchmarks/out .pytest_cache

@@ -112,6 +112,8 @@ def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: di
     """Refuse to clobber a run; find the checkpoint to resume from; apply --force."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is a file; --out must be a directory")
+    if any(parent.exists() and not parent.is_dir() for parent in run_dir.parents):
+        raise UserError(f"{run_dir}: a parent of --out is a file, not a directory")
     existing = _checkpoints(run_dir) if run_dir.is_dir() else []
     if config.resume:
         if not existing:
@@ -174,7 +176,6 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
                         f"{plan.seq_len} tokens, fewer than one batch ({per_step}); lower --seq-len or "
                         "--micro-batch, or add data")
     if env.is_main:
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
         _check_writable(plan.run_dir)
         (plan.run_dir / "config.toml").write_text(config_lib.to_toml(config))
 
@@ -217,8 +218,9 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
 
 
 def _check_writable(run_dir: Path) -> None:
-    probe = run_dir / f".write-test-{time.time_ns()}"
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{time.time_ns()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

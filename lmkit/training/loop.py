@@ -89,6 +89,7 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
     metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
         _metrics_log(metrics_path, state.step)
+    board = _tensorboard(run_dir, env)
     ddp = env.enabled and not settings.sharded
     forward_model: nn.Module = DistributedDataParallel(model) if ddp else model
     if settings.compile:
@@ -151,10 +152,10 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                         record["mfu"] = settings.flops_per_token * rate / (settings.peak_flops * env.world_size)
                         status += f" MFU {record['mfu']:.1%}"
                     task.set_status(status)
-                    _log(metrics_path, record, env)
+                    _log(metrics_path, record, env, board)
                 if settings.eval_every and state.step % settings.eval_every == 0:
                     improved = _evaluate(forward_model if not settings.compile else model, objective, settings,
-                                         state, metrics_path, env, autocast)
+                                         state, metrics_path, env, autocast, board)
                     if improved:
                         last_checkpoint = save(f"step-{state.step:08d}", state, optimizers)
                     if settings.patience and state.evals_since_best >= settings.patience:
@@ -170,6 +171,8 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if board is not None:
+            board.close()
     return state
 
 
@@ -186,7 +189,7 @@ def _non_finite(step: int, what: str, value: float, last_checkpoint: Path | None
 
 
 def _evaluate(model: nn.Module, objective: Objective, settings: LoopSettings, state: TrainerState,
-              metrics_path: Path, env: Distributed, autocast) -> bool:
+              metrics_path: Path, env: Distributed, autocast, board) -> bool:
     model.eval()
     with autocast:
         metrics = objective.evaluate(model, settings.eval_batches)
@@ -199,14 +202,29 @@ def _evaluate(model: nn.Module, objective: Objective, settings: LoopSettings, st
         state.best_metric, state.best_step, state.evals_since_best = metric, state.step, 0
     else:
         state.evals_since_best += 1
-    _log(metrics_path, {"step": state.step, "tokens": state.tokens, **metrics}, env)
+    _log(metrics_path, {"step": state.step, "tokens": state.tokens, **metrics}, env, board)
     summary = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     reporter.info(f"step {state.step}: {summary}" + (" (best)" if improved else ""))
     return improved
 
 
-def _log(path: Path, record: dict, env: Distributed) -> None:
+def _tensorboard(run_dir: Path, env: Distributed):
+    """A TensorBoard writer into RUN/tensorboard when the tensorboard package is installed."""
+    if not env.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # an optional extra: metrics.jsonl has the same figures
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _log(path: Path, record: dict, env: Distributed, board=None) -> None:
     if not env.is_main:
         return
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
+    if board is not None:
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                board.add_scalar(key, value, record["step"])

@@ -153,3 +153,9 @@ def test_init_from_checks_the_model(dataset, tmp_path):
     assert any(p["role"] == "init" for p in child.parents)
     with pytest.raises(UserError, match="--init-from .* differs from the one requested"):
         pretrain.run(config(dataset, tmp_path / "other", max_steps=2, init_from=str(base.path), d_model=32))
+
+
+def test_output_under_a_file_is_refused(dataset, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="a parent of --out is a file"):
+        pretrain.run(config(dataset, tmp_path / "file" / "run"))
