@@ -49,7 +49,11 @@ class TokenStream:
 
 
 def load_stream(dataset: Artifact, split: str, separator: int = EOS_ID) -> TokenStream:
-    """Concatenate a split's shards (read memory-mapped) with ``separator`` after each document."""
+    """Concatenate a split's shards with ``separator`` after each document.
+
+    The shards are read memory-mapped, but the stream is built in RAM (4 bytes a token): fine
+    for corpora of up to a few hundred million tokens per process.
+    """
     info = dataset.stats["splits"].get(split)
     if not info or info["documents"] == 0:
         raise UserError(f"{dataset.path}: has no {split} documents (see `lmkit info {dataset.path}`)")
@@ -112,6 +116,11 @@ def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings,
     maskable = tokens >= FIRST_TEXT_ID
     draw = torch.rand(tokens.shape, generator=generator)
     chosen = maskable & (draw < masking.probability)
+    # A row with nothing chosen would give an empty (NaN) loss: choose its lowest draw instead.
+    empty = ~chosen.any(dim=1) & maskable.any(dim=1)
+    if empty.any():
+        lowest = torch.where(maskable, draw, torch.full_like(draw, 2.0)).argmin(dim=1)
+        chosen[empty, lowest[empty]] = True
     action = torch.rand(tokens.shape, generator=generator)
     random_tokens = torch.randint(FIRST_TEXT_ID, vocab_size, tokens.shape, generator=generator)
     inputs = tokens.clone()

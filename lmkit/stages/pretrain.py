@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from lmkit import artifacts, config as config_lib
-from lmkit.data.packing import SEP_ID, MaskingSettings, load_stream
+from lmkit.config import flag_name
+from lmkit.data.packing import EOS_ID, SEP_ID, MaskingSettings, load_stream
 from lmkit.errors import UserError
 from lmkit.models import build_model, count_parameters, flops_per_token
 from lmkit.models.config import ModelConfig
@@ -70,6 +71,10 @@ def _plan(config: PretrainConfig, env: distributed.Distributed) -> _Plan:
                         f"{objective} trains {', '.join(OBJECTIVES[objective].archs)}")
     if config.shard and model_cfg.arch == "lstm":
         raise UserError("--shard: FSDP2 shards transformer blocks; an LSTM model is trained unsharded")
+    if config.shard and env.world_size == 1:
+        raise UserError("--shard: needs several processes; run under torchrun --nproc_per_node N")
+    if config.shard and config.optimizer == "muon":
+        raise UserError("--shard with --optimizer muon: Muon needs whole matrices; use adamw with --shard")
     seq_len = config.seq_len or min(model_cfg.block_size, 256)
     if seq_len > model_cfg.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's block size {model_cfg.block_size} "
@@ -97,7 +102,7 @@ def _plan(config: PretrainConfig, env: distributed.Distributed) -> _Plan:
     if init_from:
         identity["init_from"] = artifacts.load(init_from).id
     recipe = artifacts.make_recipe("checkpoint", identity, [], [{"role": "dataset", "id": dataset.id}])
-    resume_from = _inspect_run_dir(run_dir, config, recipe, env)
+    resume_from = _inspect_run_dir(run_dir, config, recipe, env, model_cfg)
     return _Plan(dataset, tokenizer, model_cfg, objective, seq_len, layout, run_dir, recipe, resume_from, init_from)
 
 
@@ -105,10 +110,16 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     """Committed checkpoints of a run (a directory with a manifest), oldest step first."""
     found = [p for p in run_dir.iterdir() if p.is_dir() and (p / artifacts.MANIFEST).is_file()
              and (p.name.startswith(CHECKPOINT_PREFIX) or p.name == FINAL)]
-    return sorted(found, key=lambda p: (read_checkpoint(p).trainer_state().step, p.name == FINAL))
+    # Sorting reads manifests only; the chosen checkpoint is verified in full when it is loaded.
+    return sorted(found, key=lambda p: (artifacts.read_manifest(p)["stats"].get("step", -1), p.name == FINAL))
 
 
-def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: distributed.Distributed) -> Path | None:
+# What fixes a run's data order and model: a resumed run must keep them (limits may change).
+_RESUME_INVARIANTS = ("seq_len", "micro_batch", "batch_tokens", "seed", "objective", "optimizer", "shard")
+
+
+def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: distributed.Distributed,
+                     model_cfg: ModelConfig) -> Path | None:
     """Refuse to clobber a run; find the checkpoint to resume from; apply --force."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is a file; --out must be a directory")
@@ -117,23 +128,35 @@ def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: di
     existing = _checkpoints(run_dir) if run_dir.is_dir() else []
     if config.resume:
         if not existing:
-            raise UserError(f"{run_dir}: no checkpoint to resume from (run without --resume to start)")
+            raise UserError(f"{run_dir}: no checkpoint to resume from (start it again with --force)")
         latest = existing[-1]
-        saved = read_checkpoint(latest).trainer_state()
+        checkpoint = read_checkpoint(latest)
+        saved = checkpoint.trainer_state()
         if saved.world_size != env.world_size:
             raise UserError(f"{latest}: was trained on {saved.world_size} process(es); resume with the same number "
                             f"(now {env.world_size})")
+        changed = [flag_name(name) for name in _RESUME_INVARIANTS
+                   if checkpoint.artifact.config.get(name) != getattr(config, name)]
+        if checkpoint.model_config != model_cfg:
+            changed.append("the model (--model and its overrides)")
+        if changed:
+            raise UserError(f"{latest}: cannot resume with a different {', '.join(changed)}; "
+                            "use the run's settings (see its config.toml) or --force to start over")
         return latest
     if _up_to_date(run_dir, recipe):
         return None  # the stage reports "up to date", with or without --force (as every stage does)
-    if existing or (run_dir / "metrics.jsonl").exists():
-        if not config.force:
-            raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or --force to start over")
-        if env.is_main:
-            for path in existing:
-                shutil.rmtree(path)
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if (existing or (run_dir / "metrics.jsonl").exists()) and not config.force:
+        raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or --force to start over")
     return None
+
+
+def _clear_run(run_dir: Path, env: distributed.Distributed) -> None:
+    """--force: remove the old run, only once every check has passed (rank 0 deletes, all wait)."""
+    if env.is_main and run_dir.is_dir():
+        for path in run_dir.iterdir():
+            if path.name.startswith((CHECKPOINT_PREFIX, FINAL, ".trash-")) or path.name == "metrics.jsonl":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    distributed.barrier(env)
 
 
 def _up_to_date(run_dir: Path, recipe: str) -> bool:
@@ -160,23 +183,28 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
         torch.set_num_threads(config.threads)
     precision = resolve_precision(config.precision, env.device)
 
-    train_stream = load_stream(plan.dataset, "train", SEP_ID if plan.objective == "mlm" else 3)
+    separator = SEP_ID if plan.objective == "mlm" else EOS_ID
+    train_stream = load_stream(plan.dataset, "train", separator)
     validation = plan.dataset.stats["splits"].get("validation")
-    val_stream = (load_stream(plan.dataset, "validation", SEP_ID if plan.objective == "mlm" else 3)
-                  if validation and validation["documents"] else None)
+    val_stream = load_stream(plan.dataset, "validation", separator) if validation and validation["documents"] else None
     if plan.objective == "clm":
         objective = CausalLM(train_stream, val_stream, plan.seq_len, plan.layout, config.seed, env.device)
     else:
         masking = MaskingSettings(config.mask_prob, config.mask_replace, config.mask_random)
         objective = MaskedLM(train_stream, val_stream, plan.seq_len, plan.layout, config.seed, env.device,
                              plan.model_config.vocab_size, masking)
-    per_step = plan.layout.micro_batch * plan.layout.world_size
+    per_step = plan.layout.global_batch
     if objective.train_windows.count < per_step:
         raise UserError(f"{config.dataset}: the train split has {objective.train_windows.count} windows of "
-                        f"{plan.seq_len} tokens, fewer than one batch ({per_step}); lower --seq-len or "
-                        "--micro-batch, or add data")
+                        f"{plan.seq_len} tokens, fewer than one batch ({per_step}); lower --seq-len, "
+                        "--micro-batch or --batch-tokens, or add data")
+    if (config.eval_every or config.patience) and (objective.val_windows is None or objective.val_windows.count == 0):
+        reporter.warn(f"{config.dataset}: no validation window of {plan.seq_len} tokens; no evaluation, best "
+                      "checkpoint or early stopping (make a validation split with --val-fraction)")
+    _check_writable(plan.run_dir)
+    if config.force and plan.resume_from is None:
+        _clear_run(plan.run_dir, env)
     if env.is_main:
-        _check_writable(plan.run_dir)
         (plan.run_dir / "config.toml").write_text(config_lib.to_toml(config))
 
     torch.manual_seed(config.seed)
@@ -204,9 +232,13 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
     def save(tag: str, trainer_state: TrainerState, optimizer_state) -> Path:
         return _save(plan, config, env, tag, model, optimizer_state, trainer_state, n_params, flops)
 
+    tokens_per_step = plan.layout.global_batch * plan.seq_len
+    # A decaying schedule needs its length: the step limit, or the token limit in steps.
+    schedule_steps = config.max_steps or -(-config.max_tokens // tokens_per_step)
     settings = LoopSettings(
         lr=config.lr, schedule=config.schedule, warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio,
         decay_fraction=config.decay_fraction, grad_clip=config.grad_clip, max_steps=config.max_steps,
+        schedule_steps=schedule_steps,
         max_tokens=config.max_tokens, max_seconds=parse_duration(config.max_time), eval_every=config.eval_every,
         eval_batches=config.eval_batches, patience=config.patience, checkpoint_every=config.checkpoint_every,
         log_every=config.log_every, precision=precision, compile=config.compile, flops_per_token=flops,
@@ -236,7 +268,8 @@ def _save(plan: _Plan, config: PretrainConfig, env: distributed.Distributed, tag
         full_optimizer = distributed.full_optimizer_states(model, optimizers)
         if env.is_main:  # (the other ranks receive empty dicts)
             optimizer_state = optimizers.state_tensors(full_optimizer)
-            model = build_model(plan.model_config)
+            with torch.random.fork_rng(devices=[]):  # building must not consume the RNG being saved
+                model = build_model(plan.model_config)
             model.load_state_dict(full_weights)
     else:
         optimizer_state = optimizers.state_tensors()

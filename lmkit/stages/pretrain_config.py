@@ -71,8 +71,7 @@ class PretrainConfig:
     # -- when to stop, evaluate and save ---------------------------------------------------------
     max_steps: int = option(500, "Stop after this many optimizer steps (0: no step limit).")
     max_tokens: int = option(0, "Stop after this many training tokens (0: no limit).")
-    max_time: str = option("", "Stop after this much training time, e.g. 30m (empty: no limit).",
-                           affects_output=False)
+    max_time: str = option("", "Stop after this much training time, e.g. 30m (empty: no limit).")
     eval_every: int = option(100, "Validate every N steps (0: never).")
     eval_batches: int = option(20, "Validation micro-batches per evaluation (0: the whole split).")
     patience: int = option(0, "Stop after this many evaluations without improvement (0: never).")
@@ -118,6 +117,11 @@ class PretrainConfig:
             problems.append(f"--max-time: {exc}")
         if self.max_steps == 0 and self.max_tokens == 0 and not self.max_time:
             problems.append("--max-steps, --max-tokens, --max-time: give at least one limit")
+        if self.max_time and not self.max_steps and not self.max_tokens and self.schedule != "constant":
+            problems.append(f"--schedule {self.schedule}: decays over a known number of steps; with only "
+                            "--max-time use --schedule constant, or give --max-steps")
+        if self.mask_prob <= 0:
+            problems.append("--mask-prob: must be positive (masked LM learns from the chosen tokens)")
         if self.resume and self.force:
             problems.append("--resume and --force: choose one (continue the run, or start over)")
         if self.resume and self.init_from:

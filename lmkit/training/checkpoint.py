@@ -81,6 +81,9 @@ def write_checkpoint(directory: Path, model: nn.Module, model_config: ModelConfi
     (directory / "trainer").mkdir()
     tensors, optimizer_meta = optimizer_state
     tensors = {**tensors, "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = cuda_state
     save_file(tensors, str(directory / OPTIMIZER_FILE))
     payload = {"state": asdict(state), "rng": _rng_state(), "optimizer": optimizer_meta}
     (directory / STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
@@ -119,6 +122,9 @@ class Checkpoint:
         payload = json.loads(self.artifact.file(STATE_FILE).read_text())
         tensors = load_file(str(self.artifact.file(OPTIMIZER_FILE)))
         torch_rng = tensors.pop("rng.torch")
+        cuda_states = [tensors.pop(k) for k in sorted(k for k in list(tensors) if k.startswith("rng.cuda."))]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
         by_name = payload["optimizer"].get("keys") == "name"
         if by_name != (sharded_model is not None):
             raise UserError(f"{self.path}: was saved by a run {'with' if by_name else 'without'} --shard; "

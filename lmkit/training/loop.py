@@ -38,6 +38,7 @@ class LoopSettings:
     decay_fraction: float
     grad_clip: float
     max_steps: int
+    schedule_steps: int       # the length decaying schedules decay over
     max_tokens: int
     max_seconds: float
     eval_every: int
@@ -107,7 +108,7 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
         with reporter.task("training", total=total, unit="steps") as task:
             task.advance(state.step)
             while not _should_stop(state, settings, started):
-                lr = lr_at(state.step, lr=settings.lr, max_steps=settings.max_steps,
+                lr = lr_at(state.step, lr=settings.lr, max_steps=settings.schedule_steps,
                            warmup_steps=settings.warmup_steps, schedule=settings.schedule,
                            min_lr_ratio=settings.min_lr_ratio, decay_fraction=settings.decay_fraction)
                 optimizers.set_lr(lr)
@@ -121,7 +122,8 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                     with sync:
                         with autocast:
                             loss = objective.loss(forward_model, batch)
-                        if not torch.isfinite(loss):
+                        # Every rank must stop together, or the others wait forever in the all-reduce.
+                        if any_rank(not bool(torch.isfinite(loss)), env):
                             raise _non_finite(state.step, "loss", loss.item(), last_checkpoint)
                         (loss / layout.accumulation).backward()
                     loss_sum += loss.detach().float()
@@ -196,7 +198,8 @@ def _evaluate(model: nn.Module, objective: Objective, settings: LoopSettings, st
     model.train()
     if not metrics:
         return False
-    metric = metrics["val_loss"]
+    # One decision for all ranks (saving the best is collective).
+    metric = mean_across_ranks(torch.tensor(metrics["val_loss"], device=env.device), env).item()
     improved = state.best_metric is None or metric < state.best_metric
     if improved:
         state.best_metric, state.best_step, state.evals_since_best = metric, state.step, 0

@@ -105,7 +105,8 @@ class MaskedLM:
         self.tokens_per_sample = seq_len
 
     def _generator(self, *key: int) -> torch.Generator:
-        # Masks depend only on (seed, step, micro, rank): a resumed run masks identically.
+        # Masks depend only on the seed and the global sample position: a resumed run, or one with
+        # another split of the same global batch over processes and micro-batches, masks identically.
         generator = torch.Generator()
         generator.manual_seed(int(np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]))
         return generator
@@ -113,7 +114,7 @@ class MaskedLM:
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         start = self.layout.start(step, micro, rank)
         indices = sample_indices(self.train_windows.count, self.seed, start, self.layout.micro_batch)
-        inputs, targets = self.train_windows.batch(indices, self._generator(step, micro, rank))
+        inputs, targets = self.train_windows.batch(indices, self._generator(start))
         return {"idx": inputs.to(self.device), "targets": targets.to(self.device)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

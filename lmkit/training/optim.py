@@ -89,7 +89,11 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         return Optimizers([torch.optim.AdamW(groups, lr=lr, betas=betas, fused=False)])
     if name == "muon":
         # Hidden 2-D weights go to Muon; embeddings and the (tied) output head stay with AdamW.
-        hidden = [p for n, p in named if p.dim() == 2 and "embed" not in n and "head" not in n]
+        outer = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        head = getattr(model, "lm_head", None)
+        if isinstance(head, nn.Linear):
+            outer.add(id(head.weight))
+        hidden = [p for _, p in named if p.dim() == 2 and id(p) not in outer]
         hidden_ids = {id(p) for p in hidden}
         rest_decay = [p for p in decay if id(p) not in hidden_ids]
         adamw = torch.optim.AdamW([{"params": rest_decay, "weight_decay": weight_decay},

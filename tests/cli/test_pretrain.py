@@ -1,6 +1,7 @@
 """`lmkit pretrain` as a user runs it: signals, exit codes, resume from the CLI, torchrun."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,15 +53,21 @@ def test_signal_saves_a_checkpoint_then_resume_continues(dataset, tmp_path, sign
 
 def test_second_ctrl_c_stops_at_once_without_partial_checkpoint(dataset, tmp_path):
     run_dir = tmp_path / "run"
-    process = start(dataset, run_dir, "--model", "gpt-small", "--n-layer", "2")  # slower steps
+    process = start(dataset, run_dir, "--model", "gpt-small", "--micro-batch", "16")  # slow steps
     wait_for_step(run_dir, 1, process)
     process.send_signal(signal.SIGINT)
+    seen = ""
+    while "saving a checkpoint after this step" not in seen:  # the first Ctrl-C was heard
+        line = process.stderr.readline()
+        assert line, "the process ended before acknowledging Ctrl-C"
+        seen += line
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert not list(run_dir.glob(".*tmp-*"))
-    for checkpoint in run_dir.glob("step-*"):  # a checkpoint that exists is complete
-        artifacts.load(checkpoint)
+    rest = process.stderr.read()
+    process.wait(timeout=60)
+    assert process.returncode == 130, seen + rest
+    assert "stopped at step" not in rest  # it did not wait for the end of the step to save
+    assert "no partial artifact was left" in rest
+    assert not list(run_dir.glob(".*tmp-*")) and not list(run_dir.glob("step-*"))
 
 
 def test_existing_run_without_resume_is_refused(dataset, tmp_path):
@@ -115,7 +122,6 @@ def test_fsdp2_shard_matches_one_process_and_resumes_exactly(dataset, tmp_path):
     # the gathered checkpoint is a plain one; resuming sharded from step 3 ends where the full run ended
     partial = tmp_path / "partial"
     partial.mkdir()
-    import shutil
     shutil.copytree(tmp_path / "two" / "step-00000003", partial / "step-00000003")
     torchrun(partial, "--resume")
     assert losses(partial) == losses(tmp_path / "two")[3:]

@@ -52,8 +52,10 @@ def test_masked_windows_are_framed():
     windows = MaskedWindows(stream, 12, 200, MaskingSettings(probability=0.0))
     x, y = windows.batch(np.array([1]), torch.Generator().manual_seed(0))
     assert x[0, 0].item() == CLS_ID and x[0, -1].item() == SEP_ID
-    assert x[0, 1:-1].tolist() == list(range(FIRST_TEXT_ID + 10, FIRST_TEXT_ID + 20))
-    assert (y == IGNORE_INDEX).all()
+    body = list(range(FIRST_TEXT_ID + 10, FIRST_TEXT_ID + 20))
+    assert sum(a != b for a, b in zip(x[0, 1:-1].tolist(), body)) <= 1
+    # even at probability 0 one position per row is chosen, so the loss is never empty (NaN)
+    assert (y != IGNORE_INDEX).sum().item() == 1 and y[y != IGNORE_INDEX].item() in body
 
 
 def test_sample_indices_are_epoch_permutations_and_pure():

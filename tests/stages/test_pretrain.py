@@ -48,12 +48,17 @@ def test_gpt_run_writes_checkpoints_and_learns(dataset, tmp_path):
     assert roles == {"dataset", "tokenizer"} and final.parent_path("dataset") == dataset.resolve()
 
 
-def test_resume_equals_uninterrupted_bit_for_bit(dataset, tmp_path):
-    full = pretrain.run(config(dataset, tmp_path / "full", keep_last=5))
+@pytest.mark.parametrize("overrides", [
+    {"dropout": 0.1},                         # the torch RNG state matters
+    {"model": "bert-tiny", "dropout": 0.1},   # masking and the MLM head
+    {"batch_tokens": 256},                    # gradient accumulation (2 micro-batches)
+], ids=["gpt-dropout", "bert", "accumulation"])
+def test_resume_equals_uninterrupted_bit_for_bit(dataset, tmp_path, overrides):
+    full = pretrain.run(config(dataset, tmp_path / "full", keep_last=5, **overrides))
     partial = tmp_path / "partial"
     partial.mkdir()
     shutil.copytree(tmp_path / "full" / "step-00000006", partial / "step-00000006")
-    resumed = pretrain.run(config(dataset, partial, keep_last=5, resume=True))
+    resumed = pretrain.run(config(dataset, partial, keep_last=5, resume=True, **overrides))
     for name, tensor in weights(full.path).items():
         assert torch.equal(tensor, weights(resumed.path)[name]), name
     assert metrics(tmp_path / "full")[6:] == metrics(partial)  # same losses after the checkpoint, exactly
@@ -92,10 +97,11 @@ def test_nan_loss_stops_before_the_update(dataset, tmp_path, monkeypatch):
         return loss * float("nan") if calls["n"] == 9 else loss
 
     monkeypatch.setattr(pretrain.CausalLM, "loss", poisoned)
+    steps = count_optimizer_steps(monkeypatch)
     with pytest.raises(loop.NonFiniteError, match=r"step 9: the loss is nan.*last good checkpoint is .*step-00000008"):
         pretrain.run(config(dataset, run_dir))
     good = weights(run_dir / "step-00000008")  # the best so far, saved at the step-8 evaluation
-    assert not (run_dir / "final").exists()
+    assert not (run_dir / "final").exists() and steps == [1] * 8  # step 9 never reached the optimizer
     assert artifacts.load(run_dir / "step-00000008").stats["step"] == 8
     for tensor in good.values():
         assert torch.isfinite(tensor).all()
@@ -111,8 +117,34 @@ def test_nan_gradient_stops_before_the_update(dataset, tmp_path, monkeypatch):
         return norm * float("inf") if calls["n"] == 3 else norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", poisoned)
+    steps = count_optimizer_steps(monkeypatch)
     with pytest.raises(loop.NonFiniteError, match="step 3: the gradient norm is inf.*no checkpoint was written yet"):
         pretrain.run(config(dataset, tmp_path / "run"))
+    assert steps == [1, 1]
+
+
+def count_optimizer_steps(monkeypatch):
+    from lmkit.training.optim import Optimizers
+
+    calls = []
+    real_step = Optimizers.step
+    monkeypatch.setattr(Optimizers, "step", lambda self: calls.append(1) or real_step(self))
+    return calls
+
+
+def test_pruning_keeps_an_older_best(dataset, tmp_path, monkeypatch):
+    losses = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])  # best at the second evaluation (step 4)
+    monkeypatch.setattr(pretrain.CausalLM, "evaluate", lambda self, model, batches: {"val_loss": next(losses)})
+    final = pretrain.run(config(dataset, tmp_path / "run", eval_every=2, checkpoint_every=2, keep_last=1))
+    steps = sorted(p.name for p in (tmp_path / "run").glob("step-*"))
+    assert steps == ["step-00000004", "step-00000012"] and final.stats["best_step"] == 4
+
+
+def test_stop_on_max_tokens_with_a_decaying_schedule(dataset, tmp_path):
+    final = pretrain.run(config(dataset, tmp_path / "run", max_steps=0, max_tokens=128 * 5, eval_every=0))
+    assert final.stats["step"] == 5 and final.stats["tokens"] == 640
+    lrs = [lr for _, lr in metrics(tmp_path / "run", "lr")]
+    assert lrs[-1] < max(lrs)  # the cosine decayed over the 5 steps the token budget allows
 
 
 def test_early_stopping_keeps_the_best(dataset, tmp_path):
@@ -131,9 +163,10 @@ def test_early_stopping_keeps_the_best(dataset, tmp_path):
     ({"model": "gpt-huge"}, "gpt-huge"),
 ])
 def test_bad_requests_refused_before_compute(dataset, tmp_path, overrides, message):
+    first = pretrain.run(config(dataset, tmp_path / "run", max_steps=2, eval_every=0))
     with pytest.raises(UserError, match=message):
-        pretrain.run(config(dataset, tmp_path / "run", **overrides))
-    assert not (tmp_path / "run" / "final").exists()
+        pretrain.run(config(dataset, tmp_path / "run", force=True, **overrides))
+    assert artifacts.load(tmp_path / "run" / "final").id == first.id  # --force deletes nothing before the checks
 
 
 def test_damaged_dataset_refused(dataset, tmp_path):
@@ -151,6 +184,10 @@ def test_init_from_checks_the_model(dataset, tmp_path):
     base = pretrain.run(config(dataset, tmp_path / "base", max_steps=2, eval_every=0))
     child = pretrain.run(config(dataset, tmp_path / "child", max_steps=2, eval_every=0, init_from=str(base.path)))
     assert any(p["role"] == "init" for p in child.parents)
+    grandchild = pretrain.run(config(dataset, tmp_path / "gc", max_steps=1, lr=1e-9, warmup_steps=0, eval_every=0,
+                                     init_from=str(base.path)))
+    for name, tensor in weights(base.path).items():  # started from base's weights (a 1e-9 step barely moves them)
+        assert torch.allclose(tensor, weights(grandchild.path)[name], atol=1e-6), name
     with pytest.raises(UserError, match="--init-from .* differs from the one requested"):
         pretrain.run(config(dataset, tmp_path / "other", max_steps=2, init_from=str(base.path), d_model=32))
 
