@@ -18,7 +18,7 @@ One run measures, each measurement in a fresh subprocess:
 * quality: validation bits per byte of a GPT and an LSTM of about the same non-embedding size after
   the same token budget on the built-in demo corpus (Python's documentation, vocabulary 4000).
 
-    python benchmarks/pretrain.py            # about 6 minutes on 2 cores
+    python benchmarks/pretrain.py            # about 5 minutes on 2 idle cores (longer when shared)
     python benchmarks/pretrain.py --quick    # about 1 minute: fewer steps, smaller budget
 
 Results go to stdout and benchmarks/out/pretrain.json.
