@@ -86,7 +86,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     no_decay = [p for _, p in named if p.dim() < 2]
     if name == "adamw":
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return Optimizers([torch.optim.AdamW(groups, lr=lr, betas=betas, fused=False)])
+        return Optimizers([torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)])  # one kernel, CPU and CUDA
     if name == "muon":
         # Hidden 2-D weights go to Muon; embeddings and the (tied) output head stay with AdamW.
         outer = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -97,7 +97,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         hidden_ids = {id(p) for p in hidden}
         rest_decay = [p for p in decay if id(p) not in hidden_ids]
         adamw = torch.optim.AdamW([{"params": rest_decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, fused=True)
         muon = torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
         return Optimizers([adamw, muon])
     raise ValueError(f"unknown optimizer {name!r}")
