@@ -25,7 +25,7 @@ from lmkit.models.presets import model_config
 from lmkit.progress import reporter
 from lmkit.stages.pretrain_config import PretrainConfig, parse_duration
 from lmkit.training import distributed
-from lmkit.training.checkpoint import TrainerState, read_checkpoint, write_checkpoint
+from lmkit.training.checkpoint import TrainerState, read_checkpoint, step_tag, write_checkpoint
 from lmkit.training.loop import LoopSettings, fit
 from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, BatchLayout, CausalLM, MaskedLM
 from lmkit.training.optim import build_optimizer
@@ -297,9 +297,10 @@ def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:
     steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
     keep = set(steps[-keep_last:])
     if best_step is not None:
-        keep.add(run_dir / f"{CHECKPOINT_PREFIX}{best_step:08d}")
+        keep.add(run_dir / step_tag(best_step))
     for path in steps:
         if path not in keep:
             trash = path.with_name(f".trash-{path.name}")
             path.rename(trash)  # out of sight atomically, then removed
             shutil.rmtree(trash)
+            path.with_name(f".{path.name}.lock").unlink(missing_ok=True)

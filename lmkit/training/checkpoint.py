@@ -36,6 +36,11 @@ STATE_FILE = "trainer/state.json"
 OPTIMIZER_FILE = "trainer/optimizer.safetensors"
 
 
+def step_tag(step: int) -> str:
+    """Name of the checkpoint saved after optimizer step ``step`` in a run directory."""
+    return f"step-{step:08d}"
+
+
 @dataclass
 class TrainerState:
     """Everything besides weights and optimizer moments that resuming needs."""

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmkit.errors import Interrupted, UserError
 from lmkit.progress import reporter
-from lmkit.training.checkpoint import TrainerState
+from lmkit.training.checkpoint import TrainerState, step_tag
 from lmkit.training.distributed import Distributed, any_rank, mean_across_ranks
 from lmkit.training.objectives import BatchLayout, Objective
 from lmkit.training.optim import Optimizers
@@ -80,7 +80,9 @@ def _metrics_log(path: Path, resume_step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(line + "\n" for line in kept))
+    partial.replace(path)  # atomic: a crash here leaves the old or the new history, never half
 
 
 def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings: LoopSettings,
@@ -92,7 +94,8 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
         _metrics_log(metrics_path, state.step)
     board = _tensorboard(run_dir, env)
     ddp = env.enabled and not settings.sharded
-    forward_model: nn.Module = DistributedDataParallel(model) if ddp else model
+    # broadcast_buffers=False: the only buffers are the rotary tables, equal on every rank.
+    forward_model: nn.Module = DistributedDataParallel(model, broadcast_buffers=False) if ddp else model
     if settings.compile:
         forward_model = torch.compile(forward_model)
     autocast = (torch.autocast(device_type=env.device.type, dtype=torch.bfloat16)
@@ -159,15 +162,15 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                     improved = _evaluate(forward_model if not settings.compile else model, objective, settings,
                                          state, metrics_path, env, autocast, board)
                     if improved:
-                        last_checkpoint = save(f"step-{state.step:08d}", state, optimizers)
+                        last_checkpoint = save(step_tag(state.step), state, optimizers)
                     if settings.patience and state.evals_since_best >= settings.patience:
                         reporter.info(f"early stopping at step {state.step}: no improvement in "
                                       f"{settings.patience} evaluations (best at step {state.best_step})")
                         break
                 if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
-                    last_checkpoint = save(f"step-{state.step:08d}", state, optimizers)
+                    last_checkpoint = save(step_tag(state.step), state, optimizers)
                 if any_rank(stop.signum is not None, env):
-                    last_checkpoint = save(f"step-{state.step:08d}", state, optimizers)
+                    last_checkpoint = save(step_tag(state.step), state, optimizers)
                     reporter.info(f"stopped at step {state.step}; resume with --resume ({last_checkpoint})")
                     raise Interrupted(stop.signum or signal.SIGTERM)
     finally:
