@@ -7,6 +7,7 @@ checks on the inputs happen before any compute.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -276,18 +277,25 @@ def _save(plan: _Plan, config: PretrainConfig, env: distributed.Distributed, tag
     if env.is_main:
         recipe = plan.recipe if tag == FINAL else artifacts.make_recipe(
             "checkpoint", {"run": plan.recipe, "step": state.step}, [], [])
-        with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
-            if not writer.up_to_date:
-                write_checkpoint(writer.tmp, model, plan.model_config, plan.objective, optimizer_state, state,
-                                 plan.tokenizer)
-                parents = [artifacts.describe_parent("dataset", plan.dataset, path),
-                           {"role": "tokenizer", "path": "tokenizer", "id": plan.tokenizer.id}]
-                if plan.init_from:
-                    parents.append(artifacts.describe_parent("init", artifacts.load(plan.init_from), path))
-                stats = {"step": state.step, "tokens": state.tokens, "parameters": n_params,
-                         "flops_per_token": flops, "best_step": state.best_step, "best_val_loss": state.best_metric,
-                         "objective": plan.objective, "arch": plan.model_config.arch}
-                writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": []}, stats)
+        try:
+            with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
+                if not writer.up_to_date:
+                    write_checkpoint(writer.tmp, model, plan.model_config, plan.objective, optimizer_state, state,
+                                     plan.tokenizer)
+                    parents = [artifacts.describe_parent("dataset", plan.dataset, path),
+                               {"role": "tokenizer", "path": "tokenizer", "id": plan.tokenizer.id}]
+                    if plan.init_from:
+                        parents.append(artifacts.describe_parent("init", artifacts.load(plan.init_from), path))
+                    stats = {"step": state.step, "tokens": state.tokens, "parameters": n_params,
+                             "flops_per_token": flops, "best_step": state.best_step,
+                             "best_val_loss": state.best_metric, "objective": plan.objective,
+                             "arch": plan.model_config.arch}
+                    writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": []}, stats)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(f"{path}: no space left on device while saving the checkpoint at step {state.step}; "
+                                "nothing partial was left and earlier checkpoints are intact") from None
+            raise
         _prune(plan.run_dir, config.keep_last, state.best_step)
     distributed.barrier(env)
     return path
