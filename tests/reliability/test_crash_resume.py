@@ -115,3 +115,34 @@ def test_disk_full_while_saving_keeps_earlier_checkpoints(dataset, tmp_path, mon
     assert [p.name for p in committed(tmp_path / "run")] == ["step-00000002"]
     artifacts.load(tmp_path / "run" / "step-00000002")
     assert not list((tmp_path / "run").glob(".*tmp-*"))
+
+
+@pytest.mark.parametrize("where", ["during a step", "during a save"])
+def test_sigterm_in_a_step_or_a_save_gives_one_valid_checkpoint(dataset, tmp_path, monkeypatch, where):
+    import os
+
+    from lmkit.errors import Interrupted
+
+    def send_sigterm_once(real):
+        sent = {"done": False}
+
+        def wrapper(*args, **kwargs):
+            if not sent["done"]:
+                sent["done"] = True
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of this call
+            return real(*args, **kwargs)
+        return wrapper
+
+    if where == "during a step":
+        monkeypatch.setattr(pretrain.CausalLM, "loss", send_sigterm_once(pretrain.CausalLM.loss))
+    else:
+        monkeypatch.setattr(pretrain, "write_checkpoint", send_sigterm_once(pretrain.write_checkpoint))
+    values = {"dataset": str(dataset), "out": str(tmp_path / "run"), "seq_len": 32, "micro_batch": 4,
+              "max_steps": 50, "eval_every": 0, "checkpoint_every": 3, "precision": "fp32"}
+    with pytest.raises(Interrupted) as info:
+        pretrain.run(resolve(PretrainConfig, {}, values))
+    assert info.value.exit_code == 143
+    (checkpoint,) = committed(tmp_path / "run")
+    expected_step = 1 if where == "during a step" else 3  # the step it was in, or the save it was in
+    assert artifacts.load(checkpoint).stats["step"] == expected_step
+    assert not list((tmp_path / "run").glob(".*tmp-*"))
