@@ -45,7 +45,43 @@ class Objective(Protocol):
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]: ...
 
 
-class CausalLM:
+class _WindowObjective:
+    """What the language-modeling objectives share: windows read at global sample positions,
+    the model's own loss, and validation over the first windows of the validation split."""
+
+    def __init__(self, train_windows: Any, val_windows: Any, layout: BatchLayout, seed: int,
+                 device: torch.device, seq_len: int):
+        self.train_windows, self.val_windows = train_windows, val_windows
+        self.layout, self.seed, self.device = layout, seed, device
+        self.tokens_per_sample = seq_len
+
+    def _read(self, windows: Any, indices: np.ndarray, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
+        start = self.layout.start(step, micro, rank)
+        indices = sample_indices(self.train_windows.count, self.seed, start, self.layout.micro_batch)
+        inputs, targets = self._read(self.train_windows, indices, (start,))
+        return {"idx": inputs.to(self.device), "targets": targets.to(self.device)}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        _, loss = model(batch["idx"], batch["targets"])
+        return loss
+
+    def _validation_batches(self, max_batches: int):
+        """(inputs, targets) over the first ``max_batches`` micro-batches (0: all) of validation."""
+        if self.val_windows is None:
+            return
+        size = self.layout.micro_batch
+        count = min(self.val_windows.count, max_batches * size) if max_batches else self.val_windows.count
+        for batch_index, start in enumerate(range(0, count, size)):
+            yield self._read(self.val_windows, np.arange(start, min(start + size, count)), (_EVAL_KEY, batch_index))
+
+
+_EVAL_KEY = 2**31 - 1  # validation masks: a key no training position uses
+
+
+class CausalLM(_WindowObjective):
     """Next-token prediction over packed windows; validation reports loss, perplexity and bits per byte."""
 
     name = "clm"
@@ -53,45 +89,29 @@ class CausalLM:
 
     def __init__(self, train: TokenStream, validation: TokenStream | None, seq_len: int, layout: BatchLayout,
                  seed: int, device: torch.device):
-        self.train_windows = CausalWindows(train, seq_len)
-        self.val_windows = CausalWindows(validation, seq_len) if validation is not None else None
+        val_windows = CausalWindows(validation, seq_len) if validation is not None else None
+        super().__init__(CausalWindows(train, seq_len), val_windows, layout, seed, device, seq_len)
         self.validation = validation
-        self.layout, self.seed, self.device = layout, seed, device
-        self.tokens_per_sample = seq_len
 
-    def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
-        start = self.layout.start(step, micro, rank)
-        indices = sample_indices(self.train_windows.count, self.seed, start, self.layout.micro_batch)
-        inputs, targets = self.train_windows.batch(indices)
-        return {"idx": inputs.to(self.device), "targets": targets.to(self.device)}
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        _, loss = model(batch["idx"], batch["targets"])
-        return loss
+    def _read(self, windows, indices, key):
+        return windows.batch(indices)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
-        if self.val_windows is None or self.val_windows.count == 0:
-            return {}
-        batch_size = self.layout.micro_batch
-        count = min(self.val_windows.count, max_batches * batch_size) if max_batches else self.val_windows.count
         total_loss, total_tokens = 0.0, 0
-        for start in range(0, count, batch_size):
-            indices = np.arange(start, min(start + batch_size, count))
-            inputs, targets = self.val_windows.batch(indices)
+        for inputs, targets in self._validation_batches(max_batches):
             _, loss = model(inputs.to(self.device), targets.to(self.device))
             total_loss += loss.float().item() * targets.numel()
             total_tokens += targets.numel()
+        if total_tokens == 0:
+            return {}
         mean = total_loss / total_tokens
         # bits per byte: nats per token -> bits, spread over the UTF-8 bytes those tokens encode.
         bpb = mean / math.log(2) / self.validation.bytes_per_token
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_bpb": bpb}
 
 
-_EVAL_KEY = 2**31 - 1  # validation masks: a key no training step uses
-
-
-class MaskedLM:
+class MaskedLM(_WindowObjective):
     """BERT's masked-LM objective; validation masks with a fixed seed and reports loss and accuracy."""
 
     name = "mlm"
@@ -99,38 +119,21 @@ class MaskedLM:
 
     def __init__(self, train: TokenStream, validation: TokenStream | None, seq_len: int, layout: BatchLayout,
                  seed: int, device: torch.device, vocab_size: int, masking: MaskingSettings):
-        self.train_windows = MaskedWindows(train, seq_len, vocab_size, masking)
-        self.val_windows = MaskedWindows(validation, seq_len, vocab_size, masking) if validation else None
-        self.layout, self.seed, self.device = layout, seed, device
-        self.tokens_per_sample = seq_len
+        val_windows = MaskedWindows(validation, seq_len, vocab_size, masking) if validation else None
+        super().__init__(MaskedWindows(train, seq_len, vocab_size, masking), val_windows, layout, seed, device,
+                         seq_len)
 
-    def _generator(self, *key: int) -> torch.Generator:
+    def _read(self, windows, indices, key):
         # Masks depend only on the seed and the global sample position: a resumed run, or one with
         # another split of the same global batch over processes and micro-batches, masks identically.
         generator = torch.Generator()
         generator.manual_seed(int(np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]))
-        return generator
-
-    def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
-        start = self.layout.start(step, micro, rank)
-        indices = sample_indices(self.train_windows.count, self.seed, start, self.layout.micro_batch)
-        inputs, targets = self.train_windows.batch(indices, self._generator(start))
-        return {"idx": inputs.to(self.device), "targets": targets.to(self.device)}
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        _, loss = model(batch["idx"], batch["targets"])
-        return loss
+        return windows.batch(indices, generator)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
-        if self.val_windows is None or self.val_windows.count == 0:
-            return {}
-        batch_size = self.layout.micro_batch
-        count = min(self.val_windows.count, max_batches * batch_size) if max_batches else self.val_windows.count
         total_loss, correct, masked = 0.0, 0, 0
-        for batch_index, start in enumerate(range(0, count, batch_size)):
-            indices = np.arange(start, min(start + batch_size, count))
-            inputs, targets = self.val_windows.batch(indices, self._generator(_EVAL_KEY, batch_index))
+        for inputs, targets in self._validation_batches(max_batches):
             logits, loss = model(inputs.to(self.device), targets.to(self.device))
             chosen = targets != -100
             n = int(chosen.sum())
