@@ -13,7 +13,8 @@ stages never have to look them up:
     6   [SEP]    end of an encoder segment
 
 [MASK], [CLS] and [SEP] are control symbols: they are only ever inserted as ids, never
-matched in text, so ``decode(encode(x)) == x`` for every string. SentencePiece's own
+matched in text, so ``decode(encode(x)) == x`` for every string but one character: U+2581,
+SentencePiece's space marker, decodes as a space (lmkit's cleaner maps it to a space first). SentencePiece's own
 normalization is off ("identity") because lmkit's cleaner has already normalized the text.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -16,4 +17,7 @@ def parse_size(text: str | int) -> int:
     match = _PATTERN.match(text)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {text!r} (examples: 4096, 64MB, 1GiB)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(size):  # hundreds of digits: int() of infinity would raise OverflowError
+        raise ValueError(f"not a size: {text!r} (too large)")
+    return int(size)

@@ -49,7 +49,9 @@ def sha256_file(path: str | Path) -> str:
 def digest_json(obj: Any) -> str:
     """A stable sha256 over a JSON-able value (sorted keys, no whitespace)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate (a JSON escape in a hostile manifest) hashes instead of crashing;
+    # every valid string encodes exactly as before.
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def describe_file(path: str | Path) -> dict[str, Any]:
@@ -132,13 +134,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path}: invalid manifest ({exc})") from None
+    except RecursionError:
+        raise ArtifactError(f"{manifest_path}: invalid manifest (nested too deeply)") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{manifest_path}: invalid manifest (not a JSON object)")
     missing = [k for k in MANIFEST_FIELDS if k not in manifest]
     if missing:
         raise ArtifactError(f"{manifest_path}: invalid manifest (missing {', '.join(missing)})")
     kind = manifest["kind"]
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ArtifactError(f"{manifest_path}: unknown artifact kind {kind!r}")
     version, made_by = KINDS[kind]
     if manifest["format_version"] != version:

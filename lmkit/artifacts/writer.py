@@ -219,6 +219,10 @@ def seal(directory: Path, kind: str, recipe: str, config: dict[str, Any], inputs
 
 def write_json_durable(path: Path, obj: Any) -> None:
     data = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    try:
+        data.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8 (kept as surrogates): escape it
+        data = json.dumps(obj, indent=2, ensure_ascii=True, sort_keys=False) + "\n"
     with open(path, "w", encoding="utf-8") as f:
         f.write(data)
         f.flush()

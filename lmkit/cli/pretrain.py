@@ -9,7 +9,6 @@ from rich.table import Table
 from lmkit.artifacts import Artifact
 from lmkit.cli._util import config_command
 from lmkit.progress import reporter
-from lmkit.stages import pretrain
 from lmkit.stages.pretrain_config import PretrainConfig
 
 
@@ -39,9 +38,15 @@ def _last_eval(path) -> dict:
     return evals[-1] if evals else {}
 
 
+def run(config: PretrainConfig) -> Artifact:
+    from lmkit.stages import pretrain  # torch loads only for commands that need it
+
+    return pretrain.run(config)
+
+
 config_command(
     "pretrain", PretrainConfig,
     help="Pretrain a language model (GPT, BERT or LSTM) on a dataset artifact, with checkpoints, exact resume "
          "and validation. Runs data-parallel under torchrun.\n\n"
          "Example: lmkit pretrain data --out runs/gpt --model gpt-tiny --max-steps 300",
-    render=render, run=pretrain.run)
+    render=render, run=run)

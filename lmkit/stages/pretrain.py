@@ -202,12 +202,6 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
     if (config.eval_every or config.patience) and (objective.val_windows is None or objective.val_windows.count == 0):
         reporter.warn(f"{config.dataset}: no validation window of {plan.seq_len} tokens; no evaluation, best "
                       "checkpoint or early stopping (make a validation split with --val-fraction)")
-    _check_writable(plan.run_dir)
-    if config.force and plan.resume_from is None:
-        _clear_run(plan.run_dir, env)
-    if env.is_main:
-        (plan.run_dir / "config.toml").write_text(config_lib.to_toml(config))
-
     torch.manual_seed(config.seed)
     model = build_model(plan.model_config).to(env.device)
     if plan.init_from:
@@ -222,6 +216,12 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
     if checkpoint is not None:
         state = checkpoint.restore_training(optimizers, sharded_model=model if config.shard else None)
         reporter.info(f"resuming from {plan.resume_from} (step {state.step})")
+    # Only now, with every input read and checked, is the run directory touched.
+    _check_writable(plan.run_dir)
+    if config.force and plan.resume_from is None:
+        _clear_run(plan.run_dir, env)
+    if env.is_main:
+        (plan.run_dir / "config.toml").write_text(config_lib.to_toml(config))
 
     n_params = count_parameters(model)
     flops = flops_per_token(plan.model_config, plan.seq_len)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -112,7 +113,16 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         model = build_model(self.model_config)
-        missing, unexpected = load_model(model, str(self.artifact.file(MODEL_FILE)), strict=False)
+        path = self.artifact.file(MODEL_FILE)
+        try:
+            missing, unexpected = load_model(model, str(path), strict=False)
+        except SafetensorError as exc:
+            raise _not_safetensors(path, exc) from None
+        except RuntimeError as exc:  # load_state_dict: "size mismatch for NAME: ..."
+            if not str(exc).startswith("Error(s) in loading state_dict"):
+                raise
+            raise ArtifactError(f"{path}: weights do not match model.json ({str(exc).splitlines()[1].strip()})") \
+                from None
         if missing or unexpected:
             raise ArtifactError(f"{self.artifact.file(MODEL_FILE)}: weights do not match model.json "
                                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
@@ -125,7 +135,10 @@ class Checkpoint:
         sharded model (``sharded_model``) only, and an unsharded run only into an unsharded one.
         """
         payload = json.loads(self.artifact.file(STATE_FILE).read_text())
-        tensors = load_file(str(self.artifact.file(OPTIMIZER_FILE)))
+        try:
+            tensors = load_file(str(self.artifact.file(OPTIMIZER_FILE)))
+        except SafetensorError as exc:
+            raise _not_safetensors(self.artifact.file(OPTIMIZER_FILE), exc) from None
         torch_rng = tensors.pop("rng.torch")
         cuda_states = [tensors.pop(k) for k in sorted(k for k in list(tensors) if k.startswith("rng.cuda."))]
         if cuda_states and torch.cuda.is_available():
@@ -146,6 +159,12 @@ class Checkpoint:
     def trainer_state(self) -> TrainerState:
         payload = json.loads(self.artifact.file(STATE_FILE).read_text())
         return TrainerState(**payload["state"])
+
+
+def _not_safetensors(path: Path, exc: SafetensorError) -> ArtifactError:
+    # The manifest vouches for the bytes, not for what they claim: a file sealed with a hand-made manifest
+    # may be a pickle, or a header that lies; safetensors refuses it before allocating or executing anything.
+    return ArtifactError(f"{path}: not a valid safetensors file ({exc})")
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:

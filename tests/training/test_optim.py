@@ -38,3 +38,10 @@ def test_state_round_trip_continues_identically():
             o.step()
         for a, b in zip(model.parameters(), twin.parameters()):
             assert torch.equal(a, b), name
+
+
+def test_config_choices_match_the_optimizers():
+    from lmkit.stages.pretrain_config import OPTIMIZERS as CHOICES
+    from lmkit.training.optim import OPTIMIZERS
+
+    assert CHOICES == OPTIMIZERS

@@ -19,6 +19,8 @@ _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # an undecodable byte (U+DC80-U+DCFF). Either would crash UTF-8 encoding later on.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TOO_DEEP = "nested too deeply"  # the JSON decoder recurses per level and raises RecursionError
+# The JSON decoder parses integers with int(), which raises ValueError beyond sys.get_int_max_str_digits().
+_TOO_MANY_DIGITS = "a number with too many digits"
 _MISSING = object()
 
 
@@ -78,6 +80,9 @@ def _read_jsonl(source: _TextSource, options: ReadOptions, counts: collections.C
         except RecursionError:
             _bad_record(f"{location}: invalid JSON ({_TOO_DEEP})", options, counts)
             continue
+        except ValueError:
+            _bad_record(f"{location}: invalid JSON ({_TOO_MANY_DIGITS})", options, counts)
+            continue
         document = _document_from_json(record, location, options, counts)
         # Invalid bytes were already replaced and counted (or skipped) with the line.
         if document is not None and _keep_json_encoding(document, options, counts, counted=invalid):
@@ -109,6 +114,8 @@ def _read_json_array(source: _TextSource, options: ReadOptions, counts: collecti
             raise UserError(f"{source.name}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         except RecursionError:
             raise UserError(f"{location}: invalid JSON ({_TOO_DEEP})") from None
+        except ValueError:
+            raise UserError(f"{location}: invalid JSON ({_TOO_MANY_DIGITS})") from None
         counts["records"] += 1
         document = _document_from_json(value, location, options, counts, allow_string=True)
         if document is not None and _keep_json_encoding(document, options, counts):
