@@ -191,7 +191,7 @@ LIES = {
     "offsets-past-the-end": (lambda d: edit_first_tensor(d, data_offsets=[0, 2**40]), "invalid"),
     "shape-claims-4-TiB": (lambda d: edit_first_tensor(d, shape=[2**20, 2**20]), "invalid"),
     "dtype-claims-f64": (lambda d: edit_first_tensor(d, dtype="F64"), "invalid"),
-    "overlapping-offsets": (second_uses_first_bytes, "invalid offset"),
+    "overlapping-offsets": (second_uses_first_bytes, "invalid"),  # safetensors words it two ways
     "data-cut-short": (lambda d: join_safetensors(*split_safetensors(d))[:-4], "not fully covered"),
     "shape-not-the-models": (flattened_first, "weights do not match model.json (size mismatch for"),
 }
