@@ -43,3 +43,14 @@ def run_lmkit(*args: str, check: bool = False, env: dict | None = None, **kwargs
     if check and result.returncode != 0:
         raise AssertionError(f"lmkit {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def train_tiny(dataset: Path, out: Path, **overrides):
+    """A 2-step gpt-tiny run into ``out`` whose only checkpoint is final/ (fast: a few seconds)."""
+    from lmkit.config import resolve
+    from lmkit.stages import pretrain
+    from lmkit.stages.pretrain_config import PretrainConfig
+
+    values = {"dataset": str(dataset), "out": str(out), "seq_len": 32, "micro_batch": 4, "max_steps": 2,
+              "eval_every": 0, "checkpoint_every": 0, "precision": "fp32", **overrides}
+    return pretrain.run(resolve(PretrainConfig, {}, values))

@@ -15,9 +15,7 @@ from typer.testing import CliRunner
 
 from lmkit.artifacts import MANIFEST
 from lmkit.cli import app
-from lmkit.config import resolve
-from lmkit.stages import pretrain
-from lmkit.stages.pretrain_config import PretrainConfig
+from tests.conftest import train_tiny
 
 runner = CliRunner()
 
@@ -89,9 +87,7 @@ assert len(CASES) == 42
 def run_dir(dataset, tmp_path_factory):
     """A tiny pretraining run whose only checkpoint is final/ (the one --resume continues from)."""
     out = tmp_path_factory.mktemp("corruption") / "run"
-    pretrain.run(resolve(PretrainConfig, {}, {"dataset": str(dataset), "out": str(out), "seq_len": 32,
-                                              "micro_batch": 4, "max_steps": 2, "eval_every": 0,
-                                              "checkpoint_every": 0, "precision": "fp32"}))
+    train_tiny(dataset, out)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["final"]
     return out
 

@@ -27,11 +27,9 @@ from typer.testing import CliRunner
 from lmkit import artifacts
 from lmkit.artifacts import MANIFEST, artifact_id, manifest_checksum
 from lmkit.cli import app
-from lmkit.config import resolve
 from lmkit.errors import ArtifactError
-from lmkit.stages import pretrain
-from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training.checkpoint import MODEL_FILE, OPTIMIZER_FILE, read_checkpoint
+from tests.conftest import train_tiny
 
 runner = CliRunner()
 
@@ -43,9 +41,7 @@ TRAIN = ["--seq-len", "32", "--micro-batch", "4", "--eval-every", "0", "--checkp
 def run_dir(dataset, tmp_path_factory):
     """A tiny pretraining run whose only checkpoint is final/."""
     out = tmp_path_factory.mktemp("hostile") / "run"
-    pretrain.run(resolve(PretrainConfig, {}, {"dataset": str(dataset), "out": str(out), "seq_len": 32,
-                                              "micro_batch": 4, "max_steps": 2, "eval_every": 0,
-                                              "checkpoint_every": 0, "precision": "fp32"}))
+    train_tiny(dataset, out)
     return out
 
 
