@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from typer.testing import CliRunner
@@ -65,15 +66,29 @@ def long_line_file(tmp_path_factory):
     path.unlink()
 
 
+# Runs lmkit in the child and records the child's own peak RSS (VmHWM of its address space) at exit.
+# getrusage would not do: Linux carries the parent's peak over to a forked child (the pytest process
+# is large after the training tests), so a child's ru_maxrss can never be smaller than its parent's.
+_MEASURED = """
+import atexit, runpy, sys
+report = sys.argv.pop(1)
+def write_peak():
+    with open("/proc/self/status") as status, open(report, "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(write_peak)
+sys.argv[0] = "lmkit"
+runpy.run_module("lmkit", run_name="__main__")
+"""
+
+
 def run_measured(*args):
     """`lmkit ARGS` in a subprocess: (exit code, stderr, the peak resident memory of that process in bytes)."""
-    with open(os.devnull, "w") as out, subprocess.Popen(
-            [sys.executable, "-m", "lmkit", *map(str, args)], stdout=out, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "NO_COLOR": "1"}) as process:
-        stderr = process.stderr.read()
-        _, status, usage = os.wait4(process.pid, 0)  # the usage of this child alone, not of earlier ones
-        process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, stderr, usage.ru_maxrss * 1024
+    with tempfile.NamedTemporaryFile("r", suffix=".peak") as report:
+        result = subprocess.run([sys.executable, "-c", _MEASURED, report.name, *map(str, args)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "NO_COLOR": "1"})
+        peak_kib = int(report.read() or 0)
+    return result.returncode, result.stderr, peak_kib * 1024
 
 
 def test_a_200_mb_line_is_refused_in_bounded_memory(long_line_file, tmp_path):
