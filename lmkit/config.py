@@ -51,7 +51,7 @@ def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _base_type(tp: Any) -> tuple[Any, bool]:
+def base_type(tp: Any) -> tuple[Any, bool]:
     """(underlying type, optional?) for ``X | None`` annotations."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -63,7 +63,7 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert one value from TOML or a flag string to the field's type."""
-    base, optional = _base_type(tp)
+    base, optional = base_type(tp)
     if value is None:
         if optional:
             return None

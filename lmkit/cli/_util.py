@@ -61,7 +61,7 @@ def handle_errors(fn: Callable) -> Callable:
 def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
     meta = field.metadata
     help_text = meta.get("help", "")
-    base, _optional = config_lib._base_type(annotation)
+    base, _optional = config_lib.base_type(annotation)
     if meta.get("positional"):
         default = typer.Argument(None, help=help_text, show_default=False)
         many = typing.get_origin(base) is list
