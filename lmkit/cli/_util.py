@@ -61,6 +61,8 @@ def handle_errors(fn: Callable) -> Callable:
 def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
     meta = field.metadata
     help_text = meta.get("help", "")
+    if meta.get("choices"):
+        help_text += f" Choices: {', '.join(meta['choices'])}."
     base, _optional = config_lib.base_type(annotation)
     if meta.get("positional"):
         default = typer.Argument(None, help=help_text, show_default=False)

@@ -42,8 +42,8 @@ class PretrainConfig:
     d_ff: int | None = option(None, "Override: feed-forward width.")
     block_size: int | None = option(None, "Override: longest sequence the model supports.")
     dropout: float | None = option(None, "Override: dropout probability.")
-    qk_norm: bool | None = option(None, "Override: RMSNorm on queries and keys (gpt).")
-    mlp: str | None = option(None, "Override: feed-forward type, swiglu or gelu (gpt).", choices=("swiglu", "gelu"))
+    qk_norm: bool | None = option(None, "Override: RMSNorm on queries and keys (gpt, bert).")
+    mlp: str | None = option(None, "Override: feed-forward type, swiglu or gelu (gpt, bert).", choices=("swiglu", "gelu"))
     objective: str = option("auto", "Training objective: clm (causal, for gpt/lstm), mlm (masked, for bert), or "
                             "auto (by architecture).", choices=("auto", "clm", "mlm"))
     init_from: str | None = option(None, "Start from this checkpoint's weights (not its optimizer or step).",
