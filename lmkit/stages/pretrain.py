@@ -273,32 +273,46 @@ def _save(plan: _Plan, config: PretrainConfig, env: distributed.Distributed, tag
                 model = build_model(plan.model_config)
             model.load_state_dict(full_weights)
     else:
-        optimizer_state = optimizers.state_tensors()
+        optimizer_state = optimizers.state_tensors() if env.is_main else None
+    failure: BaseException | None = None
     if env.is_main:
-        recipe = plan.recipe if tag == FINAL else artifacts.make_recipe(
-            "checkpoint", {"run": plan.recipe, "step": state.step}, [], [])
         try:
-            with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
-                if not writer.up_to_date:
-                    write_checkpoint(writer.tmp, model, plan.model_config, plan.objective, optimizer_state, state,
-                                     plan.tokenizer)
-                    parents = [artifacts.describe_parent("dataset", plan.dataset, path),
-                               {"role": "tokenizer", "path": "tokenizer", "id": plan.tokenizer.id}]
-                    if plan.init_from:
-                        parents.append(artifacts.describe_parent("init", artifacts.load(plan.init_from), path))
-                    stats = {"step": state.step, "tokens": state.tokens, "parameters": n_params,
-                             "flops_per_token": flops, "best_step": state.best_step,
-                             "best_val_loss": state.best_metric, "objective": plan.objective,
-                             "arch": plan.model_config.arch}
-                    writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": []}, stats)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UserError(f"{path}: no space left on device while saving the checkpoint at step {state.step}; "
-                                "nothing partial was left and earlier checkpoints are intact") from None
-            raise
-        _prune(plan.run_dir, config.keep_last, state.best_step)
+            _write(plan, config, path, tag, model, optimizer_state, state, n_params, flops)
+        except BaseException as exc:  # every rank must learn of it, or they wait for rank 0 forever
+            failure = exc
+    if distributed.any_rank(failure is not None, env):
+        if failure is not None:
+            raise failure
+        raise UserError(f"{path}: rank 0 could not save this checkpoint (its error is in rank 0's output)")
     distributed.barrier(env)
     return path
+
+
+def _write(plan: _Plan, config: PretrainConfig, path: Path, tag: str, model, optimizer_state,
+           state: TrainerState, n_params: int, flops: float) -> None:
+    """Rank 0: commit checkpoint ``tag`` at ``path``, then prune old step checkpoints."""
+    recipe = plan.recipe if tag == FINAL else artifacts.make_recipe(
+        "checkpoint", {"run": plan.recipe, "step": state.step}, [], [])
+    try:
+        with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
+            if not writer.up_to_date:
+                write_checkpoint(writer.tmp, model, plan.model_config, plan.objective, optimizer_state, state,
+                                 plan.tokenizer)
+                parents = [artifacts.describe_parent("dataset", plan.dataset, path),
+                           {"role": "tokenizer", "path": "tokenizer", "id": plan.tokenizer.id}]
+                if plan.init_from:
+                    parents.append(artifacts.describe_parent("init", artifacts.load(plan.init_from), path))
+                stats = {"step": state.step, "tokens": state.tokens, "parameters": n_params,
+                         "flops_per_token": flops, "best_step": state.best_step,
+                         "best_val_loss": state.best_metric, "objective": plan.objective,
+                         "arch": plan.model_config.arch}
+                writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": []}, stats)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{path}: no space left on device while saving the checkpoint at step {state.step}; "
+                            "nothing partial was left and earlier checkpoints are intact") from None
+        raise
+    _prune(plan.run_dir, config.keep_last, state.best_step)
 
 
 def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:

@@ -127,3 +127,24 @@ def test_fsdp2_shard_matches_one_process_and_resumes_exactly(dataset, tmp_path):
     assert losses(partial) == losses(tmp_path / "two")[3:]
     refused = run_lmkit(*common, "--out", str(partial), "--resume", "--max-steps", "9")
     assert refused.returncode == 1 and "was trained on 2 process(es); resume with the same number" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_save_failing_on_rank_0_stops_every_rank(dataset, tmp_path):
+    import fcntl
+    import os
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = os.open(run_dir / ".step-00000002.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as if another lmkit process were writing that checkpoint
+    try:
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_port", "29519", "-m", "lmkit", "pretrain", str(dataset), "--out",
+                                 str(run_dir), "--max-steps", "4", *ARGS, "--checkpoint-every", "2"],
+                                capture_output=True, text=True, timeout=120)  # a hang would time out here
+    finally:
+        os.close(lock)
+    assert result.returncode != 0
+    assert "another lmkit process is writing" in result.stderr
+    assert not (run_dir / "final").exists()
