@@ -1,6 +1,8 @@
 """The training loop on a synthetic stream: a golden loss curve guards against silent changes."""
 
 import json
+import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,54 @@ def test_golden_loss_curve(tmp_path):
     expected = json.loads(GOLDEN.read_text())
     assert losses == pytest.approx(expected, rel=2e-4, abs=2e-4)
     assert losses[-1] < losses[0] - 1.0  # and it learns the repeated sentence
+
+
+class Uniform(torch.nn.Module):
+    """Predicts every token with the same probability: loss = ln V exactly."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx, targets=None):
+        logits = torch.zeros(*idx.shape, self.vocab) + self.dummy
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+def test_bits_per_byte_of_a_uniform_model_is_log2_v_over_bytes_per_token():
+    tokens = np.arange(1000, dtype=np.int32) % 64
+    stream = TokenStream(tokens, 10, text_bytes=4000)  # 4 bytes per token
+    objective = CausalLM(stream, stream, 16, BatchLayout(4, 1, 1), seed=0, device=torch.device("cpu"))
+    metrics = objective.evaluate(Uniform(256), max_batches=0)
+    assert metrics["val_loss"] == pytest.approx(math.log(256))
+    assert metrics["val_bpb"] == pytest.approx(8 / 4)  # log2(256) bits per token over 4 bytes per token
+    assert metrics["val_ppl"] == pytest.approx(256)
+
+
+def test_max_time_stops_the_run(tmp_path):
+    tokens = (np.arange(5000, dtype=np.int32) % 57) + 7  # ids 7..63 of a 64-token vocabulary
+    layout = BatchLayout(micro_batch=2, accumulation=1, world_size=1)
+    objective = CausalLM(TokenStream(tokens, 1, 5000), None, 16, layout, seed=0, device=torch.device("cpu"))
+    model = build_model(model_config("gpt-tiny", 64))
+    settings = LoopSettings(lr=1e-3, schedule="constant", warmup_steps=0, min_lr_ratio=0.1, decay_fraction=0.2,
+                            grad_clip=1.0, max_steps=0, schedule_steps=0, max_tokens=0, max_seconds=0.5,
+                            eval_every=0, eval_batches=0, patience=0, checkpoint_every=0, log_every=1,
+                            precision="fp32", compile=False, flops_per_token=1.0, peak_flops=0.0)
+    started = time.monotonic()
+    state = fit(model, objective, build_optimizer(model, "adamw", 1e-3, 0.1, (0.9, 0.95)), settings, layout,
+                Distributed(), tmp_path, TrainerState(), save=lambda *args: tmp_path)
+    assert state.step > 0 and 0.5 <= time.monotonic() - started < 10
+
+
+def test_precision_auto_falls_back_to_fp32_without_native_bf16(monkeypatch):
+    from lmkit.stages.pretrain import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
