@@ -33,6 +33,7 @@ from lmkit.data.cleaning import clean_text
 from lmkit.data.dedup import ExactDeduper, NearDeduper, text_digest
 from lmkit.data.filters import FilterThresholds, first_failing_filter
 from lmkit.data.shards import SPLITS, ShardWriter, make_batch, schema
+from lmkit.data.spill import HashingReader, Spill
 from lmkit.data.split import doc_id, shuffled, split_of
 from lmkit.errors import UserError
 from lmkit.parallel import available_cores, ordered_map
@@ -101,66 +102,6 @@ def _tokenize_batch(batch: tuple[list[str], list[int], list[int] | None]) -> pa.
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-class _HashingReader:
-    """Wraps stdin so its bytes are hashed as they are read (stdin has lineage too)."""
-
-    def __init__(self, raw: BinaryIO):
-        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.sha256.update(data)
-        self.size += len(data)
-        return data
-
-    def readline(self, limit: int = -1) -> bytes:
-        data = self.raw.readline(limit)
-        self.sha256.update(data)
-        self.size += len(data)
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
-
-
-class _Spill:
-    """Kept documents of one split, as an Arrow stream in the temporary directory."""
-
-    SCHEMA = pa.schema([("text", pa.large_string()), ("label", pa.string()), ("digest", pa.binary(16))])
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._writer = pa.ipc.new_stream(str(path), self.SCHEMA)
-        self._rows: list[tuple[str, str | None, bytes]] = []
-        self.count = 0
-        self.bytes = 0
-
-    def add(self, text: str, label: str | None, digest: bytes) -> None:
-        self._rows.append((text, label, digest))
-        self.count += 1
-        self.bytes += len(text.encode("utf-8"))
-        if len(self._rows) >= 1024:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._rows:
-            texts, labels, digests = zip(*self._rows)
-            self._writer.write_batch(pa.RecordBatch.from_arrays(
-                [pa.array(texts, pa.large_string()), pa.array(labels, pa.string()), pa.array(digests, pa.binary(16))],
-                schema=self.SCHEMA))
-            self._rows = []
-
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
-
-    def rows(self) -> Iterator[tuple[str, str | None, bytes]]:
-        with pa.memory_map(str(self.path), "r") as source:
-            for batch in pa.ipc.open_stream(source):
-                yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
-                               batch.column("digest").to_pylist())
-
-
 def _sample_point(digest: bytes) -> float:
     """A uniform number in [0, 1) from a document digest, independent of its id and split bits."""
     return int.from_bytes(hashlib.blake2b(digest, digest_size=8, person=b"lmkit-tok").digest(), "big") / 2.0**64
@@ -221,7 +162,7 @@ def run(config: PreprocessConfig, stdin: BinaryIO | None = None) -> artifacts.Ar
     with artifacts.ArtifactWriter(config.out, "dataset", recipe, force=config.force) as writer:
         if writer.up_to_date:
             return writer.existing
-        stdin_reader = _HashingReader(stdin if stdin is not None else sys.stdin.buffer) if uses_stdin else None
+        stdin_reader = HashingReader(stdin if stdin is not None else sys.stdin.buffer) if uses_stdin else None
         try:
             stats = _build(config, writer.tmp, all_inputs, input_files, parent_tokenizer, stdin_reader, identity)
             if stdin_reader is not None:  # stdin's hash is known only now
@@ -242,7 +183,7 @@ def run(config: PreprocessConfig, stdin: BinaryIO | None = None) -> artifacts.Ar
 
 
 def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]], input_files: list[dict],
-           parent_tokenizer: artifacts.Artifact | None, stdin_reader: _HashingReader | None,
+           parent_tokenizer: artifacts.Artifact | None, stdin_reader: HashingReader | None,
            identity: dict) -> dict:
     workers = config.workers or available_cores()
     spill_dir = tmp / _SPILL_DIR
@@ -303,12 +244,12 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
 
 
 def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input_files: list[dict],
-              spill_dir: Path, workers: int, stdin_reader: _HashingReader | None):
+              spill_dir: Path, workers: int, stdin_reader: HashingReader | None):
     options = _read_options(config)
     counts: Counter = Counter()
     dropped: Counter = Counter()
     label_counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
-    spills = {split: _Spill(spill_dir / f"{split}.arrows") for split in SPLITS}
+    spills = {split: Spill(spill_dir / f"{split}.arrows") for split in SPLITS}
     exact = ExactDeduper() if config.dedup else None
     near = NearDeduper(config.near_dedup_threshold) if config.near_dedup else None
     val_fraction = 0.0 if any(role == "validation" for _, role in all_inputs) else config.val_fraction
@@ -353,7 +294,7 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
     return counts, dropped, label_counts, spills
 
 
-def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: _Spill, input_files: list[dict],
+def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: Spill, input_files: list[dict],
                      identity: dict) -> tuple[str, dict]:
     settings = TrainSettings(type=config.tokenizer_type, vocab_size=config.vocab_size,
                              character_coverage=config.character_coverage, seed=config.seed)
@@ -383,7 +324,7 @@ def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill:
     return manifest["id"], stats
 
 
-def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, _Spill], model_path: Path,
+def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], model_path: Path,
               token_type: str, label_names: list[str] | None, workers: int) -> dict[str, dict]:
     label_ids = {name: index for index, name in enumerate(label_names)} if label_names is not None else None
     shard_schema = schema(token_type, label_ids is not None)

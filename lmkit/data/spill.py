@@ -1,0 +1,70 @@
+"""Scratch storage of the preprocess stage: kept documents spilled to Arrow streams between
+its two passes, and stdin hashed as it is read (so stdin input has lineage like a file)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import pyarrow as pa
+
+
+class HashingReader:
+    """Wraps stdin so its bytes are hashed as they are read (stdin has lineage too)."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        data = self.raw.readline(limit)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class Spill:
+    """Kept documents of one split, as an Arrow stream in the temporary directory."""
+
+    SCHEMA = pa.schema([("text", pa.large_string()), ("label", pa.string()), ("digest", pa.binary(16))])
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._writer = pa.ipc.new_stream(str(path), self.SCHEMA)
+        self._rows: list[tuple[str, str | None, bytes]] = []
+        self.count = 0
+        self.bytes = 0
+
+    def add(self, text: str, label: str | None, digest: bytes) -> None:
+        self._rows.append((text, label, digest))
+        self.count += 1
+        self.bytes += len(text.encode("utf-8"))
+        if len(self._rows) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            texts, labels, digests = zip(*self._rows)
+            self._writer.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array(texts, pa.large_string()), pa.array(labels, pa.string()), pa.array(digests, pa.binary(16))],
+                schema=self.SCHEMA))
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def rows(self) -> Iterator[tuple[str, str | None, bytes]]:
+        with pa.memory_map(str(self.path), "r") as source:
+            for batch in pa.ipc.open_stream(source):
+                yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
+                               batch.column("digest").to_pylist())
