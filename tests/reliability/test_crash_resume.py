@@ -21,7 +21,7 @@ from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 
-STEPS = 200
+STEPS = 400  # long enough that 20 kills (a few steps of progress each) come before the end
 ARGS = ["--seq-len", "32", "--micro-batch", "4", "--eval-every", "0", "--checkpoint-every", "1",
         "--keep-last", "2", "--precision", "fp32", "--log-every", "1", "--threads", "1", "--dropout", "0.1",
         "--max-steps", str(STEPS)]
