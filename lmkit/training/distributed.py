@@ -55,6 +55,14 @@ def mean_across_ranks(value: torch.Tensor, env: Distributed) -> torch.Tensor:
     return value / env.world_size
 
 
+def sum_across_ranks(value: torch.Tensor, env: Distributed) -> torch.Tensor:
+    if not env.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 def any_rank(flag: bool, env: Distributed) -> bool:
     """True on every rank if it is true on any (e.g. a stop signal received by one rank)."""
     if not env.enabled:

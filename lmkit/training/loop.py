@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lmkit.data.packing import IGNORE_INDEX
 from lmkit.errors import Interrupted, UserError
 from lmkit.progress import reporter
 from lmkit.training.checkpoint import TrainerState, step_tag
-from lmkit.training.distributed import Distributed, any_rank, mean_across_ranks
+from lmkit.training.distributed import Distributed, any_rank, mean_across_ranks, sum_across_ranks
 from lmkit.training.objectives import BatchLayout, Objective
 from lmkit.training.optim import Optimizers
 from lmkit.training.schedule import lr_at
@@ -115,9 +116,14 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                            warmup_steps=settings.warmup_steps, schedule=settings.schedule,
                            min_lr_ratio=settings.min_lr_ratio, decay_fraction=settings.decay_fraction)
                 optimizers.set_lr(lr)
+                batches = [objective.train_batch(state.step, micro, env.rank) for micro in range(layout.accumulation)]
+                # Weight each micro-batch by its share of the step's predicted tokens (over all ranks), so the
+                # step's gradient is the mean over tokens however they fall into micro-batches and ranks
+                # (masked LM counts vary; for packed causal LM every share is 1 / accumulation).
+                counts = [float((batch["targets"] != IGNORE_INDEX).sum()) for batch in batches]
+                total = sum_across_ranks(torch.tensor(sum(counts), dtype=torch.float64, device=env.device), env).item()
                 loss_sum = torch.zeros((), device=env.device)
-                for micro in range(layout.accumulation):
-                    batch = objective.train_batch(state.step, micro, env.rank)
+                for micro, batch in enumerate(batches):
                     last_micro = micro == layout.accumulation - 1
                     if settings.sharded:  # FSDP2: reduce-scatter gradients on the last micro-batch only
                         model.set_requires_gradient_sync(last_micro)
@@ -128,8 +134,9 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                         # Every rank must stop together, or the others wait forever in the all-reduce.
                         if any_rank(not bool(torch.isfinite(loss)), env):
                             raise _non_finite(state.step, "loss", loss.item(), last_checkpoint)
-                        (loss / layout.accumulation).backward()
-                    loss_sum += loss.detach().float()
+                        # DDP and FSDP average gradients over ranks: hence the world size.
+                        (loss * (counts[micro] * env.world_size / max(total, 1.0))).backward()
+                    loss_sum += loss.detach().float() * counts[micro]
                 clip = settings.grad_clip if settings.grad_clip > 0 else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 if hasattr(grad_norm, "full_tensor"):  # a DTensor when the model is sharded
@@ -144,7 +151,7 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                 state.elapsed_seconds = time.monotonic() - started
                 window_tokens += tokens_per_step
                 task.advance(1)
-                train_loss = mean_across_ranks(loss_sum / layout.accumulation, env).item()
+                train_loss = sum_across_ranks(loss_sum, env).item() / max(total, 1.0)
                 if state.step % settings.log_every == 0 or state.step == 1:
                     now = time.monotonic()
                     rate = window_tokens / max(now - window_start, 1e-9)

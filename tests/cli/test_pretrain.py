@@ -79,8 +79,9 @@ def test_existing_run_without_resume_is_refused(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process(dataset, tmp_path):
-    common = ["pretrain", str(dataset), "--max-steps", "8", *ARGS]
+@pytest.mark.parametrize("model", ["gpt-tiny", "bert-tiny"])  # bert: masked counts differ per micro-batch
+def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
+    common = ["pretrain", str(dataset), "--max-steps", "8", *ARGS, "--model", model]
     single = run_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", check=True)
     assert "2 accumulation, 1 process(es)" in single.stderr
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
