@@ -154,9 +154,14 @@ def resolve(cls: type, file_values: dict[str, Any] | None = None, flags: dict[st
     missing = [f for f in dataclasses.fields(cls)
                if f.default is _MISSING and f.default_factory is _MISSING and f.name not in values]
     for f in missing:
-        problems.append(f"{flag_name(f.name)}: required")
+        name = f.name.upper() if f.metadata.get("positional") else flag_name(f.name)
+        problems.append(f"{name}: required" + (" (the command's argument)" if f.metadata.get("positional") else ""))
     if not problems:
         return cls(**values)
+    if missing:
+        usage = ConfigError(problems)
+        usage.exit_code = 2  # a missing required argument is a usage error, like any malformed command line
+        raise usage
     if not missing:  # also collect what the class's own validation says of the usable values
         try:
             cls(**{k: v for k, v in values.items() if k not in _fields_named(problems, cls)})

@@ -66,6 +66,19 @@ class Task:
         return f"{text}  {self.status}" if self.status else text
 
 
+def _interval(text: str, err: Console) -> float:
+    """Seconds between plain progress lines; a bad value is reported and replaced, never fatal."""
+    try:
+        seconds = float(text)
+        if seconds >= 0:
+            return seconds
+    except ValueError:
+        pass
+    err.print(f"warning: LMKIT_PROGRESS_INTERVAL={text!r} is not a number of seconds; using 10",
+              markup=False, soft_wrap=True)
+    return 10.0
+
+
 class Reporter:
     """Where stages send human-facing output. Configured once by the CLI."""
 
@@ -78,7 +91,7 @@ class Reporter:
         self.out = Console(highlight=False)
         if not self.out.is_terminal:  # pipes and CI logs: do not wrap tables at 80 columns
             self.out = Console(highlight=False, width=max(120, self.out.width))
-        self.interval = float(os.environ.get("LMKIT_PROGRESS_INTERVAL", "10"))
+        self.interval = _interval(os.environ.get("LMKIT_PROGRESS_INTERVAL", "10"), self.err)
         self._live: Progress | None = None
 
     def silence(self) -> None:

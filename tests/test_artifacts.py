@@ -243,3 +243,10 @@ def test_unreadable_input_is_a_user_error(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(UserError, match=r"a.txt: cannot read \(Permission denied\)"):
         artifacts.describe_file(tmp_path / "a.txt")
+
+
+def test_a_directory_holding_artifacts_says_so(tmp_path):
+    make(tmp_path / "run" / "final")
+    with pytest.raises(ArtifactError, match=r"run: not an lmkit artifact \(no manifest.json\), but it holds "
+                                            r"artifacts: final \(e.g. .*run/final\)"):
+        artifacts.read_manifest(tmp_path / "run")

@@ -79,3 +79,12 @@ def test_bad_toml_and_missing_file(tmp_path):
         config_lib.load_toml(bad)
     with pytest.raises(UserError, match=r"nope.toml: config file not found"):
         config_lib.load_toml(tmp_path / "nope.toml")
+
+
+def test_missing_required_is_a_usage_error_naming_the_argument():
+    from lmkit.stages.pretrain_config import PretrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        config_lib.resolve(PretrainConfig, {}, {"out": "run"})
+    assert info.value.problems == ["DATASET: required (the command's argument)"]
+    assert info.value.exit_code == 2

@@ -128,6 +128,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest_path.is_symlink():
         raise ArtifactError(f"{manifest_path}: is a symbolic link; refusing to follow it")
     if not manifest_path.is_file():
+        inside = sorted(p.name for p in path.iterdir() if (p / MANIFEST).is_file())
+        if inside:  # e.g. a pretraining run directory, which holds checkpoint artifacts
+            shown = ", ".join(inside[:4]) + (", ..." if len(inside) > 4 else "")
+            raise ArtifactError(f"{path}: not an lmkit artifact (no {MANIFEST}), but it holds artifacts: {shown} "
+                                f"(e.g. {path / inside[-1]})")
         raise ArtifactError(f"{path}: not an lmkit artifact (no {MANIFEST}); "
                             "it may be incomplete or made by another tool")
     try:
@@ -234,7 +239,8 @@ def verify_tree(path: str | Path) -> tuple[list[str], list[str]]:
     except ArtifactError as exc:
         return [], [str(exc)]
     problems = verify_files(path, manifest, full=True)
-    checked = [f"{path} ({manifest['kind']} {manifest['id'][:12]}, {len(manifest['files'])} files)"]
+    n = len(manifest["files"])
+    checked = [f"{path} ({manifest['kind']} {manifest['id'][:12]}, {n} file{'s' if n != 1 else ''})"]
     for name in sorted(manifest["files"]):
         if not name.endswith("/" + MANIFEST):
             continue

@@ -197,7 +197,15 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     kept = sum(s.count for s in spills.values())
     if kept == 0:
         reasons = ", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "no documents in the input"
-        raise UserError(f"no documents left after cleaning and filtering ({reasons}); nothing was written")
+        named = ", ".join(path for path, _ in all_inputs[:3]) + (", ..." if len(all_inputs) > 3 else "")
+        raise UserError(f"{named}: no documents left after cleaning and filtering ({reasons}); nothing was written")
+    if any(role == "validation" for _, role in all_inputs):
+        if spills["validation"].count == 0:
+            raise UserError("--val-inputs: no validation document is left (each one was filtered out or "
+                            "duplicates a training document); nothing was written")
+        if counts["validation_duplicates"]:
+            reporter.warn(f"--val-inputs: {counts['validation_duplicates']} validation documents duplicate training "
+                          "documents and were dropped (are the validation files among the inputs?)")
     if spills["train"].count == 0:
         raise UserError("every kept document went to validation/test; lower --val-fraction/--test-fraction "
                         "or add inputs")
@@ -278,8 +286,10 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
                 _, text, label, role, digest, keys = result
                 if exact is not None and exact.is_duplicate(digest):
                     dropped["exact_duplicate"] += 1
+                    counts["validation_duplicates"] += role == "validation"
                 elif near is not None and near.is_duplicate(keys):
                     dropped["near_duplicate"] += 1
+                    counts["validation_duplicates"] += role == "validation"
                 else:
                     split = "validation" if role == "validation" else split_of(digest, val_fraction,
                                                                                config.test_fraction)

@@ -129,7 +129,9 @@ def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: di
     existing = _checkpoints(run_dir) if run_dir.is_dir() else []
     if config.resume:
         if not existing:
-            raise UserError(f"{run_dir}: no checkpoint to resume from (start it again with --force)")
+            hint = ("start it again with --force" if run_dir.is_dir() and any(run_dir.iterdir())
+                    else "run without --resume to start it")
+            raise UserError(f"{run_dir}: no checkpoint to resume from ({hint})")
         latest = existing[-1]
         checkpoint = read_checkpoint(latest)
         saved = checkpoint.trainer_state()

@@ -72,8 +72,8 @@ class _StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        reporter.info(f"{signal.Signals(signum).name}: saving a checkpoint after this step "
-                      "(Ctrl-C again to stop at once, without it)")
+        again = " (Ctrl-C again to stop at once, without it)" if signum == signal.SIGINT else ""
+        reporter.info(f"{signal.Signals(signum).name}: saving a checkpoint after this step{again}")
 
 
 def _metrics_log(path: Path, resume_step: int) -> None:

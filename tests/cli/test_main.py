@@ -44,3 +44,8 @@ def test_quiet_prints_only_results(tmp_path, text_corpus):
     result = run_lmkit("--quiet", "preprocess", str(text_corpus), "--out", str(tmp_path / "o"),
                        "--vocab-size", "400", env={"LMKIT_PROGRESS_INTERVAL": "0"}, check=True)
     assert result.stderr == "" and "documents kept" in result.stdout
+
+
+def test_bad_progress_interval_is_a_warning_not_a_crash(tmp_path):
+    result = run_lmkit("--version", env={"LMKIT_PROGRESS_INTERVAL": "abc"})
+    assert result.returncode == 0 and "LMKIT_PROGRESS_INTERVAL='abc' is not a number" in result.stderr

@@ -122,8 +122,8 @@ def test_a_200_mb_line_is_skipped_and_the_rest_kept(long_line_file, tmp_path):
 def test_empty_file_is_refused(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     result = preprocess(tmp_path / "empty.txt", "--out", tmp_path / "data")
-    assert_refused(result, "no documents left after cleaning and filtering (no documents in the input); "
-                           "nothing was written", tmp_path / "data")
+    assert_refused(result, f"{tmp_path / 'empty.txt'}: no documents left after cleaning and filtering "
+                           "(no documents in the input); nothing was written", tmp_path / "data")
 
 
 def test_glob_matching_nothing_is_refused(tmp_path):

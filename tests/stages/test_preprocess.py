@@ -334,3 +334,9 @@ def test_odd_labels_sort_lexically(tmp_path):
                             for i, p in enumerate(PARAGRAPHS[:30])))
     art = preprocess.run(config([path], tmp_path / "out", label_field="label"))
     assert art.stats["labels"]["names"] == ["--1", "3", "²"]
+
+
+def test_validation_inputs_that_are_all_training_text_are_refused(corpus, tmp_path):
+    with pytest.raises(UserError, match="--val-inputs: no validation document is left"):
+        preprocess.run(config([corpus / "a.txt"], tmp_path / "out", val_inputs=[str(corpus / "a.txt")]))
+    assert not (tmp_path / "out").exists()
