@@ -16,12 +16,16 @@ from lmkit.progress import reporter
 _SHOWN_FILES = 8
 
 
-def _add(tree: Tree, node: dict, show_all: bool) -> None:
+def _add(tree: Tree, node: dict, show_all: bool, shown_ids: set[str]) -> None:
     for parent in node.get("parents", []):
         label = f"{parent.get('role', '?')}: {parent.get('kind', '?')} {parent.get('id', '?')[:12]}  {parent['path']}"
         if parent.get("error"):
             label += f"  [{parent['error']}]"
-        _add(tree.add(label), parent, show_all)
+        if parent.get("id") in shown_ids:  # e.g. a checkpoint's tokenizer, also its dataset's parent
+            tree.add(label + "  (its lineage is shown above)")
+            continue
+        shown_ids.add(parent.get("id"))
+        _add(tree.add(label), parent, show_all, shown_ids)
     raw_files = node.get("files", [])
     shown = raw_files if show_all else raw_files[:_SHOWN_FILES]
     for raw in shown:
@@ -45,5 +49,5 @@ def lineage(
         reporter.out.print(json.dumps(node, indent=2, ensure_ascii=False), markup=False, soft_wrap=True)
         return
     tree = Tree(f"{node['kind']} {node['id'][:12]}  {node['path']}")
-    _add(tree, node, show_all)
+    _add(tree, node, show_all, {node["id"]})
     reporter.out.print(tree, soft_wrap=True)

@@ -27,3 +27,12 @@ def test_lineage_flags_a_changed_parent(tmp_path, text_corpus, dataset):
     (child / "manifest.json").write_text(json.dumps(manifest))
     tree = json.loads(run_lmkit("lineage", str(child), "--json", check=True).stdout)
     assert "changed since" in tree["parents"][0]["error"]
+
+
+def test_checkpoint_lineage_shows_a_shared_parent_once(dataset, tmp_path):
+    from tests.conftest import train_tiny
+
+    final = train_tiny(dataset, tmp_path / "run")
+    text = run_lmkit("lineage", str(final.path), check=True).stdout
+    assert text.count("tokenizer: tokenizer") == 2 and text.count("(its lineage is shown above)") == 1
+    assert "dataset: dataset" in text
