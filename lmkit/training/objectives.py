@@ -35,8 +35,14 @@ class BatchLayout:
 
 
 class Objective(Protocol):
+    """What the loop (and a stage's checks) may rely on. Batches carry ``targets`` with
+    IGNORE_INDEX where nothing is predicted: the loop weights micro-batches by their counts."""
+
     name: str
+    archs: tuple[str, ...]      # the architectures this objective trains
     tokens_per_sample: int
+    train_windows: Any          # has ``count``: the stage refuses a split smaller than one batch
+    val_windows: Any | None
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]: ...
 

@@ -49,3 +49,12 @@ def test_quiet_prints_only_results(tmp_path, text_corpus):
 def test_bad_progress_interval_is_a_warning_not_a_crash(tmp_path):
     result = run_lmkit("--version", env={"LMKIT_PROGRESS_INTERVAL": "abc"})
     assert result.returncode == 0 and "LMKIT_PROGRESS_INTERVAL='abc' is not a number" in result.stderr
+
+
+def test_verbose_prints_step_details(tmp_path, text_corpus):
+    result = run_lmkit("--verbose", "preprocess", str(text_corpus), "--out", str(tmp_path / "o"),
+                       "--vocab-size", "400", env={"LMKIT_PROGRESS_INTERVAL": "1000"}, check=True)
+    assert "(done in" in result.stderr  # a line per finished step, only with --verbose
+    quiet = run_lmkit("preprocess", str(text_corpus), "--out", str(tmp_path / "p"), "--vocab-size", "400",
+                      env={"LMKIT_PROGRESS_INTERVAL": "1000"}, check=True)
+    assert "(done in" not in quiet.stderr

@@ -196,3 +196,36 @@ def test_output_under_a_file_is_refused(dataset, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="a parent of --out is a file"):
         pretrain.run(config(dataset, tmp_path / "file" / "run"))
+
+
+@pytest.mark.parametrize("changed,flag", [({"seq_len": 16}, "--seq-len"), ({"seed": 5}, "--seed"),
+                                          ({"d_model": 32}, "the model")])
+def test_resume_refuses_settings_that_fix_the_data_order_or_model(dataset, tmp_path, changed, flag):
+    pretrain.run(config(dataset, tmp_path / "run", max_steps=2, eval_every=0))
+    with pytest.raises(UserError, match=f"cannot resume with a different {flag}"):
+        pretrain.run(config(dataset, tmp_path / "run", max_steps=4, eval_every=0, resume=True, **changed))
+    # the limits may change
+    assert pretrain.run(config(dataset, tmp_path / "run", max_steps=4, eval_every=0, resume=True)).stats["step"] == 4
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"shard": True}, "--shard: needs several processes"),
+    ({"shard": True, "model": "lstm-small"}, "--shard: FSDP2 shards transformer blocks"),
+])
+def test_shard_refusals(dataset, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        pretrain.run(config(dataset, tmp_path / "run", **overrides))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"max_steps": 0, "max_time": "1m"}, "--schedule cosine: decays over a known number of steps"),
+    ({"mask_prob": 0.0}, "--mask-prob: must be positive"),
+    ({"max_steps": 0}, "give at least one limit"),
+    ({"resume": True, "force": True}, "--resume and --force: choose one"),
+])
+def test_config_refusals(dataset, tmp_path, values, message):
+    from lmkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config(dataset, tmp_path / "run", **values)

@@ -45,3 +45,17 @@ def test_config_choices_match_the_optimizers():
     from lmkit.training.optim import OPTIMIZERS
 
     assert CHOICES == OPTIMIZERS
+
+
+def test_muon_takes_hidden_matrices_only():
+    for preset in ("gpt-tiny", "bert-tiny"):
+        model = build_model(model_config(preset, 100))
+        adamw, muon = build_optimizer(model, "muon", 1e-3, 0.1, (0.9, 0.95)).optimizers
+        in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+        assert id(model.tok_emb.weight) not in in_muon  # the embedding (tied to the output head)
+        assert id(model.lm_head.weight) not in in_muon
+        names = {name for name, p in model.named_parameters() if id(p) in in_muon}
+        assert names and all(p.dim() == 2 for p in muon.param_groups[0]["params"])
+        assert any("attn" in name for name in names)
+        if preset == "bert-tiny":
+            assert "mlm_head.dense.weight" in names  # a hidden matrix, despite its name
