@@ -119,17 +119,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
 
 
-def resolve(cls: type, file_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None,
-            config_path: str | Path | None = None) -> Any:
-    """Build ``cls`` from defaults < file values < flag values, reporting every problem at once."""
+def check_mapping(cls: type, mapping: dict[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
+    """(values converted to the fields' types, problems) of a mapping read from ``source``
+    (a TOML file, a checkpoint's model.json); unknown keys are problems naming the source."""
     types_ = field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    problems: list[str] = []
     values: dict[str, Any] = {}
-    source = str(config_path) if config_path else "config"
-    for key, value in (file_values or {}).items():
-        if key not in names:
-            close = [n for n in names if n.replace("_", "") == key.replace("_", "").replace("-", "")]
+    problems: list[str] = []
+    for key, value in mapping.items():
+        if key not in types_:
+            close = [n for n in types_ if n.replace("_", "") == key.replace("_", "").replace("-", "")]
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(f"{source}: unknown key '{key}'{hint}")
             continue
@@ -137,6 +135,15 @@ def resolve(cls: type, file_values: dict[str, Any] | None = None, flags: dict[st
             values[key] = coerce(value, types_[key], f"{source}: {key}")
         except ConfigError as exc:
             problems.extend(exc.problems)
+    return values, problems
+
+
+def resolve(cls: type, file_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None,
+            config_path: str | Path | None = None) -> Any:
+    """Build ``cls`` from defaults < file values < flag values, reporting every problem at once."""
+    types_ = field_types(cls)
+    source = str(config_path) if config_path else "config"
+    values, problems = check_mapping(cls, file_values or {}, source)
     for key, value in (flags or {}).items():
         if value is None:
             continue

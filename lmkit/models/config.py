@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from lmkit.config import coerce, field_types, flag_name, option, validate
+from lmkit.config import check_mapping, flag_name, option, validate
 from lmkit.errors import ConfigError
 
 ARCHS = ("gpt", "bert", "lstm")
@@ -97,16 +97,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Rebuild a config from ``to_dict()`` output (e.g. a checkpoint manifest); every problem is reported."""
-        types_ = field_types(cls)
-        problems, checked = [], {}
-        for key, value in values.items():
-            if key not in types_:
-                problems.append(f"model config: unknown key {key!r}")
-                continue
-            try:
-                checked[key] = coerce(value, types_[key], f"model config: {key}")
-            except ConfigError as exc:
-                problems.extend(exc.problems)
+        checked, problems = check_mapping(cls, values, "model config")
         for f in dataclasses.fields(cls):
             if f.default is dataclasses.MISSING and f.name not in values:
                 problems.append(f"model config: missing key {f.name!r}")
