@@ -12,7 +12,6 @@ from lmkit.models.config import ModelConfig
 from lmkit.models.layers import Block, init_transformer_weights, rope_tables, token_loss
 
 
-
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -30,10 +29,10 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hd/2)
         init_transformer_weights(self, self.blocks)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids; targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the
-        mean cross entropy over targets that are not -100 (None without targets)."""
+    def encode(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (B, T, C) of idx (B, T): what the output projection and a
+        classification head read. Causal: position t sees positions <= t only, so padding placed
+        after the real tokens cannot change them."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
@@ -41,7 +40,13 @@ class GPT(nn.Module):
         x = self.emb_dropout(self.tok_emb(idx))  # (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin)  # (B, T, C)
-        logits = self.lm_head(self.final_norm(x))  # (B, T, V)
+        return self.final_norm(x)  # (B, T, C)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids; targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the
+        mean cross entropy over targets that are not -100 (None without targets)."""
+        logits = self.lm_head(self.encode(idx))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = token_loss(logits, targets)

@@ -12,7 +12,6 @@ from lmkit.models.config import ModelConfig
 from lmkit.models.layers import INIT_STD, token_loss
 
 
-
 class LSTMLanguageModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -37,15 +36,19 @@ class LSTMLanguageModel(nn.Module):
                 getattr(self.lstm, f"bias_ih_l{layer}")[d:2 * d].fill_(1.0)
                 getattr(self.lstm, f"bias_hh_l{layer}")[d:2 * d].zero_()
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T); targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the loss."""
+    def encode(self, idx: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, T, C) of the last LSTM layer (before output dropout). Causal by construction."""
         B, T = idx.shape
         if T > self.config.block_size:  # not a limit of the LSTM, but the length the config promises
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         x = self.dropout(self.tok_emb(idx))  # (B, T, C)
-        x, _ = self.lstm(x)  # (B, T, C); the final (h, c) state will serve generation later
-        logits = self.lm_head(self.dropout(x))  # (B, T, V)
+        x, _ = self.lstm(x)  # (B, T, C)
+        return x
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T); targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the loss."""
+        logits = self.lm_head(self.dropout(self.encode(idx)))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = token_loss(logits, targets)

@@ -3,7 +3,9 @@
 A checkpoint is an artifact (kind ``checkpoint``)::
 
     model.safetensors            weights (tied tensors stored once)
-    model.json                   ModelConfig and the objective it was trained with
+    model.json                   ModelConfig, the objective it was trained with and, for finetuned
+                                 models, "head" (classifier labels and pooling), "template" (the
+                                 SFT prompt template) and "lora" (adapters kept unmerged)
     tokenizer/                   a copy of the tokenizer artifact (nested, verified with the rest)
     trainer/state.json           step, tokens seen, best metric, RNG states, optimizer metadata
     trainer/optimizer.safetensors  optimizer moments and the torch RNG state
@@ -72,14 +74,15 @@ def _restore_rng(saved: dict[str, Any], torch_state: torch.Tensor) -> None:
 
 def write_checkpoint(directory: Path, model: nn.Module, model_config: ModelConfig, objective: str,
                      optimizer_state: tuple[dict[str, torch.Tensor], dict[str, Any]], state: TrainerState,
-                     tokenizer: artifacts.Artifact) -> None:
+                     tokenizer: artifacts.Artifact, extra: dict[str, Any] | None = None) -> None:
     """Write a checkpoint's files into ``directory`` (an ArtifactWriter's temporary directory).
 
-    ``model`` is an unsharded module; ``optimizer_state`` is ``Optimizers.state_tensors(...)``.
+    ``model`` is an unsharded module; ``optimizer_state`` is ``Optimizers.state_tensors(...)``;
+    ``extra`` adds keys to model.json ("head", "template", "lora").
     """
     save_model(model, str(directory / MODEL_FILE))
-    (directory / MODEL_CONFIG_FILE).write_text(json.dumps({"model": model_config.to_dict(), "objective": objective},
-                                                          indent=2) + "\n")
+    described = {"model": model_config.to_dict(), "objective": objective, **(extra or {})}
+    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(described, indent=2) + "\n")
     tokenizer_dir = directory / "tokenizer"
     tokenizer_dir.mkdir()
     for name in [artifacts.MANIFEST, *tokenizer.manifest["files"]]:
@@ -101,7 +104,21 @@ class Checkpoint:
 
     artifact: artifacts.Artifact
     model_config: ModelConfig
-    objective: str
+    objective: str                    # clm, mlm, classify or sft
+    head: dict[str, Any] | None = None      # classifiers: {"labels": [names by index], "pooling": ...}
+    template: str | None = None             # sft: the prompt template, "{prompt}" marks the instruction
+    lora: dict[str, Any] | None = None      # unmerged adapters: {"rank", "alpha", "dropout"}
+
+    @property
+    def task(self) -> str:
+        """What the checkpoint's model does: "lm" (clm or mlm), "classify" or "sft"."""
+        if self.head is not None:
+            return "classify"
+        return "sft" if self.objective == "sft" else "lm"
+
+    @property
+    def labels(self) -> list[str] | None:
+        return None if self.head is None else list(self.head["labels"])
 
     @property
     def path(self) -> Path:
@@ -112,7 +129,20 @@ class Checkpoint:
         return self.artifact.path / "tokenizer"
 
     def build_model(self) -> nn.Module:
-        model = build_model(self.model_config)
+        """The model with its saved weights: a language model, or a SequenceClassifier for a
+        classifier checkpoint; with LoRALinear wrappers when the adapters were kept unmerged."""
+        if self.head is not None:
+            from lmkit.models.classifier import SequenceClassifier
+
+            model = SequenceClassifier(self.model_config, len(self.head["labels"]), self.head["pooling"])
+        else:
+            model = build_model(self.model_config)
+        if self.lora is not None:
+            from lmkit.models.lora import apply_lora
+
+            apply_lora(model, int(self.lora["rank"]), float(self.lora["alpha"]), float(self.lora.get("dropout", 0.0)))
+            for parameter in model.parameters():
+                parameter.requires_grad_(True)  # frozen or not is the training stage's decision
         path = self.artifact.file(MODEL_FILE)
         try:
             missing, unexpected = load_model(model, str(path), strict=False)
@@ -173,6 +203,15 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         saved = json.loads(artifact.file(MODEL_CONFIG_FILE).read_text())
         model_config = ModelConfig.from_dict(saved["model"])
         objective = saved["objective"]
-    except (ValueError, KeyError, TypeError) as exc:
+        head, template, lora = saved.get("head"), saved.get("template"), saved.get("lora")
+        if head is not None and (not isinstance(head.get("labels"), list) or len(head["labels"]) < 2
+                                 or not isinstance(head.get("pooling"), str)):
+            raise ValueError("'head' needs a list of at least 2 labels and a pooling")
+        if template is not None and (not isinstance(template, str) or "{prompt}" not in template):
+            raise ValueError("'template' must be a string containing {prompt}")
+        if lora is not None and not (isinstance(lora, dict) and int(lora["rank"]) > 0):
+            raise ValueError("'lora' needs a positive rank")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{artifact.file(MODEL_CONFIG_FILE)}: invalid model config ({exc})") from None
-    return Checkpoint(artifact=artifact, model_config=model_config, objective=objective)
+    return Checkpoint(artifact=artifact, model_config=model_config, objective=objective, head=head,
+                      template=template, lora=lora)

@@ -1,0 +1,83 @@
+"""Sequence classification: a pretrained GPT, BERT or LSTM body with a linear head on a pooled vector.
+
+The body keeps its own parameter names (``backbone.*``), so a language-model checkpoint's weights
+load into it; its language-model head is removed (a classifier never computes vocabulary logits,
+and unused parameters would stall data-parallel training). Pooling: the last real token of a
+causal model (which has read the whole input, as in GPT-1 and Llama's sequence classifier), the
+first ([CLS]) position of an encoder (Devlin et al. 2019), or the mean over real tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmkit.models.config import ModelConfig
+from lmkit.tokenizer import SPECIAL_TOKENS
+
+POOLING: dict[str, tuple[str, ...]] = {"gpt": ("last", "mean"), "lstm": ("last", "mean"), "bert": ("cls", "mean")}
+DEFAULT_POOLING = {"gpt": "last", "lstm": "last", "bert": "cls"}
+PAD_ID, EOS_ID, CLS_ID, SEP_ID = (SPECIAL_TOKENS[name][1] for name in ("pad", "eos", "cls", "sep"))
+
+
+def format_inputs(token_lists: list[list[int]], arch: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one right-padded batch: ``[CLS] tokens [SEP]`` for an encoder, ``tokens </s>`` for a
+    causal model, each cut to ``max_len`` (the beginning is kept). Returns idx (B, T) and the attention
+    mask (B, T), True on real tokens; T is the longest row."""
+    if arch == "bert":
+        rows = [[CLS_ID, *tokens[:max_len - 2], SEP_ID] for tokens in token_lists]
+    else:
+        rows = [[*tokens[:max_len - 1], EOS_ID] for tokens in token_lists]
+    width = max(len(row) for row in rows)
+    idx = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        idx[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = True
+    return idx, mask
+
+
+class SequenceClassifier(nn.Module):
+    def __init__(self, config: ModelConfig, n_classes: int, pooling: str):
+        super().__init__()
+        from lmkit.models import build_model  # the registry imports this module
+
+        if pooling not in POOLING[config.arch]:
+            raise ValueError(f"pooling {pooling!r} does not fit a {config.arch} model "
+                             f"(choose one of {', '.join(POOLING[config.arch])})")
+        if n_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
+        self.config, self.n_classes, self.pooling = config, n_classes, pooling
+        self.backbone = build_model(config)
+        for name in ("lm_head", "mlm_head"):  # a tied lm_head's matrix stays as the token embedding
+            if hasattr(self.backbone, name):
+                delattr(self.backbone, name)
+        self.dropout = nn.Dropout(config.dropout)
+        # No bias on a causal body: the head is then exactly Llama's sequence-classification "score".
+        self.head = nn.Linear(config.d_model, n_classes, bias=config.arch == "bert")
+        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+
+    def pool(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One vector (B, C) per row of idx (B, T); attention_mask (B, T) bool, True = real token
+        (right padding: real tokens first)."""
+        if self.config.arch == "bert":
+            hidden = self.backbone.encode(idx, attention_mask)  # (B, T, C)
+        else:  # causal: padding after the real tokens cannot reach them
+            hidden = self.backbone.encode(idx)  # (B, T, C)
+        if attention_mask is None:
+            attention_mask = torch.ones(idx.shape, dtype=torch.bool, device=idx.device)
+        if self.pooling == "cls":
+            return hidden[:, 0]  # (B, C)
+        if self.pooling == "last":
+            last = attention_mask.sum(dim=1) - 1  # (B,)
+            return hidden[torch.arange(idx.shape[0], device=idx.device), last]  # (B, C)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits (B, K) and, with targets (B,) class indices, their mean cross entropy."""
+        logits = self.head(self.dropout(self.pool(idx, attention_mask)))  # (B, K)
+        loss = None if targets is None else F.cross_entropy(logits.float(), targets)
+        return logits, loss
