@@ -1,23 +1,15 @@
-"""``lmkit pretrain``: a language model trained from a dataset artifact into a run directory.
-
-The run directory holds checkpoint artifacts ``step-XXXXXXXX/`` (the last ``--keep-last`` and
-the best by validation loss) and ``final/``, plus ``metrics.jsonl`` and ``config.toml``. All
-checks on the inputs happen before any compute.
+"""``lmkit pretrain``: a language model trained from a dataset artifact into a run directory
+(see rundir.py for what it holds). All checks on the inputs happen before any compute.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lmkit import artifacts, config as config_lib
-from lmkit.config import flag_name
 from lmkit.data.packing import EOS_ID, SEP_ID, MaskingSettings, load_stream
 from lmkit.errors import UserError
 from lmkit.models import build_model, count_parameters, flops_per_token
@@ -26,14 +18,12 @@ from lmkit.models.presets import model_config
 from lmkit.progress import reporter
 from lmkit.stages.pretrain_config import PretrainConfig, parse_duration
 from lmkit.training import distributed
-from lmkit.training.checkpoint import TrainerState, read_checkpoint, step_tag, write_checkpoint
+from lmkit.stages import rundir
+from lmkit.stages.rundir import FINAL
+from lmkit.training.checkpoint import TrainerState, read_checkpoint
 from lmkit.training.loop import LoopSettings, fit
 from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, BatchLayout, CausalLM, MaskedLM
 from lmkit.training.optim import build_optimizer
-
-CHECKPOINT_PREFIX = "step-"
-FINAL = "final"
-
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """bf16 where the hardware computes it natively (CUDA bf16, or AVX-512 BF16 / AMX CPUs)."""
@@ -103,68 +93,12 @@ def _plan(config: PretrainConfig, env: distributed.Distributed) -> _Plan:
     if init_from:
         identity["init_from"] = artifacts.load(init_from).id
     recipe = artifacts.make_recipe("checkpoint", identity, [], [{"role": "dataset", "id": dataset.id}])
-    resume_from = _inspect_run_dir(run_dir, config, recipe, env, model_cfg)
+    resume_from = rundir.inspect_run_dir(run_dir, config, recipe, env, model_cfg, _RESUME_INVARIANTS)
     return _Plan(dataset, tokenizer, model_cfg, objective, seq_len, layout, run_dir, recipe, resume_from, init_from)
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    """Committed checkpoints of a run (a directory with a manifest), oldest step first."""
-    found = [p for p in run_dir.iterdir() if p.is_dir() and (p / artifacts.MANIFEST).is_file()
-             and (p.name.startswith(CHECKPOINT_PREFIX) or p.name == FINAL)]
-    # Sorting reads manifests only; the chosen checkpoint is verified in full when it is loaded.
-    return sorted(found, key=lambda p: (artifacts.read_manifest(p)["stats"].get("step", -1), p.name == FINAL))
 
 
 # What fixes a run's data order and model: a resumed run must keep them (limits may change).
 _RESUME_INVARIANTS = ("seq_len", "micro_batch", "batch_tokens", "seed", "objective", "optimizer", "shard")
-
-
-def _inspect_run_dir(run_dir: Path, config: PretrainConfig, recipe: str, env: distributed.Distributed,
-                     model_cfg: ModelConfig) -> Path | None:
-    """Refuse to clobber a run; find the checkpoint to resume from; apply --force."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir}: exists and is a file; --out must be a directory")
-    if any(parent.exists() and not parent.is_dir() for parent in run_dir.parents):
-        raise UserError(f"{run_dir}: a parent of --out is a file, not a directory")
-    existing = _checkpoints(run_dir) if run_dir.is_dir() else []
-    if config.resume:
-        if not existing:
-            hint = ("start it again with --force" if run_dir.is_dir() and any(run_dir.iterdir())
-                    else "run without --resume to start it")
-            raise UserError(f"{run_dir}: no checkpoint to resume from ({hint})")
-        latest = existing[-1]
-        checkpoint = read_checkpoint(latest)
-        saved = checkpoint.trainer_state()
-        if saved.world_size != env.world_size:
-            raise UserError(f"{latest}: was trained on {saved.world_size} process(es); resume with the same number "
-                            f"(now {env.world_size})")
-        changed = [flag_name(name) for name in _RESUME_INVARIANTS
-                   if checkpoint.artifact.config.get(name) != getattr(config, name)]
-        if checkpoint.model_config != model_cfg:
-            changed.append("the model (--model and its overrides)")
-        if changed:
-            raise UserError(f"{latest}: cannot resume with a different {', '.join(changed)}; "
-                            "use the run's settings (see its config.toml) or --force to start over")
-        return latest
-    if _up_to_date(run_dir, recipe):
-        return None  # the stage reports "up to date", with or without --force (as every stage does)
-    if (existing or (run_dir / "metrics.jsonl").exists()) and not config.force:
-        raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or --force to start over")
-    return None
-
-
-def _clear_run(run_dir: Path, env: distributed.Distributed) -> None:
-    """--force: remove the old run, only once every check has passed (rank 0 deletes, all wait)."""
-    if env.is_main and run_dir.is_dir():
-        for path in run_dir.iterdir():
-            if path.name.startswith((CHECKPOINT_PREFIX, FINAL, ".trash-")) or path.name == "metrics.jsonl":
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-    distributed.barrier(env)
-
-
-def _up_to_date(run_dir: Path, recipe: str) -> bool:
-    final = run_dir / FINAL
-    return (final / artifacts.MANIFEST).is_file() and artifacts.read_manifest(final).get("recipe") == recipe
 
 
 def run(config: PretrainConfig) -> artifacts.Artifact:
@@ -177,11 +111,8 @@ def run(config: PretrainConfig) -> artifacts.Artifact:
 
 def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Artifact:
     plan = _plan(config, env)
-    if plan.resume_from is None and _up_to_date(plan.run_dir, plan.recipe):
-        existing = artifacts.load(plan.run_dir / FINAL)
-        existing.up_to_date = True
-        os.utime(existing.path / artifacts.MANIFEST)  # fresh for Make
-        return existing
+    if plan.resume_from is None and rundir.up_to_date(plan.run_dir, plan.recipe):
+        return rundir.existing_final(plan.run_dir)
     if config.threads:
         torch.set_num_threads(config.threads)
     precision = resolve_precision(config.precision, env.device)
@@ -219,11 +150,7 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
         state = checkpoint.restore_training(optimizers, sharded_model=model if config.shard else None)
         reporter.info(f"resuming from {plan.resume_from} (step {state.step})")
     # Only now, with every input read and checked, is the run directory touched.
-    _check_writable(plan.run_dir)
-    if config.force and plan.resume_from is None:
-        _clear_run(plan.run_dir, env)
-    if env.is_main:
-        (plan.run_dir / "config.toml").write_text(config_lib.to_toml(config))
+    rundir.prepare(plan.run_dir, config, env, fresh=plan.resume_from is None)
 
     n_params = count_parameters(model)
     flops = flops_per_token(plan.model_config, plan.seq_len)
@@ -232,8 +159,14 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
                   f"{plan.seq_len} tokens per step ({plan.layout.accumulation} accumulation, "
                   f"{env.world_size} process(es))")
 
+    parents = [("dataset", plan.dataset)] + ([("init", artifacts.load(plan.init_from))] if plan.init_from else [])
+    saver = rundir.CheckpointSaver(
+        plan.run_dir, plan.recipe, config, plan.model_config, plan.objective, plan.tokenizer, parents,
+        {"parameters": n_params, "flops_per_token": flops, "objective": plan.objective,
+         "arch": plan.model_config.arch}, env, sharded=config.shard)
+
     def save(tag: str, trainer_state: TrainerState, optimizer_state) -> Path:
-        return _save(plan, config, env, tag, model, optimizer_state, trainer_state, n_params, flops)
+        return saver.save(tag, model, optimizer_state, trainer_state)
 
     tokens_per_step = plan.layout.global_batch * plan.seq_len
     # A decaying schedule needs its length: the step limit, or the token limit in steps.
@@ -250,81 +183,3 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
                 last_checkpoint=plan.resume_from)
     final = save(FINAL, state, optimizers)
     return artifacts.load(final)
-
-
-def _check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{time.time_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{run_dir}: not writable ({exc.strerror}) (--out)") from None
-
-
-def _save(plan: _Plan, config: PretrainConfig, env: distributed.Distributed, tag: str, model, optimizers,
-          state: TrainerState, n_params: int, flops: float) -> Path:
-    """Commit checkpoint ``tag`` (rank 0 writes; every rank waits), then prune old step checkpoints."""
-    path = plan.run_dir / tag
-    if config.shard:  # gather the full weights and optimizer state: every rank takes part
-        full_weights = distributed.full_model_state(model)
-        full_optimizer = distributed.full_optimizer_states(model, optimizers)
-        if env.is_main:  # (the other ranks receive empty dicts)
-            optimizer_state = optimizers.state_tensors(full_optimizer)
-            with torch.random.fork_rng(devices=[]):  # building must not consume the RNG being saved
-                model = build_model(plan.model_config)
-            model.load_state_dict(full_weights)
-    else:
-        optimizer_state = optimizers.state_tensors() if env.is_main else None
-    failure: BaseException | None = None
-    if env.is_main:
-        try:
-            _write(plan, config, path, tag, model, optimizer_state, state, n_params, flops)
-        except BaseException as exc:  # every rank must learn of it, or they wait for rank 0 forever
-            failure = exc
-    if distributed.any_rank(failure is not None, env):
-        if failure is not None:
-            raise failure
-        raise UserError(f"{path}: rank 0 could not save this checkpoint (its error is in rank 0's output)")
-    distributed.barrier(env)
-    return path
-
-
-def _write(plan: _Plan, config: PretrainConfig, path: Path, tag: str, model, optimizer_state,
-           state: TrainerState, n_params: int, flops: float) -> None:
-    """Rank 0: commit checkpoint ``tag`` at ``path``, then prune old step checkpoints."""
-    recipe = plan.recipe if tag == FINAL else artifacts.make_recipe(
-        "checkpoint", {"run": plan.recipe, "step": state.step}, [], [])
-    try:
-        with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
-            if not writer.up_to_date:
-                write_checkpoint(writer.tmp, model, plan.model_config, plan.objective, optimizer_state, state,
-                                 plan.tokenizer)
-                parents = [artifacts.describe_parent("dataset", plan.dataset, path),
-                           {"role": "tokenizer", "path": "tokenizer", "id": plan.tokenizer.id}]
-                if plan.init_from:
-                    parents.append(artifacts.describe_parent("init", artifacts.load(plan.init_from), path))
-                stats = {"step": state.step, "tokens": state.tokens, "parameters": n_params,
-                         "flops_per_token": flops, "best_step": state.best_step,
-                         "best_val_loss": state.best_metric, "objective": plan.objective,
-                         "arch": plan.model_config.arch}
-                writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": []}, stats)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{path}: no space left on device while saving the checkpoint at step {state.step}; "
-                            "nothing partial was left and earlier checkpoints are intact") from None
-        raise
-    _prune(plan.run_dir, config.keep_last, state.best_step)
-
-
-def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:
-    steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
-    keep = set(steps[-keep_last:])
-    if best_step is not None:
-        keep.add(run_dir / step_tag(best_step))
-    for path in steps:
-        if path not in keep:
-            trash = path.with_name(f".trash-{path.name}")
-            path.rename(trash)  # out of sight atomically, then removed
-            shutil.rmtree(trash)
-            path.with_name(f".{path.name}.lock").unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import torch
 from lmkit import artifacts
 from lmkit.config import resolve
 from lmkit.errors import UserError
-from lmkit.stages import pretrain
+from lmkit.stages import pretrain, rundir
 from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
@@ -99,7 +99,7 @@ def test_sigterm_at_random_moments_leaves_a_valid_checkpoint(dataset, tmp_path):
 
 def test_disk_full_while_saving_keeps_earlier_checkpoints(dataset, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = pretrain.write_checkpoint
+    real = rundir.write_checkpoint
 
     def full_disk(*args, **kwargs):
         calls["n"] += 1
@@ -107,7 +107,7 @@ def test_disk_full_while_saving_keeps_earlier_checkpoints(dataset, tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pretrain, "write_checkpoint", full_disk)
+    monkeypatch.setattr(rundir, "write_checkpoint", full_disk)
     values = {"dataset": str(dataset), "out": str(tmp_path / "run"), "seq_len": 32, "micro_batch": 4,
               "max_steps": 4, "eval_every": 0, "checkpoint_every": 2, "precision": "fp32"}
     with pytest.raises(UserError, match=r"step-00000004: no space left on device .* earlier checkpoints are intact"):
@@ -136,7 +136,7 @@ def test_sigterm_in_a_step_or_a_save_gives_one_valid_checkpoint(dataset, tmp_pat
     if where == "during a step":
         monkeypatch.setattr(pretrain.CausalLM, "loss", send_sigterm_once(pretrain.CausalLM.loss))
     else:
-        monkeypatch.setattr(pretrain, "write_checkpoint", send_sigterm_once(pretrain.write_checkpoint))
+        monkeypatch.setattr(rundir, "write_checkpoint", send_sigterm_once(rundir.write_checkpoint))
     values = {"dataset": str(dataset), "out": str(tmp_path / "run"), "seq_len": 32, "micro_batch": 4,
               "max_steps": 50, "eval_every": 0, "checkpoint_every": 3, "precision": "fp32"}
     with pytest.raises(Interrupted) as info:

@@ -1,0 +1,183 @@
+"""Run directories of training stages (pretrain, finetune): what is in them, resuming, saving.
+
+A run directory holds checkpoint artifacts ``step-XXXXXXXX/`` (the last ``--keep-last`` and the
+best by the validation metric) and ``final/``, plus ``metrics.jsonl`` and ``config.toml``. Every
+check happens before the directory is touched: a refused run loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmkit import artifacts, config as config_lib
+from lmkit.config import flag_name
+from lmkit.errors import UserError
+from lmkit.models import build_model
+from lmkit.models.config import ModelConfig
+from lmkit.training import distributed
+from lmkit.training.checkpoint import TrainerState, read_checkpoint, step_tag, write_checkpoint
+
+CHECKPOINT_PREFIX = "step-"
+FINAL = "final"
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Committed checkpoints of a run (a directory with a manifest), oldest step first."""
+    found = [p for p in run_dir.iterdir() if p.is_dir() and (p / artifacts.MANIFEST).is_file()
+             and (p.name.startswith(CHECKPOINT_PREFIX) or p.name == FINAL)]
+    # Sorting reads manifests only; the chosen checkpoint is verified in full when it is loaded.
+    return sorted(found, key=lambda p: (artifacts.read_manifest(p)["stats"].get("step", -1), p.name == FINAL))
+
+
+def inspect_run_dir(run_dir: Path, config: Any, recipe: str, env: distributed.Distributed,
+                    model_cfg: ModelConfig, invariants: tuple[str, ...], resumable=lambda path: True) -> Path | None:
+    """Refuse to clobber a run; find the checkpoint to resume from (the latest that ``resumable``
+    accepts), checking that the settings in ``invariants`` and the model did not change."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is a file; --out must be a directory")
+    if any(parent.exists() and not parent.is_dir() for parent in run_dir.parents):
+        raise UserError(f"{run_dir}: a parent of --out is a file, not a directory")
+    existing = checkpoints(run_dir) if run_dir.is_dir() else []
+    if config.resume:
+        candidates = [path for path in existing if resumable(path)]
+        if not candidates:
+            hint = ("start it again with --force" if run_dir.is_dir() and any(run_dir.iterdir())
+                    else "run without --resume to start it")
+            raise UserError(f"{run_dir}: no checkpoint to resume from ({hint})")
+        latest = candidates[-1]
+        checkpoint = read_checkpoint(latest)
+        saved = checkpoint.trainer_state()
+        if saved.world_size != env.world_size:
+            raise UserError(f"{latest}: was trained on {saved.world_size} process(es); resume with the same number "
+                            f"(now {env.world_size})")
+        changed = [flag_name(name) for name in invariants if checkpoint.artifact.config.get(name) != getattr(config, name)]
+        if checkpoint.model_config != model_cfg:
+            changed.append("the model (--model and its overrides)")
+        if changed:
+            raise UserError(f"{latest}: cannot resume with a different {', '.join(changed)}; "
+                            "use the run's settings (see its config.toml) or --force to start over")
+        return latest
+    if up_to_date(run_dir, recipe):
+        return None  # the stage reports "up to date", with or without --force (as every stage does)
+    if (existing or (run_dir / "metrics.jsonl").exists()) and not config.force:
+        raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or --force to start over")
+    return None
+
+
+def up_to_date(run_dir: Path, recipe: str) -> bool:
+    final = run_dir / FINAL
+    return (final / artifacts.MANIFEST).is_file() and artifacts.read_manifest(final).get("recipe") == recipe
+
+
+def existing_final(run_dir: Path) -> artifacts.Artifact:
+    """The up-to-date final checkpoint, its manifest's time refreshed for Make."""
+    existing = artifacts.load(run_dir / FINAL)
+    existing.up_to_date = True
+    os.utime(existing.path / artifacts.MANIFEST)
+    return existing
+
+
+def prepare(run_dir: Path, config: Any, env: distributed.Distributed, fresh: bool) -> None:
+    """Once every input is read and checked: make the directory, apply --force, write config.toml."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{time.time_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{run_dir}: not writable ({exc.strerror}) (--out)") from None
+    if config.force and fresh and env.is_main and run_dir.is_dir():  # rank 0 deletes, all wait
+        for path in run_dir.iterdir():
+            if path.name.startswith((CHECKPOINT_PREFIX, FINAL, ".trash-")) or path.name == "metrics.jsonl":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    distributed.barrier(env)
+    if env.is_main:
+        (run_dir / "config.toml").write_text(config_lib.to_toml(config))
+
+
+@dataclasses.dataclass
+class CheckpointSaver:
+    """Commits checkpoints of one run: rank 0 writes, every rank waits; old step checkpoints are pruned."""
+
+    run_dir: Path
+    recipe: str                      # the final checkpoint's recipe (step checkpoints derive theirs)
+    config: Any                      # the stage's config dataclass (saved in each manifest)
+    model_config: ModelConfig
+    objective: str
+    tokenizer: artifacts.Artifact
+    parents: list[tuple[str, artifacts.Artifact]]
+    stats: dict[str, Any]            # what every checkpoint of the run reports besides its progress
+    env: distributed.Distributed
+    extra: dict[str, Any] | None = None   # model.json additions (head, template, lora)
+    sharded: bool = False
+    best_key: str = "best_val_loss"
+
+    def save(self, tag: str, model: torch.nn.Module, optimizers, state: TrainerState,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Commit checkpoint ``tag``; ``optimizers`` None writes no optimizer state (not resumable)."""
+        path = self.run_dir / tag
+        if self.sharded:  # gather the full weights and optimizer state: every rank takes part
+            full_weights = distributed.full_model_state(model)
+            full_optimizer = distributed.full_optimizer_states(model, optimizers)
+            if self.env.is_main:  # (the other ranks receive empty dicts)
+                optimizer_state = optimizers.state_tensors(full_optimizer)
+                with torch.random.fork_rng(devices=[]):  # building must not consume the RNG being saved
+                    model = build_model(self.model_config)
+                model.load_state_dict(full_weights)
+        elif optimizers is None:
+            optimizer_state = ({}, {"optimizers": [], "keys": "index"})
+        else:
+            optimizer_state = optimizers.state_tensors() if self.env.is_main else None
+        failure: BaseException | None = None
+        if self.env.is_main:
+            try:
+                self._write(path, tag, model, optimizer_state, state, self.extra if extra is None else extra)
+            except BaseException as exc:  # every rank must learn of it, or they wait for rank 0 forever
+                failure = exc
+        if distributed.any_rank(failure is not None, self.env):
+            if failure is not None:
+                raise failure
+            raise UserError(f"{path}: rank 0 could not save this checkpoint (its error is in rank 0's output)")
+        distributed.barrier(self.env)
+        return path
+
+    def _write(self, path: Path, tag: str, model, optimizer_state, state: TrainerState, extra) -> None:
+        recipe = self.recipe if tag == FINAL else artifacts.make_recipe(
+            "checkpoint", {"run": self.recipe, "step": state.step}, [], [])
+        try:
+            with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
+                if not writer.up_to_date:
+                    write_checkpoint(writer.tmp, model, self.model_config, self.objective, optimizer_state, state,
+                                     self.tokenizer, extra)
+                    parents = [artifacts.describe_parent(role, parent, path) for role, parent in self.parents]
+                    parents.append({"role": "tokenizer", "path": "tokenizer", "id": self.tokenizer.id})
+                    stats = {**self.stats, "step": state.step, "tokens": state.tokens, "best_step": state.best_step,
+                             self.best_key: state.best_metric}
+                    writer.commit(config_lib.as_dict(self.config), {"artifacts": parents, "files": []}, stats)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(f"{path}: no space left on device while saving the checkpoint at step {state.step}; "
+                                "nothing partial was left and earlier checkpoints are intact") from None
+            raise
+        _prune(self.run_dir, self.config.keep_last, state.best_step)
+
+
+def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:
+    steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+    keep = set(steps[-keep_last:])
+    if best_step is not None:
+        keep.add(run_dir / step_tag(best_step))
+    for path in steps:
+        if path not in keep:
+            trash = path.with_name(f".trash-{path.name}")
+            path.rename(trash)  # out of sight atomically, then removed
+            shutil.rmtree(trash)
+            path.with_name(f".{path.name}.lock").unlink(missing_ok=True)
