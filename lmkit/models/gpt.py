@@ -1,6 +1,8 @@
 """GPT: a decoder-only transformer language model (pre-norm RMSNorm, rotary positions, SwiGLU or GELU).
 
-The blocks live in layers.py, shared with the encoder; this file is the model around them.
+The blocks live in layers.py, shared with the encoder; this file is the model around them. For
+generation, ``encode`` also takes a KV cache (``new_cache``) and the attention mask of a
+left-padded batch, in which each row's positions start at 0 at its first real token.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import Block, init_transformer_weights, rope_tables, token_loss
+from lmkit.models.layers import Block, KVCache, attention_mask_4d, init_transformer_weights, rope_tables, token_loss
 
 
 class GPT(nn.Module):
@@ -29,17 +31,43 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hd/2)
         init_transformer_weights(self, self.blocks)
 
-    def encode(self, idx: torch.Tensor) -> torch.Tensor:
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` rows of up to ``max_len`` positions (padding included),
+        in the dtype and on the device of the weights."""
+        weight = self.tok_emb.weight
+        return KVCache(self.config.n_layer, batch_size, self.config.n_head, self.config.head_dim, max_len,
+                       dtype=weight.dtype, device=weight.device)
+
+    def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               cache: KVCache | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, C) of idx (B, T): what the output projection and a
         classification head read. Causal: position t sees positions <= t only, so padding placed
-        after the real tokens cannot change them."""
+        after the real tokens cannot change them.
+
+        Generation: ``cache`` holds the keys and values of earlier positions (idx continues them) and
+        is extended in place; ``attention_mask`` (B, S) bool, True = real token, covers the cached
+        positions and idx's (S = cache length + T). Padding (before a row's first real token) is
+        never attended to, and rotary positions count real tokens only, so a left-padded row gives
+        the same states as the row alone.
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd/2)
+        past = 0 if cache is None else cache.length
+        if attention_mask is None:
+            if past + T > self.config.block_size:
+                raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
+            cos, sin = self.rope_cos[past:past + T], self.rope_sin[past:past + T]  # (T, hd/2)
+        else:
+            if attention_mask.shape != (B, past + T):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
+            positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            if int(positions.max()) >= self.config.block_size:
+                raise ValueError(f"sequence length {int(positions.max()) + 1} exceeds block_size "
+                                 f"{self.config.block_size}")
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd/2)
+            attention_mask = attention_mask_4d(attention_mask, T, causal=True)  # (B, 1, T, S), built once
         x = self.emb_dropout(self.tok_emb(idx))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, cos, sin)  # (B, T, C)
+        for index, block in enumerate(self.blocks):
+            x = block(x, cos, sin, attention_mask, None if cache is None else cache.layers[index])  # (B, T, C)
         return self.final_norm(x)  # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None

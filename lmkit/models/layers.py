@@ -1,8 +1,8 @@
 """Transformer building blocks shared by the decoder (gpt.py) and the encoder (bert.py).
 
-Read top to bottom: rotary position embeddings, attention, feed-forward layers, the pre-norm
-block that combines them, and the initialization both models use. The loss is here too: every
-model (the LSTM included) computes it the same way.
+Read top to bottom: rotary position embeddings, attention (with the KV cache a decoder uses to
+generate), feed-forward layers, the pre-norm block that combines them, and the initialization
+both models use. The loss is here too: every model (the LSTM included) computes it the same way.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor,
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x[i], x[i + hd/2]) by its position's angle; x (B, nh, T, hd), cos/sin (T, hd/2).
+    """Rotate each pair (x[i], x[i + hd/2]) by its position's angle; x (B, nh, T, hd), cos/sin (T, hd/2),
+    or (B, 1, T, hd/2) when each row has its own positions (left-padded batches).
 
     This is the "rotate half" pairing of GPT-NeoX and Hugging Face Llama (not RoFormer's interleaved
     pairs), so exported weights need no permutation. q·k then depends only on the positions' difference.
@@ -48,6 +49,68 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 # -- attention -------------------------------------------------------------------------------------
+
+def attention_mask_4d(key_mask: torch.Tensor, query_length: int, causal: bool) -> torch.Tensor:
+    """The boolean mask SDPA takes (True = may attend) for the last ``query_length`` (T) of S positions:
+    (B, 1, T, S) when causal, else (B, 1, 1, S). key_mask (B, S) is True on real tokens.
+
+    A query sees the real keys (at or before it when causal). A causal query also always sees itself:
+    a padding query before a row's first real token then has something to attend to (a fully masked
+    row gives NaN, which a later layer's zero attention weight would not cancel: 0 * NaN = NaN); its
+    output is never read.
+    """
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+    if not causal:
+        return mask
+    S = key_mask.shape[1]
+    query_pos = torch.arange(S - query_length, S, device=key_mask.device)[:, None]  # (T, 1)
+    key_pos = torch.arange(S, device=key_mask.device)[None, :]  # (1, S)
+    return (mask & (key_pos <= query_pos)) | (key_pos == query_pos)  # (B, 1, T, S)
+
+
+class LayerCache:
+    """One layer's rotated keys and values of the positions processed so far, in buffers preallocated for
+    ``max_len`` positions, so a decoding step writes one position instead of copying the whole past."""
+
+    def __init__(self, batch_size: int, n_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (B, nh, max_len, hd)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)  # (B, nh, max_len, hd)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hd) after the cached positions; returns all keys and values (B, nh, S, hd)."""
+        end = self.length + k.shape[2]
+        if end > self.keys.shape[2]:
+            raise ValueError(f"KV cache overflow: {end} positions, room for {self.keys.shape[2]}")
+        self.keys[:, :, self.length:end] = k
+        self.values[:, :, self.length:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (e.g. drop finished sequences)."""
+        self.keys, self.values = self.keys[rows], self.values[rows]
+
+
+class KVCache:
+    """Keys and values of every attention layer of a decoder: each new token then costs one position of
+    compute instead of the whole sequence again. The model fills it in place as it runs."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.layers = [LayerCache(batch_size, n_head, head_dim, max_len, dtype, device) for _ in range(n_layer)]
+
+    @property
+    def length(self) -> int:
+        """Positions processed so far (padding included)."""
+        return self.layers[0].length
+
+    def select(self, rows: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.select(rows)
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with rotary positions, causal (decoder) or bidirectional (encoder)."""
@@ -65,8 +128,13 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, C); cos/sin (T, hd/2) for the positions of x; attention_mask (B, T) bool, True = real token."""
+                attention_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+        """x (B, T, C); cos/sin (T, hd/2), or (B, 1, T, hd/2) for per-row positions, of the positions of x.
+
+        attention_mask: (B, S) bool, True = real token, over the S keys (the cached positions and x's),
+        or a ready (B, 1, T, S) mask from ``attention_mask_4d``. cache: this layer's KV cache, extended
+        in place with x's keys and values.
+        """
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
@@ -75,10 +143,20 @@ class SelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        # A KV cache would go here: append this step's rotated k and v to the cached ones
-        # (cos/sin then start at the cache length) before attending.
-        mask = None if attention_mask is None else attention_mask[:, None, None, :]  # (B, 1, 1, T) keys
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal,
+        # Cached keys are stored rotated: a position's rotation never changes, so it is applied once.
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nh, S, hd)
+        S = k.shape[2]
+        mask, is_causal = None, self.causal and T > 1
+        if attention_mask is not None:
+            if attention_mask.dim() == 2:
+                attention_mask = attention_mask_4d(attention_mask, T, self.causal)  # (B, 1, T, S)
+            mask, is_causal = attention_mask, False
+        elif self.causal and S > T and T > 1:  # queries after cached keys: is_causal would align them top-left
+            mask, is_causal = attention_mask_4d(torch.ones(B, S, dtype=torch.bool, device=x.device), T, True), False
+        # One query after the cache (T = 1) attends to every key: no mask at all. Without a cache or a
+        # mask, is_causal keeps SDPA's fast causal kernels.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.out_proj(y))
@@ -129,8 +207,8 @@ class Block(nn.Module):
         self.mlp = FEED_FORWARD[config.mlp](config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, attention_mask)  # (B, T, C)
+                attention_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, attention_mask, cache)  # (B, T, C)
         return x + self.mlp(self.mlp_norm(x))  # (B, T, C)
 
 

@@ -1,0 +1,116 @@
+"""The decoding loop of a causal language model (GPT or LSTM): a batch of token-id prompts in, new ids out.
+
+Prompts of different lengths are left-padded into one batch with an attention mask: every row's last
+real token is in the last column, so each step appends one column for all rows. With the cache (the
+default) a step runs the model on that one new column; without it (the reference path, for tests and
+the benchmark) it reruns the whole sequence. Rows that finish leave the batch, so a long row does not
+keep paying for short ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lmkit.generation.sampling import next_tokens
+from lmkit.generation.settings import SamplingSettings
+from lmkit.tokenizer import SPECIAL_TOKENS
+
+PAD_ID = SPECIAL_TOKENS["pad"][1]
+EOS_ID = SPECIAL_TOKENS["eos"][1]
+# Ids a causal model never has as a target in lmkit's training data (packing puts only text and </s>):
+# never generated. <unk> is among them: byte fallback spells every character, so it marks nothing.
+NEVER_GENERATED = tuple(SPECIAL_TOKENS[name][1] for name in ("pad", "unk", "bos", "mask", "cls", "sep"))
+
+# Why a row stopped.
+STOP_EOS, STOP_STRING, STOP_LENGTH, STOP_CONTEXT = "eos", "stop", "length", "context"
+
+
+@dataclass
+class Decoded:
+    ids: list[int]        # the new tokens (without the </s> that ended them)
+    reason: str           # STOP_EOS, STOP_STRING (should_stop said so), STOP_LENGTH (max_new_tokens), STOP_CONTEXT
+
+
+def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """idx (B, P) with each prompt at the right end, and the mask (B, P), True on real tokens."""
+    width = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = True
+    return idx.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSettings,
+           generators: list[torch.Generator], *, use_cache: bool = True, eos_id: int | None = EOS_ID,
+           banned: tuple[int, ...] = NEVER_GENERATED,
+           should_stop: Callable[[int, list[int]], bool] | None = None) -> list[Decoded]:
+    """Continue each prompt (a list of ids, 1 to block_size - 1 of them) with up to max_new_tokens ids.
+
+    ``model`` has ``encode(idx, attention_mask, cache)``, ``new_cache`` and ``lm_head`` (GPT, LSTM).
+    ``generators``: one per prompt (see sampling.row_generators). A row ends at ``eos_id`` (None: never),
+    at max_new_tokens, when the model's context (block_size positions) is full, or when
+    ``should_stop(row, ids_so_far)`` returns True (called after each new token).
+    """
+    if len(generators) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(generators)} generators")
+    block_size = model.config.block_size
+    if any(not 0 < len(p) < block_size for p in prompts):
+        raise ValueError(f"every prompt needs 1 to {block_size - 1} tokens (the model's block size is {block_size})")
+    device = model.tok_emb.weight.device
+    idx, mask = left_pad(prompts, device)  # (B, P)
+    budgets = [min(settings.max_new_tokens, block_size - len(p)) for p in prompts]
+    cache = model.new_cache(len(prompts), idx.shape[1] + max(budgets)) if use_cache else None
+    seen = None
+    if settings.repetition_penalty != 1.0:
+        seen = torch.zeros((len(prompts), model.config.vocab_size), dtype=torch.bool, device=device)
+        seen.scatter_(1, idx, mask)  # padding scatters False
+    generated: list[list[int]] = [[] for _ in prompts]
+    reasons: list[str | None] = [None] * len(prompts)
+    rows = list(range(len(prompts)))  # the prompt index of each batch row still generating
+    step_input = idx
+    while rows:
+        padded = not bool(mask.all())  # without padding, the model's fast unmasked path
+        if use_cache:
+            hidden = model.encode(step_input, attention_mask=mask if padded else None, cache=cache)
+        else:
+            hidden = model.encode(idx, attention_mask=mask if padded else None)
+        logits = model.lm_head(hidden[:, -1]).float()  # (b, V)
+        if banned:
+            logits[:, list(banned)] = float("-inf")
+        chosen = next_tokens(logits, settings, seen, [generators[r] for r in rows])  # (b,)
+        keep = []
+        for position, (row, token) in enumerate(zip(rows, chosen.tolist())):
+            if token == eos_id:
+                reasons[row] = STOP_EOS
+                continue
+            generated[row].append(token)
+            if should_stop is not None and should_stop(row, generated[row]):
+                reasons[row] = STOP_STRING
+            elif len(generated[row]) >= budgets[row]:
+                reasons[row] = STOP_LENGTH if len(generated[row]) >= settings.max_new_tokens else STOP_CONTEXT
+            else:
+                keep.append(position)
+        if not keep:
+            break
+        if len(keep) < len(rows):  # finished rows leave the batch
+            kept = torch.tensor(keep, device=device)
+            rows = [rows[p] for p in keep]
+            chosen, idx, mask = chosen[kept], idx[kept], mask[kept]
+            if seen is not None:
+                seen = seen[kept]
+            if cache is not None:
+                cache.select(kept)
+        step_input = chosen[:, None]  # (b, 1)
+        if not use_cache:
+            idx = torch.cat([idx, step_input], dim=1)
+        mask = torch.cat([mask, torch.ones_like(step_input, dtype=torch.bool)], dim=1)
+        if seen is not None:
+            seen.scatter_(1, step_input, True)
+    return [Decoded(ids, reason) for ids, reason in zip(generated, reasons)]

@@ -1,0 +1,132 @@
+"""``Generator``: text completions of prompts from a causal or SFT checkpoint, batched, with a KV cache.
+
+A prompt becomes model input as training saw text: a causal LM's prompt follows ``</s>`` (packing puts
+it before every document, so the model reads the prompt as a document's beginning); an SFT model's
+prompt is wrapped in the checkpoint's template and encoded as is (lmkit.data.instructions). A prompt
+longer than the context keeps its last block_size - 1 tokens, with a warning (``truncate="error"``
+refuses it instead); a completion ends at </s>, a stop string, max_new_tokens, or the context's end.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+
+from lmkit.data.instructions import render_prompt
+from lmkit.errors import UserError
+from lmkit.generation.decode import EOS_ID, STOP_CONTEXT, decode
+from lmkit.generation.model import TEXT, checkpoint_mode, load_model
+from lmkit.generation.sampling import prompt_key, row_generators
+from lmkit.generation.settings import SamplingSettings
+from lmkit.generation.text import CompletionText
+from lmkit.progress import reporter
+from lmkit.tokenizer import Tokenizer
+from lmkit.training.checkpoint import Checkpoint
+
+TRUNCATIONS = ("left", "error")
+
+
+class Generator:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device | str = "cpu", precision: str = "fp32",
+                 quantize: str | None = None, *, batch_size: int = 8, truncate: str = "left"):
+        """``batch_size``: prompts decoded together; ``truncate``: "left" keeps the end of a prompt longer
+        than the context (with a warning), "error" refuses it."""
+        if checkpoint_mode(checkpoint) != TEXT:
+            raise UserError(f"{checkpoint.path}: a {checkpoint.model_config.arch} {checkpoint.task} checkpoint does "
+                            "not generate text (fill-mask and classifiers: see `lmkit generate --help`)")
+        if batch_size < 1:
+            raise UserError(f"--batch-size: must be at least 1, got {batch_size}")
+        if truncate not in TRUNCATIONS:
+            raise UserError(f"--truncate: {truncate!r} is not one of {', '.join(TRUNCATIONS)}")
+        self.checkpoint, self.batch_size, self.truncate = checkpoint, batch_size, truncate
+        self.template = checkpoint.template if checkpoint.task == "sft" else None
+        self.block_size = checkpoint.model_config.block_size
+        self.tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
+        self.model = load_model(checkpoint, device, precision, quantize)
+
+    def encode_prompt(self, prompt: str, name: str = "prompt") -> list[int]:
+        """The model input of ``prompt`` (called ``name`` in messages), cut to fit the context."""
+        if not prompt.strip():
+            raise UserError(f"{name}: is empty (give text for the model to continue)")
+        if self.template is not None:
+            ids = self.tokenizer.encode(render_prompt(self.template, prompt))
+        else:
+            ids = [EOS_ID, *self.tokenizer.encode(prompt)]
+        limit = self.block_size - 1  # at least one position left for the completion
+        if len(ids) > limit:
+            if self.truncate == "error":
+                raise UserError(f"{name}: {len(ids)} tokens, more than the model's context allows "
+                                f"({limit} + 1 new token; block size {self.block_size}); shorten it or use "
+                                "--truncate left")
+            reporter.warn(f"{name}: {len(ids)} tokens, longer than the model's context allows; kept "
+                          f"its last {limit} tokens (block size {self.block_size})")
+            ids = ids[-limit:]
+        return ids
+
+    def generate(self, prompts: list[str], settings: SamplingSettings,
+                 on_token: Callable[[int, str], None] | None = None, *, names: list[str] | None = None) -> list[str]:
+        """One completion per prompt: only the new text, ending before </s> or the first stop string.
+
+        ``on_token(index, text)`` receives each settled piece of prompt ``index``'s completion as it is
+        generated (their concatenation is the returned text). The n-th copy of a prompt in ``prompts``
+        samples with its own random stream, seeded by (seed, the prompt's text, n): a completion depends
+        on the seed, not on the other prompts of the batch, and different prompts draw independently.
+        ``names`` label the prompts in messages (default "prompt 1", ...); a prompt given several times
+        is reported once.
+        """
+        names = names or [f"prompt {i + 1}" for i in range(len(prompts))]
+        first: dict[str, list[int]] = {}
+        for name, prompt in zip(names, prompts):
+            if prompt not in first:
+                first[prompt] = self.encode_prompt(prompt, name)
+        encoded = [first[p] for p in prompts]
+        copies: Counter = Counter()
+        streams = []
+        for prompt in prompts:
+            streams.append((prompt_key(prompt), copies[prompt]))
+            copies[prompt] += 1
+        generators = row_generators(settings.seed, streams)
+        results: list[str] = [""] * len(prompts)
+        context_hits: list[str] = []
+        # Similar lengths together: less padding. Rows do not influence each other, so order is free.
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        progress = reporter.task("generating", total=len(prompts), unit="prompts") \
+            if len(prompts) > self.batch_size else nullcontext()
+        with progress as task:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                answers = self._generate_batch([encoded[i] for i in chunk], settings, [generators[i] for i in chunk],
+                                               None if on_token is None else [_bind(on_token, i) for i in chunk])
+                for index, (text, reason) in zip(chunk, answers):
+                    results[index] = text
+                    if reason == STOP_CONTEXT:
+                        context_hits.append(names[index])
+                if task is not None:
+                    task.advance(len(chunk))
+        if context_hits:
+            shown = ", ".join(dict.fromkeys(context_hits[:5])) + (", ..." if len(context_hits) > 5 else "")
+            reporter.warn(f"{shown}: stopped at the model's context ({self.block_size} tokens) before "
+                          f"--max-new-tokens {settings.max_new_tokens}")
+        return results
+
+    def _generate_batch(self, encoded: list[list[int]], settings: SamplingSettings, generators: list[torch.Generator],
+                        on_text: list[Callable[[str], None]] | None) -> list[tuple[str, str]]:
+        """(completion, why it stopped) of each encoded prompt, decoded together."""
+        texts = [CompletionText(self.tokenizer, ids[-1], settings.stop, None if on_text is None else on_text[row])
+                 for row, ids in enumerate(encoded)]
+        # Decoding the text at every step is needed for stop strings and streaming only.
+        watch = bool(settings.stop) or on_text is not None
+        decoded = decode(self.model, encoded, settings, generators,
+                         should_stop=(lambda row, ids: texts[row].update(ids)) if watch else None)
+        results = []
+        for text, result in zip(texts, decoded):
+            text.update(result.ids)
+            results.append((text.finish(), result.reason))
+        return results
+
+
+def _bind(on_token: Callable[[int, str], None], index: int) -> Callable[[str], None]:
+    return lambda text: on_token(index, text)

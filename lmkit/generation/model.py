@@ -1,0 +1,68 @@
+"""Loading a checkpoint's model for inference: what it does, on which device, in which precision."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmkit.errors import UserError
+from lmkit.generation.quantize import QUANTIZATIONS, quantize_int8
+from lmkit.models.lora import has_lora, merge_lora
+from lmkit.progress import reporter
+from lmkit.training.checkpoint import Checkpoint
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# What generate does with each kind of checkpoint.
+TEXT, FILL_MASK, CLASSIFY = "text", "fill-mask", "classify"
+
+
+def checkpoint_mode(checkpoint: Checkpoint) -> str:
+    """TEXT (a causal LM or an SFT model), FILL_MASK (a masked LM) or CLASSIFY (a classifier); anything
+    else is refused with what lmkit can do with it."""
+    arch, objective = checkpoint.model_config.arch, checkpoint.objective
+    if checkpoint.task == "classify":
+        return CLASSIFY
+    if arch in ("gpt", "lstm") and objective in ("clm", "sft"):
+        return TEXT
+    if arch == "bert" and objective == "mlm":
+        return FILL_MASK
+    raise UserError(f"{checkpoint.path}: a {arch} checkpoint with objective {objective!r} is not a kind generate "
+                    "knows (gpt/lstm clm or sft: text; bert mlm: fill-mask; classifiers: labels)")
+
+
+def resolve_device(requested: str | torch.device) -> torch.device:
+    """The torch device for ``--device`` (auto: CUDA when available, else CPU)."""
+    if str(requested) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device: {requested!r} is not a device (cpu, cuda, cuda:1, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: CUDA is not available on this machine (use cpu or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {requested}: lmkit generates on cpu or cuda")
+    return device
+
+
+def load_model(checkpoint: Checkpoint, device: str | torch.device = "cpu", precision: str = "fp32",
+               quantize: str | None = None) -> nn.Module:
+    """The checkpoint's model in eval mode, LoRA adapters merged, on ``device`` in ``precision`` (fp32,
+    bf16), optionally with int8 Linear layers."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if quantize not in (None, *QUANTIZATIONS):
+        raise UserError(f"--quantize: {quantize!r} is not one of none, {', '.join(QUANTIZATIONS)}")
+    device = resolve_device(device)
+    model = checkpoint.build_model()
+    if has_lora(model):  # one matmul per projection instead of three; same outputs
+        merge_lora(model)
+    model.eval().requires_grad_(False)
+    model.to(device=device, dtype=PRECISIONS[precision])
+    if quantize == "int8":
+        quantized, total = quantize_int8(model)
+        reporter.detail(f"int8: {quantized:,} of {total:,} parameters quantized (the Linear layers' weights)")
+        if checkpoint.model_config.arch == "lstm":
+            reporter.warn("--quantize int8: an LSTM's recurrent weights stay in float; only its output "
+                          "projection is quantized")
+    return model

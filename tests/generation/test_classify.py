@@ -1,0 +1,50 @@
+"""Label prediction on tiny classifier checkpoints (a BERT and a GPT body): the head's own probabilities
+for inputs framed as in finetuning, in batches or alone."""
+
+import pytest
+import torch
+
+from lmkit.generation.classify import classify
+from lmkit.generation.model import CLASSIFY, checkpoint_mode, load_model
+from lmkit.models.classifier import format_inputs
+from lmkit.tokenizer import Tokenizer
+from lmkit.training.checkpoint import read_checkpoint
+from tests.generation import checkpoints
+
+TEXTS = ["Return the sum of the values.", "A class that holds a list", "Module for regular expressions",
+         "x", "The for statement is used to iterate over the elements of a sequence"]
+
+
+@pytest.fixture(scope="module", params=["bert", "gpt"])
+def classifier(request, tmp_path_factory):
+    base = request.getfixturevalue(request.param)
+    checkpoint = read_checkpoint(checkpoints.classifier(base, tmp_path_factory.mktemp("classifier") / "ckpt"))
+    return checkpoint, load_model(checkpoint), Tokenizer.from_artifact(checkpoint.tokenizer_path)
+
+
+def test_predictions_are_the_head_s_probabilities(classifier):
+    checkpoint, model, tokenizer = classifier
+    assert checkpoint_mode(checkpoint) == CLASSIFY
+    predictions = classify(model, tokenizer, checkpoint.labels, TEXTS, batch_size=2)
+    idx, mask = format_inputs(tokenizer.encode_batch(TEXTS), checkpoint.model_config.arch,
+                              checkpoint.model_config.block_size)
+    with torch.no_grad():
+        expected = torch.softmax(model(idx, attention_mask=mask)[0], dim=-1)
+    for prediction, row in zip(predictions, expected):
+        assert list(prediction.probabilities) == checkpoints.LABELS
+        assert list(prediction.probabilities.values()) == pytest.approx(row.tolist(), abs=1e-5)
+        assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert prediction.label == checkpoints.LABELS[int(row.argmax())]
+    # Each text its own answer (a head that ignored the input would give one for all).
+    assert len({tuple(p.probabilities.values()) for p in predictions}) == len(TEXTS)
+    # Alone, each text gets the same answer as in its batch (padding does not leak in).
+    alone = classify(model, tokenizer, checkpoint.labels, TEXTS[4:], batch_size=1)[0]
+    assert alone.probabilities == pytest.approx(predictions[4].probabilities, abs=1e-5)
+
+
+def test_a_text_longer_than_the_block_size_is_classified_from_its_beginning(classifier, capsys):
+    checkpoint, model, tokenizer = classifier
+    long_text = "word " * 400
+    (prediction,) = classify(model, tokenizer, checkpoint.labels, [long_text], names=["in.jsonl line 7"])
+    assert "in.jsonl line 7: longer than the model's block size" in capsys.readouterr().err
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
