@@ -1,0 +1,128 @@
+"""Configuration of ``lmkit evaluate``: every field is a flag and a key of ``--config``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from lmkit.config import flag_name, option, validate
+from lmkit.evaluation.gate import parse_conditions
+
+TASKS = ("auto", "lm", "classify", "choice", "generate")
+SPLITS = ("auto", "train", "validation", "test")
+# The metrics each task computes; --metrics picks among them (empty: all of the task's).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "lm": ("loss", "ppl", "bpb"),                    # causal models
+    "mlm": ("loss", "ppl", "mlm_accuracy"),          # --task lm on a masked (BERT) model
+    "classify": ("accuracy", "macro_f1", "weighted_f1", "mcc", "macro_precision", "macro_recall"),
+    "choice": ("accuracy", "acc_norm"),
+    "generate": ("exact_match", "chrf", "bleu", "rouge_l"),
+}
+METRICS = tuple(dict.fromkeys(name for names in TASK_METRICS.values() for name in names))
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig:
+    # -- what to evaluate -------------------------------------------------------------------------
+    checkpoint: str = option(help="Checkpoint artifact to evaluate (e.g. runs/gpt/final).", positional=True,
+                             affects_output=False)  # its id, not its path, goes into the report's identity
+    data: list[str] = option([], "A dataset artifact (evaluated on --split), or raw files: text/JSONL/CSV... for "
+                             "--task lm and classify, JSONL for choice and generate. Optional with --harness-tasks.",
+                             positional=True, affects_output=False)
+    out: str | None = option(None, "Report artifact directory (report.json, report.md, predictions.jsonl, "
+                             "confusion.png); without it the report is printed and not saved.", short="-o",
+                             affects_output=False)
+    task: str = option("auto", "What to measure: lm (loss, perplexity, bits per byte; masked LM for BERT), classify, "
+                       "choice (zero-shot multiple choice), generate (SFT answers vs references), or auto (by the "
+                       "checkpoint: lm for language models, classify for classifiers, generate for SFT).",
+                       choices=TASKS)
+    split: str = option("auto", "Dataset split to evaluate; auto is validation, or test when validation is empty.",
+                        choices=SPLITS)
+    metrics: list[str] = option([], "Metrics to report (comma-separated; empty: every metric of the task).",
+                                choices=METRICS)
+    limit: int = option(0, "Evaluate only the first N documents or examples (0: all).")
+    # -- raw inputs ------------------------------------------------------------------------------------
+    split_by: str = option("paragraph", "How .txt files become documents: one per line, per blank-line separated "
+                           "paragraph, or per file.", choices=("line", "paragraph", "file"))
+    text_field: str = option("text", "JSON field (dotted path) or parquet/arrow column holding the text.")
+    text_column: str = option("text", "CSV/TSV column holding the text.")
+    label_field: str = option("label", "classify: JSON field or CSV/parquet column holding the gold label.")
+    prompt_field: str = option("prompt", "generate: JSON field holding the prompt.")
+    response_field: str = option("response", "generate: JSON field holding the reference answer.")
+    # -- method ----------------------------------------------------------------------------------------
+    window: int = option(0, "lm/choice: tokens per forward pass; 0 means the model's block size.")
+    stride: int = option(0, "lm: new tokens scored per window after the first, the rest being context "
+                         "(sliding window); 0 means the window (disjoint windows, the harness's rolling method).")
+    mask_prob: float = option(0.15, "lm on BERT: share of tokens masked for prediction.")
+    mask_replace: float = option(0.8, "lm on BERT: of the chosen, share replaced by [MASK].")
+    mask_random: float = option(0.1, "lm on BERT: of the chosen, share replaced by a random token (the rest stay).")
+    seed: int = option(0, "Seed of the masking (and of the harness's sampling).")
+    max_new_tokens: int = option(128, "generate: most tokens per answer (greedy decoding).")
+    stop: str = option("", "generate: end an answer before any of these strings (comma-separated; escapes \\n \\t "
+                       "\\r \\, \\\\ as in `lmkit generate --stop`).")
+    # -- lm-evaluation-harness -----------------------------------------------------------------------------
+    harness_tasks: list[str] = option([], "lm-evaluation-harness tasks to run (comma-separated; needs the "
+                                      "'harness' extra of lmkit; runs offline).")
+    harness_include: str | None = option(None, "Directory of local harness task files (YAML); only its tasks are "
+                                         "indexed (their data_files: absolute, or relative to the current "
+                                         "directory). Without it, built-in tasks whose data is already cached.",
+                                         affects_output=False)  # its files' contents go into the identity
+    # -- how to run, and what to do with the result ------------------------------------------------------
+    batch_size: int = option(16, "Sequences per forward pass.", affects_output=False)
+    precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the hardware supports it).",
+                            choices=("auto", "bf16", "fp32"))
+    device: str = option("auto", "cpu, cuda, or auto (cuda when available).", choices=("auto", "cpu", "cuda"),
+                         affects_output=False)
+    compare: str | None = option(None, "Another report (directory or report.json): print the metrics' differences.",
+                                 affects_output=False)
+    fail_if: list[str] = option([], "Exit with code 3 when a condition on the report's metrics holds, e.g. "
+                                "\"accuracy<0.8\" or \"bpb>1.2\" (NAME OP NUMBER, OP one of < <= > >= == !=); "
+                                "several: comma-separated, joined by 'and', or the flag repeated.",
+                                affects_output=False)
+    force: bool = option(False, "Replace a different report already in --out.", affects_output=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("limit", "window", "stride", "seed"):
+            if getattr(self, name) < 0:
+                problems.append(f"{flag_name(name)}: must not be negative")
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                problems.append(f"{flag_name(name)}: must be at least 1")
+        if self.window and self.stride > self.window:
+            problems.append(f"--stride {self.stride}: must not exceed --window {self.window}")
+        if self.window and self.window < 4:
+            problems.append("--window: at least 4 tokens")
+        for name in ("mask_prob", "mask_replace", "mask_random"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{flag_name(name)}: must be in [0, 1], got {getattr(self, name)}")
+        if self.mask_prob <= 0:
+            problems.append("--mask-prob: must be positive (masked-LM metrics need masked tokens)")
+        if self.mask_replace + self.mask_random > 1.0:
+            problems.append("--mask-replace + --mask-random: must not exceed 1")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            problems.append(f"--metrics: unknown metric {', '.join(map(repr, unknown))} (known: {', '.join(METRICS)})")
+        if not self.data and not self.harness_tasks:
+            problems.append("DATA: required (a dataset artifact or files), unless --harness-tasks is given")
+        if self.harness_include is not None and not self.harness_tasks:
+            problems.append("--harness-include: names task files for --harness-tasks; give the tasks to run")
+        problems += parse_conditions(self.fail_if)[1]
+        try:
+            self.stop_strings()
+        except ValueError as exc:
+            problems.append(f"--stop: {exc}")
+        validate(self, problems)
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """The --stop strings; ValueError when the value does not parse."""
+        if not self.stop:
+            return ()
+        try:
+            from lmkit.generation.settings import parse_stop
+        except ImportError:
+            raise ValueError("needs lmkit.generation, which this lmkit does not have") from None
+        return parse_stop(self.stop)
+
+
+FIELDS = {f.name for f in dataclasses.fields(EvaluateConfig)}

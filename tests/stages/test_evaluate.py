@@ -1,0 +1,364 @@
+"""The evaluate stage through its Python API, on real tiny checkpoints: reports, lineage, every task,
+and every refusal of bad input (with its message, before any compute or output)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from lmkit import artifacts
+from lmkit.config import resolve
+from lmkit.errors import UserError
+from lmkit.stages import evaluate
+from lmkit.stages.evaluate_config import EvaluateConfig
+from tests.conftest import paragraphs, train_tiny
+from tests.evaluation.helpers import LABELS, classifier_checkpoint, labeled_dataset
+
+
+def config(checkpoint, *data, **overrides):
+    values = {"checkpoint": str(checkpoint), "data": [str(d) for d in data], "precision": "fp32", "batch_size": 8,
+              **overrides}
+    return resolve(EvaluateConfig, {}, values)
+
+
+@pytest.fixture(scope="module")
+def gpt(dataset, tmp_path_factory):
+    return train_tiny(dataset, tmp_path_factory.mktemp("gpt") / "run").path
+
+
+@pytest.fixture(scope="module")
+def bert(dataset, tmp_path_factory):
+    return train_tiny(dataset, tmp_path_factory.mktemp("bert") / "run", model="bert-tiny").path
+
+
+@pytest.fixture(scope="module")
+def classifier(gpt, tmp_path_factory):
+    return classifier_checkpoint(gpt, tmp_path_factory.mktemp("classifier") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def labeled(dataset, tmp_path_factory):
+    return labeled_dataset(dataset / "tokenizer", tmp_path_factory.mktemp("labeled"))
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# -- language modeling ---------------------------------------------------------------------------------
+def test_lm_report_artifact_with_lineage_then_up_to_date(gpt, dataset, tmp_path):
+    out = tmp_path / "report"
+    result = evaluate.run(config(gpt, dataset, out=str(out)))
+    report = json.loads((out / "report.json").read_text())
+    assert report == result.report and result.artifact.kind == "report" and result.failures == []
+    assert set(report["metrics"]) == {"loss", "ppl", "bpb"}
+    assert report["metrics"]["ppl"] == pytest.approx(math.exp(report["metrics"]["loss"]))
+    assert report["method"]["window"] == 128 and report["method"]["stride"] == 128  # gpt-tiny's block size
+    assert report["data"] == {"kind": "dataset", "path": str(dataset), "id": artifacts.load(dataset).id,
+                              "split": "validation"}
+    assert report["speed"]["tokens_per_s"] > 0 and report["speed"]["tokens"] > 0
+    # The corpus figures are the per-document ones put together.
+    documents = read_jsonl(out / "predictions.jsonl")
+    assert len(documents) == report["examples"] == artifacts.load(dataset).stats["splits"]["validation"]["documents"]
+    nats = sum(d["loss"] * d["tokens"] for d in documents)
+    assert report["metrics"]["loss"] == pytest.approx(nats / sum(d["tokens"] for d in documents), rel=1e-5)
+    assert report["metrics"]["bpb"] == pytest.approx(nats / math.log(2) / sum(d["bytes"] for d in documents), rel=1e-5)
+    # Lineage: the checkpoint and the dataset, by id; the manifest carries the metrics.
+    artifact = artifacts.load(out, kind="report")
+    assert {p["role"]: p["id"] for p in artifact.parents} == {"checkpoint": artifacts.load(gpt).id,
+                                                              "dataset": artifacts.load(dataset).id}
+    assert artifact.parent_path("checkpoint") == gpt.resolve() and artifact.stats["metrics"] == report["metrics"]
+    assert "| bpb |" in (out / "report.md").read_text()
+    again = evaluate.run(config(gpt, dataset, out=str(out)))
+    assert again.up_to_date and again.report == report and again.artifact.id == artifact.id
+
+
+def test_a_different_report_in_out_is_refused_before_any_compute(gpt, dataset, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    first = evaluate.run(config(gpt, dataset, out=str(out)))
+    monkeypatch.setattr(evaluate, "_evaluate", lambda *a: pytest.fail("computed before refusing"))
+    with pytest.raises(UserError, match="already holds a different report artifact.*use --force"):
+        evaluate.run(config(gpt, dataset, out=str(out), stride=64))
+    assert artifacts.load(out).id == first.artifact.id
+    monkeypatch.undo()
+    forced = evaluate.run(config(gpt, dataset, out=str(out), stride=64, force=True))
+    assert forced.report["method"]["stride"] == 64
+
+
+def test_sliding_window_gives_the_model_more_context(gpt, dataset):
+    disjoint = evaluate.run(config(gpt, dataset, window=16, stride=16, limit=6)).report
+    sliding = evaluate.run(config(gpt, dataset, window=16, stride=4, limit=6)).report
+    assert disjoint["counts"]["tokens"] == sliding["counts"]["tokens"]  # the same tokens, each scored once
+    assert sliding["counts"]["windows"] > disjoint["counts"]["windows"]
+    assert sliding["metrics"]["loss"] != pytest.approx(disjoint["metrics"]["loss"], rel=1e-6)
+
+
+def test_raw_text_files_are_tokenized_with_the_checkpoint_tokenizer(gpt, tmp_path):
+    text = tmp_path / "held_out.txt"
+    text.write_text("\n\n".join(paragraphs(40)[-5:]) + "\n")
+    out = tmp_path / "report"
+    result = evaluate.run(config(gpt, text, out=str(out)))
+    assert result.report["data"] == {"kind": "files", "files": [str(text)]}
+    assert result.report["examples"] == 5
+    assert result.report["counts"]["bytes"] == sum(len(p.encode()) for p in paragraphs(40)[-5:])
+    (raw,) = artifacts.load(out).manifest["inputs"]["files"]
+    assert raw["sha256"] == artifacts.sha256_file(text) and raw["role"] == "data"
+    assert [p["role"] for p in artifacts.load(out).parents] == ["checkpoint"]
+
+
+def test_no_out_prints_only(gpt, dataset, tmp_path, capsys):
+    result = evaluate.run(config(gpt, dataset, limit=3))
+    assert result.artifact is None and result.report["examples"] == 3
+    assert "no --out: the report is printed, not saved" in capsys.readouterr().err
+
+
+def test_bert_masked_lm_is_seeded(bert, dataset):
+    first = evaluate.run(config(bert, dataset)).report
+    assert set(first["metrics"]) == {"loss", "ppl", "mlm_accuracy"} and first["method"]["method"] == "masked_lm"
+    assert first["counts"]["masked_tokens"] > 0 and 0 <= first["metrics"]["mlm_accuracy"] <= 1
+    assert evaluate.run(config(bert, dataset, batch_size=3)).report["metrics"] == pytest.approx(first["metrics"])
+    other = evaluate.run(config(bert, dataset, seed=1)).report
+    assert other["metrics"]["loss"] != pytest.approx(first["metrics"]["loss"], rel=1e-9)
+
+
+# -- classification --------------------------------------------------------------------------------------
+def test_classification_report_equals_scikit_learn(classifier, labeled, tmp_path):
+    out = tmp_path / "report"
+    result = evaluate.run(config(classifier, labeled, out=str(out)))
+    report = result.report
+    assert report["task"] == "classify" and report["data"]["split"] == "validation"
+    predictions = read_jsonl(out / "predictions.jsonl")
+    assert len(predictions) == report["examples"] > 10
+    gold = [LABELS.index(p["gold"]) for p in predictions]
+    predicted = [LABELS.index(p["predicted"]) for p in predictions]
+    assert len(set(predicted)) > 1, "a degenerate classifier would not test much"
+    m = report["metrics"]
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(gold, predicted))
+    assert m["macro_f1"] == pytest.approx(sk.f1_score(gold, predicted, average="macro", zero_division=0))
+    assert m["weighted_f1"] == pytest.approx(sk.f1_score(gold, predicted, average="weighted", zero_division=0))
+    assert m["mcc"] == pytest.approx(sk.matthews_corrcoef(gold, predicted))
+    assert report["confusion"]["matrix"] == sk.confusion_matrix(gold, predicted, labels=[0, 1, 2]).tolist()
+    assert set(report["per_class"]) == set(LABELS)
+    for record in predictions:
+        assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert record["predicted"] == max(record["probabilities"], key=record["probabilities"].get)
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["files"]["confusion_png"] == "confusion.png"
+    assert "confusion.png" in artifacts.load(out).manifest["files"]
+    # The gold labels are the dataset's: its label column, in its order.
+    dataset_labels = artifacts.load(labeled).stats["labels"]["names"]
+    assert sorted(p["gold"] for p in predictions) == sorted(
+        dataset_labels[i] for i in _labels_of(labeled, "validation"))
+
+
+def _labels_of(dataset, split):
+    from lmkit.data.shards import read_shard
+
+    loaded = artifacts.load(dataset)
+    return [label for shard in loaded.stats["splits"][split]["shards"]
+            for label in read_shard(loaded.file(shard["file"])).column("label").to_pylist()]
+
+
+def test_classification_from_jsonl_and_its_label_problems(classifier, tmp_path):
+    rows = [{"text": "a function that returns a value", "label": "alpha"},
+            {"text": "a class that holds the state", "label": "beta"},
+            {"text": "a module of helpers", "label": "gamma"}]
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = evaluate.run(config(classifier, data)).report
+    assert report["examples"] == 3 and report["confusion"]["labels"] == LABELS
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"text": "some text here", "label": "delta"}) + "\n")
+    with pytest.raises(UserError, match=r"gold label\(s\) 'delta' are not among the checkpoint's labels "
+                                        r"\(alpha, beta, gamma\)"):
+        evaluate.run(config(classifier, unknown))
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"text": "some text here", "label": "alpha"}) + "\n"
+                       + json.dumps({"text": "no label in this one"}) + "\n")
+    with pytest.raises(UserError, match=rf"{missing}:2: has no label \(--label-field label\)"):
+        evaluate.run(config(classifier, missing))
+    text = tmp_path / "plain.txt"
+    text.write_text("plain text has no labels at all\n")
+    with pytest.raises(UserError, match="plain text has no labels"):
+        evaluate.run(config(classifier, text))
+
+
+def test_classifier_on_a_dataset_without_labels_is_refused(classifier, dataset):
+    with pytest.raises(UserError, match=f"{dataset}: has no labels; classification metrics need gold labels"):
+        evaluate.run(config(classifier, dataset))
+
+
+# -- refusals ------------------------------------------------------------------------------------------------
+def test_a_dataset_made_with_another_tokenizer_is_refused(gpt, text_corpus, tmp_path, monkeypatch):
+    from lmkit.stages import preprocess
+    from lmkit.stages.preprocess_config import PreprocessConfig
+
+    other = tmp_path / "other"
+    preprocess.run(resolve(PreprocessConfig, {}, {"inputs": [str(text_corpus)], "out": str(other),
+                                                  "vocab_size": 350, "workers": 1}))
+    monkeypatch.setattr(evaluate, "_evaluate", lambda *a: pytest.fail("computed before refusing"))
+    with pytest.raises(UserError, match=rf"{other}: was tokenized with another tokenizer .* than {gpt}'s .*"
+                                        r"preprocess the data with `--tokenizer"):
+        evaluate.run(config(gpt, other, out=str(tmp_path / "report")))
+    assert not (tmp_path / "report").exists()
+
+
+def test_an_empty_split_is_refused(gpt, dataset):
+    with pytest.raises(UserError, match=r"the test split is empty \(splits with documents: train \(\d+\), validation"):
+        evaluate.run(config(gpt, dataset, split="test"))
+
+
+def test_metrics_a_task_does_not_compute_are_refused(gpt, bert, dataset):
+    with pytest.raises(UserError, match="--metrics: accuracy not computed by --task lm; its metrics: loss, ppl, bpb"):
+        evaluate.run(config(gpt, dataset, metrics=["accuracy"]))
+    with pytest.raises(UserError, match=r"--metrics: bpb not computed by masked-LM evaluation \(a BERT checkpoint\)"):
+        evaluate.run(config(bert, dataset, metrics=["bpb"]))
+    chosen = evaluate.run(config(gpt, dataset, metrics=["bpb"], limit=2)).report
+    assert list(chosen["metrics"]) == ["bpb"]
+
+
+def test_unknown_metric_and_unparsable_gate_are_config_errors(gpt, dataset):
+    with pytest.raises(UserError, match="--metrics: 'accuracyy' is not one of"):
+        config(gpt, dataset, metrics=["accuracyy"])
+    with pytest.raises(UserError, match=r"--fail-if 'bpb>>1': does not parse"):
+        config(gpt, dataset, fail_if=["bpb>>1"])
+
+
+def test_a_gate_on_a_metric_the_task_lacks_is_refused_before_compute(gpt, dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "_evaluate", lambda *a: pytest.fail("computed before refusing"))
+    with pytest.raises(UserError, match=r"--fail-if 'accuracy<0.8': --task lm has no metric 'accuracy' "
+                                        r"\(it has: bpb, loss, ppl\)"):
+        evaluate.run(config(gpt, dataset, fail_if=["accuracy<0.8"], out=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()
+
+
+def test_task_and_checkpoint_mismatches_are_refused(gpt, bert, classifier, dataset, tmp_path):
+    with pytest.raises(UserError, match=f"--task classify: {gpt} is not a classifier"):
+        evaluate.run(config(gpt, dataset, task="classify"))
+    with pytest.raises(UserError, match=f"--task lm: {classifier} is a classifier without a language-model head"):
+        evaluate.run(config(classifier, dataset, task="lm"))
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"context": "a", "choices": ["b", "c"], "answer": 0}) + "\n")
+    with pytest.raises(UserError, match=r"--task choice: needs a causal language model; .* is a bert"):
+        evaluate.run(config(bert, items, task="choice"))
+    with pytest.raises(UserError, match="--task choice: reads JSONL files, not a dataset artifact"):
+        evaluate.run(config(gpt, dataset, task="choice"))
+    with pytest.raises(UserError, match="--harness-tasks: the harness needs a causal language model"):
+        evaluate.run(config(bert, harness_tasks=["anything"]))
+    with pytest.raises(UserError, match="--window 512: exceeds the model's block size 128"):
+        evaluate.run(config(gpt, dataset, window=512))
+
+
+# -- the gate and comparisons ------------------------------------------------------------------------------
+def test_gate_failures_are_returned_after_the_report_is_written(gpt, dataset, tmp_path):
+    out = tmp_path / "report"
+    result = evaluate.run(config(gpt, dataset, out=str(out), fail_if=["bpb>0.5, loss<0", "ppl>1 and bpb>1000"]))
+    bpb, ppl = result.report["metrics"]["bpb"], result.report["metrics"]["ppl"]
+    assert result.failures == [f"--fail-if 'bpb>0.5' holds: bpb = {bpb:.6g}",
+                               f"--fail-if 'ppl>1' holds: ppl = {ppl:.6g}"]
+    assert artifacts.load(out).kind == "report"  # written all the same
+    # An up-to-date report is gated too (CI reruns see the same verdict without recomputing).
+    again = evaluate.run(config(gpt, dataset, out=str(out), fail_if=["bpb>0.5"]))
+    assert again.up_to_date and again.failures == [f"--fail-if 'bpb>0.5' holds: bpb = {bpb:.6g}"]
+    assert evaluate.run(config(gpt, dataset, out=str(out), fail_if=["bpb>1000"])).failures == []
+
+
+def test_compare_with_another_report(gpt, dataset, tmp_path):
+    base = evaluate.run(config(gpt, dataset, out=str(tmp_path / "base"), window=16, limit=6)).report
+    result = evaluate.run(config(gpt, dataset, compare=str(tmp_path / "base"), window=32, limit=6))
+    rows = {row["metric"]: row for row in result.comparison["rows"]}
+    assert rows["bpb"]["other"] == base["metrics"]["bpb"]
+    assert rows["bpb"]["delta"] == pytest.approx(result.report["metrics"]["bpb"] - base["metrics"]["bpb"])
+    assert any("window 32 vs 16" in w for w in result.comparison["warnings"])
+    same_file = evaluate.run(config(gpt, dataset, compare=str(tmp_path / "base" / "report.json"), window=16, limit=6))
+    assert all(row["delta"] == pytest.approx(0.0) for row in same_file.comparison["rows"])
+    with pytest.raises(UserError, match="no such report"):
+        evaluate.run(config(gpt, dataset, compare=str(tmp_path / "nowhere")))
+
+
+# -- zero-shot multiple choice ----------------------------------------------------------------------------
+def test_choice_task_from_jsonl(gpt, tmp_path):
+    items = [{"context": "The function returns", "choices": [" a value", " the the the"], "answer": 0},
+             {"context": "A class", "choices": [" defines objects", " x"], "answer": 1, "id": "second"}]
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps(i) + "\n" for i in items))
+    out = tmp_path / "report"
+    report = evaluate.run(config(gpt, data, task="choice", out=str(out))).report
+    assert set(report["metrics"]) == {"accuracy", "acc_norm"} and report["examples"] == 2
+    predictions = read_jsonl(out / "predictions.jsonl")
+    assert [p["id"] for p in predictions] == [f"{data}:1", "second"]
+    correct = [p["predicted"] == p["gold"] for p in predictions]
+    assert report["metrics"]["accuracy"] == sum(correct) / 2
+    assert all(p["predicted"] == int(np.argmax(p["logprobs"])) for p in predictions)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"context": "a", "choices": ["b", "c"]}) + "\n")
+    with pytest.raises(UserError, match=rf"{bad}:1: no 'answer'"):
+        evaluate.run(config(gpt, bad, task="choice"))
+
+
+# -- generation (SFT) ---------------------------------------------------------------------------------------
+def test_sft_checkpoint_generates_answers_scored_against_references(gpt, tmp_path):
+    from lmkit.evaluation.generation_tasks import text_metrics
+    from lmkit.generation import Generator, SamplingSettings
+    from lmkit.training.checkpoint import read_checkpoint
+    from tests.evaluation.helpers import sft_checkpoint
+
+    sft = sft_checkpoint(gpt, tmp_path / "sft")
+    rows = [{"prompt": "What does a function return?", "response": "a value"},
+            {"prompt": "Name a loop.", "response": "for"}]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report"
+    report = evaluate.run(config(sft, data, out=str(out), max_new_tokens=6, stop="\\n")).report
+    assert report["task"] == "generate"  # by default, for an SFT checkpoint
+    assert report["method"]["temperature"] == 0.0 and report["method"]["max_new_tokens"] == 6
+    assert report["method"]["stop"] == ["\n"]
+    predictions = read_jsonl(out / "predictions.jsonl")
+    expected = Generator(read_checkpoint(sft)).generate(
+        [r["prompt"] for r in rows], SamplingSettings(temperature=0.0, max_new_tokens=6, stop=("\n",)))
+    assert [p["predicted"] for p in predictions] == expected
+    assert report["metrics"] == pytest.approx(text_metrics(expected, [r["response"] for r in rows],
+                                                           ["exact_match", "chrf", "bleu", "rouge_l"]))
+    assert report["counts"]["generated_tokens"] >= 0 and report["speed"]["tokens_per_s"] >= 0
+
+
+# -- lm-evaluation-harness ------------------------------------------------------------------------------------
+def test_harness_tasks_from_local_files_into_the_report(gpt, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    from tests.evaluation.helpers import write_tasks
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    tasks = write_tasks(tmp_path / "tasks")
+    out = tmp_path / "report"
+    result = evaluate.run(config(gpt, harness_tasks=["tiny_choice", "tiny_rolling"], harness_include=str(tasks),
+                                 out=str(out), fail_if=["tiny_rolling/bits_per_byte>1000"]))
+    report = result.report
+    assert report["task"] == "harness" and result.failures == []
+    assert 0 <= report["metrics"]["tiny_choice/acc"] <= 1 and report["metrics"]["tiny_rolling/bits_per_byte"] > 0
+    assert report["method"]["harness"]["tasks"] == ["tiny_choice", "tiny_rolling"]
+    assert report["speed"]["tokens"] > 0
+    roles = {Path(f["path"]).name: f["role"] for f in artifacts.load(out).manifest["inputs"]["files"]}
+    assert roles == {"choice.jsonl": "harness", "texts.jsonl": "harness", "tiny_choice.yaml": "harness",
+                     "tiny_rolling.yaml": "harness"}
+    with pytest.raises(UserError, match="--harness-tasks: no task 'missing'"):
+        evaluate.run(config(gpt, harness_tasks=["missing"], harness_include=str(tasks)))
+
+
+def test_generation_needs_its_package_and_library_metrics_their_extra(gpt, tmp_path, monkeypatch):
+    from tests.evaluation.helpers import sft_checkpoint
+
+    sft = sft_checkpoint(gpt, tmp_path / "sft")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"prompt": "Name a loop.", "response": "for"}) + "\n")
+    monkeypatch.setattr(evaluate.generation_tasks, "missing_extra", lambda m: "sacrebleu" if m == "bleu" else None)
+    with pytest.raises(UserError, match=r"--metrics bleu: needs the sacrebleu package; install lmkit\[metrics\]"):
+        evaluate.run(config(sft, data, metrics=["bleu"]))
+    report = evaluate.run(config(sft, data, max_new_tokens=2)).report
+    assert "bleu" not in report["metrics"] and "chrf" in report["metrics"]
+    assert "bleu not computed: install lmkit[metrics] for it" in report["notes"]
+    monkeypatch.setattr(evaluate, "_can_generate", lambda: False)
+    with pytest.raises(UserError, match="--task generate: needs lmkit.generation"):
+        evaluate.run(config(sft, data))
