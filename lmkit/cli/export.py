@@ -1,0 +1,45 @@
+"""``lmkit export``: a checkpoint as a Hugging Face transformers model directory."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+import lmkit.export  # noqa: F401  (registers the "export" artifact kind)
+from lmkit.artifacts import Artifact
+from lmkit.cli._util import config_command
+from lmkit.export.config import ExportConfig
+from lmkit.progress import reporter
+
+
+def render(artifact: Artifact) -> None:
+    if artifact.up_to_date:
+        reporter.out.print(f"{artifact.path}: up to date (export {artifact.id[:12]})", markup=False)
+        return
+    stats = artifact.stats
+    table = Table(title=f"export {artifact.id[:12]} → {artifact.path}", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("model", f"{stats['architecture']}, {stats['parameters']:,} parameters")
+    table.add_row("library", f"transformers {stats['transformers_version']}")
+    if stats["checked"]:
+        table.add_row("check", f"logits within {stats['max_abs_logit_difference']:.1e} of lmkit's, token ids equal")
+    else:
+        table.add_row("check", "skipped (--no-check)")
+    auto = "AutoModelForSequenceClassification" if "Classification" in stats["architecture"] else "AutoModelForCausalLM"
+    table.add_row("load with", f"{auto}.from_pretrained({str(artifact.path)!r})")
+    reporter.out.print(table)
+
+
+def run(config: ExportConfig) -> Artifact:
+    from lmkit.export import stage  # torch loads only for commands that need it
+
+    return stage.run(config)
+
+
+config_command(
+    "export", ExportConfig,
+    help="Export a GPT checkpoint (language model or classifier) to Hugging Face transformers: a Llama-family "
+         "model (config.json, model.safetensors, generation config) and its tokenizer, checked against lmkit "
+         "before it is written. The weight mapping is in lmkit/export/hf.py.\n\n"
+         "Example: lmkit export runs/gpt/final --format hf --out hf-model",
+    render=render, run=run)

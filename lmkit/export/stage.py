@@ -1,0 +1,91 @@
+"""``lmkit export``: a checkpoint written as another library's model directory, as an artifact.
+
+The directory is built in a temporary sibling, checked (the target library loads it and must give
+lmkit's logits and token ids), sealed with a manifest naming the source checkpoint, then renamed into
+place: a refused or failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from lmkit import __version__, artifacts, config as config_lib
+from lmkit.errors import UserError
+from lmkit.export import hf
+from lmkit.export.config import ExportConfig
+from lmkit.progress import reporter
+from lmkit.training.checkpoint import read_checkpoint
+
+# Written beside the target's files: where the model comes from and how lmkit fed it, for people who
+# meet the directory without lmkit (the manifest says the same for lmkit).
+EXPORT_INFO = "lmkit_export.json"
+
+
+def run(config: ExportConfig) -> artifacts.Artifact:
+    checkpoint = read_checkpoint(config.checkpoint)
+    problems = hf.refusals(checkpoint)
+    if problems:
+        raise UserError("\n".join(problems))
+    transformers = hf.import_transformers()
+    target = hf.target_for(checkpoint)
+    identity = {**config_lib.identity_dict(config), "checkpoint": checkpoint.artifact.id}
+    recipe = artifacts.make_recipe("export", identity, [], [{"role": "checkpoint", "id": checkpoint.artifact.id}])
+    with artifacts.ArtifactWriter(config.out, "export", recipe, force=config.force) as writer:
+        if writer.up_to_date:
+            return writer.existing
+        model = hf.load_model(checkpoint)
+        reporter.info(f"exporting {checkpoint.path} as {target.architecture} ({checkpoint.model_config.n_layer} "
+                      f"layers, d_model {checkpoint.model_config.d_model})")
+        with _quiet(transformers):
+            parameters = hf.write_model(writer.tmp, checkpoint, model, target, transformers)
+            hf.write_tokenizer(writer.tmp, checkpoint, target, transformers)
+            _write_info(writer.tmp, checkpoint, target)
+            difference = None
+            if config.check:
+                reporter.info("checking: transformers loads the export and must agree with lmkit")
+                difference = hf.check_export(writer.tmp, checkpoint, model, target, transformers)
+        stats = {"format": config.format, "architecture": target.architecture, "model_type": target.model_type,
+                 "parameters": parameters, "transformers_version": transformers.__version__,
+                 "checked": config.check, "max_abs_logit_difference": difference}
+        parents = [artifacts.describe_parent("checkpoint", checkpoint.artifact, writer.out)]
+        return writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": []}, stats)
+
+
+def _write_info(directory: Path, checkpoint, target: hf.Target) -> None:
+    info = {
+        "source_checkpoint": {"id": checkpoint.artifact.id, "path": str(checkpoint.path.resolve())},
+        "lmkit_version": __version__,
+        "architecture": target.architecture,
+        "objective": checkpoint.objective,
+        "input_format": _input_format(target),
+    }
+    if checkpoint.head is not None:
+        info["labels"], info["pooling"] = checkpoint.labels, checkpoint.head["pooling"]
+    if checkpoint.template is not None:
+        info["prompt_template"] = checkpoint.template  # SFT: "{prompt}" marks the instruction
+    (directory / EXPORT_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+
+
+def _input_format(target: hf.Target) -> str:
+    if not target.classifier:
+        return "token ids as the tokenizer gives them: no <s> is added"
+    layout = "the tokens then </s> (id 3)" if hf.classifier_appends_eos() else "the tokens alone"
+    return f"{layout}, right-padded with <pad> (id 0), as the exported tokenizer gives them with padding=True"
+
+
+@contextmanager
+def _quiet(transformers) -> Iterator[None]:
+    """transformers' loading bars and advice would drown lmkit's own lines; its settings are restored after."""
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
