@@ -33,7 +33,8 @@ def register_kind(kind: str, format_version: int, made_by: str) -> None:
 
 register_kind("tokenizer", 1, "lmkit preprocess")
 register_kind("dataset", 1, "lmkit preprocess")
-register_kind("checkpoint", 1, "lmkit pretrain")
+register_kind("checkpoint", 1, "lmkit pretrain or lmkit finetune")
+register_kind("report", 1, "lmkit evaluate")
 
 _HASH_CHUNK = 1 << 20
 
@@ -289,14 +290,16 @@ def load(path: str | Path, kind: str | None = None, full: bool = True) -> Artifa
 
 
 def lineage(path: str | Path, _seen: frozenset = frozenset()) -> dict[str, Any]:
-    """The tree of an artifact's parents back to raw input files, as nested dicts."""
+    """The tree of an artifact's parents back to raw input files, as nested dicts: each node has its
+    path, kind, id, creation time, config and stats, its parents (with their role) and raw input files."""
     path = Path(path).resolve()
     try:
         manifest = read_manifest(path)
     except ArtifactError as exc:
         return {"path": str(path), "error": str(exc)}
     node: dict[str, Any] = {"path": str(path), "kind": manifest["kind"], "id": manifest["id"],
-                            "parents": [], "files": manifest["inputs"].get("files", [])}
+                            "created_at": manifest["created_at"], "config": manifest["config"],
+                            "stats": manifest["stats"], "parents": [], "files": manifest["inputs"].get("files", [])}
     if path in _seen:
         return node
     for parent in manifest["inputs"].get("artifacts", []):

@@ -16,7 +16,8 @@ from lmkit.progress import reporter
 @handle_errors
 def demo_corpus(out: Path = typer.Option(..., "--out", "-o", help="Directory to write the corpus into.")) -> None:
     """Write a small corpus from Python's own documentation: topics/*.txt (language reference) and
-    docstrings.jsonl (standard-library docstrings labeled module/class/function). No download."""
+    docstrings.jsonl (standard-library docstrings labeled module/class/function), instructions.jsonl
+    (instruction/response pairs made from them). No download."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory (--out)")
     stats = write_demo_corpus(out)

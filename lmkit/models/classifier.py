@@ -22,13 +22,13 @@ PAD_ID, EOS_ID, CLS_ID, SEP_ID = (SPECIAL_TOKENS[name][1] for name in ("pad", "e
 
 
 def format_inputs(token_lists: list[list[int]], arch: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists as one right-padded batch: ``[CLS] tokens [SEP]`` for an encoder, ``tokens </s>`` for a
-    causal model, each cut to ``max_len`` (the beginning is kept). Returns idx (B, T) and the attention
+    """Token lists as one right-padded batch: ``[CLS] tokens [SEP]`` for an encoder, the tokens alone for a
+    causal model (``</s>`` for an empty text), each cut to ``max_len`` (the beginning is kept). Returns idx (B, T) and the attention
     mask (B, T), True on real tokens; T is the longest row."""
     if arch == "bert":
         rows = [[CLS_ID, *tokens[:max_len - 2], SEP_ID] for tokens in token_lists]
-    else:
-        rows = [[*tokens[:max_len - 1], EOS_ID] for tokens in token_lists]
+    else:  # no </s>: in packed pretraining the position of </s> learns to forget what came before it
+        rows = [list(tokens[:max_len]) or [EOS_ID] for tokens in token_lists]
     width = max(len(row) for row in rows)
     idx = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)

@@ -52,6 +52,9 @@ class LoopSettings:
     flops_per_token: float
     peak_flops: float         # 0 when unknown: no MFU shown
     sharded: bool = False     # the model is already wrapped with FSDP2 (fully_shard)
+    metric: str = "val_loss"  # the validation metric that picks the best checkpoint and early stopping
+    maximize: bool = False    # True for accuracy-like metrics
+    eval_at_end: bool = False  # also validate after the last step (finetuning: the best may be the last)
 
 
 class NonFiniteError(UserError):
@@ -165,7 +168,8 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                         status += f" MFU {record['mfu']:.1%}"
                     task.set_status(status)
                     _log(metrics_path, record, env, board)
-                if settings.eval_every and state.step % settings.eval_every == 0:
+                at_end = settings.eval_at_end and state.step == settings.max_steps
+                if settings.eval_every and (state.step % settings.eval_every == 0 or at_end):
                     improved = _evaluate(forward_model if not settings.compile else model, objective, settings,
                                          state, metrics_path, env, autocast, board)
                     if improved:
@@ -209,8 +213,9 @@ def _evaluate(model: nn.Module, objective: Objective, settings: LoopSettings, st
     if not metrics:
         return False
     # One decision for all ranks (saving the best is collective).
-    metric = mean_across_ranks(torch.tensor(metrics["val_loss"], device=env.device), env).item()
-    improved = state.best_metric is None or metric < state.best_metric
+    metric = mean_across_ranks(torch.tensor(metrics[settings.metric], device=env.device), env).item()
+    improved = state.best_metric is None or (metric > state.best_metric if settings.maximize
+                                             else metric < state.best_metric)
     if improved:
         state.best_metric, state.best_step, state.evals_since_best = metric, state.step, 0
     else:

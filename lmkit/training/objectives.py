@@ -70,9 +70,14 @@ class _WindowObjective:
         inputs, targets = self._read(self.train_windows, indices, (start,))
         return {"idx": inputs.to(self.device), "targets": targets.to(self.device)}
 
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and the loss; logits at positions whose target is not IGNORE_INDEX are what a
+        distillation teacher's soft targets are compared with."""
+        return model(batch["idx"], batch["targets"])
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        _, loss = model(batch["idx"], batch["targets"])
-        return loss
+        return self.forward(model, batch)[1]
 
     def _validation_batches(self, max_batches: int):
         """(inputs, targets) over the first ``max_batches`` micro-batches (0: all) of validation."""

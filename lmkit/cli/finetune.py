@@ -1,0 +1,66 @@
+"""``lmkit finetune``: classification, instruction tuning or continued pretraining from a checkpoint."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from lmkit.cli._util import config_command
+from lmkit.cli.pretrain import _last_eval
+from lmkit.progress import reporter
+from lmkit.stages.finetune_config import FinetuneConfig
+
+
+def render(result) -> None:
+    if result.range_test is not None:
+        _render_range_test(result)
+        return
+    artifact = result.checkpoint
+    if artifact.up_to_date:
+        reporter.out.print(f"{artifact.path}: up to date (checkpoint {artifact.id[:12]})", markup=False)
+        return
+    stats = artifact.stats
+    table = Table(title=f"checkpoint {artifact.id[:12]} → {artifact.path}", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("model", f"{stats['arch']}, {stats['parameters']:,} parameters ({stats['trainable_parameters']:,} "
+                  f"trained), task {stats['task']}")
+    table.add_row("trained", f"{stats['step']:,} steps")
+    for key, value in _last_eval(artifact.path.parent / "metrics.jsonl").items():
+        if key.startswith("val_"):
+            table.add_row(f"{key} (last evaluation)", f"{value:.4f}")
+    if stats.get("best_step") is not None:
+        table.add_row("best", f"step {stats['best_step']} ({stats['metric']} {stats['best_metric']:.4f})")
+    for name, row in (result.comparison or {}).items():
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+        table.add_row(name, f"{row['parameters']:,} parameters, {figures}, {row['examples_per_s']:,.0f} examples/s")
+    reporter.out.print(table)
+
+
+def _render_range_test(result) -> None:
+    test = result.range_test
+    table = Table(title="learning-rate range test", title_justify="left")
+    table.add_column("lr", justify="right")
+    table.add_column("loss (smoothed)", justify="right")
+    every = max(1, len(test.lrs) // 12)
+    for lr, loss in list(zip(test.lrs, test.losses))[::every]:
+        table.add_row(f"{lr:.2e}", f"{loss:.4f}")
+    reporter.out.print(table)
+    reporter.out.print(f"suggested --lr {test.suggestion:.1e} (a tenth of the rate at the lowest loss; the loss "
+                       f"falls fastest at {test.steepest:.1e})", markup=False)
+    for path in result.range_test_files:
+        reporter.out.print(f"wrote {path}", markup=False)
+
+
+def run(config: FinetuneConfig):
+    from lmkit.stages import finetune  # torch loads only for commands that need it
+
+    return finetune.run(config)
+
+
+config_command(
+    "finetune", FinetuneConfig,
+    help="Finetune a checkpoint: classify (labeled dataset), sft (instruction/response JSONL), or clm/mlm "
+         "(continued pretraining), with LoRA, frozen layers, distillation from a --teacher, early stopping on "
+         "a validation metric and exact resume.\n\n"
+         "Example: lmkit finetune runs/gpt/final data/labeled --out runs/classifier --epochs 3",
+    render=render, run=run)

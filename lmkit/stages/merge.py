@@ -1,0 +1,36 @@
+"""Merging a checkpoint's LoRA adapters into its weights: a new checkpoint artifact whose parent
+is the unmerged one. Optimizer state is not carried over (it belongs to the adapters)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmkit import artifacts
+from lmkit.errors import UserError
+from lmkit.models.lora import merge_lora
+from lmkit.training.checkpoint import MODEL_CONFIG_FILE, TrainerState, read_checkpoint, write_checkpoint
+
+
+def merge_checkpoint(source: str | Path, out: str | Path, force: bool = False) -> artifacts.Artifact:
+    checkpoint = read_checkpoint(source)
+    if checkpoint.lora is None:
+        raise UserError(f"{source}: has no unmerged LoRA adapters (its model.json has no \"lora\"); nothing to merge")
+    out = Path(out)
+    if out.resolve() == checkpoint.path.resolve():
+        raise UserError(f"--out {out}: is the checkpoint being merged; choose another directory")
+    model = merge_lora(checkpoint.build_model())
+    described = json.loads(checkpoint.artifact.file(MODEL_CONFIG_FILE).read_text())
+    extra = {key: described[key] for key in ("head", "template") if key in described}
+    tokenizer = artifacts.load(checkpoint.tokenizer_path, kind="tokenizer")
+    recipe = artifacts.make_recipe("checkpoint", {"merge_lora": checkpoint.artifact.id}, [], [])
+    with artifacts.ArtifactWriter(out, "checkpoint", recipe, force=force) as writer:
+        if writer.up_to_date:
+            return writer.existing
+        state = TrainerState(**{**checkpoint.trainer_state().__dict__})
+        write_checkpoint(writer.tmp, model, checkpoint.model_config, checkpoint.objective,
+                         ({}, {"optimizers": [], "keys": "index"}), state, tokenizer, extra)
+        parents = [artifacts.describe_parent("unmerged", checkpoint.artifact, out),
+                   {"role": "tokenizer", "path": "tokenizer", "id": tokenizer.id}]
+        stats = {**checkpoint.artifact.stats, "merged_lora": checkpoint.lora}
+        return writer.commit({"merge_lora": str(source)}, {"artifacts": parents, "files": []}, stats)

@@ -1,0 +1,333 @@
+"""The finetune stage through its Python API: each task, LoRA, freezing, distillation, early
+stopping, exact resume, the range test, and every bad input it promises to refuse."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from lmkit import artifacts
+from lmkit.config import resolve
+from lmkit.errors import UserError
+from lmkit.models.lora import has_lora, merge_lora
+from lmkit.stages import finetune
+from lmkit.stages.finetune_config import FinetuneConfig
+from lmkit.training.checkpoint import read_checkpoint
+from tests.conftest import paragraphs, run_lmkit, train_tiny
+
+FAST = {"micro_batch": 8, "max_steps": 12, "eval_every": 4, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32",
+        "log_every": 1, "seq_len": 48}
+
+
+def config(base, data, out, **overrides):
+    return resolve(FinetuneConfig, {}, {"base": str(base), "data": str(data), "out": str(out), **FAST, **overrides})
+
+
+def metrics(run_dir, key="loss"):
+    return [(r["step"], r[key]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if key in r]
+
+
+def weights(path):
+    return read_checkpoint(path).build_model().state_dict()
+
+
+@pytest.fixture(scope="session")
+def bases(dataset, tmp_path_factory):
+    """Tiny pretrained checkpoints sharing the dataset's tokenizer: gpt, bert, lstm."""
+    root = tmp_path_factory.mktemp("bases")
+    return {name: train_tiny(dataset, root / name, model=preset, max_steps=4).path
+            for name, preset in (("gpt", "gpt-tiny"), ("bert", "bert-tiny"), ("lstm", "lstm-small"))}
+
+
+def _labeled_records(n=160):
+    """Two easily told classes: the same paragraphs in upper and in lower case."""
+    records = []
+    for i, text in enumerate(paragraphs(n // 2)):
+        records.append({"text": text.upper()[:200], "label": "upper"})
+        records.append({"text": text.lower()[:200] + f" {i}", "label": "lower"})
+    return records
+
+
+def _preprocess_labeled(dataset, out, records, *extra):
+    source = out.with_suffix(".jsonl")
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_lmkit("preprocess", str(source), "--out", str(out), "--label-field", "label", "--tokenizer",
+              str(dataset / "tokenizer"), "--no-near-dedup", "--filters", "too_short", "--workers", "1", *extra,
+              check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def labeled(dataset, tmp_path_factory):
+    """A labeled dataset (upper/lower) without a validation split: finetune makes one."""
+    return _preprocess_labeled(dataset, tmp_path_factory.mktemp("labeled") / "data", _labeled_records(),
+                               "--val-fraction", "0")
+
+
+@pytest.fixture(scope="session")
+def instructions(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sft") / "pairs.jsonl"
+    texts = paragraphs(60)
+    path.write_text("".join(json.dumps({"prompt": f"First word of: {t[:30]}", "response": t.split()[0]}) + "\n"
+                            for t in texts))
+    return path
+
+
+# -- tasks -------------------------------------------------------------------------------------------
+
+def test_classify_learns_and_stores_its_labels(bases, labeled, tmp_path):
+    result = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=40, eval_every=10))
+    checkpoint = read_checkpoint(result.checkpoint.path)
+    assert checkpoint.task == "classify" and checkpoint.labels == ["lower", "upper"]
+    assert checkpoint.head["pooling"] == "last"
+    accuracy = metrics(tmp_path / "run", "val_accuracy")
+    assert accuracy[-1][1] >= 0.9, accuracy  # the classes differ in every token
+    roles = {p["role"] for p in result.checkpoint.parents}
+    assert roles == {"base", "dataset", "tokenizer"}
+    assert result.checkpoint.stats["best_step"] is not None
+
+
+@pytest.mark.parametrize("arch,pooling", [("bert", "cls"), ("bert", "mean"), ("lstm", "last"), ("gpt", "mean")])
+def test_classify_every_architecture_and_pooling(bases, labeled, tmp_path, arch, pooling):
+    result = finetune.run(config(bases[arch], labeled, tmp_path / "run", max_steps=3, eval_every=3, pooling=pooling))
+    model = read_checkpoint(result.checkpoint.path).build_model()
+    assert model.pooling == pooling and model.head.out_features == 2
+
+
+def test_pretrained_backbone_is_loaded(bases, labeled, tmp_path):
+    result = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=1, lr=1e-12, warmup_steps=0))
+    tuned = weights(result.checkpoint.path)
+    for name, tensor in weights(bases["gpt"]).items():
+        if name != "lm_head.weight":
+            assert torch.allclose(tensor, tuned[f"backbone.{name}"], atol=1e-6), name
+    scratch = finetune.run(config(bases["gpt"], labeled, tmp_path / "scratch", max_steps=1, lr=1e-12,
+                                  warmup_steps=0, scratch=True))
+    assert not torch.allclose(weights(scratch.checkpoint.path)["backbone.tok_emb.weight"],
+                              tuned["backbone.tok_emb.weight"])
+
+
+def test_sft_learns_on_responses_only_and_stores_the_template(bases, instructions, tmp_path):
+    template = "Q: {prompt}\nA: "
+    result = finetune.run(config(bases["gpt"], instructions, tmp_path / "run", template=template, max_steps=8))
+    checkpoint = read_checkpoint(result.checkpoint.path)
+    assert checkpoint.task == "sft" and checkpoint.template == template and checkpoint.objective == "sft"
+    losses = [loss for _, loss in metrics(tmp_path / "run")]
+    assert losses[-1] < losses[0]
+    assert metrics(tmp_path / "run", "val_token_accuracy")
+
+
+@pytest.mark.parametrize("arch,task", [("gpt", "clm"), ("bert", "mlm")])
+def test_continued_pretraining(bases, dataset, tmp_path, arch, task):
+    result = finetune.run(config(bases[arch], dataset, tmp_path / "run", max_steps=4, micro_batch=4))
+    checkpoint = read_checkpoint(result.checkpoint.path)
+    assert checkpoint.objective == task and checkpoint.task == "lm"
+    assert metrics(tmp_path / "run", "val_loss")
+
+
+# -- parameter-efficient finetuning -----------------------------------------------------------------------
+
+def test_lora_trains_few_parameters_and_merges_to_a_plain_checkpoint(bases, labeled, tmp_path):
+    kept = finetune.run(config(bases["gpt"], labeled, tmp_path / "kept", lora_rank=4, lora_merge=False))
+    stats = kept.checkpoint.stats
+    assert stats["trainable_parameters"] < 0.2 * stats["parameters"]
+    unmerged = read_checkpoint(kept.checkpoint.path)
+    assert unmerged.lora == {"rank": 4, "alpha": 16.0, "dropout": 0.05}
+    model = unmerged.build_model().eval()
+    assert has_lora(model)
+    # LoRA's B starts at zero: check that training moved it, or the equality below proves nothing.
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith("lora_b"))
+    idx = torch.randint(7, 400, (3, 20))
+    before = model(idx)[0]
+    after = merge_lora(model)(idx)[0]
+    assert torch.allclose(before, after, atol=1e-5)
+    # The merge command writes a plain checkpoint with the same outputs.
+    result = run_lmkit("merge-lora", str(kept.checkpoint.path), "--out", str(tmp_path / "merged"))
+    assert result.returncode == 0, result.stderr
+    merged = read_checkpoint(tmp_path / "merged")
+    assert merged.lora is None and merged.labels == unmerged.labels
+    assert torch.allclose(merged.build_model().eval()(idx)[0], before, atol=1e-5)
+    # Merged by default: final/ is a plain checkpoint.
+    plain = finetune.run(config(bases["gpt"], labeled, tmp_path / "plain", lora_rank=4, max_steps=2))
+    assert read_checkpoint(plain.checkpoint.path).lora is None
+
+
+def test_freeze_keeps_frozen_weights(bases, labeled, tmp_path):
+    result = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", freeze="embeddings,layers:1"))
+    tuned, base = weights(result.checkpoint.path), weights(bases["gpt"])
+    assert torch.equal(tuned["backbone.tok_emb.weight"], base["tok_emb.weight"])
+    assert torch.equal(tuned["backbone.blocks.0.attn.qkv.weight"], base["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(tuned["backbone.blocks.1.attn.qkv.weight"], base["blocks.1.attn.qkv.weight"])
+
+
+# -- small labeled data -------------------------------------------------------------------------------------
+
+def test_early_stopping_keeps_the_best_in_final(bases, labeled, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.9, 0.6, 0.7, 0.8, 0.95])
+    real = finetune.Classification.evaluate
+
+    def scripted(self, model, max_batches):
+        found = real(self, model, max_batches)
+        return {**found, "val_accuracy": next(scores)}
+
+    monkeypatch.setattr(finetune.Classification, "evaluate", scripted)
+    result = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=40, eval_every=2, patience=2))
+    assert result.checkpoint.stats["best_step"] == 4 and result.checkpoint.stats["step"] == 8  # stopped early
+    assert result.checkpoint.stats["best_metric"] == pytest.approx(0.9)
+    best = weights(tmp_path / "run" / "step-00000004")
+    for name, tensor in weights(result.checkpoint.path).items():
+        assert torch.equal(tensor, best[name]), name
+
+
+@pytest.mark.parametrize("overrides", [{}, {"lora_rank": 4, "lora_merge": False}, {"token_dropout": 0.2,
+                                                                                   "dropout": 0.1}],
+                         ids=["full", "lora", "augmented"])
+def test_resume_equals_uninterrupted(bases, labeled, tmp_path, overrides):
+    settings = {"checkpoint_every": 6, "keep_last": 5, "final": "last", **overrides}
+    full = finetune.run(config(bases["gpt"], labeled, tmp_path / "full", **settings))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copytree(tmp_path / "full" / "step-00000006", partial / "step-00000006")
+    resumed = finetune.run(config(bases["gpt"], labeled, partial, resume=True, **settings))
+    for name, tensor in weights(full.checkpoint.path).items():
+        assert torch.equal(tensor, weights(resumed.checkpoint.path)[name]), name
+    assert metrics(tmp_path / "full")[6:] == metrics(partial)
+
+
+def test_validation_split_is_stratified(bases, labeled, tmp_path):
+    from lmkit.stages.finetune_data import labeled_splits
+
+    train, validation, names, made = labeled_splits(artifacts.load(labeled), 0.25, seed=0)
+    assert made and names == ["lower", "upper"]
+    assert sorted(validation.labels.tolist()).count(0) == sorted(validation.labels.tolist()).count(1)
+    assert len(validation.tokens) + len(train.tokens) == sum(
+        s["documents"] for s in artifacts.load(labeled).stats["splits"].values())
+
+
+def test_class_weights_balanced(bases, dataset, tmp_path):
+    records = _labeled_records(40)[:30]  # imbalanced after dropping most of one class
+    records = [r for r in records if r["label"] == "upper"] + [r for r in records if r["label"] == "lower"][:5]
+    data = _preprocess_labeled(dataset, tmp_path / "imbalanced", records, "--val-fraction", "0")
+    run = finetune._plan(config(bases["gpt"], data, tmp_path / "run", class_weights="balanced", micro_batch=2),
+                         finetune.distributed.setup())
+    weights_ = run.objective.class_weights.tolist()
+    counts = torch.bincount(torch.tensor(run.objective.train_labels)).tolist()
+    total = sum(counts)
+    assert weights_ == pytest.approx([total / (2 * c) for c in counts])
+
+
+def test_find_lr_suggests_a_rate_and_saves_nothing(bases, labeled, tmp_path):
+    result = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", find_lr=True, find_lr_steps=30))
+    test = result.range_test
+    assert 1e-7 <= test.suggestion <= 1 and len(test.lrs) == len(test.losses) >= 3
+    assert test.lrs == sorted(test.lrs)
+    assert (tmp_path / "run" / "lr-find.json").is_file() and (tmp_path / "run" / "lr-find.png").stat().st_size > 0
+    assert not list((tmp_path / "run").glob("final"))
+
+
+# -- distillation ---------------------------------------------------------------------------------------------
+
+def test_distillation_into_a_smaller_student(bases, labeled, tmp_path):
+    teacher = finetune.run(config(bases["gpt"], labeled, tmp_path / "teacher", max_steps=6))
+    student = finetune.run(config(bases["gpt"], labeled, tmp_path / "student", teacher=str(teacher.checkpoint.path),
+                                  model="gpt-tiny", d_model=32, n_layer=1, n_head=2, max_steps=6))
+    rows = student.comparison
+    assert rows["student"]["parameters"] < rows["teacher"]["parameters"]
+    assert {"val_accuracy", "examples_per_s"} <= set(rows["student"])
+    assert {p["role"] for p in student.checkpoint.parents} >= {"teacher", "base"}
+
+
+def test_distillation_loss_is_kl_plus_hard():
+    from lmkit.training.tasks import Distillation
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.nn.Parameter(logits)
+
+    class Objective:
+        name, archs, tokens_per_sample, train_windows, val_windows = "classify", ("gpt",), 1, None, None
+
+        def forward(self, model, batch, teacher=False):
+            logits = model.logits
+            return logits, torch.nn.functional.cross_entropy(logits, batch["targets"])
+
+    student, teacher = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]])
+    loss = Distillation(Objective(), Fixed(teacher), temperature=2.0, alpha=0.25).loss(
+        Fixed(student), {"targets": torch.tensor([0])})
+    p_teacher, q_student = torch.softmax(teacher / 2, -1), torch.softmax(student / 2, -1)
+    kl = (p_teacher * (p_teacher.log() - q_student.log())).sum()
+    hard = -torch.log_softmax(student, -1)[0, 0]
+    assert loss.item() == pytest.approx(0.25 * 4 * kl.item() + 0.75 * hard.item(), rel=1e-5)
+
+
+# -- bad input ------------------------------------------------------------------------------------------------
+
+def test_bad_inputs_are_refused_before_compute(bases, labeled, dataset, instructions, tmp_path):
+    out = tmp_path / "run"
+
+    def refused(message, base=bases["gpt"], data=labeled, **overrides):
+        with pytest.raises(UserError, match=message):
+            finetune.run(config(base, data, out, **overrides))
+        assert not out.exists()  # nothing written
+
+    refused("has no labels; classify needs a labeled dataset", data=dataset, task="classify")
+    refused("--task sft: does not fit a bert model", base=bases["bert"], data=instructions)
+    refused("--task mlm: does not fit a gpt model", data=dataset, task="mlm")
+    refused("is a dataset artifact, expected a checkpoint", base=labeled)
+    refused("--lora-rank: an LSTM has no attention", base=bases["lstm"], lora_rank=4)
+    refused("--freeze layers:9: the model has 2 blocks", freeze="layers:9")
+    refused("--metric accuracy: is a classification metric", data=instructions, metric="accuracy")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "only a prompt"}\n')
+    refused(r"bad.jsonl:2: field 'response' is missing", data=bad)
+    bad.write_text('{"prompt": "a", "response": "b"}\n{oops\n')
+    refused(r"bad.jsonl:2: not valid JSON", data=bad)
+
+
+def test_classifier_base_and_mismatched_teacher_refused(bases, labeled, dataset, tmp_path):
+    classifier = finetune.run(config(bases["gpt"], labeled, tmp_path / "clf", max_steps=2)).checkpoint.path
+    with pytest.raises(UserError, match="is a classifier checkpoint"):
+        finetune.run(config(classifier, labeled, tmp_path / "run"))
+    with pytest.raises(UserError, match="cannot teach --task clm"):
+        finetune.run(config(bases["gpt"], dataset, tmp_path / "run", teacher=str(classifier), micro_batch=4))
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_base(tmp_path_factory, text_corpus):
+    root = tmp_path_factory.mktemp("other")
+    run_lmkit("preprocess", str(text_corpus), "--out", str(root / "data"), "--vocab-size", "350", "--workers", "1",
+              check=True)
+    return train_tiny(root / "data", root / "gpt", max_steps=1).path
+
+
+def test_tokenizer_mismatches_refused(other_tokenizer_base, bases, labeled, tmp_path):
+    with pytest.raises(UserError, match="was tokenized with another tokenizer"):
+        finetune.run(config(other_tokenizer_base, labeled, tmp_path / "run"))
+    teacher = finetune.run(config(bases["gpt"], labeled, tmp_path / "teacher", max_steps=2)).checkpoint.path
+    with pytest.raises(UserError, match="--teacher .*: its tokenizer differs"):
+        finetune.run(config(other_tokenizer_base, labeled.parent / "x", tmp_path / "run2", teacher=str(teacher),
+                            task="classify"))
+
+
+def test_single_class_and_unseen_validation_label_refused(bases, dataset, tmp_path, monkeypatch):
+    records = [r for r in _labeled_records(40) if r["label"] == "upper"]
+    only = _preprocess_labeled(dataset, tmp_path / "only", records, "--val-fraction", "0")
+    with pytest.raises(UserError, match="every training example has the label 'upper'"):
+        finetune.run(config(bases["gpt"], only, tmp_path / "run", micro_batch=2))
+    from lmkit.stages import finetune_data
+
+    real = finetune_data.read_labeled
+
+    def validation_with_a_new_label(dataset_, split):
+        found = real(dataset_, "train")
+        if split == "validation":  # a validation split whose labels include one training never has
+            return finetune_data.LabeledSplit(found.tokens[:3], found.labels[:3] * 0 + 2)
+        return finetune_data.LabeledSplit(found.tokens, found.labels % 2)
+
+    monkeypatch.setattr(finetune_data, "read_labeled", validation_with_a_new_label)
+    data = _preprocess_labeled(dataset, tmp_path / "three", _labeled_records(40) + [
+        {"text": "A THIRD KIND OF TEXT HERE", "label": "zzz"}], "--val-fraction", "0")
+    with pytest.raises(UserError, match="validation label 'zzz' never occurs in training"):
+        finetune.run(config(bases["gpt"], data, tmp_path / "run2", micro_batch=2))
