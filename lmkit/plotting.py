@@ -134,6 +134,24 @@ def plot_run_end(run_dir: str | Path) -> Path | None:
     return path
 
 
+def plot_range_test(result: Any, path: Path) -> Path | None:
+    """The learning-rate range test's curve (``finetune --find-lr``) with the suggested rate; None (and a
+    detail line) when matplotlib is not installed: the figures are printed anyway."""
+    try:
+        figure_class = require_matplotlib("plotting")
+    except UserError:
+        reporter.detail(f"no lr-find.png: matplotlib is not installed ({EXTRA})")
+        return None
+    figure = figure_class(figsize=(6, 4))
+    axes = figure.subplots()
+    axes.plot(result.lrs, result.losses)
+    axes.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggested {result.suggestion:.1e}")
+    axes.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title="learning-rate range test")
+    axes.legend()
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def _display_names(runs: list[RunMetrics]) -> list[str]:
     """Legends name runs by directory; two runs with the same name are told apart by their paths."""
     names = [run.name for run in runs]

@@ -8,7 +8,6 @@ Messages and progress go to stderr; results (tables, "up to date") go to stdout,
 from __future__ import annotations
 
 import os
-import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator

@@ -35,6 +35,7 @@ register_kind("tokenizer", 1, "lmkit preprocess")
 register_kind("dataset", 1, "lmkit preprocess")
 register_kind("checkpoint", 1, "lmkit pretrain or lmkit finetune")
 register_kind("report", 1, "lmkit evaluate")
+register_kind("export", 1, "lmkit export")
 
 _HASH_CHUNK = 1 << 20
 

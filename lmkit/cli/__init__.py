@@ -30,12 +30,8 @@ def _global_options(
 
 
 # Registering the commands: each module adds itself to `app` on import.
-from lmkit.cli import demo, finetune, info, lineage, merge_lora, preprocess, pretrain, verify  # noqa: E402,F401
-from lmkit.cli import export  # noqa: E402,F401
-from lmkit.cli import inspect  # noqa: E402,F401
-from lmkit.cli import plot  # noqa: E402,F401
-from lmkit.cli import evaluate  # noqa: E402,F401
-from lmkit.cli import generate  # noqa: E402,F401
+from lmkit.cli import (demo, evaluate, export, finetune, generate, info, inspect, lineage,  # noqa: E402,F401
+                       merge_lora, plot, preprocess, pretrain, verify)
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rich.table import Table
 
-import lmkit.export  # noqa: F401  (registers the "export" artifact kind)
 from lmkit.artifacts import Artifact
 from lmkit.cli._util import config_command
 from lmkit.export.config import ExportConfig

@@ -4,8 +4,8 @@
   about half a megabyte of technical English prose and code.
 * ``docstrings.jsonl``: docstrings of standard-library modules, classes and functions, labeled
   ``module``, ``class`` or ``function``: a small labeled set for classification.
-* ``instructions.jsonl``: instruction/response pairs made from the same docstrings, for
-  instruction tuning: the prompt asks for the kind of object a docstring documents and its first
+* ``instructions.jsonl`` and ``instructions-test.jsonl`` (every tenth pair, held out):
+  instruction/response pairs made from the same docstrings, for instruction tuning: the prompt asks for the kind of object a docstring documents and its first
   line; the response answers in a fixed format, ``KIND: FIRST LINE``.
 
 Nothing is downloaded. The exact text depends on the Python version, which is fine for a demo.
@@ -66,11 +66,11 @@ INSTRUCTION = "What does this docstring document? Answer with its kind and first
 
 
 def _instructions(records: list[dict]) -> list[dict]:
-    """One instruction per docstring: its first paragraph (at most 300 characters) as the prompt,
+    """One instruction per docstring: its first paragraph (at most 150 characters) as the prompt,
     ``KIND: FIRST LINE`` as the response."""
     pairs = []
     for record in records:
-        paragraph = record["text"].split("\n\n")[0][:300]
+        paragraph = record["text"].split("\n\n")[0][:150]
         first_line = record["text"].split("\n")[0].strip()
         pairs.append({"prompt": INSTRUCTION + paragraph, "response": f"{record['label']}: {first_line}",
                       "meta": record["meta"]})
@@ -90,7 +90,9 @@ def write_demo_corpus(out: Path) -> dict:
     records = _docstrings()
     lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     changed += _write_if_changed(out / "docstrings.jsonl", lines)
-    instructions = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in _instructions(records))
-    changed += _write_if_changed(out / "instructions.jsonl", instructions)
+    pairs = _instructions(records)
+    for name, chosen in (("instructions.jsonl", [p for i, p in enumerate(pairs) if i % 10 != 9]),
+                         ("instructions-test.jsonl", pairs[9::10])):  # every tenth pair held out for evaluation
+        changed += _write_if_changed(out / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in chosen))
     return {"topics": len(pydoc_data.topics.topics), "docstrings": len(records), "files_changed": changed,
             "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}

@@ -132,6 +132,14 @@ def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings,
     return inputs, targets
 
 
+def seeded_generator(seed: int, *key: int) -> torch.Generator:
+    """A torch generator whose stream depends only on (seed, key): e.g. the masks or augmentation of the
+    sample at a global position, the same in a resumed run."""
+    generator = torch.Generator()
+    generator.manual_seed(int(np.random.SeedSequence([seed, *key]).generate_state(1)[0]))
+    return generator
+
+
 @functools.lru_cache(maxsize=2)
 def _permutation(count: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count)

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lmkit.data.packing import CLS_ID, IGNORE_INDEX, SEP_ID, MaskingSettings, mask_tokens
+from lmkit.data.packing import CLS_ID, IGNORE_INDEX, SEP_ID, MaskingSettings, mask_tokens, seeded_generator
 from lmkit.evaluation.scoring import PAD_ID, Inference, Span, score_spans, token_logprobs
 from lmkit.tokenizer import SPECIAL_TOKENS
 
@@ -114,20 +114,13 @@ def masked_windows(documents: Sequence[Sequence[int]], window: int) -> list[np.n
     return [np.concatenate([[CLS_ID], stream[start:start + chunk], [SEP_ID]]) for start in range(0, len(stream), chunk)]
 
 
-def _window_generator(seed: int, index: int) -> torch.Generator:
-    """Each window's masks depend on (seed, window index) only, not on the batch it falls in."""
-    generator = torch.Generator()
-    generator.manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
-    return generator
-
-
 def evaluate_masked(inference: Inference, documents: Sequence[Sequence[int]], window: int, vocab_size: int,
                     masking: MaskingSettings, seed: int, advance: Callable[[int], None] | None = None
                     ) -> tuple[dict[str, float], int]:
     """Masked-LM loss (nats per masked token), its exponent and accuracy under BERT's 80/10/10 corruption,
     with masks drawn from ``seed`` (Devlin et al. 2019); and the number of masked tokens."""
     windows = masked_windows(documents, window)
-    corrupted = [mask_tokens(torch.as_tensor(w)[None], vocab_size, masking, _window_generator(seed, i))
+    corrupted = [mask_tokens(torch.as_tensor(w)[None], vocab_size, masking, seeded_generator(seed, i))  # masks depend on (seed, window) only
                  for i, w in enumerate(windows)]
     values, correct, masked = [], 0, 0
     for start in range(0, len(windows), inference.batch_size):

@@ -3,9 +3,5 @@
 An export is an artifact (kind ``export``): the target's own files (config.json, model.safetensors,
 tokenizer files ...) plus lmkit's manifest.json, so ``lmkit verify`` and ``lmkit lineage`` work on it
 and the target ignores the extra file. ``hf.py`` holds the weight mapping; ``stage.py`` the stage.
-Importing this package is cheap (no torch, no transformers): the CLI imports it to register the kind.
+The ``export`` kind is registered with the others in lmkit/artifacts/manifest.py.
 """
-
-from lmkit import artifacts
-
-artifacts.register_kind("export", 1, "lmkit export")

@@ -326,7 +326,7 @@ def _run_task(config: EvaluateConfig, plan: _Plan, inference: Inference, tokeniz
     if plan.task == "classify":
         where = str(plan.dataset.path) if plan.dataset is not None else ", ".join(plan.files)
         return tasks.classify(inference, loaded, loaded.labels, checkpoint.labels, model_config.arch,
-                              model_config.block_size, where)
+                              checkpoint.max_len, where)
     if plan.task == "choice":
         return tasks.multiple_choice(inference, tokenizer, loaded, plan.window)
     stop = config.stop_strings()

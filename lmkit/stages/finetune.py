@@ -42,8 +42,10 @@ from lmkit.training.optim import build_optimizer
 from lmkit.training.tasks import Classification, Distillation, InstructionTuning
 
 # What fixes a run's data, model and order: a resumed run must keep them.
-_RESUME_INVARIANTS = ("task", "seq_len", "micro_batch", "accumulation", "seed", "optimizer", "lora_rank", "freeze",
-                      "pooling", "scratch", "model", "val_fraction", "template", "token_dropout", "class_weights")
+_RESUME_INVARIANTS = ("task", "seq_len", "micro_batch", "accumulation", "seed", "optimizer", "lora_rank", "lora_alpha",
+                      "lora_dropout", "freeze", "pooling", "scratch", "model", "n_layer", "n_head", "d_model", "d_ff",
+                      "dropout", "val_fraction", "max_train_examples", "template", "prompt_field", "response_field",
+                      "token_dropout", "class_weights", "temperature", "distill_alpha", "mask_prob")
 TASK_ARCHS = {"classify": ("gpt", "bert", "lstm"), "sft": ("gpt", "lstm"), "clm": ("gpt", "lstm"), "mlm": ("bert",)}
 
 
@@ -126,7 +128,7 @@ def _plan(config: FinetuneConfig, env: distributed.Distributed) -> _Plan:
     if seq_len > model_cfg.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's block size {model_cfg.block_size}")
     layout = BatchLayout(config.micro_batch, config.accumulation, env.world_size)
-    teacher = _teacher(config, tokenizer, task) if config.teacher else None
+    teacher = _teacher(config, tokenizer, task, seq_len) if config.teacher else None
     notes: list[str] = []
     head = template = None
     data_parent = None
@@ -137,11 +139,9 @@ def _plan(config: FinetuneConfig, env: distributed.Distributed) -> _Plan:
         if made:
             notes.append(f"validation: {len(validation.tokens)} examples held out of train (--val-fraction "
                          f"{config.val_fraction}, stratified)")
-        if config.max_train_examples and config.max_train_examples < len(train.tokens):
-            chosen = np.sort(np.random.default_rng([config.seed, 2]).permutation(len(train.tokens))
-                             [:config.max_train_examples])
+        chosen = _subset(len(train.tokens), config, notes)
+        if chosen is not None:
             train = type(train)([train.tokens[i] for i in chosen], train.labels[chosen])
-            notes.append(f"training on {len(chosen)} examples (--max-train-examples)")
         pooling = DEFAULT_POOLING[model_cfg.arch] if config.pooling == "auto" else config.pooling
         if pooling not in POOLING[model_cfg.arch]:
             raise UserError(f"--pooling {pooling}: does not fit a {model_cfg.arch} model "
@@ -156,7 +156,7 @@ def _plan(config: FinetuneConfig, env: distributed.Distributed) -> _Plan:
         objective = Classification(train.tokens, train.labels, validation.tokens, validation.labels, len(names),
                                    model_cfg.arch, seq_len, layout, config.seed, env.device, weights,
                                    config.token_dropout, teacher.model_config.arch if teacher else None)
-        head = {"labels": names, "pooling": pooling}
+        head = {"labels": names, "pooling": pooling, "max_len": seq_len}
         data_parent = ("dataset", dataset)
         identity["data"] = dataset.id
     elif task == "sft":
@@ -165,9 +165,8 @@ def _plan(config: FinetuneConfig, env: distributed.Distributed) -> _Plan:
         if cut:
             notes.append(f"{cut} of {len(examples)} responses were cut to fit --seq-len {seq_len}")
         train, validation = split_off(examples, config.val_fraction, config.seed)
-        if config.max_train_examples and config.max_train_examples < len(train):
-            chosen = np.sort(np.random.default_rng([config.seed, 2]).permutation(len(train))
-                             [:config.max_train_examples])
+        chosen = _subset(len(train), config, notes)
+        if chosen is not None:
             train = [train[i] for i in chosen]
         notes.append(f"validation: {len(validation)} of {len(examples)} records held out (--val-fraction "
                      f"{config.val_fraction})")
@@ -200,6 +199,14 @@ def _plan(config: FinetuneConfig, env: distributed.Distributed) -> _Plan:
                  recipe, run_dir, resume_from, notes)
 
 
+def _subset(count: int, config: FinetuneConfig, notes: list[str]) -> np.ndarray | None:
+    """--max-train-examples: a seeded random subset of the training examples (indices, in order)."""
+    if not config.max_train_examples or config.max_train_examples >= count:
+        return None
+    notes.append(f"training on {config.max_train_examples} of {count} examples (--max-train-examples)")
+    return np.sort(np.random.default_rng([config.seed, 2]).permutation(count)[:config.max_train_examples])
+
+
 def _dataset(path: Path, tokenizer: artifacts.Artifact, base: str) -> artifacts.Artifact:
     dataset = artifacts.load(path, kind="dataset")
     theirs = artifacts.load(dataset.path / "tokenizer", kind="tokenizer")
@@ -209,8 +216,11 @@ def _dataset(path: Path, tokenizer: artifacts.Artifact, base: str) -> artifacts.
     return dataset
 
 
-def _teacher(config: FinetuneConfig, tokenizer: artifacts.Artifact, task: str) -> Checkpoint:
+def _teacher(config: FinetuneConfig, tokenizer: artifacts.Artifact, task: str, seq_len: int) -> Checkpoint:
     teacher = read_checkpoint(config.teacher)
+    if teacher.model_config.block_size < seq_len:
+        raise UserError(f"--teacher {config.teacher}: its block size {teacher.model_config.block_size} is below "
+                        f"--seq-len {seq_len}; lower --seq-len")
     if artifacts.load(teacher.tokenizer_path, kind="tokenizer").id != tokenizer.id:
         raise UserError(f"--teacher {config.teacher}: its tokenizer differs from {config.base}'s; a teacher's soft "
                         "targets are over the same tokens (or labels) as the student's")
@@ -277,6 +287,9 @@ def _run(config: FinetuneConfig, env: distributed.Distributed) -> FinetuneResult
 
     n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     steps = config.max_steps or math.ceil(config.epochs * plan.objective.train_windows.count / plan.layout.global_batch)
+    warmup = min(config.warmup_steps, steps // 2)
+    if warmup < config.warmup_steps:
+        plan.notes.append(f"--warmup-steps {config.warmup_steps} lowered to {warmup}: half of the {steps} steps")
     reporter.info(f"finetune ({plan.task}): {plan.model_config.arch}, {n_params:,} parameters, {n_trainable:,} "
                   f"trainable ({n_trainable / n_params:.1%}); {plan.objective.train_windows.count:,} training "
                   f"examples, {steps} steps of {plan.layout.global_batch}; {precision}")
@@ -299,7 +312,7 @@ def _run(config: FinetuneConfig, env: distributed.Distributed) -> FinetuneResult
         return saver.save(tag, model, optimizer_state, trainer_state)
 
     settings = LoopSettings(
-        lr=config.lr, schedule=config.schedule, warmup_steps=min(config.warmup_steps, steps // 2),
+        lr=config.lr, schedule=config.schedule, warmup_steps=warmup,
         min_lr_ratio=config.min_lr_ratio, decay_fraction=config.decay_fraction, grad_clip=config.grad_clip,
         max_steps=steps, schedule_steps=steps, max_tokens=0, max_seconds=parse_duration(config.max_time),
         eval_every=config.eval_every, eval_batches=config.eval_batches, patience=config.patience,
@@ -320,7 +333,7 @@ def _run(config: FinetuneConfig, env: distributed.Distributed) -> FinetuneResult
         final = saver.save(FINAL, model, None, state, extra={k: v for k, v in extra.items() if k != "lora"})
     else:
         final = saver.save(FINAL, model, optimizers, state)
-    _write_plot(plan.run_dir)
+    rundir.write_plot(plan.run_dir, env)
     return FinetuneResult(checkpoint=artifacts.load(final), comparison=comparison)
 
 
@@ -340,7 +353,8 @@ def _compare(plan: _Plan, student: torch.nn.Module, teacher: torch.nn.Module, ob
     for name, model in (("teacher", teacher), ("student", student)):
         model.eval()
         started = time.perf_counter()
-        metrics = objective.evaluate(model, 0)
+        framing = {"arch": plan.teacher.model_config.arch} if name == "teacher" and plan.task == "classify" else {}
+        metrics = objective.evaluate(model, 0, **framing)
         seconds = time.perf_counter() - started
         examples = objective.val_windows.count if objective.val_windows else 0
         rows[name] = {"parameters": count_parameters(model), **metrics,
@@ -366,36 +380,9 @@ def _find_lr(config: FinetuneConfig, plan: _Plan, model, objective, optimizers, 
         path = plan.run_dir / "lr-find.json"
         path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
         files.append(path)
-        picture = _plot_range_test(result, plan.run_dir / "lr-find.png")
+        from lmkit.plotting import plot_range_test
+
+        picture = plot_range_test(result, plan.run_dir / "lr-find.png")
         if picture:
             files.append(picture)
     return FinetuneResult(range_test=result, range_test_files=files)
-
-
-def _plot_range_test(result, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        reporter.detail("no lr-find.png: matplotlib is missing (pip install 'lmkit[plot]')")
-        return None
-    figure, axes = plt.subplots(figsize=(6, 4))
-    axes.plot(result.lrs, result.losses)
-    axes.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggested {result.suggestion:.1e}")
-    axes.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title="learning-rate range test")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def _write_plot(run_dir: Path) -> None:
-    """The run's training plot (lmkit plot), when the plotting module and matplotlib are present."""
-    try:
-        from lmkit.plotting import plot_run_end
-    except ImportError:
-        return
-    plot_run_end(run_dir)

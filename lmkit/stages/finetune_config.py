@@ -121,7 +121,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("micro_batch", "accumulation", "keep_last", "log_every", "find_lr_steps"):
+        if self.find_lr_steps < 3:
+            problems.append("--find-lr-steps: must be at least 3 (a rate is suggested from the curve's shape)")
+        for name in ("micro_batch", "accumulation", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{flag_name(name)}: must be at least 1")
         for name in ("seq_len", "warmup_steps", "max_steps", "eval_every", "eval_batches", "patience",

@@ -182,4 +182,5 @@ def _run(config: PretrainConfig, env: distributed.Distributed) -> artifacts.Arti
     state = fit(model, objective, optimizers, settings, plan.layout, env, plan.run_dir, state, save,
                 last_checkpoint=plan.resume_from)
     final = save(FINAL, state, optimizers)
+    rundir.write_plot(plan.run_dir, env)
     return artifacts.load(final)

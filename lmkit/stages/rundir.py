@@ -170,6 +170,15 @@ class CheckpointSaver:
         _prune(self.run_dir, self.config.keep_last, state.best_step)
 
 
+def write_plot(run_dir: Path, env: distributed.Distributed) -> None:
+    """RUN/plots.png (the run's curves, as ``lmkit plot`` draws them) at the end of a run, on rank 0;
+    quietly skipped when matplotlib is not installed."""
+    if env.is_main:
+        from lmkit.plotting import plot_run_end
+
+        plot_run_end(run_dir)
+
+
 def _prune(run_dir: Path, keep_last: int, best_step: int | None) -> None:
     steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
     keep = set(steps[-keep_last:])

@@ -105,7 +105,7 @@ class Checkpoint:
     artifact: artifacts.Artifact
     model_config: ModelConfig
     objective: str                    # clm, mlm, classify or sft
-    head: dict[str, Any] | None = None      # classifiers: {"labels": [names by index], "pooling": ...}
+    head: dict[str, Any] | None = None      # classifiers: {"labels": [names by index], "pooling", "max_len"}
     template: str | None = None             # sft: the prompt template, "{prompt}" marks the instruction
     lora: dict[str, Any] | None = None      # unmerged adapters: {"rank", "alpha", "dropout"}
 
@@ -119,6 +119,13 @@ class Checkpoint:
     @property
     def labels(self) -> list[str] | None:
         return None if self.head is None else list(self.head["labels"])
+
+    @property
+    def max_len(self) -> int:
+        """Longest input a classifier was trained on (inputs are cut to it); else the block size."""
+        if self.head is not None and self.head.get("max_len"):
+            return int(self.head["max_len"])
+        return self.model_config.block_size
 
     @property
     def path(self) -> Path:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, TokenStream, sample_indices)
+from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, TokenStream, sample_indices,
+                                seeded_generator)
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,7 @@ class MaskedLM(_WindowObjective):
     def _read(self, windows, indices, key):
         # Masks depend only on the seed and the global sample position: a resumed run, or one with
         # another split of the same global batch over processes and micro-batches, masks identically.
-        generator = torch.Generator()
-        generator.manual_seed(int(np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]))
-        return windows.batch(indices, generator)
+        return windows.batch(indices, seeded_generator(self.seed, *key))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.data.packing import IGNORE_INDEX, sample_indices
+from lmkit.data.packing import IGNORE_INDEX, sample_indices, seeded_generator
+from lmkit.evaluation.metrics import classification_metrics
 from lmkit.models.classifier import PAD_ID, format_inputs
 from lmkit.training.objectives import BatchLayout
 
@@ -27,26 +28,6 @@ class Count:
     """What the loop and the stage's checks need to know of a set of examples."""
 
     count: int
-
-
-def classification_metrics(gold: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Accuracy and macro F1 (the unweighted mean of per-class F1; a class never gold nor predicted
-    scores 0 here: it is left out of the mean instead)."""
-    f1s = []
-    for c in range(n_classes):
-        tp = int(((predicted == c) & (gold == c)).sum())
-        fp = int(((predicted == c) & (gold != c)).sum())
-        fn = int(((predicted != c) & (gold == c)).sum())
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float((gold == predicted).mean()) if len(gold) else 0.0,
-            "f1": float(np.mean(f1s)) if f1s else 0.0}
-
-
-def _seeded(seed: int, *key: int) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(int(np.random.SeedSequence([seed, *key]).generate_state(1)[0]))
-    return generator
 
 
 def drop_tokens(tokens: list[int], probability: float, generator: torch.Generator) -> list[int]:
@@ -94,7 +75,7 @@ class Classification:
         indices = sample_indices(len(self.train), self.seed, start, self.layout.micro_batch)
         token_lists = [self.train[i] for i in indices]
         if self.token_dropout:
-            generator = _seeded(self.seed, start)
+            generator = seeded_generator(self.seed, start)
             token_lists = [drop_tokens(tokens, self.token_dropout, generator) for tokens in token_lists]
         return self._batch(token_lists, self.train_labels[indices])
 
@@ -110,29 +91,32 @@ class Classification:
         return self.forward(model, batch)[1]
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, token_lists: list[list[int]]) -> np.ndarray:
-        """Class probabilities (N, K) of ``token_lists``, in batches of similar length."""
+    def predict(self, model: nn.Module, token_lists: list[list[int]], arch: str | None = None) -> np.ndarray:
+        """Class probabilities (N, K) of ``token_lists``, in batches of similar length, framed for ``arch``
+        (default: the trained model's)."""
         order = np.argsort([len(t) for t in token_lists], kind="stable")
         probabilities = np.zeros((len(token_lists), self.n_classes), dtype=np.float64)
         size = self.layout.micro_batch * 2
         for start in range(0, len(order), size):
             chosen = order[start:start + size]
-            idx, mask = format_inputs([token_lists[i] for i in chosen], self.arch, self.seq_len)
+            idx, mask = format_inputs([token_lists[i] for i in chosen], arch or self.arch, self.seq_len)
             logits, _ = model(idx.to(self.device), None, mask.to(self.device))
             probabilities[chosen] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return probabilities
 
-    def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, max_batches: int, arch: str | None = None) -> dict[str, float]:
+        """Validation loss, accuracy and macro F1 (lmkit evaluate's definitions); ``arch`` frames the
+        inputs for another model than the one trained (a distillation teacher)."""
         if not self.validation:
             return {}
         count = len(self.validation)
         if max_batches:
             count = min(count, max_batches * self.layout.micro_batch)
-        probabilities = self.predict(model, self.validation[:count])
+        probabilities = self.predict(model, self.validation[:count], arch)
         gold = self.val_labels[:count]
         loss = -float(np.mean(np.log(np.maximum(probabilities[np.arange(count), gold], 1e-12))))
-        scores = classification_metrics(gold, probabilities.argmax(axis=1), self.n_classes)
-        return {"val_loss": loss, "val_accuracy": scores["accuracy"], "val_f1": scores["f1"]}
+        scores = classification_metrics(gold, probabilities.argmax(axis=1), [str(k) for k in range(self.n_classes)])
+        return {"val_loss": loss, "val_accuracy": scores["metrics"]["accuracy"], "val_f1": scores["metrics"]["macro_f1"]}
 
 
 @dataclass(frozen=True)

@@ -331,3 +331,45 @@ def test_single_class_and_unseen_validation_label_refused(bases, dataset, tmp_pa
         {"text": "A THIRD KIND OF TEXT HERE", "label": "zzz"}], "--val-fraction", "0")
     with pytest.raises(UserError, match="validation label 'zzz' never occurs in training"):
         finetune.run(config(bases["gpt"], data, tmp_path / "run2", micro_batch=2))
+
+
+def test_sft_targets_are_the_response_and_its_end_only():
+    from lmkit.data.packing import EOS_ID, IGNORE_INDEX
+    from lmkit.training.objectives import BatchLayout
+    from lmkit.training.tasks import InstructionExample, InstructionTuning
+
+    short = InstructionExample([20, 21, 22, 30, 31, EOS_ID], prompt_length=3)  # prompt 20 21 22, response 30 31
+    long = InstructionExample([20, 21, 22, 23, 24, 30, EOS_ID], prompt_length=5)
+    objective = InstructionTuning([short, long], [], BatchLayout(2, 1, 1), seed=0, device=torch.device("cpu"))
+    batch = objective._batch([short, long])
+    assert batch["idx"].tolist() == [[20, 21, 22, 30, 31, 0], [20, 21, 22, 23, 24, 30]]
+    ignored = IGNORE_INDEX
+    # Position t predicts token t + 1: the prompt's last position predicts the first response token.
+    assert batch["targets"].tolist() == [[ignored, ignored, 30, 31, EOS_ID, ignored],
+                                         [ignored, ignored, ignored, ignored, 30, EOS_ID]]
+
+
+def test_distillation_of_a_language_model_compares_predicted_positions_only():
+    from lmkit.data.packing import IGNORE_INDEX
+    from lmkit.training.tasks import Distillation
+
+    torch.manual_seed(0)
+    student_logits, teacher_logits = torch.randn(1, 3, 5), torch.randn(1, 3, 5)
+    targets = torch.tensor([[IGNORE_INDEX, 2, 4]])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+    class Objective:
+        name, archs, tokens_per_sample, train_windows, val_windows = "sft", ("gpt",), 3, None, None
+
+        def forward(self, model, batch, teacher=False):
+            return model.logits, torch.tensor(0.0)
+
+    loss = Distillation(Objective(), Fixed(teacher_logits), temperature=1.0, alpha=1.0).loss(
+        Fixed(student_logits), {"targets": targets})
+    p, q = torch.softmax(teacher_logits[0, 1:], -1), torch.softmax(student_logits[0, 1:], -1)
+    expected = (p * (p.log() - q.log())).sum(-1).mean()  # the first position has no target: left out
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
