@@ -328,6 +328,7 @@ def _run(config: FinetuneConfig, env: distributed.Distributed) -> FinetuneResult
     comparison = None
     if teacher_model is not None:
         comparison = _compare(plan, model, teacher_model, plan.objective, config)
+        saver.stats["distillation"] = comparison  # in final/'s manifest, for reports and Make
     if lora and config.lora_merge:
         merge_lora(model)
         final = saver.save(FINAL, model, None, state, extra={k: v for k, v in extra.items() if k != "lora"})

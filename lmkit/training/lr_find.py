@@ -58,6 +58,9 @@ def lr_range_test(model: nn.Module, objective, optimizers: Optimizers, steps: in
     if len(losses) < 3:
         raise ValueError("the loss diverged at once; nothing to suggest")
     lowest = min(range(len(losses)), key=losses.__getitem__)
-    slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(len(losses) - 1)]
-    steepest = min(range(len(slopes)), key=slopes.__getitem__)
+    # The first points' average rests on few losses and wobbles: skip them, as fastai's skip_start does.
+    skip = min(10, len(losses) // 5)
+    slopes = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i]))
+              for i in range(skip, len(losses) - 1)]
+    steepest = skip + min(range(len(slopes)), key=slopes.__getitem__)
     return RangeTest(lrs, losses, lrs[lowest] / 10, lrs[steepest])

@@ -236,6 +236,7 @@ def test_distillation_into_a_smaller_student(bases, labeled, tmp_path):
     assert rows["student"]["parameters"] < rows["teacher"]["parameters"]
     assert {"val_accuracy", "examples_per_s"} <= set(rows["student"])
     assert {p["role"] for p in student.checkpoint.parents} >= {"teacher", "base"}
+    assert student.checkpoint.stats["distillation"]["student"]["parameters"] == rows["student"]["parameters"]
 
 
 def test_distillation_loss_is_kl_plus_hard():
