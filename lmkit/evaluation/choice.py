@@ -8,12 +8,12 @@ lm-evaluation-harness does, so long answers are not penalized for having more to
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lmkit.data.jsonl import read_jsonl
 from lmkit.errors import UserError
 from lmkit.evaluation.language_modeling import EOS_ID
 from lmkit.evaluation.scoring import Inference, Span, score_spans
@@ -31,20 +31,7 @@ class ChoiceItem:
 def read_choice_file(path: str, limit: int = 0) -> list[ChoiceItem]:
     """Items of a JSONL file; a malformed line is an error naming ``path:line``."""
     items = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected an object with context, choices and answer")
+    for where, record in read_jsonl(path, "an object with context, choices and answer"):
         context, choices, answer = record.get("context"), record.get("choices"), record.get("answer")
         if not isinstance(context, str):
             raise UserError(f"{where}: 'context' must be a string")

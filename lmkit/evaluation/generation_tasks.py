@@ -8,10 +8,10 @@ checkpoint's SFT template is applied by the generator, as in ``lmkit generate``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from lmkit.data.jsonl import read_jsonl
 from lmkit.errors import UserError
 
 GENERATION_METRICS = ("exact_match", "chrf", "bleu", "rouge_l")
@@ -27,19 +27,8 @@ class GenerationItem:
 
 def read_generation_file(path: str, prompt_field: str, response_field: str, limit: int = 0) -> list[GenerationItem]:
     items = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(prompt_field), str):
+    for where, record in read_jsonl(path, f"a JSON object with a string field '{prompt_field}' (--prompt-field)"):
+        if not isinstance(record.get(prompt_field), str):
             raise UserError(f"{where}: no string field '{prompt_field}' (--prompt-field)")
         reference = record.get(response_field)
         if not isinstance(reference, str):

@@ -3,7 +3,6 @@ and the validation split made when the data has none (stratified by label for cl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from lmkit import artifacts
 from lmkit.data.instructions import render_prompt
+from lmkit.data.jsonl import read_jsonl
 from lmkit.data.packing import EOS_ID
 from lmkit.data.shards import read_shard
 from lmkit.errors import UserError
@@ -84,36 +84,24 @@ def read_instructions(path: Path, tokenizer: Tokenizer, template: str, prompt_fi
                       max_tokens: int) -> tuple[list[InstructionExample], int]:
     """Instruction examples of a JSONL file and how many responses were cut to fit ``max_tokens``
     (prompt + response + ``</s>``). A broken record is refused with its line number."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (sft data is a JSONL file of {prompt_field}/{response_field} records)")
     examples, cut = [], 0
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{where}: a record must be a JSON object")
-            for field in (prompt_field, response_field):
-                value = record.get(field)
-                if not isinstance(value, str) or not value.strip():
-                    what = "missing" if value is None else "empty or not a string"
-                    flag = "--prompt-field" if field == prompt_field else "--response-field"
-                    raise UserError(f"{where}: field {field!r} is {what} (every record needs a {prompt_field} and a "
-                                    f"{response_field}; see {flag})")
-            prompt = tokenizer.encode(render_prompt(template, record[prompt_field]))
-            response = tokenizer.encode(record[response_field]) + [EOS_ID]
-            if len(prompt) >= max_tokens:
-                raise UserError(f"{where}: the prompt alone is {len(prompt)} tokens, no room for a response within "
-                                f"--seq-len {max_tokens - 1}; shorten it or raise --seq-len")
-            if len(prompt) + len(response) > max_tokens:
-                response = response[:max_tokens - len(prompt)]
-                cut += 1
-            examples.append(InstructionExample(prompt + response, len(prompt)))
+    for where, record in read_jsonl(path):
+        for field in (prompt_field, response_field):
+            value = record.get(field)
+            if not isinstance(value, str) or not value.strip():
+                what = "missing" if value is None else "empty or not a string"
+                flag = "--prompt-field" if field == prompt_field else "--response-field"
+                raise UserError(f"{where}: field {field!r} is {what} (every record needs a {prompt_field} and a "
+                                f"{response_field}; see {flag})")
+        prompt = tokenizer.encode(render_prompt(template, record[prompt_field]))
+        response = tokenizer.encode(record[response_field]) + [EOS_ID]
+        if len(prompt) >= max_tokens:
+            raise UserError(f"{where}: the prompt alone is {len(prompt)} tokens, no room for a response within "
+                            f"--seq-len {max_tokens - 1}; shorten it or raise --seq-len")
+        if len(prompt) + len(response) > max_tokens:
+            response = response[:max_tokens - len(prompt)]
+            cut += 1
+        examples.append(InstructionExample(prompt + response, len(prompt)))
     if not examples:
         raise UserError(f"{path}: no records")
     return examples, cut

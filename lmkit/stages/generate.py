@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from lmkit.data.jsonl import json_objects, read_text
 from lmkit.errors import UserError
 from lmkit.generation.classify import classify
 from lmkit.generation.fill_mask import fill_mask
@@ -53,21 +54,14 @@ class GenerateResult:
 # -- reading the inputs ----------------------------------------------------------------------------
 
 def _read_text(path: str) -> str:
-    if path == "-":
-        data = sys.stdin.buffer.read()
-        where = "stdin"
-    else:
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file") from None
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-        where = path
+    """A prompt or input file's text; ``-`` is stdin."""
+    if path != "-":
+        return read_text(path)
+    data = sys.stdin.buffer.read()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+        raise UserError(f"stdin: not UTF-8 text (byte {exc.start})") from None
 
 
 def _from_text(text: str, where: str, mode: str) -> Inputs:
@@ -78,23 +72,14 @@ def _from_text(text: str, where: str, mode: str) -> Inputs:
         return Inputs([text], [{key: text}], [where])
     lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     return Inputs([line for _, line in lines], [{key: line} for _, line in lines],
-                  [f"{where} line {n}" for n, _ in lines])
+                  [f"{where}:{n}" for n, _ in lines])
 
 
 def _from_jsonl(path: str, mode: str) -> Inputs:
     key = INPUT_FIELD[mode]
     other = "text" if key == "prompt" else "prompt"
     inputs = Inputs([], [], [], jsonl=True)
-    for number, line in enumerate(_read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object with a \"{key}\" field")
+    for where, record in json_objects(_read_text(path), path, f"a JSON object with a \"{key}\" field"):
         value = record.get(key, record.get(other))
         if not isinstance(value, str):
             raise UserError(f"{where}: needs a \"{key}\" field holding a string")
