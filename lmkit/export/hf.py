@@ -179,16 +179,6 @@ def hf_state_dict(model: nn.Module, checkpoint: Checkpoint) -> dict[str, torch.T
     return {name: tensor.detach().contiguous().clone() for name, tensor in weights.items()}
 
 
-def load_model(checkpoint: Checkpoint) -> nn.Module:
-    """The checkpoint's model in eval mode, LoRA adapters merged."""
-    model = checkpoint.build_model()
-    if checkpoint.lora is not None:
-        from lmkit.models.lora import merge_lora
-
-        merge_lora(model)
-    return model.eval()
-
-
 def write_model(directory: Path, checkpoint: Checkpoint, model: nn.Module, target: Target,
                 transformers: Any) -> int:
     """config.json, model.safetensors and generation_config.json; returns the number of parameters."""

@@ -36,7 +36,7 @@ def run(config: ExportConfig) -> artifacts.Artifact:
     with artifacts.ArtifactWriter(config.out, "export", recipe, force=config.force) as writer:
         if writer.up_to_date:
             return writer.existing
-        model = hf.load_model(checkpoint)
+        model = checkpoint.inference_model()
         reporter.info(f"exporting {checkpoint.path} as {target.architecture} ({checkpoint.model_config.n_layer} "
                       f"layers, d_model {checkpoint.model_config.d_model})")
         with _quiet(transformers):

@@ -7,7 +7,7 @@ from torch import nn
 
 from lmkit.errors import UserError
 from lmkit.generation.quantize import QUANTIZATIONS, quantize_int8
-from lmkit.models.lora import has_lora, merge_lora
+from lmkit.devices import resolve_device
 from lmkit.progress import reporter
 from lmkit.training.checkpoint import Checkpoint
 
@@ -30,21 +30,6 @@ def checkpoint_mode(checkpoint: Checkpoint) -> str:
                     "knows (gpt/lstm clm or sft: text; bert mlm: fill-mask; classifiers: labels)")
 
 
-def resolve_device(requested: str | torch.device) -> torch.device:
-    """The torch device for ``--device`` (auto: CUDA when available, else CPU)."""
-    if str(requested) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device: {requested!r} is not a device (cpu, cuda, cuda:1, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {requested}: CUDA is not available on this machine (use cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {requested}: lmkit generates on cpu or cuda")
-    return device
-
-
 def load_model(checkpoint: Checkpoint, device: str | torch.device = "cpu", precision: str = "fp32",
                quantize: str | None = None) -> nn.Module:
     """The checkpoint's model in eval mode, LoRA adapters merged, on ``device`` in ``precision`` (fp32,
@@ -54,11 +39,7 @@ def load_model(checkpoint: Checkpoint, device: str | torch.device = "cpu", preci
     if quantize not in (None, *QUANTIZATIONS):
         raise UserError(f"--quantize: {quantize!r} is not one of none, {', '.join(QUANTIZATIONS)}")
     device = resolve_device(device)
-    model = checkpoint.build_model()
-    if has_lora(model):  # one matmul per projection instead of three; same outputs
-        merge_lora(model)
-    model.eval().requires_grad_(False)
-    model.to(device=device, dtype=PRECISIONS[precision])
+    model = checkpoint.inference_model().to(device=device, dtype=PRECISIONS[precision])
     if quantize == "int8":
         quantized, total = quantize_int8(model)
         reporter.detail(f"int8: {quantized:,} of {total:,} parameters quantized (the Linear layers' weights)")

@@ -242,7 +242,7 @@ def write_attention_maps(checkpoint_path: str | Path, text: str, out: str | Path
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    model = checkpoint.build_model().eval()
+    model = checkpoint.inference_model()
     maps = attention_maps(checkpoint, model, text)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{checkpoint.path} ({config.arch}, {config.n_layer} layers x {config.n_head} heads), " \

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from lmkit import artifacts, config as config_lib
 from lmkit.data import sources
 from lmkit.data.packing import MaskingSettings
+from lmkit.devices import resolve_device
 from lmkit.errors import UserError
 from lmkit.evaluation import choice, gate, generation_tasks, inputs, report as report_files, tasks
 from lmkit.evaluation.scoring import Inference
@@ -205,14 +205,6 @@ def _plan(config: EvaluateConfig) -> _Plan:
                  input_files, recipe, other, config.compare, notes)
 
 
-def _device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 # -- the stage -------------------------------------------------------------------------------------------
 def run(config: EvaluateConfig) -> EvaluationResult:
     plan = _plan(config)
@@ -242,14 +234,14 @@ def _finish(plan: _Plan, report: dict[str, Any], artifact: artifacts.Artifact | 
 
 def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     checkpoint = plan.checkpoint
-    device = _device(config.device)
+    device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
     started = time.monotonic()
     loaded = _load_inputs(config, plan, tokenizer)  # before the model: bad input fails fast
     # Generation loads its own model (lmkit.generation); every other task scores with this one.
     scores = plan.task in ("lm", "classify", "choice") or bool(config.harness_tasks)
-    model = checkpoint.build_model().to(device) if scores else None
+    model = checkpoint.inference_model().to(device) if scores else None
     inference = Inference(model, device, precision, config.batch_size)
     reporter.info(f"evaluating {config.checkpoint} ({checkpoint.model_config.arch}, {checkpoint.objective}) on "
                   f"{device.type}, {precision}" + (f": --task {plan.task}" if plan.task else ""))

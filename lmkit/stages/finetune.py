@@ -24,7 +24,7 @@ from lmkit.errors import UserError
 from lmkit.models import count_parameters
 from lmkit.models.classifier import DEFAULT_POOLING, POOLING, SequenceClassifier
 from lmkit.models.config import ModelConfig
-from lmkit.models.lora import apply_lora, has_lora, merge_lora
+from lmkit.models.lora import apply_lora, merge_lora
 from lmkit.models.presets import model_config
 from lmkit.progress import reporter
 from lmkit.stages import rundir
@@ -242,9 +242,7 @@ def _build(plan: _Plan, config: FinetuneConfig) -> torch.nn.Module:
 
         model = body = build_model(plan.model_config)
     if not fresh:
-        source = plan.base.build_model()
-        if has_lora(source):
-            merge_lora(source)
+        source = plan.base.inference_model()
         missing, _ = body.load_state_dict(source.state_dict(), strict=False)  # a classifier has no LM head
         if missing:
             raise UserError(f"{config.base}: its weights lack {missing[:3]} for this model")
@@ -274,7 +272,7 @@ def _run(config: FinetuneConfig, env: distributed.Distributed) -> FinetuneResult
     objective = plan.objective
     teacher_model = None
     if plan.teacher is not None:
-        teacher_model = plan.teacher.build_model().to(env.device)
+        teacher_model = plan.teacher.inference_model().to(env.device)
         objective = Distillation(objective, teacher_model, config.temperature, config.distill_alpha)
     optimizers = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, (config.beta1, config.beta2))
     if config.find_lr:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from lmkit import artifacts
 from lmkit.errors import UserError
-from lmkit.models.lora import merge_lora
 from lmkit.training.checkpoint import MODEL_CONFIG_FILE, TrainerState, read_checkpoint, write_checkpoint
 
 
@@ -19,7 +18,7 @@ def merge_checkpoint(source: str | Path, out: str | Path, force: bool = False) -
     out = Path(out)
     if out.resolve() == checkpoint.path.resolve():
         raise UserError(f"--out {out}: is the checkpoint being merged; choose another directory")
-    model = merge_lora(checkpoint.build_model())
+    model = checkpoint.inference_model()
     described = json.loads(checkpoint.artifact.file(MODEL_CONFIG_FILE).read_text())
     extra = {key: described[key] for key in ("head", "template") if key in described}
     tokenizer = artifacts.load(checkpoint.tokenizer_path, kind="tokenizer")

@@ -165,6 +165,16 @@ class Checkpoint:
                                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         return model
 
+    def inference_model(self) -> nn.Module:
+        """The model for use rather than training: LoRA adapters merged (one matmul per projection, the
+        same outputs), eval mode, no gradients. What generate, evaluate, export, inspect and a teacher use."""
+        model = self.build_model()
+        if self.lora is not None:
+            from lmkit.models.lora import merge_lora
+
+            merge_lora(model)
+        return model.eval().requires_grad_(False)
+
     def restore_training(self, optimizers, sharded_model: nn.Module | None = None) -> TrainerState:
         """Load optimizer moments and every RNG state; returns the trainer state to continue from.
 

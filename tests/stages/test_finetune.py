@@ -142,6 +142,11 @@ def test_lora_trains_few_parameters_and_merges_to_a_plain_checkpoint(bases, labe
     before = model(idx)[0]
     after = merge_lora(model)(idx)[0]
     assert torch.allclose(before, after, atol=1e-5)
+    # What generate, evaluate, export and a teacher use: merged, in eval mode, frozen, the same outputs.
+    served = unmerged.inference_model()
+    assert not has_lora(served) and not served.training
+    assert not any(p.requires_grad for p in served.parameters())
+    assert torch.allclose(served(idx)[0], before, atol=1e-5)
     # The merge command writes a plain checkpoint with the same outputs.
     result = run_lmkit("merge-lora", str(kept.checkpoint.path), "--out", str(tmp_path / "merged"))
     assert result.returncode == 0, result.stderr
