@@ -1,5 +1,6 @@
 """Shared fixtures: small real corpora and a dataset built once per test session."""
 
+import json
 import os
 import subprocess
 import sys
@@ -54,3 +55,47 @@ def train_tiny(dataset: Path, out: Path, **overrides):
     values = {"dataset": str(dataset), "out": str(out), "seq_len": 32, "micro_batch": 4, "max_steps": 2,
               "eval_every": 0, "checkpoint_every": 0, "precision": "fp32", **overrides}
     return pretrain.run(resolve(PretrainConfig, {}, values))
+
+
+# -- finetuning inputs (tests/stages/test_finetune.py, tests/cli/test_finetune.py) ---------------------
+
+@pytest.fixture(scope="session")
+def bases(dataset, tmp_path_factory):
+    """Tiny pretrained checkpoints sharing the dataset's tokenizer: gpt, bert, lstm."""
+    root = tmp_path_factory.mktemp("bases")
+    return {name: train_tiny(dataset, root / name, model=preset, max_steps=4).path
+            for name, preset in (("gpt", "gpt-tiny"), ("bert", "bert-tiny"), ("lstm", "lstm-small"))}
+
+
+def labeled_records(n=160):
+    """Two easily told classes: the same paragraphs in upper and in lower case."""
+    records = []
+    for i, text in enumerate(paragraphs(n // 2)):
+        records.append({"text": text.upper()[:200], "label": "upper"})
+        records.append({"text": text.lower()[:200] + f" {i}", "label": "lower"})
+    return records
+
+
+def preprocess_labeled(dataset, out, records, *extra):
+    source = out.with_suffix(".jsonl")
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_lmkit("preprocess", str(source), "--out", str(out), "--label-field", "label", "--tokenizer",
+              str(dataset / "tokenizer"), "--no-near-dedup", "--filters", "too_short", "--workers", "1", *extra,
+              check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def labeled(dataset, tmp_path_factory):
+    """A labeled dataset (upper/lower) without a validation split: finetune makes one."""
+    return preprocess_labeled(dataset, tmp_path_factory.mktemp("labeled") / "data", labeled_records(),
+                               "--val-fraction", "0")
+
+
+@pytest.fixture(scope="session")
+def instructions(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sft") / "pairs.jsonl"
+    texts = paragraphs(60)
+    path.write_text("".join(json.dumps({"prompt": f"First word of: {t[:30]}", "response": t.split()[0]}) + "\n"
+                            for t in texts))
+    return path

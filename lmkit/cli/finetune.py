@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from lmkit.cli._util import config_command
-from lmkit.cli.pretrain import _last_eval
+from lmkit.cli.pretrain import checkpoint_table, last_evaluation
 from lmkit.progress import reporter
 from lmkit.stages.finetune_config import FinetuneConfig
 
@@ -15,17 +15,14 @@ def render(result) -> None:
         _render_range_test(result)
         return
     artifact = result.checkpoint
-    if artifact.up_to_date:
-        reporter.out.print(f"{artifact.path}: up to date (checkpoint {artifact.id[:12]})", markup=False)
+    table = checkpoint_table(artifact)
+    if table is None:
         return
     stats = artifact.stats
-    table = Table(title=f"checkpoint {artifact.id[:12]} → {artifact.path}", title_justify="left")
-    table.add_column("")
-    table.add_column("value", justify="right")
     table.add_row("model", f"{stats['arch']}, {stats['parameters']:,} parameters ({stats['trainable_parameters']:,} "
                   f"trained), task {stats['task']}")
     table.add_row("trained", f"{stats['step']:,} steps")
-    for key, value in _last_eval(artifact.path.parent / "metrics.jsonl").items():
+    for key, value in last_evaluation(artifact.path.parent / "metrics.jsonl").items():
         if key.startswith("val_"):
             table.add_row(f"{key} (last evaluation)", f"{value:.4f}")
     if stats.get("best_step") is not None:

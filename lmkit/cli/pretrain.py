@@ -12,17 +12,26 @@ from lmkit.progress import reporter
 from lmkit.stages.pretrain_config import PretrainConfig
 
 
-def render(artifact: Artifact) -> None:
+def checkpoint_table(artifact: Artifact) -> Table | None:
+    """The table a training command prints for its final checkpoint; None (after saying so) when the
+    run was up to date."""
     if artifact.up_to_date:
         reporter.out.print(f"{artifact.path}: up to date (checkpoint {artifact.id[:12]})", markup=False)
-        return
-    stats = artifact.stats
+        return None
     table = Table(title=f"checkpoint {artifact.id[:12]} → {artifact.path}", title_justify="left")
     table.add_column("")
     table.add_column("value", justify="right")
+    return table
+
+
+def render(artifact: Artifact) -> None:
+    table = checkpoint_table(artifact)
+    if table is None:
+        return
+    stats = artifact.stats
     table.add_row("model", f"{stats['arch']}, {stats['parameters']:,} parameters, objective {stats['objective']}")
     table.add_row("trained", f"{stats['step']:,} steps, {stats['tokens']:,} tokens")
-    last_eval = _last_eval(artifact.path.parent / "metrics.jsonl")
+    last_eval = last_evaluation(artifact.path.parent / "metrics.jsonl")
     for key, value in last_eval.items():
         if key.startswith("val_"):
             table.add_row(key, f"{value:.4f}")
@@ -31,7 +40,7 @@ def render(artifact: Artifact) -> None:
     reporter.out.print(table)
 
 
-def _last_eval(path) -> dict:
+def last_evaluation(path) -> dict:
     if not path.exists():
         return {}
     evals = [json.loads(line) for line in path.read_text().splitlines() if '"val_loss"' in line]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from lmkit.config import flag_name, option, validate
 from lmkit.data.instructions import DEFAULT_TEMPLATE
-from lmkit.stages.pretrain_config import OPTIMIZERS, parse_duration
+from lmkit.stages.pretrain_config import OPTIMIZERS, training_problems
 from lmkit.training.schedule import SCHEDULES
 
 TASKS = ("auto", "classify", "sft", "clm", "mlm")
@@ -120,22 +120,17 @@ class FinetuneConfig:
     force: bool = option(False, "Delete an existing run in --out and start over.", affects_output=False)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = training_problems(self)
         if self.find_lr_steps < 3:
             problems.append("--find-lr-steps: must be at least 3 (a rate is suggested from the curve's shape)")
-        for name in ("micro_batch", "accumulation", "keep_last", "log_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{flag_name(name)}: must be at least 1")
-        for name in ("seq_len", "warmup_steps", "max_steps", "eval_every", "eval_batches", "patience",
-                     "checkpoint_every", "threads", "lora_rank", "max_train_examples"):
+        if self.accumulation < 1:
+            problems.append("--accumulation: must be at least 1")
+        for name in ("lora_rank", "max_train_examples"):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)}: must not be negative")
-        if self.lr <= 0:
-            problems.append(f"--lr: must be positive, got {self.lr}")
         if self.epochs <= 0 and self.max_steps == 0:
             problems.append("--epochs, --max-steps: give a positive --epochs or --max-steps")
-        for name in ("min_lr_ratio", "decay_fraction", "mask_prob", "distill_alpha", "token_dropout",
-                     "lora_dropout"):
+        for name in ("distill_alpha", "token_dropout", "lora_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{flag_name(name)}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -144,21 +139,12 @@ class FinetuneConfig:
             problems.append("--token-dropout: must be below 1 (1 drops every token)")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             problems.append(f"--dropout: must be in [0, 1), got {self.dropout}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{flag_name(name)}: must be in [0, 1)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            problems.append("--weight-decay and --grad-clip: must not be negative")
         if self.temperature <= 0:
             problems.append(f"--temperature: must be positive, got {self.temperature}")
         if self.lora_alpha <= 0:
             problems.append(f"--lora-alpha: must be positive, got {self.lora_alpha}")
         if "{prompt}" not in self.template:
             problems.append("--template: must contain {prompt}, where the instruction goes")
-        try:
-            parse_duration(self.max_time)
-        except ValueError as exc:
-            problems.append(f"--max-time: {exc}")
         try:
             parse_freeze(self.freeze)
         except ValueError as exc:
@@ -172,8 +158,6 @@ class FinetuneConfig:
             problems.append("--lora-rank and --freeze: LoRA already freezes every base weight; drop --freeze")
         if self.lora_rank and (self.model or self.scratch):
             problems.append("--lora-rank: adapts pretrained weights; it does not fit --model or --scratch")
-        if self.resume and self.force:
-            problems.append("--resume and --force: choose one (continue the run, or start over)")
         if self.find_lr and self.resume:
             problems.append("--find-lr and --resume: the range test trains nothing to resume")
         validate(self, problems)

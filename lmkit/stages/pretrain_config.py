@@ -27,6 +27,36 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
+def training_problems(config) -> list[str]:
+    """The checks that every training stage's config (pretrain, finetune) shares: optimizer, schedule,
+    masking, limits and the run directory's bookkeeping."""
+    problems = []
+    for name in ("micro_batch", "keep_last", "log_every"):
+        if getattr(config, name) < 1:
+            problems.append(f"{flag_name(name)}: must be at least 1")
+    for name in ("seq_len", "warmup_steps", "max_steps", "eval_every", "eval_batches", "patience",
+                 "checkpoint_every", "threads"):
+        if getattr(config, name) < 0:
+            problems.append(f"{flag_name(name)}: must not be negative")
+    if config.lr <= 0:
+        problems.append(f"--lr: must be positive, got {config.lr}")
+    for name in ("min_lr_ratio", "decay_fraction", "mask_prob"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            problems.append(f"{flag_name(name)}: must be in [0, 1], got {getattr(config, name)}")
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            problems.append(f"{flag_name(name)}: must be in [0, 1)")
+    if config.weight_decay < 0 or config.grad_clip < 0:
+        problems.append("--weight-decay and --grad-clip: must not be negative")
+    try:
+        parse_duration(config.max_time)
+    except ValueError as exc:
+        problems.append(f"--max-time: {exc}")
+    if config.resume and config.force:
+        problems.append("--resume and --force: choose one (continue the run, or start over)")
+    return problems
+
+
 @dataclass(kw_only=True)
 class PretrainConfig:
     # -- what to train -----------------------------------------------------------------------
@@ -90,34 +120,15 @@ class PretrainConfig:
     force: bool = option(False, "Delete an existing run in --out and start over.", affects_output=False)
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("micro_batch",):
-            if getattr(self, name) < 1:
-                problems.append(f"{flag_name(name)}: must be at least 1")
-        for name in ("seq_len", "batch_tokens", "warmup_steps", "max_steps", "max_tokens", "eval_every",
-                     "eval_batches", "patience", "checkpoint_every", "threads"):
+        problems = training_problems(self)
+        for name in ("batch_tokens", "max_tokens"):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)}: must not be negative")
-        if self.keep_last < 1:
-            problems.append("--keep-last: must be at least 1")
-        if self.log_every < 1:
-            problems.append("--log-every: must be at least 1")
-        if self.lr <= 0:
-            problems.append(f"--lr: must be positive, got {self.lr}")
-        for name in ("min_lr_ratio", "decay_fraction", "mask_prob", "mask_replace", "mask_random"):
+        for name in ("mask_replace", "mask_random"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{flag_name(name)}: must be in [0, 1], got {getattr(self, name)}")
         if self.mask_replace + self.mask_random > 1.0:
             problems.append("--mask-replace + --mask-random: must not exceed 1")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{flag_name(name)}: must be in [0, 1)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            problems.append("--weight-decay and --grad-clip: must not be negative")
-        try:
-            parse_duration(self.max_time)
-        except ValueError as exc:
-            problems.append(f"--max-time: {exc}")
         if self.max_steps == 0 and self.max_tokens == 0 and not self.max_time:
             problems.append("--max-steps, --max-tokens, --max-time: give at least one limit")
         if self.max_time and not self.max_steps and not self.max_tokens and self.schedule != "constant":
@@ -125,8 +136,6 @@ class PretrainConfig:
                             "--max-time use --schedule constant, or give --max-steps")
         if self.mask_prob <= 0:
             problems.append("--mask-prob: must be positive (masked LM learns from the chosen tokens)")
-        if self.resume and self.force:
-            problems.append("--resume and --force: choose one (continue the run, or start over)")
         if self.resume and self.init_from:
             problems.append("--resume and --init-from: a resumed run already has its weights; drop --init-from")
         validate(self, problems)

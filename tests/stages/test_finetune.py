@@ -14,7 +14,7 @@ from lmkit.models.lora import has_lora, merge_lora
 from lmkit.stages import finetune
 from lmkit.stages.finetune_config import FinetuneConfig
 from lmkit.training.checkpoint import read_checkpoint
-from tests.conftest import paragraphs, run_lmkit, train_tiny
+from tests.conftest import labeled_records, preprocess_labeled, run_lmkit, train_tiny
 
 FAST = {"micro_batch": 8, "max_steps": 12, "eval_every": 4, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32",
         "log_every": 1, "seq_len": 48}
@@ -31,48 +31,6 @@ def metrics(run_dir, key="loss"):
 
 def weights(path):
     return read_checkpoint(path).build_model().state_dict()
-
-
-@pytest.fixture(scope="session")
-def bases(dataset, tmp_path_factory):
-    """Tiny pretrained checkpoints sharing the dataset's tokenizer: gpt, bert, lstm."""
-    root = tmp_path_factory.mktemp("bases")
-    return {name: train_tiny(dataset, root / name, model=preset, max_steps=4).path
-            for name, preset in (("gpt", "gpt-tiny"), ("bert", "bert-tiny"), ("lstm", "lstm-small"))}
-
-
-def _labeled_records(n=160):
-    """Two easily told classes: the same paragraphs in upper and in lower case."""
-    records = []
-    for i, text in enumerate(paragraphs(n // 2)):
-        records.append({"text": text.upper()[:200], "label": "upper"})
-        records.append({"text": text.lower()[:200] + f" {i}", "label": "lower"})
-    return records
-
-
-def _preprocess_labeled(dataset, out, records, *extra):
-    source = out.with_suffix(".jsonl")
-    source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    run_lmkit("preprocess", str(source), "--out", str(out), "--label-field", "label", "--tokenizer",
-              str(dataset / "tokenizer"), "--no-near-dedup", "--filters", "too_short", "--workers", "1", *extra,
-              check=True)
-    return out
-
-
-@pytest.fixture(scope="session")
-def labeled(dataset, tmp_path_factory):
-    """A labeled dataset (upper/lower) without a validation split: finetune makes one."""
-    return _preprocess_labeled(dataset, tmp_path_factory.mktemp("labeled") / "data", _labeled_records(),
-                               "--val-fraction", "0")
-
-
-@pytest.fixture(scope="session")
-def instructions(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sft") / "pairs.jsonl"
-    texts = paragraphs(60)
-    path.write_text("".join(json.dumps({"prompt": f"First word of: {t[:30]}", "response": t.split()[0]}) + "\n"
-                            for t in texts))
-    return path
 
 
 # -- tasks -------------------------------------------------------------------------------------------
@@ -211,9 +169,9 @@ def test_validation_split_is_stratified(bases, labeled, tmp_path):
 
 
 def test_class_weights_balanced(bases, dataset, tmp_path):
-    records = _labeled_records(40)[:30]  # imbalanced after dropping most of one class
+    records = labeled_records(40)[:30]  # imbalanced after dropping most of one class
     records = [r for r in records if r["label"] == "upper"] + [r for r in records if r["label"] == "lower"][:5]
-    data = _preprocess_labeled(dataset, tmp_path / "imbalanced", records, "--val-fraction", "0")
+    data = preprocess_labeled(dataset, tmp_path / "imbalanced", records, "--val-fraction", "0")
     run = finetune._plan(config(bases["gpt"], data, tmp_path / "run", class_weights="balanced", micro_batch=2),
                          finetune.distributed.setup())
     weights_ = run.objective.class_weights.tolist()
@@ -318,8 +276,8 @@ def test_tokenizer_mismatches_refused(other_tokenizer_base, bases, labeled, tmp_
 
 
 def test_single_class_and_unseen_validation_label_refused(bases, dataset, tmp_path, monkeypatch):
-    records = [r for r in _labeled_records(40) if r["label"] == "upper"]
-    only = _preprocess_labeled(dataset, tmp_path / "only", records, "--val-fraction", "0")
+    records = [r for r in labeled_records(40) if r["label"] == "upper"]
+    only = preprocess_labeled(dataset, tmp_path / "only", records, "--val-fraction", "0")
     with pytest.raises(UserError, match="every training example has the label 'upper'"):
         finetune.run(config(bases["gpt"], only, tmp_path / "run", micro_batch=2))
     from lmkit.stages import finetune_data
@@ -333,7 +291,7 @@ def test_single_class_and_unseen_validation_label_refused(bases, dataset, tmp_pa
         return finetune_data.LabeledSplit(found.tokens, found.labels % 2)
 
     monkeypatch.setattr(finetune_data, "read_labeled", validation_with_a_new_label)
-    data = _preprocess_labeled(dataset, tmp_path / "three", _labeled_records(40) + [
+    data = preprocess_labeled(dataset, tmp_path / "three", labeled_records(40) + [
         {"text": "A THIRD KIND OF TEXT HERE", "label": "zzz"}], "--val-fraction", "0")
     with pytest.raises(UserError, match="validation label 'zzz' never occurs in training"):
         finetune.run(config(bases["gpt"], data, tmp_path / "run2", micro_batch=2))
@@ -379,3 +337,36 @@ def test_distillation_of_a_language_model_compares_predicted_positions_only():
     p, q = torch.softmax(teacher_logits[0, 1:], -1), torch.softmax(student_logits[0, 1:], -1)
     expected = (p * (p.log() - q.log())).sum(-1).mean()  # the first position has no target: left out
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"find_lr_steps": 2}, "--find-lr-steps: must be at least 3"),
+    ({"lora_rank": 4, "freeze": "embeddings"}, "--lora-rank and --freeze"),
+    ({"lora_rank": 4, "scratch": True}, "--lora-rank: adapts pretrained weights"),
+    ({"n_layer": 1}, "--n-layer: shape a new model, so they need --model PRESET"),
+    ({"model": "gpt-tiny", "scratch": True}, "--model and --scratch"),
+    ({"template": "no placeholder"}, "--template: must contain {prompt}"),
+    ({"freeze": "layers:x"}, "--freeze: unknown part 'layers:x'"),
+    ({"epochs": 0}, "--epochs, --max-steps: give a positive --epochs or --max-steps"),
+    ({"val_fraction": 1.0}, "--val-fraction: must be between 0 and 1"),
+    ({"resume": True, "force": True}, "--resume and --force: choose one"),
+    ({"beta2": 1.0, "lr": 0}, r"--lr: must be positive(.|\n)*--beta2: must be in \[0, 1\)"),
+])
+def test_config_refusals(values, message):
+    from lmkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        resolve(FinetuneConfig, {}, {"base": "b", "data": "d", "out": "o", "max_steps": 0, **values})
+
+
+def test_teacher_with_a_shorter_context_refused(bases, labeled, dataset, tmp_path):
+    short = train_tiny(dataset, tmp_path / "short", block_size=32, max_steps=1).path
+    teacher = finetune.run(config(short, labeled, tmp_path / "teacher", seq_len=32, max_steps=1)).checkpoint.path
+    with pytest.raises(UserError, match=r"--teacher .*: its block size 32 is below --seq-len 48"):
+        finetune.run(config(bases["gpt"], labeled, tmp_path / "run", teacher=str(teacher)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_warmup_longer_than_half_the_run_is_lowered_and_said(bases, labeled, tmp_path, capsys):
+    finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=6, warmup_steps=20))
+    assert "--warmup-steps 20 lowered to 3: half of the 6 steps" in capsys.readouterr().err

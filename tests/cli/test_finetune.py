@@ -1,0 +1,45 @@
+"""`lmkit finetune` and `lmkit merge-lora` driven as a user drives them: subprocess, output, exit codes."""
+
+import json
+
+from lmkit import artifacts
+from tests.conftest import run_lmkit
+
+FAST = ["--max-steps", "4", "--eval-every", "2", "--micro-batch", "8", "--seq-len", "48", "--precision", "fp32"]
+
+
+def test_classify_prints_its_checkpoint_then_is_up_to_date(bases, labeled, tmp_path):
+    args = ["finetune", str(bases["gpt"]), str(labeled), "--out", str(tmp_path / "run"), *FAST]
+    first = run_lmkit(*args)
+    assert first.returncode == 0, first.stderr
+    assert "task classify" in first.stdout and "val_accuracy" in first.stdout
+    assert "finetune (classify)" in first.stderr and "held out of train" in first.stderr  # notes go to stderr
+    final = artifacts.load(tmp_path / "run" / "final")
+    second = run_lmkit(*args)
+    assert second.returncode == 0 and f"up to date (checkpoint {final.id[:12]})" in second.stdout
+    assert (tmp_path / "run" / "plots.png").stat().st_size > 0  # the run's curves, drawn at its end
+
+
+def test_bad_input_is_one_error_line_exit_1_and_nothing_written(bases, dataset, tmp_path):
+    result = run_lmkit("finetune", str(bases["gpt"]), str(dataset), "--task", "classify", "--out",
+                       str(tmp_path / "run"), *FAST)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {dataset}: has no labels; classify needs a labeled dataset (lmkit preprocess "
+                      "--label-field NAME)"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_find_lr_prints_a_suggestion(bases, labeled, tmp_path):
+    result = run_lmkit("finetune", str(bases["gpt"]), str(labeled), "--out", str(tmp_path / "run"), "--find-lr",
+                       "--find-lr-steps", "20", "--seq-len", "48")
+    assert result.returncode == 0, result.stderr
+    assert "suggested --lr" in result.stdout
+    saved = json.loads((tmp_path / "run" / "lr-find.json").read_text())
+    assert len(saved["lr"]) == len(saved["loss"]) >= 3 and saved["suggestion"] > 0
+
+
+def test_merge_lora_refuses_a_checkpoint_without_adapters(bases, tmp_path):
+    result = run_lmkit("merge-lora", str(bases["gpt"]), "--out", str(tmp_path / "merged"))
+    assert result.returncode == 1
+    assert "has no unmerged LoRA adapters" in result.stderr and not (tmp_path / "merged").exists()
