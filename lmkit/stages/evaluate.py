@@ -82,18 +82,7 @@ def _task(config: EvaluateConfig, checkpoint: Checkpoint) -> str | None:
                         "use --task classify")
     if task in ("choice", "generate") and arch not in CAUSAL_ARCHS:
         raise UserError(f"--task {task}: needs a causal language model; {where} is a {arch} (masked LM) model")
-    if task == "generate" and not _can_generate():
-        raise UserError("--task generate: needs lmkit.generation (the `lmkit generate` machinery), which this "
-                        "lmkit does not have")
     return task
-
-
-def _can_generate() -> bool:
-    try:
-        from lmkit.generation import Generator, SamplingSettings  # noqa: F401  (imported to see they exist)
-    except ImportError:
-        return False
-    return True
 
 
 def _metrics(config: EvaluateConfig, task: str | None, objective: str, notes: list[str]) -> list[str]:
@@ -344,9 +333,7 @@ def _generator(plan: _Plan, inference: Inference, max_new_tokens: int, stop: tup
 def _run_harness(config: EvaluateConfig, plan: _Plan, inference: Inference, tokenizer: Tokenizer) -> dict[str, Any]:
     from lmkit.evaluation import harness
 
-    generate = None  # generation tasks are refused without lmkit.generation; the others still run
-    if _can_generate():
-        generate = _generator(plan, inference, config.max_new_tokens, ())
+    generate = _generator(plan, inference, config.max_new_tokens, ())
     lm = harness.make_lm(inference, tokenizer, plan.window, plan.stride, generate)
     reporter.info(f"running harness task(s) {', '.join(config.harness_tasks)}")
     result = harness.run_tasks(lm, plan.harness_manager, config.harness_tasks, config.limit, config.seed)

@@ -193,7 +193,8 @@ def _plan(config: FinetuneConfig, env: distributed.Distributed) -> _Plan:
         identity["teacher"] = teacher.artifact.id
     recipe = artifacts.make_recipe("checkpoint", identity, [], [])
     run_dir = Path(config.out)
-    resumable = (lambda path: read_checkpoint(path).lora is not None) if config.lora_rank else (lambda path: True)
+    # A LoRA run's merged final/ holds no adapters (nor their optimizer state): resume from a step checkpoint.
+    resumable = (lambda path: path.name != FINAL) if config.lora_rank and config.lora_merge else (lambda path: True)
     resume_from = rundir.inspect_run_dir(run_dir, config, recipe, env, model_cfg, _RESUME_INVARIANTS, resumable)
     return _Plan(base, tokenizer, task, model_cfg, seq_len, layout, objective, data_parent, head, template, teacher,
                  recipe, run_dir, resume_from, notes)

@@ -350,7 +350,7 @@ def test_harness_tasks_from_local_files_into_the_report(gpt, tmp_path, monkeypat
         evaluate.run(config(gpt, harness_tasks=["missing"], harness_include=str(tasks)))
 
 
-def test_generation_needs_its_package_and_library_metrics_their_extra(gpt, tmp_path, monkeypatch):
+def test_library_metrics_need_their_extra(gpt, tmp_path, monkeypatch):
     from tests.evaluation.helpers import sft_checkpoint
 
     sft = sft_checkpoint(gpt, tmp_path / "sft")
@@ -362,6 +362,3 @@ def test_generation_needs_its_package_and_library_metrics_their_extra(gpt, tmp_p
     report = evaluate.run(config(sft, data, max_new_tokens=2)).report
     assert "bleu" not in report["metrics"] and "chrf" in report["metrics"]
     assert "bleu not computed: install lmkit[metrics] for it" in report["notes"]
-    monkeypatch.setattr(evaluate, "_can_generate", lambda: False)
-    with pytest.raises(UserError, match="--task generate: needs lmkit.generation"):
-        evaluate.run(config(sft, data))
