@@ -32,8 +32,9 @@ def committed(run_dir):
 
 
 def latest_step(run_dir):
-    steps = [artifacts.read_manifest(p)["stats"]["step"] for p in committed(run_dir)]
-    return max(steps, default=-1)
+    """The newest committed step while a run may be going: a checkpoint it prunes between the listing
+    and the read is skipped (the step names order them, so no manifest needs reading)."""
+    return max((int(p.name.removeprefix("step-")) for p in committed(run_dir)), default=-1)
 
 
 def weights(path):
