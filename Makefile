@@ -27,19 +27,20 @@ demo: setup
 	$(MAKE) -C examples LMKIT="$(abspath $(BIN)/lmkit)" WORK="$(abspath $(DEMO_DIR))"
 	$(BIN)/lmkit verify $(DEMO_DIR)/data
 	$(BIN)/lmkit lineage $(DEMO_DIR)/student/final
-	@for r in gpt bert classifier classifier-scratch classifier-lora student sft; do \
+	@for r in gpt bert bert-classifier bert-classifier-scratch classifier classifier-lora student sft; do \
 		echo "== $$r: $$($(BIN)/python -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; \
 		print(', '.join(f'{k} {v:.4g}' for k, v in m.items()))" $(DEMO_DIR)/reports/$$r/report.json)"; done
 	$(BIN)/lmkit generate $(DEMO_DIR)/gpt/final "The for statement" --max-new-tokens 40 --temperature 0.8 --top-k 40 --echo
 	$(BIN)/lmkit generate $(DEMO_DIR)/sft/final "$$(head -1 $(DEMO_DIR)/corpus/instructions-test.jsonl | \
 		$(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["prompt"])')" --temperature 0 \
 		--max-new-tokens 40 --stop "\n" --echo
-	@echo "pictures: $(DEMO_DIR)/curves.png, $(DEMO_DIR)/attention/attention.html, $(DEMO_DIR)/reports/classifier/confusion.png"
+	@echo "pictures: $(DEMO_DIR)/curves.png, $(DEMO_DIR)/attention/attention.html, $(DEMO_DIR)/reports/bert-classifier/confusion.png"
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/pretrain.py
 	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/finetune.py --work $(DEMO_DIR)
 
 clean:
 	rm -rf $(DEMO_DIR) benchmarks/out .pytest_cache

@@ -37,3 +37,16 @@ def test_second_make_does_nothing_and_touch_reruns_dependents(tmp_path):
     rerun = make(work, "data")
     assert rerun.returncode == 0 and "up to date" in rerun.stdout  # same content: no work redone
     assert make(work, "-q", "data").returncode == 0
+
+
+def test_dry_run_plans_every_stage_of_the_demo(tmp_path):
+    """`make -n` on an empty work directory resolves the whole graph: every run and report has a rule."""
+    work = tmp_path / "work"
+    dry = make(work, "-n", "all")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for run in ("gpt", "bert", "bert-classifier", "bert-classifier-scratch", "classifier", "classifier-lora",
+                "student", "sft"):
+        assert f"--out {work / run} --force" in dry.stdout, run
+        assert f"--out {work / 'reports' / run} --force" in dry.stdout, run
+    assert "--scratch" in dry.stdout and "--teacher" in dry.stdout and "--lora-rank" in dry.stdout
+    assert not work.exists()  # a dry run writes nothing
