@@ -1,7 +1,7 @@
 """Benchmark what pretraining is worth to `lmkit finetune`, over several seeds.
 
-`make demo` trains one seed of each docstring classifier; one seed's test accuracy on the ~300 held-out
-docstrings has a standard error near 0.025, and the training seed moves it by about as much. This script
+`make demo` trains one seed of each docstring classifier; one seed's test accuracy on the 275 held-out
+docstrings has a standard error near 0.026, and the training seed moves it by about as much. This script
 trains each demo classifier with several seeds, on the demo's own artifacts and its own settings
 (examples/finetune-classify.toml), and scores each on the test split, side by side:
 
