@@ -5,8 +5,8 @@ docstrings has a standard error near 0.026, and the training seed moves it by ab
 trains each demo classifier with several seeds, on the demo's own artifacts and its own settings
 (examples/finetune-classify.toml), and scores each on the test split, side by side:
 
-* BERT: from the pretrained demo BERT, the same architecture from random weights (``--scratch``), and
-  the pretrained BERT with ``--token-dropout 0.1`` (augmentation);
+* BERT: from the pretrained demo BERT, the same architecture from random weights (``--scratch``), the
+  pretrained BERT with ``--token-dropout 0.1`` (augmentation) and without the demo's balanced class weights;
 * GPT: the same three, and LoRA rank 8 (the demo's LoRA settings).
 
 For each base it prints the paired difference against the pretrained run of the same seed (same data,
@@ -43,7 +43,8 @@ OUT = ROOT / "benchmarks" / "out"
 SETTINGS = ROOT / "examples" / "finetune-classify.toml"
 # base -> {variant: flags on top of the demo's settings}; "pretrained" is what the others are compared with.
 VARIANTS = {
-    "bert": {"pretrained": {}, "scratch": {"scratch": True}, "token-dropout": {"token_dropout": 0.1}},
+    "bert": {"pretrained": {}, "scratch": {"scratch": True}, "token-dropout": {"token_dropout": 0.1},
+             "unweighted": {"class_weights": "none"}},
     "gpt": {"pretrained": {}, "scratch": {"scratch": True}, "token-dropout": {"token_dropout": 0.1},
             "lora": {"lora_rank": 8, "lr": 3e-3, "epochs": 10}},  # as classifier-lora in examples/Makefile
 }
