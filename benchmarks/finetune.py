@@ -6,7 +6,7 @@ trains each demo classifier with several seeds, on the demo's own artifacts and 
 (examples/finetune-classify.toml), and scores each on the test split, side by side:
 
 * BERT: from the pretrained demo BERT, the same architecture from random weights (``--scratch``), the
-  pretrained BERT with ``--token-dropout 0.1`` (augmentation) and without the demo's balanced class weights;
+  pretrained BERT with ``--token-dropout 0.1`` (augmentation), and with ``--class-weights balanced``;
 * GPT: the same three, and LoRA rank 8 (the demo's LoRA settings).
 
 For each base it prints the paired difference against the pretrained run of the same seed (same data,
@@ -44,7 +44,7 @@ SETTINGS = ROOT / "examples" / "finetune-classify.toml"
 # base -> {variant: flags on top of the demo's settings}; "pretrained" is what the others are compared with.
 VARIANTS = {
     "bert": {"pretrained": {}, "scratch": {"scratch": True}, "token-dropout": {"token_dropout": 0.1},
-             "unweighted": {"class_weights": "none"}},
+             "balanced": {"class_weights": "balanced"}},
     "gpt": {"pretrained": {}, "scratch": {"scratch": True}, "token-dropout": {"token_dropout": 0.1},
             "lora": {"lora_rank": 8, "lr": 3e-3, "epochs": 10}},  # as classifier-lora in examples/Makefile
 }
