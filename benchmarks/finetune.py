@@ -12,7 +12,7 @@ trains each demo classifier with several seeds, on the demo's own artifacts and 
 For each base it prints the paired difference against the pretrained run of the same seed (same data,
 same order of examples, same head initialisation) and on how many seeds the pretrained run wins.
 
-    python benchmarks/finetune.py                       # about 6 minutes on 2 cores once the demo exists
+    python benchmarks/finetune.py                       # 4 seeds: about 4 minutes on 2 cores once the demo exists
     python benchmarks/finetune.py --seeds 8 --bases bert
     python benchmarks/finetune.py --work /tmp/demo      # another demo directory (built first if missing)
 
