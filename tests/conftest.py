@@ -57,6 +57,23 @@ def train_tiny(dataset: Path, out: Path, **overrides):
     return pretrain.run(resolve(PretrainConfig, {}, values))
 
 
+# -- tiny language models (read-only for tests: copy one to change it) ----------------------------------
+
+@pytest.fixture(scope="session")
+def gpt(dataset, tmp_path_factory) -> Path:
+    return train_tiny(dataset, tmp_path_factory.mktemp("gpt") / "run").path
+
+
+@pytest.fixture(scope="session")
+def bert(dataset, tmp_path_factory) -> Path:
+    return train_tiny(dataset, tmp_path_factory.mktemp("bert") / "run", model="bert-tiny").path
+
+
+@pytest.fixture(scope="session")
+def lstm(dataset, tmp_path_factory) -> Path:
+    return train_tiny(dataset, tmp_path_factory.mktemp("lstm") / "run", model="lstm-small", d_model=32, n_layer=2).path
+
+
 # -- finetuning inputs (tests/stages/test_finetune.py, tests/cli/test_finetune.py) ---------------------
 
 @pytest.fixture(scope="session")

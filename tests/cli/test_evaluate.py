@@ -6,16 +6,11 @@ import pytest
 from typer.testing import CliRunner
 
 from lmkit.cli import app
-from tests.conftest import run_lmkit, train_tiny
+from tests.conftest import run_lmkit
 from tests.evaluation.helpers import classifier_checkpoint, labeled_dataset
 
 runner = CliRunner()
 FAST = ["--precision", "fp32", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="module")
-def gpt(dataset, tmp_path_factory):
-    return train_tiny(dataset, tmp_path_factory.mktemp("gpt") / "run").path
 
 
 def test_a_held_condition_exits_3_naming_it_and_the_report_is_kept(gpt, dataset, tmp_path):

@@ -18,16 +18,6 @@ SETTINGS = SamplingSettings(max_new_tokens=12, temperature=0.9, seed=4)
 
 
 @pytest.fixture(scope="module")
-def gpt(dataset, tmp_path_factory):
-    return checkpoints.language_model(dataset, tmp_path_factory.mktemp("gpt") / "run")
-
-
-@pytest.fixture(scope="module")
-def bert(dataset, tmp_path_factory):
-    return checkpoints.language_model(dataset, tmp_path_factory.mktemp("bert") / "run", model="bert-tiny")
-
-
-@pytest.fixture(scope="module")
 def labeler(bert, tmp_path_factory):
     return checkpoints.classifier(bert, tmp_path_factory.mktemp("classifier") / "ckpt")
 

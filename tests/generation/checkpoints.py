@@ -1,5 +1,5 @@
-"""Small real checkpoints of every kind generate reads: causal (gpt, lstm) and masked LMs trained for two
-steps by the real stage, and classifier and SFT checkpoints written directly (as finetuning writes them)."""
+"""Checkpoints generate reads besides the language models (the ``gpt``, ``bert`` and ``lstm`` fixtures of
+tests/conftest.py): classifier and SFT checkpoints written directly, as finetuning writes them."""
 
 from pathlib import Path
 
@@ -9,18 +9,8 @@ from lmkit import artifacts
 from lmkit.data.instructions import DEFAULT_TEMPLATE
 from lmkit.models.classifier import SequenceClassifier
 from lmkit.training.checkpoint import TrainerState, read_checkpoint, write_checkpoint
-from tests.conftest import train_tiny
 
 LABELS = ["module", "class", "function"]
-
-
-def language_model(dataset: Path, out: Path, model: str = "gpt-tiny", **overrides) -> Path:
-    train_tiny(dataset, out, model=model, **overrides)
-    return out / "final"
-
-
-def lstm_model(dataset: Path, out: Path) -> Path:
-    return language_model(dataset, out, model="lstm-small", d_model=32, n_layer=2)
 
 
 def write_model(out: Path, model: torch.nn.Module, model_config, objective: str, tokenizer_dir: Path,

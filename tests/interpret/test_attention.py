@@ -1,7 +1,5 @@
 """Recomputed attention weights against a naive float64 reference and against the model's own output."""
 
-import math
-
 import pytest
 import torch
 
@@ -15,7 +13,7 @@ from lmkit.training.checkpoint import read_checkpoint
 from tests.conftest import train_tiny
 from tests.export.conftest import write_finetuned
 from tests.models.conftest import tiny_config
-from tests.models.test_attention import THETA, reference_rotary, rms_norm
+from tests.models.test_attention import reference_weights
 
 
 def captured_inputs(model, idx, attention_mask=None):
@@ -28,23 +26,6 @@ def captured_inputs(model, idx, attention_mask=None):
     for handle in handles:
         handle.remove()
     return seen
-
-
-def reference_weights(attn, x, causal, eps, key_mask=None):
-    """softmax(Q K^T / sqrt(d) + mask) in float64, from the block's parameters."""
-    B, T, C = x.shape
-    H, D = attn.n_head, C // attn.n_head
-    qkv = x.double() @ attn.qkv.weight.double().T  # (B, T, 3C)
-    q, k, _ = (part.reshape(B, T, H, D).transpose(1, 2) for part in qkv.split(C, dim=-1))  # (B, H, T, D)
-    if attn.q_norm is not None:
-        q, k = rms_norm(q, attn.q_norm.weight, eps), rms_norm(k, attn.k_norm.weight, eps)
-    q, k = reference_rotary(q, THETA), reference_rotary(k, THETA)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(D)
-    if causal:
-        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    return scores.softmax(-1)
 
 
 @pytest.mark.parametrize("arch,overrides", [("gpt", {}), ("gpt", {"qk_norm": True}), ("bert", {})],

@@ -13,16 +13,10 @@ import torch
 from lmkit.errors import UserError
 from lmkit.interpret.render import write_attention_maps
 from lmkit.training.checkpoint import read_checkpoint
-from tests.conftest import train_tiny
 
 Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")
 TEXT = "The for statement is used"
-
-
-@pytest.fixture(scope="module")
-def gpt(dataset, tmp_path_factory):
-    return train_tiny(dataset, tmp_path_factory.mktemp("render") / "gpt").path
 
 
 def page_data(html_path):

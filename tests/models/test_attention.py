@@ -25,13 +25,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
 
 
-def reference_attention(attn: SelfAttention, x: torch.Tensor, causal: bool, eps: float,
-                        key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d) + mask) V, head by head, in float64."""
+def reference_weights(attn: SelfAttention, x: torch.Tensor, causal: bool, eps: float,
+                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) + mask), head by head, in float64: (B, H, T, T)."""
     B, T, C = x.shape
     H, D = attn.n_head, C // attn.n_head
     qkv = x.double() @ attn.qkv.weight.double().T  # (B, T, 3C)
-    q, k, v = (part.reshape(B, T, H, D).transpose(1, 2) for part in qkv.split(C, dim=-1))  # (B, H, T, D)
+    q, k, _ = (part.reshape(B, T, H, D).transpose(1, 2) for part in qkv.split(C, dim=-1))  # (B, H, T, D)
     if attn.q_norm is not None:
         q, k = rms_norm(q, attn.q_norm.weight, eps), rms_norm(k, attn.k_norm.weight, eps)
     q, k = reference_rotary(q, THETA), reference_rotary(k, THETA)
@@ -40,7 +40,16 @@ def reference_attention(attn: SelfAttention, x: torch.Tensor, causal: bool, eps:
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    y = torch.softmax(scores, dim=-1) @ v  # (B, H, T, D)
+    return torch.softmax(scores, dim=-1)
+
+
+def reference_attention(attn: SelfAttention, x: torch.Tensor, causal: bool, eps: float,
+                        key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) + mask) V, head by head, in float64."""
+    B, T, C = x.shape
+    v = (x.double() @ attn.qkv.weight.double().T)[..., 2 * C:]  # (B, T, C)
+    v = v.reshape(B, T, attn.n_head, C // attn.n_head).transpose(1, 2)  # (B, H, T, D)
+    y = reference_weights(attn, x, causal, eps, key_mask) @ v  # (B, H, T, D)
     return y.transpose(1, 2).reshape(B, T, C) @ attn.out_proj.weight.double().T  # (B, T, C)
 
 

@@ -14,7 +14,7 @@ from lmkit.config import resolve
 from lmkit.errors import UserError
 from lmkit.stages import evaluate
 from lmkit.stages.evaluate_config import EvaluateConfig
-from tests.conftest import paragraphs, train_tiny
+from tests.conftest import paragraphs
 from tests.evaluation.helpers import LABELS, classifier_checkpoint, labeled_dataset
 
 
@@ -22,16 +22,6 @@ def config(checkpoint, *data, **overrides):
     values = {"checkpoint": str(checkpoint), "data": [str(d) for d in data], "precision": "fp32", "batch_size": 8,
               **overrides}
     return resolve(EvaluateConfig, {}, values)
-
-
-@pytest.fixture(scope="module")
-def gpt(dataset, tmp_path_factory):
-    return train_tiny(dataset, tmp_path_factory.mktemp("gpt") / "run").path
-
-
-@pytest.fixture(scope="module")
-def bert(dataset, tmp_path_factory):
-    return train_tiny(dataset, tmp_path_factory.mktemp("bert") / "run", model="bert-tiny").path
 
 
 @pytest.fixture(scope="module")
