@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import sys
 import typing
@@ -92,10 +93,12 @@ def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
 
 
 def config_command(name: str, config_cls: type, help: str, render: Callable[[Any], None],
-                   run: Callable[[Any], Any]) -> None:
+                   run: Callable[[Any], Any] | str) -> None:
     """Register ``lmkit NAME`` with a flag per field of ``config_cls``.
 
-    ``run(config)`` does the work (a stage function); ``render(result)`` shows the result.
+    ``run(config)`` does the work (a stage function), given as a callable or as ``"module:function"``,
+    imported only when the command runs (so that ``--help`` and other commands do not load torch);
+    ``render(result)`` shows the result.
     """
     types_ = config_lib.field_types(config_cls)
     fields = dataclasses.fields(config_cls)
@@ -120,7 +123,11 @@ def config_command(name: str, config_cls: type, help: str, render: Callable[[Any
         if print_config:
             sys.stdout.write(config_lib.to_toml(config))
             return
-        render(run(config))
+        if isinstance(run, str):
+            module, function = run.split(":")
+            render(getattr(importlib.import_module(module), function)(config))
+        else:
+            render(run(config))
 
     command.__signature__ = inspect.Signature(params)  # typer reads the flags from this
     command.__doc__ = help

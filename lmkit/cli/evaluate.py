@@ -83,11 +83,6 @@ def render(result: EvaluationResult) -> None:
         raise GateFailed("\n".join(result.failures))
 
 
-def run(config: EvaluateConfig) -> EvaluationResult:
-    from lmkit.stages import evaluate  # torch loads only for commands that need it
-
-    return evaluate.run(config)
-
 
 config_command(
     "evaluate", EvaluateConfig,
@@ -98,7 +93,7 @@ config_command(
          "(the report is still written).\n\n"
          "Examples: lmkit evaluate runs/gpt/final data --out reports/gpt; "
          "lmkit evaluate runs/cls/final labeled --fail-if \"accuracy<0.8\"",
-    render=render, run=run)
+    render=render, run="lmkit.stages.evaluate:run")
 
 
 def _repeatable_fail_if() -> None:

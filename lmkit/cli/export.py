@@ -29,11 +29,6 @@ def render(artifact: Artifact) -> None:
     reporter.out.print(table)
 
 
-def run(config: ExportConfig) -> Artifact:
-    from lmkit.export import stage  # torch loads only for commands that need it
-
-    return stage.run(config)
-
 
 config_command(
     "export", ExportConfig,
@@ -41,4 +36,4 @@ config_command(
          "model (config.json, model.safetensors, generation config) and its tokenizer, checked against lmkit "
          "before it is written. The weight mapping is in lmkit/export/hf.py.\n\n"
          "Example: lmkit export runs/gpt/final --format hf --out hf-model",
-    render=render, run=run)
+    render=render, run="lmkit.export.stage:run")

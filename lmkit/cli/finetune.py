@@ -48,11 +48,6 @@ def _render_range_test(result) -> None:
         reporter.out.print(f"wrote {path}", markup=False)
 
 
-def run(config: FinetuneConfig):
-    from lmkit.stages import finetune  # torch loads only for commands that need it
-
-    return finetune.run(config)
-
 
 config_command(
     "finetune", FinetuneConfig,
@@ -60,4 +55,4 @@ config_command(
          "(continued pretraining), with LoRA, frozen layers, distillation from a --teacher, early stopping on "
          "a validation metric and exact resume.\n\n"
          "Example: lmkit finetune runs/gpt/final data/labeled --out runs/classifier --epochs 3",
-    render=render, run=run)
+    render=render, run="lmkit.stages.finetune:run")

@@ -47,15 +47,10 @@ def last_evaluation(path) -> dict:
     return evals[-1] if evals else {}
 
 
-def run(config: PretrainConfig) -> Artifact:
-    from lmkit.stages import pretrain  # torch loads only for commands that need it
-
-    return pretrain.run(config)
-
 
 config_command(
     "pretrain", PretrainConfig,
     help="Pretrain a language model (GPT, BERT or LSTM) on a dataset artifact, with checkpoints, exact resume "
          "and validation. Runs data-parallel under torchrun.\n\n"
          "Example: lmkit pretrain data --out runs/gpt --model gpt-tiny --max-steps 300",
-    render=render, run=run)
+    render=render, run="lmkit.stages.pretrain:run")

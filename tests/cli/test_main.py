@@ -1,5 +1,8 @@
 """The lmkit command itself: entry points, version, exit codes, output on a pipe."""
 
+import subprocess
+import sys
+
 from typer.testing import CliRunner
 
 from lmkit import __version__
@@ -17,6 +20,14 @@ def test_help_lists_every_command():
     result = run_lmkit("--help", check=True)
     for command in ("preprocess", "info", "verify", "lineage", "demo-corpus"):
         assert command in result.stdout
+
+
+def test_commands_load_torch_only_when_they_run():
+    """Stages named as "module:function" (pretrain, finetune, evaluate, export) are imported on use."""
+    probe = ("import sys; from lmkit.cli import app; from typer.testing import CliRunner; "
+             "[CliRunner().invoke(app, [c, '--help']) for c in ('pretrain', 'finetune', 'evaluate', 'export')]; "
+             "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_usage_error_exits_2():
