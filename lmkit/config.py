@@ -29,18 +29,39 @@ def option(
     affects_output: bool = True,
     positional: bool = False,
     short: str | None = None,
+    section: str = "",
 ) -> Any:
-    """Declare a config field. Lists get a fresh copy of ``default`` per instance."""
+    """Declare a config field. Lists get a fresh copy of ``default`` per instance. ``section`` places the
+    field in ``--help`` and ``--print-config`` (see :func:`ordered_fields`)."""
     metadata = {
         "help": help,
         "choices": choices,
         "affects_output": affects_output,
         "positional": positional,
         "short": short,
+        "section": section,
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def ordered_fields(cls_or_config: Any) -> list[dataclasses.Field]:
+    """A config's fields in the order ``--help`` and ``--print-config`` show them: by the class's
+    ``SECTIONS`` (fields without a section first), declaration order within a section. A class that
+    inherits shared fields (training.options) thereby interleaves them with its own."""
+    sections = getattr(cls_or_config, "SECTIONS", ())
+    fields = dataclasses.fields(cls_or_config)
+    rank = {name: index + 1 for index, name in enumerate(sections)}
+
+    def key(item: tuple[int, dataclasses.Field]) -> tuple[int, int]:
+        position, f = item
+        section = f.metadata.get("section", "")
+        if section and section not in rank:
+            raise TypeError(f"{f.name}: section {section!r} is not in SECTIONS")  # a bug in a config class
+        return rank.get(section, 0), position
+
+    return [f for _, f in sorted(enumerate(fields), key=key)]
 
 
 def flag_name(field_name: str) -> str:
@@ -219,7 +240,11 @@ def _toml_value(value: Any) -> str:
 def to_toml(config: Any) -> str:
     """The resolved config as TOML that ``--config`` reads back; unset optional fields are comments."""
     lines = []
-    for f in dataclasses.fields(config):
+    section = ""
+    for f in ordered_fields(config):
+        if f.metadata.get("section", "") != section:
+            section = f.metadata["section"]
+            lines.append(f"\n# -- {section} " + "-" * max(0, 90 - len(section)))
         value = getattr(config, f.name)
         if f.metadata.get("help"):
             lines.append(f"# {f.metadata['help']}")

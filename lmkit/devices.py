@@ -1,5 +1,5 @@
 """``--device`` for the commands that run a model for use (generate, evaluate): one resolver, one set
-of messages. (Training stages pick their device from the process layout: see training/distributed.py.)"""
+of messages; and the precision every stage runs in. (Training stages pick their device from the process layout: see training/distributed.py.)"""
 
 from __future__ import annotations
 
@@ -21,3 +21,13 @@ def resolve_device(requested: str | torch.device) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {requested}: lmkit runs on cpu or cuda")
     return device
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """bf16 where the hardware computes it natively (CUDA bf16, or AVX-512 BF16 / AMX CPUs), else fp32."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = torch.cpu._is_avx512_bf16_supported() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "fp32"

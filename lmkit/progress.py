@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn, DownloadColumn)
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TransferSpeedColumn, DownloadColumn)
+from rich.text import Text
 
 
 def _format_count(value: float, unit: str) -> str:
@@ -27,11 +28,18 @@ def _format_count(value: float, unit: str) -> str:
 
 
 class Task:
-    """One progress counter; ``advance`` is cheap enough to call per batch."""
+    """One progress counter; ``advance`` is cheap enough to call per batch.
 
-    def __init__(self, reporter: "Reporter", description: str, total: float | None, unit: str):
+    ``initial`` is work done before this process started (a resumed run's steps): it counts towards
+    the total but not towards the rate, so the ETA is not fooled by it. ``deadline`` (a
+    ``time.monotonic()`` value) bounds the ETA when the work stops at a time rather than a count.
+    """
+
+    def __init__(self, reporter: "Reporter", description: str, total: float | None, unit: str,
+                 initial: float = 0.0, deadline: float | None = None):
         self.reporter, self.description, self.total, self.unit = reporter, description, total, unit
-        self.completed = 0.0
+        self.initial = self.completed = float(initial)
+        self.deadline = deadline
         self.status = ""  # e.g. "loss 3.21 lr 3.0e-04": shown after the counts
         self.started = time.monotonic()
         self._last_line = self.started
@@ -52,17 +60,43 @@ class Task:
         if self._rich_id is not None:
             self.reporter._live.update(self._rich_id, description=f"{self.description} {status}")
 
+    def rate(self) -> float:
+        """Units per second done by this process (work done before it, ``initial``, excluded)."""
+        return (self.completed - self.initial) / max(time.monotonic() - self.started, 1e-9)
+
+    def remaining(self) -> float | None:
+        """Seconds left: by the rate towards the total, or until the deadline, whichever comes first."""
+        estimates = []
+        rate = self.rate()
+        if self.total and rate > 0:
+            estimates.append(max(self.total - self.completed, 0) / rate)
+        if self.deadline is not None:
+            estimates.append(max(self.deadline - time.monotonic(), 0.0))
+        return min(estimates) if estimates else None
+
     def line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.completed / elapsed
         text = f"{self.description}: {_format_count(self.completed, self.unit)}"
         if self.total:
             text += f" / {_format_count(self.total, self.unit)} ({100 * self.completed / self.total:.0f}%)"
-        text += f", {_format_count(rate, self.unit)}/s"
-        if self.total and rate > 0:
-            remaining = max(self.total - self.completed, 0) / rate
-            text += f", ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}"
+        text += f", {_format_count(self.rate(), self.unit)}/s"
+        remaining = self.remaining()
+        if remaining is not None:
+            text += f", ETA {_clock(remaining)}"
         return f"{text}  {self.status}" if self.status else text
+
+
+def _clock(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class _RemainingColumn(ProgressColumn):
+    """The ETA of an lmkit Task (rich's own column would count a resumed run's earlier steps as done
+    in no time, and knows no deadline)."""
+
+    def render(self, task) -> Text:
+        remaining = task.fields["lmkit_task"].remaining()
+        return Text(f"ETA {_clock(remaining)}" if remaining is not None else "ETA -:--:--", style="progress.remaining")
 
 
 def _interval(text: str, err: Console) -> float:
@@ -118,15 +152,16 @@ class Reporter:
         self.err.print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
     @contextmanager
-    def task(self, description: str, total: float | None = None, unit: str = "docs") -> Iterator[Task]:
-        task = Task(self, description, total, unit)
+    def task(self, description: str, total: float | None = None, unit: str = "docs", initial: float = 0.0,
+             deadline: float | None = None) -> Iterator[Task]:
+        task = Task(self, description, total, unit, initial, deadline)
         if self.interactive:
             columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
             columns += [DownloadColumn(), TransferSpeedColumn()] if unit == "B" else [MofNCompleteColumn()]
-            columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+            columns += [TimeElapsedColumn(), _RemainingColumn()]
             with Progress(*columns, console=self.err, transient=True) as live:
                 self._live = live
-                task._rich_id = live.add_task(description, total=total)
+                task._rich_id = live.add_task(description, total=total, completed=initial, lmkit_task=task)
                 try:
                     yield task
                 finally:

@@ -30,18 +30,10 @@ import sentencepiece as spm
 
 from lmkit import artifacts
 from lmkit.errors import UserError
+from lmkit.vocab import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
 
 MODEL_FILE = "tokenizer.model"
 
-SPECIAL_TOKENS: dict[str, tuple[str, int]] = {
-    "pad": ("<pad>", 0),
-    "unk": ("<unk>", 1),
-    "bos": ("<s>", 2),
-    "eos": ("</s>", 3),
-    "mask": ("[MASK]", 4),
-    "cls": ("[CLS]", 5),
-    "sep": ("[SEP]", 6),
-}
 TOKENIZER_TYPES = ("bpe", "unigram")
 # Byte fallback needs 256 byte pieces, plus the specials, plus room for real pieces.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 64
@@ -131,7 +123,7 @@ def train(texts: Iterable[str], out_dir: Path, settings: TrainSettings) -> dict:
 class Tokenizer:
     """A loaded SentencePiece model with lmkit's special ids."""
 
-    pad_id, unk_id, bos_id, eos_id, mask_id, cls_id, sep_id = (SPECIAL_TOKENS[k][1] for k in SPECIAL_TOKENS)
+    pad_id, unk_id, bos_id, eos_id, mask_id, cls_id, sep_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID
 
     def __init__(self, model_path: str | Path):
         self.model_path = Path(model_path)

@@ -1,4 +1,4 @@
-"""Human-readable sizes for flags such as ``--shard-size 64MB``."""
+"""Human-readable sizes and durations for flags such as ``--shard-size 64MB`` and ``--max-time 30m``."""
 
 from __future__ import annotations
 
@@ -21,3 +21,17 @@ def parse_size(text: str | int) -> int:
     if not math.isfinite(size):  # hundreds of digits: int() of infinity would raise OverflowError
         raise ValueError(f"not a size: {text!r} (too large)")
     return int(size)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90", "90s", "10m", "1.5h"; "" means no limit (0)."""
+    if not text:
+        return 0.0
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (examples: 90s, 10m, 2h)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]

@@ -101,7 +101,7 @@ def config_command(name: str, config_cls: type, help: str, render: Callable[[Any
     ``render(result)`` shows the result.
     """
     types_ = config_lib.field_types(config_cls)
-    fields = dataclasses.fields(config_cls)
+    fields = config_lib.ordered_fields(config_cls)
     params = [_parameter(f, types_[f.name]) for f in fields]
     params.append(inspect.Parameter(
         "config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from lmkit.cli._util import config_command
-from lmkit.cli.pretrain import checkpoint_table, last_evaluation
+from lmkit.cli.pretrain import checkpoint_table
 from lmkit.progress import reporter
 from lmkit.stages.finetune_config import FinetuneConfig
 
@@ -14,19 +14,9 @@ def render(result) -> None:
     if result.range_test is not None:
         _render_range_test(result)
         return
-    artifact = result.checkpoint
-    table = checkpoint_table(artifact)
+    table = checkpoint_table(result.checkpoint)
     if table is None:
         return
-    stats = artifact.stats
-    table.add_row("model", f"{stats['arch']}, {stats['parameters']:,} parameters ({stats['trainable_parameters']:,} "
-                  f"trained), task {stats['task']}")
-    table.add_row("trained", f"{stats['step']:,} steps")
-    for key, value in last_evaluation(artifact.path.parent / "metrics.jsonl").items():
-        if key.startswith("val_"):
-            table.add_row(f"{key} (last evaluation)", f"{value:.4f}")
-    if stats.get("best_step") is not None:
-        table.add_row("best", f"step {stats['best_step']} ({stats['metric']} {stats['best_metric']:.4f})")
     for name, row in (result.comparison or {}).items():
         figures = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
         table.add_row(name, f"{row['parameters']:,} parameters, {figures}, {row['examples_per_s']:,.0f} examples/s")

@@ -23,16 +23,10 @@ import pyarrow.compute as pc
 import torch
 
 from lmkit.artifacts import Artifact
-from lmkit.data.shards import read_shard
+from lmkit.data.shards import read_split, token_lists
 from lmkit.errors import UserError
-from lmkit.tokenizer import SPECIAL_TOKENS
+from lmkit.vocab import CLS_ID, EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, MASK_ID, SEP_ID
 
-IGNORE_INDEX = -100
-EOS_ID = SPECIAL_TOKENS["eos"][1]
-SEP_ID = SPECIAL_TOKENS["sep"][1]
-CLS_ID = SPECIAL_TOKENS["cls"][1]
-MASK_ID = SPECIAL_TOKENS["mask"][1]
-FIRST_TEXT_ID = len(SPECIAL_TOKENS)  # ids below this are special tokens
 
 
 @dataclass
@@ -54,16 +48,13 @@ def load_stream(dataset: Artifact, split: str, separator: int = EOS_ID) -> Token
     The shards are read memory-mapped, but the stream is built in RAM (4 bytes a token): fine
     for corpora of up to a few hundred million tokens per process.
     """
-    info = dataset.stats["splits"].get(split)
-    if not info or info["documents"] == 0:
+    chosen = read_split(dataset, split)
+    if chosen.documents == 0:
         raise UserError(f"{dataset.path}: has no {split} documents (see `lmkit info {dataset.path}`)")
     pieces = []
     documents = text_bytes = 0
-    for shard in info["shards"]:
-        table = read_shard(dataset.file(shard["file"]))
-        tokens = table.column("tokens").combine_chunks()
-        offsets = tokens.offsets.to_numpy()
-        values = tokens.values.to_numpy().astype(np.int32)
+    for table in chosen.tables():
+        offsets, values = token_lists(table.column("tokens"))
         # Insert the separator after each document: document i lands at offsets[i] + i.
         out = np.full(len(values) + len(offsets) - 1, separator, dtype=np.int32)
         positions = np.arange(len(values)) + np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))

@@ -7,15 +7,21 @@ One row per document, documents kept whole (packing into windows is the training
     n_bytes  uint32             UTF-8 bytes of the cleaned text, for bits per byte
     label    int32 (optional)   index into the dataset's label names (manifest stats.labels.names)
 
-Files are named ``{split}-{index:05d}.arrow``.
+Files are named ``{split}-{index:05d}.arrow``. The dataset manifest lists each split's shards
+(``stats.splits[split].shards``); :func:`read_split` is the one reader of that table.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from lmkit.artifacts import Artifact
 
 SPLITS = ("train", "validation", "test")
 
@@ -106,3 +112,38 @@ def iter_batches(path: str | Path) -> Iterator[pa.RecordBatch]:
     reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
     for index in range(reader.num_record_batches):
         yield reader.get_batch(index)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset artifact: its shard files in order, read memory-mapped on demand."""
+
+    name: str
+    paths: tuple[Path, ...]
+    documents: int
+    tokens: int
+
+    def tables(self) -> Iterator[pa.Table]:
+        """Each shard as a memory-mapped table (no copy into RAM)."""
+        for path in self.paths:
+            yield read_shard(path)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        for path in self.paths:
+            yield from iter_batches(path)
+
+
+def read_split(dataset: "Artifact", split: str) -> Split:
+    """``split`` of ``dataset`` (an empty Split when the dataset has none); each shard's path is checked
+    by the artifact (inside the directory, listed in the manifest)."""
+    info = dataset.stats["splits"].get(split) or {"shards": [], "documents": 0, "tokens": 0}
+    paths = tuple(dataset.file(shard["file"]) for shard in info["shards"])
+    return Split(split, paths, int(info.get("documents", 0)), int(info.get("tokens", 0)))
+
+
+def token_lists(column: pa.ListArray | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, values) of a ``tokens`` column: document i is ``values[offsets[i]:offsets[i + 1]]``,
+    a view of the memory-mapped shard."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=True)

@@ -1,4 +1,5 @@
-"""Train/validation/test assignment by content hash, and seeded streaming shuffles.
+"""Train/validation/test assignment by content hash, seeded streaming shuffles, and the seeded
+validation splits and subsets that finetuning makes of data that has none.
 
 A document's split depends only on its own text, never on its position or on the other
 documents, so adding documents to a corpus never moves an existing one between splits.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import random
 from typing import Iterable, Iterator, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -44,3 +47,34 @@ def shuffled(items: Iterable[T], buffer_size: int, seed: int) -> Iterator[T]:
         buffer[index] = item
     rng.shuffle(buffer)
     yield from buffer
+
+
+# -- validation splits made at training time (finetuning data without a validation split) -----------
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices): ``fraction`` of each class (at least one example of a class
+    with two or more) held out, chosen by a seeded shuffle."""
+    rng = np.random.default_rng([seed, 1])
+    train, validation = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held = 0 if len(members) < 2 else max(1, round(len(members) * fraction))
+        validation.extend(members[:held])
+        train.extend(members[held:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(validation, dtype=np.int64))
+
+
+def split_off(items: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """A seeded random ``fraction`` of ``items`` as validation (at least one, if there are two or more)."""
+    order = np.random.default_rng([seed, 1]).permutation(len(items))
+    held = 0 if len(items) < 2 else max(1, round(len(items) * fraction))
+    chosen = set(order[:held].tolist())
+    return ([item for i, item in enumerate(items) if i not in chosen],
+            [item for i, item in enumerate(items) if i in chosen])
+
+
+def seeded_subset(count: int, size: int, seed: int) -> np.ndarray | None:
+    """Indices (in order) of a seeded random ``size`` of ``count`` items; None when ``size`` is 0 or covers all."""
+    if not size or size >= count:
+        return None
+    return np.sort(np.random.default_rng([seed, 2]).permutation(count)[:size])

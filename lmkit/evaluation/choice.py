@@ -15,7 +15,7 @@ import numpy as np
 
 from lmkit.data.jsonl import read_jsonl
 from lmkit.errors import UserError
-from lmkit.evaluation.language_modeling import EOS_ID
+from lmkit.vocab import EOS_ID
 from lmkit.evaluation.scoring import Inference, Span, score_spans
 from lmkit.tokenizer import Tokenizer
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from lmkit import artifacts
 from lmkit.data import sources
-from lmkit.data.shards import SPLITS, read_shard
+from lmkit.data.shards import SPLITS, read_split, token_lists
 from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
 
@@ -57,21 +57,17 @@ def from_dataset(dataset: artifacts.Artifact, split: str, limit: int = 0) -> Doc
     n_bytes: list[int] = []
     ids: list[int | str] = []
     labels: list[str | None] | None = [] if label_names else None
-    for shard in dataset.stats["splits"][split]["shards"]:
-        table = read_shard(dataset.file(shard["file"]))
-        has_label = "label" in table.column_names
-        for batch in table.to_batches():
-            column = batch.column("tokens")
-            offsets = column.offsets.to_numpy()
-            values = column.values.to_numpy(zero_copy_only=True)
-            tokens += [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-            n_bytes += batch.column("n_bytes").to_numpy().tolist()
-            ids += batch.column("id").to_numpy().tolist()
-            if labels is not None:
-                labels += ([label_names[i] for i in batch.column("label").to_numpy()] if has_label
-                           else [None] * batch.num_rows)
-            if limit and len(tokens) >= limit:
-                return _cut(Documents(tokens, n_bytes, ids, labels), limit)
+    for batch in read_split(dataset, split).batches():
+        has_label = "label" in batch.schema.names
+        offsets, values = token_lists(batch.column("tokens"))
+        tokens += [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+        n_bytes += batch.column("n_bytes").to_numpy().tolist()
+        ids += batch.column("id").to_numpy().tolist()
+        if labels is not None:
+            labels += ([label_names[i] for i in batch.column("label").to_numpy()] if has_label
+                       else [None] * batch.num_rows)
+        if limit and len(tokens) >= limit:
+            return _cut(Documents(tokens, n_bytes, ids, labels), limit)
     return Documents(tokens, n_bytes, ids, labels)
 
 

@@ -24,11 +24,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lmkit.data.packing import CLS_ID, IGNORE_INDEX, SEP_ID, MaskingSettings, mask_tokens, seeded_generator
-from lmkit.evaluation.scoring import PAD_ID, Inference, Span, score_spans, token_logprobs
-from lmkit.tokenizer import SPECIAL_TOKENS
+from lmkit.data.packing import MaskingSettings, mask_tokens, seeded_generator
+from lmkit.evaluation.scoring import Inference, Span, score_spans, token_logprobs
+from lmkit.vocab import CLS_ID, EOS_ID, IGNORE_INDEX, PAD_ID, SEP_ID
 
-EOS_ID = SPECIAL_TOKENS["eos"][1]
 _NATS_PER_BIT = math.log(2)
 _MAX_LOSS_FOR_PPL = 700.0  # exp overflows float64 beyond ~709: the perplexity is reported as inf
 

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmkit.tokenizer import SPECIAL_TOKENS
+from lmkit.vocab import PAD_ID
 
-PAD_ID = SPECIAL_TOKENS["pad"][1]
 # Rows of logits turned into float64 log-probabilities at a time (bounds memory for large vocabularies).
 _LOGPROB_ELEMENTS = 1 << 24
 

@@ -62,14 +62,14 @@ from lmkit.errors import UserError
 from lmkit.models.classifier import format_inputs
 from lmkit.progress import reporter
 from lmkit.tokenizer import MODEL_FILE as SENTENCEPIECE_FILE
-from lmkit.tokenizer import SPECIAL_TOKENS, Tokenizer
+from lmkit.tokenizer import Tokenizer
+from lmkit.vocab import BOS_ID, EOS_ID, FIRST_TEXT_ID, PAD_ID, SPECIAL_TOKENS
 from lmkit.training.checkpoint import Checkpoint
 
 EXTRA = "pip install 'lmkit[hf]'"
 # Largest |lmkit logit - transformers logit| the check accepts (both in float32; they agree to ~1e-6).
 TOLERANCE = 1e-4
 MIN_TRANSFORMERS = 5  # converts SentencePiece models into tokenizer.json and writes rope_parameters
-PAD_ID, BOS_ID, EOS_ID = (SPECIAL_TOKENS[name][1] for name in ("pad", "bos", "eos"))
 # Strings whose token ids must be equal in lmkit and transformers: spaces (SentencePiece's dummy prefix,
 # runs of spaces), digits, bytes outside the vocabulary, newlines, SentencePiece's space marker.
 PROBE_TEXTS = ("Hello world", " leading space", "trailing space ", "two  spaces\tand a tab", "digits 12345 and 3.14",
@@ -226,7 +226,7 @@ def write_tokenizer(directory: Path, checkpoint: Checkpoint, target: Target, tra
 def classifier_appends_eos() -> bool:
     """Whether lmkit's causal classifiers read ``tokens </s>`` (the layout of ``format_inputs``), so that
     the exported tokenizer gives transformers the same ids; asked of format_inputs itself."""
-    row = format_inputs([[len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + 1]], "gpt", 8)[0][0].tolist()
+    row = format_inputs([[FIRST_TEXT_ID, FIRST_TEXT_ID + 1]], "gpt", 8)[0][0].tolist()
     return row[-1] == EOS_ID
 
 
@@ -282,7 +282,7 @@ def probe_batches(checkpoint: Checkpoint) -> list[tuple[torch.Tensor, torch.Tens
     config = checkpoint.model_config
     generator = torch.Generator().manual_seed(0)
     length = min(config.block_size, 48)
-    rows = [torch.randint(len(SPECIAL_TOKENS), config.vocab_size, (n,), generator=generator).tolist()
+    rows = [torch.randint(FIRST_TEXT_ID, config.vocab_size, (n,), generator=generator).tolist()
             for n in (length, max(1, length // 3))]
     if checkpoint.head is not None:
         return [format_inputs(rows, config.arch, config.block_size)]

@@ -17,13 +17,11 @@ from torch import nn
 
 from lmkit.generation.sampling import next_tokens
 from lmkit.generation.settings import SamplingSettings
-from lmkit.tokenizer import SPECIAL_TOKENS
+from lmkit.vocab import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 
-PAD_ID = SPECIAL_TOKENS["pad"][1]
-EOS_ID = SPECIAL_TOKENS["eos"][1]
 # Ids a causal model never has as a target in lmkit's training data (packing puts only text and </s>):
 # never generated. <unk> is among them: byte fallback spells every character, so it marks nothing.
-NEVER_GENERATED = tuple(SPECIAL_TOKENS[name][1] for name in ("pad", "unk", "bos", "mask", "cls", "sep"))
+NEVER_GENERATED = (PAD_ID, UNK_ID, BOS_ID, MASK_ID, CLS_ID, SEP_ID)
 
 # Why a row stopped.
 STOP_EOS, STOP_STRING, STOP_LENGTH, STOP_CONTEXT = "eos", "stop", "length", "context"

@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 from lmkit.errors import UserError
-from lmkit.tokenizer import SPECIAL_TOKENS, Tokenizer
+from lmkit.tokenizer import Tokenizer
+from lmkit.vocab import CLS_ID, FIRST_TEXT_ID, MASK_ID, PAD_ID, SEP_ID
 
 MASK = "[MASK]"
-MASK_ID, CLS_ID, SEP_ID, PAD_ID = (SPECIAL_TOKENS[name][1] for name in ("mask", "cls", "sep", "pad"))
-FIRST_TEXT_ID = len(SPECIAL_TOKENS)  # candidates are text tokens, never special ones
 
 
 @dataclass

@@ -20,10 +20,10 @@ from torch import nn
 from lmkit.errors import UserError
 from lmkit.models.classifier import format_inputs
 from lmkit.models.layers import apply_rotary
-from lmkit.tokenizer import SPECIAL_TOKENS, Tokenizer
+from lmkit.tokenizer import Tokenizer
+from lmkit.vocab import CLS_ID, SEP_ID
 from lmkit.training.checkpoint import Checkpoint
 
-CLS_ID, SEP_ID = SPECIAL_TOKENS["cls"][1], SPECIAL_TOKENS["sep"][1]
 # Largest |recomputed output - module output| accepted, relative to the output's largest value (float32
 # SDPA and the explicit softmax agree to ~1e-6 of it).
 TOLERANCE = 1e-4

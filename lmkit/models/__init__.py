@@ -11,7 +11,7 @@ from torch import nn
 from lmkit.models.bert import BERT
 from lmkit.models.config import ARCHS, ModelConfig
 from lmkit.models.gpt import GPT
-from lmkit.models.layers import IGNORE_INDEX
+from lmkit.vocab import IGNORE_INDEX
 from lmkit.models.lstm import LSTMLanguageModel
 from lmkit.models.presets import PRESETS, model_config, register_preset
 

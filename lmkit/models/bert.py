@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import Block, init_transformer_weights, rope_tables, token_loss
+from lmkit.models.layers import Block, RMSNorm, init_transformer_weights, rope_tables, token_loss
 
 POOLING = ("cls", "mean")
 
@@ -23,7 +23,7 @@ class MLMHead(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(F.gelu(self.dense(x)))  # (B, T, C)
@@ -36,7 +36,7 @@ class BERT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
-        self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlm_head = MLMHead(config)
         # The decoder has a per-token bias, as in BERT; its weight is the embedding matrix when tied.
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=True)

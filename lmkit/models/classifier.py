@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.tokenizer import SPECIAL_TOKENS
+from lmkit.vocab import CLS_ID, EOS_ID, PAD_ID, SEP_ID
 
 POOLING: dict[str, tuple[str, ...]] = {"gpt": ("last", "mean"), "lstm": ("last", "mean"), "bert": ("cls", "mean")}
 DEFAULT_POOLING = {"gpt": "last", "lstm": "last", "bert": "cls"}
-PAD_ID, EOS_ID, CLS_ID, SEP_ID = (SPECIAL_TOKENS[name][1] for name in ("pad", "eos", "cls", "sep"))
 
 
 def format_inputs(token_lists: list[list[int]], arch: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

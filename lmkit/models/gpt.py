@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import Block, KVCache, attention_mask_4d, init_transformer_weights, rope_tables, token_loss
+from lmkit.models.layers import (Block, KVCache, RMSNorm, attention_mask_4d, init_transformer_weights, rope_tables,
+                                 token_loss)
 
 
 class GPT(nn.Module):
@@ -21,7 +22,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
-        self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one matrix to read and write tokens (Press & Wolf 2017)
             self.lm_head.weight = self.tok_emb.weight

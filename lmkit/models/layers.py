@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
+from lmkit.vocab import IGNORE_INDEX
 
 INIT_STD = 0.02  # GPT-2 (Radford et al. 2019) and BERT both draw weights from N(0, 0.02)
-IGNORE_INDEX = -100  # targets with this value do not count in a loss (padding, prompts, unmasked tokens)
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,15 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     Computed in float32 whatever the logits' dtype (bf16 log-softmax over a large vocabulary is lossy).
     """
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` whose gain takes the input's dtype. Under bf16 autocast a norm after a linear layer
+    (qk-norm, BERT's MLM head) reads bf16 while its gain is fp32, and torch's fused kernel needs one dtype:
+    otherwise it warns and falls back to a slow composite path. In fp32 nothing changes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
 # -- rotary position embeddings (RoFormer, Su et al. 2021) --------------------------------------
@@ -122,8 +131,8 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
         # QK-norm bounds the attention logits, which keeps training stable at high learning rates
         # (Dehghani et al. 2023; OLMo 2; Gemma 3 normalizes per head, as here).
-        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
-        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.q_norm = RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -201,9 +210,9 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig, causal: bool):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.attn = SelfAttention(config, causal)
-        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = FEED_FORWARD[config.mlp](config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

@@ -27,7 +27,7 @@ from lmkit.evaluation.scoring import Inference
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
 from lmkit.stages.evaluate_config import TASK_METRICS, EvaluateConfig
-from lmkit.stages.pretrain import resolve_precision
+from lmkit.devices import resolve_precision
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import Checkpoint, read_checkpoint
 

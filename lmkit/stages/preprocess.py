@@ -39,7 +39,8 @@ from lmkit.errors import UserError
 from lmkit.parallel import available_cores, ordered_map
 from lmkit.progress import reporter
 from lmkit.stages.preprocess_config import PreprocessConfig
-from lmkit.tokenizer import MODEL_FILE, SPECIAL_TOKENS, Tokenizer, TrainSettings, token_dtype_name, train
+from lmkit.tokenizer import MODEL_FILE, Tokenizer, TrainSettings, token_dtype_name, train
+from lmkit.vocab import SPECIAL_TOKENS
 from lmkit.units import parse_size
 
 _BATCH_DOCS = 512

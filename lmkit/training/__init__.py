@@ -1,1 +1,3 @@
-"""Training: one loop shared by pretraining and finetuning, parameterized by an objective."""
+"""Training, shared by every training stage: the options (options.py), the run skeleton (run.py), run
+directories and checkpoints (rundir.py, checkpoint.py), one loop (loop.py) parameterized by an
+objective from the registry (objectives/), optimizers, schedules and distributed setup."""

@@ -8,7 +8,9 @@ resumed from a checkpoint computes what the uninterrupted run would have.
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import signal
 import time
 from contextlib import nullcontext
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lmkit.data.packing import IGNORE_INDEX
+from lmkit.vocab import IGNORE_INDEX
 from lmkit.errors import Interrupted, UserError
 from lmkit.progress import reporter
 from lmkit.training.checkpoint import TrainerState, step_tag
@@ -98,8 +100,7 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
         _metrics_log(metrics_path, state.step)
     board = _tensorboard(run_dir, env)
     ddp = env.enabled and not settings.sharded
-    # broadcast_buffers=False: the only buffers are the rotary tables, equal on every rank.
-    forward_model: nn.Module = DistributedDataParallel(model, broadcast_buffers=False) if ddp else model
+    forward_model: nn.Module = _data_parallel(model) if ddp else model
     if settings.compile:
         forward_model = torch.compile(forward_model)
     autocast = (torch.autocast(device_type=env.device.type, dtype=torch.bfloat16)
@@ -109,11 +110,12 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic() - state.elapsed_seconds
     window_start, window_tokens = time.monotonic(), 0
-    total = settings.max_steps or None
+    # The bar counts steps towards the step limit, or the token limit in steps; a time limit bounds the ETA.
+    total = settings.max_steps or (math.ceil(settings.max_tokens / tokens_per_step) if settings.max_tokens else None)
+    deadline = started + settings.max_seconds if settings.max_seconds > 0 else None
     model.train()
     try:
-        with reporter.task("training", total=total, unit="steps") as task:
-            task.advance(state.step)
+        with reporter.task("training", total=total, unit="steps", initial=state.step, deadline=deadline) as task:
             while not _should_stop(state, settings, started):
                 lr = lr_at(state.step, lr=settings.lr, max_steps=settings.schedule_steps,
                            warmup_steps=settings.warmup_steps, schedule=settings.schedule,
@@ -168,7 +170,7 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                         status += f" MFU {record['mfu']:.1%}"
                     task.set_status(status)
                     _log(metrics_path, record, env, board)
-                at_end = settings.eval_at_end and state.step == settings.max_steps
+                at_end = settings.eval_at_end and _should_stop(state, settings, started)
                 if settings.eval_every and (state.step % settings.eval_every == 0 or at_end):
                     improved = _evaluate(forward_model if not settings.compile else model, objective, settings,
                                          state, metrics_path, env, autocast, board)
@@ -190,6 +192,14 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
         if board is not None:
             board.close()
     return state
+
+
+def _data_parallel(model: nn.Module) -> DistributedDataParallel:
+    """DDP without a buffer broadcast before every forward: the only buffers are the rotary tables,
+    equal on every rank. torch 2.13 renamed the switch (and warns on the old name)."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        return DistributedDataParallel(model, forward_sync_buffers=False)
+    return DistributedDataParallel(model, broadcast_buffers=False)
 
 
 def _should_stop(state: TrainerState, settings: LoopSettings, started: float) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmkit.errors import UserError
+
 OPTIMIZERS = ("adamw", "muon")
 
 
@@ -30,7 +32,7 @@ class Optimizers:
 
     def set_lr(self, lr: float) -> None:
         for group in self.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
 
     def step(self) -> None:
         for opt in self.optimizers:
@@ -88,6 +90,9 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return Optimizers([torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)])  # one kernel, CPU and CUDA
     if name == "muon":
+        if not hasattr(torch.optim, "Muon"):
+            raise UserError(f"--optimizer muon: needs torch.optim.Muon (torch 2.9 or newer); this is torch "
+                            f"{torch.__version__} (upgrade torch, or use --optimizer adamw)")
         # Hidden 2-D weights go to Muon; embeddings and the (tied) output head stay with AdamW.
         outer = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
         head = getattr(model, "lm_head", None)

@@ -10,6 +10,7 @@ from safetensors.torch import load_model, save_model
 from lmkit.models import (BERT, CAUSAL_ARCHS, GPT, IGNORE_INDEX, MASKED_ARCHS, MODELS, LSTMLanguageModel,
                           build_model)
 from lmkit.models.config import ARCHS
+from lmkit.models.presets import model_config
 from tests.models.conftest import VOCAB, tiny_config
 
 MASK_ID = 4  # lmkit/tokenizer.py
@@ -144,3 +145,32 @@ def test_loss_is_float32_for_bfloat16_models():
     logits, loss = model(idx, idx)
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
     assert torch.allclose(loss, F.cross_entropy(logits.float().flatten(0, 1), idx.flatten()))
+
+
+@pytest.mark.parametrize("arch,overrides", [("bert", {}), ("gpt", {"qk_norm": True})], ids=["bert", "gpt-qk-norm"])
+def test_bf16_autocast_takes_the_fused_rms_norm_without_warnings(arch, overrides):
+    """A norm after a linear layer reads bf16 under autocast; its fp32 gain must not force torch's slow,
+    warning path ("Mismatch dtype between input and weight")."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = build_model(model_config(f"{arch}-tiny", 64, **overrides))
+    idx = torch.randint(7, 64, (2, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(idx, idx)
+        loss.backward()
+    assert not [w for w in caught if "dtype" in str(w.message).lower()], [str(w.message) for w in caught]
+
+
+def test_rms_norm_equals_torch_in_fp32():
+    from lmkit.models.layers import RMSNorm
+
+    torch.manual_seed(0)
+    ours, theirs = RMSNorm(16, eps=1e-6), torch.nn.RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.normal_()
+        theirs.weight.copy_(ours.weight)
+    x = torch.randn(3, 5, 16)
+    assert torch.equal(ours(x), theirs(x)) and ours.state_dict().keys() == theirs.state_dict().keys()

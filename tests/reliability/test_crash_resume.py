@@ -16,7 +16,9 @@ import torch
 from lmkit import artifacts
 from lmkit.config import resolve
 from lmkit.errors import UserError
-from lmkit.stages import pretrain, rundir
+from lmkit.stages import pretrain
+from lmkit.training.objectives.language_modeling import CausalLM
+from lmkit.training import rundir
 from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
@@ -135,7 +137,7 @@ def test_sigterm_in_a_step_or_a_save_gives_one_valid_checkpoint(dataset, tmp_pat
         return wrapper
 
     if where == "during a step":
-        monkeypatch.setattr(pretrain.CausalLM, "loss", send_sigterm_once(pretrain.CausalLM.loss))
+        monkeypatch.setattr(CausalLM, "loss", send_sigterm_once(CausalLM.loss))
     else:
         monkeypatch.setattr(rundir, "write_checkpoint", send_sigterm_once(rundir.write_checkpoint))
     values = {"dataset": str(dataset), "out": str(tmp_path / "run"), "seq_len": 32, "micro_batch": 4,

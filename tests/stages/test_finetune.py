@@ -127,14 +127,16 @@ def test_freeze_keeps_frozen_weights(bases, labeled, tmp_path):
 # -- small labeled data -------------------------------------------------------------------------------------
 
 def test_early_stopping_keeps_the_best_in_final(bases, labeled, tmp_path, monkeypatch):
+    from lmkit.training.objectives.classification import Classification
+
     scores = iter([0.5, 0.9, 0.6, 0.7, 0.8, 0.95])
-    real = finetune.Classification.evaluate
+    real = Classification.evaluate
 
     def scripted(self, model, max_batches):
         found = real(self, model, max_batches)
         return {**found, "val_accuracy": next(scores)}
 
-    monkeypatch.setattr(finetune.Classification, "evaluate", scripted)
+    monkeypatch.setattr(Classification, "evaluate", scripted)
     result = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=40, eval_every=2, patience=2))
     assert result.checkpoint.stats["best_step"] == 4 and result.checkpoint.stats["step"] == 8  # stopped early
     assert result.checkpoint.stats["best_metric"] == pytest.approx(0.9)
@@ -159,7 +161,7 @@ def test_resume_equals_uninterrupted(bases, labeled, tmp_path, overrides):
 
 
 def test_validation_split_is_stratified(bases, labeled, tmp_path):
-    from lmkit.stages.finetune_data import labeled_splits
+    from lmkit.data.labeled import labeled_splits
 
     train, validation, names, made = labeled_splits(artifacts.load(labeled), 0.25, seed=0)
     assert made and names == ["lower", "upper"]
@@ -172,10 +174,11 @@ def test_class_weights_balanced(bases, dataset, tmp_path):
     records = labeled_records(40)[:30]  # imbalanced after dropping most of one class
     records = [r for r in records if r["label"] == "upper"] + [r for r in records if r["label"] == "lower"][:5]
     data = preprocess_labeled(dataset, tmp_path / "imbalanced", records, "--val-fraction", "0")
-    run = finetune._plan(config(bases["gpt"], data, tmp_path / "run", class_weights="balanced", micro_batch=2),
+    plan = finetune.plan(config(bases["gpt"], data, tmp_path / "run", class_weights="balanced", micro_batch=2),
                          finetune.distributed.setup())
-    weights_ = run.objective.class_weights.tolist()
-    counts = torch.bincount(torch.tensor(run.objective.train_labels)).tolist()
+    objective = plan.spec.build(plan.inputs).objective
+    weights_ = objective.class_weights.tolist()
+    counts = torch.bincount(torch.tensor(objective.train_labels)).tolist()
     total = sum(counts)
     assert weights_ == pytest.approx([total / (2 * c) for c in counts])
 
@@ -203,7 +206,7 @@ def test_distillation_into_a_smaller_student(bases, labeled, tmp_path):
 
 
 def test_distillation_loss_is_kl_plus_hard():
-    from lmkit.training.tasks import Distillation
+    from lmkit.training.objectives.distillation import Distillation
 
     class Fixed(torch.nn.Module):
         def __init__(self, logits):
@@ -280,17 +283,17 @@ def test_single_class_and_unseen_validation_label_refused(bases, dataset, tmp_pa
     only = preprocess_labeled(dataset, tmp_path / "only", records, "--val-fraction", "0")
     with pytest.raises(UserError, match="every training example has the label 'upper'"):
         finetune.run(config(bases["gpt"], only, tmp_path / "run", micro_batch=2))
-    from lmkit.stages import finetune_data
+    from lmkit.data import labeled
 
-    real = finetune_data.read_labeled
+    real = labeled.read_labeled
 
     def validation_with_a_new_label(dataset_, split):
         found = real(dataset_, "train")
         if split == "validation":  # a validation split whose labels include one training never has
-            return finetune_data.LabeledSplit(found.tokens[:3], found.labels[:3] * 0 + 2)
-        return finetune_data.LabeledSplit(found.tokens, found.labels % 2)
+            return labeled.LabeledSplit(found.tokens[:3], found.labels[:3] * 0 + 2)
+        return labeled.LabeledSplit(found.tokens, found.labels % 2)
 
-    monkeypatch.setattr(finetune_data, "read_labeled", validation_with_a_new_label)
+    monkeypatch.setattr(labeled, "read_labeled", validation_with_a_new_label)
     data = preprocess_labeled(dataset, tmp_path / "three", labeled_records(40) + [
         {"text": "A THIRD KIND OF TEXT HERE", "label": "zzz"}], "--val-fraction", "0")
     with pytest.raises(UserError, match="validation label 'zzz' never occurs in training"):
@@ -298,9 +301,10 @@ def test_single_class_and_unseen_validation_label_refused(bases, dataset, tmp_pa
 
 
 def test_sft_targets_are_the_response_and_its_end_only():
-    from lmkit.data.packing import EOS_ID, IGNORE_INDEX
+    from lmkit.vocab import EOS_ID, IGNORE_INDEX
     from lmkit.training.objectives import BatchLayout
-    from lmkit.training.tasks import InstructionExample, InstructionTuning
+    from lmkit.data.instructions import InstructionExample
+    from lmkit.training.objectives.instruction import InstructionTuning
 
     short = InstructionExample([20, 21, 22, 30, 31, EOS_ID], prompt_length=3)  # prompt 20 21 22, response 30 31
     long = InstructionExample([20, 21, 22, 23, 24, 30, EOS_ID], prompt_length=5)
@@ -314,8 +318,8 @@ def test_sft_targets_are_the_response_and_its_end_only():
 
 
 def test_distillation_of_a_language_model_compares_predicted_positions_only():
-    from lmkit.data.packing import IGNORE_INDEX
-    from lmkit.training.tasks import Distillation
+    from lmkit.vocab import IGNORE_INDEX
+    from lmkit.training.objectives.distillation import Distillation
 
     torch.manual_seed(0)
     student_logits, teacher_logits = torch.randn(1, 3, 5), torch.randn(1, 3, 5)
@@ -347,7 +351,7 @@ def test_distillation_of_a_language_model_compares_predicted_positions_only():
     ({"model": "gpt-tiny", "scratch": True}, "--model and --scratch"),
     ({"template": "no placeholder"}, "--template: must contain {prompt}"),
     ({"freeze": "layers:x"}, "--freeze: unknown part 'layers:x'"),
-    ({"epochs": 0}, "--epochs, --max-steps: give a positive --epochs or --max-steps"),
+    ({"epochs": 0}, "--epochs: must be positive"),
     ({"val_fraction": 1.0}, "--val-fraction: must be between 0 and 1"),
     ({"resume": True, "force": True}, "--resume and --force: choose one"),
     ({"beta2": 1.0, "lr": 0}, r"--lr: must be positive(.|\n)*--beta2: must be in \[0, 1\)"),

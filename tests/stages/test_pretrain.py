@@ -10,6 +10,7 @@ from lmkit import artifacts
 from lmkit.config import resolve
 from lmkit.errors import UserError
 from lmkit.stages import pretrain
+from lmkit.training.objectives.language_modeling import CausalLM
 from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training import loop
 from lmkit.training.checkpoint import read_checkpoint
@@ -88,7 +89,7 @@ def test_rerun_is_up_to_date_and_existing_run_is_protected(dataset, tmp_path):
 
 def test_nan_loss_stops_before_the_update(dataset, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    real_loss = pretrain.CausalLM.loss
+    real_loss = CausalLM.loss
     calls = {"n": 0}
 
     def poisoned(self, model, batch):
@@ -96,7 +97,7 @@ def test_nan_loss_stops_before_the_update(dataset, tmp_path, monkeypatch):
         loss = real_loss(self, model, batch)
         return loss * float("nan") if calls["n"] == 9 else loss
 
-    monkeypatch.setattr(pretrain.CausalLM, "loss", poisoned)
+    monkeypatch.setattr(CausalLM, "loss", poisoned)
     steps = count_optimizer_steps(monkeypatch)
     with pytest.raises(loop.NonFiniteError, match=r"step 9: the loss is nan.*last good checkpoint is .*step-00000008"):
         pretrain.run(config(dataset, run_dir))
@@ -134,7 +135,7 @@ def count_optimizer_steps(monkeypatch):
 
 def test_pruning_keeps_an_older_best(dataset, tmp_path, monkeypatch):
     losses = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])  # best at the second evaluation (step 4)
-    monkeypatch.setattr(pretrain.CausalLM, "evaluate", lambda self, model, batches: {"val_loss": next(losses)})
+    monkeypatch.setattr(CausalLM, "evaluate", lambda self, model, batches: {"val_loss": next(losses)})
     final = pretrain.run(config(dataset, tmp_path / "run", eval_every=2, checkpoint_every=2, keep_last=1))
     steps = sorted(p.name for p in (tmp_path / "run").glob("step-*"))
     assert steps == ["step-00000004", "step-00000012"] and final.stats["best_step"] == 4
@@ -219,7 +220,7 @@ def test_shard_refusals(dataset, tmp_path, overrides, message):
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"max_steps": 0, "max_time": "1m"}, "--schedule cosine: decays over a known number of steps"),
+    ({"max_steps": 0, "max_time": "1m", "schedule": "cosine"}, "--schedule cosine: decays over a known number of steps"),
     ({"mask_prob": 0.0}, "--mask-prob: must be positive"),
     ({"max_steps": 0}, "give at least one limit"),
     ({"resume": True, "force": True}, "--resume and --force: choose one"),

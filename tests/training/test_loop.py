@@ -15,7 +15,8 @@ from lmkit.models.presets import model_config
 from lmkit.training.checkpoint import TrainerState
 from lmkit.training.distributed import Distributed
 from lmkit.training.loop import LoopSettings, fit
-from lmkit.training.objectives import BatchLayout, CausalLM
+from lmkit.training.objectives import BatchLayout
+from lmkit.training.objectives.language_modeling import CausalLM
 from lmkit.training.optim import build_optimizer
 
 GOLDEN = Path(__file__).parent / "golden" / "gpt_tiny_clm_loss.json"
@@ -89,7 +90,7 @@ def test_max_time_stops_the_run(tmp_path):
 
 
 def test_precision_auto_falls_back_to_fp32_without_native_bf16(monkeypatch):
-    from lmkit.stages.pretrain import resolve_precision
+    from lmkit.devices import resolve_precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
@@ -98,3 +99,23 @@ def test_precision_auto_falls_back_to_fp32_without_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_data_parallel_wrapper_raises_no_deprecation_warning(tmp_path):
+    """DDP under torchrun printed "`broadcast_buffers` is deprecated" on every run (torch 2.13)."""
+    import warnings
+
+    import torch.distributed as dist
+
+    from lmkit.training.loop import _data_parallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            wrapped = _data_parallel(build_model(model_config("gpt-tiny", 64)))
+        assert not [str(w.message) for w in caught if "broadcast_buffers" in str(w.message)]
+        _, loss = wrapped(torch.randint(7, 64, (2, 8)), torch.randint(7, 64, (2, 8)))
+        loss.backward()
+    finally:
+        dist.destroy_process_group()

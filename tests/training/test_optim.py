@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lmkit.models import build_model
@@ -41,7 +42,7 @@ def test_state_round_trip_continues_identically():
 
 
 def test_config_choices_match_the_optimizers():
-    from lmkit.stages.pretrain_config import OPTIMIZERS as CHOICES
+    from lmkit.training.options import OPTIMIZERS as CHOICES
     from lmkit.training.optim import OPTIMIZERS
 
     assert CHOICES == OPTIMIZERS
@@ -59,3 +60,16 @@ def test_muon_takes_hidden_matrices_only():
         assert any("attn" in name for name in names)
         if preset == "bert-tiny":
             assert "mlm_head.dense.weight" in names  # a hidden matrix, despite its name
+
+
+def test_muon_on_a_torch_without_it_is_refused_naming_the_version(monkeypatch):
+    from lmkit.errors import UserError
+    from lmkit.models import build_model
+    from lmkit.models.presets import model_config
+    from lmkit.training.optim import build_optimizer
+
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)
+    model = build_model(model_config("gpt-tiny", 64))
+    with pytest.raises(UserError, match=r"--optimizer muon: needs torch.optim.Muon \(torch 2.9 or newer\)"):
+        build_optimizer(model, "muon", 1e-3, 0.1, (0.9, 0.95))
+    build_optimizer(model, "adamw", 1e-3, 0.1, (0.9, 0.95))  # adamw is unaffected

@@ -1,55 +1,22 @@
-"""Training objectives: what a batch is, what the loss is, and how validation is measured.
-
-The training loop knows nothing else about the task. Registered by name; each lists the
-architectures it fits, so a mismatch (MLM on a GPT) is refused before any compute.
+"""Language-modeling objectives over packed windows of a dataset split: causal LM (clm) and
+masked LM (mlm). Pretraining trains with them, and finetuning continues with them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, TokenStream, sample_indices,
-                                seeded_generator)
-
-
-@dataclass(frozen=True)
-class BatchLayout:
-    """How a global batch splits into micro-batches across gradient accumulation and ranks."""
-
-    micro_batch: int
-    accumulation: int
-    world_size: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.micro_batch * self.accumulation * self.world_size
-
-    def start(self, step: int, micro: int, rank: int) -> int:
-        """Global sample position of (step, micro-batch, rank): rank-interleaved within a step."""
-        return step * self.global_batch + (micro * self.world_size + rank) * self.micro_batch
-
-
-class Objective(Protocol):
-    """What the loop (and a stage's checks) may rely on. Batches carry ``targets`` with
-    IGNORE_INDEX where nothing is predicted: the loop weights micro-batches by their counts."""
-
-    name: str
-    archs: tuple[str, ...]      # the architectures this objective trains
-    tokens_per_sample: int
-    train_windows: Any          # has ``count``: the stage refuses a split smaller than one batch
-    val_windows: Any | None
-
-    def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]: ...
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
-
-    def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]: ...
+from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, TokenStream, load_stream,
+                                sample_indices, seeded_generator)
+from lmkit.errors import UserError
+from lmkit.training.objectives.base import (BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, dataset_for,
+                                            register)
+from lmkit.vocab import EOS_ID, IGNORE_INDEX, SEP_ID
 
 
 class _WindowObjective:
@@ -97,7 +64,6 @@ class CausalLM(_WindowObjective):
     """Next-token prediction over packed windows; validation reports loss, perplexity and bits per byte."""
 
     name = "clm"
-    archs = ("gpt", "lstm")
 
     def __init__(self, train: TokenStream, validation: TokenStream | None, seq_len: int, layout: BatchLayout,
                  seed: int, device: torch.device):
@@ -127,7 +93,6 @@ class MaskedLM(_WindowObjective):
     """BERT's masked-LM objective; validation masks with a fixed seed and reports loss and accuracy."""
 
     name = "mlm"
-    archs = ("bert",)
 
     def __init__(self, train: TokenStream, validation: TokenStream | None, seq_len: int, layout: BatchLayout,
                  seed: int, device: torch.device, vocab_size: int, masking: MaskingSettings):
@@ -145,7 +110,7 @@ class MaskedLM(_WindowObjective):
         total_loss, correct, masked = 0.0, 0, 0
         for inputs, targets in self._validation_batches(max_batches):
             logits, loss = model(inputs.to(self.device), targets.to(self.device))
-            chosen = targets != -100
+            chosen = targets != IGNORE_INDEX
             n = int(chosen.sum())
             if n == 0:
                 continue
@@ -158,5 +123,30 @@ class MaskedLM(_WindowObjective):
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_mlm_accuracy": correct / masked}
 
 
-OBJECTIVES: dict[str, Any] = {"clm": CausalLM, "mlm": MaskedLM}
-DEFAULT_OBJECTIVE = {"gpt": "clm", "lstm": "clm", "bert": "mlm"}
+def _streams(inputs: ObjectiveInputs, separator: int) -> tuple[TokenStream, TokenStream | None]:
+    dataset = dataset_for(inputs)
+    validation = dataset.stats["splits"].get("validation")
+    has_validation = bool(validation and validation["documents"])
+    return (load_stream(dataset, "train", separator),
+            load_stream(dataset, "validation", separator) if has_validation else None)
+
+
+def _build_clm(inputs: ObjectiveInputs) -> Built:
+    train, validation = _streams(inputs, EOS_ID)
+    return Built(CausalLM(train, validation, inputs.seq_len, inputs.layout, inputs.options.seed, inputs.device))
+
+
+def _build_mlm(inputs: ObjectiveInputs) -> Built:
+    if inputs.seq_len < 4:
+        raise UserError("--seq-len: masked LM windows need at least 4 tokens ([CLS] ... [SEP])")
+    options = inputs.options
+    train, validation = _streams(inputs, SEP_ID)
+    masking = MaskingSettings(options.mask_prob, options.mask_replace, options.mask_random)
+    return Built(MaskedLM(train, validation, inputs.seq_len, inputs.layout, options.seed, inputs.device,
+                          inputs.model_config.vocab_size, masking))
+
+
+register(ObjectiveSpec("clm", ("gpt", "lstm"), _build_clm, "causal language modeling (next token) over packed "
+                       "documents", metrics=("val_loss", "val_ppl", "val_bpb")))
+register(ObjectiveSpec("mlm", ("bert",), _build_mlm, "masked language modeling (BERT's 80/10/10 corruption)",
+                       metrics=("val_loss", "val_ppl", "val_mlm_accuracy")))

@@ -37,39 +37,72 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (artifacts.read_manifest(p)["stats"].get("step", -1), p.name == FINAL))
 
 
-def inspect_run_dir(run_dir: Path, config: Any, recipe: str, env: distributed.Distributed,
-                    model_cfg: ModelConfig, invariants: tuple[str, ...], resumable=lambda path: True) -> Path | None:
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    """How a launch of a training stage begins: from scratch or from a checkpoint, and under which recipe."""
+
+    recipe: str                      # the final checkpoint's recipe: the settings and, when resumed, their history
+    resume_from: Path | None         # the checkpoint to continue from
+    launch: dict[str, Any]           # this launch's identity (settings and input ids), kept in every checkpoint
+    history: list[dict[str, Any]]    # earlier launches of the run whose settings differed: {"until_step", "settings"}
+    fresh: bool                      # start over: --force, or --auto-resume on a run without a checkpoint
+
+
+def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distributed.Distributed,
+              model_cfg: ModelConfig, invariants: tuple[str, ...], resumable=lambda path: True) -> RunStart:
     """Refuse to clobber a run; find the checkpoint to resume from (the latest that ``resumable``
-    accepts), checking that the settings in ``invariants`` and the model did not change."""
+    accepts), checking that the settings in ``invariants`` and the model did not change.
+
+    A resumed run's recipe is its settings plus the settings of every earlier launch that differed
+    (a run trained 6 steps and resumed to 12 is not a 12-step run), so "up to date" stays honest and
+    a changed --lr on resume is recorded in the checkpoints rather than lost.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is a file; --out must be a directory")
     if any(parent.exists() and not parent.is_dir() for parent in run_dir.parents):
         raise UserError(f"{run_dir}: a parent of --out is a file, not a directory")
     existing = checkpoints(run_dir) if run_dir.is_dir() else []
-    if config.resume:
-        candidates = [path for path in existing if resumable(path)]
-        if not candidates:
-            hint = ("start it again with --force" if run_dir.is_dir() and any(run_dir.iterdir())
-                    else "run without --resume to start it")
-            raise UserError(f"{run_dir}: no checkpoint to resume from ({hint})")
+    fresh_recipe = artifacts.make_recipe("checkpoint", identity, [], [])
+    candidates = [path for path in existing if resumable(path)]
+    if options.resume and not candidates:
+        hint = ("start it again with --force" if run_dir.is_dir() and any(run_dir.iterdir())
+                else "run without --resume to start it, or use --auto-resume")
+        raise UserError(f"{run_dir}: no checkpoint to resume from ({hint})")
+    if options.resuming and candidates:
         latest = candidates[-1]
         checkpoint = read_checkpoint(latest)
         saved = checkpoint.trainer_state()
         if saved.world_size != env.world_size:
             raise UserError(f"{latest}: was trained on {saved.world_size} process(es); resume with the same number "
                             f"(now {env.world_size})")
-        changed = [flag_name(name) for name in invariants if checkpoint.artifact.config.get(name) != getattr(config, name)]
+        changed = [flag_name(name) for name in invariants
+                   if checkpoint.artifact.config.get(name) != getattr(options, name)]
         if checkpoint.model_config != model_cfg:
             changed.append("the model (--model and its overrides)")
         if changed:
             raise UserError(f"{latest}: cannot resume with a different {', '.join(changed)}; "
                             "use the run's settings (see its config.toml) or --force to start over")
-        return latest
-    if up_to_date(run_dir, recipe):
-        return None  # the stage reports "up to date", with or without --force (as every stage does)
-    if (existing or (run_dir / "metrics.jsonl").exists()) and not config.force:
+        history = list(saved.extra.get("history", []))
+        launch = saved.extra.get("launch", identity)  # checkpoints of older lmkit versions: assume unchanged
+        if launch != identity:
+            history.append({"until_step": saved.step, "settings": launch})
+        recipe = (artifacts.make_recipe("checkpoint", {**identity, "history": history}, [], []) if history
+                  else fresh_recipe)
+        return RunStart(recipe, latest, identity, history, fresh=False)
+    if up_to_date(run_dir, fresh_recipe):
+        return RunStart(fresh_recipe, None, identity, [], fresh=False)  # "up to date", with or without --force
+    holds_run = bool(existing) or (run_dir / "metrics.jsonl").exists()
+    if holds_run and candidates and not options.force:
         raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or --force to start over")
-    return None
+    if holds_run and not candidates and not (options.force or options.auto_resume):
+        raise UserError(f"{run_dir}: already holds a run without a checkpoint to resume; use --force (or "
+                        "--auto-resume) to start over")
+    return RunStart(fresh_recipe, None, identity, [], fresh=True)
+
+
+def changed_settings(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The settings of an earlier launch that differ from ``now``'s: {name: earlier value}."""
+    return {key: value for key, value in earlier.items() if now.get(key) != value}
 
 
 def up_to_date(run_dir: Path, recipe: str) -> bool:
@@ -86,7 +119,8 @@ def existing_final(run_dir: Path) -> artifacts.Artifact:
 
 
 def prepare(run_dir: Path, config: Any, env: distributed.Distributed, fresh: bool) -> None:
-    """Once every input is read and checked: make the directory, apply --force, write config.toml."""
+    """Once every input is read and checked: make the directory, clear an earlier run when starting
+    fresh over one (--force, or --auto-resume over a run that left no checkpoint), write config.toml."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{time.time_ns()}"
@@ -94,7 +128,7 @@ def prepare(run_dir: Path, config: Any, env: distributed.Distributed, fresh: boo
         probe.unlink()
     except OSError as exc:
         raise UserError(f"{run_dir}: not writable ({exc.strerror}) (--out)") from None
-    if config.force and fresh and env.is_main and run_dir.is_dir():  # rank 0 deletes, all wait
+    if fresh and env.is_main and run_dir.is_dir():  # rank 0 deletes, all wait
         for path in run_dir.iterdir():
             if path.name.startswith((CHECKPOINT_PREFIX, FINAL, ".trash-")) or path.name == "metrics.jsonl":
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -118,7 +152,6 @@ class CheckpointSaver:
     env: distributed.Distributed
     extra: dict[str, Any] | None = None   # model.json additions (head, template, lora)
     sharded: bool = False
-    best_key: str = "best_val_loss"
 
     def save(self, tag: str, model: torch.nn.Module, optimizers, state: TrainerState,
              extra: dict[str, Any] | None = None) -> Path:
@@ -160,7 +193,12 @@ class CheckpointSaver:
                     parents = [artifacts.describe_parent(role, parent, path) for role, parent in self.parents]
                     parents.append({"role": "tokenizer", "path": "tokenizer", "id": self.tokenizer.id})
                     stats = {**self.stats, "step": state.step, "tokens": state.tokens, "best_step": state.best_step,
-                             self.best_key: state.best_metric}
+                             "best_metric": state.best_metric}
+                    history = state.extra.get("history")
+                    if history:  # earlier launches' settings that differ from this one's: what the recipe holds
+                        stats["history"] = [{"until_step": h["until_step"],
+                                             "changed": changed_settings(h["settings"], state.extra["launch"])}
+                                            for h in history]
                     writer.commit(config_lib.as_dict(self.config), {"artifacts": parents, "files": []}, stats)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

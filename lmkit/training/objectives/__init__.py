@@ -1,0 +1,11 @@
+"""Training objectives, registered by name (see base.py). A new objective is one module that defines
+it and registers its spec, plus its line below."""
+
+from lmkit.training.objectives.base import (OBJECTIVES, BatchLayout, Built, Count, Objective, ObjectiveInputs,
+                                            ObjectiveSpec, register)
+from lmkit.training.objectives import classification, distillation, instruction, language_modeling  # noqa: F401
+
+DEFAULT_OBJECTIVE = {"gpt": "clm", "lstm": "clm", "bert": "mlm"}  # pretraining's, by architecture
+
+__all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVES", "BatchLayout", "Built", "Count", "Objective", "ObjectiveInputs",
+           "ObjectiveSpec", "register"]

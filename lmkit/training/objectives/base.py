@@ -1,0 +1,119 @@
+"""What every training objective is, what it is built from, and the registry of them.
+
+An objective supplies batches at global sample positions, a loss and validation; the loop knows
+nothing else about the task. Each registered :class:`ObjectiveSpec` names the architectures it
+trains and builds its objective from an :class:`ObjectiveInputs` (the stage's options, the data,
+the model's shape), so a stage looks an objective up instead of switching on its name, and a
+mismatch (MLM on a GPT) is refused before any compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from lmkit import artifacts
+from lmkit.errors import UserError
+from lmkit.models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a global batch splits into micro-batches across gradient accumulation and ranks."""
+
+    micro_batch: int
+    accumulation: int
+    world_size: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.accumulation * self.world_size
+
+    def start(self, step: int, micro: int, rank: int) -> int:
+        """Global sample position of (step, micro-batch, rank): rank-interleaved within a step."""
+        return step * self.global_batch + (micro * self.world_size + rank) * self.micro_batch
+
+
+@dataclass(frozen=True)
+class Count:
+    """What the loop and the stage's checks need to know of a set of examples."""
+
+    count: int
+
+
+class Objective(Protocol):
+    """What the loop (and a stage's checks) may rely on. Batches carry ``targets`` with
+    IGNORE_INDEX where nothing is predicted: the loop weights micro-batches by their counts."""
+
+    name: str
+    tokens_per_sample: int
+    train_windows: Any          # has ``count``: the stage refuses a split smaller than one batch
+    val_windows: Any | None
+
+    def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]: ...
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]: ...
+
+
+@dataclass
+class ObjectiveInputs:
+    """What an objective is built from. ``options`` is the stage's config (training.options and the
+    stage's own fields: an objective reads the settings it documents)."""
+
+    options: Any
+    data: Path                          # a dataset artifact, or a file (sft)
+    tokenizer: artifacts.Artifact       # the model's tokenizer: data must have been made with it
+    model_config: ModelConfig
+    seq_len: int
+    layout: BatchLayout
+    device: torch.device
+    teacher: Any | None = None          # a training.checkpoint.Checkpoint to distill from
+    inner: Objective | None = None      # what a wrapping objective (distill) wraps
+    notes: list[str] = field(default_factory=list)  # printed at the start of the run
+
+
+@dataclass
+class Built:
+    objective: Objective
+    extra: dict[str, Any] = field(default_factory=dict)   # model.json additions (a classifier's head, a template)
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    archs: tuple[str, ...]                          # the architectures it trains
+    build: Callable[[ObjectiveInputs], Built]
+    summary: str                                    # one line, for messages
+    metric: str = "val_loss"                        # the default validation metric
+    metrics: tuple[str, ...] = ("val_loss",)        # the validation metrics it reports
+
+    def check_arch(self, arch: str, what: str) -> None:
+        if arch not in self.archs:
+            raise UserError(f"{self.name} does not fit a {arch} model ({what}); {self.name} trains "
+                            f"{', '.join(self.archs)}")
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {}
+
+
+def register(spec: ObjectiveSpec) -> ObjectiveSpec:
+    if spec.name in OBJECTIVES:
+        raise ValueError(f"objective {spec.name!r} is registered twice")  # a bug, not a user error
+    OBJECTIVES[spec.name] = spec
+    return spec
+
+
+def dataset_for(inputs: ObjectiveInputs) -> artifacts.Artifact:
+    """The dataset artifact at ``inputs.data``, refused when it was tokenized with another tokenizer."""
+    dataset = artifacts.load(inputs.data, kind="dataset")
+    theirs = artifacts.load(dataset.path / "tokenizer", kind="tokenizer")
+    if theirs.id != inputs.tokenizer.id:
+        raise UserError(f"{inputs.data}: was tokenized with another tokenizer than the model's; re-run lmkit "
+                        f"preprocess with --tokenizer {inputs.tokenizer.path}")
+    return dataset

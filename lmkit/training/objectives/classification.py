@@ -1,0 +1,142 @@
+"""Sequence classification on a labeled dataset: cross entropy of class logits over a pooled vector.
+
+Examples are read at global sample positions (objectives.BatchLayout) with the same seeded
+permutations as pretraining windows, so a resumed finetune reads exactly what the uninterrupted
+one would have.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmkit.data.labeled import labeled_splits
+from lmkit.data.packing import sample_indices, seeded_generator
+from lmkit.data.split import seeded_subset
+from lmkit.errors import UserError
+from lmkit.evaluation.metrics import classification_metrics
+from lmkit.models.classifier import DEFAULT_POOLING, POOLING, format_inputs
+from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, dataset_for,
+                                            register)
+
+
+def drop_tokens(tokens: list[int], probability: float, generator: torch.Generator) -> list[int]:
+    """Token dropout: delete each token with ``probability`` (at least one token is kept)."""
+    if probability <= 0 or len(tokens) < 2:
+        return tokens
+    keep = torch.rand(len(tokens), generator=generator) >= probability
+    if not keep.any():
+        keep[0] = True
+    return [token for token, kept in zip(tokens, keep.tolist()) if kept]
+
+
+class Classification:
+    """Cross entropy of class logits; validation reports loss, accuracy and macro F1."""
+
+    name = "classify"
+
+    def __init__(self, train: list[list[int]], train_labels: np.ndarray, validation: list[list[int]],
+                 val_labels: np.ndarray, n_classes: int, arch: str, seq_len: int, layout: BatchLayout, seed: int,
+                 device: torch.device, class_weights: torch.Tensor | None = None, token_dropout: float = 0.0,
+                 teacher_arch: str | None = None):
+        self.train, self.train_labels = train, np.asarray(train_labels, dtype=np.int64)
+        self.validation, self.val_labels = validation, np.asarray(val_labels, dtype=np.int64)
+        self.n_classes, self.arch, self.seq_len = n_classes, arch, seq_len
+        self.layout, self.seed, self.device = layout, seed, device
+        self.class_weights = None if class_weights is None else class_weights.to(device)
+        self.token_dropout, self.teacher_arch = token_dropout, teacher_arch
+        self.train_windows = Count(len(train))
+        self.val_windows = Count(len(validation)) if validation else None
+        # Tokens a step reads, for throughput: the mean formatted length (inputs are padded per batch).
+        self.tokens_per_sample = max(1, round(float(np.mean([min(len(t) + 2, seq_len) for t in train]))))
+
+    def _batch(self, token_lists: list[list[int]], labels: np.ndarray) -> dict[str, torch.Tensor]:
+        idx, mask = format_inputs(token_lists, self.arch, self.seq_len)
+        batch = {"idx": idx.to(self.device), "attention_mask": mask.to(self.device),
+                 "targets": torch.from_numpy(labels).to(self.device)}
+        if self.teacher_arch is not None and self.teacher_arch != self.arch:  # a teacher reads its own format
+            teacher_idx, teacher_mask = format_inputs(token_lists, self.teacher_arch, self.seq_len)
+            batch["teacher_idx"], batch["teacher_mask"] = teacher_idx.to(self.device), teacher_mask.to(self.device)
+        return batch
+
+    def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
+        start = self.layout.start(step, micro, rank)
+        indices = sample_indices(len(self.train), self.seed, start, self.layout.micro_batch)
+        token_lists = [self.train[i] for i in indices]
+        if self.token_dropout:
+            generator = seeded_generator(self.seed, start)
+            token_lists = [drop_tokens(tokens, self.token_dropout, generator) for tokens in token_lists]
+        return self._batch(token_lists, self.train_labels[indices])
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if teacher and "teacher_idx" in batch:
+            logits, _ = model(batch["teacher_idx"], None, batch["teacher_mask"])
+        else:
+            logits, _ = model(batch["idx"], None, batch["attention_mask"])
+        return logits, F.cross_entropy(logits.float(), batch["targets"], weight=self.class_weights)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward(model, batch)[1]
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, token_lists: list[list[int]], arch: str | None = None) -> np.ndarray:
+        """Class probabilities (N, K) of ``token_lists``, in batches of similar length, framed for ``arch``
+        (default: the trained model's)."""
+        order = np.argsort([len(t) for t in token_lists], kind="stable")
+        probabilities = np.zeros((len(token_lists), self.n_classes), dtype=np.float64)
+        size = self.layout.micro_batch * 2
+        for start in range(0, len(order), size):
+            chosen = order[start:start + size]
+            idx, mask = format_inputs([token_lists[i] for i in chosen], arch or self.arch, self.seq_len)
+            logits, _ = model(idx.to(self.device), None, mask.to(self.device))
+            probabilities[chosen] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return probabilities
+
+    def evaluate(self, model: nn.Module, max_batches: int, arch: str | None = None) -> dict[str, float]:
+        """Validation loss, accuracy and macro F1 (lmkit evaluate's definitions); ``arch`` frames the
+        inputs for another model than the one trained (a distillation teacher)."""
+        if not self.validation:
+            return {}
+        count = len(self.validation)
+        if max_batches:
+            count = min(count, max_batches * self.layout.micro_batch)
+        probabilities = self.predict(model, self.validation[:count], arch)
+        gold = self.val_labels[:count]
+        loss = -float(np.mean(np.log(np.maximum(probabilities[np.arange(count), gold], 1e-12))))
+        scores = classification_metrics(gold, probabilities.argmax(axis=1), [str(k) for k in range(self.n_classes)])
+        return {"val_loss": loss, "val_accuracy": scores["metrics"]["accuracy"], "val_f1": scores["metrics"]["macro_f1"]}
+
+
+def _build(inputs: ObjectiveInputs) -> Built:
+    options, arch = inputs.options, inputs.model_config.arch
+    dataset = dataset_for(inputs)
+    train, validation, names, made = labeled_splits(dataset, options.val_fraction, options.seed)
+    if made:
+        inputs.notes.append(f"validation: {len(validation.tokens)} examples held out of train (--val-fraction "
+                            f"{options.val_fraction}, stratified)")
+    chosen = seeded_subset(len(train.tokens), options.max_train_examples, options.seed)
+    if chosen is not None:
+        inputs.notes.append(f"training on {len(chosen)} of {len(train.tokens)} examples (--max-train-examples)")
+        train = train.subset(chosen)
+    pooling = DEFAULT_POOLING[arch] if options.pooling == "auto" else options.pooling
+    if pooling not in POOLING[arch]:
+        raise UserError(f"--pooling {pooling}: does not fit a {arch} model (choose {', '.join(POOLING[arch])})")
+    teacher = inputs.teacher
+    if teacher is not None and teacher.labels != names:
+        raise UserError(f"--teacher {options.teacher}: its labels {teacher.labels} differ from the dataset's {names}")
+    weights = None
+    if options.class_weights == "balanced":  # n / (k * n_c), as scikit-learn's "balanced"
+        counts = np.bincount(train.labels, minlength=len(names)).astype(np.float64)
+        weights = torch.tensor(np.where(counts > 0, len(train.labels) / (len(names) * np.maximum(counts, 1)), 0.0),
+                               dtype=torch.float32)
+    objective = Classification(train.tokens, train.labels, validation.tokens, validation.labels, len(names), arch,
+                               inputs.seq_len, inputs.layout, options.seed, inputs.device, weights,
+                               options.token_dropout, teacher.model_config.arch if teacher else None)
+    return Built(objective, {"head": {"labels": names, "pooling": pooling, "max_len": inputs.seq_len}})
+
+
+register(ObjectiveSpec("classify", ("gpt", "bert", "lstm"), _build, "sequence classification of a labeled dataset",
+                       metric="val_accuracy", metrics=("val_loss", "val_accuracy", "val_f1")))

@@ -1,0 +1,206 @@
+"""One run skeleton for every training stage: from a plan (what the stage decided before any
+compute) to a committed final checkpoint.
+
+A stage (pretrain, finetune, ...) reads and checks its inputs and returns a :class:`TrainingPlan`:
+the objective to build, the model to start from, the run directory's state and recipe. This file
+does the rest, the same way for every stage: the up-to-date check, building the objective and the
+model, resuming, the optimizer, the run directory, checkpoints, the loop, the final save, the plot.
+Every check on the inputs happens before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lmkit import artifacts
+from lmkit.devices import resolve_precision
+from lmkit.errors import UserError
+from lmkit.models import count_parameters, flops_per_token
+from lmkit.models.config import ModelConfig
+from lmkit.progress import reporter
+from lmkit.training import distributed, rundir
+from lmkit.training.checkpoint import TrainerState, read_checkpoint
+from lmkit.training.loop import LoopSettings, fit
+from lmkit.training.objectives import OBJECTIVES, BatchLayout, Built, Objective, ObjectiveInputs, ObjectiveSpec
+from lmkit.training.optim import Optimizers, build_optimizer
+from lmkit.training.options import TrainingOptions
+from lmkit.training.rundir import FINAL, RunStart
+
+
+@dataclass
+class TrainingPlan:
+    """What a training stage decided before any compute."""
+
+    options: TrainingOptions
+    env: distributed.Distributed
+    spec: ObjectiveSpec
+    inputs: ObjectiveInputs
+    model_config: ModelConfig
+    run_dir: Path
+    start: RunStart
+    parents: list[tuple[str, artifacts.Artifact]]
+    new_model: Callable[[Built], nn.Module]     # the model to train, with the weights it starts from
+    step_limit: Callable[[Objective], int]      # the run's step limit (0: none), once the data is known
+    label: str                                  # names the run in messages, e.g. "gpt-tiny" or "finetune (sft)"
+    stats: dict[str, Any] = field(default_factory=dict)  # what every checkpoint reports besides the common stats
+    model_extra: dict[str, Any] = field(default_factory=dict)  # model.json additions besides the objective's (lora)
+    metric: str = "val_loss"                    # picks the best checkpoint and drives --patience
+    sharded: bool = False
+    eval_at_end: bool = False                   # also validate after the last step (the best may be the last)
+    finish: Callable[["Session"], Path] | None = None  # saves final/ (default: the model as trained)
+
+    @property
+    def layout(self):
+        return self.inputs.layout
+
+
+@dataclass
+class Session:
+    """A run under way: what the skeleton built, for a stage's ``finish`` (or its range test)."""
+
+    plan: TrainingPlan
+    built: Built
+    objective: Objective                        # built.objective, wrapped for distillation when there is a teacher
+    model: nn.Module
+    optimizers: Optimizers
+    precision: str
+    state: TrainerState
+    saver: rundir.CheckpointSaver | None = None
+
+    def save_final(self, resumable: bool = True, extra: dict | None = None) -> Path:
+        """Commit final/ with the model as it is now; not ``resumable``: without optimizer state (a merged
+        LoRA model has no adapters left to continue)."""
+        return self.saver.save(FINAL, self.model, self.optimizers if resumable else None, self.state, extra=extra)
+
+
+def up_to_date(plan: TrainingPlan) -> artifacts.Artifact | None:
+    """The final checkpoint when the run directory already holds this recipe's result (refreshed for Make)."""
+    if rundir.up_to_date(plan.run_dir, plan.start.recipe):
+        return rundir.existing_final(plan.run_dir)
+    return None
+
+
+def open_session(plan: TrainingPlan) -> Session:
+    """Build the objective (reading the data), the model with its starting or resumed weights and the
+    optimizer; the run directory is not touched yet."""
+    options, env = plan.options, plan.env
+    built = plan.spec.build(plan.inputs)
+    objective = built.objective
+    if objective.train_windows.count < plan.layout.global_batch:
+        raise UserError(f"{plan.inputs.data}: {objective.train_windows.count:,} training {_unit(plan.spec)} of at most "
+                        f"{plan.inputs.seq_len} tokens, fewer than one batch ({plan.layout.global_batch}); lower "
+                        "--seq-len, --micro-batch, --accumulation or --batch-tokens, or add data")
+    if (options.eval_every or options.patience) and not (objective.val_windows and objective.val_windows.count):
+        reporter.warn(f"{plan.inputs.data}: no validation data; no evaluation, best checkpoint or early stopping "
+                      "(make a validation split with --val-fraction)")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    precision = resolve_precision(options.precision, env.device)
+    torch.manual_seed(options.seed)
+    model = plan.new_model(built).to(env.device)
+    checkpoint = read_checkpoint(plan.start.resume_from) if plan.start.resume_from is not None else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.build_model().state_dict())
+    if plan.sharded:
+        distributed.shard_model(model)  # after loading full weights, before the optimizer sees parameters
+    if plan.inputs.teacher is not None:
+        wrapped = OBJECTIVES["distill"].build(dataclasses.replace(plan.inputs, inner=objective))
+        objective = wrapped.objective
+    optimizers = build_optimizer(model, options.optimizer, options.lr, options.weight_decay,
+                                 (options.beta1, options.beta2))
+    state = TrainerState(world_size=env.world_size)
+    if checkpoint is not None:
+        state = checkpoint.restore_training(optimizers, sharded_model=model if plan.sharded else None)
+        reporter.info(f"resuming from {plan.start.resume_from} (step {state.step})")
+    state.extra["launch"] = plan.start.launch
+    state.extra["history"] = plan.start.history
+    if plan.start.history:
+        changed = rundir.changed_settings(plan.start.history[-1]["settings"], plan.start.launch)
+        if changed:
+            described = ", ".join(f"{key} {value!r} -> {plan.start.launch.get(key)!r}" for key, value in changed.items())
+            reporter.info(f"resumed with changed settings (recorded in the checkpoints' history): {described}")
+    return Session(plan, built, objective, model, optimizers, precision, state)
+
+
+def run_training(plan: TrainingPlan) -> artifacts.Artifact:
+    """Train as planned and commit final/; an up-to-date run does no work."""
+    existing = up_to_date(plan)
+    if existing is not None:
+        return existing
+    session = open_session(plan)
+    options, env, layout, objective = plan.options, plan.env, plan.layout, session.objective
+    # Only now, with every input read and checked, is the run directory touched.
+    rundir.prepare(plan.run_dir, options, env, fresh=plan.start.fresh)
+
+    max_steps = plan.step_limit(objective)
+    tokens_per_step = layout.global_batch * objective.tokens_per_sample
+    schedule_steps = options.schedule_steps(max_steps, tokens_per_step)
+    warmup = min(options.warmup_steps, schedule_steps // 2) if schedule_steps else options.warmup_steps
+    if warmup < options.warmup_steps:
+        plan.inputs.notes.append(f"--warmup-steps {options.warmup_steps} lowered to {warmup}: half of the "
+                                 f"{schedule_steps} steps")
+    model = session.model
+    n_params, n_trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    flops = flops_per_token(plan.model_config, plan.inputs.seq_len)
+    length = f"{max_steps:,} steps" if max_steps else (
+        f"{schedule_steps:,} steps (--max-tokens)" if options.max_tokens else f"{options.max_time} (--max-time)")
+    trainable = f" ({n_trainable:,} trainable, {n_trainable / n_params:.1%})" if n_trainable != n_params else ""
+    reporter.info(f"{plan.label}: {plan.model_config.arch}, {n_params:,} parameters{trainable}, "
+                  f"{flops / 1e6:,.1f} MFLOPs per token; objective {plan.spec.name}, {session.precision}; "
+                  f"{objective.train_windows.count:,} training {_unit(plan.spec)}; {length} of {layout.global_batch} x "
+                  f"{plan.inputs.seq_len} tokens ({layout.accumulation} accumulation, {env.world_size} process(es)); "
+                  f"schedule {options.schedule_name()}")
+    for note in plan.inputs.notes:
+        reporter.info(note)
+
+    stats = {"parameters": n_params, "trainable_parameters": n_trainable, "flops_per_token": flops,
+             "objective": plan.spec.name, "arch": plan.model_config.arch, "metric": plan.metric, **plan.stats}
+    session.saver = rundir.CheckpointSaver(
+        plan.run_dir, plan.start.recipe, options, plan.model_config, plan.spec.name, plan.inputs.tokenizer,
+        plan.parents, stats, env, extra={**session.built.extra, **plan.model_extra} or None, sharded=plan.sharded)
+
+    def save(tag: str, trainer_state: TrainerState, optimizer_state) -> Path:
+        return session.saver.save(tag, model, optimizer_state, trainer_state)
+
+    settings = LoopSettings(
+        lr=options.lr, schedule=options.schedule_name(), warmup_steps=warmup, min_lr_ratio=options.min_lr_ratio,
+        decay_fraction=options.decay_fraction, grad_clip=options.grad_clip, max_steps=max_steps,
+        schedule_steps=schedule_steps, max_tokens=options.max_tokens, max_seconds=options.max_seconds,
+        eval_every=options.eval_every, eval_batches=options.eval_batches, patience=options.patience,
+        checkpoint_every=options.checkpoint_every, log_every=options.log_every, precision=session.precision,
+        compile=options.compile, flops_per_token=flops, peak_flops=options.peak_tflops * 1e12, sharded=plan.sharded,
+        metric=plan.metric, maximize=plan.metric not in ("val_loss", "val_ppl", "val_bpb"),
+        eval_at_end=plan.eval_at_end)
+    session.state = fit(model, objective, session.optimizers, settings, layout, env, plan.run_dir, session.state, save,
+                        last_checkpoint=plan.start.resume_from)
+    final = plan.finish(session) if plan.finish is not None else session.save_final()
+    rundir.write_plot(plan.run_dir, env)
+    return artifacts.load(final)
+
+
+def _unit(spec: ObjectiveSpec) -> str:
+    return "windows" if spec.name in ("clm", "mlm") else "examples"
+
+
+def batch_layout(options: TrainingOptions, seq_len: int, env: distributed.Distributed) -> BatchLayout:
+    """The micro-batch, accumulation and process layout of a step, or the error naming the flags."""
+    try:
+        accumulation = options.accumulation_steps(seq_len, env.world_size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return BatchLayout(options.micro_batch, accumulation, env.world_size)
+
+
+def sequence_length(options: TrainingOptions, model_config: ModelConfig) -> int:
+    """--seq-len, or min(block size, 256); refused when the model cannot read it."""
+    seq_len = options.seq_len or min(model_config.block_size, 256)
+    if seq_len > model_config.block_size:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's block size {model_config.block_size} "
+                        "(raise --block-size or lower --seq-len)")
+    return seq_len
