@@ -2,10 +2,10 @@ import numpy as np
 import torch
 
 from lmkit import artifacts
-from lmkit.data.packing import (CLS_ID, EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, MASK_ID, SEP_ID, CausalWindows,
-                                MaskedWindows, MaskingSettings, TokenStream, load_stream, mask_tokens,
+from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, TokenStream, load_stream, mask_tokens,
                                 sample_indices)
 from lmkit.data.shards import read_shard
+from lmkit.vocab import CLS_ID, EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, MASK_ID, SEP_ID
 
 
 def test_stream_puts_a_separator_after_each_document(dataset):

@@ -40,3 +40,20 @@ def test_one_large_batch_is_cut_to_the_size_bound(tmp_path):
     assert sum(s["tokens"] for s in shards) == 8000
     table = pa.concat_tables([read_shard(tmp_path / s["file"]) for s in shards])
     assert table.column("id").to_pylist() == list(range(200))
+
+
+def test_read_split_is_the_one_reader_of_a_datasets_shards(dataset):
+    from lmkit import artifacts
+    from lmkit.data.shards import read_split, token_lists
+
+    loaded = artifacts.load(dataset)
+    train = read_split(loaded, "train")
+    info = loaded.stats["splits"]["train"]
+    assert train.documents == info["documents"] and train.tokens == info["tokens"]
+    assert [p.name for p in train.paths] == [s["file"] for s in info["shards"]]
+    rows = sum(table.num_rows for table in train.tables())
+    assert rows == sum(batch.num_rows for batch in train.batches()) == train.documents
+    offsets, values = token_lists(next(train.tables()).column("tokens"))
+    assert offsets[0] == 0 and len(values) == offsets[-1]
+    empty = read_split(loaded, "test")  # the fixture has no test split
+    assert (empty.documents, empty.paths, list(empty.tables())) == (0, (), [])

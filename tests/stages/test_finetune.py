@@ -374,3 +374,16 @@ def test_teacher_with_a_shorter_context_refused(bases, labeled, dataset, tmp_pat
 def test_warmup_longer_than_half_the_run_is_lowered_and_said(bases, labeled, tmp_path, capsys):
     finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=6, warmup_steps=20))
     assert "--warmup-steps 20 lowered to 3: half of the 6 steps" in capsys.readouterr().err
+
+
+def test_batch_size_flags_mean_what_they_mean_in_pretrain(bases, labeled, tmp_path):
+    """--accumulation and --batch-tokens, one meaning in every training stage."""
+    env = finetune.distributed.setup()
+    by_tokens = finetune.plan(config(bases["gpt"], labeled, tmp_path / "a", micro_batch=4, seq_len=32,
+                                     batch_tokens=4 * 32 * 3), env)
+    by_count = finetune.plan(config(bases["gpt"], labeled, tmp_path / "b", micro_batch=4, seq_len=32,
+                                    accumulation=3), env)
+    assert by_tokens.layout == by_count.layout and by_count.layout.global_batch == 12
+    with pytest.raises(UserError, match="--accumulation 2 and --batch-tokens 384: disagree"):
+        finetune.plan(config(bases["gpt"], labeled, tmp_path / "c", micro_batch=4, seq_len=32, accumulation=2,
+                             batch_tokens=384), env)
