@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python benchmarks/pretrain.py
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/finetune.py --work $(DEMO_DIR)
+	$(BIN)/python benchmarks/serve.py --checkpoint $(DEMO_DIR)/gpt/final
 
 clean:
 	rm -rf $(DEMO_DIR) benchmarks/out .pytest_cache

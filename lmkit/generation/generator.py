@@ -98,9 +98,9 @@ class Generator:
         with progress as task:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                answers = self._generate_batch([encoded[i] for i in chunk], settings, [generators[i] for i in chunk],
-                                               None if on_token is None else [_bind(on_token, i) for i in chunk])
-                for index, (text, reason) in zip(chunk, answers):
+                answers = self.generate_encoded([encoded[i] for i in chunk], settings, [generators[i] for i in chunk],
+                                                None if on_token is None else [_bind(on_token, i) for i in chunk])
+                for index, (text, reason, _ids) in zip(chunk, answers):
                     results[index] = text
                     if reason == STOP_CONTEXT:
                         context_hits.append(names[index])
@@ -112,19 +112,25 @@ class Generator:
                           f"--max-new-tokens {settings.max_new_tokens}")
         return results
 
-    def _generate_batch(self, encoded: list[list[int]], settings: SamplingSettings, generators: list[torch.Generator],
-                        on_text: list[Callable[[str], None]] | None) -> list[tuple[str, str]]:
-        """(completion, why it stopped) of each encoded prompt, decoded together."""
+    def generate_encoded(self, encoded: list[list[int]], settings: SamplingSettings,
+                         generators: list[torch.Generator], on_text: list[Callable[[str], None] | None] | None,
+                         cancelled: Callable[[int], bool] | None = None) -> list[tuple[str, str, list[int]]]:
+        """(completion, why it stopped, its new ids) of each encoded prompt, decoded together; a row for which
+        ``cancelled(row)`` turns True stops at its next token (a server's request that timed out)."""
         texts = [CompletionText(self.tokenizer, ids[-1], settings.stop, None if on_text is None else on_text[row])
                  for row, ids in enumerate(encoded)]
         # Decoding the text at every step is needed for stop strings and streaming only.
         watch = bool(settings.stop) or on_text is not None
+
+        def should_stop(row: int, ids: list[int]) -> bool:
+            return bool(cancelled is not None and cancelled(row)) or (watch and texts[row].update(ids))
+
         decoded = decode(self.model, encoded, settings, generators,
-                         should_stop=(lambda row, ids: texts[row].update(ids)) if watch else None)
+                         should_stop=should_stop if watch or cancelled is not None else None)
         results = []
         for text, result in zip(texts, decoded):
             text.update(result.ids)
-            results.append((text.finish(), result.reason))
+            results.append((text.finish(), result.reason, result.ids))
         return results
 
 

@@ -1,0 +1,82 @@
+"""Running the app under uvicorn: loopback by default, one log line per request, and on SIGTERM no new
+connections, in-flight requests finished within the grace period, then exit 143."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmkit.errors import UserError
+from lmkit.progress import reporter
+from lmkit.stages.serve_config import ServeConfig
+from lmkit.units import parse_size
+
+SERVE_EXTRA = "lmkit[serve]"
+
+
+@dataclass
+class Stopped:
+    """How the server ended: the signal that stopped it (None: it ended by itself)."""
+
+    signum: int | None
+
+
+def serve(config: ServeConfig) -> Stopped:
+    try:
+        import uvicorn
+
+        from lmkit.serving.app import ServeOptions, create_app
+    except ImportError:
+        raise UserError(f"lmkit serve: needs FastAPI and uvicorn; install {SERVE_EXTRA}") from None
+    from lmkit.serving.engine import Engine
+    from lmkit.training.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(config.checkpoint)
+    engine = Engine(checkpoint, config.device, config.precision, max_batch=config.max_batch,
+                    batch_wait=config.seconds("batch_wait"), max_queue=config.max_queue)
+    path = Path(config.checkpoint).resolve()
+    name = config.model_name or (path.parent.name if path.name == "final" else path.name)
+    options = ServeOptions(model_name=name, api_key=config.api_key or os.environ.get("LMKIT_API_KEY") or None,
+                           max_tokens=config.max_tokens, timeout=config.seconds("timeout"),
+                           max_body=parse_size(config.max_body), log_requests=not reporter.quiet)
+    from lmkit.serving.app import Guard
+
+    app = Guard(create_app(engine, options), options)
+    server = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
+                                    timeout_graceful_shutdown=config.seconds("grace"), lifespan="off"))
+    engine.start()
+    reporter.info(f"serving {name} ({engine.mode}, {checkpoint.model_config.arch}) on http://{config.host}:"
+                  f"{config.port}" + (" (API key required)" if options.api_key else ""))
+    # uvicorn handles SIGINT/SIGTERM while it runs, then re-raises the signal to the handler before it: make
+    # that a no-op, so the server's own shutdown (in-flight requests finished) is the whole story.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        engine.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started and server.signum is None:
+        raise UserError(f"--host {config.host} --port {config.port}: could not listen there (in use, or not an "
+                        "address of this machine)")
+    return Stopped(server.signum)
+
+
+class _Server:
+    """uvicorn.Server that remembers which signal stopped it."""
+
+    def __new__(cls, config):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            signum: int | None = None
+
+            def handle_exit(self, sig: int, frame) -> None:
+                self.signum = sig
+                if sig == signal.SIGTERM:
+                    reporter.info("SIGTERM: finishing the requests in flight, accepting no new ones")
+                super().handle_exit(sig, frame)
+
+        return Server(config)

@@ -1,0 +1,55 @@
+"""Configuration of ``lmkit serve``: every field is a flag and a key of ``--config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmkit.config import option, validate
+from lmkit.units import parse_duration, parse_size
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    checkpoint: str = option(help="Checkpoint to serve: a text model (gpt/lstm clm or sft), a classifier or a "
+                             "masked LM.", positional=True)
+    host: str = option("127.0.0.1", "Address to listen on (the default is this machine only; 0.0.0.0 for all).")
+    port: int = option(8000, "TCP port.")
+    api_key: str | None = option(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health "
+                                 "(default: the LMKIT_API_KEY environment variable, if set).")
+    model_name: str | None = option(None, "The model's id in /v1/models and responses (default: the checkpoint's "
+                                    "run directory name).")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto.")
+    precision: str = option("fp32", "Weights in fp32 or bf16.", choices=("fp32", "bf16"))
+    max_batch: int = option(32, "Completion rows decoded together at most (dynamic batching).")
+    batch_wait: str = option("5ms", "How long the first request of a batch waits for others to join, e.g. 5ms.")
+    max_queue: int = option(256, "Requests waiting at most; more are refused with 503 and Retry-After.")
+    timeout: str = option("60s", "Longest a request may take, queueing included (504 after it).")
+    max_tokens: int = option(512, "The largest max_tokens a request may ask for.")
+    max_body: str = option("1MB", "Largest request body (413 above it).")
+    grace: str = option("10s", "On SIGTERM: how long in-flight requests may take to finish before exit (143).")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.port < 65536:
+            problems.append(f"--port: must be in 1..65535, got {self.port}")
+        for name in ("max_batch", "max_queue", "max_tokens"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')}: must be at least 1")
+        for name in ("batch_wait", "timeout", "grace"):
+            try:
+                seconds = self.seconds(name)
+            except ValueError as exc:
+                problems.append(f"--{name.replace('_', '-')}: {exc}")
+                continue
+            if name == "timeout" and seconds <= 0:
+                problems.append("--timeout: must be positive")
+        try:
+            if parse_size(self.max_body) < 1:
+                raise ValueError("must be at least 1 byte")
+        except ValueError as exc:
+            problems.append(f"--max-body: {exc}")
+        validate(self, problems)
+
+    def seconds(self, name: str) -> float:
+        text = getattr(self, name).strip()
+        return parse_duration(text[:-2]) / 1000 if text.endswith("ms") else parse_duration(text)
