@@ -290,3 +290,13 @@ def test_a_missing_extra_and_bad_flags_are_named(gpt, monkeypatch):
         resolve(ServeConfig, {}, {"checkpoint": str(gpt), "port": 0, "timeout": "soon", "max_body": "big"})
     text = str(info.value)
     assert "--port: must be in 1..65535" in text and "--timeout: not a duration" in text and "--max-body" in text
+
+
+def test_a_request_over_the_timeout_is_a_504_and_the_server_goes_on(gpt):
+    server = Server(gpt, "--timeout", "1ms")  # no forward pass finishes in a millisecond
+    try:
+        code, body, _ = server.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 64})
+        assert code == 504 and "timeout" in body["error"]["message"]
+        assert server.request("GET", "/health")[0] == 200
+    finally:
+        server.stop()
