@@ -8,7 +8,7 @@ import typer
 
 from lmkit.cli._util import config_command
 from lmkit.progress import reporter
-from lmkit.stages.serve_config import ServeConfig
+from lmkit.serving.config import ServeConfig
 
 
 def render(stopped) -> None:

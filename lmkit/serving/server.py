@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lmkit.errors import UserError
 from lmkit.progress import reporter
-from lmkit.stages.serve_config import ServeConfig
+from lmkit.serving.config import ServeConfig
 from lmkit.units import parse_size
 
 SERVE_EXTRA = "lmkit[serve]"

@@ -281,7 +281,7 @@ def test_a_missing_extra_and_bad_flags_are_named(gpt, monkeypatch):
     from lmkit.config import resolve
     from lmkit.errors import ConfigError, UserError
     from lmkit.serving.server import serve
-    from lmkit.stages.serve_config import ServeConfig
+    from lmkit.serving.config import ServeConfig
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if lmkit[serve] were not installed
     with pytest.raises(UserError, match=r"needs FastAPI and uvicorn; install lmkit\[serve\]"):

@@ -1,4 +1,5 @@
-"""Configuration of ``lmkit serve``: every field is a flag and a key of ``--config``."""
+"""Configuration of ``lmkit serve``: every field is a flag and a key of ``--config`` (torch- and FastAPI-free,
+so that ``--help`` loads neither)."""
 
 from __future__ import annotations
 
