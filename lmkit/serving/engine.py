@@ -145,14 +145,9 @@ class Engine:
         rows = [row for job in jobs for row in job.payload]
         settings = jobs[0].settings
         owners = [job for job in jobs for _ in job.payload]
-
-        def on_text(index: int) -> Callable[[str], None] | None:
-            return rows[index].on_text
-
-        answers = self.generator.generate_encoded(
-            [row.ids for row in rows], settings, [row.generator for row in rows],
-            [on_text(i) for i in range(len(rows))] if any(row.on_text for row in rows) else None,
-            cancelled=lambda index: owners[index].cancelled)
+        streaming = [row.on_text for row in rows] if any(row.on_text for row in rows) else None
+        answers = self.generator.generate_encoded([row.ids for row in rows], settings, [row.generator for row in rows],
+                                                  streaming, cancelled=lambda index: owners[index].cancelled)
         for row, (text, reason, new_ids) in zip(rows, answers):
             row.text, row.finish, row.new_ids = text, FINISH.get(reason, "stop"), new_ids
         self.batches.append(len(rows))
