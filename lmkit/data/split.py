@@ -53,21 +53,22 @@ def shuffled(items: Iterable[T], buffer_size: int, seed: int) -> Iterator[T]:
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, validation indices): ``fraction`` of each class (at least one example of a class
-    with two or more) held out, chosen by a seeded shuffle."""
+    with two or more, never all of a class) held out, chosen by a seeded shuffle."""
     rng = np.random.default_rng([seed, 1])
     train, validation = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        held = 0 if len(members) < 2 else max(1, round(len(members) * fraction))
+        held = 0 if len(members) < 2 else min(len(members) - 1, max(1, round(len(members) * fraction)))
         validation.extend(members[:held])
         train.extend(members[held:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(validation, dtype=np.int64))
 
 
 def split_off(items: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
-    """A seeded random ``fraction`` of ``items`` as validation (at least one, if there are two or more)."""
+    """A seeded random ``fraction`` of ``items`` as validation (at least one, if there are two or more, and
+    never all of them)."""
     order = np.random.default_rng([seed, 1]).permutation(len(items))
-    held = 0 if len(items) < 2 else max(1, round(len(items) * fraction))
+    held = 0 if len(items) < 2 else min(len(items) - 1, max(1, round(len(items) * fraction)))
     chosen = set(order[:held].tolist())
     return ([item for i, item in enumerate(items) if i not in chosen],
             [item for i, item in enumerate(items) if i in chosen])

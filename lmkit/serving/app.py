@@ -82,11 +82,12 @@ class Guard:
                 await _drain(receive, limit=self.options.max_body * 200)
                 await refusal(scope, receive, sending)
             else:
-                await self.app(scope, self._limited(receive), sending)
-        except _TooLarge:
-            await _drain(receive, limit=self.options.max_body * 200)
-            await error_response(413, f"request body: larger than the server's limit of {self.options.max_body:,} "
-                                 "bytes")(scope, receive, sending)
+                body = await self._read_body(receive)
+                if body is None:
+                    await error_response(413, f"request body: larger than the server's limit of "
+                                         f"{self.options.max_body:,} bytes")(scope, receive, sending)
+                else:
+                    await self.app(scope, _replay(body, receive), sending)
         finally:
             if self.options.log_requests:
                 milliseconds = (time.perf_counter() - started) * 1000
@@ -107,21 +108,34 @@ class Guard:
                                       kind="authentication_error")
         return None
 
-    def _limited(self, receive):
-        seen = {"bytes": 0}
-
-        async def limited():
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole body (chunked or not), or None when it is over the limit (the rest is then drained)."""
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen["bytes"] += len(message.get("body", b""))
-                if seen["bytes"] > self.options.max_body:
-                    raise _TooLarge()
-            return message
-        return limited
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.options.max_body:
+                if message.get("more_body"):
+                    await _drain(receive, limit=self.options.max_body * 200)
+                return None
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks)
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives the app the body already read, then waits on the connection (disconnects)."""
+    sent = {"done": False}
+
+    async def replay():
+        if not sent["done"]:
+            sent["done"] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
 
 
 async def _drain(receive, limit: int) -> None:
@@ -227,6 +241,10 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
     async def complete(prompts: list[tuple[str, list[int]]], body: Sampling, settings: SamplingSettings, max_tokens: int,
                        on_text=None):
+        if len(prompts) * body.n > engine.max_batch:
+            raise ApiError(400, f"prompt: {len(prompts)} prompt(s) x n {body.n} = {len(prompts) * body.n} completions, "
+                           f"more than this server decodes at once ({engine.max_batch}); send fewer per request",
+                           "prompt")
         rows = engine.rows([ids for _, ids in prompts], [text for text, _ in prompts], body.n, settings.seed,
                            on_text)
         if max_tokens == 0:
@@ -240,12 +258,12 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         for index, row in enumerate(rows):
             ids = prompts[index // n][1]
             wanted.append((ids + row.new_ids, top))
-        scored = await run("score", [(full[1:] if full[0] == EOS_ID else full, k) for full, k in wanted])
+        scored = await run("score", [(full[skip(prompts[i // n][1]):], k) for i, (full, k) in enumerate(wanted)])
         results = []
         for index, (row, (logprobs, tops)) in enumerate(zip(rows, scored)):
             ids = prompts[index // n][1]
             full = ids + row.new_ids
-            offset = 1 if full[0] == EOS_ID else 0  # the scores are of full[offset:], each given </s> and before
+            offset = skip(ids)  # the scores are of full[offset:], each given </s> and the ids before it
             values = logprobs
             top_rows = [{engine.tokenizer.id_to_piece(t): v for t, v in row_top.items()} for row_top in tops]
             start = skip(ids) if echo else len(ids)
@@ -334,6 +352,13 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
             return f"data: {json.dumps(chunk)}\n\n"
 
         async def events():
+            try:
+                async for piece in _events():
+                    yield piece
+            finally:  # the client went away, or the stream ended: a job still decoding stops at its next token
+                task.cancel()
+
+        async def _events():
             if chat:
                 for index in range(len(prompts) * body.n):
                     yield event(index, None, None, first=True)

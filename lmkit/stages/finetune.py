@@ -120,9 +120,8 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     lora = ({"lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout}}
             if config.lora_rank else {})
     run_dir = Path(config.out)
-    # A LoRA run's merged final/ holds no adapters (nor their optimizer state): resume from a step checkpoint.
-    resumable = (lambda path: path.name != FINAL) if config.lora_rank and config.lora_merge else (lambda path: True)
-    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS, resumable)
+    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS,
+                             lambda path: path.name != FINAL or _final_resumable(path, config))
     inputs = ObjectiveInputs(config, data_path, tokenizer, model_cfg, seq_len, layout, env.device, teacher=teacher)
     return TrainingPlan(options=config, env=env, spec=spec, inputs=inputs, model_config=model_cfg, run_dir=run_dir,
                         start=start, parents=parents, new_model=lambda built: _new_model(built, config, base, model_cfg),
@@ -130,6 +129,15 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
                                                                           layout.global_batch),
                         label=f"finetune ({task})", stats={"task": task}, metric=metric, eval_at_end=True,
                         model_extra=lora)
+
+
+def _final_resumable(path: Path, config: FinetuneConfig) -> bool:
+    """Whether final/ continues the run: not when it holds merged LoRA weights (no adapters, no optimizer
+    state), nor the best step's weights rather than the last's (--final best): resume from a step checkpoint."""
+    if config.lora_rank and config.lora_merge:
+        return False
+    stats = artifacts.read_manifest(path)["stats"]
+    return stats.get("best_step") in (None, stats.get("step"))
 
 
 def _freeze_layers(config: FinetuneConfig, model_cfg) -> None:
@@ -181,7 +189,8 @@ def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg
 def _finish(session: Session, comparison: dict[str, Any]) -> Path:
     """final/: the best weights (--final best), the teacher-student comparison, LoRA merged (--lora-merge)."""
     config, state, model = session.plan.options, session.state, session.model
-    if config.final == "best" and state.best_step is not None and state.best_step != state.step:
+    swapped = config.final == "best" and state.best_step is not None and state.best_step != state.step
+    if swapped:
         best = read_checkpoint(session.plan.run_dir / step_tag(state.best_step))
         model.load_state_dict(best.build_model().state_dict())
         reporter.info(f"final/ holds the best weights (step {state.best_step}, {session.plan.metric} "
@@ -192,7 +201,7 @@ def _finish(session: Session, comparison: dict[str, Any]) -> Path:
     if config.lora_rank and config.lora_merge:
         merge_lora(model)
         return session.save_final(resumable=False, extra=session.built.extra or None)
-    return session.save_final()
+    return session.save_final(resumable=not swapped)  # the best step's weights with the last step's moments: no
 
 
 def _metric(config: FinetuneConfig, task: str) -> str:

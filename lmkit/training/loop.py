@@ -116,7 +116,10 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
     model.train()
     try:
         with reporter.task("training", total=total, unit="steps", initial=state.step, deadline=deadline) as task:
-            while not _should_stop(state, settings, started):
+            # The first check follows from the checkpoint alone; later ones are one decision for all ranks (a time
+            # limit reads each rank's clock), since the end-of-run evaluation and saves are collective.
+            finished = _should_stop(state, settings, started)
+            while not finished:
                 lr = lr_at(state.step, lr=settings.lr, max_steps=settings.schedule_steps,
                            warmup_steps=settings.warmup_steps, schedule=settings.schedule,
                            min_lr_ratio=settings.min_lr_ratio, decay_fraction=settings.decay_fraction)
@@ -170,7 +173,8 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
                         status += f" MFU {record['mfu']:.1%}"
                     task.set_status(status)
                     _log(metrics_path, record, env, board)
-                at_end = settings.eval_at_end and _should_stop(state, settings, started)
+                finished = any_rank(_should_stop(state, settings, started), env)
+                at_end = settings.eval_at_end and finished
                 if settings.eval_every and (state.step % settings.eval_every == 0 or at_end):
                     improved = _evaluate(forward_model if not settings.compile else model, objective, settings,
                                          state, metrics_path, env, autocast, board)

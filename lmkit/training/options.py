@@ -161,7 +161,7 @@ class TrainingOptions:
 
     @property
     def time_bound_only(self) -> bool:
-        return bool(self.max_time) and not self.max_steps and not self.max_tokens
+        return bool(self.max_time) and not self.max_steps and not self.max_tokens and not self.other_length_given()
 
     @property
     def max_seconds(self) -> float:

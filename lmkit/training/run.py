@@ -120,8 +120,8 @@ def open_session(plan: TrainingPlan) -> Session:
         reporter.info(f"resuming from {plan.start.resume_from} (step {state.step})")
     state.extra["launch"] = plan.start.launch
     state.extra["history"] = plan.start.history
-    if plan.start.history:
-        changed = rundir.changed_settings(plan.start.history[-1]["settings"], plan.start.launch)
+    if plan.start.resumed_launch is not None:
+        changed = rundir.changed_settings(plan.start.resumed_launch, plan.start.launch)
         if changed:
             described = ", ".join(f"{key} {value!r} -> {plan.start.launch.get(key)!r}" for key, value in changed.items())
             reporter.info(f"resumed with changed settings (recorded in the checkpoints' history): {described}")

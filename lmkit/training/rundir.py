@@ -27,6 +27,10 @@ from lmkit.training.checkpoint import TrainerState, read_checkpoint, step_tag, w
 
 CHECKPOINT_PREFIX = "step-"
 FINAL = "final"
+# Identity keys that name a run's training data and base (artifact ids, a file's hash): a resumed run must
+# keep them (new data changes what a step reads; a classifier's labels may not even fit).
+INPUT_KEYS = ("dataset", "data", "base")
+INPUT_FLAGS = {"dataset": "DATASET", "data": "DATA", "base": "BASE"}
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -46,6 +50,7 @@ class RunStart:
     launch: dict[str, Any]           # this launch's identity (settings and input ids), kept in every checkpoint
     history: list[dict[str, Any]]    # earlier launches of the run whose settings differed: {"until_step", "settings"}
     fresh: bool                      # start over: --force, or --auto-resume on a run without a checkpoint
+    resumed_launch: dict[str, Any] | None = None  # the identity of the launch that wrote the resumed checkpoint
 
 
 def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distributed.Distributed,
@@ -84,11 +89,16 @@ def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distri
                             "use the run's settings (see its config.toml) or --force to start over")
         history = list(saved.extra.get("history", []))
         launch = saved.extra.get("launch", identity)  # checkpoints of older lmkit versions: assume unchanged
+        inputs = [key for key in INPUT_KEYS if launch.get(key) != identity.get(key)]
+        if inputs:
+            raise UserError(f"{latest}: cannot resume on other inputs ({', '.join(inputs)} changed: "
+                            f"{', '.join(INPUT_FLAGS[key] for key in inputs)}); use the run's inputs, or start a new "
+                            "run from its weights (--init-from, or finetune it)")
         if launch != identity:
             history.append({"until_step": saved.step, "settings": launch})
         recipe = (artifacts.make_recipe("checkpoint", {**identity, "history": history}, [], []) if history
                   else fresh_recipe)
-        return RunStart(recipe, latest, identity, history, fresh=False)
+        return RunStart(recipe, latest, identity, history, fresh=False, resumed_launch=launch)
     if up_to_date(run_dir, fresh_recipe):
         return RunStart(fresh_recipe, None, identity, [], fresh=False)  # "up to date", with or without --force
     holds_run = bool(existing) or (run_dir / "metrics.jsonl").exists()

@@ -25,3 +25,14 @@ def test_shuffle_is_a_seeded_permutation():
     assert a != list(shuffled(items, 64, seed=2))
     assert list(shuffled([], 8, seed=0)) == []
     assert sorted(shuffled(range(5), 100, seed=0)) == list(range(5))  # buffer larger than input
+
+
+def test_a_validation_split_never_takes_every_example():
+    import numpy as np
+
+    from lmkit.data.split import split_off, stratified_split
+
+    train, validation = split_off(["a", "b"], 0.8, seed=0)  # round(1.6) would hold out both
+    assert len(train) == 1 and len(validation) == 1
+    train_idx, val_idx = stratified_split(np.array([0, 0, 1, 1]), 0.8, seed=0)
+    assert sorted(np.array([0, 0, 1, 1])[train_idx].tolist()) == [0, 1] and len(val_idx) == 2

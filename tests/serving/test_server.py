@@ -44,10 +44,13 @@ class Server:
                 time.sleep(0.2)
         raise AssertionError("lmkit serve did not answer /health in 90 s")
 
-    def request(self, method, path, body=None, headers=None, raw: bytes | None = None, timeout=60):
+    def request(self, method, path, body=None, headers=None, raw: bytes | None = None, timeout=60, chunks=None):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        if chunks is not None:  # a body without Content-Length (Transfer-Encoding: chunked)
+            data = iter(chunks)
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})},
+                           encode_chunked=chunks is not None)
         response = connection.getresponse()
         payload = response.read()
         connection.close()
@@ -117,6 +120,10 @@ def test_echo_returns_a_logprob_for_every_prompt_and_generated_token(text_server
                                                                        "temperature": 0})
     values = body["choices"][0]["logprobs"]["token_logprobs"]
     assert len(values) == len(tokens) + 1 and values[:len(tokens)] == pytest.approx(logprobs["token_logprobs"])
+    status, body, _ = text_server.request("POST", "/v1/completions", {"prompt": tokens, "max_tokens": 3,
+                                                                       "logprobs": 0, "temperature": 0})
+    generated = body["choices"][0]["logprobs"]  # without echo: the completion's tokens only
+    assert len(generated["tokens"]) == len(generated["token_logprobs"]) == body["usage"]["completion_tokens"]
 
 
 def test_lm_eval_local_completions_equals_the_in_process_adapter(text_server, gpt, tmp_path, monkeypatch):
@@ -156,6 +163,7 @@ def test_lm_eval_local_completions_equals_the_in_process_adapter(text_server, gp
     ({"prompt": 12}, 400, "prompt"),
     ({"prompt": "word " * 2000}, 400, None),     # longer than the context
     ({"max_tokens": 3}, 400, "prompt"),           # no prompt
+    ({"prompt": ["x"] * 3, "n": 16}, 400, "prompt"),  # 48 completions, more than one batch (--max-batch 32)
     ({"messages": [{"role": "user", "content": "hi"}]}, 400, None),  # chat on a model that is not sft
 ])
 def test_bad_requests_are_4xx_json_and_the_server_keeps_serving(text_server, body, status, field):
@@ -174,6 +182,10 @@ def test_malformed_json_and_a_100_mb_body(text_server):
     assert code == 400 and "not valid JSON" in answer["error"]["message"]
     code, answer, _ = text_server.request("POST", "/v1/completions", raw=b"x" * (100 * 2**20))
     assert code == 413 and "larger than the server's limit" in answer["error"]["message"]
+    code, answer, _ = text_server.request("POST", "/v1/completions", chunks=[b"x" * 2**19] * 6)  # 3 MB, chunked
+    assert code == 413 and "larger than the server's limit" in answer["error"]["message"]
+    code, answer, _ = text_server.request("POST", "/v1/completions", chunks=[b'{"prompt": "x",', b' "max_tokens": 2}'])
+    assert code == 200 and answer["usage"]["completion_tokens"] <= 2  # a small chunked body is read whole
     assert text_server.request("GET", "/health")[0] == 200
 
 

@@ -387,3 +387,21 @@ def test_batch_size_flags_mean_what_they_mean_in_pretrain(bases, labeled, tmp_pa
     with pytest.raises(UserError, match="--accumulation 2 and --batch-tokens 384: disagree"):
         finetune.plan(config(bases["gpt"], labeled, tmp_path / "c", micro_batch=4, seq_len=32, accumulation=2,
                              batch_tokens=384), env)
+
+
+def test_a_final_holding_the_best_weights_is_not_resumed_from(bases, labeled, tmp_path, monkeypatch, capfd):
+    """--final best puts the best step's weights in final/ with the last step's optimizer: resuming from it
+    would mix the two, so a longer run resumes from the best step's own checkpoint."""
+    from lmkit.training.objectives.classification import Classification
+
+    scores = iter([0.5, 0.9, 0.6, 0.7] + [0.1] * 10)
+    real = Classification.evaluate
+    monkeypatch.setattr(Classification, "evaluate", lambda self, model, max_batches: {
+        **real(self, model, max_batches), "val_accuracy": next(scores)})
+    first = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=8, eval_every=2))
+    assert first.checkpoint.stats["best_step"] == 4 and first.checkpoint.stats["step"] == 8
+    capfd.readouterr()
+    longer = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=10, eval_every=2,
+                                 auto_resume=True))
+    assert "resuming from " + str(tmp_path / "run" / "step-00000004") in capfd.readouterr().err
+    assert longer.checkpoint.stats["step"] == 10

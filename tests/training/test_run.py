@@ -94,6 +94,17 @@ def test_a_resumed_run_is_not_up_to_date_for_a_fresh_one_and_records_what_change
     assert recipe(pretrain.run(config(dataset, tmp_path / "fresh", max_steps=12, lr=1e-3)).path) != recipe(resumed.path)
     # Resuming it again with its own settings: up to date.
     assert pretrain.run(config(dataset, run_dir, max_steps=12, lr=1e-3, resume=True)).up_to_date
+    capfd.readouterr()
+    longer = pretrain.run(config(dataset, run_dir, max_steps=14, lr=1e-3, resume=True))
+    said = capfd.readouterr().err
+    assert "max_steps 12 -> 14" in said and "lr" not in said.split("changed settings")[1].split("\n")[0]
+    assert [h["until_step"] for h in longer.stats["history"]] == [6, 12]
+
+
+def test_resuming_on_another_dataset_is_refused(dataset, labeled, tmp_path):
+    pretrain.run(config(dataset, tmp_path / "run", max_steps=2))
+    with pytest.raises(UserError, match=r"cannot resume on other inputs \(dataset changed: DATASET\)"):
+        pretrain.run(config(labeled, tmp_path / "run", max_steps=4, resume=True))
 
 
 def test_max_time_alone_bounds_the_run_and_its_progress(dataset, tmp_path, monkeypatch):
