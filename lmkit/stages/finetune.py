@@ -30,7 +30,6 @@ from lmkit.stages.finetune_config import FinetuneConfig, parse_freeze
 from lmkit.training import distributed, rundir
 from lmkit.training.checkpoint import Checkpoint, read_checkpoint, step_tag
 from lmkit.training.objectives import OBJECTIVES, Built, ObjectiveInputs
-from lmkit.training.rundir import FINAL
 from lmkit.training.run import Session, TrainingPlan, batch_layout, open_session, run_training, sequence_length
 
 # What fixes a run's data, model and order: a resumed run must keep them.
@@ -93,10 +92,7 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
         model_cfg = model_config(config.model, base.model_config.vocab_size, **config.model_overrides())
     if config.dropout is not None:
         model_cfg = dataclasses.replace(model_cfg, dropout=config.dropout)
-    if model_cfg.arch not in spec.archs:
-        what = f"--model {config.model}" if config.model else f"{config.base}"
-        raise UserError(f"--task {task}: does not fit a {model_cfg.arch} model ({what}); {task} trains "
-                        f"{', '.join(spec.archs)}")
+    spec.check_arch(model_cfg.arch, "--task", f"--model {config.model}" if config.model else config.base)
     if task in ("sft", "clm") and base.objective not in ("clm", "sft") and not config.model:
         raise UserError(f"{config.base}: was trained with {base.objective}; --task {task} needs a causal model")
     metric = _metric(config, task)  # refuses a classification metric for another task before reading any data
@@ -120,8 +116,7 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     lora = ({"lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout}}
             if config.lora_rank else {})
     run_dir = Path(config.out)
-    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS,
-                             lambda path: path.name != FINAL or _final_resumable(path, config))
+    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS)
     inputs = ObjectiveInputs(config, data_path, tokenizer, model_cfg, seq_len, layout, env.device, teacher=teacher)
     return TrainingPlan(options=config, env=env, spec=spec, inputs=inputs, model_config=model_cfg, run_dir=run_dir,
                         start=start, parents=parents, new_model=lambda built: _new_model(built, config, base, model_cfg),
@@ -129,15 +124,6 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
                                                                           layout.global_batch),
                         label=f"finetune ({task})", stats={"task": task}, metric=metric, eval_at_end=True,
                         model_extra=lora)
-
-
-def _final_resumable(path: Path, config: FinetuneConfig) -> bool:
-    """Whether final/ continues the run: not when it holds merged LoRA weights (no adapters, no optimizer
-    state), nor the best step's weights rather than the last's (--final best): resume from a step checkpoint."""
-    if config.lora_rank and config.lora_merge:
-        return False
-    stats = artifacts.read_manifest(path)["stats"]
-    return stats.get("best_step") in (None, stats.get("step"))
 
 
 def _freeze_layers(config: FinetuneConfig, model_cfg) -> None:
@@ -201,7 +187,8 @@ def _finish(session: Session, comparison: dict[str, Any]) -> Path:
     if config.lora_rank and config.lora_merge:
         merge_lora(model)
         return session.save_final(resumable=False, extra=session.built.extra or None)
-    return session.save_final(resumable=not swapped)  # the best step's weights with the last step's moments: no
+    # The best step's weights with the last step's optimizer moments would be no state to continue from.
+    return session.save_final(resumable=not swapped)
 
 
 def _metric(config: FinetuneConfig, task: str) -> str:

@@ -38,9 +38,7 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
     tokenizer = artifacts.load(dataset.path / "tokenizer", kind="tokenizer")
     model_cfg = model_config(config.model, int(tokenizer.stats["vocab_size"]), **config.model_overrides())
     spec = OBJECTIVES[DEFAULT_OBJECTIVE[model_cfg.arch] if config.objective == "auto" else config.objective]
-    if model_cfg.arch not in spec.archs:
-        raise UserError(f"--objective {spec.name} does not fit a {model_cfg.arch} model (--model {config.model}); "
-                        f"{spec.name} trains {', '.join(spec.archs)}")
+    spec.check_arch(model_cfg.arch, "--objective", f"--model {config.model}")
     if config.shard and model_cfg.arch == "lstm":
         raise UserError("--shard: FSDP2 shards transformer blocks; an LSTM model is trained unsharded")
     if config.shard and env.world_size == 1:

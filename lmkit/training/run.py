@@ -93,7 +93,7 @@ def open_session(plan: TrainingPlan) -> Session:
     built = plan.spec.build(plan.inputs)
     objective = built.objective
     if objective.train_windows.count < plan.layout.global_batch:
-        raise UserError(f"{plan.inputs.data}: {objective.train_windows.count:,} training {_unit(plan.spec)} of at most "
+        raise UserError(f"{plan.inputs.data}: {objective.train_windows.count:,} training {plan.spec.unit} of at most "
                         f"{plan.inputs.seq_len} tokens, fewer than one batch ({plan.layout.global_batch}); lower "
                         "--seq-len, --micro-batch, --accumulation or --batch-tokens, or add data")
     if (options.eval_every or options.patience) and not (objective.val_windows and objective.val_windows.count):
@@ -153,7 +153,7 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     trainable = f" ({n_trainable:,} trainable, {n_trainable / n_params:.1%})" if n_trainable != n_params else ""
     reporter.info(f"{plan.label}: {plan.model_config.arch}, {n_params:,} parameters{trainable}, "
                   f"{flops / 1e6:,.1f} MFLOPs per token; objective {plan.spec.name}, {session.precision}; "
-                  f"{objective.train_windows.count:,} training {_unit(plan.spec)}; {length} of {layout.global_batch} x "
+                  f"{objective.train_windows.count:,} training {plan.spec.unit}; {length} of {layout.global_batch} x "
                   f"{plan.inputs.seq_len} tokens ({layout.accumulation} accumulation, {env.world_size} process(es)); "
                   f"schedule {options.schedule_name()}")
     for note in plan.inputs.notes:
@@ -182,10 +182,6 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     final = plan.finish(session) if plan.finish is not None else session.save_final()
     rundir.write_plot(plan.run_dir, env)
     return artifacts.load(final)
-
-
-def _unit(spec: ObjectiveSpec) -> str:
-    return "windows" if spec.name in ("clm", "mlm") else "examples"
 
 
 def batch_layout(options: TrainingOptions, seq_len: int, env: distributed.Distributed) -> BatchLayout:

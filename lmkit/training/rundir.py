@@ -54,9 +54,9 @@ class RunStart:
 
 
 def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distributed.Distributed,
-              model_cfg: ModelConfig, invariants: tuple[str, ...], resumable=lambda path: True) -> RunStart:
-    """Refuse to clobber a run; find the checkpoint to resume from (the latest that ``resumable``
-    accepts), checking that the settings in ``invariants`` and the model did not change.
+              model_cfg: ModelConfig, invariants: tuple[str, ...]) -> RunStart:
+    """Refuse to clobber a run; find the checkpoint to resume from (the latest saved with its optimizer
+    state), checking that the settings in ``invariants``, the inputs and the model did not change.
 
     A resumed run's recipe is its settings plus the settings of every earlier launch that differed
     (a run trained 6 steps and resumed to 12 is not a 12-step run), so "up to date" stays honest and
@@ -113,6 +113,12 @@ def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distri
 def changed_settings(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     """The settings of an earlier launch that differ from ``now``'s: {name: earlier value}."""
     return {key: value for key, value in earlier.items() if now.get(key) != value}
+
+
+def resumable(checkpoint: Path) -> bool:
+    """Whether a run can continue from this checkpoint: it was saved with the optimizer state that goes with
+    its weights. Not so a final/ of merged LoRA weights, or of the best step's weights (--final best)."""
+    return artifacts.read_manifest(checkpoint)["stats"].get("resumable", True)  # older lmkit: always saved it
 
 
 def up_to_date(run_dir: Path, recipe: str) -> bool:
@@ -182,7 +188,8 @@ class CheckpointSaver:
         failure: BaseException | None = None
         if self.env.is_main:
             try:
-                self._write(path, tag, model, optimizer_state, state, self.extra if extra is None else extra)
+                self._write(path, tag, model, optimizer_state, state, self.extra if extra is None else extra,
+                            resumable=optimizers is not None)
             except BaseException as exc:  # every rank must learn of it, or they wait for rank 0 forever
                 failure = exc
         if distributed.any_rank(failure is not None, self.env):
@@ -192,7 +199,8 @@ class CheckpointSaver:
         distributed.barrier(self.env)
         return path
 
-    def _write(self, path: Path, tag: str, model, optimizer_state, state: TrainerState, extra) -> None:
+    def _write(self, path: Path, tag: str, model, optimizer_state, state: TrainerState, extra,
+               resumable: bool) -> None:
         recipe = self.recipe if tag == FINAL else artifacts.make_recipe(
             "checkpoint", {"run": self.recipe, "step": state.step}, [], [])
         try:
@@ -203,7 +211,7 @@ class CheckpointSaver:
                     parents = [artifacts.describe_parent(role, parent, path) for role, parent in self.parents]
                     parents.append({"role": "tokenizer", "path": "tokenizer", "id": self.tokenizer.id})
                     stats = {**self.stats, "step": state.step, "tokens": state.tokens, "best_step": state.best_step,
-                             "best_metric": state.best_metric}
+                             "best_metric": state.best_metric, "resumable": resumable}
                     history = state.extra.get("history")
                     if history:  # earlier launches' settings that differ from this one's: what the recipe holds
                         stats["history"] = [{"until_step": h["until_step"],

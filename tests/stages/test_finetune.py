@@ -400,6 +400,7 @@ def test_a_final_holding_the_best_weights_is_not_resumed_from(bases, labeled, tm
         **real(self, model, max_batches), "val_accuracy": next(scores)})
     first = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=8, eval_every=2))
     assert first.checkpoint.stats["best_step"] == 4 and first.checkpoint.stats["step"] == 8
+    assert first.checkpoint.stats["resumable"] is False  # saved without the optimizer state
     capfd.readouterr()
     longer = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=10, eval_every=2,
                                  auto_resume=True))

@@ -157,7 +157,7 @@ def test_early_stopping_keeps_the_best(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"model": "gpt-tiny", "objective": "mlm"}, "--objective mlm does not fit a gpt model"),
+    ({"model": "gpt-tiny", "objective": "mlm"}, "--objective mlm: does not fit a gpt model"),
     ({"seq_len": 4096}, "--seq-len 4096 exceeds the model's block size 128"),
     ({"micro_batch": 100000}, "fewer than one batch"),
     ({"batch_tokens": 100}, "--batch-tokens 100 is not a multiple"),

@@ -144,15 +144,16 @@ def _rates(run_dir):
 
 @pytest.mark.slow
 def test_compiled_run_trains_and_resumes_exactly(dataset, tmp_path):
-    same = {"compile": True, "schedule": "constant", "warmup_steps": 0}  # the rate does not depend on the length
+    # The rate does not depend on the length; one thread: compiled kernels then reduce in one fixed order.
+    same = {"compile": True, "schedule": "constant", "warmup_steps": 0, "threads": 1}
     full = pretrain.run(config(dataset, tmp_path / "full", max_steps=4, **same))
     pretrain.run(config(dataset, tmp_path / "part", max_steps=2, **same))
     resumed = pretrain.run(config(dataset, tmp_path / "part", max_steps=4, resume=True, **same))
     losses = _losses(tmp_path / "full")
     assert len(losses) == 4 and all(np.isfinite(losses))
-    assert _losses(tmp_path / "part") == pytest.approx(losses, rel=1e-6)
+    assert _losses(tmp_path / "part") == losses
     for name, tensor in weights(full.path).items():
-        torch.testing.assert_close(weights(resumed.path)[name], tensor, rtol=1e-6, atol=1e-7)
+        assert torch.equal(weights(resumed.path)[name], tensor), name
 
 
 def _losses(run_dir):

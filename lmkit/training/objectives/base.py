@@ -92,10 +92,12 @@ class ObjectiveSpec:
     summary: str                                    # one line, for messages
     metric: str = "val_loss"                        # the default validation metric
     metrics: tuple[str, ...] = ("val_loss",)        # the validation metrics it reports
+    unit: str = "examples"                          # what one training sample is, for messages
 
-    def check_arch(self, arch: str, what: str) -> None:
+    def check_arch(self, arch: str, flag: str, what: str) -> None:
+        """Refuse a model this objective does not train, naming the flag that chose it (``--task sft``)."""
         if arch not in self.archs:
-            raise UserError(f"{self.name} does not fit a {arch} model ({what}); {self.name} trains "
+            raise UserError(f"{flag} {self.name}: does not fit a {arch} model ({what}); {self.name} trains "
                             f"{', '.join(self.archs)}")
 
 

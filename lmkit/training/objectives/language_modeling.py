@@ -147,6 +147,6 @@ def _build_mlm(inputs: ObjectiveInputs) -> Built:
 
 
 register(ObjectiveSpec("clm", ("gpt", "lstm"), _build_clm, "causal language modeling (next token) over packed "
-                       "documents", metrics=("val_loss", "val_ppl", "val_bpb")))
+                       "documents", metrics=("val_loss", "val_ppl", "val_bpb"), unit="windows"))
 register(ObjectiveSpec("mlm", ("bert",), _build_mlm, "masked language modeling (BERT's 80/10/10 corruption)",
-                       metrics=("val_loss", "val_ppl", "val_mlm_accuracy")))
+                       metrics=("val_loss", "val_ppl", "val_mlm_accuracy"), unit="windows"))
