@@ -23,15 +23,15 @@ def parse_size(text: str | int) -> int:
     return int(size)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhd]?)\s*$")
+_SECONDS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in "90", "90s", "10m", "1.5h"; "" means no limit (0)."""
+    """Seconds in "5ms", "90", "90s", "10m", "1.5h"; "" means no limit (0)."""
     if not text:
         return 0.0
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(f"not a duration: {text!r} (examples: 90s, 10m, 2h)")
+        raise ValueError(f"not a duration: {text!r} (examples: 5ms, 90s, 10m, 2h)")
     return float(match.group(1)) * _SECONDS[match.group(2)]

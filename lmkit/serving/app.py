@@ -33,6 +33,8 @@ from lmkit.serving.protocol import (ChatRequest, ClassifyRequest, CompletionRequ
 from lmkit.vocab import EOS_ID, SPECIAL_TOKENS
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+CHAT_MAX_TOKENS = 256    # a chat answer's default length (capped by --max-tokens)
+_SPECIAL_IDS = {piece: token_id for piece, token_id in SPECIAL_TOKENS.values()}
 
 
 @dataclass(frozen=True)
@@ -317,8 +319,9 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         # The SFT template has one {prompt}: the system and user turns, in order, fill it.
         text = "\n\n".join(m.content for m in body.messages if m.role in ("system", "user"))
         prompts = [(text, engine.encode(text, "messages"))]
-        max_tokens = DEFAULT_MAX_TOKENS * 16 if body.max_tokens is None else body.max_tokens
-        settings = sampling(body, min(DEFAULT_MAX_TOKENS * 16, options.max_tokens))
+        default = min(CHAT_MAX_TOKENS, options.max_tokens)
+        max_tokens = default if body.max_tokens is None else body.max_tokens
+        settings = sampling(body, default)
         name, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
             return stream(request, prompts, body, settings, max_tokens, name, created, chat=True)
@@ -416,8 +419,7 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         # A special token's own text ("</s>") is that token: lm-eval's remote tokenizer finds the ids this way.
-        special = {piece: token_id for piece, token_id in SPECIAL_TOKENS.values()}
-        tokens = [special[body.prompt]] if body.prompt in special else engine.tokenizer.encode(body.prompt)
+        tokens = [_SPECIAL_IDS[body.prompt]] if body.prompt in _SPECIAL_IDS else engine.tokenizer.encode(body.prompt)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.block_size - 1}
 
     @app.post("/detokenize")

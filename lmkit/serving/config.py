@@ -38,7 +38,7 @@ class ServeConfig:
                 problems.append(f"--{name.replace('_', '-')}: must be at least 1")
         for name in ("batch_wait", "timeout", "grace"):
             try:
-                seconds = self.seconds(name)
+                seconds = parse_duration(getattr(self, name))
             except ValueError as exc:
                 problems.append(f"--{name.replace('_', '-')}: {exc}")
                 continue
@@ -50,7 +50,3 @@ class ServeConfig:
         except ValueError as exc:
             problems.append(f"--max-body: {exc}")
         validate(self, problems)
-
-    def seconds(self, name: str) -> float:
-        text = getattr(self, name).strip()
-        return parse_duration(text[:-2]) / 1000 if text.endswith("ms") else parse_duration(text)

@@ -198,11 +198,12 @@ class Engine:
                 continue
             if job.cancelled:
                 continue
+            batch = [job]
             try:
                 if job.kind != "complete":
                     self._run_one(job)
                     continue
-                batch, rows = [job], len(job.payload)
+                rows = len(job.payload)
                 deadline = time.monotonic() + self.batch_wait
                 while rows < self.max_batch:
                     try:
@@ -217,11 +218,8 @@ class Engine:
                 live = [j for j in batch if not j.cancelled]
                 if live:
                     self._decode(live)
-            except UserError as exc:
-                for each in ([job] if job.kind != "complete" else batch):
-                    each.resolve(error=exc)
-            except Exception as exc:  # noqa: BLE001 -- the worker must outlive a bad batch; the app logs it
-                for each in ([job] if job.kind != "complete" else batch):
+            except Exception as exc:  # noqa: BLE001 -- the worker outlives a bad job: its requests get the error
+                for each in batch:  # (app.py answers a UserError with a 400, anything else with a logged 500)
                     each.resolve(error=exc)
 
 

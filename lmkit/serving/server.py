@@ -11,7 +11,7 @@ from pathlib import Path
 from lmkit.errors import UserError
 from lmkit.progress import reporter
 from lmkit.serving.config import ServeConfig
-from lmkit.units import parse_size
+from lmkit.units import parse_duration, parse_size
 
 SERVE_EXTRA = "lmkit[serve]"
 
@@ -27,7 +27,7 @@ def serve(config: ServeConfig) -> Stopped:
     try:
         import uvicorn
 
-        from lmkit.serving.app import ServeOptions, create_app
+        from lmkit.serving.app import Guard, ServeOptions, create_app
     except ImportError:
         raise UserError(f"lmkit serve: needs FastAPI and uvicorn; install {SERVE_EXTRA}") from None
     from lmkit.serving.engine import Engine
@@ -35,17 +35,15 @@ def serve(config: ServeConfig) -> Stopped:
 
     checkpoint = read_checkpoint(config.checkpoint)
     engine = Engine(checkpoint, config.device, config.precision, max_batch=config.max_batch,
-                    batch_wait=config.seconds("batch_wait"), max_queue=config.max_queue)
+                    batch_wait=parse_duration(config.batch_wait), max_queue=config.max_queue)
     path = Path(config.checkpoint).resolve()
     name = config.model_name or (path.parent.name if path.name == "final" else path.name)
     options = ServeOptions(model_name=name, api_key=config.api_key or os.environ.get("LMKIT_API_KEY") or None,
-                           max_tokens=config.max_tokens, timeout=config.seconds("timeout"),
+                           max_tokens=config.max_tokens, timeout=parse_duration(config.timeout),
                            max_body=parse_size(config.max_body), log_requests=not reporter.quiet)
-    from lmkit.serving.app import Guard
-
     app = Guard(create_app(engine, options), options)
-    server = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                                    timeout_graceful_shutdown=config.seconds("grace"), lifespan="off"))
+    server = _server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
+                                    timeout_graceful_shutdown=parse_duration(config.grace), lifespan="off"))
     engine.start()
     reporter.info(f"serving {name} ({engine.mode}, {checkpoint.model_config.arch}) on http://{config.host}:"
                   f"{config.port}" + (" (API key required)" if options.api_key else ""))
@@ -64,19 +62,17 @@ def serve(config: ServeConfig) -> Stopped:
     return Stopped(server.signum)
 
 
-class _Server:
-    """uvicorn.Server that remembers which signal stopped it."""
+def _server(config):
+    """A uvicorn.Server that remembers which signal stopped it (uvicorn is imported only when serving)."""
+    import uvicorn
 
-    def __new__(cls, config):
-        import uvicorn
+    class Server(uvicorn.Server):
+        signum: int | None = None
 
-        class Server(uvicorn.Server):
-            signum: int | None = None
+        def handle_exit(self, sig: int, frame) -> None:
+            if self.signum is None and sig == signal.SIGTERM:
+                reporter.info("SIGTERM: finishing the requests in flight, accepting no new ones")
+            self.signum = sig
+            super().handle_exit(sig, frame)
 
-            def handle_exit(self, sig: int, frame) -> None:
-                self.signum = sig
-                if sig == signal.SIGTERM:
-                    reporter.info("SIGTERM: finishing the requests in flight, accepting no new ones")
-                super().handle_exit(sig, frame)
-
-        return Server(config)
+    return Server(config)

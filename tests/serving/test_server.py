@@ -26,11 +26,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, checkpoint, *args, env=None):
+    def __init__(self, checkpoint, *args, env=None, quiet=False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lmkit", "serve", str(checkpoint), "--port", str(self.port), *args],
+            [sys.executable, "-m", "lmkit", *(["--quiet"] if quiet else []), "serve", str(checkpoint), "--port",
+             str(self.port), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "NO_COLOR": "1", **(env or {})})
         deadline = time.monotonic() + 90
@@ -269,13 +270,14 @@ def test_fill_mask_and_classify_endpoints(bert, labeled, tmp_path):
     from lmkit.stages import finetune
     from lmkit.stages.finetune_config import FinetuneConfig
 
-    server = Server(bert)
+    server = Server(bert, quiet=True)
     try:
         code, body, _ = server.request("POST", "/v1/fill-mask", {"input": "The [MASK] returns a value.", "top_k": 3})
         assert code == 200 and len(body["data"][0]["masks"][0]) == 3
         assert server.request("POST", "/v1/completions", {"prompt": "x"})[0] == 400  # not a text model
     finally:
-        server.stop()
+        _, err = server.stop()
+    assert "/v1/fill-mask" not in err  # lmkit --quiet serve: no request log
     values = {"base": str(bert), "data": str(labeled), "out": str(tmp_path / "clf"), "max_steps": 2,
               "micro_batch": 4, "eval_every": 0, "precision": "fp32"}
     classifier = finetune.run(resolve(FinetuneConfig, {}, values)).checkpoint.path
