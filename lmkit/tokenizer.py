@@ -1,4 +1,10 @@
-"""SentencePiece tokenizers with lmkit's special tokens at fixed ids: training and loading.
+"""Tokenizers: lmkit's own SentencePiece models (trained here, special tokens at fixed ids) and
+tokenizers imported from Hugging Face (``tokenizer.json``, read with the ``tokenizers`` package, with
+the special ids they came with: see ``lmkit/interop/tokenizers.py`` and ``lmkit.vocab.Specials``).
+
+A tokenizer artifact holds either ``tokenizer.model`` (SentencePiece) or ``tokenizer.json`` and
+``specials.json``; ``load(directory)`` returns the matching class, each with ``encode``,
+``encode_batch``, ``decode``, ``id_to_piece``, ``vocab_size`` and ``specials``.
 
 Every tokenizer lmkit trains has the same seven special tokens at the same ids, so later
 stages never have to look them up:
@@ -21,6 +27,7 @@ normalization is off ("identity") because lmkit's cleaner has already normalized
 from __future__ import annotations
 
 import io
+import json
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +37,11 @@ import sentencepiece as spm
 
 from lmkit import artifacts
 from lmkit.errors import UserError
-from lmkit.vocab import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID
+from lmkit.vocab import BOS_ID, CLS_ID, EOS_ID, LMKIT, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, Specials
 
 MODEL_FILE = "tokenizer.model"
+HF_FILE = "tokenizer.json"           # an imported tokenizer (Hugging Face tokenizers' format)
+SPECIALS_FILE = "specials.json"      # its special ids (lmkit.vocab.Specials)
 
 TOKENIZER_TYPES = ("bpe", "unigram")
 # Byte fallback needs 256 byte pieces, plus the specials, plus room for real pieces.
@@ -124,6 +133,7 @@ class Tokenizer:
     """A loaded SentencePiece model with lmkit's special ids."""
 
     pad_id, unk_id, bos_id, eos_id, mask_id, cls_id, sep_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID
+    specials = LMKIT
 
     def __init__(self, model_path: str | Path):
         self.model_path = Path(model_path)
@@ -134,9 +144,9 @@ class Tokenizer:
                                 f"{self.sp.id_to_piece(token_id)!r}, expected {piece!r} for {name})")
 
     @classmethod
-    def from_artifact(cls, path: str | Path) -> "Tokenizer":
-        artifact = artifacts.load(path, kind="tokenizer")
-        return cls(artifact.file(MODEL_FILE))
+    def from_artifact(cls, path: str | Path) -> "Tokenizer | HFTokenizer":
+        """The tokenizer of a verified tokenizer artifact, lmkit's or imported."""
+        return load(artifacts.load(path, kind="tokenizer").path)
 
     @property
     def vocab_size(self) -> int:
@@ -153,6 +163,62 @@ class Tokenizer:
 
     def id_to_piece(self, token_id: int) -> str:
         return self.sp.id_to_piece(token_id)
+
+
+class HFTokenizer:
+    """An imported Hugging Face tokenizer (byte-level BPE, WordPiece, SentencePiece-derived ...), read with
+    the ``tokenizers`` package. ``encode`` gives the text's tokens only: the special tokens a model's
+    inputs need ([CLS] ... [SEP], <s>) are added by the stage that frames them, from ``specials``, as for
+    lmkit's own tokenizers. Special-token strings written in text are text, as in lmkit."""
+
+    def __init__(self, path: str | Path, specials: Specials):
+        try:
+            from tokenizers import Tokenizer as Backend
+        except ImportError:
+            raise UserError(f"{path}: an imported tokenizer needs the tokenizers package: "
+                            "pip install 'lmkit[hf]'") from None
+        self.model_path = Path(path)
+        try:
+            self.backend = Backend.from_file(str(self.model_path))
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            raise UserError(f"{self.model_path}: not a Hugging Face tokenizer.json ({exc})") from None
+        self.backend.encode_special_tokens = True
+        self.specials = specials
+        self.pad_id, self.eos_id, self.bos_id, self.unk_id = specials.pad, specials.eos, specials.bos, specials.unk
+        self.mask_id, self.cls_id, self.sep_id = specials.mask, specials.cls, specials.sep
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.backend.id_to_token(token_id) or ""
+
+
+def load(directory: str | Path) -> "Tokenizer | HFTokenizer":
+    """The tokenizer stored in ``directory`` (an artifact's, already verified)."""
+    directory = Path(directory)
+    if (directory / HF_FILE).exists():
+        return HFTokenizer(directory / HF_FILE, specials_in(directory))
+    return Tokenizer(directory / MODEL_FILE)
+
+
+def specials_in(directory: str | Path) -> Specials:
+    """The special ids of the tokenizer in ``directory``, without loading it: an imported tokenizer's
+    specials.json, else lmkit's fixed ids."""
+    path = Path(directory) / SPECIALS_FILE
+    if not path.exists():
+        return LMKIT
+    return Specials.from_dict(json.loads(path.read_text()))
 
 
 def token_dtype_name(vocab_size: int) -> str:

@@ -31,9 +31,9 @@ def register_kind(kind: str, format_version: int, made_by: str) -> None:
     KINDS[kind] = (format_version, made_by)
 
 
-register_kind("tokenizer", 1, "lmkit preprocess")
+register_kind("tokenizer", 1, "lmkit preprocess or lmkit import")
 register_kind("dataset", 1, "lmkit preprocess")
-register_kind("checkpoint", 1, "lmkit pretrain or lmkit finetune")
+register_kind("checkpoint", 1, "lmkit pretrain, lmkit finetune or lmkit import")
 register_kind("report", 1, "lmkit evaluate")
 register_kind("export", 1, "lmkit export")
 

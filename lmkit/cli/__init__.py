@@ -30,8 +30,8 @@ def _global_options(
 
 
 # Registering the commands: each module adds itself to `app` on import.
-from lmkit.cli import (demo, evaluate, export, finetune, generate, info, inspect, lineage,  # noqa: E402,F401
-                       merge_lora, plot, preprocess, pretrain, serve, verify)
+from lmkit.cli import (demo, evaluate, export, finetune, generate, import_model, info, inspect,  # noqa: E402,F401
+                       lineage, merge_lora, plot, preprocess, pretrain, serve, verify)
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:

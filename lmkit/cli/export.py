@@ -6,7 +6,7 @@ from rich.table import Table
 
 from lmkit.artifacts import Artifact
 from lmkit.cli._util import config_command
-from lmkit.export.config import ExportConfig
+from lmkit.interop.export_config import ExportConfig
 from lmkit.progress import reporter
 
 
@@ -24,7 +24,9 @@ def render(artifact: Artifact) -> None:
         table.add_row("check", f"logits within {stats['max_abs_logit_difference']:.1e} of lmkit's, token ids equal")
     else:
         table.add_row("check", "skipped (--no-check)")
-    auto = "AutoModelForSequenceClassification" if "Classification" in stats["architecture"] else "AutoModelForCausalLM"
+    architecture = stats["architecture"]
+    auto = ("AutoModelForSequenceClassification" if "Classification" in architecture
+            else "AutoModelForMaskedLM" if "MaskedLM" in architecture else "AutoModelForCausalLM")
     table.add_row("load with", f"{auto}.from_pretrained({str(artifact.path)!r})")
     reporter.out.print(table)
 
@@ -32,8 +34,9 @@ def render(artifact: Artifact) -> None:
 
 config_command(
     "export", ExportConfig,
-    help="Export a GPT checkpoint (language model or classifier) to Hugging Face transformers: a Llama-family "
-         "model (config.json, model.safetensors, generation config) and its tokenizer, checked against lmkit "
-         "before it is written. The weight mapping is in lmkit/export/hf.py.\n\n"
+    help="Export a checkpoint (language model or classifier) to Hugging Face transformers: lmkit's modern GPT as "
+         "Llama/Qwen2/Qwen3, GPT-2 as GPT2LMHeadModel, classic BERT as BertForMaskedLM, classifiers as their "
+         "…ForSequenceClassification (config.json, model.safetensors, tokenizer), checked against lmkit before it is "
+         "written. The weight mapping is in lmkit/interop/families.py.\n\n"
          "Example: lmkit export runs/gpt/final --format hf --out hf-model",
-    render=render, run="lmkit.export.stage:run")
+    render=render, run="lmkit.interop.export_stage:run")

@@ -23,6 +23,20 @@ def _flatten(prefix: str, value: object, rows: list[tuple[str, str]]) -> None:
         rows.append((prefix, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value))
 
 
+def _model_line(path: Path, manifest: dict) -> str | None:
+    """A checkpoint's architecture in words (its family, shape and size), from model.json."""
+    if manifest["kind"] != "checkpoint" or not (path / "model.json").is_file():
+        return None
+    from lmkit.models.config import ModelConfig  # torch-free
+
+    described = json.loads((path / "model.json").read_text())
+    config = ModelConfig.from_dict(described["model"])
+    shape = f"{config.n_layer} layers, d_model {config.d_model}"
+    if config.arch != "lstm":
+        shape += f", {config.n_head} heads" + (f" ({config.kv_heads} kv)" if config.kv_heads != config.n_head else "")
+    return f"{config.arch}: {config.family}; {shape}, vocabulary {config.vocab_size:,}, block {config.block_size}"
+
+
 @app.command("info")
 @handle_errors
 def info(
@@ -44,6 +58,9 @@ def info(
     table.add_row("files", f"{len(manifest['files'])} ({size:,} bytes)")
     for parent in manifest["inputs"].get("artifacts", []):
         table.add_row(f"parent: {parent['role']}", f"{parent['path']} ({parent['id'][:12]})")
+    model = _model_line(Path(path), manifest)
+    if model:
+        table.add_row("model", model)
     raw = manifest["inputs"].get("files", [])
     if raw:
         table.add_row("raw inputs", f"{len(raw)} file(s), {sum(f['size'] for f in raw):,} bytes")

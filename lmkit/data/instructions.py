@@ -13,7 +13,6 @@ from pathlib import Path
 from lmkit.data.jsonl import read_jsonl
 from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
-from lmkit.vocab import EOS_ID
 
 # Alpaca's layout (Taori et al. 2023), without its preamble: short, and plain text for any tokenizer.
 DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -46,7 +45,7 @@ def read_instructions(path: Path, tokenizer: Tokenizer, template: str, prompt_fi
                 raise UserError(f"{where}: field {field!r} is {what} (every record needs a {prompt_field} and a "
                                 f"{response_field}; see {flag})")
         prompt = tokenizer.encode(render_prompt(template, record[prompt_field]))
-        response = tokenizer.encode(record[response_field]) + [EOS_ID]
+        response = tokenizer.encode(record[response_field]) + [tokenizer.specials.eos]
         if len(prompt) >= max_tokens:
             raise UserError(f"{where}: the prompt alone is {len(prompt)} tokens, no room for a response within "
                             f"--seq-len {max_tokens - 1}; shorten it or raise --seq-len")

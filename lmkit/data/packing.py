@@ -25,7 +25,7 @@ import torch
 from lmkit.artifacts import Artifact
 from lmkit.data.shards import read_split, token_lists
 from lmkit.errors import UserError
-from lmkit.vocab import CLS_ID, EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, MASK_ID, SEP_ID
+from lmkit.vocab import EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, LMKIT, Specials
 
 
 
@@ -88,8 +88,11 @@ class MaskingSettings:
 class MaskedWindows:
     """``[CLS] chunk [SEP]`` windows of ``seq_len`` tokens, corrupted for masked-LM training."""
 
-    def __init__(self, stream: TokenStream, seq_len: int, vocab_size: int, masking: MaskingSettings):
+    def __init__(self, stream: TokenStream, seq_len: int, vocab_size: int, masking: MaskingSettings,
+                 specials: Specials = LMKIT):
         self.stream, self.seq_len, self.vocab_size, self.masking = stream, seq_len, vocab_size, masking
+        self.specials = specials
+        self.cls, self.sep = specials.require("cls", "masked-LM windows"), specials.require("sep", "masked-LM windows")
         self.chunk = seq_len - 2
         self.count = len(stream.tokens) // self.chunk
 
@@ -97,14 +100,18 @@ class MaskedWindows:
         starts = indices[:, None] * self.chunk + np.arange(self.chunk)[None, :]
         body = torch.from_numpy(self.stream.tokens[starts].astype(np.int64))
         rows = len(indices)
-        clean = torch.cat([torch.full((rows, 1), CLS_ID), body, torch.full((rows, 1), SEP_ID)], dim=1)
-        return mask_tokens(clean, self.vocab_size, self.masking, generator)
+        clean = torch.cat([torch.full((rows, 1), self.cls), body, torch.full((rows, 1), self.sep)], dim=1)
+        return mask_tokens(clean, self.vocab_size, self.masking, generator, self.specials)
 
 
-def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's 80/10/10 corruption; returns (inputs, targets) with IGNORE_INDEX where not chosen."""
-    maskable = tokens >= FIRST_TEXT_ID
+def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings, generator: torch.Generator,
+                specials: Specials = LMKIT) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 corruption; returns (inputs, targets) with IGNORE_INDEX where not chosen. Special
+    tokens are never chosen; a random replacement is a text token (lmkit's ids 0..6 are specials; an
+    imported vocabulary's specials are redrawn as the token itself, so they are left alone too)."""
+    mask_id = specials.require("mask", "masked-LM corruption")
+    special_ids = torch.tensor(sorted(specials.ids), dtype=tokens.dtype)
+    maskable = ~torch.isin(tokens, special_ids)
     draw = torch.rand(tokens.shape, generator=generator)
     chosen = maskable & (draw < masking.probability)
     # A row with nothing chosen would give an empty (NaN) loss: choose its lowest draw instead.
@@ -113,11 +120,15 @@ def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings,
         lowest = torch.where(maskable, draw, torch.full_like(draw, 2.0)).argmin(dim=1)
         chosen[empty, lowest[empty]] = True
     action = torch.rand(tokens.shape, generator=generator)
-    random_tokens = torch.randint(FIRST_TEXT_ID, vocab_size, tokens.shape, generator=generator)
+    low = FIRST_TEXT_ID if specials == LMKIT else 0
+    random_tokens = torch.randint(low, vocab_size, tokens.shape, generator=generator)
+    if specials != LMKIT:  # a drawn special id stays the original token
+        drawn_special = torch.isin(random_tokens, special_ids)
+        random_tokens = torch.where(drawn_special, tokens, random_tokens)
     inputs = tokens.clone()
     to_mask = chosen & (action < masking.replace_mask)
     to_random = chosen & (action >= masking.replace_mask) & (action < masking.replace_mask + masking.replace_random)
-    inputs[to_mask] = MASK_ID
+    inputs[to_mask] = mask_id
     inputs[to_random] = random_tokens[to_random]
     targets = torch.where(chosen, tokens, torch.full_like(tokens, IGNORE_INDEX))
     return inputs, targets

@@ -60,10 +60,10 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
     return whole[:len(context_tokens)], whole[len(context_tokens):]
 
 
-def continuation_span(context: Sequence[int], continuation: Sequence[int], max_len: int) -> Span:
+def continuation_span(context: Sequence[int], continuation: Sequence[int], max_len: int, start: int = EOS_ID) -> Span:
     """``</s> context continuation`` scoring the continuation; the context is cut from the left to fit
     ``max_len`` inputs (the continuation itself must fit)."""
-    tokens = np.asarray([EOS_ID, *context, *continuation], dtype=np.int64)
+    tokens = np.asarray([start, *context, *continuation], dtype=np.int64)
     if len(continuation) > max_len:
         raise UserError(f"a continuation of {len(continuation)} tokens exceeds the model's {max_len}-token window")
     return Span(tokens[-(max_len + 1):], len(continuation))
@@ -79,7 +79,8 @@ def evaluate_choices(inference: Inference, tokenizer: Tokenizer, items: Sequence
             context, continuation = encode_pair(tokenizer, item.context, choice)
             if not continuation:
                 raise UserError(f"{item.id}: choice {choice!r} has no tokens of its own after the context")
-            spans.append(continuation_span(context, continuation, max_len))
+            spans.append(continuation_span(context, continuation, max_len, tokenizer.specials.start
+                                           if tokenizer.specials.start is not None else tokenizer.specials.eos))
     scores = score_spans(inference, spans, advance)
     correct = correct_norm = 0
     predictions = []

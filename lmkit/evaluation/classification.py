@@ -10,17 +10,18 @@ import torch
 from lmkit.evaluation.metrics import classification_metrics
 from lmkit.evaluation.scoring import Inference
 from lmkit.models.classifier import format_inputs
+from lmkit.vocab import Specials
 
 
 def predict_probabilities(inference: Inference, documents: Sequence[Sequence[int]], arch: str, max_len: int,
-                          advance: Callable[[int], None] | None = None) -> np.ndarray:
+                          specials: Specials, advance: Callable[[int], None] | None = None) -> np.ndarray:
     """Softmax class probabilities (N, K), float64, in the order of ``documents``. Inputs are framed as in
     finetuning (``format_inputs``) and cut to ``max_len`` tokens; batches hold documents of similar length."""
     order = sorted(range(len(documents)), key=lambda i: -len(documents[i]))
     probabilities: np.ndarray | None = None
     for start in range(0, len(order), inference.batch_size):
         chosen = order[start:start + inference.batch_size]
-        idx, mask = format_inputs([np.asarray(documents[i]).tolist() for i in chosen], arch, max_len)
+        idx, mask = format_inputs([np.asarray(documents[i]).tolist() for i in chosen], arch, max_len, specials)
         with inference.forward_pass(int(mask.sum())):
             logits, _ = inference.model(idx.to(inference.device), attention_mask=mask.to(inference.device))  # (B, K)
             batch = torch.softmax(logits.double(), dim=-1).cpu().numpy()

@@ -26,7 +26,7 @@ import torch
 
 from lmkit.data.packing import MaskingSettings, mask_tokens, seeded_generator
 from lmkit.evaluation.scoring import Inference, Span, score_spans, token_logprobs
-from lmkit.vocab import CLS_ID, EOS_ID, IGNORE_INDEX, PAD_ID, SEP_ID
+from lmkit.vocab import EOS_ID, IGNORE_INDEX, LMKIT, Specials
 
 _NATS_PER_BIT = math.log(2)
 _MAX_LOSS_FOR_PPL = 700.0  # exp overflows float64 beyond ~709: the perplexity is reported as inf
@@ -76,7 +76,7 @@ def document_logprobs(inference: Inference, documents: Sequence[Sequence[int]], 
     with the sliding window."""
     spans, owner = [], []
     for index, tokens in enumerate(documents):
-        document_spans = rolling_spans(tokens, EOS_ID, window, stride)
+        document_spans = rolling_spans(tokens, _context_token(inference.specials), window, stride)
         spans += document_spans
         owner += [index] * len(document_spans)
     pieces: list[list[np.ndarray]] = [[] for _ in documents]
@@ -102,15 +102,21 @@ def evaluate_causal(inference: Inference, documents: Sequence[Sequence[int]], n_
     return lm_metrics(nats, sum(s.tokens for s in scores), sum(s.n_bytes for s in scores)), scores
 
 
-def masked_windows(documents: Sequence[Sequence[int]], window: int) -> list[np.ndarray]:
+def _context_token(specials: Specials) -> int:
+    """What a document's first token is predicted from: the token a text starts with (lmkit: </s>)."""
+    return specials.eos if specials.start is None else specials.start
+
+
+def masked_windows(documents: Sequence[Sequence[int]], window: int, specials: Specials = LMKIT) -> list[np.ndarray]:
     """``[CLS] chunk [SEP]`` windows of at most ``window`` tokens over the documents joined by [SEP],
     as pretraining frames them (lmkit.data.packing.MaskedWindows), the last chunk kept even if short."""
+    cls, sep = specials.require("cls", "masked-LM windows"), specials.require("sep", "masked-LM windows")
     pieces = []
     for tokens in documents:
-        pieces += [np.asarray(tokens, dtype=np.int64), np.array([SEP_ID], dtype=np.int64)]
+        pieces += [np.asarray(tokens, dtype=np.int64), np.array([sep], dtype=np.int64)]
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     chunk = window - 2
-    return [np.concatenate([[CLS_ID], stream[start:start + chunk], [SEP_ID]]) for start in range(0, len(stream), chunk)]
+    return [np.concatenate([[cls], stream[start:start + chunk], [sep]]) for start in range(0, len(stream), chunk)]
 
 
 def evaluate_masked(inference: Inference, documents: Sequence[Sequence[int]], window: int, vocab_size: int,
@@ -118,14 +124,14 @@ def evaluate_masked(inference: Inference, documents: Sequence[Sequence[int]], wi
                     ) -> tuple[dict[str, float], int]:
     """Masked-LM loss (nats per masked token), its exponent and accuracy under BERT's 80/10/10 corruption,
     with masks drawn from ``seed`` (Devlin et al. 2019); and the number of masked tokens."""
-    windows = masked_windows(documents, window)
-    corrupted = [mask_tokens(torch.as_tensor(w)[None], vocab_size, masking, seeded_generator(seed, i))  # masks depend on (seed, window) only
+    windows = masked_windows(documents, window, inference.specials)
+    corrupted = [mask_tokens(torch.as_tensor(w)[None], vocab_size, masking, seeded_generator(seed, i), inference.specials)  # masks depend on (seed, window) only
                  for i, w in enumerate(windows)]
     values, correct, masked = [], 0, 0
     for start in range(0, len(windows), inference.batch_size):
         batch = corrupted[start:start + inference.batch_size]
         width = max(inputs.shape[1] for inputs, _ in batch)
-        idx = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
+        idx = torch.full((len(batch), width), inference.specials.pad, dtype=torch.long)
         targets = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.bool)
         for row, (inputs, window_targets) in enumerate(batch):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmkit.vocab import PAD_ID
+from lmkit.vocab import LMKIT, PAD_ID, Specials
 
 # Rows of logits turned into float64 log-probabilities at a time (bounds memory for large vocabularies).
 _LOGPROB_ELEMENTS = 1 << 24
@@ -35,6 +35,7 @@ class Inference:
     device: torch.device
     precision: str           # "bf16" or "fp32", already resolved
     batch_size: int
+    specials: Specials = LMKIT  # the tokenizer's special ids (lmkit's, or an imported tokenizer's)
     tokens: int = 0          # real (non-padding) input tokens through the model
     seconds: float = 0.0     # time inside forward passes, transfers and scoring included
 

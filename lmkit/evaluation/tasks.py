@@ -70,7 +70,8 @@ def classify(inference: Inference, documents: Documents, gold_names: list[str], 
         raise UserError(f"{where}: gold label(s) {', '.join(map(repr, unknown))} are not among the checkpoint's "
                         f"labels ({', '.join(labels)})")
     with reporter.task("classifying", total=len(documents), unit="docs") as task:
-        probabilities = classification.predict_probabilities(inference, documents.tokens, arch, max_len, task.advance)
+        probabilities = classification.predict_probabilities(inference, documents.tokens, arch, max_len,
+                                                              inference.specials, task.advance)
     result, predictions = classification.evaluate_classification(
         probabilities, [index[name] for name in gold_names], labels, documents.ids)
     framing = "[CLS] text [SEP]" if arch == "bert" else "text </s>"

@@ -37,8 +37,8 @@ def classify(model: nn.Module, tokenizer: Tokenizer, labels: list[str], texts: l
     predictions, cut = [], []
     for start in range(0, len(texts), batch_size):
         batch = token_lists[start:start + batch_size]
-        idx, mask = format_inputs(batch, arch, block_size)
-        _, uncut = format_inputs(batch, arch, sys.maxsize)  # the framing without a length limit
+        idx, mask = format_inputs(batch, arch, block_size, tokenizer.specials)
+        _, uncut = format_inputs(batch, arch, sys.maxsize, tokenizer.specials)  # the framing without a length limit
         cut += [names[start + i] for i in torch.nonzero(uncut.sum(1) > mask.sum(1)).flatten().tolist()]
         logits, _ = model(idx.to(device), attention_mask=mask.to(device))  # (b, K)
         probs = torch.softmax(logits.float(), dim=-1).tolist()

@@ -33,10 +33,11 @@ class Decoded:
     reason: str           # STOP_EOS, STOP_STRING (should_stop said so), STOP_LENGTH (max_new_tokens), STOP_CONTEXT
 
 
-def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """idx (B, P) with each prompt at the right end, and the mask (B, P), True on real tokens."""
+def left_pad(prompts: list[list[int]], device: torch.device, pad: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """idx (B, P) with each prompt at the right end, and the mask (B, P), True on real tokens (the padding
+    id is never attended to: any id will do)."""
     width = max(len(p) for p in prompts)
-    idx = torch.full((len(prompts), width), PAD_ID, dtype=torch.long)
+    idx = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.bool)
     for row, prompt in enumerate(prompts):
         idx[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)

@@ -16,7 +16,6 @@ from torch import nn
 
 from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
-from lmkit.vocab import CLS_ID, FIRST_TEXT_ID, MASK_ID, PAD_ID, SEP_ID
 
 MASK = "[MASK]"
 
@@ -33,7 +32,10 @@ class Candidate:
 
 
 def _encode_continuation(tokenizer: Tokenizer, text: str) -> list[int]:
-    """``text`` encoded as it would be in the middle of a line: no dummy leading space."""
+    """``text`` encoded as it would be in the middle of a line: no dummy leading space (SentencePiece's;
+    an imported tokenizer, e.g. WordPiece, splits at whitespace and needs no such care)."""
+    if not isinstance(tokenizer, Tokenizer):
+        return tokenizer.encode(text)
     newline = tokenizer.sp.piece_to_id("<0x0A>")
     ids = tokenizer.encode("\n" + text)
     return ids[ids.index(newline) + 1:]
@@ -49,17 +51,27 @@ def mask_segments(text: str) -> list[str]:
 
 def encode_masked(tokenizer: Tokenizer, text: str) -> list[int]:
     """``[CLS] text [SEP]`` with the mask id at each [MASK]."""
-    segments = mask_segments(text)
-    ids = [CLS_ID, *tokenizer.encode(segments[0])]
+    segments, specials = mask_segments(text), tokenizer.specials
+    mask = specials.require("mask", "fill-mask")
+    ids = [specials.require("cls", "fill-mask"), *tokenizer.encode(segments[0])]
     for segment in segments[1:]:
-        ids.append(MASK_ID)
+        ids.append(mask)
         ids.extend(_encode_continuation(tokenizer, segment) if segment else [])
-    return [*ids, SEP_ID]
+    return [*ids, specials.require("sep", "fill-mask")]
 
 
 def _token_text(tokenizer: Tokenizer, token_id: int) -> str:
     """The token as it reads inside a text: with its leading space."""
     return (" " if tokenizer.id_to_piece(token_id).startswith("▁") else "") + tokenizer.decode([token_id])
+
+
+def _filled(tokenizer, ids: list[int], position: int, token: int, before: str, after: str) -> str:
+    """The text with this [MASK] replaced by ``token``: the original text around it for lmkit's
+    SentencePiece models; an imported tokenizer's own decoding of the ids (WordPiece joins "##" pieces,
+    an uncased BERT lowercases), the other masks left as [MASK]."""
+    if isinstance(tokenizer, Tokenizer):
+        return before + _token_text(tokenizer, token) + after
+    return tokenizer.decode([token if p == position else t for p, t in enumerate(ids)][1:-1])
 
 
 def _token_label(tokenizer: Tokenizer, token_id: int) -> str:
@@ -90,22 +102,24 @@ def fill_mask(model: nn.Module, tokenizer: Tokenizer, texts: list[str], top_k: i
     for start in range(0, len(texts), batch_size):
         rows = encoded[start:start + batch_size]
         width = max(len(r) for r in rows)
-        idx = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+        idx = torch.full((len(rows), width), tokenizer.specials.pad, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.bool)
         for i, ids in enumerate(rows):
             idx[i, :len(ids)], attention[i, :len(ids)] = torch.tensor(ids), True
         logits, _ = model(idx.to(device), attention_mask=attention.to(device))  # (b, T, V)
-        probs = torch.softmax(logits.float(), dim=-1)[:, :, FIRST_TEXT_ID:]  # (b, T, V - specials)
+        probs = torch.softmax(logits.float(), dim=-1)  # (b, T, V)
+        probs[:, :, sorted(tokenizer.specials.ids)] = -1.0  # never a candidate
         for i, ids in enumerate(rows):
             text = texts[start + i]
             original, segments = text.split(MASK), mask_segments(text)
             per_mask = []
-            for m, position in enumerate(p for p, token in enumerate(ids) if token == MASK_ID):
-                top = torch.topk(probs[i, position], min(top_k, probs.shape[-1]))
+            mask_positions = [p for p, token in enumerate(ids) if token == tokenizer.specials.mask]
+            for m, position in enumerate(mask_positions):
+                top = torch.topk(probs[i, position], min(top_k, probs.shape[-1] - len(tokenizer.specials.ids)))
                 before, after = MASK.join([*original[:m], segments[m]]), MASK.join(original[m + 1:])
                 per_mask.append([
-                    Candidate(_token_label(tokenizer, offset + FIRST_TEXT_ID), offset + FIRST_TEXT_ID, probability,
-                              before + _token_text(tokenizer, offset + FIRST_TEXT_ID) + after)
-                    for probability, offset in zip(top.values.tolist(), top.indices.tolist())])
+                    Candidate(_token_label(tokenizer, token), token, probability,
+                              _filled(tokenizer, ids, position, token, before, after))
+                    for probability, token in zip(top.values.tolist(), top.indices.tolist())])
             results.append(per_mask)
     return results

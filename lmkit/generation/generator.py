@@ -17,7 +17,7 @@ import torch
 
 from lmkit.data.instructions import render_prompt
 from lmkit.errors import UserError
-from lmkit.generation.decode import EOS_ID, STOP_CONTEXT, decode
+from lmkit.generation.decode import STOP_CONTEXT, decode
 from lmkit.generation.model import TEXT, checkpoint_mode, load_model
 from lmkit.generation.sampling import prompt_key, row_generators
 from lmkit.generation.settings import SamplingSettings
@@ -45,6 +45,8 @@ class Generator:
         self.template = checkpoint.template if checkpoint.task == "sft" else None
         self.block_size = checkpoint.model_config.block_size
         self.tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
+        specials = self.tokenizer.specials
+        self.start = specials.eos if specials.start is None else specials.start  # what a causal prompt follows
         self.model = load_model(checkpoint, device, precision, quantize)
 
     def encode_prompt(self, prompt: str, name: str = "prompt") -> list[int]:
@@ -54,7 +56,7 @@ class Generator:
         if self.template is not None:
             ids = self.tokenizer.encode(render_prompt(self.template, prompt))
         else:
-            ids = [EOS_ID, *self.tokenizer.encode(prompt)]
+            ids = [self.start, *self.tokenizer.encode(prompt)]
         limit = self.block_size - 1  # at least one position left for the completion
         if len(ids) > limit:
             if self.truncate == "error":
@@ -125,8 +127,9 @@ class Generator:
         def should_stop(row: int, ids: list[int]) -> bool:
             return bool(cancelled is not None and cancelled(row)) or (watch and texts[row].update(ids))
 
-        decoded = decode(self.model, encoded, settings, generators,
-                         should_stop=should_stop if watch or cancelled is not None else None)
+        specials = self.tokenizer.specials
+        decoded = decode(self.model, encoded, settings, generators, eos_id=specials.eos,
+                         banned=specials.never_generated, should_stop=should_stop if watch or cancelled is not None else None)
         results = []
         for text, result in zip(texts, decoded):
             text.update(result.ids)

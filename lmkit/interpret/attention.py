@@ -21,7 +21,6 @@ from lmkit.errors import UserError
 from lmkit.models.classifier import format_inputs
 from lmkit.models.layers import apply_rotary
 from lmkit.tokenizer import Tokenizer
-from lmkit.vocab import CLS_ID, SEP_ID
 from lmkit.training.checkpoint import Checkpoint
 
 # Largest |recomputed output - module output| accepted, relative to the output's largest value (float32
@@ -56,9 +55,9 @@ def model_inputs(checkpoint: Checkpoint, text: str) -> list[int]:
     if not tokens:
         raise UserError("--text: gives no tokens; give some text")
     if checkpoint.head is not None:
-        ids = format_inputs([tokens], config.arch, config.block_size + 1)[0][0].tolist()
+        ids = format_inputs([tokens], config.arch, config.block_size + 1, checkpoint.specials)[0][0].tolist()
     elif config.arch == "bert":
-        ids = [CLS_ID, *tokens, SEP_ID]
+        ids = [checkpoint.specials.cls, *tokens, checkpoint.specials.sep]
     else:
         ids = tokens
     if len(ids) > config.block_size:

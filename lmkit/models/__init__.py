@@ -30,11 +30,13 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False, *, non_embedding: bool = False) -> int:
-    """Number of parameters, a tied matrix counted once. ``non_embedding`` leaves out the token embedding
-    and the output projection (``tok_emb``, ``lm_head``), as Kaplan et al. 2020 count N."""
+    """Number of parameters, a tied matrix counted once. ``non_embedding`` leaves out the embedding tables
+    (tokens, learned positions, token types) and the output projection, as Kaplan et al. 2020 count N."""
     skipped = set()
-    if non_embedding:
-        skipped = {id(p) for module in (model.tok_emb, model.lm_head) for p in module.parameters()}
+    if non_embedding:  # token, position and token-type tables, and the output projection
+        tables = [model.tok_emb, model.lm_head, getattr(getattr(model, "embeddings", None), "pos_emb", None),
+                  getattr(getattr(model, "embeddings", None), "type_emb", None)]
+        skipped = {id(p) for module in tables if module is not None for p in module.parameters()}
     return sum(p.numel() for p in model.parameters()
                if id(p) not in skipped and (p.requires_grad or not trainable_only))
 

@@ -1,8 +1,11 @@
 """BERT: a bidirectional transformer encoder with a masked-language-model head (Devlin et al. 2019).
 
-It shares the decoder's blocks (layers.py) with causal masking off, so it too is pre-norm with
-RMSNorm and, instead of BERT's learned position table, rotary positions: one position scheme
-across lmkit, and attention that depends on relative offsets only.
+It shares the decoder's blocks (layers.py) with causal masking off. Two families, by ModelConfig
+settings: the classic BERT of the paper (post-norm LayerNorm, a LayerNorm after the embeddings,
+learned absolute positions, token-type embeddings, exact GELU, biases, the dense-GELU-LayerNorm MLM
+transform and the [CLS] pooler; the ``bert-*`` presets, and what ``lmkit import`` reads from
+``BertForMaskedLM``), and lmkit's modern encoder (pre-norm RMSNorm, rotary positions, no biases;
+the ``encoder-*`` presets), whose attention depends on relative offsets only.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import Block, RMSNorm, init_transformer_weights, rope_tables, token_loss
+from lmkit.models.layers import Block, Embeddings, init_transformer_weights, make_norm, rope_tables, token_loss
 
 POOLING = ("cls", "mean")
 
@@ -22,11 +25,12 @@ class MLMHead(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.norm = make_norm(config, config.d_model)
+        self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(F.gelu(self.dense(x)))  # (B, T, C)
+        return self.norm(F.gelu(self.dense(x), approximate=self.approximate))  # (B, T, C)
 
 
 class BERT(nn.Module):
@@ -34,10 +38,13 @@ class BERT(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.embeddings = Embeddings(config)
         self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
-        self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.final_norm = nn.Identity() if config.post_norm else make_norm(config, config.d_model)
         self.mlm_head = MLMHead(config)
+        # BERT's pooler (dense + tanh over [CLS]) for a classifier head: present with --pooler (an imported
+        # BertModel, a classic BERT classifier); masked-LM training does not use it.
+        self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
         # The decoder has a per-token bias, as in BERT; its weight is the embedding matrix when tied.
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=True)
         if config.tie_embeddings:
@@ -47,15 +54,17 @@ class BERT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hd/2)
         init_transformer_weights(self, self.blocks)
 
-    def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_types: torch.Tensor | None = None) -> torch.Tensor:
         """Contextual vectors (B, T, C) of idx (B, T); attention_mask (B, T) bool, True = real token:
         no position attends to padding, so padded ids cannot change the real positions' vectors.
-        Each row needs at least one real token (a row of padding only has nothing to attend to: NaN)."""
+        Each row needs at least one real token (a row of padding only has nothing to attend to: NaN).
+        token_types (B, T): segment ids (0 = sentence A) for a model with --type-vocab-size; None = all 0."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd/2)
-        x = self.emb_dropout(self.tok_emb(idx))  # (B, T, C)
+        x = self.embeddings(self.tok_emb(idx), torch.arange(T, device=idx.device), token_types)  # (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, attention_mask)  # (B, T, C)
         return self.final_norm(x)  # (B, T, C)

@@ -14,22 +14,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.vocab import CLS_ID, EOS_ID, PAD_ID, SEP_ID
+from lmkit.vocab import Specials
 
 POOLING: dict[str, tuple[str, ...]] = {"gpt": ("last", "mean"), "lstm": ("last", "mean"), "bert": ("cls", "mean")}
 DEFAULT_POOLING = {"gpt": "last", "lstm": "last", "bert": "cls"}
 
 
-def format_inputs(token_lists: list[list[int]], arch: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,
+                  specials: Specials) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists as one right-padded batch: ``[CLS] tokens [SEP]`` for an encoder, the tokens alone for a
-    causal model (``</s>`` for an empty text), each cut to ``max_len`` (the beginning is kept). Returns idx (B, T) and the attention
-    mask (B, T), True on real tokens; T is the longest row."""
+    causal model (``</s>`` for an empty text), each cut to ``max_len`` (the beginning is kept), with the
+    tokenizer's ``specials``. Returns idx (B, T) and the attention mask (B, T), True on real tokens; T is
+    the longest row."""
     if arch == "bert":
-        rows = [[CLS_ID, *tokens[:max_len - 2], SEP_ID] for tokens in token_lists]
+        cls = specials.require("cls", "an encoder's input")
+        sep = specials.require("sep", "an encoder's input")
+        rows = [[cls, *tokens[:max_len - 2], sep] for tokens in token_lists]
     else:  # no </s>: in packed pretraining the position of </s> learns to forget what came before it
-        rows = [list(tokens[:max_len]) or [EOS_ID] for tokens in token_lists]
+        rows = [list(tokens[:max_len]) or [specials.eos] for tokens in token_lists]
     width = max(len(row) for row in rows)
-    idx = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    idx = torch.full((len(rows), width), specials.pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, row in enumerate(rows):
         idx[i, :len(row)] = torch.tensor(row, dtype=torch.long)
@@ -67,6 +71,8 @@ class SequenceClassifier(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(idx.shape, dtype=torch.bool, device=idx.device)
         if self.pooling == "cls":
+            if getattr(self.backbone, "pooler", None) is not None:  # classic BERT: tanh(dense([CLS]))
+                return torch.tanh(self.backbone.pooler(hidden[:, 0]))  # (B, C)
             return hidden[:, 0]  # (B, C)
         if self.pooling == "last":
             last = attention_mask.sum(dim=1) - 1  # (B,)

@@ -14,11 +14,14 @@ from lmkit.config import check_mapping, flag_name, option, validate
 from lmkit.errors import ConfigError
 
 ARCHS = ("gpt", "bert", "lstm")
-MLPS = ("swiglu", "gelu")
+MLPS = ("swiglu", "gelu", "gelu_tanh")
+NORMS = ("rms", "layer")
+POSITIONS = ("rope", "learned")
 # The special tokens have fixed ids 0..6 across lmkit (lmkit/tokenizer.py); a vocabulary holds them all.
 MIN_VOCAB_SIZE = 7
 # Fields that only transformers (gpt, bert) use; an LSTM refuses non-default values rather than ignore them.
-TRANSFORMER_ONLY = ("n_head", "d_ff", "mlp", "qk_norm", "rope_theta", "norm_eps")
+TRANSFORMER_ONLY = ("n_head", "d_ff", "mlp", "qk_norm", "rope_theta", "norm_eps", "n_kv_head", "head_size", "norm",
+                    "positions", "bias", "qkv_bias", "post_norm", "type_vocab_size", "pooler")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,17 +30,31 @@ class ModelConfig:
     vocab_size: int = option(help="Vocabulary size (the tokenizer's, special tokens included).")
     block_size: int = option(256, "Longest sequence the model accepts (length of the rotary tables).")
     n_layer: int = option(4, "Number of transformer blocks / LSTM layers.")
-    n_head: int = option(4, "Attention heads per block (gpt, bert); must divide --d-model.")
+    n_head: int = option(4, "Attention heads per block (gpt, bert); must divide --d-model unless --head-size is set.")
+    n_kv_head: int = option(0, "Key/value heads: fewer than --n-head is grouped-query attention (Ainslie et al. "
+                            "2023; Llama 3, Qwen, Mistral); must divide --n-head; 0 = --n-head.")
+    head_size: int = option(0, "Width of one attention head; 0 = --d-model / --n-head (Qwen3 decouples them).")
     d_model: int = option(256, "Width of the residual stream / LSTM hidden state.")
     d_ff: int = option(0, "Hidden width of the feed-forward layer; 0 picks the default: 8/3*d_model rounded up "
                        "to a multiple of 64 for swiglu (Shazeer 2020), 4*d_model for gelu.")
-    mlp: str = option("swiglu", "Feed-forward type of gpt and bert blocks: swiglu or gelu.", choices=MLPS)
+    mlp: str = option("swiglu", "Feed-forward of gpt and bert blocks: swiglu (Llama), gelu (BERT: exact GELU) or "
+                      "gelu_tanh (GPT-2: its tanh approximation).", choices=MLPS)
+    norm: str = option("rms", "Normalization layers: rms (RMSNorm: Llama, lmkit's modern models) or layer "
+                       "(LayerNorm with bias: GPT-2, BERT).", choices=NORMS)
+    positions: str = option("rope", "Position encoding: rope (rotary, relative) or learned (an absolute position "
+                            "table of --block-size rows: GPT-2, BERT).", choices=POSITIONS)
+    bias: bool = option(False, "Biases in every linear layer (GPT-2, BERT); modern models have none.")
+    qkv_bias: bool = option(False, "Biases in the query/key/value projection only (Qwen2).")
+    post_norm: bool = option(False, "Post-norm blocks, norm(x + f(x)), with a norm after the embeddings and none at "
+                             "the end (the original Transformer and BERT); default pre-norm, x + f(norm(x)).")
+    type_vocab_size: int = option(0, "Token-type (segment) embeddings, as BERT's sentence A/B; 0 = none.")
+    pooler: bool = option(False, "BERT's pooler: a dense layer with tanh over [CLS], read by a classifier head.")
     qk_norm: bool = option(False, "RMSNorm on each head's queries and keys before attention (OLMo 2, Gemma 3).")
     rope_theta: float = option(10000.0, "Base of the rotary position embedding frequencies (Su et al. 2021).")
     dropout: float = option(0.0, "Dropout probability on embeddings, attention and residual branches.")
     tie_embeddings: bool = option(True, "Share the input embedding matrix with the output projection "
                                   "(Press & Wolf 2017).")
-    norm_eps: float = option(1e-6, "Epsilon of the RMSNorm layers.")
+    norm_eps: float = option(1e-6, "Epsilon of the normalization layers.")
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,11 +80,21 @@ class ModelConfig:
         problems = []
         if self.n_head < 1:
             problems.append(f"--n-head: must be positive, got {self.n_head}")
-        elif self.d_model % self.n_head != 0:
+        elif self.head_size < 0:
+            problems.append(f"--head-size: must be 0 (default) or positive, got {self.head_size}")
+        elif not self.head_size and self.d_model % self.n_head != 0:
             problems.append(f"--n-head: must divide --d-model ({self.d_model} % {self.n_head} != 0)")
-        elif (self.d_model // self.n_head) % 2 != 0:
-            problems.append(f"--n-head: the head size --d-model/--n-head must be even for rotary embeddings "
-                            f"({self.d_model}/{self.n_head} = {self.d_model // self.n_head})")
+        elif self.positions == "rope" and self.head_dim % 2 != 0:
+            problems.append(f"--n-head: the head size (--head-size, or --d-model/--n-head) must be even for rotary "
+                            f"embeddings (got {self.head_dim})")
+        elif self.n_kv_head < 0 or (self.n_kv_head and self.n_head % self.n_kv_head != 0):
+            problems.append(f"--n-kv-head: must be 0 (= --n-head) or divide --n-head ({self.n_head}), "
+                            f"got {self.n_kv_head}")
+        for name, value, choices in (("norm", self.norm, NORMS), ("positions", self.positions, POSITIONS)):
+            if value not in choices:
+                problems.append(f"--{name}: unknown value {value!r} (choose one of {', '.join(choices)})")
+        if self.type_vocab_size < 0:
+            problems.append(f"--type-vocab-size: must be 0 (none) or positive, got {self.type_vocab_size}")
         if self.d_ff < 0:
             problems.append(f"--d-ff: must be 0 (default) or positive, got {self.d_ff}")
         if self.mlp not in MLPS:
@@ -80,7 +107,29 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (n_head unless grouped-query attention)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def family(self) -> str:
+        """What the settings amount to, in words, for --help, lmkit info and messages."""
+        if self.arch == "lstm":
+            return "LSTM"
+        classic = self.norm == "layer" and self.positions == "learned"
+        if self.arch == "bert":
+            if classic and self.post_norm:
+                return "classic BERT (post-norm LayerNorm, learned positions, GELU)"
+            return f"modern encoder ({'RMSNorm' if self.norm == 'rms' else 'LayerNorm'}, " \
+                   f"{'rotary' if self.positions == 'rope' else 'learned'} positions, {self.mlp})"
+        if classic and not self.post_norm:
+            return "GPT-2 (LayerNorm, learned positions, GELU, biases)"
+        attention = f", grouped-query attention ({self.kv_heads} kv heads)" if self.kv_heads < self.n_head else ""
+        return f"Llama-style decoder ({'RMSNorm' if self.norm == 'rms' else 'LayerNorm'}, " \
+               f"{'rotary' if self.positions == 'rope' else 'learned'} positions, {self.mlp}{attention})"
 
     @property
     def ffn_dim(self) -> int:

@@ -1,6 +1,10 @@
-"""GPT: a decoder-only transformer language model (pre-norm RMSNorm, rotary positions, SwiGLU or GELU).
+"""GPT: a decoder-only transformer language model.
 
-The blocks live in layers.py, shared with the encoder; this file is the model around them. For
+Two families, by ModelConfig settings: lmkit's modern decoder (pre-norm RMSNorm, rotary positions,
+SwiGLU, no biases: the Llama/Qwen/Mistral shape, grouped-query attention included) and the classic
+GPT-2 (pre-norm LayerNorm, learned absolute positions, tanh-GELU, biases, tied head; the
+``gpt2-*`` presets). The blocks live in layers.py, shared with the encoder; this file is the model
+around them. For
 generation, ``encode`` also takes a KV cache (``new_cache``) and the attention mask of a
 left-padded batch, in which each row's positions start at 0 at its first real token.
 """
@@ -11,8 +15,8 @@ import torch
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import (Block, KVCache, RMSNorm, attention_mask_4d, init_transformer_weights, rope_tables,
-                                 token_loss)
+from lmkit.models.layers import (Block, Embeddings, KVCache, attention_mask_4d, init_transformer_weights, make_norm,
+                                 rope_tables, token_loss)
 
 
 class GPT(nn.Module):
@@ -20,9 +24,9 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.embeddings = Embeddings(config)
         self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
-        self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.final_norm = nn.Identity() if config.post_norm else make_norm(config, config.d_model)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one matrix to read and write tokens (Press & Wolf 2017)
             self.lm_head.weight = self.tok_emb.weight
@@ -36,7 +40,7 @@ class GPT(nn.Module):
         """An empty KV cache for ``batch_size`` rows of up to ``max_len`` positions (padding included),
         in the dtype and on the device of the weights."""
         weight = self.tok_emb.weight
-        return KVCache(self.config.n_layer, batch_size, self.config.n_head, self.config.head_dim, max_len,
+        return KVCache(self.config.n_layer, batch_size, self.config.kv_heads, self.config.head_dim, max_len,
                        dtype=weight.dtype, device=weight.device)
 
     def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -56,6 +60,7 @@ class GPT(nn.Module):
         if attention_mask is None:
             if past + T > self.config.block_size:
                 raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
+            positions = torch.arange(past, past + T, device=idx.device)  # (T,)
             cos, sin = self.rope_cos[past:past + T], self.rope_sin[past:past + T]  # (T, hd/2)
         else:
             if attention_mask.shape != (B, past + T):
@@ -66,7 +71,7 @@ class GPT(nn.Module):
                                  f"{self.config.block_size}")
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd/2)
             attention_mask = attention_mask_4d(attention_mask, T, causal=True)  # (B, 1, T, S), built once
-        x = self.emb_dropout(self.tok_emb(idx))  # (B, T, C)
+        x = self.embeddings(self.tok_emb(idx), positions)  # (B, T, C)
         for index, block in enumerate(self.blocks):
             x = block(x, cos, sin, attention_mask, None if cache is None else cache.layers[index])  # (B, T, C)
         return self.final_norm(x)  # (B, T, C)

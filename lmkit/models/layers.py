@@ -1,8 +1,10 @@
 """Transformer building blocks shared by the decoder (gpt.py) and the encoder (bert.py).
 
 Read top to bottom: rotary position embeddings, attention (with the KV cache a decoder uses to
-generate), feed-forward layers, the pre-norm block that combines them, and the initialization
-both models use. The loss is here too: every model (the LSTM included) computes it the same way.
+generate; grouped-query when it has fewer key/value heads), feed-forward layers, the block (pre-norm,
+or post-norm as in BERT) that combines them, the embeddings, and the initialization both models use.
+The settings of ``ModelConfig`` (norm, positions, bias, mlp ...) cover lmkit's modern models and the
+classic GPT-2 and BERT, and the Hugging Face families ``lmkit import`` reads. The loss is here too: every model (the LSTM included) computes it the same way.
 """
 
 from __future__ import annotations
@@ -122,39 +124,46 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with rotary positions, causal (decoder) or bidirectional (encoder)."""
+    """Multi-head self-attention, causal (decoder) or bidirectional (encoder), with rotary positions
+    unless the model adds learned ones to its embeddings. With ``n_kv_head < n_head`` it is grouped-query
+    attention: each key/value head serves ``n_head / n_kv_head`` query heads (the cache holds only those)."""
 
     def __init__(self, config: ModelConfig, causal: bool):
         super().__init__()
-        self.n_head, self.head_dim, self.causal = config.n_head, config.head_dim, causal
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
-        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.n_head, self.n_kv_head, self.head_dim, self.causal = config.n_head, config.kv_heads, config.head_dim, causal
+        self.rotary = config.positions == "rope"
+        self.q_size, self.kv_size = config.n_head * config.head_dim, config.kv_heads * config.head_dim
+        # One fused projection: q (n_head heads), then k and v (n_kv_head heads each).
+        self.qkv = nn.Linear(config.d_model, self.q_size + 2 * self.kv_size, bias=config.bias or config.qkv_bias)
+        self.out_proj = nn.Linear(self.q_size, config.d_model, bias=config.bias)
         # QK-norm bounds the attention logits, which keeps training stable at high learning rates
-        # (Dehghani et al. 2023; OLMo 2; Gemma 3 normalizes per head, as here).
-        self.q_norm = RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
-        self.k_norm = RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        # (Dehghani et al. 2023; OLMo 2; Gemma 3 and Qwen3 normalize per head, as here).
+        self.q_norm = make_norm(config, config.head_dim) if config.qk_norm else None
+        self.k_norm = make_norm(config, config.head_dim) if config.qk_norm else None
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
                 attention_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
-        """x (B, T, C); cos/sin (T, hd/2), or (B, 1, T, hd/2) for per-row positions, of the positions of x.
+        """x (B, T, C); cos/sin (T, hd/2), or (B, 1, T, hd/2) for per-row positions, of the positions of x
+        (None with learned positions).
 
         attention_mask: (B, S) bool, True = real token, over the S keys (the cached positions and x's),
         or a ready (B, 1, T, S) mask from ``attention_mask_4d``. cache: this layer's KV cache, extended
         in place with x's keys and values.
         """
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.rotary:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         # Cached keys are stored rotated: a position's rotation never changes, so it is applied once.
         if cache is not None:
-            k, v = cache.append(k, v)  # (B, nh, S, hd)
+            k, v = cache.append(k, v)  # (B, nkv, S, hd)
         S = k.shape[2]
         mask, is_causal = None, self.causal and T > 1
         if attention_mask is not None:
@@ -166,8 +175,9 @@ class SelfAttention(nn.Module):
         # One query after the cache (T = 1) attends to every key: no mask at all. Without a cache or a
         # mask, is_causal keeps SDPA's fast causal kernels.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.q_size)  # (B, T, nh * hd)
         return self.resid_dropout(self.out_proj(y))
 
 
@@ -178,9 +188,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate = nn.Linear(config.d_model, config.ffn_dim, bias=False)
-        self.up = nn.Linear(config.d_model, config.ffn_dim, bias=False)
-        self.down = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+        self.gate = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
+        self.up = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
+        self.down = nn.Linear(config.ffn_dim, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,37 +198,79 @@ class SwiGLU(nn.Module):
 
 
 class GeluMLP(nn.Module):
-    """down(gelu(up(x))): the feed-forward of GPT-2 and BERT."""
+    """down(gelu(up(x))): the feed-forward of BERT (exact GELU) and GPT-2 (its tanh approximation)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(config.d_model, config.ffn_dim, bias=False)
-        self.down = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+        self.up = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
+        self.down = nn.Linear(config.ffn_dim, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))  # (B, T, C)
+        return self.dropout(self.down(F.gelu(self.up(x), approximate=self.approximate)))  # (B, T, C)
 
 
-FEED_FORWARD: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}
+FEED_FORWARD: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP, "gelu_tanh": GeluMLP}
+
+
+def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+    """The model's normalization over ``dim`` features: RMSNorm, or LayerNorm with a bias (GPT-2, BERT)."""
+    if config.norm == "layer":
+        return nn.LayerNorm(dim, eps=config.norm_eps)
+    return RMSNorm(dim, eps=config.norm_eps)
 
 
 # -- the block -------------------------------------------------------------------------------------
 
 class Block(nn.Module):
-    """Pre-norm residual block (GPT-2, Llama): x + attn(norm(x)), then x + mlp(norm(x))."""
+    """A residual block. Pre-norm (GPT-2, Llama): x + attn(norm(x)), then x + mlp(norm(x)). Post-norm
+    (the original Transformer, BERT): norm(x + attn(x)), then norm(x + mlp(x))."""
 
     def __init__(self, config: ModelConfig, causal: bool):
         super().__init__()
-        self.attn_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.post_norm = config.post_norm
+        self.attn_norm = make_norm(config, config.d_model)
         self.attn = SelfAttention(config, causal)
-        self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp_norm = make_norm(config, config.d_model)
         self.mlp = FEED_FORWARD[config.mlp](config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
                 attention_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+        if self.post_norm:
+            x = self.attn_norm(x + self.attn(x, cos, sin, attention_mask, cache))  # (B, T, C)
+            return self.mlp_norm(x + self.mlp(x))  # (B, T, C)
         x = x + self.attn(self.attn_norm(x), cos, sin, attention_mask, cache)  # (B, T, C)
         return x + self.mlp(self.mlp_norm(x))  # (B, T, C)
+
+
+# -- embeddings ------------------------------------------------------------------------------------
+
+class Embeddings(nn.Module):
+    """What the blocks read: token embeddings, plus learned absolute positions and token types where the
+    model has them, normalized first in a post-norm model. Rotary models add no positions here."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pos_emb = nn.Embedding(config.block_size, config.d_model) if config.positions == "learned" else None
+        self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
+        self.norm = make_norm(config, config.d_model) if config.post_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
+                token_types: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T, C) already embedded; positions (T,) or (B, T); token_types (B, T) or None (all 0)."""
+        x = tokens
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        if self.type_emb is not None:
+            if token_types is None:
+                x = x + self.type_emb.weight[0]
+            else:
+                x = x + self.type_emb(token_types)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)  # (B, T, C)
 
 
 # -- initialization --------------------------------------------------------------------------------
@@ -231,8 +283,10 @@ def init_transformer_weights(model: nn.Module, blocks: nn.ModuleList) -> None:
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-        if isinstance(module, nn.RMSNorm):
+        if isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
             nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
     residual_std = INIT_STD / math.sqrt(2 * len(blocks))
     for block in blocks:
         nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)

@@ -37,13 +37,41 @@ def model_config(preset: str, vocab_size: int, **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**PRESETS[preset], "vocab_size": vocab_size, **overrides})
 
 
-# Decoders. gpt2-124m has GPT-2 small's shape (Radford et al. 2019), with lmkit's RMSNorm and RoPE.
+# The classic architectures of the papers, as settings of ModelConfig.
+GPT2 = dict(arch="gpt", norm="layer", positions="learned", mlp="gelu_tanh", bias=True, norm_eps=1e-5)
+# No pooler in pretraining (masked LM does not train it); a classifier adds a fresh one, as transformers does.
+BERT = dict(arch="bert", norm="layer", positions="learned", mlp="gelu", bias=True, post_norm=True, type_vocab_size=2,
+            norm_eps=1e-12)
+
+# Modern decoders (Llama-style: pre-norm RMSNorm, rotary positions, SwiGLU, no biases).
 register_preset("gpt-tiny", arch="gpt", n_layer=2, n_head=2, d_model=64, block_size=128)
 register_preset("gpt-small", arch="gpt", n_layer=6, n_head=6, d_model=384, block_size=256)
-register_preset("gpt2-124m", arch="gpt", n_layer=12, n_head=12, d_model=768, block_size=1024, mlp="gelu")
-# Encoders: classic BERT feed-forward (GELU, 4*d_model); bert-base has BERT-base's shape (Devlin et al. 2019).
-register_preset("bert-tiny", arch="bert", n_layer=2, n_head=2, d_model=128, block_size=128, mlp="gelu")
-register_preset("bert-small", arch="bert", n_layer=4, n_head=4, d_model=256, block_size=256, mlp="gelu")
-register_preset("bert-base", arch="bert", n_layer=12, n_head=12, d_model=768, block_size=512, mlp="gelu")
+# GPT-2 (Radford et al. 2019): gpt2-124m is GPT-2 small, exactly (exports to GPT2LMHeadModel).
+register_preset("gpt2-tiny", **GPT2, n_layer=2, n_head=2, d_model=64, block_size=128)
+register_preset("gpt2-124m", **GPT2, n_layer=12, n_head=12, d_model=768, block_size=1024)
+# BERT (Devlin et al. 2019): bert-base is BERT-base's shape, exactly (exports to BertForMaskedLM).
+register_preset("bert-tiny", **BERT, n_layer=2, n_head=2, d_model=128, block_size=128)
+register_preset("bert-small", **BERT, n_layer=4, n_head=4, d_model=256, block_size=256)
+register_preset("bert-base", **BERT, n_layer=12, n_head=12, d_model=768, block_size=512)
+# lmkit's modern encoder: pre-norm RMSNorm, rotary positions, GELU 4x feed-forward, no biases.
+register_preset("encoder-tiny", arch="bert", n_layer=2, n_head=2, d_model=128, block_size=128, mlp="gelu")
+register_preset("encoder-small", arch="bert", n_layer=4, n_head=4, d_model=256, block_size=256, mlp="gelu")
+register_preset("encoder-base", arch="bert", n_layer=12, n_head=12, d_model=768, block_size=512, mlp="gelu")
 # Recurrent baseline.
 register_preset("lstm-small", arch="lstm", n_layer=2, d_model=512, block_size=256)
+
+
+PRESET_HELP = ("gpt-tiny, gpt-small: Llama-style decoder (RMSNorm, rotary positions, SwiGLU); gpt2-tiny, gpt2-124m: "
+               "GPT-2 (LayerNorm, learned positions, GELU, biases); bert-tiny, bert-small, bert-base: classic BERT "
+               "(post-norm LayerNorm, learned positions, segment embeddings, pooler); encoder-tiny, encoder-small, "
+               "encoder-base: lmkit's modern encoder (pre-norm RMSNorm, rotary positions); lstm-small")
+
+
+def describe_presets() -> str:
+    """One line per preset, for --help: name, family and shape."""
+    lines = []
+    for name, fields in PRESETS.items():
+        config = ModelConfig(**{**fields, "vocab_size": 8000})
+        shape = f"{config.n_layer} layers, d_model {config.d_model}"
+        lines.append(f"{name}: {config.family}, {shape}")
+    return "; ".join(lines)

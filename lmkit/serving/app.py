@@ -30,11 +30,9 @@ from lmkit.progress import reporter
 from lmkit.serving.engine import Engine, QueueFull
 from lmkit.serving.protocol import (ChatRequest, ClassifyRequest, CompletionRequest, DetokenizeRequest,
                                     FillMaskRequest, Sampling, TokenizeRequest)
-from lmkit.vocab import EOS_ID, SPECIAL_TOKENS
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 CHAT_MAX_TOKENS = 256    # a chat answer's default length (capped by --max-tokens)
-_SPECIAL_IDS = {piece: token_id for piece, token_id in SPECIAL_TOKENS.values()}
 
 
 @dataclass(frozen=True)
@@ -230,7 +228,7 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
                 continue
             if not item or any(not 0 <= t < engine.tokenizer.vocab_size for t in item):
                 raise ApiError(400, f"{name}: token ids must be in [0, {engine.tokenizer.vocab_size})", "prompt")
-            ids = list(item) if engine.generator.template is not None else [EOS_ID, *item]
+            ids = list(item) if engine.generator.template is not None else [engine.generator.start, *item]
             if len(ids) >= engine.block_size:
                 raise ApiError(400, f"{name}: {len(item)} tokens, more than the model's context allows "
                                f"({engine.block_size - 1})", "prompt")
@@ -239,7 +237,7 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
     def skip(ids: list[int]) -> int:
         """How many leading ids are lmkit's own (the ``</s>`` before a causal prompt), not the prompt's."""
-        return 1 if ids and ids[0] == EOS_ID and engine.generator.template is None else 0
+        return 1 if ids and ids[0] == engine.generator.start and engine.generator.template is None else 0
 
     async def complete(prompts: list[tuple[str, list[int]]], body: Sampling, settings: SamplingSettings, max_tokens: int,
                        on_text=None):
@@ -412,14 +410,17 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
     @app.get("/tokenizer_info")
     async def tokenizer_info():
-        return {"eos_token": SPECIAL_TOKENS["eos"][0], "bos_token": SPECIAL_TOKENS["bos"][0],
-                "pad_token": SPECIAL_TOKENS["pad"][0], "eos_token_id": EOS_ID,
+        specials, tokenizer = engine.tokenizer.specials, engine.tokenizer
+        return {"eos_token": tokenizer.id_to_piece(specials.eos),
+                "bos_token": None if specials.bos is None else tokenizer.id_to_piece(specials.bos),
+                "pad_token": tokenizer.id_to_piece(specials.pad), "eos_token_id": specials.eos,
                 "model_max_length": engine.block_size - 1, "vocab_size": engine.tokenizer.vocab_size}
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         # A special token's own text ("</s>") is that token: lm-eval's remote tokenizer finds the ids this way.
-        tokens = [_SPECIAL_IDS[body.prompt]] if body.prompt in _SPECIAL_IDS else engine.tokenizer.encode(body.prompt)
+        special = {engine.tokenizer.id_to_piece(i): i for i in engine.tokenizer.specials.ids}
+        tokens = [special[body.prompt]] if body.prompt in special else engine.tokenizer.encode(body.prompt)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.block_size - 1}
 
     @app.post("/detokenize")

@@ -31,7 +31,6 @@ from lmkit.generation.sampling import prompt_key, row_generators
 from lmkit.generation.settings import SamplingSettings
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import Checkpoint
-from lmkit.vocab import EOS_ID
 
 FINISH = {STOP_EOS: "stop", "stop": "stop", STOP_LENGTH: "length", STOP_CONTEXT: "length"}
 
@@ -161,7 +160,7 @@ class Engine:
         if len(ids) > self.block_size:
             raise UserError(f"prompt: {len(ids)} tokens with the completion, more than the model's context "
                             f"({self.block_size - 1} tokens)")
-        idx = torch.tensor([[EOS_ID, *ids[:-1]]], device=self.model.tok_emb.weight.device)
+        idx = torch.tensor([[self.generator.start, *ids[:-1]]], device=self.model.tok_emb.weight.device)
         logits, _ = self.model(idx)
         logits = logits[0].float()  # (T, V)
         logprobs, _ = token_logprobs(logits, torch.tensor(ids, device=logits.device))

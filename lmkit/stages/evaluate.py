@@ -231,7 +231,7 @@ def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list
     # Generation loads its own model (lmkit.generation); every other task scores with this one.
     scores = plan.task in ("lm", "classify", "choice") or bool(config.harness_tasks)
     model = checkpoint.inference_model().to(device) if scores else None
-    inference = Inference(model, device, precision, config.batch_size)
+    inference = Inference(model, device, precision, config.batch_size, checkpoint.specials)
     reporter.info(f"evaluating {config.checkpoint} ({checkpoint.model_config.arch}, {checkpoint.objective}) on "
                   f"{device.type}, {precision}" + (f": --task {plan.task}" if plan.task else ""))
     report: dict[str, Any] = {

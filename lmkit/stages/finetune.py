@@ -93,6 +93,8 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     if config.dropout is not None:
         model_cfg = dataclasses.replace(model_cfg, dropout=config.dropout)
     spec.check_arch(model_cfg.arch, "--task", f"--model {config.model}" if config.model else config.base)
+    if task == "classify" and model_cfg.arch == "bert" and model_cfg.post_norm and not model_cfg.pooler:
+        model_cfg = dataclasses.replace(model_cfg, pooler=True)  # classic BERT classifies through a pooler
     if task in ("sft", "clm") and base.objective not in ("clm", "sft") and not config.model:
         raise UserError(f"{config.base}: was trained with {base.objective}; --task {task} needs a causal model")
     metric = _metric(config, task)  # refuses a classification metric for another task before reading any data
@@ -158,6 +160,7 @@ def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg
         model = body = build_model(model_cfg)
     if not (config.scratch or config.model):
         missing, _ = body.load_state_dict(base.inference_model().state_dict(), strict=False)  # no LM head in a classifier
+        missing = [name for name in missing if not name.startswith("pooler.")]  # a new pooler starts fresh
         if missing:
             raise UserError(f"{config.base}: its weights lack {missing[:3]} for this model")
     if config.lora_rank:

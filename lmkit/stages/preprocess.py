@@ -39,7 +39,8 @@ from lmkit.errors import UserError
 from lmkit.parallel import available_cores, ordered_map
 from lmkit.progress import reporter
 from lmkit.stages.preprocess_config import PreprocessConfig
-from lmkit.tokenizer import MODEL_FILE, Tokenizer, TrainSettings, token_dtype_name, train
+from lmkit.tokenizer import TrainSettings, token_dtype_name, train
+from lmkit.tokenizer import load as load_tokenizer
 from lmkit.vocab import SPECIAL_TOKENS
 from lmkit.units import parse_size
 
@@ -90,8 +91,8 @@ def _clean_batch(batch: list[tuple[str, str | None, str]]) -> list[tuple]:
 
 
 # -- pass 2 workers: tokenization -----------------------------------------------------------------
-def _init_tokenize(model_path: str, token_type: str) -> None:
-    _worker_state["tokenizer"] = Tokenizer(model_path)
+def _init_tokenize(tokenizer_dir: str, token_type: str) -> None:
+    _worker_state["tokenizer"] = load_tokenizer(tokenizer_dir)
     _worker_state["token_type"] = token_type
 
 
@@ -221,11 +222,11 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     else:
         tokenizer_id, tokenizer_stats = _train_tokenizer(config, tokenizer_dir, spills["train"], input_files,
                                                          identity)
-    vocab_size = Tokenizer(tokenizer_dir / MODEL_FILE).vocab_size  # the model, not what a manifest says
+    vocab_size = load_tokenizer(tokenizer_dir).vocab_size  # the model, not what a manifest says
     token_type = token_dtype_name(vocab_size)
     label_names = _label_names(sum(label_counts.values(), Counter())) if config.label_field else None
 
-    split_stats = _pass_two(config, tmp, spills, tokenizer_dir / MODEL_FILE, token_type, label_names, workers)
+    split_stats = _pass_two(config, tmp, spills, tokenizer_dir, token_type, label_names, workers)
     shutil.rmtree(spill_dir)
 
     total_tokens = sum(s["tokens"] for s in split_stats.values())
@@ -335,7 +336,7 @@ def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill:
     return manifest["id"], stats
 
 
-def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], model_path: Path,
+def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], tokenizer_dir: Path,
               token_type: str, label_names: list[str] | None, workers: int) -> dict[str, dict]:
     label_ids = {name: index for index, name in enumerate(label_names)} if label_names is not None else None
     shard_schema = schema(token_type, label_ids is not None)
@@ -359,7 +360,7 @@ def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], mod
             n_bytes = 0
             try:
                 for record_batch in ordered_map(_tokenize_batch, jobs(), workers, initializer=_init_tokenize,
-                                                initargs=(str(model_path), token_type)):
+                                                initargs=(str(tokenizer_dir), token_type)):
                     writer.write(record_batch)
                     n_bytes += pc.sum(record_batch.column("n_bytes")).as_py()
                     task.advance(record_batch.num_rows)

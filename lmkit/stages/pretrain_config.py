@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmkit.config import option
+from lmkit.models.presets import PRESET_HELP
 from lmkit.training.options import RUN, TrainingOptions
 
 DEFAULT_STEPS = 500  # when no --max-steps, --max-tokens or --max-time is given
@@ -20,8 +21,8 @@ class PretrainConfig(TrainingOptions):
     # -- what to train -----------------------------------------------------------------------
     dataset: str = option(help="Dataset artifact made by `lmkit preprocess`.", positional=True,
                           affects_output=False)  # its id, not its path, goes into the run's identity
-    model: str = option("gpt-tiny", "Model preset (gpt-tiny, gpt-small, gpt2-124m, bert-tiny, bert-small, "
-                        "bert-base, lstm-small); the flags below override its dimensions.", section="model")
+    model: str = option("gpt-tiny", f"Model preset ({PRESET_HELP}); the flags below override its dimensions; "
+                        "`lmkit info CHECKPOINT` names a model's family.", section="model")
     n_layer: int | None = option(None, "Override: number of blocks / LSTM layers.", section="model")
     n_head: int | None = option(None, "Override: attention heads.", section="model")
     d_model: int | None = option(None, "Override: model width.", section="model")

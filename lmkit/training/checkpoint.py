@@ -32,6 +32,8 @@ from lmkit import artifacts
 from lmkit.errors import ArtifactError, UserError
 from lmkit.models import build_model
 from lmkit.models.config import ModelConfig
+from lmkit.tokenizer import specials_in
+from lmkit.vocab import Specials
 
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model.json"
@@ -134,6 +136,11 @@ class Checkpoint:
     @property
     def tokenizer_path(self) -> Path:
         return self.artifact.path / "tokenizer"
+
+    @property
+    def specials(self) -> Specials:
+        """The special token ids of the model's tokenizer (lmkit's fixed ids, or an imported tokenizer's)."""
+        return specials_in(self.tokenizer_path)
 
     def build_model(self) -> nn.Module:
         """The model with its saved weights: a language model, or a SequenceClassifier for a

@@ -47,7 +47,7 @@ def classifier_checkpoint(base: Path, out: Path, labels: list[str] = LABELS, see
     model.backbone.load_state_dict(checkpoint.build_model().state_dict(), strict=False)
     tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
     idx, mask = format_inputs(tokenizer.encode_batch(paragraphs(60)), checkpoint.model_config.arch,
-                              checkpoint.model_config.block_size)
+                              checkpoint.model_config.block_size, tokenizer.specials)
     with torch.no_grad():
         pooled = model.pool(idx, mask)  # (N, C)
         common = pooled.mean(dim=0) / pooled.mean(dim=0).norm()

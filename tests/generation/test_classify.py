@@ -27,7 +27,7 @@ def test_predictions_are_the_head_s_probabilities(classifier):
     assert checkpoint_mode(checkpoint) == CLASSIFY
     predictions = classify(model, tokenizer, checkpoint.labels, TEXTS, batch_size=2)
     idx, mask = format_inputs(tokenizer.encode_batch(TEXTS), checkpoint.model_config.arch,
-                              checkpoint.model_config.block_size)
+                              checkpoint.model_config.block_size, tokenizer.specials)
     with torch.no_grad():
         expected = torch.softmax(model(idx, attention_mask=mask)[0], dim=-1)
     for prediction, row in zip(predictions, expected):

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from lmkit.vocab import LMKIT
+
 from lmkit.errors import UserError
 from lmkit.interpret import attention
 from lmkit.interpret.attention import attention_maps, attention_weights
@@ -11,7 +13,7 @@ from lmkit.models.classifier import format_inputs
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import read_checkpoint
 from tests.conftest import train_tiny
-from tests.export.conftest import write_finetuned
+from tests.interop.conftest import write_finetuned
 from tests.models.conftest import tiny_config
 from tests.models.test_attention import reference_weights
 
@@ -87,7 +89,7 @@ def test_checkpoints_gpt_classifier_and_lstm(dataset, tmp_path):
     classifier = read_checkpoint(write_finetuned(source, tmp_path / "clf", labels=["a", "b"]))
     maps = attention_maps(classifier, classifier.build_model().eval(), "The for statement")
     tokens = Tokenizer.from_artifact(classifier.tokenizer_path).encode("The for statement")
-    assert maps.ids == format_inputs([tokens], "gpt", 128)[0][0].tolist()  # read as the classifier reads it
+    assert maps.ids == format_inputs([tokens], "gpt", 128, LMKIT)[0][0].tolist()  # read as the classifier reads it
 
     lstm = read_checkpoint(train_tiny(dataset, tmp_path / "lstm", model="lstm-small", d_model=32, n_layer=1).path)
     with pytest.raises(UserError, match=r"an LSTM \(arch lstm\) has no attention to show"):

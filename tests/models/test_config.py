@@ -42,9 +42,9 @@ def test_problems_are_reported_together_naming_flags():
     ({"n_layer": 0}, "--n-layer: must be positive, got 0"),
     ({"block_size": -1}, "--block-size: must be positive, got -1"),
     ({"dropout": 1.0}, "--dropout: must be in [0, 1), got 1.0"),
-    ({"d_model": 36, "n_head": 4}, "--n-head: the head size --d-model/--n-head must be even for rotary "
-                                   "embeddings (36/4 = 9)"),
-    ({"mlp": "relu"}, "--mlp: unknown feed-forward type 'relu' (choose one of swiglu, gelu)"),
+    ({"d_model": 36, "n_head": 4}, "--n-head: the head size (--head-size, or --d-model/--n-head) must be even for "
+                                      "rotary embeddings (got 9)"),
+    ({"mlp": "relu"}, "--mlp: unknown feed-forward type 'relu' (choose one of swiglu, gelu, gelu_tanh)"),
     ({"rope_theta": 0.0}, "--rope-theta: must be positive, got 0.0"),
     ({"norm_eps": 0.0}, "--norm-eps: must be positive, got 0.0"),
     ({"d_ff": -1}, "--d-ff: must be 0 (default) or positive, got -1"),
@@ -84,7 +84,7 @@ def test_config_is_immutable():
 def test_each_preset_is_valid_and_small_ones_build(name):
     config = model_config(name, vocab_size=1000)
     assert config.arch in ARCHS and config.vocab_size == 1000
-    if name in ("gpt2-124m", "bert-base"):  # too big to build in a unit test; the config is checked
+    if name in ("gpt2-124m", "bert-base", "encoder-base"):  # too big to build in a unit test; the config is checked
         return
     model = build_model(config)
     assert model.config == config
@@ -92,7 +92,14 @@ def test_each_preset_is_valid_and_small_ones_build(name):
 
 def test_preset_shapes():
     gpt2 = model_config("gpt2-124m", 50257)
-    assert (gpt2.n_layer, gpt2.n_head, gpt2.d_model, gpt2.block_size, gpt2.mlp) == (12, 12, 768, 1024, "gelu")
+    assert (gpt2.n_layer, gpt2.n_head, gpt2.d_model, gpt2.block_size, gpt2.mlp) == (12, 12, 768, 1024, "gelu_tanh")
+    assert (gpt2.norm, gpt2.positions, gpt2.bias, gpt2.post_norm, gpt2.tie_embeddings) == ("layer", "learned", True,
+                                                                                           False, True)
+    bert = model_config("bert-base", 30522)
+    assert (bert.norm, bert.positions, bert.post_norm, bert.type_vocab_size, bert.mlp) == ("layer", "learned", True, 2,
+                                                                                          "gelu")
+    assert model_config("encoder-base", 1000).family.startswith("modern encoder")
+    assert gpt2.family.startswith("GPT-2") and bert.family.startswith("classic BERT")
     tiny = model_config("gpt-tiny", 1000)
     assert (tiny.n_layer, tiny.n_head, tiny.d_model, tiny.block_size) == (2, 2, 64, 128)
     assert model_config("bert-base", 1000).ffn_dim == 3072

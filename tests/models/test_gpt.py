@@ -33,7 +33,8 @@ def test_flops_per_token_is_six_n_plus_attention():
     assert flops_per_token(config, 128) == 6 * n_non_embedding + 12 * 2 * 64 * 128
     assert flops_per_token(config, 256) > flops_per_token(config, 128) > 0
     big = model_config("gpt2-124m", vocab_size=50257)  # counted on the meta device: nothing allocated
-    n = 12 * (4 * 768 * 768 + 2 * 768 * 3072 + 2 * 768) + 768
+    # GPT-2: per block 12 C^2 weights and 13 C biases and LayerNorm gains; a final LayerNorm (2 C).
+    n = 12 * (12 * 768 * 768 + 13 * 768) + 2 * 768
     assert flops_per_token(big, 1024) == 6 * n + 12 * 12 * 768 * 1024
     assert abs(flops_per_token(big, 1024) / (6 * 85e6) - 1) < 0.25  # ~6N for GPT-2 small's 85M
 

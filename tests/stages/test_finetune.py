@@ -308,7 +308,7 @@ def test_sft_targets_are_the_response_and_its_end_only():
 
     short = InstructionExample([20, 21, 22, 30, 31, EOS_ID], prompt_length=3)  # prompt 20 21 22, response 30 31
     long = InstructionExample([20, 21, 22, 23, 24, 30, EOS_ID], prompt_length=5)
-    objective = InstructionTuning([short, long], [], BatchLayout(2, 1, 1), seed=0, device=torch.device("cpu"))
+    objective = InstructionTuning([short, long], [], BatchLayout(2, 1, 1), seed=0, device=torch.device("cpu"), pad=0)
     batch = objective._batch([short, long])
     assert batch["idx"].tolist() == [[20, 21, 22, 30, 31, 0], [20, 21, 22, 23, 24, 30]]
     ignored = IGNORE_INDEX

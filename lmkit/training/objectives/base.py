@@ -19,6 +19,8 @@ from torch import nn
 from lmkit import artifacts
 from lmkit.errors import UserError
 from lmkit.models.config import ModelConfig
+from lmkit.tokenizer import specials_in
+from lmkit.vocab import Specials
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class ObjectiveInputs:
     teacher: Any | None = None          # a training.checkpoint.Checkpoint to distill from
     inner: Objective | None = None      # what a wrapping objective (distill) wraps
     notes: list[str] = field(default_factory=list)  # printed at the start of the run
+
+    @property
+    def specials(self) -> Specials:
+        """The special token ids of the model's tokenizer."""
+        return specials_in(self.tokenizer.path)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation.metrics import classification_metrics
 from lmkit.models.classifier import DEFAULT_POOLING, POOLING, format_inputs
+from lmkit.vocab import Specials
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, dataset_for,
                                             register)
 
@@ -39,12 +40,12 @@ class Classification:
 
     def __init__(self, train: list[list[int]], train_labels: np.ndarray, validation: list[list[int]],
                  val_labels: np.ndarray, n_classes: int, arch: str, seq_len: int, layout: BatchLayout, seed: int,
-                 device: torch.device, class_weights: torch.Tensor | None = None, token_dropout: float = 0.0,
-                 teacher_arch: str | None = None):
+                 device: torch.device, specials: Specials, class_weights: torch.Tensor | None = None,
+                 token_dropout: float = 0.0, teacher_arch: str | None = None):
         self.train, self.train_labels = train, np.asarray(train_labels, dtype=np.int64)
         self.validation, self.val_labels = validation, np.asarray(val_labels, dtype=np.int64)
         self.n_classes, self.arch, self.seq_len = n_classes, arch, seq_len
-        self.layout, self.seed, self.device = layout, seed, device
+        self.layout, self.seed, self.device, self.specials = layout, seed, device, specials
         self.class_weights = None if class_weights is None else class_weights.to(device)
         self.token_dropout, self.teacher_arch = token_dropout, teacher_arch
         self.train_windows = Count(len(train))
@@ -53,11 +54,11 @@ class Classification:
         self.tokens_per_sample = max(1, round(float(np.mean([min(len(t) + 2, seq_len) for t in train]))))
 
     def _batch(self, token_lists: list[list[int]], labels: np.ndarray) -> dict[str, torch.Tensor]:
-        idx, mask = format_inputs(token_lists, self.arch, self.seq_len)
+        idx, mask = format_inputs(token_lists, self.arch, self.seq_len, self.specials)
         batch = {"idx": idx.to(self.device), "attention_mask": mask.to(self.device),
                  "targets": torch.from_numpy(labels).to(self.device)}
         if self.teacher_arch is not None and self.teacher_arch != self.arch:  # a teacher reads its own format
-            teacher_idx, teacher_mask = format_inputs(token_lists, self.teacher_arch, self.seq_len)
+            teacher_idx, teacher_mask = format_inputs(token_lists, self.teacher_arch, self.seq_len, self.specials)
             batch["teacher_idx"], batch["teacher_mask"] = teacher_idx.to(self.device), teacher_mask.to(self.device)
         return batch
 
@@ -90,7 +91,8 @@ class Classification:
         size = self.layout.micro_batch * 2
         for start in range(0, len(order), size):
             chosen = order[start:start + size]
-            idx, mask = format_inputs([token_lists[i] for i in chosen], arch or self.arch, self.seq_len)
+            idx, mask = format_inputs([token_lists[i] for i in chosen], arch or self.arch, self.seq_len,
+                                      self.specials)
             logits, _ = model(idx.to(self.device), None, mask.to(self.device))
             probabilities[chosen] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return probabilities
@@ -133,7 +135,7 @@ def _build(inputs: ObjectiveInputs) -> Built:
         weights = torch.tensor(np.where(counts > 0, len(train.labels) / (len(names) * np.maximum(counts, 1)), 0.0),
                                dtype=torch.float32)
     objective = Classification(train.tokens, train.labels, validation.tokens, validation.labels, len(names), arch,
-                               inputs.seq_len, inputs.layout, options.seed, inputs.device, weights,
+                               inputs.seq_len, inputs.layout, options.seed, inputs.device, inputs.specials, weights,
                                options.token_dropout, teacher.model_config.arch if teacher else None)
     return Built(objective, {"head": {"labels": names, "pooling": pooling, "max_len": inputs.seq_len}})
 

@@ -15,7 +15,7 @@ from lmkit.data.packing import sample_indices
 from lmkit.data.split import seeded_subset, split_off
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.objectives.base import BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, register
-from lmkit.vocab import IGNORE_INDEX, PAD_ID
+from lmkit.vocab import IGNORE_INDEX
 
 
 class InstructionTuning:
@@ -24,8 +24,8 @@ class InstructionTuning:
     name = "sft"
 
     def __init__(self, train: list[InstructionExample], validation: list[InstructionExample], layout: BatchLayout,
-                 seed: int, device: torch.device):
-        self.train, self.validation = train, validation
+                 seed: int, device: torch.device, pad: int):
+        self.train, self.validation, self.pad = train, validation, pad
         self.layout, self.seed, self.device = layout, seed, device
         self.train_windows = Count(len(train))
         self.val_windows = Count(len(validation)) if validation else None
@@ -33,7 +33,7 @@ class InstructionTuning:
 
     def _batch(self, examples: list[InstructionExample]) -> dict[str, torch.Tensor]:
         width = max(len(e.tokens) for e in examples) - 1
-        idx = torch.full((len(examples), width), PAD_ID, dtype=torch.long)
+        idx = torch.full((len(examples), width), self.pad, dtype=torch.long)
         targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
             tokens = torch.tensor(example.tokens, dtype=torch.long)
@@ -90,7 +90,7 @@ def _build(inputs: ObjectiveInputs) -> Built:
         train = [train[i] for i in chosen]
     inputs.notes.append(f"validation: {len(validation)} of {len(examples)} records held out (--val-fraction "
                         f"{options.val_fraction})")
-    objective = InstructionTuning(train, validation, inputs.layout, options.seed, inputs.device)
+    objective = InstructionTuning(train, validation, inputs.layout, options.seed, inputs.device, tokenizer.specials.pad)
     return Built(objective, {"template": options.template})
 
 

@@ -16,7 +16,7 @@ from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, T
 from lmkit.errors import UserError
 from lmkit.training.objectives.base import (BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, dataset_for,
                                             register)
-from lmkit.vocab import EOS_ID, IGNORE_INDEX, SEP_ID
+from lmkit.vocab import IGNORE_INDEX, Specials
 
 
 class _WindowObjective:
@@ -95,10 +95,10 @@ class MaskedLM(_WindowObjective):
     name = "mlm"
 
     def __init__(self, train: TokenStream, validation: TokenStream | None, seq_len: int, layout: BatchLayout,
-                 seed: int, device: torch.device, vocab_size: int, masking: MaskingSettings):
-        val_windows = MaskedWindows(validation, seq_len, vocab_size, masking) if validation else None
-        super().__init__(MaskedWindows(train, seq_len, vocab_size, masking), val_windows, layout, seed, device,
-                         seq_len)
+                 seed: int, device: torch.device, vocab_size: int, masking: MaskingSettings, specials: Specials):
+        val_windows = MaskedWindows(validation, seq_len, vocab_size, masking, specials) if validation else None
+        super().__init__(MaskedWindows(train, seq_len, vocab_size, masking, specials), val_windows, layout, seed,
+                         device, seq_len)
 
     def _read(self, windows, indices, key):
         # Masks depend only on the seed and the global sample position: a resumed run, or one with
@@ -132,7 +132,7 @@ def _streams(inputs: ObjectiveInputs, separator: int) -> tuple[TokenStream, Toke
 
 
 def _build_clm(inputs: ObjectiveInputs) -> Built:
-    train, validation = _streams(inputs, EOS_ID)
+    train, validation = _streams(inputs, inputs.specials.eos)
     return Built(CausalLM(train, validation, inputs.seq_len, inputs.layout, inputs.options.seed, inputs.device))
 
 
@@ -140,10 +140,10 @@ def _build_mlm(inputs: ObjectiveInputs) -> Built:
     if inputs.seq_len < 4:
         raise UserError("--seq-len: masked LM windows need at least 4 tokens ([CLS] ... [SEP])")
     options = inputs.options
-    train, validation = _streams(inputs, SEP_ID)
+    train, validation = _streams(inputs, inputs.specials.require("sep", "masked-LM windows"))
     masking = MaskingSettings(options.mask_prob, options.mask_replace, options.mask_random)
     return Built(MaskedLM(train, validation, inputs.seq_len, inputs.layout, options.seed, inputs.device,
-                          inputs.model_config.vocab_size, masking))
+                          inputs.model_config.vocab_size, masking, inputs.specials))
 
 
 register(ObjectiveSpec("clm", ("gpt", "lstm"), _build_clm, "causal language modeling (next token) over packed "

@@ -8,14 +8,12 @@ place: a refused or failed export leaves nothing behind.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from lmkit import __version__, artifacts, config as config_lib
 from lmkit.errors import UserError
-from lmkit.export import hf
-from lmkit.export.config import ExportConfig
+from lmkit.interop import hf_export as hf
+from lmkit.interop.export_config import ExportConfig
 from lmkit.progress import reporter
 from lmkit.training.checkpoint import read_checkpoint
 
@@ -39,7 +37,7 @@ def run(config: ExportConfig) -> artifacts.Artifact:
         model = checkpoint.inference_model()
         reporter.info(f"exporting {checkpoint.path} as {target.architecture} ({checkpoint.model_config.n_layer} "
                       f"layers, d_model {checkpoint.model_config.d_model})")
-        with _quiet(transformers):
+        with hf.quiet_transformers(transformers):
             parameters = hf.write_model(writer.tmp, checkpoint, model, target, transformers)
             hf.write_tokenizer(writer.tmp, checkpoint, target, transformers)
             _write_info(writer.tmp, checkpoint, target)
@@ -60,7 +58,7 @@ def _write_info(directory: Path, checkpoint, target: hf.Target) -> None:
         "lmkit_version": __version__,
         "architecture": target.architecture,
         "objective": checkpoint.objective,
-        "input_format": _input_format(target),
+        "input_format": _input_format(checkpoint, target),
     }
     if checkpoint.head is not None:
         info["labels"], info["pooling"] = checkpoint.labels, checkpoint.head["pooling"]
@@ -69,23 +67,13 @@ def _write_info(directory: Path, checkpoint, target: hf.Target) -> None:
     (directory / EXPORT_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
 
 
-def _input_format(target: hf.Target) -> str:
+def _input_format(checkpoint, target: hf.Target) -> str:
+    specials = checkpoint.specials
     if not target.classifier:
-        return "token ids as the tokenizer gives them: no <s> is added"
-    layout = "the tokens then </s> (id 3)" if hf.classifier_appends_eos() else "the tokens alone"
-    return f"{layout}, right-padded with <pad> (id 0), as the exported tokenizer gives them with padding=True"
-
-
-@contextmanager
-def _quiet(transformers) -> Iterator[None]:
-    """transformers' loading bars and advice would drown lmkit's own lines; its settings are restored after."""
-    logging = transformers.utils.logging
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
+        start = "" if specials.start is None else f"; lmkit starts a text with id {specials.start}"
+        return f"token ids as the tokenizer gives them with add_special_tokens=False{start}"
+    if checkpoint.model_config.arch == "bert":
+        layout = f"[CLS] tokens [SEP] (ids {specials.cls}, {specials.sep})"
+    else:
+        layout = "the tokens then </s> (id 3)" if hf.classifier_appends_eos() else "the tokens alone"
+    return f"{layout}, right-padded with id {specials.pad}, as the exported tokenizer gives them with padding=True"

@@ -7,16 +7,18 @@ import sys
 import pytest
 import torch
 
+from lmkit.vocab import LMKIT
+
 from lmkit import artifacts
 from lmkit.config import resolve
 from lmkit.errors import UserError
-from lmkit.export import hf, stage
-from lmkit.export.config import ExportConfig
+from lmkit.interop import export_stage as stage, hf_export as hf
+from lmkit.interop.export_config import ExportConfig
 from lmkit.models.classifier import format_inputs
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import read_checkpoint
 from tests.conftest import paragraphs, train_tiny
-from tests.export.conftest import write_finetuned
+from tests.interop.conftest import write_finetuned
 
 transformers = pytest.importorskip("transformers")
 
@@ -105,7 +107,7 @@ def test_classifier_export_matches_lmkit(trained, tmp_path, lora_rank):
     ours = read_checkpoint(source).build_model().eval()  # unmerged adapters, as lmkit runs it
     tokenizer = Tokenizer.from_artifact(read_checkpoint(source).tokenizer_path)
     texts = ["Return the length of an object.", "A class is a template", "x"]
-    idx, mask = format_inputs([tokenizer.encode(t) for t in texts], "gpt", 128)  # lmkit's layout, right-padded
+    idx, mask = format_inputs([tokenizer.encode(t) for t in texts], "gpt", 128, LMKIT)  # lmkit's layout, right-padded
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported.path)
     batch = hf_tokenizer(texts, padding=True, return_tensors="pt")
     assert torch.equal(batch["input_ids"], idx)  # the exported tokenizer gives that layout, padded on the right
@@ -157,8 +159,8 @@ def test_refused_check_leaves_nothing(trained, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("gelu", "--mlp gelu (a non-gated GELU feed-forward"),
-    ("bert", "lmkit's BERT (pre-norm RMSNorm, rotary positions"),
+    ("gelu", "--mlp gelu (Llama's feed-forward is gated SwiGLU)"),
+    ("bert", "lmkit's modern encoder (pre-norm RMSNorm, rotary positions"),
     ("lstm", "an LSTM (arch lstm) has no transformers equivalent"),
     ("mean-pooling", "classifier pooling 'mean' has no transformers equivalent"),
 ])
@@ -166,7 +168,7 @@ def test_refusals_name_the_choice(dataset, trained, tmp_path, case, message):
     if case == "mean-pooling":
         source = write_finetuned(trained, tmp_path / "clf", labels=["a", "b"], pooling="mean")
     else:
-        model = {"gelu": {"mlp": "gelu"}, "bert": {"model": "bert-tiny"},
+        model = {"gelu": {"mlp": "gelu"}, "bert": {"model": "encoder-tiny"},
                  "lstm": {"model": "lstm-small", "d_model": 32, "n_layer": 1}}[case]
         source = train_tiny(dataset, tmp_path / "run", **model).path
     with pytest.raises(UserError, match=re.escape(message)):
@@ -184,6 +186,7 @@ def test_missing_transformers_names_the_extra(trained, tmp_path, monkeypatch):
 def test_classifier_tokenizer_follows_lmkits_input_layout(monkeypatch):
     """The exported tokenizer adds </s> exactly when lmkit's classifiers read one (asked of format_inputs)."""
     real = hf.format_inputs
-    assert hf.classifier_appends_eos() == (real([[7, 8]], "gpt", 8)[0][0].tolist()[-1] == EOS)
-    monkeypatch.setattr(hf, "format_inputs", lambda rows, arch, n: real([[*r, EOS] for r in rows], arch, n))
+    assert hf.classifier_appends_eos() == (real([[7, 8]], "gpt", 8, LMKIT)[0][0].tolist()[-1] == EOS)
+    monkeypatch.setattr(hf, "format_inputs", lambda rows, arch, n, specials: real([[*r, EOS] for r in rows], arch, n,
+                                                                                 specials))
     assert hf.classifier_appends_eos()

@@ -1,0 +1,271 @@
+"""``lmkit import``: a local Hugging Face model directory as an lmkit checkpoint artifact.
+
+``config.json`` picks the family (families.py) and becomes a ModelConfig; the safetensors weights are
+renamed by the family's table (the same one export uses) and loaded into the lmkit model; the
+tokenizer becomes the checkpoint's nested tokenizer artifact (``CKPT/tokenizer``, which ``lmkit
+preprocess --tokenizer`` reuses); transformers then loads the same directory and its logits must equal
+lmkit's before anything is committed. A directory with a tokenizer and no config.json imports as a
+tokenizer artifact alone. The manifest's lineage lists every source file with its hash.
+
+Pickled weights (``pytorch_model.bin``) are refused unless ``--trust-pickle``, and even then loaded
+with ``torch.load(weights_only=True)``, which builds tensors and never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from lmkit import artifacts, config as config_lib
+from lmkit.errors import ConfigError, UserError
+from lmkit.interop import tokenizers as hf_tokenizers
+from lmkit.interop.families import FAMILY_OF_TYPE, Family, supported_architectures
+from lmkit.interop.hf_export import TOLERANCE, quiet_transformers, import_transformers
+from lmkit.interop.import_config import ImportConfig
+from lmkit.models import build_model, count_parameters
+from lmkit.models.config import ModelConfig
+from lmkit.progress import reporter
+from lmkit.tokenizer import load as load_tokenizer
+from lmkit.training.checkpoint import TrainerState, write_checkpoint
+
+SAFETENSORS, INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
+# Tensors a transformers file may hold that lmkit rebuilds or ties: attention-mask buffers of old GPT-2
+# files, and output projections tied to the embeddings.
+_DERIVED = (".attn.bias", ".attn.masked_bias", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+            "position_ids", "rotary_emb.inv_freq")
+
+
+def run(config: ImportConfig) -> artifacts.Artifact:
+    source = Path(config.source)
+    if not source.is_dir():
+        raise UserError(f"{source}: not a directory (lmkit import reads a local Hugging Face model directory: "
+                        "config.json, model.safetensors and the tokenizer files; it downloads nothing)")
+    transformers = import_transformers("lmkit import")
+    if not (source / "config.json").is_file():
+        if hf_tokenizers.has_tokenizer(source):
+            return _import_tokenizer_only(config, source, transformers)
+        raise UserError(f"{source}/config.json: not found (a Hugging Face model directory has one)")
+    hf = _read_json(source / "config.json")
+    family, model_type, architecture = _family(hf, source)
+    where = f"{source}/config.json"
+    try:
+        fields = family.from_hf(hf, where)
+    except KeyError as exc:
+        raise UserError(f"{where}: lacks {exc.args[0]!r}") from None
+    weight_files = _weight_files(source, config.trust_pickle)
+    tensors = _read_tensors(weight_files)
+    tensors = _with_prefix(tensors, family)
+    if family.name == "bert":
+        fields["pooler"] = any(name.startswith("bert.pooler.") for name in tensors)
+    try:
+        model_config = ModelConfig(**fields)
+    except ConfigError as exc:
+        raise UserError(f"{where}: describes a model lmkit cannot build ({'; '.join(exc.problems)})") from None
+    if not hf_tokenizers.has_tokenizer(source):
+        raise UserError(f"{source}: has no tokenizer (tokenizer.json, tokenizer.model or vocab files); an lmkit "
+                        "checkpoint carries its tokenizer")
+    files = [artifacts.describe_file(path) for path in [source / "config.json", *weight_files,
+                                                         *hf_tokenizers.source_files(source)]]
+    recipe = artifacts.make_recipe("checkpoint", {"import": config_lib.identity_dict(config)}, files, [])
+    with artifacts.ArtifactWriter(config.out, "checkpoint", recipe, force=config.force) as writer:
+        if writer.up_to_date:
+            return writer.existing
+        reporter.info(f"importing {source} ({architecture}: {model_config.family}, {model_config.n_layer} layers, "
+                      f"d_model {model_config.d_model})")
+        model, fresh = _load_model(model_config, family, tensors, source, architecture)
+        with tempfile.TemporaryDirectory(prefix=".lmkit-tokenizer-", dir=writer.tmp.parent) as scratch:
+            with quiet_transformers(transformers):
+                tokenizer = hf_tokenizers.import_tokenizer(source, Path(scratch) / "tokenizer", transformers)
+            _check_vocabulary(load_tokenizer(tokenizer.path).vocab_size, model_config, source)
+            difference = None
+            if config.check:
+                reporter.info("checking: transformers loads the directory and must agree with lmkit")
+                with quiet_transformers(transformers):
+                    difference = _check(model, source, architecture, model_config, transformers,
+                                        tokenizer.stats["specials"]["pad"])
+            objective = "mlm" if model_config.arch == "bert" else "clm"
+            extra = {"imported": {"from": str(source.resolve()), "architecture": architecture,
+                                  "model_type": model_type}}
+            write_checkpoint(writer.tmp, model, model_config, objective, ({}, {"optimizers": [], "keys": "index"}),
+                             TrainerState(), tokenizer, extra)
+            parents = [{"role": "tokenizer", "path": "tokenizer", "id": tokenizer.id}]
+        stats = {"imported": True, "architecture": architecture, "model_type": model_type, "family": family.name,
+                 "objective": objective, "arch": model_config.arch, "parameters": count_parameters(model),
+                 "vocab_size": model_config.vocab_size, "initialized": fresh, "step": 0, "tokens": 0,
+                 "resumable": False, "checked": config.check, "max_abs_logit_difference": difference,
+                 "transformers_version": transformers.__version__}
+        return writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": files}, stats)
+
+
+def _import_tokenizer_only(config: ImportConfig, source: Path, transformers: Any) -> artifacts.Artifact:
+    recipe, files = hf_tokenizers.tokenizer_recipe(source)
+    with artifacts.ArtifactWriter(config.out, "tokenizer", recipe, force=config.force) as writer:
+        if writer.up_to_date:
+            return writer.existing
+        with quiet_transformers(transformers):
+            tokenizer_config, stats = hf_tokenizers.write_tokenizer(source, writer.tmp, transformers)
+        return writer.commit(tokenizer_config, {"artifacts": [], "files": files}, stats)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not readable JSON ({exc})") from None
+
+
+def _family(hf: dict[str, Any], source: Path) -> tuple[Family, str, str]:
+    model_type = hf.get("model_type")
+    architectures = hf.get("architectures") or []
+    family = FAMILY_OF_TYPE.get(model_type)
+    supported = ", ".join(supported_architectures())
+    named = architectures[0] if architectures else model_type
+    if family is None:
+        raise UserError(f"{source}/config.json: {named} (model_type {model_type!r}) is not supported; lmkit imports "
+                        f"{supported}")
+    lm, _classifier, base = family.class_names(model_type)
+    architecture = architectures[0] if architectures else lm
+    if architecture not in (lm, base):
+        raise UserError(f"{source}/config.json: {architecture} is not supported; lmkit imports {supported} "
+                        "(finetune a classifier from the language model instead)")
+    return family, model_type, architecture
+
+
+def _weight_files(source: Path, trust_pickle: bool) -> list[Path]:
+    if (source / INDEX).is_file():
+        index = _read_json(source / INDEX)
+        names = sorted(set((index.get("weight_map") or {}).values()))
+        missing = [name for name in names if not (source / name).is_file()]
+        if not names or missing:
+            raise UserError(f"{source / INDEX}: lists weight files that are missing ({', '.join(missing[:3])})")
+        return [source / name for name in names]
+    if (source / SAFETENSORS).is_file():
+        return [source / SAFETENSORS]
+    if (source / PICKLE).is_file():
+        if not trust_pickle:
+            raise UserError(f"{source / PICKLE}: pickled weights are refused (lmkit loads no pickle); convert them to "
+                            "safetensors, or pass --trust-pickle to read them with torch.load(weights_only=True)")
+        return [source / PICKLE]
+    raise UserError(f"{source}: no weights ({SAFETENSORS}, {INDEX} or {PICKLE})")
+
+
+def _read_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in paths:
+        if path.name.endswith(".bin"):
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+                raise UserError(f"{path}: not a loadable weights file ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:200]})") from None
+            tensors.update(loaded)
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    tensors[name] = handle.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{path}: truncated or not a safetensors file ({' '.join(str(exc).split())[:200]})") from None
+    return tensors
+
+
+def _with_prefix(tensors: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
+    """The tensors under a task model's names: a bare body (``GPT2Model``, ``BertModel``) saves them without
+    the body's prefix."""
+    if any(name.startswith(family.prefix) for name in tensors):
+        return tensors
+    heads = ("lm_head.", "cls.", "score.", "classifier.")
+    return {(name if name.startswith(heads) else family.prefix + name): t for name, t in tensors.items()}
+
+
+def _load_model(model_config: ModelConfig, family: Family, tensors: dict[str, torch.Tensor], source: Path,
+                architecture: str) -> tuple[torch.nn.Module, list[str]]:
+    """The lmkit model with the tensors loaded; the names of lmkit tensors the source lacks and that start
+    fresh (only a bare BertModel's MLM head). Refuses missing, unexpected or misshapen tensors by name."""
+    model = build_model(model_config)
+    expected = model.state_dict()
+    state, used, missing, fresh = {}, set(), [], []
+    bare_encoder = architecture.endswith("Model") and model_config.arch == "bert"
+    for entry in family.weights(model_config, classifier=False):
+        absent = [name for name in entry.theirs if name not in tensors]
+        if absent:
+            if bare_encoder and (entry.ours.startswith("mlm_head.") or entry.ours == "lm_head.bias"):
+                fresh.append(entry.ours)
+                continue
+            missing += absent
+            continue
+        pieces = [tensors[name].t() if entry.transpose else tensors[name] for name in entry.theirs]
+        state[entry.ours] = torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]
+        used.update(entry.theirs)
+    if missing:
+        raise UserError(f"{source}: config.json and the weights do not match: the weights lack {', '.join(missing[:4])}"
+                        f"{' ...' if len(missing) > 4 else ''} ({len(missing)} tensors); truncated or another model")
+    extra = sorted(name for name in tensors if name not in used and not _derived(name, tensors, family))
+    if extra:
+        raise UserError(f"{source}: config.json and the weights do not match: the weights hold tensors config.json "
+                        f"does not describe ({', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''})")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise UserError(f"{source}: config.json and the weights do not match: {name} has shape "
+                            f"{tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+    if fresh:
+        reporter.warn(f"{source}: {architecture} has no masked-LM head; it starts from random weights (finetune for "
+                      "classification, or train it with --task mlm, before using fill-mask)")
+    return model.eval(), fresh
+
+
+def _derived(name: str, tensors: dict[str, torch.Tensor], family: Family) -> bool:
+    if name.endswith(_DERIVED) or name == "lm_head.weight" and family.name != "llama":
+        return True  # tied, or rebuilt by lmkit
+    if name == "lm_head.weight":  # a tied Llama file may still hold the (equal) output matrix
+        embedding = tensors.get(family.prefix + "embed_tokens.weight")
+        return embedding is not None and torch.equal(embedding, tensors[name])
+    return False
+
+
+def _check_vocabulary(tokenizer_size: int, model_config: ModelConfig, source: Path) -> None:
+    if tokenizer_size > model_config.vocab_size:
+        raise UserError(f"{source}: the tokenizer has {tokenizer_size:,} tokens but the model only "
+                        f"{model_config.vocab_size:,} embedding rows (config.json vocab_size); they do not belong "
+                        "together")
+    if tokenizer_size < model_config.vocab_size:
+        reporter.info(f"{model_config.vocab_size - tokenizer_size:,} embedding rows beyond the tokenizer's "
+                      f"{tokenizer_size:,} tokens (padding rows, never produced)")
+
+
+@torch.no_grad()
+def _check(model: torch.nn.Module, source: Path, architecture: str, model_config: ModelConfig, transformers: Any,
+           pad: int) -> float:
+    """transformers' logits (or hidden states, for a bare body) on a right-padded batch against lmkit's."""
+    generator = torch.Generator().manual_seed(0)
+    length = min(model_config.block_size, 24)
+    idx = torch.randint(0, model_config.vocab_size, (2, length), generator=generator)
+    mask = torch.ones(2, length, dtype=torch.bool)
+    mask[1, length // 2:] = False
+    idx[1, length // 2:] = pad
+    bare = architecture.endswith("Model")
+    auto = transformers.AutoModel if bare else (transformers.AutoModelForMaskedLM if model_config.arch == "bert"
+                                                else transformers.AutoModelForCausalLM)
+    try:
+        theirs_model = auto.from_pretrained(str(source), dtype=torch.float32, local_files_only=True).eval()
+    except Exception as exc:  # transformers' own loading errors are many
+        raise UserError(f"{source}: transformers cannot load it to check the import ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]}); pass --no-check to import without the check") from None
+    out = theirs_model(input_ids=idx, attention_mask=mask.long())
+    if bare:
+        theirs = out.last_hidden_state
+        ours = model.encode(idx, mask) if model_config.arch == "bert" else model.encode(idx)
+    else:
+        theirs = out.logits
+        ours = model(idx, attention_mask=mask)[0] if model_config.arch == "bert" else model(idx)[0]
+    difference = float((ours.float() - theirs.float())[mask].abs().max())
+    if difference > TOLERANCE:
+        raise UserError(f"{source}: lmkit's model gives outputs up to {difference:.2e} away from transformers' "
+                        f"{architecture} (tolerance {TOLERANCE:g}); nothing was written")
+    return difference
