@@ -218,6 +218,8 @@ class LlamaFamily(Family):
             values.update(attention_bias=False)
         if model_type in ("qwen2", "qwen3"):
             values.update(use_sliding_window=False, sliding_window=None)
+        if model_type == "mistral":
+            values.update(sliding_window=None)
         return values
 
     def body(self, config: ModelConfig) -> list[Entry]:

@@ -91,6 +91,8 @@ def refusals(checkpoint: Checkpoint) -> list[str]:
 def target_for(checkpoint: Checkpoint) -> Target:
     family, _problems = family_for_export(checkpoint.model_config)
     model_type = family.model_type_for(checkpoint.model_config)
+    if model_type == "llama" and checkpoint.artifact.stats.get("model_type") == "mistral":
+        model_type = "mistral"  # an imported Mistral (no window shorter than the model) goes back as one
     lm, classifier_class, _base = family.class_names(model_type)
     classifier = checkpoint.head is not None
     return Target(family.name, model_type, classifier_class if classifier else lm, classifier)

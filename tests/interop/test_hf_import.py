@@ -1,0 +1,202 @@
+"""`lmkit import` against transformers itself: each family's logits, tokenizer ids, the round trip through
+export, every stage on an imported model, and bad input refused with nothing written."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmkit.config import resolve
+from lmkit.errors import UserError
+from lmkit.interop import import_stage
+from lmkit.interop.import_config import ImportConfig
+from lmkit.tokenizer import HFTokenizer, Tokenizer
+from lmkit.training.checkpoint import read_checkpoint
+from tests.conftest import run_lmkit
+from tests.interop.hf_models import FAMILIES, make_hf_model, sentencepiece_dir
+from tests.interop.test_hf_export import export
+
+transformers = pytest.importorskip("transformers")
+
+PROBE = "Emoji 🙂🚀, CJK 漢字かな, runs   of    spaces\tand\ttabs\n\nnew lines, digits 12345."
+
+
+def import_dir(source, out, **overrides):
+    return import_stage.run(resolve(ImportConfig, {}, {"source": str(source), "out": str(out), **overrides}))
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {family: make_hf_model(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def imported(hf_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("imported")
+    return {family: import_dir(source, root / family).path for family, source in hf_dirs.items()}
+
+
+def _padded_batch(vocab_size: int, pad: int):
+    generator = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, vocab_size, (3, 20), generator=generator)
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    for row, length in enumerate((20, 13, 5)):
+        idx[row, length:], mask[row, length:] = pad, False
+    return idx, mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_imported_logits_equal_transformers(family, hf_dirs, imported):
+    checkpoint = read_checkpoint(imported[family])
+    stats = checkpoint.artifact.stats
+    assert stats["family"] == ("llama" if family in ("qwen2", "qwen3", "mistral") else family)
+    assert stats["max_abs_logit_difference"] <= 1e-4 and not stats["resumable"]
+    ours = checkpoint.inference_model()
+    auto = transformers.AutoModelForMaskedLM if family == "bert" else transformers.AutoModelForCausalLM
+    theirs = auto.from_pretrained(hf_dirs[family], dtype=torch.float32).eval()
+    idx, mask = _padded_batch(checkpoint.model_config.vocab_size, checkpoint.specials.pad)
+    with torch.no_grad():
+        expected = theirs(input_ids=idx, attention_mask=mask.long()).logits
+        got = ours(idx, attention_mask=mask)[0] if family == "bert" else ours(idx)[0]
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    config = checkpoint.model_config
+    if family in ("llama", "qwen2", "qwen3", "mistral"):
+        assert config.kv_heads == 2 < config.n_head  # grouped-query attention
+    if family == "qwen3":
+        assert (config.head_dim, config.qk_norm) == (16, True)
+    if family == "qwen2":
+        assert config.qkv_bias and config.vocab_size == checkpoint.artifact.stats["vocab_size"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
+def test_imported_tokenizer_ids_equal_transformers(family, hf_dirs, imported):
+    ours = Tokenizer.from_artifact(read_checkpoint(imported[family]).tokenizer_path)
+    assert isinstance(ours, HFTokenizer)
+    theirs = transformers.AutoTokenizer.from_pretrained(hf_dirs[family])
+    assert ours.encode(PROBE) == theirs(PROBE, add_special_tokens=False)["input_ids"]
+    specials = ours.specials
+    assert specials.eos == (theirs.sep_token_id if family == "bert" else theirs.eos_token_id)
+    if family == "bert":
+        assert (specials.cls, specials.sep, specials.mask, specials.pad) == (
+            theirs.cls_token_id, theirs.sep_token_id, theirs.mask_token_id, theirs.pad_token_id)
+    if family == "gpt2":  # GPT-2 has one special token, <|endoftext|>: it ends, starts and pads texts
+        assert specials.eos == specials.pad == specials.start == theirs.convert_tokens_to_ids("<|endoftext|>")
+
+
+def test_sentencepiece_only_tokenizer_imports(tmp_path):
+    """A tokenizer.model without tokenizer.json (transformers converts it), imported as a tokenizer artifact."""
+    source = sentencepiece_dir(tmp_path / "sp")
+    artifact = import_dir(source, tmp_path / "tok")
+    assert artifact.manifest["kind"] == "tokenizer" and (artifact.path / "tokenizer.json").is_file()
+    ours = Tokenizer.from_artifact(artifact.path)
+    theirs = transformers.AutoTokenizer.from_pretrained(source)
+    assert ours.encode(PROBE) == theirs(PROBE, add_special_tokens=False)["input_ids"]
+    assert ours.specials.start == theirs.bos_token_id == 1  # Llama starts a text with <s>
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_import_then_export_round_trips(family, hf_dirs, imported, tmp_path):
+    exported = export(imported[family], tmp_path / "hf")
+    source = load_file(str(hf_dirs[family] / "model.safetensors"))
+    written = load_file(str(exported.path / "model.safetensors"))
+    assert written, "nothing exported"
+    for name, tensor in written.items():
+        assert torch.equal(tensor, source[name]), name  # the same tensors
+    config = json.loads((exported.path / "config.json").read_text())
+    assert config["architectures"] == json.loads((hf_dirs[family] / "config.json").read_text())["architectures"]
+
+
+def _labeled(tmp_path):
+    rows = []
+    for i in range(90):
+        label = ("code", "prose", "numbers")[i % 3]
+        text = {"code": f"def f{i}(x): return x + {i}", "prose": f"The quick brown fox number {i} naps today",
+                "numbers": f"{i} {i * 7} {i * 13} {i % 5}"}[label]
+        rows.append(json.dumps({"text": text, "label": label}))
+    path = tmp_path / "labeled.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_finetune_classify_on_an_imported_model_runs_resumes_and_exports(family, imported, tmp_path):
+    checkpoint = imported[family]
+    data = tmp_path / "data"
+    run_lmkit("preprocess", str(_labeled(tmp_path)), "--out", str(data), "--tokenizer", f"{checkpoint}/tokenizer",
+              "--label-field", "label", "--val-fraction", "0.2", "--workers", "1", check=True)
+    common = ["finetune", str(checkpoint), str(data), "--out", str(tmp_path / "run"), "--micro-batch", "4",
+              "--eval-every", "2", "--checkpoint-every", "2", "--precision", "fp32"]
+    run_lmkit(*common, "--max-steps", "2", check=True)
+    resumed = run_lmkit(*common, "--max-steps", "4", "--resume", check=True)
+    assert "resum" in (resumed.stdout + resumed.stderr).lower()
+    final = read_checkpoint(tmp_path / "run" / "final")
+    assert final.artifact.stats["step"] == 4 and final.task == "classify"
+    exported = export(final.path, tmp_path / "hf")  # transformers agrees on the finetuned classifier
+    assert exported.stats["architecture"] == ("GPT2" if family == "gpt2" else "Bert") + "ForSequenceClassification"
+    report = run_lmkit("evaluate", str(final.path), str(data), "--split", "validation", check=True)
+    assert "accuracy" in report.stdout
+
+
+def test_sft_with_lora_on_an_imported_llama_generates(imported, tmp_path):
+    records = tmp_path / "sft.jsonl"
+    records.write_text("\n".join(json.dumps({"prompt": f"Count to {i}", "response": " ".join(map(str, range(i)))})
+                                 for i in range(2, 30)) + "\n")
+    common = ["finetune", str(imported["llama"]), str(records), "--out", str(tmp_path / "run"), "--micro-batch", "4",
+              "--lora-rank", "2", "--checkpoint-every", "2", "--eval-every", "0", "--precision", "fp32"]
+    run_lmkit(*common, "--max-steps", "2", check=True)
+    run_lmkit(*common, "--max-steps", "3", "--resume", check=True)
+    assert read_checkpoint(tmp_path / "run" / "final").artifact.stats["step"] == 3
+    generated = run_lmkit("generate", str(tmp_path / "run" / "final"), "Count to 3", "--max-new-tokens", "4",
+                          check=True)
+    assert generated.stdout.strip()
+
+
+# -- bad input: one line, exit 1, nothing written ------------------------------------------------------
+
+def _copy(source, tmp_path):
+    target = tmp_path / "src"
+    shutil.copytree(source, target)
+    return target
+
+
+def _edit_config(directory, **changes):
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("unsupported", "T5ForConditionalGeneration (model_type 't5') is not supported; lmkit imports LlamaForCausalLM"),
+    ("mismatch", "config.json and the weights do not match: the weights lack transformer.h.2."),
+    ("truncated", "model.safetensors: truncated or not a safetensors file"),
+    ("pickle", "pytorch_model.bin: pickled weights are refused (lmkit loads no pickle)"),
+    ("vocabulary", "the tokenizer has 500 tokens but the model only 490 embedding rows"),
+    ("rope-scaling", "rope scaling 'llama3' is not supported"),
+])
+def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_path):
+    source = _copy(hf_dirs["llama" if case == "rope-scaling" else "gpt2"], tmp_path)
+    if case == "unsupported":
+        _edit_config(source, model_type="t5", architectures=["T5ForConditionalGeneration"])
+    elif case == "mismatch":
+        _edit_config(source, n_layer=3)
+    elif case == "truncated":
+        weights = source / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "pickle":
+        torch.save(load_file(str(source / "model.safetensors")), source / "pytorch_model.bin")
+        (source / "model.safetensors").unlink()
+    elif case == "vocabulary":
+        shutil.rmtree(source)
+        make_hf_model("gpt2", source, vocab_size=490)
+    elif case == "rope-scaling":
+        _edit_config(source, rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0})
+    result = run_lmkit("import", str(source), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+    if case == "pickle":  # the opt-in reads them without running code (weights_only)
+        artifact = import_dir(source, tmp_path / "out", trust_pickle=True)
+        assert artifact.stats["max_abs_logit_difference"] <= 1e-4
