@@ -27,7 +27,7 @@ demo: setup
 	$(MAKE) -C examples LMKIT="$(abspath $(BIN)/lmkit)" WORK="$(abspath $(DEMO_DIR))"
 	$(BIN)/lmkit verify $(DEMO_DIR)/data
 	$(BIN)/lmkit lineage $(DEMO_DIR)/student/final
-	@for r in gpt bert bert-classifier bert-classifier-scratch classifier classifier-lora student sft; do \
+	@for r in gpt bert bert-classifier bert-classifier-scratch classifier classifier-lora student sft imported-classifier; do \
 		echo "== $$r: $$($(BIN)/python -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; \
 		print(', '.join(f'{k} {v:.4g}' for k, v in m.items()))" $(DEMO_DIR)/reports/$$r/report.json)"; done
 	$(BIN)/lmkit generate $(DEMO_DIR)/gpt/final "The for statement" --max-new-tokens 40 --temperature 0.8 --top-k 40 --echo
