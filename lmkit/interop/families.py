@@ -149,6 +149,17 @@ def _require(hf: dict[str, Any], where: str, checks: list[tuple[str, Any, Any]])
         raise UserError("; ".join(problems))
 
 
+# transformers' GELU names and lmkit's --mlp for them.
+_GELUS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def _gelu(hf: dict[str, Any], key: str, default: str, where: str) -> str:
+    activation = hf.get(key, default)
+    if activation not in _GELUS:
+        raise UserError(f"{where}: {key} = {activation!r} is not supported (lmkit reproduces {', '.join(_GELUS)})")
+    return _GELUS[activation]
+
+
 def _rope_theta(hf: dict[str, Any], where: str) -> float:
     parameters = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
@@ -254,11 +265,7 @@ class GPT2Family(Family):
     lm_suffix = "LMHeadModel"
 
     def from_hf(self, hf: dict[str, Any], where: str) -> dict[str, Any]:
-        activation = hf.get("activation_function", "gelu_new")
-        mlp = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(activation)
-        if mlp is None:
-            raise UserError(f"{where}: activation_function = {activation!r} is not supported (lmkit reproduces "
-                            "gelu_new, gelu_pytorch_tanh and gelu)")
+        mlp = _gelu(hf, "activation_function", "gelu_new", where)
         _require(hf, where, [("scale_attn_by_inverse_layer_idx", hf.get("scale_attn_by_inverse_layer_idx"), False),
                              ("scale_attn_weights", hf.get("scale_attn_weights"), True),
                              ("add_cross_attention", hf.get("add_cross_attention"), False)])
@@ -318,11 +325,7 @@ class BertFamily(Family):
     lm_suffix = "ForMaskedLM"
 
     def from_hf(self, hf: dict[str, Any], where: str) -> dict[str, Any]:
-        activation = hf.get("hidden_act", "gelu")
-        mlp = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(activation)
-        if mlp is None:
-            raise UserError(f"{where}: hidden_act = {activation!r} is not supported (lmkit reproduces gelu and "
-                            "gelu_new)")
+        mlp = _gelu(hf, "hidden_act", "gelu", where)
         _require(hf, where, [("position_embedding_type", hf.get("position_embedding_type"), "absolute"),
                              ("is_decoder", hf.get("is_decoder"), False)])
         return dict(arch="bert", vocab_size=int(hf["vocab_size"]), block_size=int(hf["max_position_embeddings"]),

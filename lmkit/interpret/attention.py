@@ -101,12 +101,16 @@ def attention_weights(transformer: nn.Module, idx: torch.Tensor, attention_mask:
 
 def _recompute(attn: nn.Module, x: torch.Tensor, real_output: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor, attention_mask: torch.Tensor | None, layer: int) -> torch.Tensor:
-    B, T, C = x.shape
-    q, k, v = attn.qkv(x).split(C, dim=2)  # (B, T, C) each
-    q, k, v = (t.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+    B, T, _ = x.shape
+    q, k, v = attn.qkv(x).split([attn.q_size, attn.kv_size, attn.kv_size], dim=2)
+    q = q.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+    k, v = (t.view(B, T, attn.n_kv_head, attn.head_dim).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hd)
     if attn.q_norm is not None:
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if attn.rotary:
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    group = attn.n_head // attn.n_kv_head  # grouped-query attention: each kv head serves `group` query heads
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, T, hd)
     scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(attn.head_dim)  # (B, nh, T, T)
     if attn.causal:
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T) keys after the query
@@ -114,7 +118,7 @@ def _recompute(attn: nn.Module, x: torch.Tensor, real_output: torch.Tensor, cos:
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask[:, None, None, :], float("-inf"))
     weights = scores.softmax(dim=-1)  # (B, nh, T, T)
-    y = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+    y = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, attn.q_size)  # (B, T, nh * hd)
     output = attn.out_proj(y)  # (B, T, C)
     difference = (output - real_output).abs().max().item()
     if difference > TOLERANCE * real_output.abs().max().item() + 1e-7:

@@ -9,6 +9,8 @@ first ([CLS]) position of an encoder (Devlin et al. 2019), or the mean over real
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +41,14 @@ def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,
         idx[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, :len(row)] = True
     return idx, mask
+
+
+def classifier_config(config: ModelConfig) -> ModelConfig:
+    """The model config a classifier on ``config``'s body has: a classic (post-norm) BERT gains BERT's pooler,
+    new when the body has none (as transformers' BertForSequenceClassification starts from BertForMaskedLM)."""
+    if config.arch == "bert" and config.post_norm and not config.pooler:
+        return dataclasses.replace(config, pooler=True)
+    return config
 
 
 class SequenceClassifier(nn.Module):

@@ -22,7 +22,7 @@ import torch
 from lmkit import artifacts, config as config_lib
 from lmkit.errors import UserError
 from lmkit.models import build_model, count_parameters
-from lmkit.models.classifier import SequenceClassifier
+from lmkit.models.classifier import SequenceClassifier, classifier_config
 from lmkit.models.lora import apply_lora, merge_lora
 from lmkit.models.presets import model_config
 from lmkit.progress import reporter
@@ -93,8 +93,8 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     if config.dropout is not None:
         model_cfg = dataclasses.replace(model_cfg, dropout=config.dropout)
     spec.check_arch(model_cfg.arch, "--task", f"--model {config.model}" if config.model else config.base)
-    if task == "classify" and model_cfg.arch == "bert" and model_cfg.post_norm and not model_cfg.pooler:
-        model_cfg = dataclasses.replace(model_cfg, pooler=True)  # classic BERT classifies through a pooler
+    if task == "classify":
+        model_cfg = classifier_config(model_cfg)  # classic BERT classifies through its pooler
     if task in ("sft", "clm") and base.objective not in ("clm", "sft") and not config.model:
         raise UserError(f"{config.base}: was trained with {base.objective}; --task {task} needs a causal model")
     metric = _metric(config, task)  # refuses a classification metric for another task before reading any data

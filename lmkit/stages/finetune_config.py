@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lmkit.config import flag_name, option
+from lmkit.models.presets import PRESET_HELP
 from lmkit.data.instructions import DEFAULT_TEMPLATE
 from lmkit.training.options import BATCH, MASKING, OPTIMIZATION, RUN, STOPPING, TrainingOptions
 
@@ -52,7 +53,8 @@ class FinetuneConfig(TrainingOptions):
     scratch: bool = option(False, "Start from random weights of the base's architecture (a baseline for what "
                            "pretraining buys); the base still gives the tokenizer.", section="model")
     model: str | None = option(None, "Train a new model of this preset instead of the base's (random weights, the "
-                               "base's tokenizer): e.g. a smaller student for --teacher.", section="model")
+                               f"base's tokenizer): e.g. a smaller student for --teacher. Presets: {PRESET_HELP}.",
+                               section="model")
     n_layer: int | None = option(None, "With --model: number of blocks / LSTM layers.", section="model")
     n_head: int | None = option(None, "With --model: attention heads.", section="model")
     d_model: int | None = option(None, "With --model: model width.", section="model")

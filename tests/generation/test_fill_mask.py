@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lmkit.errors import UserError
-from lmkit.generation.fill_mask import CLS_ID, MASK_ID, SEP_ID, encode_masked, fill_mask
+from lmkit.generation.fill_mask import encode_masked, fill_mask
+from lmkit.vocab import CLS_ID, MASK_ID, SEP_ID
 from lmkit.generation.model import load_model
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import read_checkpoint

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lmkit import artifacts
-from lmkit.models.classifier import SequenceClassifier
+from lmkit.models.classifier import SequenceClassifier, classifier_config
 from lmkit.training.checkpoint import TrainerState, read_checkpoint, write_checkpoint
 
 # transformers must never reach the network in tests (set before it is imported).
@@ -28,6 +28,7 @@ def write_finetuned(source: Path, out: Path, *, labels: list[str] | None = None,
     torch.manual_seed(seed)
     extra: dict = {}
     if labels is not None:
+        config = classifier_config(config)  # as finetune builds it: a classic BERT gains its pooler
         model = SequenceClassifier(config, len(labels), pooling)
         model.backbone.load_state_dict(pretrained.state_dict(), strict=False)  # its lm_head is gone
         torch.nn.init.normal_(model.head.weight, std=0.5)  # class logits that differ clearly

@@ -190,3 +190,27 @@ def test_classifier_tokenizer_follows_lmkits_input_layout(monkeypatch):
     monkeypatch.setattr(hf, "format_inputs", lambda rows, arch, n, specials: real([[*r, EOS] for r in rows], arch, n,
                                                                                  specials))
     assert hf.classifier_appends_eos()
+
+
+@pytest.mark.parametrize("preset,architecture", [("gpt2-tiny", "GPT2LMHeadModel"), ("bert-tiny", "BertForMaskedLM")])
+def test_classic_presets_export_to_their_transformers_class(dataset, bert, tmp_path, preset, architecture):
+    """lmkit-pretrained GPT-2 and classic BERT become GPT2LMHeadModel and BertForMaskedLM; transformers agrees
+    on padded batches, and a classifier on each becomes its ...ForSequenceClassification."""
+    source = bert if preset == "bert-tiny" else train_tiny(dataset, tmp_path / "run", model=preset).path
+    exported = export(source, tmp_path / "hf")
+    assert exported.stats["architecture"] == architecture and exported.stats["max_abs_logit_difference"] <= 1e-4
+    auto = transformers.AutoModelForMaskedLM if preset == "bert-tiny" else transformers.AutoModelForCausalLM
+    theirs = auto.from_pretrained(exported.path, dtype=torch.float32).eval()
+    ours = read_checkpoint(source).inference_model()
+    idx = torch.randint(7, ours.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    with torch.no_grad():
+        expected = theirs(input_ids=idx, attention_mask=mask.long()).logits
+        got = ours(idx, attention_mask=mask)[0] if preset == "bert-tiny" else ours(idx)[0]
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    pooling = "cls" if preset == "bert-tiny" else "last"
+    classifier = write_finetuned(source, tmp_path / "clf", labels=["a", "b", "c"], pooling=pooling)
+    exported = export(classifier, tmp_path / "hf-clf")
+    assert exported.stats["architecture"] == architecture.replace("LMHeadModel", "ForSequenceClassification") \
+        .replace("ForMaskedLM", "ForSequenceClassification")

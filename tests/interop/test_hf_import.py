@@ -200,3 +200,42 @@ def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_p
     if case == "pickle":  # the opt-in reads them without running code (weights_only)
         artifact = import_dir(source, tmp_path / "out", trust_pickle=True)
         assert artifact.stats["max_abs_logit_difference"] <= 1e-4
+
+
+def test_a_vocabulary_past_65536_tokens_gives_uint32_shards(tmp_path):
+    """An imported tokenizer of 70,000 words: preprocess writes uint32 shards and reads the high ids back."""
+    from tokenizers import Tokenizer as Backend, models, pre_tokenizers
+
+    from lmkit.data.shards import read_split, token_lists
+
+    words = {"[UNK]": 0, "</s>": 1, **{f"w{i}": i + 2 for i in range(70_000)}}
+    backend = Backend(models.WordLevel(words, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>") \
+        .save_pretrained(tmp_path / "hf")
+    tokenizer = import_dir(tmp_path / "hf", tmp_path / "tok")
+    assert tokenizer.stats["vocab_size"] == 70_002
+    (tmp_path / "text.txt").write_text("\n\n".join(f"w1 w{60_000 + i} w69999 w5 w7 w9 w11 w13" for i in range(40)))
+    run_lmkit("preprocess", str(tmp_path / "text.txt"), "--out", str(tmp_path / "data"), "--tokenizer",
+              str(tmp_path / "tok"), "--workers", "1", "--filters", "none", "--no-near-dedup", check=True)
+    from lmkit import artifacts
+
+    dataset = artifacts.load(tmp_path / "data", kind="dataset")
+    assert dataset.stats["token_type"] == "uint32"
+    ids = set()
+    for table in read_split(dataset, "train").tables():
+        ids.update(token_lists(table.column("tokens"))[1].tolist())
+    assert 70_001 in ids and max(ids) > 65_535
+
+
+def test_a_bare_bert_model_imports_with_its_pooler_and_a_new_mlm_head(hf_dirs, tmp_path):
+    """BertModel (no MLM head): the encoder and pooler are imported and checked on hidden states; the MLM
+    head starts fresh, said so in the stats; a classifier reads the imported pooler."""
+    bare = tmp_path / "bare"
+    shutil.copytree(hf_dirs["bert"], bare)
+    body = transformers.BertModel.from_pretrained(hf_dirs["bert"], dtype=torch.float32)  # adds a pooler
+    body.save_pretrained(bare)
+    checkpoint = read_checkpoint(import_dir(bare, tmp_path / "ckpt").path)
+    assert checkpoint.model_config.pooler and "mlm_head.dense.weight" in checkpoint.artifact.stats["initialized"]
+    model = checkpoint.inference_model()
+    assert torch.equal(model.pooler.weight, body.pooler.dense.weight)
