@@ -21,7 +21,10 @@ def render(artifact: Artifact) -> None:
     table.add_row("model", f"{stats['architecture']}, {stats['parameters']:,} parameters")
     table.add_row("library", f"transformers {stats['transformers_version']}")
     if stats["checked"]:
-        table.add_row("check", f"logits within {stats['max_abs_logit_difference']:.1e} of lmkit's, token ids equal")
+        greedy = "" if "Classification" in stats["architecture"] or "MaskedLM" in stats["architecture"] \
+            else ", greedy ids"
+        table.add_row("check", f"logits within {stats['max_abs_logit_difference']:.1e} of lmkit's{greedy}, "
+                               "token ids equal")
     else:
         table.add_row("check", "skipped (--no-check)")
     architecture = stats["architecture"]

@@ -171,7 +171,7 @@ def write_tokenizer(directory: Path, checkpoint: Checkpoint, target: Target, tra
         "tokenizer_class": "PreTrainedTokenizerFast",
         **{f"{name}_token": piece for name, (piece, _id) in SPECIAL_TOKENS.items()},
         "add_bos_token": False,
-        "add_eos_token": target.classifier and classifier_appends_eos(),
+        "add_eos_token": target.classifier and checkpoint.model_config.arch != "bert" and classifier_appends_eos(),
         "split_special_tokens": True,  # "<s>" in text is text, as in lmkit
         "clean_up_tokenization_spaces": False,
         "model_max_length": checkpoint.model_config.block_size,
@@ -182,7 +182,15 @@ def write_tokenizer(directory: Path, checkpoint: Checkpoint, target: Target, tra
     config_path = directory / "tokenizer_config.json"
     config_path.write_text(json.dumps(settings, indent=2) + "\n")
     converted = transformers.AutoTokenizer.from_pretrained(str(directory))
-    converted.backend_tokenizer.save(str(directory / "tokenizer.json"))
+    backend = converted.backend_tokenizer
+    if checkpoint.model_config.arch == "bert":  # an encoder reads [CLS] text [SEP], as transformers' BERTs add them
+        from tokenizers.processors import TemplateProcessing
+
+        cls, sep = SPECIAL_TOKENS["cls"], SPECIAL_TOKENS["sep"]
+        backend.post_processor = TemplateProcessing(single=f"{cls[0]} $A {sep[0]}",
+                                                    pair=f"{cls[0]} $A {sep[0]} $B:1 {sep[0]}:1",
+                                                    special_tokens=[cls, sep])
+    backend.save(str(directory / "tokenizer.json"))
     _keep_special_pieces_out_of_unigram(directory / "tokenizer.json")
     config_path.write_text(json.dumps(settings, indent=2) + "\n")  # transformers' own save would add more
 
@@ -256,8 +264,32 @@ def check_export(directory: Path, checkpoint: Checkpoint, model: nn.Module, targ
     if difference > TOLERANCE:
         raise UserError(f"{checkpoint.path}: transformers' {target.architecture} gives logits up to {difference:.2e} "
                         f"away from lmkit's (tolerance {TOLERANCE:g}); refusing to write a different model")
+    if not target.classifier and target.family != "bert":
+        _check_greedy(checkpoint, model, loaded, target)
     _check_tokenizer(directory, checkpoint, target, transformers)
     return difference
+
+
+GREEDY_STEPS = 8
+
+
+@torch.no_grad()
+def _check_greedy(checkpoint: Checkpoint, model: nn.Module, loaded: nn.Module, target: Target) -> None:
+    """Greedy continuations of a probe prompt: transformers' ``generate`` (its KV cache) against lmkit's
+    decoding loop (its own KV cache), which must pick the same ids."""
+    from lmkit.generation.decode import decode
+    from lmkit.generation.settings import SamplingSettings
+
+    config, specials = checkpoint.model_config, checkpoint.specials
+    prompt = probe_batches(checkpoint)[-1][0][0, :max(1, min(8, config.block_size - GREEDY_STEPS - 1))].tolist()
+    settings = SamplingSettings(temperature=0.0, max_new_tokens=GREEDY_STEPS)
+    ours = decode(model, [prompt], settings, [torch.Generator().manual_seed(0)], eos_id=None, banned=())[0].ids
+    theirs = loaded.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=GREEDY_STEPS, min_new_tokens=GREEDY_STEPS,
+                             pad_token_id=specials.pad, eos_token_id=None)[0, len(prompt):].tolist()
+    if ours != theirs:
+        raise UserError(f"{checkpoint.path}: greedy decoding in transformers' {target.architecture} picks {theirs} "
+                        f"after the probe prompt, lmkit {ours}; refusing to write a different model")
 
 
 def probe_batches(checkpoint: Checkpoint) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -60,18 +60,3 @@ register_preset("encoder-base", arch="bert", n_layer=12, n_head=12, d_model=768,
 # Recurrent baseline.
 register_preset("lstm-small", arch="lstm", n_layer=2, d_model=512, block_size=256)
 
-
-PRESET_HELP = ("gpt-tiny, gpt-small: Llama-style decoder (RMSNorm, rotary positions, SwiGLU); gpt2-tiny, gpt2-124m: "
-               "GPT-2 (LayerNorm, learned positions, GELU, biases); bert-tiny, bert-small, bert-base: classic BERT "
-               "(post-norm LayerNorm, learned positions, segment embeddings, pooler); encoder-tiny, encoder-small, "
-               "encoder-base: lmkit's modern encoder (pre-norm RMSNorm, rotary positions); lstm-small")
-
-
-def describe_presets() -> str:
-    """One line per preset, for --help: name, family and shape."""
-    lines = []
-    for name, fields in PRESETS.items():
-        config = ModelConfig(**{**fields, "vocab_size": 8000})
-        shape = f"{config.n_layer} layers, d_model {config.d_model}"
-        lines.append(f"{name}: {config.family}, {shape}")
-    return "; ".join(lines)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lmkit.config import flag_name, option
-from lmkit.models.presets import PRESET_HELP
 from lmkit.data.instructions import DEFAULT_TEMPLATE
+from lmkit.stages.pretrain_config import PRESET_HELP
 from lmkit.training.options import BATCH, MASKING, OPTIMIZATION, RUN, STOPPING, TrainingOptions
 
 TASKS = ("auto", "classify", "sft", "clm", "mlm")

@@ -10,10 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmkit.config import option
-from lmkit.models.presets import PRESET_HELP
 from lmkit.training.options import RUN, TrainingOptions
 
 DEFAULT_STEPS = 500  # when no --max-steps, --max-tokens or --max-time is given
+
+
+# The presets of lmkit/models/presets.py by family, for --help (written out here: parsing flags loads no torch).
+PRESET_HELP = ("gpt-tiny, gpt-small: Llama-style decoder (RMSNorm, rotary positions, SwiGLU); gpt2-tiny, gpt2-124m: "
+               "GPT-2 (LayerNorm, learned positions, GELU, biases); bert-tiny, bert-small, bert-base: classic BERT "
+               "(post-norm LayerNorm, learned positions, segment embeddings, pooler); encoder-tiny, encoder-small, "
+               "encoder-base: lmkit's modern encoder (pre-norm RMSNorm, rotary positions); lstm-small")
 
 
 @dataclass(kw_only=True)

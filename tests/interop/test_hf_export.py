@@ -214,3 +214,21 @@ def test_classic_presets_export_to_their_transformers_class(dataset, bert, tmp_p
     exported = export(classifier, tmp_path / "hf-clf")
     assert exported.stats["architecture"] == architecture.replace("LMHeadModel", "ForSequenceClassification") \
         .replace("ForMaskedLM", "ForSequenceClassification")
+
+
+def test_a_greedy_mismatch_refuses_the_export(trained, tmp_path, monkeypatch):
+    """Logits within tolerance are not enough: the greedy continuations must be the same ids too."""
+    from lmkit.generation import decode as decoding
+
+    real = decoding.decode
+
+    def off_by_one(*args, **kwargs):
+        results = real(*args, **kwargs)
+        for result in results:
+            result.ids[-1] = (result.ids[-1] + 1) % 400
+        return results
+
+    monkeypatch.setattr(decoding, "decode", off_by_one)
+    with pytest.raises(UserError, match="greedy decoding in transformers' LlamaForCausalLM picks"):
+        export(trained, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

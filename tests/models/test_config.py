@@ -140,3 +140,13 @@ def test_bad_overrides_are_config_errors():
     with pytest.raises(ConfigError) as info:
         model_config("gpt-small", 1000, n_head=5)
     assert info.value.problems == ["--n-head: must divide --d-model (384 % 5 != 0)"]
+
+
+def test_the_preset_help_names_every_preset_with_its_family():
+    from lmkit.stages.pretrain_config import PRESET_HELP
+
+    for name in PRESETS:
+        assert name in PRESET_HELP, name
+    for name, words in (("gpt2-124m", "GPT-2"), ("bert-base", "classic BERT"), ("encoder-base", "modern encoder"),
+                        ("gpt-small", "Llama-style decoder")):
+        assert model_config(name, 1000).family.startswith(words) and words in PRESET_HELP

@@ -227,7 +227,9 @@ def _csv_rows(lines: _CsvLines, delimiter: str, name: str) -> Iterator[list[str]
 
 def _column_index(header: list[str], column: str, flag: str, name: str) -> int:
     if column not in header:
-        raise UserError(f"{name}: no column '{column}' ({flag}); columns: {', '.join(header)}")
+        # repr: a header cell may hold a quoted newline, and the error stays one line
+        raise UserError(f"{name}: no column '{column}' ({flag}); columns: "
+                        f"{', '.join(cell if cell.isprintable() else repr(cell) for cell in header)}")
     return header.index(column)
 
 
