@@ -121,6 +121,7 @@ def _labeled(tmp_path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
 def test_finetune_classify_on_an_imported_model_runs_resumes_and_exports(family, imported, tmp_path):
     checkpoint = imported[family]
@@ -140,6 +141,7 @@ def test_finetune_classify_on_an_imported_model_runs_resumes_and_exports(family,
     assert "accuracy" in report.stdout
 
 
+@pytest.mark.slow
 def test_sft_with_lora_on_an_imported_llama_generates(imported, tmp_path):
     records = tmp_path / "sft.jsonl"
     records.write_text("\n".join(json.dumps({"prompt": f"Count to {i}", "response": " ".join(map(str, range(i)))})
