@@ -139,6 +139,14 @@ def test_finetune_classify_on_an_imported_model_runs_resumes_and_exports(family,
     assert exported.stats["architecture"] == ("GPT2" if family == "gpt2" else "Bert") + "ForSequenceClassification"
     report = run_lmkit("evaluate", str(final.path), str(data), "--split", "validation", check=True)
     assert "accuracy" in report.stdout
+    # Distillation both ways round: the imported model's classifier teaches a new classic student.
+    student = ("gpt2-tiny" if family == "gpt2" else "bert-tiny")
+    run_lmkit("finetune", str(checkpoint), str(data), "--out", str(tmp_path / "student"), "--model", student,
+              "--teacher", str(final.path), "--seq-len", "64", "--micro-batch", "4", "--max-steps", "2",
+              "--precision", "fp32", check=True)
+    if family == "bert":  # and masked-LM training goes on with the imported tokenizer's [MASK]
+        run_lmkit("finetune", str(checkpoint), str(data), "--task", "mlm", "--out", str(tmp_path / "mlm"),
+                  "--seq-len", "32", "--micro-batch", "4", "--max-steps", "2", "--precision", "fp32", check=True)
 
 
 @pytest.mark.slow
@@ -241,3 +249,27 @@ def test_a_bare_bert_model_imports_with_its_pooler_and_a_new_mlm_head(hf_dirs, t
     assert checkpoint.model_config.pooler and "mlm_head.dense.weight" in checkpoint.artifact.stats["initialized"]
     model = checkpoint.inference_model()
     assert torch.equal(model.pooler.weight, body.pooler.dense.weight)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "qwen3"])
+def test_attention_maps_of_imported_models(family, imported):
+    """inspect attention recomputes each layer's attention (learned positions, grouped queries, qk-norm) and
+    checks it against the model's own output."""
+    from lmkit.interpret.attention import attention_maps
+
+    checkpoint = read_checkpoint(imported[family])
+    maps = attention_maps(checkpoint, checkpoint.inference_model(), "the quick brown fox")
+    assert maps.weights.shape[0] == checkpoint.model_config.n_layer
+    torch.testing.assert_close(maps.weights.sum(-1), torch.ones_like(maps.weights.sum(-1)))
+
+
+def test_sharded_safetensors_import(hf_dirs, imported, tmp_path):
+    """model.safetensors.index.json and its shards: the same checkpoint weights as the single file."""
+    sharded = tmp_path / "sharded"
+    shutil.copytree(hf_dirs["llama"], sharded)
+    (sharded / "model.safetensors").unlink()
+    transformers.AutoModelForCausalLM.from_pretrained(hf_dirs["llama"]).save_pretrained(sharded, max_shard_size="40KB")
+    assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("model-*.safetensors"))) > 1
+    ours = read_checkpoint(import_dir(sharded, tmp_path / "ckpt").path).build_model().state_dict()
+    single = read_checkpoint(imported["llama"]).build_model().state_dict()
+    assert ours.keys() == single.keys() and all(torch.equal(ours[k], single[k]) for k in ours)
