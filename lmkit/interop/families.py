@@ -60,8 +60,10 @@ bert (``bert.``): the classic BERT.
 | lm_head.bias                   | cls.predictions.bias                           | decoder bias          |
 | head.*                         | classifier.* (no prefix)                       | classifiers           |
 
-What a family cannot express exactly (rope scaling, sliding windows shorter than the model's length,
-biases where lmkit has none, another activation) is refused by name: a near miss would be a wrong model.
+RoPE scaling: plain RoPE and Llama 3.1's ``llama3`` scaling (ModelConfig ``rope_scaling``). What a family
+cannot express exactly (other RoPE scalings, biases where lmkit has none, another activation) is refused
+by name: a near miss would be a wrong model. A sliding window shorter than the model's length becomes
+its block size (full attention over at most W tokens is sliding-window attention).
 """
 
 from __future__ import annotations
@@ -160,14 +162,21 @@ def _gelu(hf: dict[str, Any], key: str, default: str, where: str) -> str:
     return _GELUS[activation]
 
 
-def _rope_theta(hf: dict[str, Any], where: str) -> float:
-    parameters = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    kind = parameters.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if kind != "default":
-        raise UserError(f"{where}: rope scaling {kind!r} is not supported (lmkit reproduces plain RoPE, "
-                        "rope_type 'default')")
-    return float(parameters.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+def _rope(hf: dict[str, Any], where: str) -> dict[str, Any]:
+    """ModelConfig's rotary settings of a transformers config (transformers 5's rope_parameters, or 4's
+    rope_theta and rope_scaling)."""
+    parameters = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    kind = parameters.get("rope_type") or parameters.get("type") or "default"
+    theta = float(parameters.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+    if kind == "default":
+        return {"rope_theta": theta}
+    if kind == "llama3":
+        return {"rope_theta": theta, "rope_scaling": "llama3", "rope_factor": float(parameters["factor"]),
+                "rope_low_freq_factor": float(parameters["low_freq_factor"]),
+                "rope_high_freq_factor": float(parameters["high_freq_factor"]),
+                "rope_original_length": int(parameters["original_max_position_embeddings"])}
+    raise UserError(f"{where}: rope scaling {kind!r} is not supported (lmkit reproduces plain RoPE and Llama 3.1's "
+                    "'llama3' scaling)")
 
 
 class LlamaFamily(Family):
@@ -196,7 +205,7 @@ class LlamaFamily(Family):
             n_head=n_head, n_kv_head=int(hf.get("num_key_value_heads") or n_head),
             head_size=0 if head_dim * n_head == d_model else head_dim, d_model=d_model,
             d_ff=int(hf["intermediate_size"]), mlp="swiglu", norm="rms", positions="rope",
-            qk_norm=model_type == "qwen3", qkv_bias=model_type == "qwen2", rope_theta=_rope_theta(hf, where),
+            qk_norm=model_type == "qwen3", qkv_bias=model_type == "qwen2", **_rope(hf, where),
             norm_eps=float(hf.get("rms_norm_eps") or 1e-6), dropout=float(hf.get("attention_dropout") or 0.0),
             tie_embeddings=bool(hf.get("tie_word_embeddings", model_type != "llama")))
 
@@ -211,6 +220,8 @@ class LlamaFamily(Family):
             problems.append("--qkv-bias with --qk-norm (Qwen2 has the biases, Qwen3 the norms, none both)")
         if config.type_vocab_size:
             problems.append("token-type embeddings")
+        if config.rope_scaling != "none" and config.qk_norm:
+            problems.append("--rope-scaling with --qk-norm (lmkit exports llama3 scaling on Llama only)")
         return problems
 
     def model_type_for(self, config: ModelConfig) -> str:
@@ -223,6 +234,11 @@ class LlamaFamily(Family):
             num_key_value_heads=config.kv_heads, head_dim=config.head_dim, hidden_act="silu",
             max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps, rope_theta=config.rope_theta,
             attention_dropout=0.0, tie_word_embeddings=config.tie_embeddings)
+        if config.rope_scaling == "llama3":
+            values["rope_parameters"] = {
+                "rope_type": "llama3", "rope_theta": config.rope_theta, "factor": config.rope_factor,
+                "low_freq_factor": config.rope_low_freq_factor, "high_freq_factor": config.rope_high_freq_factor,
+                "original_max_position_embeddings": config.rope_original_length}
         if model_type == "llama":
             values.update(attention_bias=False, mlp_bias=False)
         if model_type == "qwen3":

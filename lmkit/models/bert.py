@@ -49,7 +49,7 @@ class BERT(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=True)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd/2)
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hd/2)
         init_transformer_weights(self, self.blocks)

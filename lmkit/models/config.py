@@ -17,11 +17,13 @@ ARCHS = ("gpt", "bert", "lstm")
 MLPS = ("swiglu", "gelu", "gelu_tanh")
 NORMS = ("rms", "layer")
 POSITIONS = ("rope", "learned")
+ROPE_SCALINGS = ("none", "llama3")
 # The special tokens have fixed ids 0..6 across lmkit (lmkit/tokenizer.py); a vocabulary holds them all.
 MIN_VOCAB_SIZE = 7
 # Fields that only transformers (gpt, bert) use; an LSTM refuses non-default values rather than ignore them.
 TRANSFORMER_ONLY = ("n_head", "d_ff", "mlp", "qk_norm", "rope_theta", "norm_eps", "n_kv_head", "head_size", "norm",
-                    "positions", "bias", "qkv_bias", "post_norm", "type_vocab_size", "pooler")
+                    "positions", "bias", "qkv_bias", "post_norm", "type_vocab_size", "pooler", "rope_scaling",
+                    "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_length")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +53,14 @@ class ModelConfig:
     pooler: bool = option(False, "BERT's pooler: a dense layer with tanh over [CLS], read by a classifier head.")
     qk_norm: bool = option(False, "RMSNorm on each head's queries and keys before attention (OLMo 2, Gemma 3).")
     rope_theta: float = option(10000.0, "Base of the rotary position embedding frequencies (Su et al. 2021).")
+    rope_scaling: str = option("none", "Rotary frequency scaling: none, or llama3 (Llama 3.1+: long wavelengths "
+                               "stretched by --rope-factor, smoothly between the two wavelength bounds).",
+                               choices=ROPE_SCALINGS)
+    rope_factor: float = option(8.0, "llama3 scaling: how much the long wavelengths are stretched.")
+    rope_low_freq_factor: float = option(1.0, "llama3 scaling: wavelengths above original length / this are "
+                                         "stretched.")
+    rope_high_freq_factor: float = option(4.0, "llama3 scaling: wavelengths below original length / this are kept.")
+    rope_original_length: int = option(8192, "llama3 scaling: the context length the model was pretrained with.")
     dropout: float = option(0.0, "Dropout probability on embeddings, attention and residual branches.")
     tie_embeddings: bool = option(True, "Share the input embedding matrix with the output projection "
                                   "(Press & Wolf 2017).")
@@ -99,6 +109,13 @@ class ModelConfig:
             problems.append(f"--d-ff: must be 0 (default) or positive, got {self.d_ff}")
         if self.mlp not in MLPS:
             problems.append(f"--mlp: unknown feed-forward type {self.mlp!r} (choose one of {', '.join(MLPS)})")
+        if self.rope_scaling not in ROPE_SCALINGS:
+            problems.append(f"--rope-scaling: unknown value {self.rope_scaling!r} (choose one of "
+                            f"{', '.join(ROPE_SCALINGS)})")
+        elif self.rope_scaling == "llama3" and not (self.rope_factor > 0 and self.rope_high_freq_factor
+                                                     > self.rope_low_freq_factor > 0 and self.rope_original_length > 0):
+            problems.append("--rope-scaling llama3: needs --rope-factor > 0, --rope-high-freq-factor > "
+                            "--rope-low-freq-factor > 0 and --rope-original-length > 0")
         if self.rope_theta <= 0:
             problems.append(f"--rope-theta: must be positive, got {self.rope_theta}")
         if self.norm_eps <= 0:

@@ -31,7 +31,7 @@ class GPT(nn.Module):
         if config.tie_embeddings:  # one matrix to read and write tokens (Press & Wolf 2017)
             self.lm_head.weight = self.tok_emb.weight
         # Derived from the config, so not saved with the weights (non-persistent).
-        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd/2)
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hd/2)
         init_transformer_weights(self, self.blocks)

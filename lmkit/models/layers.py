@@ -40,11 +40,29 @@ class RMSNorm(nn.RMSNorm):
 
 # -- rotary position embeddings (RoFormer, Su et al. 2021) --------------------------------------
 
-def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles ``position * theta^(-2i/head_dim)``, each (length, head_dim/2)."""
+def rope_tables(head_dim: int, length: int, theta: float,
+                config: ModelConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles ``position * theta^(-2i/head_dim)``, each (length, head_dim/2),
+    with ``config``'s frequency scaling (``--rope-scaling llama3``) applied."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if config is not None and config.rope_scaling == "llama3":
+        inv_freq = llama3_frequencies(inv_freq, config)
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hd/2)
     return angles.cos(), angles.sin()
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Llama 3.1's RoPE scaling (Meta 2024): wavelengths longer than original_length / low_freq_factor are
+    stretched by ``factor``, those shorter than original_length / high_freq_factor kept, and the ones
+    between interpolated smoothly; this is transformers' ``rope_type: llama3``."""
+    factor, low, high = config.rope_factor, config.rope_low_freq_factor, config.rope_high_freq_factor
+    original = config.rope_original_length
+    wavelength = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= original / high) & (wavelength <= original / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

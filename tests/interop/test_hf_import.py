@@ -183,7 +183,7 @@ def _edit_config(directory, **changes):
     ("truncated", "model.safetensors: truncated or not a safetensors file"),
     ("pickle", "pytorch_model.bin: pickled weights are refused (lmkit loads no pickle)"),
     ("vocabulary", "the tokenizer has 500 tokens but the model only 490 embedding rows"),
-    ("rope-scaling", "rope scaling 'llama3' is not supported"),
+    ("rope-scaling", "rope scaling 'yarn' is not supported"),
 ])
 def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_path):
     source = _copy(hf_dirs["llama" if case == "rope-scaling" else "gpt2"], tmp_path)
@@ -201,7 +201,7 @@ def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_p
         shutil.rmtree(source)
         make_hf_model("gpt2", source, vocab_size=490)
     elif case == "rope-scaling":
-        _edit_config(source, rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0})
+        _edit_config(source, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0})
     result = run_lmkit("import", str(source), "--out", str(tmp_path / "out"))
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -273,3 +273,20 @@ def test_sharded_safetensors_import(hf_dirs, imported, tmp_path):
     ours = read_checkpoint(import_dir(sharded, tmp_path / "ckpt").path).build_model().state_dict()
     single = read_checkpoint(imported["llama"]).build_model().state_dict()
     assert ours.keys() == single.keys() and all(torch.equal(ours[k], single[k]) for k in ours)
+
+
+def test_llama3_rope_scaling_imports_and_round_trips(tmp_path):
+    """Llama 3.1's scaled RoPE (rope_type llama3), on sequences past its original length: logits equal, and the
+    export writes the same rope_parameters back."""
+    scaling = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    source = make_hf_model("llama", tmp_path / "hf", rope_parameters=scaling)
+    checkpoint = read_checkpoint(import_dir(source, tmp_path / "ckpt").path)
+    assert (checkpoint.model_config.rope_scaling, checkpoint.model_config.rope_original_length) == ("llama3", 16)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    idx = torch.randint(0, checkpoint.model_config.vocab_size, (2, 60), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(checkpoint.inference_model()(idx)[0], theirs(input_ids=idx).logits, atol=1e-5, rtol=0)
+    exported = export(checkpoint.path, tmp_path / "out")
+    written = json.loads((exported.path / "config.json").read_text())["rope_parameters"]
+    assert {key: written[key] for key in scaling} == scaling
