@@ -15,7 +15,7 @@ import numpy as np
 
 from lmkit.data.jsonl import read_jsonl
 from lmkit.errors import UserError
-from lmkit.vocab import EOS_ID
+from lmkit.vocab import Specials
 from lmkit.evaluation.scoring import Inference, Span, score_spans
 from lmkit.tokenizer import Tokenizer
 
@@ -60,7 +60,12 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
     return whole[:len(context_tokens)], whole[len(context_tokens):]
 
 
-def continuation_span(context: Sequence[int], continuation: Sequence[int], max_len: int, start: int = EOS_ID) -> Span:
+def context_start(specials: Specials) -> int:
+    """The token a scored text follows: the tokenizer's start token (lmkit's: </s>), else its end token."""
+    return specials.eos if specials.start is None else specials.start
+
+
+def continuation_span(context: Sequence[int], continuation: Sequence[int], max_len: int, start: int) -> Span:
     """``</s> context continuation`` scoring the continuation; the context is cut from the left to fit
     ``max_len`` inputs (the continuation itself must fit)."""
     tokens = np.asarray([start, *context, *continuation], dtype=np.int64)
@@ -79,8 +84,7 @@ def evaluate_choices(inference: Inference, tokenizer: Tokenizer, items: Sequence
             context, continuation = encode_pair(tokenizer, item.context, choice)
             if not continuation:
                 raise UserError(f"{item.id}: choice {choice!r} has no tokens of its own after the context")
-            spans.append(continuation_span(context, continuation, max_len, tokenizer.specials.start
-                                           if tokenizer.specials.start is not None else tokenizer.specials.eos))
+            spans.append(continuation_span(context, continuation, max_len, context_start(tokenizer.specials)))
     scores = score_spans(inference, spans, advance)
     correct = correct_norm = 0
     predictions = []

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmkit.errors import UserError
-from lmkit.evaluation.choice import continuation_span, encode_pair
+from lmkit.evaluation.choice import context_start, continuation_span, encode_pair
 from lmkit.evaluation.language_modeling import score_documents
 from lmkit.evaluation.scoring import Inference, score_spans
 from lmkit.tokenizer import Tokenizer
@@ -74,7 +74,8 @@ def make_lm(inference: Inference, tokenizer: Tokenizer, window: int, stride: int
             # An empty continuation (the harness may send one) has probability 1.
             scored = [i for i, (_, continuation) in enumerate(pairs) if continuation]
             results = [(0.0, True)] * len(pairs)
-            scores = score_spans(inference, [continuation_span(*pairs[i], window) for i in scored])
+            start = context_start(inference.specials)
+            scores = score_spans(inference, [continuation_span(*pairs[i], window, start) for i in scored])
             for i, score in zip(scored, scores):
                 results[i] = (score.logprob, score.greedy)
             return results

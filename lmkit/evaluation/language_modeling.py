@@ -26,6 +26,7 @@ import torch
 
 from lmkit.data.packing import MaskingSettings, mask_tokens, seeded_generator
 from lmkit.evaluation.scoring import Inference, Span, score_spans, token_logprobs
+from lmkit.evaluation.choice import context_start
 from lmkit.vocab import EOS_ID, IGNORE_INDEX, LMKIT, Specials
 
 _NATS_PER_BIT = math.log(2)
@@ -76,7 +77,7 @@ def document_logprobs(inference: Inference, documents: Sequence[Sequence[int]], 
     with the sliding window."""
     spans, owner = [], []
     for index, tokens in enumerate(documents):
-        document_spans = rolling_spans(tokens, _context_token(inference.specials), window, stride)
+        document_spans = rolling_spans(tokens, context_start(inference.specials), window, stride)
         spans += document_spans
         owner += [index] * len(document_spans)
     pieces: list[list[np.ndarray]] = [[] for _ in documents]
@@ -100,11 +101,6 @@ def evaluate_causal(inference: Inference, documents: Sequence[Sequence[int]], n_
     scores = [DocumentScore(-math.fsum(v), len(v), int(size)) for v, size in zip(values, n_bytes)]
     nats = -math.fsum(np.concatenate(values)) if values else 0.0
     return lm_metrics(nats, sum(s.tokens for s in scores), sum(s.n_bytes for s in scores)), scores
-
-
-def _context_token(specials: Specials) -> int:
-    """What a document's first token is predicted from: the token a text starts with (lmkit: </s>)."""
-    return specials.eos if specials.start is None else specials.start
 
 
 def masked_windows(documents: Sequence[Sequence[int]], window: int, specials: Specials = LMKIT) -> list[np.ndarray]:

@@ -207,7 +207,7 @@ class LlamaFamily(Family):
             d_ff=int(hf["intermediate_size"]), mlp="swiglu", norm="rms", positions="rope",
             qk_norm=model_type == "qwen3", qkv_bias=model_type == "qwen2", **_rope(hf, where),
             norm_eps=float(hf.get("rms_norm_eps") or 1e-6), dropout=float(hf.get("attention_dropout") or 0.0),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", model_type != "llama")))
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
     def export_problems(self, config: ModelConfig) -> list[str]:
         problems = []
@@ -284,7 +284,8 @@ class GPT2Family(Family):
         mlp = _gelu(hf, "activation_function", "gelu_new", where)
         _require(hf, where, [("scale_attn_by_inverse_layer_idx", hf.get("scale_attn_by_inverse_layer_idx"), False),
                              ("scale_attn_weights", hf.get("scale_attn_weights"), True),
-                             ("add_cross_attention", hf.get("add_cross_attention"), False)])
+                             ("add_cross_attention", hf.get("add_cross_attention"), False),
+                             ("tie_word_embeddings", hf.get("tie_word_embeddings"), True)])
         d_model = int(hf["n_embd"])
         return dict(arch="gpt", vocab_size=int(hf["vocab_size"]), block_size=int(hf["n_positions"]),
                     n_layer=int(hf["n_layer"]), n_head=int(hf["n_head"]), d_model=d_model,
@@ -403,6 +404,8 @@ class BertFamily(Family):
     def lm_head(self, config: ModelConfig) -> list[Entry]:
         head = "cls.predictions."
         entries = [Entry("lm_head.bias", (head + "bias",), prefixed=False)]
+        if not config.tie_embeddings:
+            entries.append(Entry("lm_head.weight", (head + "decoder.weight",), prefixed=False))
         for name in ("weight", "bias"):
             entries += [Entry(f"mlm_head.dense.{name}", (head + f"transform.dense.{name}",), prefixed=False),
                         Entry(f"mlm_head.norm.{name}", (head + f"transform.LayerNorm.{name}",), prefixed=False)]

@@ -36,8 +36,10 @@ from lmkit.training.checkpoint import TrainerState, write_checkpoint
 SAFETENSORS, INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 # Tensors a transformers file may hold that lmkit rebuilds or ties: attention-mask buffers of old GPT-2
 # files, and output projections tied to the embeddings.
-_DERIVED = (".attn.bias", ".attn.masked_bias", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
-            "position_ids", "rotary_emb.inv_freq")
+_DERIVED = (".attn.bias", ".attn.masked_bias", "cls.predictions.decoder.bias", "position_ids", "rotary_emb.inv_freq")
+# Heads lmkit has no use for: BERT's next-sentence classifier (BertForPreTraining files).
+_UNUSED = ("cls.seq_relationship.",)
+_LEGACY = {"gamma": "weight", "beta": "bias"}
 
 
 def run(config: ImportConfig) -> artifacts.Artifact:
@@ -57,6 +59,8 @@ def run(config: ImportConfig) -> artifacts.Artifact:
         fields = family.from_hf(hf, where)
     except KeyError as exc:
         raise UserError(f"{where}: lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # a null, a string where a number belongs ...
+        raise UserError(f"{where}: a setting has the wrong type ({exc})") from None
     weight_files = _weight_files(source, config.trust_pickle)
     tensors = _read_tensors(weight_files)
     tensors = _with_prefix(tensors, family)
@@ -78,7 +82,7 @@ def run(config: ImportConfig) -> artifacts.Artifact:
         reporter.info(f"importing {source} ({architecture}: {model_config.family}, {model_config.n_layer} layers, "
                       f"d_model {model_config.d_model})")
         model, fresh = _load_model(model_config, family, tensors, source, architecture)
-        with tempfile.TemporaryDirectory(prefix=".lmkit-tokenizer-", dir=writer.tmp.parent) as scratch:
+        with tempfile.TemporaryDirectory(prefix=".import-tokenizer-", dir=writer.tmp) as scratch:
             with quiet_transformers(transformers):
                 tokenizer = hf_tokenizers.import_tokenizer(source, Path(scratch) / "tokenizer", transformers)
             _check_vocabulary(load_tokenizer(tokenizer.path).vocab_size, model_config, source)
@@ -114,9 +118,12 @@ def _import_tokenizer_only(config: ImportConfig, source: Path, transformers: Any
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: not a JSON object")
+    return value
 
 
 def _family(hf: dict[str, Any], source: Path) -> tuple[Family, str, str]:
@@ -163,6 +170,8 @@ def _read_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
             except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
                 raise UserError(f"{path}: not a loadable weights file ({type(exc).__name__}: "
                                 f"{' '.join(str(exc).split())[:200]})") from None
+            if not isinstance(loaded, dict) or not all(isinstance(t, torch.Tensor) for t in loaded.values()):
+                raise UserError(f"{path}: holds no state dict of tensors")
             tensors.update(loaded)
             continue
         try:
@@ -171,7 +180,14 @@ def _read_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
                     tensors[name] = handle.get_tensor(name)
         except (SafetensorError, OSError) as exc:
             raise UserError(f"{path}: truncated or not a safetensors file ({' '.join(str(exc).split())[:200]})") from None
-    return tensors
+    # The original BERT (and TensorFlow-converted) files name LayerNorm parameters gamma and beta, as
+    # transformers renames on load.
+    return {_modern_name(name): tensor for name, tensor in tensors.items()}
+
+
+def _modern_name(name: str) -> str:
+    stem, _, last = name.rpartition(".")
+    return f"{stem}.{_LEGACY[last]}" if "LayerNorm" in stem and last in _LEGACY else name
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
@@ -200,6 +216,9 @@ def _load_model(model_config: ModelConfig, family: Family, tensors: dict[str, to
             missing += absent
             continue
         pieces = [tensors[name].t() if entry.transpose else tensors[name] for name in entry.theirs]
+        if len({piece.shape[1:] for piece in pieces}) > 1:
+            raise UserError(f"{source}: config.json and the weights do not match: "
+                            f"{', '.join(f'{n} {tuple(tensors[n].shape)}' for n in entry.theirs)} do not stack")
         state[entry.ours] = torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]
         used.update(entry.theirs)
     if missing:
@@ -213,6 +232,10 @@ def _load_model(model_config: ModelConfig, family: Family, tensors: dict[str, to
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise UserError(f"{source}: config.json and the weights do not match: {name} has shape "
                             f"{tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}")
+    tied = {"lm_head.weight"} if model_config.tie_embeddings else set()
+    unset = sorted(set(expected) - set(state) - tied - set(fresh))
+    if unset:  # a family table that misses a tensor would leave it random: a bug, said as such
+        raise RuntimeError(f"lmkit/interop/families.py maps no source tensor to {unset[:4]}")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
     if fresh:
         reporter.warn(f"{source}: {architecture} has no masked-LM head; it starts from random weights (finetune for "
@@ -221,8 +244,12 @@ def _load_model(model_config: ModelConfig, family: Family, tensors: dict[str, to
 
 
 def _derived(name: str, tensors: dict[str, torch.Tensor], family: Family) -> bool:
-    if name.endswith(_DERIVED) or name == "lm_head.weight" and family.name != "llama":
-        return True  # tied, or rebuilt by lmkit
+    if name.endswith(_DERIVED) or name.startswith(_UNUSED):
+        return True  # rebuilt by lmkit, or a head it has no use for
+    if name in ("lm_head.weight", "cls.predictions.decoder.weight") and family.name != "llama":
+        embedding = tensors.get(family.prefix + ("wte.weight" if family.name == "gpt2"
+                                                 else "embeddings.word_embeddings.weight"))
+        return embedding is not None and torch.equal(embedding, tensors[name])  # tied: the same matrix
     if name == "lm_head.weight":  # a tied Llama file may still hold the (equal) output matrix
         embedding = tensors.get(family.prefix + "embed_tokens.weight")
         return embedding is not None and torch.equal(embedding, tensors[name])

@@ -47,7 +47,9 @@ def read_specials(tokenizer: Any, where: str) -> Specials:
     bos = ident("bos")
     framed, bare = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
     prepended = framed[0] if len(framed) > len(bare) and framed[0] in tokenizer.all_special_ids else None
-    start = prepended if prepended is not None else bos if bos is not None else eos
+    # What a text follows: what transformers prepends (Llama's <s>), else bos (GPT-2's <|endoftext|>), else the
+    # padding token (Qwen's <|endoftext|>, its document separator: not an instruct model's <|im_end|>), else eos.
+    start = next(i for i in (prepended, bos, ident("pad"), eos) if i is not None)
     named = Specials(pad=ident("pad") if ident("pad") is not None else eos, eos=eos, start=start, unk=ident("unk"),
                      bos=bos, mask=ident("mask"), cls=ident("cls"), sep=ident("sep"))
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
@@ -68,7 +70,7 @@ def write_tokenizer(source: Path, out_dir: Path, transformers: Any) -> tuple[dic
     where = str(source)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # tokenizers raises a bare Exception for a malformed tokenizer.json
         message = " ".join(str(exc).split())[:300]
         raise UserError(f"{where}: transformers cannot read its tokenizer ({message})") from None
     backend = getattr(tokenizer, "backend_tokenizer", None)

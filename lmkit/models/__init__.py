@@ -55,4 +55,5 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
         model = build_model(config)
     if config.arch == "lstm":
         return 6.0 * count_parameters(model)
-    return 6.0 * count_parameters(model, non_embedding=True) + 12.0 * config.n_layer * config.d_model * seq_len
+    width = config.n_head * config.head_dim  # d_model unless --head-size decouples them
+    return 6.0 * count_parameters(model, non_embedding=True) + 12.0 * config.n_layer * width * seq_len

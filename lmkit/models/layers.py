@@ -192,9 +192,9 @@ class SelfAttention(nn.Module):
             mask, is_causal = attention_mask_4d(torch.ones(B, S, dtype=torch.bool, device=x.device), T, True), False
         # One query after the cache (T = 1) attends to every key: no mask at all. Without a cache or a
         # mask, is_causal keeps SDPA's fast causal kernels.
+        grouped = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}  # torch >= 2.5
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hd)
+                                           dropout_p=self.dropout if self.training else 0.0, **grouped)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, self.q_size)  # (B, T, nh * hd)
         return self.resid_dropout(self.out_proj(y))
 

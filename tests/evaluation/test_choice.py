@@ -32,11 +32,11 @@ def test_encode_pair_splits_the_whole_text_and_moves_trailing_spaces(tokenizer):
 
 
 def test_continuation_span_keeps_the_end_of_a_long_context():
-    span = continuation_span(list(range(10, 30)), [40, 41], max_len=8)
+    span = continuation_span(list(range(10, 30)), [40, 41], max_len=8, start=EOS_ID)
     assert span.tokens.tolist() == [*range(23, 30), 40, 41] and span.scored == 2  # 8 inputs + the last target
-    assert continuation_span([10], [40], 8).tokens.tolist() == [EOS_ID, 10, 40]
+    assert continuation_span([10], [40], 8, EOS_ID).tokens.tolist() == [EOS_ID, 10, 40]
     with pytest.raises(UserError, match="exceeds the model's 4-token window"):
-        continuation_span([], [1, 2, 3, 4, 5], max_len=4)
+        continuation_span([], [1, 2, 3, 4, 5], max_len=4, start=EOS_ID)
 
 
 def test_accuracy_and_length_normalized_accuracy_hand_worked(tokenizer, monkeypatch):

@@ -184,6 +184,8 @@ def _edit_config(directory, **changes):
     ("pickle", "pytorch_model.bin: pickled weights are refused (lmkit loads no pickle)"),
     ("vocabulary", "the tokenizer has 500 tokens but the model only 490 embedding rows"),
     ("rope-scaling", "rope scaling 'yarn' is not supported"),
+    ("wrong-type", "config.json: a setting has the wrong type"),
+    ("broken-tokenizer", "transformers cannot read its tokenizer"),
 ])
 def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_path):
     source = _copy(hf_dirs["llama" if case == "rope-scaling" else "gpt2"], tmp_path)
@@ -200,6 +202,10 @@ def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_p
     elif case == "vocabulary":
         shutil.rmtree(source)
         make_hf_model("gpt2", source, vocab_size=490)
+    elif case == "wrong-type":
+        _edit_config(source, n_positions=None)
+    elif case == "broken-tokenizer":
+        (source / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
     elif case == "rope-scaling":
         _edit_config(source, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0})
     result = run_lmkit("import", str(source), "--out", str(tmp_path / "out"))
@@ -290,3 +296,18 @@ def test_llama3_rope_scaling_imports_and_round_trips(tmp_path):
     exported = export(checkpoint.path, tmp_path / "out")
     written = json.loads((exported.path / "config.json").read_text())["rope_parameters"]
     assert {key: written[key] for key in scaling} == scaling
+
+
+def test_an_original_bert_file_with_gamma_beta_names_and_the_nsp_head_imports(hf_dirs, imported, tmp_path):
+    """The first BERT checkpoints name LayerNorm parameters gamma/beta and carry the next-sentence head."""
+    from safetensors.torch import save_file
+
+    source = _copy(hf_dirs["bert"], tmp_path)
+    tensors = load_file(str(source / "model.safetensors"))
+    renamed = {name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): t
+               for name, t in tensors.items()}
+    renamed["cls.seq_relationship.weight"], renamed["cls.seq_relationship.bias"] = torch.zeros(2, 32), torch.zeros(2)
+    save_file(renamed, str(source / "model.safetensors"), metadata={"format": "pt"})
+    ours = read_checkpoint(import_dir(source, tmp_path / "ckpt", check=False).path).build_model().state_dict()
+    reference = read_checkpoint(imported["bert"]).build_model().state_dict()
+    assert all(torch.equal(ours[name], reference[name]) for name in reference)
