@@ -17,11 +17,7 @@ from torch import nn
 
 from lmkit.generation.sampling import next_tokens
 from lmkit.generation.settings import SamplingSettings
-from lmkit.vocab import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
-
-# Ids a causal model never has as a target in lmkit's training data (packing puts only text and </s>):
-# never generated. <unk> is among them: byte fallback spells every character, so it marks nothing.
-NEVER_GENERATED = (PAD_ID, UNK_ID, BOS_ID, MASK_ID, CLS_ID, SEP_ID)
+from lmkit.vocab import PAD_ID
 
 # Why a row stopped.
 STOP_EOS, STOP_STRING, STOP_LENGTH, STOP_CONTEXT = "eos", "stop", "length", "context"
@@ -47,12 +43,13 @@ def left_pad(prompts: list[list[int]], device: torch.device, pad: int = PAD_ID) 
 
 @torch.no_grad()
 def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSettings,
-           generators: list[torch.Generator], *, use_cache: bool = True, eos_id: int | None = EOS_ID,
-           banned: tuple[int, ...] = NEVER_GENERATED,
+           generators: list[torch.Generator], *, eos_id: int | None, banned: tuple[int, ...], use_cache: bool = True,
            should_stop: Callable[[int, list[int]], bool] | None = None) -> list[Decoded]:
     """Continue each prompt (a list of ids, 1 to block_size - 1 of them) with up to max_new_tokens ids.
 
     ``model`` has ``encode(idx, attention_mask, cache)``, ``new_cache`` and ``lm_head`` (GPT, LSTM).
+    ``eos_id`` and ``banned`` (ids never sampled) come from the tokenizer's Specials (``never_generated``:
+    every special id but eos; lmkit's training data has only text and </s> as targets).
     ``generators``: one per prompt (see sampling.row_generators). A row ends at ``eos_id`` (None: never),
     at max_new_tokens, when the model's context (block_size positions) is full, or when
     ``should_stop(row, ids_so_far)`` returns True (called after each new token).

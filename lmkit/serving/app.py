@@ -27,6 +27,7 @@ from lmkit.errors import UserError
 from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT
 from lmkit.generation.settings import SamplingSettings
 from lmkit.progress import reporter
+from lmkit.tokenizer import Tokenizer
 from lmkit.serving.engine import Engine, QueueFull
 from lmkit.serving.protocol import (ChatRequest, ClassifyRequest, CompletionRequest, DetokenizeRequest,
                                     FillMaskRequest, Sampling, TokenizeRequest)
@@ -253,6 +254,13 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
             return rows
         return await run("complete", rows, settings)
 
+    def token_text(token: int) -> str:
+        """A token as logprobs name it: lmkit's SentencePiece piece ("\u2581the"), an imported tokenizer's
+        decoded text (not byte-level BPE's "\u0120the" or WordPiece's "##s")."""
+        if isinstance(engine.tokenizer, Tokenizer):
+            return engine.tokenizer.id_to_piece(token)
+        return engine.tokenizer.decode([token])
+
     async def logprobs_of(prompts, rows, n: int, top: int, echo: bool) -> list[dict]:
         wanted = []
         for index, row in enumerate(rows):
@@ -265,10 +273,10 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
             full = ids + row.new_ids
             offset = skip(ids)  # the scores are of full[offset:], each given </s> and the ids before it
             values = logprobs
-            top_rows = [{engine.tokenizer.id_to_piece(t): v for t, v in row_top.items()} for row_top in tops]
+            top_rows = [{token_text(t): v for t, v in row_top.items()} for row_top in tops]
             start = skip(ids) if echo else len(ids)
             tokens = full[start:]
-            pieces = [engine.tokenizer.id_to_piece(t) for t in tokens]
+            pieces = [token_text(t) for t in tokens]
             offsets, position = [], 0
             for piece in pieces:
                 offsets.append(position)

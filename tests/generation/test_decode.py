@@ -5,6 +5,7 @@ that compute the same thing then pick the same tokens, and a wrong position or m
 import pytest
 import torch
 
+from lmkit.vocab import LMKIT
 from lmkit.generation.decode import STOP_CONTEXT, STOP_EOS, STOP_LENGTH, STOP_STRING, decode
 from lmkit.generation.sampling import row_generators
 from lmkit.generation.settings import SamplingSettings
@@ -28,6 +29,7 @@ def model_for(arch: str, **overrides):
 
 def run(model, prompts, settings, **kwargs):
     generators = row_generators(settings.seed, [(0, i) for i in range(len(prompts))])
+    kwargs.setdefault("banned", LMKIT.never_generated)
     return decode(model, prompts, settings, generators, eos_id=None, **kwargs)
 
 
@@ -50,9 +52,10 @@ def test_cache_equals_recomputing_every_step(arch, overrides, settings):
 def test_batched_equals_one_by_one(arch, overrides, settings):
     model = model_for(arch, **overrides)
     generators = row_generators(settings.seed, [(0, i) for i in range(len(PROMPTS))])
-    batched = decode(model, PROMPTS, settings, generators, eos_id=None)
+    batched = decode(model, PROMPTS, settings, generators, eos_id=None, banned=LMKIT.never_generated)
     for i, prompt in enumerate(PROMPTS):
-        alone = decode(model, [prompt], settings, row_generators(settings.seed, [(0, i)]), eos_id=None)
+        alone = decode(model, [prompt], settings, row_generators(settings.seed, [(0, i)]), eos_id=None,
+                       banned=LMKIT.never_generated)
         assert alone[0].ids == batched[i].ids
 
 
@@ -70,7 +73,8 @@ def test_repetition_penalty_batched_equals_one_by_one():
 def test_rows_end_at_eos_max_new_tokens_the_context_or_when_told():
     model = model_for("gpt")  # block size 32
     first = run(model, [[5 + 2, 8]], GREEDY)[0].ids[0]
-    ended = decode(model, [[5 + 2, 8]], GREEDY, row_generators(0, [(0, 0)]), eos_id=first)
+    ended = decode(model, [[5 + 2, 8]], GREEDY, row_generators(0, [(0, 0)]), eos_id=first,
+                   banned=LMKIT.never_generated)
     assert ended[0].ids == [] and ended[0].reason == STOP_EOS
     long_prompt = list(range(7, 7 + 28))  # 28 tokens: room for 4 more
     results = run(model, [long_prompt, [7, 8]], GREEDY)
