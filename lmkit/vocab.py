@@ -10,7 +10,10 @@ so every stage reads the ids from the tokenizer's :class:`Specials`, never from 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from typing import Any
+
+from lmkit.errors import UserError
 
 SPECIAL_TOKENS: dict[str, tuple[str, int]] = {
     "pad": ("<pad>", 0),
@@ -49,13 +52,13 @@ class Specials:
     # never masked, never generated, never a fill-mask candidate.
     others: tuple[int, ...] = ()
 
-    @property
+    @cached_property  # read per training batch (MLM masking): computed once
     def ids(self) -> frozenset[int]:
         """Every special id: tokens that are not text."""
         named = (getattr(self, f.name) for f in fields(self) if f.name != "others")
         return frozenset(i for i in (*named, *self.others) if i is not None)
 
-    @property
+    @cached_property
     def never_generated(self) -> tuple[int, ...]:
         """Special ids sampling must never pick: all of them but ``eos`` (which ends a reply)."""
         return tuple(sorted(self.ids - {self.eos}))
@@ -64,10 +67,15 @@ class Specials:
         """The id of ``name`` (mask, cls, sep ...); a vocabulary without it cannot do ``what``."""
         value = getattr(self, name)
         if value is None:
-            from lmkit.errors import UserError
-
             raise UserError(f"the tokenizer has no {name} token, which {what} needs")
         return value
+
+    @cached_property
+    def text_start(self) -> int:
+        """The lowest id a random text token may take: past the specials when they are the first ids (lmkit's
+        0..6), else 0 (an imported vocabulary's specials lie anywhere; a draw of one is then put back)."""
+        ids = self.ids
+        return len(ids) if ids == frozenset(range(len(ids))) else 0
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

@@ -25,7 +25,7 @@ import torch
 from lmkit.artifacts import Artifact
 from lmkit.data.shards import read_split, token_lists
 from lmkit.errors import UserError
-from lmkit.vocab import EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, LMKIT, Specials
+from lmkit.vocab import EOS_ID, IGNORE_INDEX, LMKIT, Specials
 
 
 
@@ -120,11 +120,9 @@ def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings,
         lowest = torch.where(maskable, draw, torch.full_like(draw, 2.0)).argmin(dim=1)
         chosen[empty, lowest[empty]] = True
     action = torch.rand(tokens.shape, generator=generator)
-    low = FIRST_TEXT_ID if specials == LMKIT else 0
-    random_tokens = torch.randint(low, vocab_size, tokens.shape, generator=generator)
-    if specials != LMKIT:  # a drawn special id stays the original token
-        drawn_special = torch.isin(random_tokens, special_ids)
-        random_tokens = torch.where(drawn_special, tokens, random_tokens)
+    random_tokens = torch.randint(specials.text_start, vocab_size, tokens.shape, generator=generator)
+    if specials.text_start == 0:  # specials among the text ids: a drawn one stays the original token
+        random_tokens = torch.where(torch.isin(random_tokens, special_ids), tokens, random_tokens)
     inputs = tokens.clone()
     to_mask = chosen & (action < masking.replace_mask)
     to_random = chosen & (action >= masking.replace_mask) & (action < masking.replace_mask + masking.replace_random)

@@ -84,7 +84,7 @@ def evaluate_choices(inference: Inference, tokenizer: Tokenizer, items: Sequence
             context, continuation = encode_pair(tokenizer, item.context, choice)
             if not continuation:
                 raise UserError(f"{item.id}: choice {choice!r} has no tokens of its own after the context")
-            spans.append(continuation_span(context, continuation, max_len, context_start(tokenizer.specials)))
+            spans.append(continuation_span(context, continuation, max_len, context_start(inference.specials)))
     scores = score_spans(inference, spans, advance)
     correct = correct_norm = 0
     predictions = []

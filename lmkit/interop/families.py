@@ -101,7 +101,6 @@ class Family:
     model_types: tuple[str, ...]
     prefix: str                        # the body's prefix in a task model's state dict
     lm_suffix: str                     # the language-model class: {Prefix}{lm_suffix}
-    base_class: str                    # the bare body: {Prefix}Model
 
     def class_names(self, model_type: str) -> tuple[str, str, str]:
         """(language model, sequence classifier, bare body) class names of ``model_type``."""
@@ -403,9 +402,13 @@ class BertFamily(Family):
 
     def lm_head(self, config: ModelConfig) -> list[Entry]:
         head = "cls.predictions."
-        entries = [Entry("lm_head.bias", (head + "bias",), prefixed=False)]
-        if not config.tie_embeddings:
-            entries.append(Entry("lm_head.weight", (head + "decoder.weight",), prefixed=False))
+        # Tied, the decoder's bias is cls.predictions.bias; untied, transformers 5 reads decoder.bias (and
+        # cls.predictions.bias is a leftover its forward never uses).
+        if config.tie_embeddings:
+            entries = [Entry("lm_head.bias", (head + "bias",), prefixed=False)]
+        else:
+            entries = [Entry("lm_head.weight", (head + "decoder.weight",), prefixed=False),
+                       Entry("lm_head.bias", (head + "decoder.bias",), prefixed=False)]
         for name in ("weight", "bias"):
             entries += [Entry(f"mlm_head.dense.{name}", (head + f"transform.dense.{name}",), prefixed=False),
                         Entry(f"mlm_head.norm.{name}", (head + f"transform.LayerNorm.{name}",), prefixed=False)]

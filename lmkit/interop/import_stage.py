@@ -36,7 +36,9 @@ from lmkit.training.checkpoint import TrainerState, write_checkpoint
 SAFETENSORS, INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 # Tensors a transformers file may hold that lmkit rebuilds or ties: attention-mask buffers of old GPT-2
 # files, and output projections tied to the embeddings.
-_DERIVED = (".attn.bias", ".attn.masked_bias", "cls.predictions.decoder.bias", "position_ids", "rotary_emb.inv_freq")
+_DERIVED = (".attn.bias", ".attn.masked_bias", "position_ids", "rotary_emb.inv_freq")
+# BERT's decoder bias is saved twice: read as one of them, the other must be the same tensor or unused.
+_BIAS_TWINS = {"cls.predictions.bias": "cls.predictions.decoder.bias", "cls.predictions.decoder.bias": "cls.predictions.bias"}
 # Heads lmkit has no use for: BERT's next-sentence classifier (BertForPreTraining files).
 _UNUSED = ("cls.seq_relationship.",)
 _LEGACY = {"gamma": "weight", "beta": "bias"}
@@ -224,7 +226,7 @@ def _load_model(model_config: ModelConfig, family: Family, tensors: dict[str, to
     if missing:
         raise UserError(f"{source}: config.json and the weights do not match: the weights lack {', '.join(missing[:4])}"
                         f"{' ...' if len(missing) > 4 else ''} ({len(missing)} tensors); truncated or another model")
-    extra = sorted(name for name in tensors if name not in used and not _derived(name, tensors, family))
+    extra = sorted(name for name in tensors if name not in used and not _derived(name, tensors, family, used))
     if extra:
         raise UserError(f"{source}: config.json and the weights do not match: the weights hold tensors config.json "
                         f"does not describe ({', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''})")
@@ -243,9 +245,13 @@ def _load_model(model_config: ModelConfig, family: Family, tensors: dict[str, to
     return model.eval(), fresh
 
 
-def _derived(name: str, tensors: dict[str, torch.Tensor], family: Family) -> bool:
+def _derived(name: str, tensors: dict[str, torch.Tensor], family: Family, used: set[str]) -> bool:
     if name.endswith(_DERIVED) or name.startswith(_UNUSED):
         return True  # rebuilt by lmkit, or a head it has no use for
+    if name in _BIAS_TWINS:
+        twin = _BIAS_TWINS[name]
+        # tied: the copy of the bias that was read; untied: cls.predictions.bias, which transformers ignores
+        return twin in used and (torch.equal(tensors[name], tensors[twin]) or name == "cls.predictions.bias")
     if name in ("lm_head.weight", "cls.predictions.decoder.weight") and family.name != "llama":
         embedding = tensors.get(family.prefix + ("wte.weight" if family.name == "gpt2"
                                                  else "embeddings.word_embeddings.weight"))

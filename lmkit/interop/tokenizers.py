@@ -10,6 +10,7 @@ frames a model's input adds them), so lmkit's ids are transformers' with ``add_s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def read_specials(tokenizer: Any, where: str) -> Specials:
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     others = {int(i) for i in tokenizer.all_special_ids} | {int(i) for i, token in added.items()
                                                           if getattr(token, "special", False)}
-    return Specials(**{**named.__dict__, "others": tuple(sorted(others - named.ids))})
+    return dataclasses.replace(named, others=tuple(sorted(others - named.ids)))
 
 
 def tokenizer_recipe(source: Path) -> tuple[str, list[dict[str, Any]]]:

@@ -15,6 +15,8 @@ Nothing is pickled: loading a checkpoint never executes code.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import json
 import random
 import shutil
@@ -137,7 +139,7 @@ class Checkpoint:
     def tokenizer_path(self) -> Path:
         return self.artifact.path / "tokenizer"
 
-    @property
+    @cached_property  # specials.json, read once
     def specials(self) -> Specials:
         """The special token ids of the model's tokenizer (lmkit's fixed ids, or an imported tokenizer's)."""
         return specials_in(self.tokenizer_path)

@@ -98,3 +98,29 @@ def test_flatten_results_keeps_numbers_and_names_filters():
     flat = harness.flatten_results({"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A",
                                           "exact_match,strict-match": 1.0, "sample_len": 3}})
     assert flat == {"t/acc": 0.5, "t/exact_match/strict-match": 1.0}
+
+
+def test_continuations_follow_the_tokenizers_start_token(model_and_tokenizer):
+    """The harness scores a continuation after the model's own start token (an imported Llama's <s>), as
+    lmkit's choice task does; it used to put lmkit's </s> before every context."""
+    import dataclasses
+
+    from lmkit.evaluation.choice import continuation_span, encode_pair
+    from lmkit.evaluation.scoring import score_spans
+    from lmkit.vocab import BOS_ID, EOS_ID, LMKIT
+
+    inference, tokenizer = model_and_tokenizer
+
+    class Request:
+        args = ("The for statement", " is used")
+
+    found = []
+    for start in (EOS_ID, BOS_ID):
+        scoring = dataclasses.replace(inference, specials=dataclasses.replace(LMKIT, start=start))
+        ((logprob, _),) = harness.make_lm(scoring, tokenizer, window=32, stride=32, generate=None) \
+            .loglikelihood([Request()])
+        span = continuation_span(*encode_pair(tokenizer, *Request.args), 32, start)
+        assert span.tokens[0] == start
+        assert logprob == pytest.approx(score_spans(scoring, [span])[0].logprob, rel=1e-12)
+        found.append(logprob)
+    assert found[0] != found[1]

@@ -186,9 +186,11 @@ def _edit_config(directory, **changes):
     ("rope-scaling", "rope scaling 'yarn' is not supported"),
     ("wrong-type", "config.json: a setting has the wrong type"),
     ("broken-tokenizer", "transformers cannot read its tokenizer"),
+    ("pickled-list", "pytorch_model.bin: holds no state dict of tensors"),
+    ("unstackable", "do not stack"),
 ])
 def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_path):
-    source = _copy(hf_dirs["llama" if case == "rope-scaling" else "gpt2"], tmp_path)
+    source = _copy(hf_dirs["llama" if case in ("rope-scaling", "unstackable") else "gpt2"], tmp_path)
     if case == "unsupported":
         _edit_config(source, model_type="t5", architectures=["T5ForConditionalGeneration"])
     elif case == "mismatch":
@@ -202,13 +204,24 @@ def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_p
     elif case == "vocabulary":
         shutil.rmtree(source)
         make_hf_model("gpt2", source, vocab_size=490)
+    elif case == "pickled-list":
+        torch.save([1, 2, 3], source / "pytorch_model.bin")
+        (source / "model.safetensors").unlink()
+    elif case == "unstackable":  # a Llama whose k_proj has one input column too many
+        from safetensors.torch import save_file
+
+        tensors = load_file(str(source / "model.safetensors"))
+        name = "model.layers.0.self_attn.k_proj.weight"
+        tensors[name] = torch.zeros(tensors[name].shape[0], tensors[name].shape[1] + 1)
+        save_file(tensors, str(source / "model.safetensors"), metadata={"format": "pt"})
     elif case == "wrong-type":
         _edit_config(source, n_positions=None)
     elif case == "broken-tokenizer":
         (source / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
     elif case == "rope-scaling":
         _edit_config(source, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0})
-    result = run_lmkit("import", str(source), "--out", str(tmp_path / "out"))
+    trust = ["--trust-pickle"] if case == "pickled-list" else []  # read, then refused for what it holds
+    result = run_lmkit("import", str(source), "--out", str(tmp_path / "out"), *trust)
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr, result.stderr
@@ -311,3 +324,21 @@ def test_an_original_bert_file_with_gamma_beta_names_and_the_nsp_head_imports(hf
     ours = read_checkpoint(import_dir(source, tmp_path / "ckpt", check=False).path).build_model().state_dict()
     reference = read_checkpoint(imported["bert"]).build_model().state_dict()
     assert all(torch.equal(ours[name], reference[name]) for name in reference)
+
+
+def test_an_untied_bert_decoder_is_imported(tmp_path):
+    """BertForMaskedLM with tie_word_embeddings false: its own decoder matrix, not the embeddings."""
+    source = make_hf_model("bert", tmp_path / "hf", tie_word_embeddings=False)
+    checkpoint = read_checkpoint(import_dir(source, tmp_path / "ckpt").path)  # the import's own check passes too
+    assert not checkpoint.model_config.tie_embeddings
+    theirs = transformers.AutoModelForMaskedLM.from_pretrained(source, dtype=torch.float32).eval()
+    ours = checkpoint.inference_model()
+    assert not torch.equal(ours.lm_head.weight, ours.tok_emb.weight)
+    idx = torch.randint(0, checkpoint.model_config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], theirs(input_ids=idx).logits, atol=1e-5, rtol=0)
+
+
+def test_info_names_an_imported_checkpoints_family(imported):
+    shown = run_lmkit("info", str(imported["gpt2"]), check=True).stdout
+    assert "GPT-2 (LayerNorm, learned positions, GELU, biases)" in " ".join(shown.split())

@@ -9,6 +9,8 @@ mismatch (MLM on a GPT) is refused before any compute.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -79,7 +81,7 @@ class ObjectiveInputs:
     inner: Objective | None = None      # what a wrapping objective (distill) wraps
     notes: list[str] = field(default_factory=list)  # printed at the start of the run
 
-    @property
+    @cached_property  # specials.json, read once
     def specials(self) -> Specials:
         """The special token ids of the model's tokenizer."""
         return specials_in(self.tokenizer.path)
