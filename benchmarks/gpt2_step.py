@@ -42,8 +42,9 @@ elif side == "nanogpt":
 else:
     import transformers
     config = transformers.GPT2Config(vocab_size=V, n_positions=T, n_embd=C, n_layer=L, n_head=H,
-                                     activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = transformers.GPT2LMHeadModel(config, attn_implementation="sdpa")
+                                     activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     attn_implementation="sdpa")
+    model = transformers.GPT2LMHeadModel(config)
     loss_of = lambda x, y: torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1).float(), y.flatten())
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 x, y = torch.randint(0, V, (batch, T)), torch.randint(0, V, (batch, T))
@@ -64,7 +65,9 @@ print((time.perf_counter() - started) / steps)
 
 def measure(side: str, nanogpt: str) -> float:
     result = subprocess.run([sys.executable, "-c", WORKER, side, repr(SHAPE), str(BATCH), str(STEPS), str(WARMUP),
-                             nanogpt], capture_output=True, text=True, cwd=ROOT, check=True)
+                             nanogpt], capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(f"{side}: the measurement failed:\n{result.stderr[-2000:]}")
     return float(result.stdout.strip().splitlines()[-1])
 
 
