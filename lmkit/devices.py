@@ -1,7 +1,15 @@
 """``--device`` for the commands that run a model for use (generate, evaluate): one resolver, one set
-of messages; and the precision every stage runs in. (Training stages pick their device from the process layout: see training/distributed.py.)"""
+of messages; the precision every stage runs in; whether torch.compile can run here; and a device's peak
+FLOP/s, for MFU. (Training stages pick their device from the process layout: see training/distributed.py.)"""
 
 from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
 
 import torch
 
@@ -31,3 +39,88 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     native = torch.cpu._is_avx512_bf16_supported() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return "bf16" if native else "fp32"
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether torch.compile's default backend can build kernels here: Triton on CUDA, a C++ compiler on CPU."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return any(name and shutil.which(name) for name in compilers)
+
+
+# Dense bf16 tensor-core peaks from the datasheets (TFLOP/s), the convention MFU is quoted in (PaLM, nanoGPT).
+_DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.5, "H100 PCIe": 756.0, "H100": 989.4,
+                          "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10G": 70.0, "A10": 125.0}
+
+
+def peak_flops(device: torch.device, precision: str) -> float:
+    """Peak FLOP/s of one device in ``precision``, for MFU: a known GPU's datasheet figure, else the best of a
+    short square-matmul probe, measured once per machine, thread count, torch version and precision and kept
+    in lmkit's cache directory (a cache that cannot be written is only a slower next start)."""
+    if device.type == "cuda" and precision == "bf16":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in _DATASHEET_BF16_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    key = "|".join([_processor_name(device), str(torch.get_num_threads()), torch.__version__, precision])
+    path = cache_dir() / "peak-flops.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), (int, float)):
+        return float(known[key])
+    measured = _matmul_probe(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    known = known if isinstance(known, dict) else {}
+    known[key] = measured
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(known, indent=1) + "\n")
+        partial.replace(path)  # atomic: processes measuring at once each leave a whole file
+    except OSError:
+        pass  # a read-only home: measured again next time
+    return measured
+
+
+def cache_dir() -> Path:
+    """lmkit's cache directory: $LMKIT_CACHE, else $XDG_CACHE_HOME/lmkit, else ~/.cache/lmkit."""
+    if os.environ.get("LMKIT_CACHE"):
+        return Path(os.environ["LMKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmkit"
+
+
+def _processor_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _matmul_probe(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
+    """Best FLOP/s of n x n matmuls (2 n^3 FLOPs each) over a few sizes: about 0.3 s on a CPU."""
+    sizes = (1024, 2048) if device.type == "cpu" else (4096, 8192)
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        torch.matmul(a, b)  # warm-up: thread pool, kernel selection
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best

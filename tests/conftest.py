@@ -20,6 +20,15 @@ def paragraphs(limit: int = 300) -> list[str]:
     return list(found)[:limit]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lmkit_cache(tmp_path_factory):
+    """lmkit's cache (the measured peak FLOP/s for MFU) in the session's temporary directory, not the home of
+    whoever runs the tests; subprocesses inherit it."""
+    os.environ["LMKIT_CACHE"] = str(tmp_path_factory.mktemp("lmkit-cache"))
+    yield
+    os.environ.pop("LMKIT_CACHE", None)
+
+
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("corpus")

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import Block, Embeddings, init_transformer_weights, make_norm, rope_tables, token_loss
+from lmkit.models.layers import Block, Embeddings, init_transformer_weights, make_norm, rope_tables
+from lmkit.models.loss import linear_cross_entropy, token_loss
+from lmkit.vocab import IGNORE_INDEX
 
 POOLING = ("cls", "mean")
 
@@ -70,8 +72,15 @@ class BERT(nn.Module):
         return self.final_norm(x)  # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) at every position and the cross entropy over targets that are not -100."""
+                attention_mask: torch.Tensor | None = None, *, return_logits: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits (B, T, V) at every position and the cross entropy over targets that are not -100.
+        With targets and ``return_logits=False`` (training), no logits (None): the head and the loss
+        then run on the masked positions alone (loss.linear_cross_entropy)."""
+        if targets is not None and not return_logits:
+            chosen = targets != IGNORE_INDEX
+            hidden = self.mlm_head(self.encode(idx, attention_mask)[chosen])  # (masked, C)
+            return None, linear_cross_entropy(hidden, self.lm_head.weight, self.lm_head.bias, targets[chosen])
         logits = self.lm_head(self.mlm_head(self.encode(idx, attention_mask)))  # (B, T, V)
         loss = None
         if targets is not None:

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import (Block, Embeddings, KVCache, attention_mask_4d, init_transformer_weights, make_norm,
-                                 rope_tables, token_loss)
+from lmkit.models.layers import (EXPLICIT_ATTENTION_MAX, Block, Embeddings, KVCache, attention_mask_4d, causal_bias,
+                                 init_transformer_weights, make_norm, rope_tables)
+from lmkit.models.loss import linear_cross_entropy, token_loss
 
 
 class GPT(nn.Module):
@@ -34,6 +35,8 @@ class GPT(nn.Module):
         cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd/2)
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hd/2)
+        length = min(config.block_size, EXPLICIT_ATTENTION_MAX)
+        self.register_buffer("causal_bias", causal_bias(length), persistent=False)  # (length, length)
         init_transformer_weights(self, self.blocks)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -62,6 +65,8 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
             positions = torch.arange(past, past + T, device=idx.device)  # (T,)
             cos, sin = self.rope_cos[past:past + T], self.rope_sin[past:past + T]  # (T, hd/2)
+            if cache is None and T <= EXPLICIT_ATTENTION_MAX and idx.device.type == "cpu" and torch.is_grad_enabled():
+                attention_mask = self.causal_bias[:T, :T]  # (T, T): training on a CPU (layers.explicit_attention)
         else:
             if attention_mask.shape != (B, past + T):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
@@ -76,10 +81,13 @@ class GPT(nn.Module):
             x = block(x, cos, sin, attention_mask, None if cache is None else cache.layers[index])  # (B, T, C)
         return self.final_norm(x)  # (B, T, C)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_logits: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids; targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the
-        mean cross entropy over targets that are not -100 (None without targets)."""
+        mean cross entropy over targets that are not -100 (None without targets). Training passes
+        ``return_logits=False``: the loss then never materializes the logits (loss.py), which are None."""
+        if targets is not None and not return_logits:
+            return None, linear_cross_entropy(self.encode(idx), self.lm_head.weight, None, targets)
         logits = self.lm_head(self.encode(idx))  # (B, T, V)
         loss = None
         if targets is not None:

@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import INIT_STD, token_loss
+from lmkit.models.layers import INIT_STD
+from lmkit.models.loss import linear_cross_entropy, token_loss
 
 
 class RecurrentState:
@@ -97,9 +98,12 @@ class LSTMLanguageModel(nn.Module):
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, C), zeros after each row
         return torch.zeros_like(out).scatter_(1, order[:, :, None].expand(B, T, C), out), hidden  # back in place
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T); targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the loss."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_logits: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """idx (B, T); targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the loss; with
+        targets and ``return_logits=False``, no logits (None) and the loss of loss.linear_cross_entropy."""
+        if targets is not None and not return_logits:
+            return None, linear_cross_entropy(self.dropout(self.encode(idx)), self.lm_head.weight, None, targets)
         logits = self.lm_head(self.dropout(self.encode(idx)))  # (B, T, V)
         loss = None
         if targets is not None:

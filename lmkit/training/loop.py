@@ -101,8 +101,9 @@ def fit(model: nn.Module, objective: Objective, optimizers: Optimizers, settings
     board = _tensorboard(run_dir, env)
     ddp = env.enabled and not settings.sharded
     forward_model: nn.Module = _data_parallel(model) if ddp else model
-    if settings.compile:
+    if settings.compile:  # torch's cache (FX graphs, kernels) makes a later run of the same shapes start fast
         forward_model = torch.compile(forward_model)
+        reporter.info("torch.compile: the first step compiles the model (seconds to a minute; cached for next time)")
     autocast = (torch.autocast(device_type=env.device.type, dtype=torch.bfloat16)
                 if settings.precision == "bf16" else nullcontext())
     tokens_per_step = layout.global_batch * objective.tokens_per_sample

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lmkit import artifacts
-from lmkit.devices import resolve_precision
+from lmkit.devices import can_compile, peak_flops, resolve_precision
 from lmkit.errors import UserError
 from lmkit.models import count_parameters, flops_per_token
 from lmkit.models.config import ModelConfig
@@ -29,7 +29,7 @@ from lmkit.training.checkpoint import TrainerState, read_checkpoint
 from lmkit.training.loop import LoopSettings, fit
 from lmkit.training.objectives import OBJECTIVES, BatchLayout, Built, Objective, ObjectiveInputs, ObjectiveSpec
 from lmkit.training.optim import Optimizers, build_optimizer
-from lmkit.training.options import TrainingOptions
+from lmkit.training.options import COMPILE_AUTO_MINUTES, COMPILE_AUTO_STEPS, TrainingOptions
 from lmkit.training.rundir import FINAL, RunStart
 
 
@@ -151,8 +151,10 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     length = f"{max_steps:,} steps" if max_steps else (
         f"{schedule_steps:,} steps (--max-tokens)" if options.max_tokens else f"{options.max_time} (--max-time)")
     trainable = f" ({n_trainable:,} trainable, {n_trainable / n_params:.1%})" if n_trainable != n_params else ""
+    compiled, why = compile_choice(options, plan, max_steps, env.device)
     reporter.info(f"{plan.label}: {plan.model_config.arch}, {n_params:,} parameters{trainable}, "
-                  f"{flops / 1e6:,.1f} MFLOPs per token; objective {plan.spec.name}, {session.precision}; "
+                  f"{flops / 1e6:,.1f} MFLOPs per token; objective {plan.spec.name}, {session.precision}, "
+                  f"{'compiled' if compiled else 'eager'} ({why}); "
                   f"{objective.train_windows.count:,} training {plan.spec.unit}; {length} of {layout.global_batch} x "
                   f"{plan.inputs.seq_len} tokens ({layout.accumulation} accumulation, {env.world_size} process(es)); "
                   f"schedule {options.schedule_name()}")
@@ -174,7 +176,8 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
         schedule_steps=schedule_steps, max_tokens=options.max_tokens, max_seconds=options.max_seconds,
         eval_every=options.eval_every, eval_batches=options.eval_batches, patience=options.patience,
         checkpoint_every=options.checkpoint_every, log_every=options.log_every, precision=session.precision,
-        compile=options.compile, flops_per_token=flops, peak_flops=options.peak_tflops * 1e12, sharded=plan.sharded,
+        compile=compiled, flops_per_token=flops, sharded=plan.sharded,
+        peak_flops=options.peak_tflops * 1e12 or peak_flops(env.device, session.precision),
         metric=plan.metric, maximize=plan.metric not in ("val_loss", "val_ppl", "val_bpb"),
         eval_at_end=plan.eval_at_end)
     session.state = fit(model, objective, session.optimizers, settings, layout, env, plan.run_dir, session.state, save,
@@ -182,6 +185,27 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     final = plan.finish(session) if plan.finish is not None else session.save_final()
     rundir.write_plot(plan.run_dir, env)
     return artifacts.load(final)
+
+
+def compile_choice(options: TrainingOptions, plan: TrainingPlan, max_steps: int, device: torch.device
+                   ) -> tuple[bool, str]:
+    """Whether to torch.compile the model, and why (for the run's first line). --compile and --no-compile
+    decide; unset, a run compiles when the compile pays (options.COMPILE_AUTO_STEPS) and can work: batches of
+    one shape (else each new shape compiles again), one process or DDP, an LSTM excluded (its recurrence is
+    one fused kernel already), and a compiler present."""
+    if options.compile is not None:
+        return options.compile, "--compile" if options.compile else "--no-compile"
+    minutes = options.max_seconds / 60
+    long_enough = max_steps >= COMPILE_AUTO_STEPS or (not max_steps and minutes >= COMPILE_AUTO_MINUTES)
+    if not long_enough:
+        return False, f"auto: shorter than {COMPILE_AUTO_STEPS} steps or {COMPILE_AUTO_MINUTES} minutes"
+    if not plan.spec.fixed_shapes or plan.model_config.arch == "lstm" or plan.sharded:
+        what = ("an LSTM" if plan.model_config.arch == "lstm" else "sharded" if plan.sharded
+                else f"{plan.spec.name} batches change shape")
+        return False, f"auto: {what}"
+    if not can_compile(device):
+        return False, "auto: no " + ("Triton" if device.type == "cuda" else "C++ compiler") + " for torch.compile"
+    return True, "auto: a long run; --no-compile to skip the compile"
 
 
 def batch_layout(options: TrainingOptions, seq_len: int, env: distributed.Distributed) -> BatchLayout:

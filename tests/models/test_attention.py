@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lmkit.models.layers import SelfAttention, apply_rotary, rope_tables
+from lmkit.models import layers
+from lmkit.models.layers import SelfAttention, apply_rotary, causal_bias, explicit_attention, rope_tables
 from tests.models.conftest import tiny_config
 
 THETA = 10000.0
@@ -114,3 +115,29 @@ def test_rotation_keeps_vector_norms():
     x = torch.randn(1, 2, 50, 16)
     cos, sin = rope_tables(16, 50, THETA)
     assert torch.allclose(apply_rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_explicit_attention_equals_sdpa_causal(kv_heads):
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 9, 8, generator=generator)
+    k, v = (torch.randn(2, kv_heads, 9, 8, generator=generator) for _ in range(2))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != 4)
+    torch.testing.assert_close(explicit_attention(q, k, v, causal_bias(9), 0.0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_gpt_trains_on_explicit_attention_and_infers_with_sdpa_alike():
+    from lmkit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("gpt", n_kv_head=2)).eval()
+    idx = torch.randint(0, 128, (2, 16))
+    calls = []
+    real = layers.explicit_attention
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layers, "explicit_attention", lambda *args: calls.append(1) or real(*args))
+        training = model(idx)[0]  # grad enabled: the training path
+        with torch.no_grad():
+            inference = model(idx)[0]
+    assert len(calls) == 2  # once per layer, for the training forward only
+    torch.testing.assert_close(training, inference, rtol=1e-5, atol=1e-5)

@@ -58,7 +58,7 @@ class Uniform(torch.nn.Module):
         self.vocab = vocab
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, return_logits=True):  # the objective asks for the loss alone
         logits = torch.zeros(*idx.shape, self.vocab) + self.dummy
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss

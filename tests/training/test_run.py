@@ -142,6 +142,13 @@ def _rates(run_dir):
     return [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_training_reports_mfu_against_the_measured_peak(dataset, tmp_path):
+    pretrain.run(config(dataset, tmp_path / "run", max_steps=2))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(0 < r["mfu"] < 1 for r in records)  # a tiny model's share of the machine's matmul peak
+
+
 @pytest.mark.slow
 def test_compiled_run_trains_and_resumes_exactly(dataset, tmp_path):
     # The rate does not depend on the length; one thread: compiled kernels then reduce in one fixed order.

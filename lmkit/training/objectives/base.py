@@ -102,6 +102,7 @@ class ObjectiveSpec:
     metric: str = "val_loss"                        # the default validation metric
     metrics: tuple[str, ...] = ("val_loss",)        # the validation metrics it reports
     unit: str = "examples"                          # what one training sample is, for messages
+    fixed_shapes: bool = False                      # every batch has one shape: --compile auto may compile it
 
     def check_arch(self, arch: str, flag: str, what: str) -> None:
         """Refuse a model this objective does not train, naming the flag that chose it (``--task sft``)."""

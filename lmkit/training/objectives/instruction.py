@@ -53,7 +53,7 @@ class InstructionTuning:
         return model(batch["idx"], batch["targets"])
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.forward(model, batch)[1]
+        return model(batch["idx"], batch["targets"], return_logits=False)[1]  # no logits: the fused loss
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:

@@ -45,7 +45,7 @@ class _WindowObjective:
         return model(batch["idx"], batch["targets"])
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.forward(model, batch)[1]
+        return model(batch["idx"], batch["targets"], return_logits=False)[1]  # no logits: the fused loss
 
     def _validation_batches(self, max_batches: int):
         """(inputs, targets) over the first ``max_batches`` micro-batches (0: all) of validation."""
@@ -78,7 +78,7 @@ class CausalLM(_WindowObjective):
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
         total_loss, total_tokens = 0.0, 0
         for inputs, targets in self._validation_batches(max_batches):
-            _, loss = model(inputs.to(self.device), targets.to(self.device))
+            _, loss = model(inputs.to(self.device), targets.to(self.device), return_logits=False)
             total_loss += loss.float().item() * targets.numel()
             total_tokens += targets.numel()
         if total_tokens == 0:
@@ -147,6 +147,6 @@ def _build_mlm(inputs: ObjectiveInputs) -> Built:
 
 
 register(ObjectiveSpec("clm", ("gpt", "lstm"), _build_clm, "causal language modeling (next token) over packed "
-                       "documents", metrics=("val_loss", "val_ppl", "val_bpb"), unit="windows"))
+                       "documents", metrics=("val_loss", "val_ppl", "val_bpb"), unit="windows", fixed_shapes=True))
 register(ObjectiveSpec("mlm", ("bert",), _build_mlm, "masked language modeling (BERT's 80/10/10 corruption)",
-                       metrics=("val_loss", "val_ppl", "val_mlm_accuracy"), unit="windows"))
+                       metrics=("val_loss", "val_ppl", "val_mlm_accuracy"), unit="windows", fixed_shapes=True))

@@ -1,0 +1,75 @@
+"""Peak FLOP/s for MFU (measured once and cached) and whether torch.compile can run here."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmkit import devices
+from lmkit.training.run import compile_choice
+
+
+def test_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMKIT_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(devices, "_matmul_probe", lambda device, dtype: calls.append(dtype) or 1.5e12)
+    assert devices.peak_flops(torch.device("cpu"), "bf16") == 1.5e12
+    assert devices.peak_flops(torch.device("cpu"), "bf16") == 1.5e12
+    assert calls == [torch.bfloat16]
+    saved = json.loads((tmp_path / "peak-flops.json").read_text())
+    assert list(saved.values()) == [1.5e12] and list(saved)[0].endswith(f"|{torch.__version__}|bf16")
+    assert devices.peak_flops(torch.device("cpu"), "fp32") == 1.5e12 and calls[-1] == torch.float32
+
+
+def test_a_corrupt_or_unwritable_cache_only_costs_a_measurement(tmp_path, monkeypatch):
+    (tmp_path / "peak-flops.json").write_text("{not json")
+    monkeypatch.setenv("LMKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(devices, "_matmul_probe", lambda device, dtype: 2e11)
+    assert devices.peak_flops(torch.device("cpu"), "fp32") == 2e11
+    assert json.loads((tmp_path / "peak-flops.json").read_text())  # rewritten whole
+    monkeypatch.setenv("LMKIT_CACHE", str(tmp_path / "file" / "below"))
+    (tmp_path / "file").write_text("")  # a file where the directory should be: cannot be written
+    assert devices.peak_flops(torch.device("cpu"), "fp32") == 2e11
+
+
+def test_the_probe_measures_a_plausible_peak():
+    assert 1e9 < devices._matmul_probe(torch.device("cpu"), torch.float32, repeats=1) < 1e15
+
+
+def plan(arch="gpt", fixed_shapes=True, sharded=False):
+    return SimpleNamespace(spec=SimpleNamespace(name="clm" if fixed_shapes else "classify", fixed_shapes=fixed_shapes),
+                           model_config=SimpleNamespace(arch=arch), sharded=sharded)
+
+
+def options(compile=None, max_seconds=0.0):
+    return SimpleNamespace(compile=compile, max_seconds=max_seconds)
+
+
+@pytest.mark.parametrize("given, steps, seconds, expected", [
+    (True, 10, 0, True), (False, 5000, 0, False),   # the flag decides
+    (None, 499, 0, False), (None, 500, 0, True),    # auto: by length
+    (None, 0, 599, False), (None, 0, 600, True),    # a time-bound run: by its minutes
+    (None, 100, 3600, False),                       # a step limit is the length, though time also bounds it
+])
+def test_compile_auto_compiles_runs_long_enough_to_pay(given, steps, seconds, expected, monkeypatch):
+    monkeypatch.setattr("lmkit.training.run.can_compile", lambda device: True)
+    compiled, why = compile_choice(options(given, seconds), plan(), steps, torch.device("cpu"))
+    assert compiled is expected and why
+
+
+@pytest.mark.parametrize("kind, reason", [(plan(arch="lstm"), "an LSTM"), (plan(fixed_shapes=False), "classify"),
+                                          (plan(sharded=True), "sharded")])
+def test_compile_auto_leaves_out_what_it_would_not_speed_up(kind, reason, monkeypatch):
+    monkeypatch.setattr("lmkit.training.run.can_compile", lambda device: True)
+    compiled, why = compile_choice(options(), kind, 5000, torch.device("cpu"))
+    assert not compiled and reason in why
+
+
+def test_compile_auto_needs_a_compiler(monkeypatch):
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert not devices.can_compile(torch.device("cpu"))
+    monkeypatch.setattr("lmkit.training.run.can_compile", devices.can_compile)
+    compiled, why = compile_choice(options(), plan(), 5000, torch.device("cpu"))
+    assert not compiled and "C++ compiler" in why
