@@ -102,10 +102,11 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     return logprobs, greedy
 
 
-def causal_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """Logits (B, T, V) of a causal language model: GPT and LSTM return (logits, loss)."""
-    logits, _ = model(idx)
-    return logits
+def scored_logits(model: nn.Module, idx: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) of a causal language model (GPT, LSTM) at the N positions where ``scored`` (B, T) is
+    True, row after row: the output projection runs on those positions alone (a sliding window scores only
+    its last ``stride`` positions; padding none)."""
+    return model.lm_head(model.encode(idx)[scored])
 
 
 def score_spans(inference: Inference, spans: Sequence[Span],
@@ -131,8 +132,8 @@ def score_spans(inference: Inference, spans: Sequence[Span],
         real = sum(len(spans[i].tokens) - 1 for i in chosen)
         with inference.forward_pass(real):
             idx, targets, scored = (t.to(inference.device) for t in (idx, targets, scored))
-            logits = causal_logits(inference.model, idx)                   # (B, T, V)
-            logprobs, greedy = token_logprobs(logits[scored], targets[scored])  # (N,) each, row after row
+            logits = scored_logits(inference.model, idx, scored)            # (N, V)
+            logprobs, greedy = token_logprobs(logits, targets[scored])      # (N,) each, row after row
             logprobs, greedy = logprobs.cpu().numpy(), greedy.cpu().numpy()
         bounds = np.cumsum([0, *(spans[i].scored for i in chosen)])
         for row, i in enumerate(chosen):

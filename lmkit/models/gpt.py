@@ -71,7 +71,8 @@ class GPT(nn.Module):
             if attention_mask.shape != (B, past + T):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
             positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
-            if int(positions.max()) >= self.config.block_size:
+            # (Compiled, the check would split the graph on a value read back: the decoder checks lengths first.)
+            if not torch.compiler.is_compiling() and int(positions.max()) >= self.config.block_size:
                 raise ValueError(f"sequence length {int(positions.max()) + 1} exceeds block_size "
                                  f"{self.config.block_size}")
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd/2)

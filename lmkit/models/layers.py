@@ -82,6 +82,8 @@ def attention_mask_4d(key_mask: torch.Tensor, query_length: int, causal: bool) -
     mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
     if not causal:
         return mask
+    if query_length == 1:  # the last position (a decoding step): every key is at or before it
+        return mask.clone().index_fill_(-1, torch.tensor([key_mask.shape[1] - 1], device=key_mask.device), True)
     S = key_mask.shape[1]
     query_pos = torch.arange(S - query_length, S, device=key_mask.device)[:, None]  # (T, 1)
     key_pos = torch.arange(S, device=key_mask.device)[None, :]  # (1, S)
@@ -177,7 +179,6 @@ class SelfAttention(nn.Module):
         self.q_norm = make_norm(config, config.head_dim) if config.qk_norm else None
         self.k_norm = make_norm(config, config.head_dim) if config.qk_norm else None
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
                 attention_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
@@ -196,15 +197,15 @@ class SelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.rotary:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.rotary:  # q and k in one rotation: half the small ops of a decoding step's rotary
+            q, k = apply_rotary(torch.cat((q, k), dim=1), cos, sin).split([self.n_head, self.n_kv_head], dim=1)
         # Cached keys are stored rotated: a position's rotation never changes, so it is applied once.
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nkv, S, hd)
         dropout = self.dropout if self.training else 0.0
         if attention_mask is not None and attention_mask.is_floating_point():
             y = explicit_attention(q, k, v, attention_mask, dropout)  # (B, nh, T, hd)
-            return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, T, self.q_size)))
+            return dropout_(self.out_proj(y.transpose(1, 2).reshape(B, T, self.q_size)), self.dropout, self.training)
         S = k.shape[2]
         mask, is_causal = None, self.causal and T > 1
         if attention_mask is not None:
@@ -219,7 +220,13 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
                                            **grouped)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, self.q_size)  # (B, T, nh * hd)
-        return self.resid_dropout(self.out_proj(y))
+        return dropout_(self.out_proj(y), self.dropout, self.training)
+
+
+def dropout_(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, not called at all when it would do nothing (evaluation, or p = 0): a decoding step of a
+    small model is made of a few hundred small calls, each of which costs a few microseconds."""
+    return F.dropout(x, p, training=True) if training and p > 0 else x
 
 
 # -- feed-forward ----------------------------------------------------------------------------------
@@ -232,10 +239,10 @@ class SwiGLU(nn.Module):
         self.gate = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
         self.up = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
         self.down = nn.Linear(config.ffn_dim, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))  # (B, T, C)
+        return dropout_(self.down(F.silu(self.gate(x)) * self.up(x)), self.dropout, self.training)  # (B, T, C)
 
 
 class GeluMLP(nn.Module):
@@ -245,11 +252,12 @@ class GeluMLP(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
         self.down = nn.Linear(config.ffn_dim, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
         self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x), approximate=self.approximate)))  # (B, T, C)
+        hidden = F.gelu(self.up(x), approximate=self.approximate)
+        return dropout_(self.down(hidden), self.dropout, self.training)  # (B, T, C)
 
 
 FEED_FORWARD: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP, "gelu_tanh": GeluMLP}
@@ -296,7 +304,7 @@ class Embeddings(nn.Module):
         self.pos_emb = nn.Embedding(config.block_size, config.d_model) if config.positions == "learned" else None
         self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         self.norm = make_norm(config, config.d_model) if config.post_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
                 token_types: torch.Tensor | None = None) -> torch.Tensor:
@@ -311,7 +319,7 @@ class Embeddings(nn.Module):
                 x = x + self.type_emb(token_types)
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)  # (B, T, C)
+        return dropout_(x, self.dropout, self.training)  # (B, T, C)
 
 
 # -- initialization --------------------------------------------------------------------------------

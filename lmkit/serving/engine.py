@@ -11,6 +11,7 @@ one at a time between batches. The HTTP layer (app.py) never touches the model.
 from __future__ import annotations
 
 import asyncio
+import math
 import dataclasses
 import queue
 import threading
@@ -26,7 +27,7 @@ from lmkit.generation.classify import classify
 from lmkit.generation.decode import STOP_CONTEXT, STOP_EOS, STOP_LENGTH
 from lmkit.generation.fill_mask import fill_mask
 from lmkit.generation.generator import Generator
-from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, load_model
+from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, compile_choice, load_model
 from lmkit.generation.sampling import prompt_key, row_generators
 from lmkit.generation.settings import SamplingSettings
 from lmkit.tokenizer import Tokenizer
@@ -81,12 +82,16 @@ class Engine:
     """A checkpoint behind a job queue and one worker thread."""
 
     def __init__(self, checkpoint: Checkpoint, device: str = "cpu", precision: str = "fp32", *,
-                 max_batch: int = 32, batch_wait: float = 0.005, max_queue: int = 256):
+                 max_batch: int = 32, batch_wait: float = 0.005, max_queue: int = 256, compile: bool | None = None):
+        """``compile``: True, False, or None (auto: a text model is compiled where torch can; a server's job
+        has no end, so the compile always pays)."""
         self.checkpoint, self.mode = checkpoint, checkpoint_mode(checkpoint)
         self.tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
         self.max_batch, self.batch_wait, self.max_queue = max_batch, batch_wait, max_queue
+        self.compiled = self.mode == TEXT and compile_choice(compile, checkpoint, device, None, math.inf)
         if self.mode == TEXT:
-            self.generator = Generator(checkpoint, device, precision, batch_size=max_batch, truncate="error")
+            self.generator = Generator(checkpoint, device, precision, batch_size=max_batch, truncate="error",
+                                       compile=self.compiled)
             self.model = self.generator.model
         else:
             self.generator = None
@@ -102,6 +107,15 @@ class Engine:
 
     def start(self) -> None:
         self._thread.start()
+
+    def warm_up(self) -> None:
+        """Decode two small batches of different shapes before the first request: a compiled model then does
+        its compiles, and the recompile that makes batch, prompt width and cache length symbolic, now."""
+        settings = SamplingSettings(max_new_tokens=3, temperature=0)
+        start = self.generator.start
+        for batch in ([[start, 7]], [[start, 7, 8, 9], [start, 8]]):
+            self.generator.generate_encoded(batch, settings, row_generators(0, [(0, i) for i in range(len(batch))]),
+                                            None)
 
     def stop(self) -> None:
         self._stop.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,12 @@ def serve(config: ServeConfig) -> Stopped:
 
     checkpoint = read_checkpoint(config.checkpoint)
     engine = Engine(checkpoint, config.device, config.precision, max_batch=config.max_batch,
-                    batch_wait=parse_duration(config.batch_wait), max_queue=config.max_queue)
+                    batch_wait=parse_duration(config.batch_wait), max_queue=config.max_queue, compile=config.compile)
+    if engine.compiled:
+        started = time.monotonic()
+        reporter.info("torch.compile: compiling the model before serving (--no-compile to skip)")
+        engine.warm_up()
+        reporter.info(f"compiled in {time.monotonic() - started:.1f} s")
     path = Path(config.checkpoint).resolve()
     name = config.model_name or (path.parent.name if path.name == "final" else path.name)
     options = ServeOptions(model_name=name, api_key=config.api_key or os.environ.get("LMKIT_API_KEY") or None,

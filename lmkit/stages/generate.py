@@ -23,7 +23,7 @@ from lmkit.errors import UserError
 from lmkit.generation.classify import classify
 from lmkit.generation.fill_mask import fill_mask
 from lmkit.generation.generator import Generator
-from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, load_model
+from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, compile_choice, load_model
 from lmkit.progress import reporter
 from lmkit.stages.generate_config import FILL_MASK_FLAGS, TEXT_FLAGS, GenerateConfig
 from lmkit.tokenizer import Tokenizer
@@ -146,13 +146,18 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 class Session:
     """A checkpoint's model loaded once, answering batches of texts (the interactive loop reuses it)."""
 
-    def __init__(self, config: GenerateConfig, checkpoint: Checkpoint):
+    def __init__(self, config: GenerateConfig, checkpoint: Checkpoint, new_tokens: int = 0):
+        """``new_tokens``: the job's size (prompts x samples x --max-new-tokens; 0: unknown, interactive), which
+        --compile auto weighs."""
         self.config, self.checkpoint = config, checkpoint
         self.mode = checkpoint_mode(checkpoint)
         quantize = None if config.quantize == "none" else config.quantize
         if self.mode == TEXT:
+            compiled = compile_choice(config.compile, checkpoint, config.device, quantize, new_tokens)
+            if compiled:
+                reporter.info("torch.compile: the first tokens compile the model (seconds; cached for next time)")
             self.generator = Generator(checkpoint, config.device, config.precision, quantize,
-                                       batch_size=config.batch_size, truncate=config.truncate)
+                                       batch_size=config.batch_size, truncate=config.truncate, compile=compiled)
         else:
             self.tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
             self.model = load_model(checkpoint, config.device, config.precision, quantize)
@@ -184,8 +189,9 @@ class Session:
         return records
 
 
-def open_session(config: GenerateConfig, checkpoint: Checkpoint | None = None) -> Session:
-    """Load the checkpoint's model (``checkpoint``: already read); flags it ignores are reported."""
+def open_session(config: GenerateConfig, checkpoint: Checkpoint | None = None, new_tokens: int = 0) -> Session:
+    """Load the checkpoint's model (``checkpoint``: already read) for a job of ``new_tokens`` (0: unknown);
+    flags it ignores are reported."""
     if config.threads:
         torch.set_num_threads(config.threads)
     checkpoint = checkpoint or read_checkpoint(config.checkpoint)
@@ -194,7 +200,7 @@ def open_session(config: GenerateConfig, checkpoint: Checkpoint | None = None) -
     ignored = config.changed_flags(unread)
     if ignored:
         reporter.warn(f"{', '.join(ignored)}: no effect on a {mode} checkpoint ({checkpoint.path})")
-    return Session(config, checkpoint)
+    return Session(config, checkpoint, new_tokens)
 
 
 def run(config: GenerateConfig, stream: Callable[[str], None] | None = None) -> GenerateResult:
@@ -204,7 +210,7 @@ def run(config: GenerateConfig, stream: Callable[[str], None] | None = None) -> 
     mode = checkpoint_mode(checkpoint)
     output = check_output(config)
     inputs = read_inputs(config, mode)  # every input checked before the model loads
-    session = open_session(config, checkpoint)
+    session = open_session(config, checkpoint, len(inputs.texts) * config.num_samples * config.max_new_tokens)
     streaming = (stream is not None and mode == TEXT and len(inputs.texts) == 1 and config.num_samples == 1
                  and output is None and not inputs.jsonl)
     if streaming and config.echo:

@@ -16,10 +16,14 @@ from lmkit.models.config import ModelConfig
 
 
 class UniformBytes(nn.Module):
-    """A byte-level model that predicts every next byte with probability 1/256."""
+    """A byte-level model that predicts every next byte with probability 1/256 (a causal model's encode and
+    lm_head, which scoring reads)."""
 
-    def forward(self, idx, targets=None):
-        return torch.zeros(*idx.shape, 256), None
+    def encode(self, idx):
+        return torch.zeros(*idx.shape, 1)
+
+    def lm_head(self, hidden):
+        return torch.zeros(*hidden.shape[:-1], 256)
 
 
 def inference(model, batch_size=4):

@@ -26,12 +26,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, checkpoint, *args, env=None, quiet=False):
+    def __init__(self, checkpoint, *args, env=None, quiet=False, compile=False):
+        """``compile``: the default start-up compile is left out, except where a test is about it."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lmkit", *(["--quiet"] if quiet else []), "serve", str(checkpoint), "--port",
-             str(self.port), *args],
+             str(self.port), "--compile" if compile else "--no-compile", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "NO_COLOR": "1", **(env or {})})
         deadline = time.monotonic() + 90
@@ -88,6 +89,20 @@ def test_completions_through_the_openai_client_equal_lmkit_generate(text_server,
     assert answer.choices[0].text + "\n" == expected  # generate ends its output with a newline
     assert answer.usage.completion_tokens <= 12 and answer.usage.prompt_tokens > 0
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+
+@pytest.mark.slow
+def test_a_compiled_server_answers_as_the_eager_one(text_server, gpt):
+    # The start-up compile (the default where torch can compile) decodes the same greedy tokens.
+    compiled = Server(gpt, "--max-tokens", "64", compile=True)
+    try:
+        for prompt in ("The for statement", ["Classes are", "A module is a file"]):
+            ours = compiled.client().completions.create(model="run", prompt=prompt, max_tokens=16, temperature=0)
+            eager = text_server.client().completions.create(model="run", prompt=prompt, max_tokens=16, temperature=0)
+            assert [c.text for c in ours.choices] == [c.text for c in eager.choices]
+    finally:
+        returncode, err = compiled.stop()
+    assert "compiling the model before serving" in err and "compiled in" in err
 
 
 def test_seeds_reproduce_n_samples_and_streaming(text_server):
