@@ -36,12 +36,15 @@ demo: setup
 		--max-new-tokens 40 --stop "\n" --echo
 	@echo "pictures: $(DEMO_DIR)/curves.png, $(DEMO_DIR)/attention/attention.html, $(DEMO_DIR)/reports/bert-classifier/confusion.png"
 
+# NANOGPT=path/to/nanoGPT/model.py (a clone of karpathy/nanoGPT) compares pretraining with nanoGPT itself;
+# without it, with the nanoGPT-shaped baseline in benchmarks/pretrain.py. The last lines are the three ratios.
 bench: setup
 	$(BIN)/python benchmarks/preprocess.py
-	$(BIN)/python benchmarks/pretrain.py
+	$(BIN)/python benchmarks/pretrain.py $(if $(NANOGPT),--nanogpt $(NANOGPT))
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/finetune.py --work $(DEMO_DIR)
 	$(BIN)/python benchmarks/serve.py --checkpoint $(DEMO_DIR)/gpt/final
+	$(BIN)/python benchmarks/summary.py
 
 clean:
 	rm -rf $(DEMO_DIR) benchmarks/out .pytest_cache

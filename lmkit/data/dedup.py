@@ -112,13 +112,12 @@ def _word_hashes(text: str) -> np.ndarray:
     words = split_words(lowered)
     if len(_word_cache) > 1_000_000:  # bound the cache on huge vocabularies
         _word_cache.clear()
-    cache = _word_cache
-    hashes = []
-    for word in words:
-        value = cache.get(word)
-        if value is None:
-            value = cache[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
-        hashes.append(value)
+    hashes = list(map(_word_cache.get, words))  # C-level passes; words not seen before are hashed below
+    if None in hashes:
+        for index, value in enumerate(hashes):
+            if value is None:
+                word = words[index]
+                hashes[index] = _word_cache[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
     return np.array(hashes, dtype=np.uint64)
 
 
@@ -153,8 +152,10 @@ def minhash_signature(
     hashes = _shingle_hashes(text, shingle_size, seed)
     chunk = max(1, _CHUNK_VALUES // num_perm)  # bounds memory on very long documents
     for start in range(0, len(hashes), chunk):
-        permuted = (a * hashes[None, start:start + chunk] + b) >> np.uint64(32)  # (num_perm, chunk)
-        np.minimum(signature, permuted.min(axis=1), out=signature)
+        permuted = a * hashes[None, start:start + chunk]  # (num_perm, chunk)
+        permuted += b
+        # The shift is monotonic, so it commutes with the minimum: one pass over num_perm values, not chunk.
+        np.minimum(signature, permuted.min(axis=1) >> np.uint64(32), out=signature)
     return signature
 
 

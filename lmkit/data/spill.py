@@ -64,7 +64,9 @@ class Spill:
         self._writer.close()
 
     def rows(self) -> Iterator[tuple[str, str | None, bytes]]:
-        with pa.memory_map(str(self.path), "r") as source:
+        # Read, not memory-mapped: every mapped page read would stay in this process's resident memory,
+        # which then grew with the corpus (the tokenizer's sample and the shuffle scan the whole spill).
+        with pa.OSFile(str(self.path), "rb") as source:
             for batch in pa.ipc.open_stream(source):
                 yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
                                batch.column("digest").to_pylist())

@@ -190,8 +190,11 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     workers = config.workers or available_cores()
     spill_dir = tmp / _SPILL_DIR
     spill_dir.mkdir()
+    phases = {}  # seconds per phase, for the stats (where the time goes)
+    started = time.monotonic()
     counts, dropped, label_counts, spills = _pass_one(config, all_inputs, input_files, spill_dir, workers,
                                                       stdin_reader)
+    phases["read_clean_filter_dedup"] = round(time.monotonic() - started, 3)
     if stdin_reader is not None:  # read to the end now: it has a hash, and lineage like any file
         position = [path for path, _ in all_inputs].index("-")
         input_files.insert(position, {"path": "-", "size": stdin_reader.size,
@@ -220,14 +223,18 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
         tokenizer_id = parent_tokenizer.id
         tokenizer_stats = parent_tokenizer.stats
     else:
+        started = time.monotonic()
         tokenizer_id, tokenizer_stats = _train_tokenizer(config, tokenizer_dir, spills["train"], input_files,
                                                          identity)
+        phases["train_tokenizer"] = round(time.monotonic() - started, 3)
     vocab_size = load_tokenizer(tokenizer_dir).vocab_size  # the model, not what a manifest says
     token_type = token_dtype_name(vocab_size)
     label_names = _label_names(sum(label_counts.values(), Counter())) if config.label_field else None
 
+    started = time.monotonic()
     split_stats = _pass_two(config, tmp, spills, tokenizer_dir, token_type, label_names, workers)
     shutil.rmtree(spill_dir)
+    phases["tokenize_write"] = round(time.monotonic() - started, 3)
 
     total_tokens = sum(s["tokens"] for s in split_stats.values())
     total_bytes = sum(s["bytes"] for s in split_stats.values())
@@ -245,6 +252,7 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
         "token_type": token_type,
         "tokenizer": tokenizer_stats,
         "_tokenizer_id": tokenizer_id,
+        "phase_seconds": phases,
     }
     if label_names is not None:
         stats["labels"] = {"names": label_names,

@@ -178,3 +178,21 @@ def test_bad_thresholds_reported_together():
     with pytest.raises(ConfigError) as raised:
         FilterThresholds(max_chars=5, min_alpha_word_fraction=1.5)
     assert len(raised.value.problems) == 2
+
+
+# The fast paths for text without CJK (str.split, one regex pass for letterless words) against the
+# general definitions: the regex's words and a letter search per word.
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_MIXED = st.text(alphabet=st.sampled_from(list("ab Z9_-.#…é\u0301ß \t\n\u00a0\u2003\x1c東京ｱ한1٣")), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MIXED)
+def test_words_and_letterless_words_match_their_definitions(text):
+    words = filters._WORD.findall(text)
+    assert filters.split_words(text) == words
+    alphabetic = sum(1 for word in words if filters._has_letter(word))
+    thresholds = FilterThresholds(min_alpha_word_fraction=0.5)
+    expected = not words or alphabetic / len(words) >= 0.5
+    assert filters._mostly_alphabetic(text, thresholds) is expected

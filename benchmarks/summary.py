@@ -1,0 +1,61 @@
+"""The three speed ratios of issue 15, read from the benchmarks' last results (benchmarks/out/*.json).
+
+    python benchmarks/summary.py      # after benchmarks/{preprocess,pretrain,generate}.py (make bench runs all)
+
+Pretraining: lmkit's tokens/s over nanoGPT's (or over the nanoGPT-shaped baseline when nanoGPT was not
+given), in the precision --precision auto picks. Generation: lmkit's tokens/s over transformers' generate,
+at batch 1 and 8, eager and compiled, and the share of the memory-bandwidth bound at batch 1.
+Preprocessing: lmkit preprocess with 2 workers over 2 x one-core SentencePiece encoding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def lines(results: dict[str, dict | None]) -> list[str]:
+    rows = []
+    pretrain = results.get("pretrain")
+    if pretrain and "aim" in pretrain:
+        aim = pretrain["aim"]
+        rows.append(f"pretrain: lmkit / {aim['reference']} = {aim['ratio']:.2f}x tokens/s in {aim['precision']} "
+                    f"(aim >= {aim['aim']}x: {'met' if aim['met'] else 'not met'})")
+    else:
+        rows.append("pretrain: no results (python benchmarks/pretrain.py)")
+    generate = results.get("generate")
+    if generate:
+        ratios = ", ".join(f"{name} {value:.2f}x" for name, value in generate["ratios"].items())
+        share = generate["bound_share_batch1"]
+        rows.append(f"generate: lmkit / transformers: {ratios} (aim >= 1.5x); batch 1 at "
+                    f"{share['lmkit']:.0%} (eager) and {share['lmkit compiled']:.0%} (compiled) of the bandwidth "
+                    "bound (aim >= 60%)")
+    else:
+        rows.append("generate: no results (python benchmarks/generate.py)")
+    preprocess = results.get("preprocess")
+    if preprocess:
+        runs = preprocess["lmkit"]
+        two = runs["2"]
+        rows.append(f"preprocess: 2 workers / (2 x sentencepiece encode) = {two['ratio_to_ceiling']:.2f} (aim >= "
+                    f"0.9; the tokenizing pass alone {two['tokenizing_pass_ratio']:.2f}"
+                    + "".join(f"; {name}: {run['ratio_to_ceiling']:.2f}" for name, run in runs.items()
+                              if not name.isdigit())
+                    + ")" + (f"; peak RSS x{preprocess['double']['rss_growth']:.2f} when the corpus doubles"
+                             if "double" in preprocess else ""))
+    else:
+        rows.append("preprocess: no results (python benchmarks/preprocess.py)")
+    return rows
+
+
+def main() -> None:
+    results = {}
+    for name in ("pretrain", "generate", "preprocess"):
+        path = OUT / f"{name}.json"
+        results[name] = json.loads(path.read_text()) if path.exists() else None
+    print("\n".join(lines(results)))
+
+
+if __name__ == "__main__":
+    main()
