@@ -177,7 +177,8 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
         eval_every=options.eval_every, eval_batches=options.eval_batches, patience=options.patience,
         checkpoint_every=options.checkpoint_every, log_every=options.log_every, precision=session.precision,
         compile=compiled, flops_per_token=flops, sharded=plan.sharded,
-        peak_flops=options.peak_tflops * 1e12 or peak_flops(env.device, session.precision),
+        # Rank 0 logs MFU; the probe runs there alone (ranks measuring at once would share the cores).
+        peak_flops=options.peak_tflops * 1e12 or (peak_flops(env.device, session.precision) if env.is_main else 0.0),
         metric=plan.metric, maximize=plan.metric not in ("val_loss", "val_ppl", "val_bpb"),
         eval_at_end=plan.eval_at_end)
     session.state = fit(model, objective, session.optimizers, settings, layout, env, plan.run_dir, session.state, save,
