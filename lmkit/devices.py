@@ -5,9 +5,12 @@ FLOP/s, for MFU. (Training stages pick their device from the process layout: see
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import shutil
+import sysconfig
 import time
 from pathlib import Path
 
@@ -50,7 +53,8 @@ def can_compile(device: torch.device) -> bool:
             return False
         return True
     compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-    return any(name and shutil.which(name) for name in compilers)
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"  # inductor's C++ wrapper includes it
+    return headers.exists() and any(name and shutil.which(name) for name in compilers)
 
 
 # Dense bf16 tensor-core peaks from the datasheets (TFLOP/s), the convention MFU is quoted in (PaLM, nanoGPT).
@@ -65,7 +69,7 @@ def peak_flops(device: torch.device, precision: str) -> float:
     if device.type == "cuda" and precision == "bf16":
         name = torch.cuda.get_device_name(device)
         for key, tflops in _DATASHEET_BF16_TFLOPS.items():
-            if key in name:
+            if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name):  # "L4" is not "L40S", "A100" not "A1000"
                 return tflops * 1e12
     key = "|".join([_processor_name(device), str(torch.get_num_threads()), torch.__version__, precision])
     path = cache_dir() / "peak-flops.json"
@@ -73,8 +77,9 @@ def peak_flops(device: torch.device, precision: str) -> float:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), (int, float)):
-        return float(known[key])
+    cached = known.get(key) if isinstance(known, dict) else None
+    if isinstance(cached, (int, float)) and not isinstance(cached, bool) and math.isfinite(cached) and cached > 0:
+        return float(cached)
     measured = _matmul_probe(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     known = known if isinstance(known, dict) else {}
     known[key] = measured

@@ -73,3 +73,38 @@ def test_compile_auto_needs_a_compiler(monkeypatch):
     monkeypatch.setattr("lmkit.training.run.can_compile", devices.can_compile)
     compiled, why = compile_choice(options(), plan(), 5000, torch.device("cpu"))
     assert not compiled and "C++ compiler" in why
+
+
+@pytest.mark.parametrize("name, tflops", [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA A100-SXM4-80GB", 312.0),
+                                          ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.1), ("NVIDIA L40", None),
+                                          ("NVIDIA RTX A1000", None)])
+def test_gpu_peaks_come_from_the_datasheet_by_whole_name(name, tflops, monkeypatch, tmp_path):
+    monkeypatch.setenv("LMKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(devices, "_matmul_probe", lambda device, dtype: 7e13)  # an unknown GPU is measured
+    assert devices.peak_flops(torch.device("cuda"), "bf16") == (tflops * 1e12 if tflops else 7e13)
+
+
+def test_compiling_needs_pythons_headers_too(monkeypatch, tmp_path):
+    monkeypatch.setattr(devices.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})  # no Python.h there
+    assert not devices.can_compile(torch.device("cpu"))
+
+
+def test_a_long_token_bounded_run_is_compiled(dataset, tmp_path, monkeypatch):
+    from lmkit.config import resolve
+    from lmkit.stages import pretrain
+    from lmkit.stages.pretrain_config import PretrainConfig
+
+    class Seen(Exception):
+        pass
+
+    def fit(model, objective, optimizers, settings, *args, **kwargs):
+        raise Seen(settings.compile)
+
+    monkeypatch.setattr("lmkit.training.run.fit", fit)
+    monkeypatch.setattr("lmkit.training.run.can_compile", lambda device: True)
+    config = resolve(PretrainConfig, {}, {"dataset": str(dataset), "out": str(tmp_path / "run"), "seq_len": 16,
+                                          "micro_batch": 2, "max_tokens": 16 * 2 * 600, "precision": "fp32"})
+    with pytest.raises(Seen) as seen:
+        pretrain.run(config)
+    assert seen.value.args == (True,)  # 600 steps' worth of tokens: long enough

@@ -31,7 +31,7 @@ def checkpoint_mode(checkpoint: Checkpoint) -> str:
 
 
 # --compile auto for a generation job: this many new tokens pay for a cold compile. Measured on 2 CPU cores
-# (gpt-small, fp32): the compile costs 12-15 s cold and 2-3 s warm, and saves 0.9 ms a token at batch 1 and
+# (gpt-small, fp32): the compile costs up to 15 s cold and 3 s warm, and saves 0.9 ms a token at batch 1 and
 # 0.2 ms a token at batch 8 (break-even at 15,000 and 70,000 tokens from a cold cache).
 COMPILE_AUTO_TOKENS = 50_000
 

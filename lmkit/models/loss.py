@@ -47,11 +47,32 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
         hidden, targets = hidden[chosen], targets[chosen]
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):  # validation: the loss alone
+        with torch.autocast(device, enabled=False):
+            return _summed_loss(hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                                targets) / max(len(targets), 1)
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype)
 
 
+def _chunk_rows(vocab: int, device: torch.device) -> int:
+    return max(1, _CHUNK_BYTES.get(device.type, _DEFAULT_CHUNK_BYTES) // (4 * vocab))
+
+
+def _summed_loss(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+    """The summed cross entropy, a chunk of rows at a time, with no gradient kept."""
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    chunk = _chunk_rows(w.shape[0], h.device)
+    for start in range(0, h.shape[0], chunk):
+        rows, t = h[start:start + chunk], targets[start:start + chunk]
+        logits = (rows @ w.t() if b is None else torch.addmm(b, rows, w.t())).float()  # (c, V)
+        total += (torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None]).squeeze(1)).sum()
+    return total
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross entropy of ``hidden @ weight.T + bias`` against ``targets`` (every row has one).
+    """Mean cross entropy of ``hidden @ weight.T + bias`` against ``targets`` (every row has one), when a
+    gradient is wanted (``linear_cross_entropy`` computes the loss alone otherwise).
 
     The gradients are computed in the forward pass, where the softmax is at hand (the loss is the graph's
     last node, so nothing is wasted); backward scales them by the incoming gradient.
@@ -66,13 +87,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ctx.save_for_backward(hidden, weight, bias)
             return hidden.new_zeros((), dtype=torch.float32)
         ctx.empty = False
-        wants_grad = any(ctx.needs_input_grad[:3])
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
-            chunk = max(1, _CHUNK_BYTES.get(hidden.device.type, _DEFAULT_CHUNK_BYTES) // (4 * vocab))
+            chunk = _chunk_rows(vocab, h.device)
             # d(mean loss)/d(logits), in the compute dtype: the backward matmuls then run once over all rows.
-            grad_logits = torch.empty(n_rows, vocab, dtype=dtype, device=h.device) if wants_grad else None
+            grad_logits = torch.empty(n_rows, vocab, dtype=dtype, device=h.device)
             total = torch.zeros((), dtype=torch.float32, device=h.device)
             for start in range(0, n_rows, chunk):
                 rows, t = h[start:start + chunk], targets[start:start + chunk]
@@ -80,15 +100,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 x = logits.float()  # a copy under autocast; in place below either way
                 lse = torch.logsumexp(x, dim=-1)  # (c,)
                 total += (lse - x.gather(1, t[:, None]).squeeze(1)).sum()
-                if grad_logits is not None:  # (softmax - one-hot) / rows
-                    probs = x.sub_(lse[:, None]).exp_()
-                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
-                    grad_logits[start:start + chunk] = probs.mul_(1.0 / n_rows)
-            if grad_logits is not None:
-                grad_hidden = (grad_logits @ w).to(hidden.dtype) if ctx.needs_input_grad[0] else None
-                grad_weight = (grad_logits.t() @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None
-                grad_bias = grad_logits.float().sum(0).to(bias.dtype) if ctx.needs_input_grad[2] else None
-                ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+                probs = x.sub_(lse[:, None]).exp_()  # (softmax - one-hot) / rows
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                grad_logits[start:start + chunk] = probs.mul_(1.0 / n_rows)
+            grad_hidden = (grad_logits @ w).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+            grad_weight = (grad_logits.t() @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None
+            grad_bias = grad_logits.float().sum(0).to(bias.dtype) if ctx.needs_input_grad[2] else None
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return total / n_rows
 
     @staticmethod

@@ -24,7 +24,7 @@ import torch
 from lmkit.errors import UserError
 from lmkit.evaluation.scoring import token_logprobs
 from lmkit.generation.classify import classify
-from lmkit.generation.decode import STOP_CONTEXT, STOP_EOS, STOP_LENGTH
+from lmkit.generation.decode import STOP_CONTEXT, STOP_EOS, STOP_LENGTH, decode
 from lmkit.generation.fill_mask import fill_mask
 from lmkit.generation.generator import Generator
 from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, compile_choice, load_model
@@ -109,13 +109,15 @@ class Engine:
         self._thread.start()
 
     def warm_up(self) -> None:
-        """Decode two small batches of different shapes before the first request: a compiled model then does
-        its compiles, and the recompile that makes batch, prompt width and cache length symbolic, now."""
+        """Decode small batches of different shapes before the first request (no end-of-text stop, so every
+        step runs): a compiled model then does its compiles, and the recompiles that make the batch, the cache
+        length and the padding symbolic, now rather than in a user's request."""
         settings = SamplingSettings(max_new_tokens=3, temperature=0)
-        start = self.generator.start
-        for batch in ([[start, 7]], [[start, 7, 8, 9], [start, 8]]):
-            self.generator.generate_encoded(batch, settings, row_generators(0, [(0, i) for i in range(len(batch))]),
-                                            None)
+        start, longest = self.generator.start, self.block_size - 1
+        for lengths in ((2,), (2, 2), (3, 2)):  # one row; rows without padding; left-padded rows
+            prompts = [[start] * min(length, longest) for length in lengths]
+            decode(self.generator.model, prompts, settings, row_generators(0, [(0, i) for i in range(len(prompts))]),
+                   eos_id=None, banned=(), encode_step=self.generator.encode_step)
 
     def stop(self) -> None:
         self._stop.set()

@@ -29,8 +29,8 @@ OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("auto", "cosine", "linear", "constant", "wsd")
 PRECISIONS = ("auto", "bf16", "fp32")
 # --compile auto: a run this long pays for its compile even from a cold cache. Measured on 2 CPU cores
-# (see the issue note): gpt-small's compile costs 35 s cold and 3 s warm and saves 0.22 s a step (break-even
-# at 150 steps cold, 15 warm); gpt-tiny's costs 10 s cold and saves 18 ms a step (550 cold, 130 warm).
+# (benchmarks/pretrain.py): gpt-small's compile costs 27 s cold and 3.5 s warm and saves 144 ms a step
+# (break-even at 181 steps cold, 21 warm); gpt-tiny's costs 10 s cold and saves 18 ms a step (550 cold, 130 warm).
 COMPILE_AUTO_STEPS = 500
 COMPILE_AUTO_MINUTES = 10
 
@@ -76,9 +76,11 @@ class TrainingOptions:
                             choices=PRECISIONS, section=OPTIMIZATION)
     compile: bool | None = option(None, "Compile the model with torch.compile: faster steps after a one-time "
                                   "compile (10-60 s, cached by torch for later runs of the same shapes). Unset: "
-                                  f"auto, on for runs of {COMPILE_AUTO_STEPS}+ steps or {COMPILE_AUTO_MINUTES}+ "
-                                  "minutes of an objective whose batches keep one shape (clm, mlm), where torch "
-                                  "can compile (a C++ compiler on CPU, Triton on CUDA).", section=OPTIMIZATION)
+                                  f"auto, on for runs of {COMPILE_AUTO_STEPS}+ steps (--max-steps or --max-tokens) "
+                                  f"or {COMPILE_AUTO_MINUTES}+ minutes of an objective whose batches keep one shape "
+                                  "(clm, mlm), not for LSTMs or --shard, where torch can compile (a C++ compiler "
+                                  "and Python's headers on CPU, Triton on CUDA).", affects_output=False,
+                                  section=OPTIMIZATION)
     seed: int = option(0, "Seed of initialization, data order, masking and augmentation.", section=OPTIMIZATION)
     # -- masked LM ---------------------------------------------------------------------------------
     mask_prob: float = option(0.15, "mlm: share of tokens chosen for prediction.", section=MASKING)

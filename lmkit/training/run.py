@@ -151,7 +151,7 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     length = f"{max_steps:,} steps" if max_steps else (
         f"{schedule_steps:,} steps (--max-tokens)" if options.max_tokens else f"{options.max_time} (--max-time)")
     trainable = f" ({n_trainable:,} trainable, {n_trainable / n_params:.1%})" if n_trainable != n_params else ""
-    compiled, why = compile_choice(options, plan, max_steps, env.device)
+    compiled, why = compile_choice(options, plan, schedule_steps, env.device)
     reporter.info(f"{plan.label}: {plan.model_config.arch}, {n_params:,} parameters{trainable}, "
                   f"{flops / 1e6:,.1f} MFLOPs per token; objective {plan.spec.name}, {session.precision}, "
                   f"{'compiled' if compiled else 'eager'} ({why}); "
@@ -188,16 +188,17 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     return artifacts.load(final)
 
 
-def compile_choice(options: TrainingOptions, plan: TrainingPlan, max_steps: int, device: torch.device
+def compile_choice(options: TrainingOptions, plan: TrainingPlan, steps: int, device: torch.device
                    ) -> tuple[bool, str]:
     """Whether to torch.compile the model, and why (for the run's first line). --compile and --no-compile
-    decide; unset, a run compiles when the compile pays (options.COMPILE_AUTO_STEPS) and can work: batches of
+    decide; unset, a run compiles when the compile pays (options.COMPILE_AUTO_STEPS; ``steps``: the run's
+    length in steps from --max-steps or --max-tokens, 0 when only time bounds it) and can work: batches of
     one shape (else each new shape compiles again), one process or DDP, an LSTM excluded (its recurrence is
     one fused kernel already), and a compiler present."""
     if options.compile is not None:
         return options.compile, "--compile" if options.compile else "--no-compile"
     minutes = options.max_seconds / 60
-    long_enough = max_steps >= COMPILE_AUTO_STEPS or (not max_steps and minutes >= COMPILE_AUTO_MINUTES)
+    long_enough = steps >= COMPILE_AUTO_STEPS or (not steps and minutes >= COMPILE_AUTO_MINUTES)
     if not long_enough:
         return False, f"auto: shorter than {COMPILE_AUTO_STEPS} steps or {COMPILE_AUTO_MINUTES} minutes"
     if not plan.spec.fixed_shapes or plan.model_config.arch == "lstm" or plan.sharded:
