@@ -30,8 +30,16 @@ def _metrics_table(result: EvaluationResult) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    baseline = report.get("baseline")
+    if baseline:  # the model's metrics beside the baseline's, and the difference
+        table.add_column("baseline", justify="right")
+        table.add_column("difference", justify="right")
     for name, value in report["metrics"].items():
-        table.add_row(name, _number(value))
+        if baseline and name in baseline["difference"]:
+            table.add_row(name, _number(value), _number(baseline["metrics"][name]),
+                          f"{baseline['difference'][name]:+.4f}")
+        elif not (baseline and name.startswith("baseline_")):
+            table.add_row(name, _number(value))
     counts = ", ".join(f"{v:,} {k}" for k, v in report.get("counts", {}).items())
     if counts:
         table.add_row("evaluated", counts)

@@ -75,8 +75,19 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- examples: {report['examples']:,}")
     method = ", ".join(f"{k} {v}" for k, v in report["method"].items() if not isinstance(v, dict))
     lines += [f"- method: {method}", ""]
-    lines += ["| metric | value |", "| --- | ---: |"]
-    lines += [f"| {name} | {_number(value)} |" for name, value in report["metrics"].items()]
+    baseline = report.get("baseline")
+    if baseline:
+        lines += ["| metric | model | baseline | difference |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {_number(value)} | {_number(baseline['metrics'][name])} | "
+                  f"{baseline['difference'][name]:+.4f} |" for name, value in report["metrics"].items()
+                  if name in baseline["difference"]]
+        lines += [f"| {name} | {_number(value)} | | |" for name, value in report["metrics"].items()
+                  if name not in baseline["difference"] and not name.startswith("baseline_")]
+        shown = ", ".join(f"{k} {v}" for k, v in baseline["method"].items() if not isinstance(v, dict))
+        lines += ["", f"Baseline: {shown}."]
+    else:
+        lines += ["| metric | value |", "| --- | ---: |"]
+        lines += [f"| {name} | {_number(value)} |" for name, value in report["metrics"].items()]
     speed = report["speed"]
     lines += ["", f"Speed: {speed['tokens_per_s']:,.0f} tokens/s ({speed['tokens']:,} tokens in "
               f"{speed['seconds']:.2f} s of model time, {speed['device']}, {speed['precision']}).", ""]

@@ -22,7 +22,7 @@ from lmkit.data import sources
 from lmkit.data.packing import MaskingSettings
 from lmkit.devices import resolve_device
 from lmkit.errors import UserError
-from lmkit.evaluation import choice, gate, generation_tasks, inputs, report as report_files, tasks
+from lmkit.evaluation import baselines, choice, gate, generation_tasks, inputs, report as report_files, tasks
 from lmkit.evaluation.scoring import Inference
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
@@ -145,6 +145,27 @@ def _data(config: EvaluateConfig, task: str | None, checkpoint: Checkpoint
     return None, None, sources.resolve_inputs(config.data)
 
 
+def _check_baseline(config: EvaluateConfig, task: str | None, objective: str, dataset: artifacts.Artifact | None,
+                    split: str | None, notes: list[str]) -> None:
+    """--baseline needs a task with a baseline and a dataset whose train split it can learn from."""
+    if task not in ("classify", "lm"):
+        raise UserError(f"--baseline: there is a baseline for --task classify and lm, not for "
+                        f"{'harness tasks' if task is None else '--task ' + task}")
+    if task == "lm" and objective == "mlm":
+        raise UserError(f"--baseline: the n-gram baseline compares bits per byte, which a masked LM "
+                        f"({config.checkpoint}) does not report; use it with a causal model or a classifier")
+    if dataset is None:
+        raise UserError("--baseline: trains on the train split of a dataset artifact; DATA here is raw files "
+                        "(preprocess them" + (" with --label-field" if task == "classify" else "")
+                        + " and evaluate the dataset)")
+    if not dataset.stats["splits"].get("train", {}).get("documents"):
+        raise UserError(f"{dataset.path}: --baseline trains on the train split, which is empty")
+    if task == "classify":
+        baselines.require_sklearn()
+    if split == "train":
+        notes.append("the baseline is scored on the split it was trained on (--split train)")
+
+
 def _read_options(config: EvaluateConfig, task: str) -> sources.ReadOptions:
     return sources.ReadOptions(split_by=config.split_by, text_field=config.text_field,
                                text_column=config.text_column,
@@ -155,6 +176,10 @@ def _plan(config: EvaluateConfig) -> _Plan:
     conditions, problems = gate.parse_conditions(config.fail_if)
     if problems:  # (the config already refused these; a Python caller may have bypassed it)
         raise UserError("\n".join(problems))
+    if not config.baseline:
+        for condition in conditions:
+            if any(name.startswith("baseline_") for name in condition.names):
+                raise UserError(f"--fail-if {condition.text!r}: compares with the baseline; add --baseline")
     checkpoint = read_checkpoint(config.checkpoint)
     model_config = checkpoint.model_config
     task = _task(config, checkpoint)
@@ -162,6 +187,8 @@ def _plan(config: EvaluateConfig) -> _Plan:
     notes: list[str] = []
     metrics = _metrics(config, task, objective, notes)
     dataset, split, files = _data(config, task, checkpoint)
+    if config.baseline:
+        _check_baseline(config, task, objective, dataset, split, notes)
     window = config.window or model_config.block_size
     if window > model_config.block_size:
         raise UserError(f"--window {window}: exceeds the model's block size {model_config.block_size}")
@@ -178,7 +205,8 @@ def _plan(config: EvaluateConfig) -> _Plan:
         manager = harness.task_manager(config.harness_include)
         harness.check_tasks(manager, config.harness_tasks, config.harness_include)
     elif conditions:  # the metric names are known now: refuse a misspelled one before any compute
-        gate.check_names(conditions, metrics, f"--task {task}")
+        gate.check_names(conditions, metrics + [f"baseline_{m}" for m in metrics] if config.baseline else metrics,
+                         f"--task {task}" + (" with --baseline" if config.baseline else ""))
     other = report_files.load_report(config.compare) if config.compare else None
 
     input_files = [{**artifacts.describe_file(path), "role": "data"} for path in files if path != "-"]
@@ -252,6 +280,12 @@ def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list
         report.update(outcome.extra)
         predictions = outcome.predictions
         generated_tokens, generation_seconds = outcome.generated_tokens, outcome.generation_seconds
+        if config.baseline:
+            baseline = _baseline(config, plan, tokenizer, loaded, predictions)
+            shared = [name for name in plan.metrics if name in baseline["metrics"] and name in report["metrics"]]
+            report["metrics"].update({f"baseline_{name}": baseline["metrics"][name] for name in shared})
+            baseline["difference"] = {name: report["metrics"][name] - baseline["metrics"][name] for name in shared}
+            report["baseline"] = baseline
     if config.harness_tasks:
         harness_result = _run_harness(config, plan, inference, tokenizer)
         report["metrics"].update(harness_result["metrics"])
@@ -315,6 +349,47 @@ def _run_task(config: EvaluateConfig, plan: _Plan, inference: Inference, tokeniz
                 "prompt": "the checkpoint's SFT template" if checkpoint.template else "after </s>, as is"}
     return tasks.generate(_generator(plan, inference, config.max_new_tokens, stop), tokenizer, loaded,
                           plan.metrics, config.batch_size, settings)
+
+
+def _baseline(config: EvaluateConfig, plan: _Plan, tokenizer: Tokenizer, documents: inputs.Documents,
+              predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The baseline trained on the dataset's train split, scored on the evaluated documents: its method,
+    metrics and difference (model - baseline). A classifier's predictions records gain the baseline's label."""
+    import numpy as np
+
+    train = inputs.from_dataset(plan.dataset, "train")
+    started = time.monotonic()
+    reporter.info(f"baseline: training on {len(train):,} documents of {plan.dataset.path}'s train split")
+    if plan.task == "lm":
+        metrics, method = baselines.ngram_bits_per_byte(train.tokens, documents.tokens, documents.n_bytes,
+                                                        tokenizer.vocab_size)
+    else:
+        from lmkit.data.split import stratified_split
+        from lmkit.evaluation.metrics import classification_metrics
+
+        def texts(docs: inputs.Documents) -> list[str]:
+            return [tokenizer.decode(np.asarray(t).tolist()) for t in docs.tokens]
+
+        train_texts, train_labels = texts(train), np.asarray(train.labels)
+        if plan.dataset.stats["splits"].get("validation", {}).get("documents"):
+            validation = inputs.from_dataset(plan.dataset, "validation")
+            val_texts, val_labels = texts(validation), np.asarray(validation.labels)
+        else:  # as finetuning does: a stratified tenth of train chooses C, then all of train is fitted
+            names = sorted(set(train_labels))
+            keep, held = stratified_split(np.array([names.index(n) for n in train_labels]), 0.1, config.seed)
+            val_texts, val_labels = [train_texts[i] for i in held], train_labels[held]
+            train_texts, train_labels = [train_texts[i] for i in keep], train_labels[keep]
+        fitted = baselines.tfidf_classifier(train_texts, train_labels, val_texts, val_labels, texts(documents))
+        labels = list(plan.checkpoint.labels)
+        labels += sorted(set(fitted.predictions) - set(labels))
+        index = {name: k for k, name in enumerate(labels)}
+        result = classification_metrics(np.array([index[n] for n in documents.labels]),
+                                        np.array([index[n] for n in fitted.predictions]), labels)
+        metrics, method = result["metrics"], fitted.method
+        for record, predicted in zip(predictions, fitted.predictions):
+            record["baseline_predicted"] = str(predicted)
+    method["seconds"] = round(time.monotonic() - started, 3)
+    return {"method": method, "metrics": metrics}
 
 
 def _generator(plan: _Plan, inference: Inference, max_new_tokens: int, stop: tuple[str, ...]):

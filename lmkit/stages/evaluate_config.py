@@ -67,6 +67,11 @@ class EvaluateConfig:
                                          "indexed (their data_files: absolute, or relative to the current "
                                          "directory). Without it, built-in tasks whose data is already cached.",
                                          affects_output=False)  # its files' contents go into the identity
+    baseline: bool = option(False, "Also score a model without a transformer, trained on the dataset's train split, "
+                            "and report it beside the model as baseline_<metric>: classify, TF-IDF (word and "
+                            "character n-grams) + logistic regression (needs lmkit[baselines]); lm, an interpolated "
+                            "Kneser-Ney token trigram (bits per byte). Gate on it with e.g. --fail-if "
+                            "\"accuracy<baseline_accuracy\".")
     # -- how to run, and what to do with the result ------------------------------------------------------
     batch_size: int = option(16, "Sequences per forward pass.", affects_output=False)
     precision: str = option("auto", "bf16 autocast, fp32, or auto (bf16 where the hardware supports it).",
@@ -76,7 +81,8 @@ class EvaluateConfig:
     compare: str | None = option(None, "Another report (directory or report.json): print the metrics' differences.",
                                  affects_output=False)
     fail_if: list[str] = option([], "Exit with code 3 when a condition on the report's metrics holds, e.g. "
-                                "\"accuracy<0.8\" or \"bpb>1.2\" (NAME OP NUMBER, OP one of < <= > >= == !=); "
+                                "\"accuracy<0.8\", \"bpb>1.2\" or \"accuracy<baseline_accuracy\" (NAME OP NUMBER "
+                                "or NAME OP NAME, OP one of < <= > >= == !=); "
                                 "several: comma-separated, joined by 'and', or the flag repeated.",
                                 affects_output=False)
     force: bool = option(False, "Replace a different report already in --out.", affects_output=False)

@@ -104,3 +104,16 @@ def test_harness_through_the_command_line(gpt, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     assert set(report["metrics"]) == {"tiny_choice/acc", "tiny_choice/acc_norm"}
+
+
+def test_baseline_columns_and_a_gate_against_it(gpt, dataset):
+    result = run_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb>baseline_bpb+1")
+    assert result.returncode == 1 and "does not parse" in result.stderr  # arithmetic is not part of the grammar
+    result = run_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb<baseline_bpb")
+    header = next(line for line in result.stdout.splitlines() if "metric" in line)
+    assert "baseline" in header and "difference" in header
+    # A two-step model does not beat a trigram: the gate holds and names both sides.
+    assert result.returncode == 0, result.stderr
+    failing = run_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb>baseline_bpb")
+    assert failing.returncode == 3 and "error: --fail-if 'bpb>baseline_bpb' holds: bpb = " in failing.stderr
+    assert ", baseline_bpb = " in failing.stderr

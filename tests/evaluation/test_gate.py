@@ -22,11 +22,11 @@ def test_conditions_parse(text, name, op, threshold):
 
 
 @pytest.mark.parametrize("text", ["accuracy", "accuracy<", "<0.8", "accuracy<<0.8", "accuracy=0.8", "accuracy<0.8x",
-                                  "0acc<1", "accuracy < high", "accuracy<0.8 or bpb>1"])
+                                  "0acc<1", "accuracy < 0high", "accuracy<0.8 or bpb>1"])
 def test_bad_conditions_are_refused_naming_them(text):
     conditions, problems = parse_conditions([text])
     assert conditions == [] and len(problems) == 1
-    assert problems[0].startswith(f"--fail-if {text.strip()!r}: does not parse; write NAME OP NUMBER")
+    assert problems[0].startswith(f"--fail-if {text.strip()!r}: does not parse; write NAME OP NUMBER or NAME OP NAME")
 
 
 def test_several_conditions_by_comma_and_or_repetition():
@@ -58,3 +58,15 @@ def test_a_metric_the_report_lacks_is_an_error():
 
 def test_gate_failure_has_its_own_exit_code():
     assert GateFailed("x").exit_code == GATE_EXIT_CODE == 3
+
+
+def test_a_condition_may_compare_two_metrics():
+    condition = parse_condition("accuracy < baseline_accuracy")
+    assert (condition.name, condition.op, condition.threshold, condition.other) == (
+        "accuracy", "<", None, "baseline_accuracy")
+    assert failures([condition], {"accuracy": 0.70, "baseline_accuracy": 0.71}) == [
+        "--fail-if 'accuracy < baseline_accuracy' holds: accuracy = 0.7, baseline_accuracy = 0.71"]
+    assert failures([condition], {"accuracy": 0.72, "baseline_accuracy": 0.71}) == []
+    assert failures([condition], {"accuracy": 0.72, "baseline_accuracy": math.nan})  # NaN on either side fails
+    with pytest.raises(UserError, match="the report has no metric 'baseline_accuracy'"):
+        failures([condition], {"accuracy": 0.72})

@@ -352,3 +352,77 @@ def test_library_metrics_need_their_extra(gpt, tmp_path, monkeypatch):
     report = evaluate.run(config(sft, data, max_new_tokens=2)).report
     assert "bleu" not in report["metrics"] and "chrf" in report["metrics"]
     assert "bleu not computed: install lmkit[metrics] for it" in report["notes"]
+
+
+# -- --baseline ---------------------------------------------------------------------------------------------
+KEYWORDS = {"alpha": "orbit rocket", "beta": "bread cheese", "gamma": "court verdict"}
+
+
+@pytest.fixture(scope="module")
+def topical(dataset, tmp_path_factory):
+    """A labeled dataset whose label a word of the text gives away: a linear model on words gets it right."""
+    records = [{"text": f"{text} {KEYWORDS[LABELS[i % 3]]}", "label": LABELS[i % 3]}
+               for i, text in enumerate(paragraphs(150))]
+    return labeled_dataset(dataset / "tokenizer", tmp_path_factory.mktemp("topical"), records)
+
+
+def test_classification_baseline_beside_the_model_and_gated_on(classifier, topical, tmp_path):
+    out = tmp_path / "report"
+    result = evaluate.run(config(classifier, topical, out=str(out), baseline=True,
+                                 fail_if=["accuracy<baseline_accuracy"]))
+    report = result.report
+    m, baseline = report["metrics"], report["baseline"]
+    assert {f"baseline_{name}" for name in ("accuracy", "macro_f1", "mcc")} <= set(m)
+    assert baseline["difference"]["accuracy"] == pytest.approx(m["accuracy"] - m["baseline_accuracy"])
+    assert baseline["method"]["C"] in (1.0, 10.0, 100.0) and baseline["method"]["train_examples"] > 50
+    # The records carry the baseline's label; its accuracy is theirs.
+    predictions = read_jsonl(out / "predictions.jsonl")
+    agree = [p["baseline_predicted"] == p["gold"] for p in predictions]
+    assert m["baseline_accuracy"] == pytest.approx(sum(agree) / len(agree))
+    assert m["baseline_accuracy"] > 0.9  # the keyword decides; the random-headed classifier cannot know it
+    assert result.failures == [f"--fail-if 'accuracy<baseline_accuracy' holds: accuracy = {m['accuracy']:.6g}, "
+                               f"baseline_accuracy = {m['baseline_accuracy']:.6g}"]
+    assert "| accuracy |" in (out / "report.md").read_text() and "Baseline: model TF-IDF" in (out / "report.md").read_text()
+
+
+def test_language_model_baseline_is_a_trigram_on_the_train_split(gpt, dataset):
+    report = evaluate.run(config(gpt, dataset, baseline=True)).report
+    m = report["metrics"]
+    assert set(m) == {"loss", "ppl", "bpb", "baseline_loss", "baseline_ppl", "baseline_bpb"}
+    assert 0 < m["baseline_bpb"] < 8 and m["baseline_ppl"] == pytest.approx(math.exp(m["baseline_loss"]))
+    assert report["baseline"]["difference"]["bpb"] == pytest.approx(m["bpb"] - m["baseline_bpb"])
+    stats = artifacts.load(dataset).stats["splits"]["train"]
+    assert report["baseline"]["method"]["train_documents"] == stats["documents"]
+
+
+def test_baseline_refusals_before_any_compute(gpt, bert, classifier, dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "_evaluate", lambda *a: pytest.fail("computed before refusing"))
+    with pytest.raises(UserError, match=r"--baseline: the n-gram baseline compares bits per byte, which a masked LM"):
+        evaluate.run(config(bert, dataset, baseline=True))
+    text = tmp_path / "eval.txt"
+    text.write_text("a paragraph of text to score\n")
+    with pytest.raises(UserError, match="--baseline: trains on the train split of a dataset artifact; DATA here is "
+                                        "raw files"):
+        evaluate.run(config(gpt, text, baseline=True))
+    with pytest.raises(UserError, match=r"--fail-if 'accuracy<baseline_accuracy': compares with the baseline; add "
+                                        r"--baseline"):
+        evaluate.run(config(classifier, dataset, fail_if=["accuracy<baseline_accuracy"]))
+    with pytest.raises(UserError, match=r"--fail-if 'bpb>baseline_accuracy': --task lm with --baseline has no "
+                                        r"metric 'baseline_accuracy'"):
+        evaluate.run(config(gpt, dataset, baseline=True, fail_if=["bpb>baseline_accuracy"]))
+
+
+def test_classification_baseline_names_its_extra(classifier, topical, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name == "sklearn" or name.startswith("sklearn."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(UserError, match=r"--baseline: the classification baseline needs scikit-learn; install "
+                                        r"lmkit\[baselines\]"):
+        evaluate.run(config(classifier, topical, baseline=True))
