@@ -23,9 +23,9 @@ other documents, an unlabeled set for self-supervised pretraining:
   a member of the genus Canis..."); the unlabeled set is every other synset, nouns, verbs, adjectives
   and adverbs alike.
 
-Man pages by section were the other candidate (too few pages in Debian's ``manpages``, and a section
-is a kind of document rather than a topic), and Python's library reference (``python3-doc``) was left
-out as too close to the demo corpus, which is made of Python's docstrings.
+Man pages by section were the other candidate (Debian's ``manpages`` and ``manpages-dev`` are nearly all
+sections 2, 3 and 7, and a section is a kind of document rather than a topic), and Python's library
+reference (``python3-doc``) was left out as too close to the demo corpus, made of Python's docstrings.
 
 Each corpus is deduplicated (by lowercased words), restricted to 40-1,500 characters per labeled text,
 capped per class at MAX_PER_CLASS and at 3x the smallest class, sampled and shuffled with a fixed seed:
@@ -47,8 +47,10 @@ import os
 import random
 import re
 import subprocess
+import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 SEED = 1234
 MIN_CHARS, MAX_CHARS = 40, 1500
@@ -69,7 +71,7 @@ WORDNET_CLASSES = ["act", "animal", "artifact", "body", "cognition", "communicat
                    "substance"]
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     sys.exit(f"corpora.py: error: {message}")
 
 
@@ -105,25 +107,36 @@ def norm_key(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
+def shingles(text: str, n: int = 5) -> set[str]:
+    words = norm_key(text).split()
+    return {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def near_duplicates(shared: int, a: int, b: int) -> bool:
+    """Two texts of a and b shingles sharing `shared`: Jaccard 0.5+, or 80% of one of 8+ shingles in the other."""
+    return 2 * shared >= a + b - shared or (min(a, b) >= 8 and shared >= 0.8 * min(a, b))
+
+
 def build(name: str, docs: list[tuple[str, str, str | None]], out: Path, info: dict,
           max_per_class: int = MAX_PER_CLASS) -> None:
     """docs: (group, text, label or None), in a deterministic order. Samples the labeled set by class with
     at most one text per group (its first usable labeled text); every other group's texts go to the
-    unlabeled set unless they equal a labeled text."""
+    unlabeled set unless they equal or nearly equal a labeled text."""
     rng = random.Random(SEED)
     labels_of = collections.defaultdict(set)
     for _, text, label in docs:
         if label is not None:
             labels_of[norm_key(text)].add(label)
     by_class = collections.defaultdict(dict)  # label -> {group: text}; first usable text of a group
-    taken = set()
+    taken, used_groups = set(), set()
     for group, text, label in docs:
         key = norm_key(text)
         if (label is None or not MIN_CHARS <= len(text) <= MAX_CHARS or len(labels_of[key]) > 1
-                or key in taken or any(group in g for g in by_class.values())):
+                or key in taken or group in used_groups):
             continue
         by_class[label][group] = text
         taken.add(key)
+        used_groups.add(group)
     cap = min(max_per_class, 3 * min(len(g) for g in by_class.values()))
     labeled, labeled_groups = [], set()
     for label in sorted(by_class):
@@ -134,13 +147,24 @@ def build(name: str, docs: list[tuple[str, str, str | None]], out: Path, info: d
             labeled_groups.add(group)
     labeled.sort()
     rng.shuffle(labeled)
-    banned = {norm_key(t) for t, _ in labeled}
-    unlabeled, seen = [], set()
+    # Near-duplicates of labeled texts (by their 5-word shingles) stay out of the unlabeled set too.
+    index, sizes = collections.defaultdict(list), []
+    for i, (text, _) in enumerate(labeled):
+        sizes.append(len(shingles(text)))
+        for s in shingles(text):
+            index[s].append(i)
+    unlabeled, seen, near = [], {norm_key(t) for t, _ in labeled}, 0
     for group, text, _ in docs:
         key = norm_key(text)
-        if group not in labeled_groups and key not in banned and key not in seen and len(text) >= 20:
+        if group in labeled_groups or key in seen or len(text) < 20:
+            continue
+        seen.add(key)
+        own = shingles(text)
+        hits = collections.Counter(i for s in own for i in index.get(s, ()))
+        if any(near_duplicates(c, sizes[i], len(own)) for i, c in hits.items()):
+            near += 1
+        else:
             unlabeled.append(text)
-            seen.add(key)
     rng.shuffle(unlabeled)
     directory = out / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -151,21 +175,22 @@ def build(name: str, docs: list[tuple[str, str, str | None]], out: Path, info: d
     counts = collections.Counter(l for _, l in labeled)
     info = {"corpus": name, **info, "seed": SEED, "classes": dict(sorted(counts.items())),
             "labeled": {"texts": len(labeled), "bytes": (directory / "labeled.jsonl").stat().st_size},
-            "unlabeled": {"texts": len(unlabeled), "bytes": (directory / "unlabeled.jsonl").stat().st_size}}
+            "unlabeled": {"texts": len(unlabeled), "bytes": (directory / "unlabeled.jsonl").stat().st_size,
+                          "near_duplicates_of_labeled_dropped": near}}
     (directory / "info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{name}: {len(labeled)} labeled texts in {len(counts)} classes ({min(counts.values())}-"
           f"{max(counts.values())} per class, {info['labeled']['bytes'] / 1e6:.2f} MB), {len(unlabeled)} "
-          f"unlabeled texts ({info['unlabeled']['bytes'] / 1e6:.2f} MB) -> {directory}")
+          f"unlabeled texts ({info['unlabeled']['bytes'] / 1e6:.2f} MB, {near} near-duplicates of labeled ones "
+          f"dropped) -> {directory}")
 
 
 def apt_index_files(created_by: str, *extra: str) -> list[str]:
-    fmt = "$(FILENAME)"
-    return run("apt-get", "-o", "Acquire::Languages=en", "indextargets", "--format", fmt,
+    return run("apt-get", "-o", "Acquire::Languages=en", "indextargets", "--format", "$(FILENAME)",
                f"Created-By: {created_by}", *extra).split()
 
 
 def release_of(index_file: str) -> str:
-    """'bookworm 12.15 (Sat, 06 Sep 2025 ...)' from the InRelease next to an index file."""
+    """'bookworm 12.15 (<date>)': the release an apt index file comes from, read from its InRelease."""
     prefix = re.match(r"(.*_dists_[^_]+)_", index_file)
     for suffix in ("_InRelease", "_Release"):
         if prefix and os.path.exists(prefix.group(1) + suffix):
@@ -173,6 +198,25 @@ def release_of(index_file: str) -> str:
             fields = dict(re.findall(r"^(Suite|Codename|Version|Date): (.*)$", head, re.M))
             return f"{fields.get('Codename', '?')} {fields.get('Version', '')} ({fields.get('Date', '?')})"
     return "?"
+
+
+def debian_text(short: str, long: str) -> str:
+    """The short description, then a line per paragraph of the long one (whose lines start with a space;
+    " ." separates paragraphs, and a line indented further, such as a list item, is a line of its own)."""
+    lines, joinable = [short], False
+    for line in long.split("\n"):
+        line = line[1:]
+        if not line.strip() or line.strip() == ".":
+            joinable = False
+        elif line.startswith((" ", "\t")):
+            lines.append(line.strip())
+            joinable = False
+        elif joinable:
+            lines[-1] += " " + line.strip()
+        else:
+            lines.append(line.strip())
+            joinable = True
+    return "\n".join(re.sub(r"\s+", " ", line).strip() for line in lines)
 
 
 def debian_corpus(out: Path) -> None:
@@ -193,17 +237,7 @@ def debian_corpus(out: Path) -> None:
         f = dict(re.findall(r"^([\w-]+): (.*)$", rec, re.M))
         if "Package" not in f or "Description" not in f:
             continue
-        paragraphs, lines = [], []
-        for line in long_desc.get(f.get("Description-md5"), "").split("\n")[1:]:
-            line = line[1:]
-            if line.strip() == ".":
-                paragraphs.append(" ".join(lines)), lines.clear()
-            elif line.startswith((" ", "\t")) and lines:  # a verbatim line (list item): keep it on its own
-                paragraphs.append(" ".join(lines)), lines.clear(), lines.append(line.strip())
-            else:
-                lines.append(line.strip())
-        paragraphs.append(" ".join(lines))
-        text = "\n".join(re.sub(r"\s+", " ", p).strip() for p in [f["Description"], *paragraphs] if p.strip())
+        text = debian_text(f["Description"], long_desc.get(f.get("Description-md5"), ""))
         section = f.get("Section", "").split("/")[-1]
         source = f.get("Source", f["Package"]).split()[0]
         label = section if section in DEBIAN_SECTIONS else None
@@ -213,7 +247,8 @@ def debian_corpus(out: Path) -> None:
     files = apt_index_files("Packages") + translations
     build("debian", docs, out, {
         "source": "Debian package descriptions (apt-cache dumpavail + Translation-en), labeled by Section",
-        "packages": {"apt": installed_version("apt")}, "apt_lists": {os.path.basename(p): release_of(p) for p in files}})
+        "packages": {"apt": installed_version("apt")},
+        "apt_lists": {os.path.basename(p): release_of(p) for p in files}})
 
 
 def fortunes_corpus(out: Path) -> None:
@@ -262,6 +297,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (one folder per corpus)")
     parser.add_argument("--only", choices=sorted(CORPORA), help="build this corpus alone")
     args = parser.parse_args()
+    for tool in ("apt-get", "apt-cache", "dpkg-query"):
+        if shutil.which(tool) is None:
+            fail(f"{tool} not found: the corpora come from Debian packages, so this needs Debian or a derivative")
     for name in [args.only] if args.only else list(CORPORA):
         CORPORA[name](args.out)
 

@@ -185,7 +185,10 @@ def resolve(cls: type, file_values: dict[str, Any] | None = None, flags: dict[st
         name = f.name.upper() if f.metadata.get("positional") else flag_name(f.name)
         problems.append(f"{name}: required" + (" (the command's argument)" if f.metadata.get("positional") else ""))
     if not problems:
-        return cls(**values)
+        config = cls(**values)
+        # What the user set (file or flags), for settings chosen on their behalf (pretrain --budget).
+        object.__setattr__(config, "given_fields", frozenset(values))
+        return config
     if missing:
         usage = ConfigError(problems)
         usage.exit_code = 2  # a missing required argument is a usage error, like any malformed command line

@@ -93,12 +93,13 @@ def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
 
 
 def config_command(name: str, config_cls: type, help: str, render: Callable[[Any], None],
-                   run: Callable[[Any], Any] | str) -> None:
+                   run: Callable[[Any], Any] | str, prepare: str | None = None) -> None:
     """Register ``lmkit NAME`` with a flag per field of ``config_cls``.
 
     ``run(config)`` does the work (a stage function), given as a callable or as ``"module:function"``,
     imported only when the command runs (so that ``--help`` and other commands do not load torch);
-    ``render(result)`` shows the result.
+    ``render(result)`` shows the result. ``prepare`` ("module:function", optional) completes the resolved
+    config before it is printed or run (pretrain's --budget chooses settings there).
     """
     types_ = config_lib.field_types(config_cls)
     fields = config_lib.ordered_fields(config_cls)
@@ -120,6 +121,9 @@ def config_command(name: str, config_cls: type, help: str, render: Callable[[Any
             if f.metadata.get("positional") and not kwargs.get(f.name):
                 kwargs[f.name] = None
         config = config_lib.resolve(config_cls, file_values, kwargs, config_file)
+        if prepare is not None:
+            module, function = prepare.split(":")
+            config = getattr(importlib.import_module(module), function)(config)
         if print_config:
             sys.stdout.write(config_lib.to_toml(config))
             return

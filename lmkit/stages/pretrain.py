@@ -14,7 +14,7 @@ from lmkit.errors import UserError
 from lmkit.models import build_model
 from lmkit.models.presets import model_config
 from lmkit.stages.pretrain_config import DEFAULT_STEPS, PretrainConfig
-from lmkit.training import distributed, rundir
+from lmkit.training import budget, distributed, rundir
 from lmkit.training.checkpoint import read_checkpoint
 from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ObjectiveInputs
 from lmkit.training.run import TrainingPlan, batch_layout, run_training, sequence_length
@@ -26,6 +26,7 @@ _RESUME_INVARIANTS = ("seq_len", "micro_batch", "accumulation", "batch_tokens", 
 
 
 def run(config: PretrainConfig) -> artifacts.Artifact:
+    config = budget.apply(config)  # --budget: the model, steps, batch and rate it chooses (once)
     env = distributed.setup()
     try:
         return run_training(plan(config, env))
@@ -70,7 +71,11 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
             model.load_state_dict(init_from.build_model().state_dict())
         return model
 
+    stats = {}
+    budget_plan = getattr(config, "budget_plan", None)
+    if budget_plan is not None:
+        stats["budget"] = budget_plan
     return TrainingPlan(options=config, env=env, spec=spec, inputs=inputs, model_config=model_cfg, run_dir=run_dir,
                         start=start, parents=parents, new_model=new_model,
                         step_limit=lambda _objective: config.step_limit(DEFAULT_STEPS), label=config.model,
-                        sharded=config.shard)
+                        sharded=config.shard, stats=stats)

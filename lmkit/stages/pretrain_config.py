@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmkit.config import option
-from lmkit.training.options import RUN, TrainingOptions
+from lmkit.training.options import RUN, STOPPING, TrainingOptions
+from lmkit.units import parse_duration
 
 DEFAULT_STEPS = 500  # when no --max-steps, --max-tokens or --max-time is given
 
@@ -43,9 +44,25 @@ class PretrainConfig(TrainingOptions):
     init_from: str | None = option(None, "Start from this checkpoint's weights (not its optimizer or step).",
                                    affects_output=False, section="model")  # by id, like the dataset
     shard: bool = option(False, "Shard parameters across processes with FSDP2 (fully_shard).", section=RUN)
+    budget: str = option("", "Choose the model size, steps, batch and learning rate for this much time on this "
+                         "machine, e.g. 15m (a short probe measures the training speed; a scaling law that counts "
+                         "repeated epochs of the dataset picks the size). Flags given explicitly win; "
+                         "--print-config shows the choice.", section=STOPPING)
+    budget_flops: float = option(0.0, "As --budget, for this many training FLOPs (no probe: the same choice on "
+                                 "every machine).", section=STOPPING)
 
     def problems(self) -> list[str]:
         problems = super().problems()
+        try:
+            parse_duration(self.budget)
+        except ValueError as exc:
+            problems.append(f"--budget: {exc}")
+        if self.budget and self.budget_flops:
+            problems.append("--budget and --budget-flops: give one (time on this machine, or FLOPs)")
+        if self.budget_flops < 0:
+            problems.append("--budget-flops: must not be negative")
+        if (self.budget or self.budget_flops) and self.init_from:
+            problems.append("--budget and --init-from: the budget chooses a model, --init-from fixes it; drop one")
         if self.resume and self.init_from:  # (--auto-resume takes both: --init-from starts it, later launches resume)
             problems.append("--resume and --init-from: a resumed run already has its weights; drop --init-from")
         return problems
