@@ -59,6 +59,9 @@ DEBIAN_SECTIONS = ["admin", "database", "games", "graphics", "mail", "math", "ne
 FORTUNE_FILES = ["computers", "drugs", "education", "food", "law", "love", "politics", "science", "sports", "work"]
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")
+# Every update here fetches the English long descriptions too (Debian's Docker images turn them off), so
+# installing a package cannot delete the lists the debian corpus reads.
+APT_UPDATE = ["apt-get", "update", "-q", "-o", "Acquire::Languages=en"]
 # lexnames(5WN): the lexicographer file numbers of WordNet 3.0 (Debian's wordnet-base omits the file).
 LEXNAMES = ("adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
             "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
@@ -95,7 +98,7 @@ def ensure_packages(*pkgs: str) -> dict[str, str]:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
         if subprocess.run(install, capture_output=True, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+            subprocess.run(APT_UPDATE, capture_output=True, env=env)
             proc = subprocess.run(install, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 fail(f"cannot install {' '.join(missing)} with apt-get (root and deb.debian.org needed): "
@@ -222,8 +225,8 @@ def debian_text(short: str, long: str) -> str:
 def debian_corpus(out: Path) -> None:
     translations = apt_index_files("Translations", "Language: en")
     if not translations or not all(os.path.exists(f) for f in translations):
-        print("debian: fetching the long descriptions (apt-get update -o Acquire::Languages=en)", file=sys.stderr)
-        run("apt-get", "update", "-q", "-o", "Acquire::Languages=en")
+        print(f"debian: fetching the long descriptions ({' '.join(APT_UPDATE)})", file=sys.stderr)
+        run(*APT_UPDATE)
         translations = [f for f in apt_index_files("Translations", "Language: en") if os.path.exists(f)]
     long_desc = {}
     for path in translations:

@@ -12,6 +12,9 @@ from lmkit.data.shards import read_split, token_lists
 from lmkit.data.split import stratified_split
 from lmkit.errors import UserError
 
+# finetune --class-weights auto weighs the loss when the largest class has this many times the smallest's examples.
+IMBALANCE_RATIO = 5.0
+
 
 @dataclass
 class LabeledSplit:

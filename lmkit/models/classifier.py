@@ -19,7 +19,20 @@ from lmkit.models.config import ModelConfig
 from lmkit.vocab import Specials
 
 POOLING: dict[str, tuple[str, ...]] = {"gpt": ("last", "mean"), "lstm": ("last", "mean"), "bert": ("cls", "mean")}
-DEFAULT_POOLING = {"gpt": "last", "lstm": "last", "bert": "cls"}
+# --pooling auto, as measured (benchmarks/finetune.py, benchmarks/recipes.py): the mean of the hidden states for
+# transformers (a small causal LM's last position mostly holds what predicts the next token; masked-LM
+# pretraining puts no loss on [CLS]), the last state for an LSTM (it has read the whole text). A model imported
+# from transformers reads what transformers' classifiers read, so that it exports back (default_pooling).
+DEFAULT_POOLING = {"gpt": "mean", "lstm": "last", "bert": "mean"}
+
+
+def default_pooling(config: ModelConfig, pretrained: bool, imported: bool = False) -> str:
+    """--pooling auto for a classifier on a body of ``config`` (``pretrained``: its weights are loaded;
+    ``imported``: from transformers, whose classifiers read the last position or BERT's pooler: the
+    finetuned model then exports back)."""
+    if pretrained and (imported or (config.arch == "bert" and config.pooler)):
+        return "cls" if config.arch == "bert" else "last"
+    return DEFAULT_POOLING[config.arch]
 
 
 def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,

@@ -22,7 +22,7 @@ import torch
 from lmkit import artifacts, config as config_lib
 from lmkit.errors import UserError
 from lmkit.models import build_model, count_parameters
-from lmkit.models.classifier import SequenceClassifier, classifier_config
+from lmkit.models.classifier import SequenceClassifier, classifier_config, default_pooling
 from lmkit.models.lora import apply_lora, merge_lora
 from lmkit.models.presets import model_config
 from lmkit.progress import reporter
@@ -94,6 +94,10 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
         model_cfg = dataclasses.replace(model_cfg, dropout=config.dropout)
     spec.check_arch(model_cfg.arch, "--task", f"--model {config.model}" if config.model else config.base)
     if task == "classify":
+        if config.pooling == "auto":
+            pooling = default_pooling(model_cfg, not (config.scratch or config.model),
+                                      bool(base.artifact.stats.get("imported")))
+            config = dataclasses.replace(config, pooling=pooling)
         model_cfg = classifier_config(model_cfg)  # classic BERT classifies through its pooler
     if task in ("sft", "clm") and base.objective not in ("clm", "sft") and not config.model:
         raise UserError(f"{config.base}: was trained with {base.objective}; --task {task} needs a causal model")
@@ -101,6 +105,10 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     _freeze_layers(config, model_cfg)
     if config.lora_rank and model_cfg.arch == "lstm":
         raise UserError("--lora-rank: an LSTM has no attention or MLP projections to adapt")
+    lr, why = config.learning_rate(model_cfg.d_model)
+    if config.lr is None and not config.find_lr:
+        config = dataclasses.replace(config, lr=lr)
+        reporter.info(f"learning rate {lr:.3g} ({why}; --lr to choose)")
     seq_len = sequence_length(config, model_cfg)
     layout = batch_layout(config, seq_len, env)
     teacher = _teacher(config, tokenizer, task, seq_len) if config.teacher else None

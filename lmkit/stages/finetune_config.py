@@ -14,12 +14,19 @@ from typing import ClassVar
 
 from lmkit.config import flag_name, option
 from lmkit.data.instructions import DEFAULT_TEMPLATE
+from lmkit.data.labeled import IMBALANCE_RATIO
 from lmkit.stages.pretrain_config import PRESET_HELP
 from lmkit.training.options import BATCH, MASKING, OPTIMIZATION, RUN, STOPPING, TrainingOptions
 
 TASKS = ("auto", "classify", "sft", "clm", "mlm")
 METRICS = ("auto", "accuracy", "f1", "loss")
-DEFAULT_EPOCHS = 3.0
+# Finetuning's length: at most DEFAULT_EPOCHS, evaluated twice an epoch and stopped after DEFAULT_PATIENCE
+# evaluations (two epochs) without a better validation metric; final/ holds the best.
+DEFAULT_EPOCHS = 10.0
+DEFAULT_PATIENCE = 4
+# The learning rate when none is given: scaled by the width (0.06 / d_model: 3e-4 at 200, 8e-5 at 768 as BERT-base
+# finetunes), ten times that for LoRA's adapters, pretraining's scale from random weights.
+LR_PER_WIDTH, LORA_LR_FACTOR = 0.06, 10.0
 PEFT, DISTILL = "parameter-efficient finetuning", "distillation"
 
 
@@ -60,8 +67,11 @@ class FinetuneConfig(TrainingOptions):
     d_model: int | None = option(None, "With --model: model width.", section="model")
     d_ff: int | None = option(None, "With --model: feed-forward width.", section="model")
     dropout: float | None = option(None, "Dropout probability (default: the base model's).", section="model")
-    pooling: str = option("auto", "classify: the vector the head reads: last (causal models), cls (BERT), or "
-                          "mean; auto: last or cls.", choices=("auto", "last", "cls", "mean"), section="model")
+    pooling: str = option("auto", "classify: the vector the head reads: the mean of the hidden states, the last "
+                          "position's (causal models; what Hugging Face's GPT-2 and Llama classifiers read, so "
+                          "--pooling last exports), or [CLS] (BERT); auto: mean, last for an LSTM, and for a model "
+                          "imported from transformers what its classifiers read (last, or cls for BERT).", choices=("auto", "last", "cls", "mean"),
+                          section="model")
     freeze: str = option("", "Freeze parameters: embeddings, layers:K (the first K blocks), or both "
                          "comma-separated.", section="model")
     # -- data ------------------------------------------------------------------------------------------
@@ -69,8 +79,9 @@ class FinetuneConfig(TrainingOptions):
                                  "validation split (stratified by label for classify).", section="data")
     max_train_examples: int = option(0, "classify, sft: train on a seeded random subset of this many examples "
                                      "(0: all), e.g. for learning curves; validation is unchanged.", section="data")
-    class_weights: str = option("none", "classify: weight the loss by inverse class frequency (balanced).",
-                                choices=("none", "balanced"), section="data")
+    class_weights: str = option("auto", "classify: weight the loss by inverse class frequency (balanced); auto: "
+                                f"balanced when the largest class has {IMBALANCE_RATIO:g}x the smallest's training "
+                                "examples or more.", choices=("auto", "none", "balanced"), section="data")
     token_dropout: float = option(0.0, "classify: drop each input token with this probability during training "
                                   "(augmentation).", section="data")
     prompt_field: str = option("prompt", "sft: JSONL field of the instruction.", section="data")
@@ -92,16 +103,22 @@ class FinetuneConfig(TrainingOptions):
     # -- finetuning's defaults (small data, a pretrained start); help and place are the shared options' --------
     micro_batch: int = TrainingOptions.default("micro_batch", 16, "Sequences (classify, sft: examples) per "
                                                "forward pass on each process.")
-    lr: float = TrainingOptions.default("lr", 3e-4)
+    lr: float | None = option(None, f"Peak learning rate; unset: {LR_PER_WIDTH:g} / d_model (3e-4 at width 200), x"
+                              f"{LORA_LR_FACTOR:g} with --lora-rank, and pretraining's 0.5 / d_model (at most 3e-3) from "
+                              "random weights (--scratch, --model).", section=OPTIMIZATION)
     warmup_steps: int = TrainingOptions.default("warmup_steps", 20)
     weight_decay: float = TrainingOptions.default("weight_decay", 0.01)
     beta2: float = TrainingOptions.default("beta2", 0.999)
-    eval_every: int = TrainingOptions.default("eval_every", 50)
+    eval_every: int | None = option(None, "Validate every N steps (0: never); unset: twice an epoch.",
+                                    section=STOPPING)
+    patience: int = TrainingOptions.default("patience", DEFAULT_PATIENCE, "Stop after this many evaluations without "
+                                            "a better --metric (0: never); with the default evaluation, two epochs.")
     eval_batches: int = TrainingOptions.default("eval_batches", 0)
     checkpoint_every: int = TrainingOptions.default("checkpoint_every", 0)
     # -- finetuning's own limits and outputs -----------------------------------------------------------
-    epochs: float | None = option(None, f"Passes over the training data; unset: {DEFAULT_EPOCHS:g}, unless "
-                                  "--max-steps, --max-tokens or --max-time bounds the run.", section=STOPPING)
+    epochs: float | None = option(None, f"Passes over the training data; unset: at most {DEFAULT_EPOCHS:g} (early "
+                                  "stopping usually ends the run before), unless --max-steps, --max-tokens or "
+                                  "--max-time bounds the run.", section=STOPPING)
     metric: str = option("auto", "Validation metric for the best checkpoint and early stopping; auto: accuracy "
                          "for classify, loss otherwise.", choices=METRICS, section=STOPPING)
     final: str = option("best", "What final/ holds: the best checkpoint's weights by --metric, or the last.",
@@ -110,6 +127,16 @@ class FinetuneConfig(TrainingOptions):
                            "learning rate (and plot it to --out when matplotlib is present) and suggest --lr.",
                            affects_output=False, section=STOPPING)
     find_lr_steps: int = option(100, "--find-lr: steps from 1e-7 to 1.", affects_output=False, section=STOPPING)
+
+    def learning_rate(self, width: int) -> tuple[float, str]:
+        """--lr, or the rate for ``width`` and how it was chosen."""
+        if self.lr is not None:
+            return self.lr, "--lr"
+        if self.scratch or self.model:
+            return min(max(0.5 / width, 3e-4), 3e-3), f"auto: 0.5 / d_model {width}, from random weights"
+        if self.lora_rank:
+            return LORA_LR_FACTOR * LR_PER_WIDTH / width, f"auto: {LORA_LR_FACTOR:g} x {LR_PER_WIDTH:g} / d_model {width}, LoRA"
+        return LR_PER_WIDTH / width, f"auto: {LR_PER_WIDTH:g} / d_model {width}"
 
     def other_length_given(self) -> bool:
         return self.epochs is not None

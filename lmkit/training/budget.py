@@ -46,7 +46,7 @@ MICRO_BATCH = 16
 TIME_SHARE = 0.9                # of the time left after the probe: the rest for evaluation and checkpoints
 # What the dial sets, each only when the user did not: these flags win.
 FIELDS = ("n_layer", "n_head", "d_model", "block_size", "max_steps", "micro_batch", "batch_tokens", "accumulation",
-          "lr", "warmup_steps", "max_time")
+          "lr", "warmup_steps", "max_time", "compile")
 
 
 @dataclass(frozen=True)
@@ -174,13 +174,24 @@ def apply(config: Any) -> Any:
         from lmkit.units import parse_duration
 
         seconds = parse_duration(config.budget)
-        first = choose(_assumed_rate(config) * seconds, unique, vocab, seq_len)  # a first guess to probe
-        rate = _probe(config, first.depth, vocab, seq_len)
+        compiled = _compiles(config, given, seconds)
+        guess = choose(_assumed_rate(config) * seconds, unique, vocab, seq_len)  # a first guess to probe, eager
+        rate = _probe(config, guess.depth, guess.width, vocab, seq_len, compiled=False)
+        compute = rate * seconds * TIME_SHARE
+        probed = guess
+        if compiled:  # the run's speed is the compiled one: probe the model it will train, compiled (which
+            # also fills torch's compile cache for the run)
+            probed = choose(compute, unique, vocab, seq_len)
+            rate = _probe(config, probed.depth, probed.width, vocab, seq_len, compiled=True)
         spent = time.monotonic() - started
         compute = rate * max(seconds - spent, 0.0) * TIME_SHARE
-        probe = {"flops_per_s": rate, "probe_depth": first.depth, "probe_seconds": round(spent, 2)}
+        probe = {"flops_per_s": rate, "probe_depth": probed.depth, "probe_width": probed.width,
+                 "probe_compiled": compiled, "probe_seconds": round(spent, 2)}
         if compute <= 0:
             raise UserError(f"--budget {config.budget}: the throughput probe alone took {spent:.0f} s; give more time")
+        if "compile" not in given:
+            config = dataclasses.replace(config, compile=compiled)
+            probe["compile"] = compiled
     choice = choose(compute, unique, vocab, seq_len)
     batch = batch_sequences(choice.tokens, seq_len)
     micro = min(MICRO_BATCH, batch) if "micro_batch" not in given else config.micro_batch
@@ -210,6 +221,7 @@ def _describe(plan: dict[str, Any], vocab: int, seq_len: int) -> None:
     speed = ""
     if "flops_per_s" in plan:
         speed = (f"; the probe measured {plan['flops_per_s'] / 1e9:,.0f} GFLOP/s (depth {plan['probe_depth']}, "
+                 f"width {plan['probe_width']}, {'compiled' if plan['probe_compiled'] else 'eager'}; "
                  f"{plan['probe_seconds']} s)")
     reporter.info(f"--budget {plan['budget']}: {plan['compute_flops']:.3g} training FLOPs{speed}")
     params = shape_parameters(plan["depth"], plan["width"])
@@ -249,9 +261,21 @@ def _assumed_rate(config: Any) -> float:
     return 0.1 * peak_flops(device, resolve_precision(config.precision, device))
 
 
-def _probe(config: Any, depth: int, vocab: int, seq_len: int, steps: int = 3) -> float:
-    """Measured training FLOP/s (as ``flops_per_token`` counts them) of a model of ``depth`` on random tokens:
-    a warm-up step, then ``steps`` timed AdamW steps of MICRO_BATCH sequences, eager, in the run's precision."""
+def _compiles(config: Any, given: set[str], seconds: float) -> bool:
+    """Whether a --budget run compiles: --compile/--no-compile, else when the budget is long enough for
+    ``--compile auto`` (training.options) and torch can compile here."""
+    if "compile" in given and config.compile is not None:
+        return bool(config.compile)
+    from lmkit.devices import can_compile, resolve_device
+    from lmkit.training.options import COMPILE_AUTO_MINUTES
+
+    return seconds >= 60 * COMPILE_AUTO_MINUTES and can_compile(resolve_device("auto"))
+
+
+def _probe(config: Any, depth: int, width: int, vocab: int, seq_len: int, compiled: bool, steps: int = 3) -> float:
+    """Measured training FLOP/s (as ``shape_flops_per_token`` counts them) of a model of ``depth`` x ``width`` on
+    random tokens: a warm-up step (the compile, when ``compiled``), then ``steps`` timed AdamW steps of MICRO_BATCH
+    sequences, in the run's precision."""
     import torch
 
     from lmkit.devices import resolve_device, resolve_precision
@@ -261,13 +285,13 @@ def _probe(config: Any, depth: int, vocab: int, seq_len: int, steps: int = 3) ->
 
     device = resolve_device("auto")
     precision = resolve_precision(config.precision, device)
-    width = WIDTH_PER_BLOCK * depth
-    cfg = model_config(config.model, vocab, n_layer=depth, d_model=width, n_head=max(1, width // 64),
-                       block_size=max(seq_len, 16))
+    cfg = model_config(config.model, vocab, n_layer=depth, d_model=width, n_head=heads(width),
+                       block_size=max(seq_len, config.block_size or 0))
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    step_model = torch.compile(model) if compiled else model
     idx = torch.randint(0, vocab, (MICRO_BATCH, seq_len), generator=generator)
     targets = torch.roll(idx, -1, dims=1)
     if cfg.arch == "bert":  # masked LM predicts about 15% of the positions
@@ -279,7 +303,7 @@ def _probe(config: Any, depth: int, vocab: int, seq_len: int, steps: int = 3) ->
     for step in range(steps + 1):
         started = time.perf_counter()
         with context:
-            _, loss = model(idx, targets, return_logits=False)
+            _, loss = step_model(idx, targets, return_logits=False)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -288,4 +312,4 @@ def _probe(config: Any, depth: int, vocab: int, seq_len: int, steps: int = 3) ->
         if step:
             timings.append(time.perf_counter() - started)
     tokens_per_s = MICRO_BATCH * seq_len / min(timings)
-    return tokens_per_s * flops_per_token(depth, vocab, seq_len)
+    return tokens_per_s * shape_flops_per_token(depth, width, vocab, seq_len)

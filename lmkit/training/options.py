@@ -125,11 +125,11 @@ class TrainingOptions:
                 problems.append(f"{flag_name(name)}: must be at least 1")
         for name in ("seq_len", "accumulation", "batch_tokens", "warmup_steps", "max_tokens", "eval_every",
                      "eval_batches", "patience", "checkpoint_every", "threads"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:  # (None: a stage's auto)
                 problems.append(f"{flag_name(name)}: must not be negative")
         if self.max_steps is not None and self.max_steps < 0:
             problems.append("--max-steps: must not be negative")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             problems.append(f"--lr: must be positive, got {self.lr}")
         for name in ("min_lr_ratio", "decay_fraction", "mask_prob", "mask_replace", "mask_random"):
             if not 0.0 <= getattr(self, name) <= 1.0:

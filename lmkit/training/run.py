@@ -170,11 +170,14 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     def save(tag: str, trainer_state: TrainerState, optimizer_state) -> Path:
         return session.saver.save(tag, model, optimizer_state, trainer_state)
 
+    # Unset (finetuning's default): twice an epoch, so early stopping reads the validation curve per epoch.
+    eval_every = (options.eval_every if options.eval_every is not None
+                  else max(1, -(-objective.train_windows.count // (2 * layout.global_batch))))
     settings = LoopSettings(
         lr=options.lr, schedule=options.schedule_name(), warmup_steps=warmup, min_lr_ratio=options.min_lr_ratio,
         decay_fraction=options.decay_fraction, grad_clip=options.grad_clip, max_steps=max_steps,
         schedule_steps=schedule_steps, max_tokens=options.max_tokens, max_seconds=options.max_seconds,
-        eval_every=options.eval_every, eval_batches=options.eval_batches, patience=options.patience,
+        eval_every=eval_every, eval_batches=options.eval_batches, patience=options.patience,
         checkpoint_every=options.checkpoint_every, log_every=options.log_every, precision=session.precision,
         compile=compiled, flops_per_token=flops, sharded=plan.sharded,
         # Rank 0 logs MFU; the probe runs there alone (ranks measuring at once would share the cores).

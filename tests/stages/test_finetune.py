@@ -9,6 +9,7 @@ import torch
 
 from lmkit import artifacts
 from lmkit.config import resolve
+from lmkit.data.labeled import labeled_splits
 from lmkit.errors import UserError
 from lmkit.models.lora import has_lora, merge_lora
 from lmkit.stages import finetune
@@ -39,7 +40,7 @@ def test_classify_learns_and_stores_its_labels(bases, labeled, tmp_path):
     result = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", max_steps=40, eval_every=10))
     checkpoint = read_checkpoint(result.checkpoint.path)
     assert checkpoint.task == "classify" and checkpoint.labels == ["lower", "upper"]
-    assert checkpoint.head["pooling"] == "last"
+    assert checkpoint.head["pooling"] == "mean"  # --pooling auto for a causal transformer
     accuracy = metrics(tmp_path / "run", "val_accuracy")
     assert accuracy[-1][1] >= 0.9, accuracy  # the classes differ in every token
     roles = {p["role"] for p in result.checkpoint.parents}
@@ -406,3 +407,62 @@ def test_a_final_holding_the_best_weights_is_not_resumed_from(bases, labeled, tm
                                  auto_resume=True))
     assert "resuming from " + str(tmp_path / "run" / "step-00000004") in capfd.readouterr().err
     assert longer.checkpoint.stats["step"] == 10
+
+
+# -- defaults that transfer (issue 16) ------------------------------------------------------------------------
+@pytest.mark.parametrize("ratio,expected", [(2, None), (6, "balanced")])
+def test_class_weights_auto_weighs_only_an_imbalanced_set(bases, dataset, tmp_path, ratio, expected):
+    records = labeled_records(120)
+    upper = [r for r in records if r["label"] == "upper"][:6 * ratio]
+    records = upper + [r for r in records if r["label"] == "lower"][:6]
+    data = preprocess_labeled(dataset, tmp_path / "data", records, "--val-fraction", "0")
+    plan = finetune.plan(config(bases["gpt"], data, tmp_path / "run", micro_batch=2), finetune.distributed.setup())
+    objective = plan.spec.build(plan.inputs).objective
+    assert (objective.class_weights is None) == (expected is None)
+    assert any("class weights: balanced" in note for note in plan.inputs.notes) == (expected is not None)
+
+
+def test_learning_rate_follows_the_width_unless_given(bases, labeled, tmp_path):
+    from lmkit.stages.finetune_config import FinetuneConfig
+
+    def rate(**values):
+        return resolve(FinetuneConfig, {}, {"base": "b", "data": "d", "out": "o", **values}).learning_rate(256)
+
+    assert rate() == (pytest.approx(0.06 / 256), "auto: 0.06 / d_model 256")
+    assert rate(lora_rank=4)[0] == pytest.approx(0.6 / 256)
+    assert rate(scratch=True)[0] == pytest.approx(0.5 / 256)
+    assert rate(lr=1e-2) == (1e-2, "--lr")
+    values = {**FAST}
+    values.pop("lr")
+    plan = finetune.plan(resolve(FinetuneConfig, {}, {"base": str(bases["gpt"]), "data": str(labeled),
+                                                      "out": str(tmp_path / "run"), **values}),
+                         finetune.distributed.setup())
+    width = read_checkpoint(bases["gpt"]).model_config.d_model
+    assert plan.options.lr == pytest.approx(0.06 / width)
+
+
+def test_default_pooling_by_architecture_and_origin():
+    from lmkit.models.classifier import default_pooling
+    from lmkit.models.presets import model_config
+
+    gpt, bert, lstm = (model_config(name, 100) for name in ("gpt-tiny", "bert-tiny", "lstm-small"))
+    assert default_pooling(gpt, pretrained=True) == "mean" and default_pooling(bert, pretrained=True) == "mean"
+    assert default_pooling(lstm, pretrained=True) == "last"
+    # From transformers, what its classifiers read (the result exports back); a fresh model is lmkit's own.
+    assert default_pooling(gpt, pretrained=True, imported=True) == "last"
+    assert default_pooling(bert, pretrained=True, imported=True) == "cls"
+    assert default_pooling(gpt, pretrained=False, imported=True) == "mean"
+
+
+def test_by_default_validation_runs_twice_an_epoch_and_stops_early(bases, labeled, tmp_path):
+    values = {key: value for key, value in FAST.items() if key not in ("max_steps", "eval_every")}
+    run_dir = tmp_path / "run"
+    result = finetune.run(resolve(FinetuneConfig, {}, {"base": str(bases["gpt"]), "data": str(labeled),
+                                                        "out": str(run_dir), **values, "epochs": 30, "lr": 0.3}))
+    examples = len(labeled_splits(artifacts.load(labeled), 0.1, 0)[0].tokens)
+    per_epoch = -(-examples // FAST["micro_batch"])
+    evaluated = [step for step, _ in metrics(run_dir, "val_accuracy")]
+    assert evaluated[:2] == [-(-per_epoch // 2), 2 * -(-per_epoch // 2)]
+    # A rate this high stops improving at once: four evaluations later (two epochs) the run ends, well before 30 epochs.
+    stats = result.checkpoint.stats
+    assert stats["step"] < 30 * per_epoch and len(evaluated) - evaluated.index(stats["best_step"]) - 1 == 4

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.data.labeled import labeled_splits
+from lmkit.data.labeled import IMBALANCE_RATIO, labeled_splits
 from lmkit.data.packing import sample_indices, seeded_generator
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
@@ -130,8 +130,15 @@ def _build(inputs: ObjectiveInputs) -> Built:
     if teacher is not None and teacher.labels != names:
         raise UserError(f"--teacher {options.teacher}: its labels {teacher.labels} differ from the dataset's {names}")
     weights = None
-    if options.class_weights == "balanced":  # n / (k * n_c), as scikit-learn's "balanced"
-        counts = np.bincount(train.labels, minlength=len(names)).astype(np.float64)
+    counts = np.bincount(train.labels, minlength=len(names)).astype(np.float64)
+    balanced = options.class_weights == "balanced"
+    if options.class_weights == "auto":
+        present = counts[counts > 0]
+        balanced = bool(present.max() >= IMBALANCE_RATIO * present.min())
+        if balanced:
+            inputs.notes.append(f"class weights: balanced (--class-weights auto: the largest class has "
+                                f"{present.max() / present.min():.1f}x the smallest's examples)")
+    if balanced:  # n / (k * n_c), as scikit-learn's "balanced"
         weights = torch.tensor(np.where(counts > 0, len(train.labels) / (len(names) * np.maximum(counts, 1)), 0.0),
                                dtype=torch.float32)
     objective = Classification(train.tokens, train.labels, validation.tokens, validation.labels, len(names), arch,
