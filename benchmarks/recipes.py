@@ -68,19 +68,20 @@ def pretrain(work: Path, budget: str) -> None:
               log=work / "log.txt")
 
 
-def evaluate(checkpoint: Path, work: Path, out: Path) -> dict:
+def evaluate(checkpoint: Path, work: Path, out: Path, baseline: bool = True) -> dict:
     if not done(out):
-        lmkit("evaluate", str(checkpoint), str(work / "labeled"), "--split", "test", "--baseline", "--out", str(out),
-              "--force", log=work / "log.txt")
+        lmkit("evaluate", str(checkpoint), str(work / "labeled"), "--split", "test", *(["--baseline"] if baseline else []),
+              "--out", str(out), "--force", log=work / "log.txt")
     return json.loads((out / "report.json").read_text())["metrics"]
 
 
-def finetune(work: Path, seed: int, extra: tuple[str, ...] = (), name: str | None = None) -> dict:
+def finetune(work: Path, seed: int, extra: tuple[str, ...] = (), name: str | None = None,
+             baseline: bool = True) -> dict:
     name = name or f"clf-{seed}"
     if not done(work / name / "final"):
         lmkit("finetune", str(work / "gpt" / "final"), str(work / "labeled"), "--seed", str(seed), "--out",
               str(work / name), "--force", *extra, log=work / "log.txt")
-    return evaluate(work / name / "final", work, work / "reports" / name)
+    return evaluate(work / name / "final", work, work / "reports" / name, baseline)
 
 
 def main() -> None:
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(CORPORA))
     parser.add_argument("--budget", default="15m")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--sizes", default="100,300,1000,0", help="--curve: labeled examples (0: all)")
+    parser.add_argument("--sizes", default="100,300,0", help="--curve: labeled examples (0: all)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {}
@@ -112,15 +113,20 @@ def main() -> None:
                          accuracy_sd=statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
                          baseline_accuracy=runs[seeds[0]]["baseline_accuracy"])
             pretrained = json.loads((work / "gpt" / "final" / "manifest.json").read_text())["stats"]
-            entry["pretrain"] = {k: pretrained.get(k) for k in ("parameters", "step", "tokens", "budget")}
+            entry["pretrain"] = {k: pretrained.get(k) for k in ("parameters", "step", "tokens", "budget", "seconds")}
+            lm = work / "reports" / "lm"
+            if not done(lm):  # the language model against the trigram, on the unlabeled text's validation split
+                lmkit("evaluate", str(work / "gpt" / "final"), str(work / "data"), "--baseline", "--out", str(lm),
+                      "--force", log=work / "log.txt")
+            entry["lm"] = json.loads((lm / "report.json").read_text())["metrics"]
         if args.stage == "curve":
             curve = {}
             for size in [int(s) for s in args.sizes.split(",")]:
                 limit = ("--max-train-examples", str(size)) if size else ()
                 tag = size or "all"
-                curve[str(tag)] = {
-                    "pretrained": finetune(work, 0, limit, f"curve-{tag}")["accuracy"],
-                    "scratch": finetune(work, 0, (*limit, "--scratch"), f"curve-{tag}-scratch")["accuracy"],
+                curve[str(tag)] = {  # seed 0; all examples with pretraining is the finetune stage's seed 0
+                    "pretrained": finetune(work, 0, limit, f"curve-{tag}" if size else None, False)["accuracy"],
+                    "scratch": finetune(work, 0, (*limit, "--scratch"), f"curve-{tag}-scratch", False)["accuracy"],
                     "baseline": _baseline_at(work, size),
                 }
             entry["curve"] = curve

@@ -106,9 +106,10 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     if config.lora_rank and model_cfg.arch == "lstm":
         raise UserError("--lora-rank: an LSTM has no attention or MLP projections to adapt")
     lr, why = config.learning_rate(model_cfg.d_model)
-    if config.lr is None and not config.find_lr:
+    if config.lr is None:
         config = dataclasses.replace(config, lr=lr)
-        reporter.info(f"learning rate {lr:.3g} ({why}; --lr to choose)")
+        if not config.find_lr:
+            reporter.info(f"learning rate {lr:.3g} ({why}; --lr to choose)")
     seq_len = sequence_length(config, model_cfg)
     layout = batch_layout(config, seq_len, env)
     teacher = _teacher(config, tokenizer, task, seq_len) if config.teacher else None

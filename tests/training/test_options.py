@@ -16,8 +16,9 @@ from lmkit.training.options import SCHEDULES, TrainingOptions
 
 BASE_FIELDS = {f.name for f in dataclasses.fields(TrainingOptions)}
 # Finetuning starts from a pretrained model on small data: these defaults differ, and only these.
-FINETUNE_DEFAULTS = {"micro_batch": 16, "lr": 3e-4, "warmup_steps": 20, "weight_decay": 0.01, "beta2": 0.999,
-                     "eval_every": 50, "eval_batches": 0, "checkpoint_every": 0}
+# lr None: by the width; eval_every None: twice an epoch (issue 16's defaults that transfer).
+FINETUNE_DEFAULTS = {"micro_batch": 16, "lr": None, "warmup_steps": 20, "weight_decay": 0.01, "beta2": 0.999,
+                     "eval_every": None, "eval_batches": 0, "checkpoint_every": 0, "patience": 4}
 
 
 def pretrain(**values):
@@ -48,7 +49,7 @@ def test_help_and_print_config_order_follows_the_sections():
     names = [f.name for f in config_lib.ordered_fields(FinetuneConfig)]
     assert names[:3] == ["out", "base", "data"] and names.index("lora_rank") < names.index("lr")
     text = config_lib.to_toml(finetune())
-    assert text.index("# -- parameter-efficient finetuning") < text.index("lora_rank = ") < text.index("\nlr = ")
+    assert text.index("# -- parameter-efficient finetuning") < text.index("lora_rank = ") < text.index("\n# lr = (unset)")
     assert resolve(FinetuneConfig, tomllib.loads(text), {}) == finetune()  # reads back
 
 
@@ -80,7 +81,7 @@ def test_a_time_or_token_limit_alone_is_the_limit_that_holds():
     both = pretrain(max_time="6m", max_steps=100)
     assert both.step_limit(DEFAULT_STEPS) == 100 and both.schedule_name() == "cosine"
     # finetuning: --epochs is its default length, and also off when only time or tokens bound the run
-    assert finetune().step_limit_for(100, 10) == 30 and finetune(epochs=2).step_limit_for(100, 10) == 20
+    assert finetune().step_limit_for(100, 10) == 100 and finetune(epochs=2).step_limit_for(100, 10) == 20
     assert finetune(max_time="1m").step_limit_for(100, 10) == 0
     assert finetune(max_time="1m", epochs=1).step_limit_for(100, 10) == 10
     assert finetune(max_steps=7, epochs=1).step_limit_for(100, 10) == 7
