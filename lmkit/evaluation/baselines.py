@@ -24,7 +24,6 @@ from lmkit.errors import UserError
 EXTRA = "lmkit[baselines]"
 C_GRID = (1.0, 10.0, 100.0)
 MAX_TRAIN_TOKENS = 50_000_000  # the n-gram baseline counts at most this many training tokens (memory)
-_NATS_PER_BIT = math.log(2)
 
 
 def require_sklearn(flag: str = "--baseline") -> None:
@@ -176,11 +175,10 @@ def ngram_bits_per_byte(train: Sequence[Sequence[int]], documents: Sequence[Sequ
         kept.append(document)
         tokens += len(document)
     model = KneserNeyTrigram(kept, vocab_size)
+    from lmkit.evaluation.language_modeling import lm_metrics  # the network's definitions, for the same numbers
+
     nats = math.fsum(model.document_nats(documents))
-    scored = sum(len(d) for d in documents)
-    loss = nats / scored if scored else math.nan
-    metrics = {"loss": loss, "ppl": math.exp(loss) if loss < 700 else math.inf,
-               "bpb": nats / (sum(n_bytes) * _NATS_PER_BIT) if sum(n_bytes) else math.nan}
+    metrics = lm_metrics(nats, sum(len(d) for d in documents), sum(n_bytes))
     method = {"model": "interpolated Kneser-Ney token trigram", "discounts": [round(model.d1, 4),
               round(model.d2, 4), round(model.d3, 4)], "train_documents": len(kept),
               "train_tokens": model.training_tokens}

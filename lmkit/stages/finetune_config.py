@@ -133,7 +133,9 @@ class FinetuneConfig(TrainingOptions):
         if self.lr is not None:
             return self.lr, "--lr"
         if self.scratch or self.model:
-            return min(max(0.5 / width, 3e-4), 3e-3), f"auto: 0.5 / d_model {width}, from random weights"
+            from lmkit.training.budget import learning_rate  # pretraining's rule (numpy only: no torch at parse time)
+
+            return learning_rate(width), f"auto: 0.5 / d_model {width}, from random weights"
         if self.lora_rank:
             return LORA_LR_FACTOR * LR_PER_WIDTH / width, f"auto: {LORA_LR_FACTOR:g} x {LR_PER_WIDTH:g} / d_model {width}, LoRA"
         return LR_PER_WIDTH / width, f"auto: {LR_PER_WIDTH:g} / d_model {width}"

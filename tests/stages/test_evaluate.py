@@ -404,6 +404,11 @@ def test_baseline_refusals_before_any_compute(gpt, bert, classifier, dataset, tm
     with pytest.raises(UserError, match="--baseline: trains on the train split of a dataset artifact; DATA here is "
                                         "raw files"):
         evaluate.run(config(gpt, text, baseline=True))
+    choices = tmp_path / "choices.jsonl"
+    choices.write_text(json.dumps({"question": "A", "options": ["b", "c"], "label": 0}) + "\n")
+    with pytest.raises(UserError, match="--baseline: there is a baseline for --task classify and lm, not for "
+                                        "--task choice"):
+        evaluate.run(config(gpt, choices, task="choice", baseline=True))
     with pytest.raises(UserError, match=r"--fail-if 'accuracy<baseline_accuracy': compares with the baseline; add "
                                         r"--baseline"):
         evaluate.run(config(classifier, dataset, fail_if=["accuracy<baseline_accuracy"]))
@@ -426,3 +431,13 @@ def test_classification_baseline_names_its_extra(classifier, topical, monkeypatc
     with pytest.raises(UserError, match=r"--baseline: the classification baseline needs scikit-learn; install "
                                         r"lmkit\[baselines\]"):
         evaluate.run(config(classifier, topical, baseline=True))
+
+
+def test_without_a_validation_split_the_baseline_chooses_c_on_a_tenth_of_train(classifier, dataset, tmp_path):
+    records = [{"text": f"{text} {KEYWORDS[LABELS[i % 3]]}", "label": LABELS[i % 3]}
+               for i, text in enumerate(paragraphs(150))]
+    data = labeled_dataset(dataset / "tokenizer", tmp_path, records, val_fraction=0.0, test_fraction=0.3)
+    method = evaluate.run(config(classifier, data, split="test", baseline=True)).report["baseline"]["method"]
+    train = artifacts.load(data).stats["splits"]["train"]["documents"]
+    assert method["train_examples"] + method["validation_examples"] == train
+    assert method["validation_examples"] == pytest.approx(0.1 * train, abs=3)
