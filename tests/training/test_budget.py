@@ -89,3 +89,18 @@ def test_print_config_shows_the_probed_choice(dataset, tmp_path):
     assert "the probe measured" in result.stderr and "--budget: depth " in result.stderr
     assert 'budget = "1m"' in result.stdout and "n_layer = " in result.stdout and "max_steps = " in result.stdout
     assert not (tmp_path / "p").exists()
+
+
+def test_a_budget_run_compiles_when_told_or_when_long_enough(dataset, tmp_path, monkeypatch):
+    import lmkit.devices
+
+    monkeypatch.setattr(lmkit.devices, "can_compile", lambda device: True)
+    config = _config(dataset, tmp_path, budget="15m")
+    assert budget._compiles(config, set(), 15 * 60) is True
+    assert budget._compiles(config, set(), 5 * 60) is False          # shorter than --compile auto's 10 minutes
+    told = _config(dataset, tmp_path, budget="5m", compile=True)
+    assert budget._compiles(told, {"compile"}, 5 * 60) is True
+    refused = _config(dataset, tmp_path, budget="15m", compile=False)
+    assert budget._compiles(refused, {"compile"}, 15 * 60) is False
+    monkeypatch.setattr(lmkit.devices, "can_compile", lambda device: False)
+    assert budget._compiles(config, set(), 15 * 60) is False         # no compiler here
