@@ -17,6 +17,8 @@ pretrained model, the same architecture from random weights (``--scratch``) and 
     python benchmarks/recipes.py --stage pretrain     # the 15-minute pretraining runs, one corpus after another
     python benchmarks/recipes.py --stage finetune --seeds 0,1,2
     python benchmarks/recipes.py --stage curve
+    python benchmarks/recipes.py --stage pooling      # seed 0 with --pooling last beside the default mean
+    python benchmarks/recipes.py --stage scale --only debian --budgets 5m,15m,30m   # what more pretraining buys
     python benchmarks/recipes.py --stage report       # the table (also written to benchmarks/out/recipes.json)
 
 Every stage skips what is already done, so the stages can be run (and rerun) separately.
@@ -62,10 +64,20 @@ def data(corpus: Path, work: Path) -> None:
               "--no-near-dedup", "--out", str(work / "labeled"), "--force", log=work / "log.txt")
 
 
-def pretrain(work: Path, budget: str) -> None:
-    if not done(work / "gpt" / "final"):
-        lmkit("pretrain", str(work / "data"), "--budget", budget, "--out", str(work / "gpt"), "--force",
+def pretrain(work: Path, budget: str, name: str = "gpt") -> Path:
+    if not done(work / name / "final"):
+        lmkit("pretrain", str(work / "data"), "--budget", budget, "--out", str(work / name), "--force",
               log=work / "log.txt")
+    return work / name / "final"
+
+
+def lm_metrics(work: Path, checkpoint: Path, name: str = "lm") -> dict:
+    """The language model against the trigram, on the unlabeled text's validation split."""
+    report = work / "reports" / name
+    if not done(report):
+        lmkit("evaluate", str(checkpoint), str(work / "data"), "--baseline", "--out", str(report), "--force",
+              log=work / "log.txt")
+    return json.loads((report / "report.json").read_text())["metrics"]
 
 
 def evaluate(checkpoint: Path, work: Path, out: Path, baseline: bool = True) -> dict:
@@ -76,22 +88,23 @@ def evaluate(checkpoint: Path, work: Path, out: Path, baseline: bool = True) -> 
 
 
 def finetune(work: Path, seed: int, extra: tuple[str, ...] = (), name: str | None = None,
-             baseline: bool = True) -> dict:
+             baseline: bool = True, body: str = "gpt") -> dict:
     name = name or f"clf-{seed}"
     if not done(work / name / "final"):
-        lmkit("finetune", str(work / "gpt" / "final"), str(work / "labeled"), "--seed", str(seed), "--out",
+        lmkit("finetune", str(work / body / "final"), str(work / "labeled"), "--seed", str(seed), "--out",
               str(work / name), "--force", *extra, log=work / "log.txt")
     return evaluate(work / name / "final", work, work / "reports" / name, baseline)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("pretrain", "finetune", "curve", "report"), required=True)
+    parser.add_argument("--stage", choices=("pretrain", "finetune", "curve", "pooling", "scale", "report"), required=True)
     parser.add_argument("--corpora", default="/tmp/corpora", help="where benchmarks/corpora.py wrote them")
     parser.add_argument("--work", default="/tmp/recipes")
     parser.add_argument("--only", default=",".join(CORPORA))
     parser.add_argument("--budget", default="15m")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--budgets", default="5m,15m,30m", help="--stage scale: pretraining budgets")
     parser.add_argument("--sizes", default="100,300,0", help="--curve: labeled examples (0: all)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -114,11 +127,23 @@ def main() -> None:
                          baseline_accuracy=runs[seeds[0]]["baseline_accuracy"])
             pretrained = json.loads((work / "gpt" / "final" / "manifest.json").read_text())["stats"]
             entry["pretrain"] = {k: pretrained.get(k) for k in ("parameters", "step", "tokens", "budget", "seconds")}
-            lm = work / "reports" / "lm"
-            if not done(lm):  # the language model against the trigram, on the unlabeled text's validation split
-                lmkit("evaluate", str(work / "gpt" / "final"), str(work / "data"), "--baseline", "--out", str(lm),
-                      "--force", log=work / "log.txt")
-            entry["lm"] = json.loads((lm / "report.json").read_text())["metrics"]
+            entry["lm"] = lm_metrics(work, work / "gpt" / "final")
+        if args.stage == "pooling":  # seed 0 with each pooling a GPT offers; mean (the default) is clf-0
+            entry["pooling"] = {pooling: finetune(work, 0, ("--pooling", pooling), f"pool-{pooling}" if
+                                                  pooling != "mean" else None, False)["accuracy"]
+                                for pooling in ("mean", "last")}
+        if args.stage == "scale":  # seed 0 on GPTs pretrained with other budgets: what more compute buys
+            scale = {}
+            for budget in args.budgets.split(","):
+                body = "gpt" if budget == args.budget else f"gpt-{budget}"
+                checkpoint = pretrain(work, budget, body)
+                stats = json.loads((checkpoint / "manifest.json").read_text())["stats"]
+                lm = lm_metrics(work, checkpoint, "lm" if body == "gpt" else f"lm-{budget}")
+                accuracy = finetune(work, 0, (), None if body == "gpt" else f"clf-0-{budget}", False, body)["accuracy"]
+                scale[budget] = {"parameters": stats.get("parameters"), "tokens": stats.get("tokens"),
+                                 "bits_per_byte": lm.get("bits_per_byte"),
+                                 "baseline_bits_per_byte": lm.get("baseline_bits_per_byte"), "accuracy": accuracy}
+            entry["scale"] = scale
         if args.stage == "curve":
             curve = {}
             for size in [int(s) for s in args.sizes.split(",")]:

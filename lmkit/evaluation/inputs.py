@@ -116,5 +116,15 @@ def require_labels(documents: Documents, where: str, label_flag: str) -> list[st
     return documents.labels  # type: ignore[return-value]
 
 
+def require_same_tokenizer(dataset: artifacts.Artifact, checkpoint, named: str | Path, advice: str = "") -> None:
+    """Refuse a dataset tokenized by another tokenizer than ``checkpoint``'s (``named``: the path the user gave)."""
+    # Both tokenizers are nested copies, verified with the artifact that holds them: compare their ids.
+    theirs = artifacts.read_manifest(dataset.path / "tokenizer")["id"]
+    ours = artifacts.read_manifest(checkpoint.tokenizer_path)["id"]
+    if theirs != ours:
+        raise UserError(f"{dataset.path}: was tokenized with another tokenizer ({theirs[:12]}) than {named}'s "
+                        f"({ours[:12]}); preprocess the data with `--tokenizer {checkpoint.tokenizer_path}`{advice}")
+
+
 def is_dataset(path: str) -> bool:
     return Path(path).is_dir() and (Path(path) / artifacts.MANIFEST).is_file()

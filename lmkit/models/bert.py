@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmkit.models.classifier import pool_states
 from lmkit.models.config import ModelConfig
 from lmkit.models.layers import Block, Embeddings, init_transformer_weights, make_norm, rope_tables
 from lmkit.models.loss import linear_cross_entropy, token_loss
@@ -90,12 +91,6 @@ class BERT(nn.Module):
     def pooled(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
                method: str = "cls") -> torch.Tensor:
         """One vector (B, C) per sequence: the first ([CLS]) position's, or the mean over real tokens."""
-        hidden = self.encode(idx, attention_mask)  # (B, T, C)
-        if method == "cls":
-            return hidden[:, 0]  # (B, C)
-        if method == "mean":
-            if attention_mask is None:
-                return hidden.mean(dim=1)  # (B, C)
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
-        raise ValueError(f"unknown pooling {method!r} (choose one of {', '.join(POOLING)})")
+        if method not in POOLING:
+            raise ValueError(f"unknown pooling {method!r} (choose one of {', '.join(POOLING)})")
+        return pool_states(self.encode(idx, attention_mask), attention_mask, method)  # (B, C)

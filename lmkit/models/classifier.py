@@ -64,6 +64,24 @@ def classifier_config(config: ModelConfig) -> ModelConfig:
     return config
 
 
+def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str,
+                pooler: nn.Module | None = None) -> torch.Tensor:
+    """One vector (B, C) of hidden states (B, T, C): the first position's ("cls", through BERT's ``pooler``,
+    tanh(dense), when given), the last real one's ("last"), or the mean over real tokens ("mean").
+    attention_mask (B, T) bool, True = real token, right padding; None = no padding."""
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    if pooling == "cls":
+        return hidden[:, 0] if pooler is None else torch.tanh(pooler(hidden[:, 0]))  # (B, C)
+    if pooling == "last":
+        last = attention_mask.sum(dim=1) - 1  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
+    if pooling != "mean":
+        raise ValueError(f"unknown pooling {pooling!r}")
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
+
+
 class SequenceClassifier(nn.Module):
     def __init__(self, config: ModelConfig, n_classes: int, pooling: str):
         super().__init__()
@@ -91,17 +109,7 @@ class SequenceClassifier(nn.Module):
             hidden = self.backbone.encode(idx, attention_mask)  # (B, T, C)
         else:  # causal: padding after the real tokens cannot reach them
             hidden = self.backbone.encode(idx)  # (B, T, C)
-        if attention_mask is None:
-            attention_mask = torch.ones(idx.shape, dtype=torch.bool, device=idx.device)
-        if self.pooling == "cls":
-            if getattr(self.backbone, "pooler", None) is not None:  # classic BERT: tanh(dense([CLS]))
-                return torch.tanh(self.backbone.pooler(hidden[:, 0]))  # (B, C)
-            return hidden[:, 0]  # (B, C)
-        if self.pooling == "last":
-            last = attention_mask.sum(dim=1) - 1  # (B,)
-            return hidden[torch.arange(idx.shape[0], device=idx.device), last]  # (B, C)
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
+        return pool_states(hidden, attention_mask, self.pooling, getattr(self.backbone, "pooler", None))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

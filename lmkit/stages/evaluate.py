@@ -121,13 +121,7 @@ def _data(config: EvaluateConfig, task: str | None, checkpoint: Checkpoint
         if task in ("choice", "generate"):
             raise UserError(f"--task {task}: reads JSONL files, not a dataset artifact ({datasets[0]})")
         dataset = artifacts.load(datasets[0], kind="dataset")
-        # Both tokenizers are nested copies, verified with the artifact that holds them: compare their ids.
-        theirs = artifacts.read_manifest(dataset.path / "tokenizer")["id"]
-        ours = artifacts.read_manifest(checkpoint.tokenizer_path)["id"]
-        if theirs != ours:
-            raise UserError(f"{dataset.path}: was tokenized with another tokenizer ({theirs[:12]}) than "
-                            f"{config.checkpoint}'s ({ours[:12]}); preprocess the data with `--tokenizer "
-                            f"{checkpoint.tokenizer_path}`, or pass the raw files instead")
+        inputs.require_same_tokenizer(dataset, checkpoint, config.checkpoint, ", or pass the raw files instead")
         split = inputs.choose_split(dataset, config.split)
         if task == "classify" and "labels" not in dataset.stats:
             raise UserError(f"{dataset.path}: has no labels; classification metrics need gold labels "
