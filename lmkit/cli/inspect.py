@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -78,3 +79,37 @@ def probe(
     reporter.out.print(f"{written[1]}: best layer {best['layer']} of {len(result.layers) - 1}, {result.split} "
                        f"accuracy {best['accuracy']:.4f} (random-weight control {best['control_accuracy']:.4f}, "
                        f"majority class {result.majority_accuracy:.4f})", markup=False, soft_wrap=True)
+
+
+@inspect_app.command("attribution", no_args_is_help=True)
+@handle_errors
+def attribution(
+    checkpoint: Path = typer.Argument(..., help="A classifier, or a causal language model (gpt or lstm)."),
+    text: str = typer.Argument(..., help="The text whose tokens are attributed."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for attribution.html, attribution.png and "
+                             "attribution.json (created; files of the same names are replaced)."),
+    target: Optional[str] = typer.Option(None, "--target", help="What to explain: a class name of a classifier, "
+                                         "or the next word of a language model (its first token). Default: the "
+                                         "model's own prediction.", show_default=False),
+    steps: int = typer.Option(32, "--steps", min=2, max=512, help="Quadrature points of the path integral "
+                              "(doubled until the attributions sum to the output's change within 1e-3)."),
+) -> None:
+    """Explain one prediction by integrated gradients: how much each token moved the log-probability of a
+    class (a classifier) or of the next token (a causal LM), from a baseline where every token of the text
+    is the padding token. The attributions sum to the output's change (completeness); the gap is shown.
+
+    Example: lmkit inspect attribution runs/clf/final "Return the sum of two numbers." --out why
+    """
+    from lmkit.interpret.attribution import COMMAND, attribute, explained_output, write
+    from lmkit.plotting import require_matplotlib
+    from lmkit.training.checkpoint import read_checkpoint
+
+    require_matplotlib(COMMAND)
+    loaded = read_checkpoint(checkpoint)
+    explained_output(loaded)  # refuses a masked LM before the model is built
+    result = attribute(loaded, loaded.inference_model(), text, target, steps)
+    written = write(result, out)
+    top = sorted(zip(result.scores, result.tokens), reverse=True)[:3]
+    reporter.out.print(f"{written[0]}: {result.output} = {result.value:.4f} (baseline {result.baseline_value:.4f}); "
+                       f"top tokens {', '.join(f'{t} {s:+.3f}' for s, t in top)}; completeness gap "
+                       f"{result.completeness_gap:.1e}", markup=False, soft_wrap=True)
