@@ -36,6 +36,7 @@ register_kind("dataset", 1, "lmkit preprocess")
 register_kind("checkpoint", 1, "lmkit pretrain, lmkit finetune or lmkit import")
 register_kind("report", 1, "lmkit evaluate")
 register_kind("export", 1, "lmkit export")
+register_kind("embeddings", 1, "lmkit inspect embed")
 
 _HASH_CHUNK = 1 << 20
 

@@ -113,3 +113,34 @@ def attribution(
     reporter.out.print(f"{written[0]}: {result.output} = {result.value:.4f} (baseline {result.baseline_value:.4f}); "
                        f"top tokens {', '.join(f'{t} {s:+.3f}' for s, t in top)}; completeness gap "
                        f"{result.completeness_gap:.1e}", markup=False, soft_wrap=True)
+
+
+@inspect_app.command("embed", no_args_is_help=True)
+@handle_errors
+def embed(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint of a gpt or bert model (a classifier: its body)."),
+    dataset: Path = typer.Argument(..., help="Dataset artifact tokenized with the checkpoint's tokenizer."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory of the embeddings artifact (embeddings.arrow "
+                             "and its manifest)."),
+    split: str = typer.Option("all", "--split", help="Splits to embed, comma-separated, or all."),
+    layers: str = typer.Option("-1", "--layers", help="Layers to write, comma-separated: 0 is the embeddings, "
+                               "-1 the final layer (what a head reads)."),
+    pooling: str = typer.Option("auto", "--pooling", help="One vector per document: mean, last (gpt), cls "
+                                "(bert), auto (a classifier's own pooling, else mean); or none: every "
+                                "position's state."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact at --out."),
+) -> None:
+    """Write a dataset's hidden states as an Arrow file, one row per document (split, id, label, n_tokens,
+    and a column per layer), for your own analysis: read it with pyarrow, pandas or polars. Memory stays
+    bounded: documents are read and written a batch at a time.
+
+    Example: lmkit inspect embed runs/gpt/final data/labeled --layers 0,-1 --out vectors
+    """
+    from lmkit.interpret.embed import FILE, write_embeddings
+
+    artifact = write_embeddings(checkpoint, dataset, out, split, layers, pooling, force)
+    stats = artifact.stats
+    counts = ", ".join(f"{name} {count}" for name, count in stats["documents"].items())
+    reporter.out.print(f"{artifact.path / FILE}: {counts} documents; layers {', '.join(map(str, stats['layers']))} "
+                       f"({'every position' if stats['pooling'] == 'none' else stats['pooling'] + ' pooling'}, {stats['d_model']} "
+                       "dimensions)", markup=False, soft_wrap=True)
