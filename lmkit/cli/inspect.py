@@ -144,3 +144,31 @@ def embed(
     reporter.out.print(f"{artifact.path / FILE}: {counts} documents; layers {', '.join(map(str, stats['layers']))} "
                        f"({'every position' if stats['pooling'] == 'none' else stats['pooling'] + ' pooling'}, {stats['d_model']} "
                        "dimensions)", markup=False, soft_wrap=True)
+
+
+@inspect_app.command("activations", no_args_is_help=True)
+@handle_errors
+def activations(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint of a gpt or bert model (a classifier: its body)."),
+    text: str = typer.Argument(..., help="The text to run through the model (in its input layout)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for activations.html, activations.md and "
+                             "activations.json (created; files of the same names are replaced)."),
+    top: int = typer.Option(8, "--top", min=1, help="Neurons shown per layer: those with the highest activation."),
+) -> None:
+    """Show which feed-forward neurons fire on which tokens: per layer, the activations' mean, spread and
+    share above zero, and the neurons that fire most, with the tokens they fire on (a page that shades
+    the text by each neuron, and a Markdown table).
+
+    Example: lmkit inspect activations runs/gpt/final "The for statement" --out neurons
+    """
+    from lmkit.interpret.activations import activations as find, write
+    from lmkit.training.checkpoint import read_checkpoint
+
+    loaded = read_checkpoint(checkpoint)
+    result = find(loaded, loaded.inference_model(), text, top)
+    written = write(result, str(checkpoint), out)
+    busiest = max(result.layers, key=lambda row: row["max"])
+    first = busiest["neurons"][0]
+    reporter.out.print(f"{written[0]}: {len(result.layers)} layers, {busiest['d_ff']} neurons each; the strongest, "
+                       f"layer {busiest['layer']} neuron {first['neuron']}, fires most on "
+                       f"{first['top_tokens'][0][0]} ({first['max']:.2f})", markup=False, soft_wrap=True)

@@ -18,12 +18,14 @@ through a forward hook on the model's token embedding, so the model is the check
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from lmkit.errors import UserError
+from lmkit.interpret import write_files
 from lmkit.interpret.attention import model_inputs, token_label
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import Checkpoint
@@ -206,26 +208,16 @@ token's embedding (special tokens and positions kept).</div>
 """
 
 
-def write(result: Attribution, out) -> list:
-    """attribution.html, attribution.png and attribution.json in ``out`` (created), each through a rename."""
+def write(result: Attribution, out: Path) -> list[Path]:
+    """attribution.html, attribution.json and attribution.png in ``out``."""
     import json
-    import os
-    from pathlib import Path
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (("attribution.html", html_page(result)),
-                       ("attribution.json", json.dumps(result.__dict__, indent=1, ensure_ascii=False) + "\n")):
-        partial = out / f".{name}.partial-{os.getpid()}"
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(out / name)
-        written.append(out / name)
-    written.append(png(result, out / "attribution.png"))
-    return written
+    written = write_files(out, {"attribution.html": html_page(result),
+                                "attribution.json": json.dumps(result.__dict__, indent=1, ensure_ascii=False) + "\n"})
+    return [*written, png(result, out / "attribution.png")]
 
 
-def png(result: Attribution, path):
+def png(result: Attribution, path: Path) -> Path:
     from lmkit.plotting import require_matplotlib, save_figure
 
     Figure = require_matplotlib(COMMAND)

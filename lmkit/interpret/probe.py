@@ -23,6 +23,7 @@ from lmkit.data.labeled import read_labeled
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation import inputs
+from lmkit.interpret import write_files
 from lmkit.interpret.states import pooled_layers, resolve_pooling, transformer_body
 from lmkit.models import build_model
 from lmkit.training.checkpoint import read_checkpoint
@@ -153,13 +154,6 @@ def plot(result: ProbeResult, path: Path) -> Path:
 
 
 def write(result: ProbeResult, out: Path) -> list[Path]:
-    """probe.json, probe.md and probe.png in ``out`` (created), each written through a rename."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (("probe.json", json.dumps(result.__dict__, indent=1) + "\n"), ("probe.md", markdown(result))):
-        partial = out / f".{name}.partial"
-        partial.write_text(text)
-        partial.replace(out / name)
-        written.append(out / name)
-    written.append(plot(result, out / "probe.png"))
-    return written
+    """probe.json, probe.md and probe.png in ``out``."""
+    written = write_files(out, {"probe.json": json.dumps(result.__dict__, indent=1) + "\n", "probe.md": markdown(result)})
+    return [*written, plot(result, out / "probe.png")]
