@@ -129,8 +129,9 @@ def main() -> None:
             entry["pretrain"] = {k: pretrained.get(k) for k in ("parameters", "step", "tokens", "budget", "seconds")}
             entry["lm"] = lm_metrics(work, work / "gpt" / "final")
         if args.stage == "pooling":  # seed 0 with each pooling a GPT offers; mean (the default) is clf-0
-            entry["pooling"] = {pooling: finetune(work, 0, ("--pooling", pooling), f"pool-{pooling}" if
-                                                  pooling != "mean" else None, False)["accuracy"]
+            # (--long-text cut: as clf-0 was trained and evaluated, before long texts were read as chunks)
+            entry["pooling"] = {pooling: finetune(work, 0, ("--pooling", pooling, "--long-text", "cut"),
+                                                  f"pool-{pooling}" if pooling != "mean" else None, False)["accuracy"]
                                 for pooling in ("mean", "last")}
         if args.stage == "scale":  # seed 0 on GPTs pretrained with other budgets: what more compute buys
             scale = {}

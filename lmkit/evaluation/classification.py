@@ -9,29 +9,32 @@ import torch
 
 from lmkit.evaluation.metrics import classification_metrics
 from lmkit.evaluation.scoring import Inference
-from lmkit.models.classifier import format_inputs
+from lmkit.models.classifier import aggregate_logits, chunk_texts, format_inputs
 from lmkit.vocab import Specials
 
 
 def predict_probabilities(inference: Inference, documents: Sequence[Sequence[int]], arch: str, max_len: int,
-                          specials: Specials, advance: Callable[[int], None] | None = None) -> np.ndarray:
+                          specials: Specials, advance: Callable[[float], None] | None = None, long_text: str = "cut",
+                          stride: int | None = None) -> np.ndarray:
     """Softmax class probabilities (N, K), float64, in the order of ``documents``. Inputs are framed as in
-    finetuning (``format_inputs``) and cut to ``max_len`` tokens; batches hold documents of similar length."""
-    order = sorted(range(len(documents)), key=lambda i: -len(documents[i]))
-    probabilities: np.ndarray | None = None
+    finetuning (``format_inputs``); a document longer than ``max_len`` is cut to it (``long_text`` cut) or
+    read as overlapping chunks whose logits are aggregated (mean or max: classifier.chunk_texts). Batches
+    hold chunks of similar length."""
+    chunks, owner = chunk_texts([np.asarray(d).tolist() for d in documents], arch, max_len, long_text, stride)
+    order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i]))
+    logits: torch.Tensor | None = None
     for start in range(0, len(order), inference.batch_size):
         chosen = order[start:start + inference.batch_size]
-        idx, mask = format_inputs([np.asarray(documents[i]).tolist() for i in chosen], arch, max_len, specials)
+        idx, mask = format_inputs([chunks[i] for i in chosen], arch, max_len, specials)
         with inference.forward_pass(int(mask.sum())):
-            logits, _ = inference.model(idx.to(inference.device), attention_mask=mask.to(inference.device))  # (B, K)
-            batch = torch.softmax(logits.double(), dim=-1).cpu().numpy()
-        if probabilities is None:
-            probabilities = np.zeros((len(documents), batch.shape[1]), dtype=np.float64)
-        probabilities[chosen] = batch
+            batch, _ = inference.model(idx.to(inference.device), attention_mask=mask.to(inference.device))  # (B, K)
+        if logits is None:
+            logits = torch.zeros((len(chunks), batch.shape[1]), dtype=torch.float64)
+        logits[chosen] = batch.double().cpu()
         if advance is not None:
-            advance(len(chosen))
-    assert probabilities is not None, "no documents"  # callers refuse empty inputs first
-    return probabilities
+            advance(len(chosen) * len(documents) / len(chunks))
+    assert logits is not None, "no documents"  # callers refuse empty inputs first
+    return torch.softmax(aggregate_logits(logits, owner, len(documents), long_text), dim=-1).numpy()
 
 
 def evaluate_classification(probabilities: np.ndarray, gold: Sequence[int], labels: list[str],

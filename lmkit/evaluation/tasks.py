@@ -12,6 +12,7 @@ from lmkit.errors import UserError
 from lmkit.evaluation import choice, classification, generation_tasks, language_modeling
 from lmkit.evaluation.inputs import Documents
 from lmkit.evaluation.scoring import Inference
+from lmkit.models.classifier import default_stride, text_room
 from lmkit.progress import reporter
 from lmkit.tokenizer import Tokenizer
 
@@ -63,7 +64,7 @@ def masked_lm(inference: Inference, documents: Documents, window: int, vocab_siz
 
 
 def classify(inference: Inference, documents: Documents, gold_names: list[str], labels: list[str], arch: str,
-             max_len: int, where: str) -> TaskOutcome:
+             max_len: int, where: str, long_text: str = "cut", stride: int | None = None) -> TaskOutcome:
     index = {label: k for k, label in enumerate(labels)}
     unknown = sorted({name for name in gold_names if name not in index})
     if unknown:
@@ -71,11 +72,16 @@ def classify(inference: Inference, documents: Documents, gold_names: list[str], 
                         f"labels ({', '.join(labels)})")
     with reporter.task("classifying", total=len(documents), unit="docs") as task:
         probabilities = classification.predict_probabilities(inference, documents.tokens, arch, max_len,
-                                                              inference.specials, task.advance)
+                                                              inference.specials, task.advance, long_text, stride)
     result, predictions = classification.evaluate_classification(
         probabilities, [index[name] for name in gold_names], labels, documents.ids)
-    framing = "[CLS] text [SEP]" if arch == "bert" else "text </s>"
-    method = {"method": "argmax of the class probabilities", "framing": framing, "max_len": max_len}
+    framing = "[CLS] text [SEP]" if arch == "bert" else "text"
+    method = {"method": "argmax of the class probabilities", "framing": framing, "max_len": max_len,
+              "long_text": long_text}
+    if long_text != "cut":
+        room = text_room(arch, max_len)
+        method["chunk_stride"] = stride or default_stride(room)
+        method["chunked_documents"] = sum(len(t) > room for t in documents.tokens)
     extra = {"per_class": result["per_class"], "confusion": {"labels": labels, "matrix": result["confusion"]}}
     return TaskOutcome(len(documents), result["metrics"], method, {"documents": len(documents)}, predictions, extra)
 

@@ -10,11 +10,14 @@ first ([CLS]) position of an encoder (Devlin et al. 2019), or the mean over real
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmkit.errors import UserError
 from lmkit.models.config import ModelConfig
 from lmkit.vocab import Specials
 
@@ -54,6 +57,76 @@ def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,
         idx[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, :len(row)] = True
     return idx, mask
+
+
+# -- long texts: overlapping chunks ------------------------------------------------------------------------
+# A text longer than the window is read as overlapping windows (chunks) of it, each framed and classified as
+# a text of its own, and the chunks' class logits are aggregated: their mean, or per class their max ("cut":
+# the beginning alone, as lmkit did before). The stride defaults to half a window.
+LONG_TEXT = ("mean", "max", "cut")
+
+
+def text_room(arch: str, max_len: int) -> int:
+    """Text tokens one window holds (an encoder's [CLS] and [SEP] take two)."""
+    return max(1, max_len - 2) if arch == "bert" else max_len
+
+
+def default_stride(room: int) -> int:
+    return max(1, room // 2)
+
+
+def chunk_text(tokens: list[int], room: int, stride: int) -> list[list[int]]:
+    """Windows of ``room`` tokens starting every ``stride`` tokens; the last ends at the text's end, so every
+    token is read. A text that fits is one chunk."""
+    if len(tokens) <= room:
+        return [list(tokens)]
+    starts = list(range(0, len(tokens) - room, stride)) + [len(tokens) - room]
+    return [list(tokens[start:start + room]) for start in starts]
+
+
+def chunk_texts(token_lists: Sequence[Sequence[int]], arch: str, max_len: int, long_text: str,
+                stride: int | None = None) -> tuple[list[list[int]], np.ndarray]:
+    """The chunks of every text (``long_text`` cut: the text itself, cut later by format_inputs) and, for
+    each chunk, the index of its text."""
+    if long_text not in LONG_TEXT:
+        raise ValueError(f"unknown long-text handling {long_text!r} (choose one of {', '.join(LONG_TEXT)})")
+    room = text_room(arch, max_len)
+    stride = stride or default_stride(room)
+    chunks: list[list[int]] = []
+    owner: list[int] = []
+    for index, tokens in enumerate(token_lists):
+        pieces = [list(tokens)] if long_text == "cut" else chunk_text(list(tokens), room, stride)
+        chunks += pieces
+        owner += [index] * len(pieces)
+    return chunks, np.asarray(owner, dtype=np.int64)
+
+
+def long_text_settings(head: dict | None, arch: str, max_len: int, requested: str = "auto", stride: int = 0
+                       ) -> tuple[str, int | None]:
+    """(long_text, stride) for a classifier whose checkpoint ``head`` records how it was finetuned: ``requested``
+    (auto: the head's, or mean) and ``stride`` (0: the head's, or half a window). A stride longer than a window
+    would skip text: refused."""
+    saved = (head or {}).get("long_text")
+    long_text = saved or "mean" if requested == "auto" else requested
+    if long_text not in LONG_TEXT:
+        raise UserError(f"--long-text {requested}: choose auto, {', '.join(LONG_TEXT)}")
+    stride = stride or (head or {}).get("chunk_stride") or 0
+    room = text_room(arch, max_len)
+    if stride < 0 or stride > room:
+        raise UserError(f"--chunk-stride {stride}: must be between 1 and the {room} text tokens of a window "
+                        "(a longer stride would skip text)")
+    return long_text, (stride or None)
+
+
+def aggregate_logits(logits: torch.Tensor, owner: np.ndarray, n_texts: int, long_text: str) -> torch.Tensor:
+    """Per text (n_texts, K): the mean (mean, cut) or per-class max (max) of its chunks' logits (M, K)."""
+    index = torch.as_tensor(owner, device=logits.device)
+    if long_text == "max":
+        out = torch.full((n_texts, logits.shape[1]), float("-inf"), dtype=logits.dtype, device=logits.device)
+        return out.scatter_reduce(0, index[:, None].expand_as(logits), logits, reduce="amax")
+    total = torch.zeros((n_texts, logits.shape[1]), dtype=logits.dtype, device=logits.device).index_add_(0, index, logits)
+    counts = torch.bincount(index, minlength=n_texts).clamp(min=1).to(logits.dtype)
+    return total / counts[:, None]
 
 
 def classifier_config(config: ModelConfig) -> ModelConfig:

@@ -191,7 +191,7 @@ class Engine:
             job.resolve([self.score(ids, top) for ids, top in job.payload])
         elif job.kind == "classify":
             job.resolve(classify(self.model, self.tokenizer, self.checkpoint.labels, job.payload,
-                                 batch_size=self.max_batch))
+                                 batch_size=self.max_batch, head=self.checkpoint.head))
         elif job.kind == "fill-mask":
             texts, top_k = job.payload
             job.resolve(fill_mask(self.model, self.tokenizer, texts, top_k=top_k, batch_size=self.max_batch))

@@ -25,6 +25,7 @@ from lmkit.errors import UserError
 from lmkit.evaluation import baselines, choice, gate, generation_tasks, inputs, report as report_files, tasks
 from lmkit.evaluation.scoring import Inference
 from lmkit.models import CAUSAL_ARCHS
+from lmkit.models.classifier import long_text_settings
 from lmkit.progress import reporter
 from lmkit.stages.evaluate_config import TASK_METRICS, EvaluateConfig
 from lmkit.devices import resolve_precision
@@ -183,6 +184,8 @@ def _plan(config: EvaluateConfig) -> _Plan:
     dataset, split, files = _data(config, task, checkpoint)
     if config.baseline:
         _check_baseline(config, task, objective, dataset, split, notes)
+    if task == "classify":  # refused before any compute
+        long_text_settings(checkpoint.head, model_config.arch, checkpoint.max_len, config.long_text, config.chunk_stride)
     window = config.window or model_config.block_size
     if window > model_config.block_size:
         raise UserError(f"--window {window}: exceeds the model's block size {model_config.block_size}")
@@ -334,8 +337,10 @@ def _run_task(config: EvaluateConfig, plan: _Plan, inference: Inference, tokeniz
         return tasks.causal_lm(inference, loaded, plan.window, plan.stride)
     if plan.task == "classify":
         where = str(plan.dataset.path) if plan.dataset is not None else ", ".join(plan.files)
+        long_text, stride = long_text_settings(checkpoint.head, model_config.arch, checkpoint.max_len,
+                                               config.long_text, config.chunk_stride)
         return tasks.classify(inference, loaded, loaded.labels, checkpoint.labels, model_config.arch,
-                              checkpoint.max_len, where)
+                              checkpoint.max_len, where, long_text, stride)
     if plan.task == "choice":
         return tasks.multiple_choice(inference, tokenizer, loaded, plan.window)
     stop = config.stop_strings()

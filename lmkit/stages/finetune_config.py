@@ -82,6 +82,13 @@ class FinetuneConfig(TrainingOptions):
     class_weights: str = option("auto", "classify: weight the loss by inverse class frequency (balanced); auto: "
                                 f"balanced when the largest class has {IMBALANCE_RATIO:g}x the smallest's training "
                                 "examples or more.", choices=("auto", "none", "balanced"), section="data")
+    long_text: str = option("mean", "classify: a text longer than the window (--block-size) is read as overlapping "
+                            "chunks, each a training example with the text's label, and validation averages the "
+                            "chunks' class logits (mean) or takes each class's max (max); cut trains and validates "
+                            "on the beginning alone. Recorded in the checkpoint for evaluate, generate and serve.",
+                            choices=("mean", "max", "cut"), section="data")
+    chunk_stride: int = option(0, "classify: tokens between the starts of consecutive chunks (0: half a window).",
+                               section="data")
     token_dropout: float = option(0.0, "classify: drop each input token with this probability during training "
                                   "(augmentation).", section="data")
     prompt_field: str = option("prompt", "sft: JSONL field of the instruction.", section="data")
@@ -147,7 +154,7 @@ class FinetuneConfig(TrainingOptions):
         problems = super().problems()
         if self.find_lr_steps < 3:
             problems.append("--find-lr-steps: must be at least 3 (a rate is suggested from the curve's shape)")
-        for name in ("lora_rank", "max_train_examples"):
+        for name in ("lora_rank", "max_train_examples", "chunk_stride"):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)}: must not be negative")
         if self.epochs is not None and self.epochs <= 0:

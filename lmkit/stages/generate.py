@@ -172,7 +172,7 @@ class Session:
                 record["candidates"] = [[c.to_dict() for c in candidates] for candidates in per_mask]
         elif self.mode == CLASSIFY:
             predictions = classify(self.model, self.tokenizer, self.checkpoint.labels, inputs.texts,
-                                   self.config.batch_size, inputs.names)
+                                   self.config.batch_size, inputs.names, self.checkpoint.head)
             for record, prediction in zip(records, predictions):
                 record.update(prediction.to_dict())
         else:

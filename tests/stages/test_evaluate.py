@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn import metrics as sk
 
 from lmkit import artifacts
 from lmkit.config import resolve
 from lmkit.errors import UserError
+from lmkit.evaluation.scoring import Inference
 from lmkit.stages import evaluate
 from lmkit.stages.evaluate_config import EvaluateConfig
+from lmkit.training.checkpoint import read_checkpoint
 from tests.conftest import paragraphs
 from tests.evaluation.helpers import LABELS, classifier_checkpoint, labeled_dataset
 
@@ -441,3 +444,24 @@ def test_without_a_validation_split_the_baseline_chooses_c_on_a_tenth_of_train(c
     train = artifacts.load(data).stats["splits"]["train"]["documents"]
     assert method["train_examples"] + method["validation_examples"] == train
     assert method["validation_examples"] == pytest.approx(0.1 * train, abs=3)
+
+
+def test_long_documents_are_read_as_chunks_unless_cut(classifier, labeled):
+    from lmkit.evaluation import classification
+    from lmkit.evaluation.inputs import from_dataset
+
+    checkpoint = read_checkpoint(classifier)
+    documents = from_dataset(artifacts.load(labeled), "validation")
+    window = 8  # a small window: most documents are long
+    assert sum(len(t) > window for t in documents.tokens) > len(documents) / 2
+    mean = evaluate.run(config(classifier, labeled, long_text="mean", chunk_stride=4)).report
+    assert mean["method"]["long_text"] == "mean" and mean["method"]["chunk_stride"] == 4
+    assert 0 < mean["method"]["chunked_documents"] == sum(len(t) > checkpoint.max_len for t in documents.tokens)
+    inference = Inference(checkpoint.inference_model(), torch.device("cpu"), "fp32", 4, checkpoint.specials)
+    chunked = classification.predict_probabilities(inference, documents.tokens, "gpt", window, checkpoint.specials,
+                                                   long_text="max", stride=3)
+    cut = classification.predict_probabilities(inference, documents.tokens, "gpt", window, checkpoint.specials)
+    assert not np.allclose(chunked, cut)  # the rest of the text now counts
+    assert cut.shape == chunked.shape and np.allclose(chunked.sum(1), 1.0)
+    with pytest.raises(UserError, match=r"--chunk-stride 500: must be between 1 and the \d+ text tokens of a window"):
+        evaluate.run(config(classifier, labeled, chunk_stride=500))

@@ -459,10 +459,30 @@ def test_by_default_validation_runs_twice_an_epoch_and_stops_early(bases, labele
     run_dir = tmp_path / "run"
     result = finetune.run(resolve(FinetuneConfig, {}, {"base": str(bases["gpt"]), "data": str(labeled),
                                                         "out": str(run_dir), **values, "epochs": 30, "lr": 0.3}))
-    examples = len(labeled_splits(artifacts.load(labeled), 0.1, 0)[0].tokens)
+    plan = finetune.plan(resolve(FinetuneConfig, {}, {"base": str(bases["gpt"]), "data": str(labeled),
+                                                      "out": str(tmp_path / "plan"), **values, "epochs": 30}),
+                         finetune.distributed.setup())
+    examples = len(plan.spec.build(plan.inputs).objective.train)  # the texts' windows (--long-text mean)
+    assert examples >= len(labeled_splits(artifacts.load(labeled), 0.1, 0)[0].tokens)
     per_epoch = -(-examples // FAST["micro_batch"])
     evaluated = [step for step, _ in metrics(run_dir, "val_accuracy")]
     assert evaluated[:2] == [-(-per_epoch // 2), 2 * -(-per_epoch // 2)]
     # A rate this high stops improving at once: four evaluations later (two epochs) the run ends, well before 30 epochs.
     stats = result.checkpoint.stats
     assert stats["step"] < 30 * per_epoch and len(evaluated) - evaluated.index(stats["best_step"]) - 1 == 4
+
+
+def test_long_texts_train_on_every_window_and_validate_on_the_aggregate(bases, labeled, tmp_path):
+    from lmkit.models.classifier import chunk_texts
+
+    built = {}
+    for long_text in ("cut", "max"):
+        plan = finetune.plan(config(bases["gpt"], labeled, tmp_path / long_text, long_text=long_text, chunk_stride=5),
+                             finetune.distributed.setup())
+        built[long_text] = plan.spec.build(plan.inputs)
+    cut, chunked = built["cut"].objective, built["max"].objective
+    assert built["cut"].extra["head"]["long_text"] == "cut" and "chunk_stride" not in built["cut"].extra["head"]
+    assert built["max"].extra["head"]["long_text"] == "max" and built["max"].extra["head"]["chunk_stride"] == 5
+    windows, owner = chunk_texts(cut.train, "gpt", cut.seq_len, "max", 5)
+    assert chunked.train == windows and chunked.train_labels.tolist() == cut.train_labels[owner].tolist()
+    assert len(windows) > len(cut.train)  # the labeled texts are longer than the tiny window

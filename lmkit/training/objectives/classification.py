@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.data.labeled import IMBALANCE_RATIO, labeled_splits
+from lmkit.data.labeled import IMBALANCE_RATIO, LabeledSplit, labeled_splits
 from lmkit.data.packing import sample_indices, seeded_generator
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation.metrics import classification_metrics
-from lmkit.models.classifier import DEFAULT_POOLING, POOLING, format_inputs
+from lmkit.models.classifier import (DEFAULT_POOLING, POOLING, aggregate_logits, chunk_texts, default_stride,
+                                     format_inputs, long_text_settings, text_room)
 from lmkit.vocab import Specials
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, dataset_for,
                                             register)
@@ -41,7 +42,9 @@ class Classification:
     def __init__(self, train: list[list[int]], train_labels: np.ndarray, validation: list[list[int]],
                  val_labels: np.ndarray, n_classes: int, arch: str, seq_len: int, layout: BatchLayout, seed: int,
                  device: torch.device, specials: Specials, class_weights: torch.Tensor | None = None,
-                 token_dropout: float = 0.0, teacher_arch: str | None = None):
+                 token_dropout: float = 0.0, teacher_arch: str | None = None, long_text: str = "cut",
+                 chunk_stride: int | None = None):
+        self.long_text, self.chunk_stride = long_text, chunk_stride  # how predict() reads a long text
         self.train, self.train_labels = train, np.asarray(train_labels, dtype=np.int64)
         self.validation, self.val_labels = validation, np.asarray(val_labels, dtype=np.int64)
         self.n_classes, self.arch, self.seq_len = n_classes, arch, seq_len
@@ -84,18 +87,20 @@ class Classification:
 
     @torch.no_grad()
     def predict(self, model: nn.Module, token_lists: list[list[int]], arch: str | None = None) -> np.ndarray:
-        """Class probabilities (N, K) of ``token_lists``, in batches of similar length, framed for ``arch``
-        (default: the trained model's)."""
-        order = np.argsort([len(t) for t in token_lists], kind="stable")
-        probabilities = np.zeros((len(token_lists), self.n_classes), dtype=np.float64)
+        """Class probabilities (N, K) of ``token_lists``, framed for ``arch`` (default: the trained model's),
+        a long text by its chunks' aggregated logits (--long-text); batches of chunks of similar length."""
+        arch = arch or self.arch
+        chunks, owner = chunk_texts(token_lists, arch, self.seq_len, self.long_text, self.chunk_stride)
+        order = np.argsort([len(t) for t in chunks], kind="stable")
+        logits = torch.zeros((len(chunks), self.n_classes), dtype=torch.float32)
         size = self.layout.micro_batch * 2
         for start in range(0, len(order), size):
             chosen = order[start:start + size]
-            idx, mask = format_inputs([token_lists[i] for i in chosen], arch or self.arch, self.seq_len,
-                                      self.specials)
-            logits, _ = model(idx.to(self.device), None, mask.to(self.device))
-            probabilities[chosen] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        return probabilities
+            idx, mask = format_inputs([chunks[i] for i in chosen], arch, self.seq_len, self.specials)
+            batch, _ = model(idx.to(self.device), None, mask.to(self.device))
+            logits[torch.as_tensor(chosen)] = batch.float().cpu()
+        aggregated = aggregate_logits(logits, owner, len(token_lists), self.long_text)
+        return torch.softmax(aggregated.double(), dim=-1).numpy()
 
     def evaluate(self, model: nn.Module, max_batches: int, arch: str | None = None) -> dict[str, float]:
         """Validation loss, accuracy and macro F1 (lmkit evaluate's definitions); ``arch`` frames the
@@ -129,11 +134,21 @@ def _build(inputs: ObjectiveInputs) -> Built:
     teacher = inputs.teacher
     if teacher is not None and teacher.labels != names:
         raise UserError(f"--teacher {options.teacher}: its labels {teacher.labels} differ from the dataset's {names}")
+    long_text, stride = long_text_settings(None, arch, inputs.seq_len, options.long_text, options.chunk_stride)
+    stride = stride or default_stride(text_room(arch, inputs.seq_len))
+    texts = len(train.tokens)
+    per_text = np.bincount(train.labels, minlength=len(names)).astype(np.float64)  # auto weighs by these
+    if long_text != "cut":  # every window of a long text is an example with the text's label
+        chunks, owner = chunk_texts(train.tokens, arch, inputs.seq_len, long_text, stride)
+        train = LabeledSplit(chunks, train.labels[owner])
+        if len(chunks) > texts:
+            inputs.notes.append(f"long texts: {texts} training texts give {len(chunks)} examples (overlapping "
+                                f"windows every {stride} tokens, --long-text {long_text})")
     weights = None
     counts = np.bincount(train.labels, minlength=len(names)).astype(np.float64)
     balanced = options.class_weights == "balanced"
-    if options.class_weights == "auto":
-        present = counts[counts > 0]
+    if options.class_weights == "auto":  # is the dataset imbalanced? (its texts; the weights count examples)
+        present = per_text[per_text > 0]
         balanced = bool(present.max() >= IMBALANCE_RATIO * present.min())
         if balanced:
             inputs.notes.append(f"class weights: balanced (--class-weights auto: the largest class has "
@@ -143,8 +158,12 @@ def _build(inputs: ObjectiveInputs) -> Built:
                                dtype=torch.float32)
     objective = Classification(train.tokens, train.labels, validation.tokens, validation.labels, len(names), arch,
                                inputs.seq_len, inputs.layout, options.seed, inputs.device, inputs.specials, weights,
-                               options.token_dropout, teacher.model_config.arch if teacher else None)
-    return Built(objective, {"head": {"labels": names, "pooling": pooling, "max_len": inputs.seq_len}})
+                               options.token_dropout, teacher.model_config.arch if teacher else None, long_text,
+                               stride)
+    head = {"labels": names, "pooling": pooling, "max_len": inputs.seq_len, "long_text": long_text}
+    if long_text != "cut":
+        head["chunk_stride"] = stride
+    return Built(objective, {"head": head})
 
 
 register(ObjectiveSpec("classify", ("gpt", "bert", "lstm"), _build, "sequence classification of a labeled dataset",
