@@ -20,6 +20,28 @@ from lmkit.models.layers import (EXPLICIT_ATTENTION_MAX, Block, Embeddings, KVCa
 from lmkit.models.loss import linear_cross_entropy, token_loss
 
 
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Each position's offset (B, T) from the start of its run of equal ``segments`` (B, T)."""
+    B, T = segments.shape
+    index = torch.arange(T, device=segments.device).expand(B, T)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    return index - torch.cummax(torch.where(starts, index, 0), dim=1).values
+
+
+def segment_mask(segments: torch.Tensor, explicit: bool) -> torch.Tensor:
+    """Block-diagonal causal attention (B, 1, T, T) over packed rows: a query sees the keys of its own segment
+    at or before it. Boolean (True = may attend) for SDPA; or, ``explicit``, the additive float bias of
+    layers.explicit_attention (0 or -inf)."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    allowed = (segments[:, :, None] == segments[:, None, :]) & causal  # (B, T, T); the diagonal always
+    if explicit:
+        return torch.zeros(allowed.shape, dtype=torch.float32, device=segments.device).masked_fill_(
+            ~allowed, float("-inf"))[:, None]
+    return allowed[:, None]
+
+
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -47,7 +69,7 @@ class GPT(nn.Module):
                        dtype=weight.dtype, device=weight.device)
 
     def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               cache: KVCache | None = None) -> torch.Tensor:
+               cache: KVCache | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, C) of idx (B, T): what the output projection and a
         classification head read. Causal: position t sees positions <= t only, so padding placed
         after the real tokens cannot change them.
@@ -57,10 +79,24 @@ class GPT(nn.Module):
         positions and idx's (S = cache length + T). Padding (before a row's first real token) is
         never attended to, and rotary positions count real tokens only, so a left-padded row gives
         the same states as the row alone.
+
+        Packed rows (training): ``segments`` (B, T) gives each position the index of the sequence it
+        belongs to; a position attends only to earlier positions of its own sequence, and positions restart
+        at 0 with each sequence, so every sequence gets the states it would get alone.
         """
         B, T = idx.shape
         past = 0 if cache is None else cache.length
-        if attention_mask is None:
+        if segments is not None:
+            if attention_mask is not None or cache is not None:
+                raise ValueError("segments (packed rows) go without an attention mask or a cache")
+            positions = segment_positions(segments)  # (B, T)
+            if int(positions.max()) >= self.config.block_size:
+                raise ValueError(f"a packed sequence of {int(positions.max()) + 1} tokens exceeds block_size "
+                                 f"{self.config.block_size}")
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd/2)
+            attention_mask = segment_mask(segments, explicit=T <= EXPLICIT_ATTENTION_MAX and idx.device.type == "cpu"
+                                          and torch.is_grad_enabled())  # (B, 1, T, T)
+        elif attention_mask is None:
             if past + T > self.config.block_size:
                 raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
             positions = torch.arange(past, past + T, device=idx.device)  # (T,)
@@ -82,14 +118,16 @@ class GPT(nn.Module):
             x = block(x, cos, sin, attention_mask, None if cache is None else cache.layers[index])  # (B, T, C)
         return self.final_norm(x)  # (B, T, C)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_logits: bool = True
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_logits: bool = True,
+                segments: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids; targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the
         mean cross entropy over targets that are not -100 (None without targets). Training passes
-        ``return_logits=False``: the loss then never materializes the logits (loss.py), which are None."""
+        ``return_logits=False``: the loss then never materializes the logits (loss.py), which are None.
+        segments (B, T): packed rows of several sequences (encode)."""
+        hidden = self.encode(idx, segments=segments)  # (B, T, C)
         if targets is not None and not return_logits:
-            return None, linear_cross_entropy(self.encode(idx), self.lm_head.weight, None, targets)
-        logits = self.lm_head(self.encode(idx))  # (B, T, V)
+            return None, linear_cross_entropy(hidden, self.lm_head.weight, None, targets)
+        logits = self.lm_head(hidden)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = token_loss(logits, targets)

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 import torch
 
 from lmkit.models import build_model, count_parameters, flops_per_token, model_config
@@ -71,3 +73,24 @@ def test_gelu_mlp_variant():
     model = build_model(tiny_config("gpt", mlp="gelu"))
     assert model.blocks[0].mlp.up.weight.shape == (4 * 32, 32) and not hasattr(model.blocks[0].mlp, "gate")
     assert model(torch.randint(7, VOCAB, (1, 5)))[0].shape == (1, 5, VOCAB)
+
+
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+@pytest.mark.parametrize("grad", [False, True], ids=["sdpa", "explicit"])
+def test_packed_rows_give_each_sequence_its_states_alone(positions, grad):
+    from lmkit.models.gpt import segment_positions
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("gpt", positions=positions)).eval()
+    sequences = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16], [17]]
+    idx = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 0, 0], [13, 14, 15, 16, 17, 0, 0, 0, 0, 0]])
+    segments = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, -1, -1], [2, 2, 2, 2, 3, -1, -1, -1, -1, -1]])
+    assert segment_positions(segments).tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1], [0, 1, 2, 3, 0, 0, 1, 2, 3, 4]]
+    with torch.set_grad_enabled(grad):
+        logits, _ = model(idx, segments=segments)
+        alone = [model(torch.tensor([s]))[0][0] for s in sequences]
+    spans = [(0, 0, 5), (0, 5, 8), (1, 0, 4), (1, 4, 5)]
+    for (row, start, stop), expected in zip(spans, alone):
+        assert torch.allclose(logits[row, start:stop], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="without an attention mask"):
+        model.encode(idx, torch.ones_like(idx, dtype=torch.bool), segments=segments)

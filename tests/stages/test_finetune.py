@@ -486,3 +486,34 @@ def test_long_texts_train_on_every_window_and_validate_on_the_aggregate(bases, l
     windows, owner = chunk_texts(cut.train, "gpt", cut.seq_len, "max", 5)
     assert chunked.train == windows and chunked.train_labels.tolist() == cut.train_labels[owner].tolist()
     assert len(windows) > len(cut.train)  # the labeled texts are longer than the tiny window
+
+
+def test_packed_sft_equals_unpacked_per_example_losses(bases, instructions, tmp_path):
+    import torch.nn.functional as F
+
+    from lmkit.training.objectives import BatchLayout
+    from lmkit.training.objectives.instruction import InstructionTuning
+
+    plan = finetune.plan(config(bases["gpt"], instructions, tmp_path / "run", template="Q: {prompt}\nA: ",
+                                seq_len=128), finetune.distributed.setup())
+    packed_objective = plan.spec.build(plan.inputs).objective
+    assert packed_objective.pack_width == plan.inputs.seq_len  # gpt: packed by default
+    examples = packed_objective.train[:8]
+    unpacked = InstructionTuning(examples, [], BatchLayout(8, 1, 1), 0, torch.device("cpu"), 0)
+    model = read_checkpoint(bases["gpt"]).inference_model()
+    packed, plain = packed_objective._batch(examples), unpacked._batch(examples)
+    assert packed["idx"].shape[0] < plain["idx"].shape[0]  # fewer rows
+    with torch.no_grad():
+        assert float(packed_objective.loss(model, packed)) == pytest.approx(float(unpacked.loss(model, plain)), abs=1e-5)
+        logits, _ = packed_objective.forward(model, packed)
+        losses = F.cross_entropy(logits.flatten(0, 1), packed["targets"].flatten(), reduction="none",
+                                 ignore_index=-100).view_as(packed["targets"])
+        for i, example in enumerate(examples):  # each example's own loss, alone and packed
+            alone = unpacked._batch([example])
+            own_logits, own_loss = model(alone["idx"], alone["targets"])
+            assert float(losses[packed["segments"] == i].sum() / (packed["targets"][packed["segments"] == i] != -100)
+                         .sum()) == pytest.approx(float(own_loss), abs=1e-5)
+    refused = finetune.plan(config(bases["lstm"], instructions, tmp_path / "lstm", template="Q: {prompt}\nA: ", pack=True),
+                            finetune.distributed.setup())
+    with pytest.raises(UserError, match="--pack: packs examples with a block-diagonal attention mask"):
+        refused.spec.build(refused.inputs)

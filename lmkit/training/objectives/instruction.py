@@ -13,6 +13,7 @@ from torch import nn
 from lmkit.data.instructions import InstructionExample, read_instructions
 from lmkit.data.packing import sample_indices
 from lmkit.data.split import seeded_subset, split_off
+from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.objectives.base import BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, register
 from lmkit.vocab import IGNORE_INDEX
@@ -24,14 +25,17 @@ class InstructionTuning:
     name = "sft"
 
     def __init__(self, train: list[InstructionExample], validation: list[InstructionExample], layout: BatchLayout,
-                 seed: int, device: torch.device, pad: int):
+                 seed: int, device: torch.device, pad: int, pack_width: int = 0):
         self.train, self.validation, self.pad = train, validation, pad
+        self.pack_width = pack_width  # > 0: a batch's examples are packed into rows of at most this many tokens
         self.layout, self.seed, self.device = layout, seed, device
         self.train_windows = Count(len(train))
         self.val_windows = Count(len(validation)) if validation else None
         self.tokens_per_sample = max(1, round(float(np.mean([len(e.tokens) - 1 for e in train]))))
 
     def _batch(self, examples: list[InstructionExample]) -> dict[str, torch.Tensor]:
+        if self.pack_width:
+            return self._packed(examples)
         width = max(len(e.tokens) for e in examples) - 1
         idx = torch.full((len(examples), width), self.pad, dtype=torch.long)
         targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -43,6 +47,40 @@ class InstructionTuning:
             targets[row, example.prompt_length - 1:n] = tokens[example.prompt_length:]
         return {"idx": idx.to(self.device), "targets": targets.to(self.device)}
 
+    def _packed(self, examples: list[InstructionExample]) -> dict[str, torch.Tensor]:
+        """The same examples, inputs and targets as _batch, packed into as few rows as first-fit-decreasing
+        finds (longest first, each into the first row with room), with ``segments`` telling the model
+        where each example starts: attention stays inside an example and its positions start at 0, so
+        each example's loss is what it is alone. The mean loss over the batch's targets is unchanged."""
+        lengths = [len(e.tokens) - 1 for e in examples]
+        rows: list[list[int]] = []  # example indices per row
+        room: list[int] = []
+        for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
+            row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+            if row is None:
+                rows.append([])
+                room.append(self.pack_width)
+                row = len(rows) - 1
+            rows[row].append(i)
+            room[row] -= lengths[i]
+        width = max(self.pack_width - free for free in room)
+        idx = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        segments = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding, a segment of its own
+        for r, members in enumerate(rows):
+            at = 0
+            for i in members:
+                example, n = examples[i], lengths[i]
+                tokens = torch.tensor(example.tokens, dtype=torch.long)
+                idx[r, at:at + n] = tokens[:-1]
+                targets[r, at + example.prompt_length - 1:at + n] = tokens[example.prompt_length:]
+                segments[r, at:at + n] = i
+                at += n
+        return {"idx": idx.to(self.device), "targets": targets.to(self.device), "segments": segments.to(self.device)}
+
+    def _model_kwargs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"segments": batch["segments"]} if "segments" in batch else {}
+
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         start = self.layout.start(step, micro, rank)
         indices = sample_indices(len(self.train), self.seed, start, self.layout.micro_batch)
@@ -50,10 +88,10 @@ class InstructionTuning:
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return model(batch["idx"], batch["targets"])
+        return model(batch["idx"], batch["targets"], **self._model_kwargs(batch))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(batch["idx"], batch["targets"], return_logits=False)[1]  # no logits: the fused loss
+        return model(batch["idx"], batch["targets"], return_logits=False, **self._model_kwargs(batch))[1]  # fused loss
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
@@ -66,7 +104,7 @@ class InstructionTuning:
         size = self.layout.micro_batch
         for start in range(0, len(examples), size):
             batch = self._batch(examples[start:start + size])
-            logits, loss = model(batch["idx"], batch["targets"])
+            logits, loss = model(batch["idx"], batch["targets"], **self._model_kwargs(batch))
             chosen = batch["targets"] != IGNORE_INDEX
             n = int(chosen.sum())
             total_loss += loss.float().item() * n
@@ -90,7 +128,13 @@ def _build(inputs: ObjectiveInputs) -> Built:
         train = [train[i] for i in chosen]
     inputs.notes.append(f"validation: {len(validation)} of {len(examples)} records held out (--val-fraction "
                         f"{options.val_fraction})")
-    objective = InstructionTuning(train, validation, inputs.layout, options.seed, inputs.device, tokenizer.specials.pad)
+    arch = inputs.model_config.arch
+    if options.pack and arch != "gpt":
+        raise UserError(f"--pack: packs examples with a block-diagonal attention mask, which an {arch} model does "
+                        "not have; use --no-pack")
+    pack = arch == "gpt" if options.pack is None else options.pack
+    objective = InstructionTuning(train, validation, inputs.layout, options.seed, inputs.device, tokenizer.specials.pad,
+                                  inputs.seq_len if pack else 0)
     return Built(objective, {"template": options.template})
 
 
