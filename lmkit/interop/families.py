@@ -169,13 +169,15 @@ def _rope(hf: dict[str, Any], where: str) -> dict[str, Any]:
     theta = float(parameters.get("rope_theta") or hf.get("rope_theta") or 10000.0)
     if kind == "default":
         return {"rope_theta": theta}
+    if kind == "linear":
+        return {"rope_theta": theta, "rope_scaling": "linear", "rope_factor": float(parameters["factor"])}
     if kind == "llama3":
         return {"rope_theta": theta, "rope_scaling": "llama3", "rope_factor": float(parameters["factor"]),
                 "rope_low_freq_factor": float(parameters["low_freq_factor"]),
                 "rope_high_freq_factor": float(parameters["high_freq_factor"]),
                 "rope_original_length": int(parameters["original_max_position_embeddings"])}
-    raise UserError(f"{where}: rope scaling {kind!r} is not supported (lmkit reproduces plain RoPE and Llama 3.1's "
-                    "'llama3' scaling)")
+    raise UserError(f"{where}: rope scaling {kind!r} is not supported (lmkit reproduces plain RoPE, 'linear' "
+                    "position interpolation and Llama 3.1's 'llama3' scaling)")
 
 
 class LlamaFamily(Family):
@@ -219,6 +221,9 @@ class LlamaFamily(Family):
             problems.append("--qkv-bias with --qk-norm (Qwen2 has the biases, Qwen3 the norms, none both)")
         if config.type_vocab_size:
             problems.append("token-type embeddings")
+        if config.rope_scaling == "ntk":
+            problems.append("--rope-scaling ntk (transformers has no static NTK scaling; linear position "
+                            "interpolation exports)")
         if config.rope_scaling != "none" and config.qk_norm:
             problems.append("--rope-scaling with --qk-norm (lmkit exports llama3 scaling on Llama only)")
         return problems
@@ -233,6 +238,9 @@ class LlamaFamily(Family):
             num_key_value_heads=config.kv_heads, head_dim=config.head_dim, hidden_act="silu",
             max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps, rope_theta=config.rope_theta,
             attention_dropout=0.0, tie_word_embeddings=config.tie_embeddings)
+        if config.rope_scaling == "linear":
+            values["rope_parameters"] = {"rope_type": "linear", "rope_theta": config.rope_theta,
+                                         "factor": config.rope_factor}
         if config.rope_scaling == "llama3":
             values["rope_parameters"] = {
                 "rope_type": "llama3", "rope_theta": config.rope_theta, "factor": config.rope_factor,

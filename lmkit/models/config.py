@@ -17,7 +17,7 @@ ARCHS = ("gpt", "bert", "lstm")
 MLPS = ("swiglu", "gelu", "gelu_tanh")
 NORMS = ("rms", "layer")
 POSITIONS = ("rope", "learned")
-ROPE_SCALINGS = ("none", "llama3")
+ROPE_SCALINGS = ("none", "llama3", "linear", "ntk")
 # The special tokens have fixed ids 0..6 across lmkit (lmkit/tokenizer.py); a vocabulary holds them all.
 MIN_VOCAB_SIZE = 7
 # Fields that only transformers (gpt, bert) use; an LSTM refuses non-default values rather than ignore them.
@@ -53,10 +53,12 @@ class ModelConfig:
     pooler: bool = option(False, "BERT's pooler: a dense layer with tanh over [CLS], read by a classifier head.")
     qk_norm: bool = option(False, "RMSNorm on each head's queries and keys before attention (OLMo 2, Gemma 3).")
     rope_theta: float = option(10000.0, "Base of the rotary position embedding frequencies (Su et al. 2021).")
-    rope_scaling: str = option("none", "Rotary frequency scaling: none, or llama3 (Llama 3.1+: long wavelengths "
-                               "stretched by --rope-factor, smoothly between the two wavelength bounds).",
-                               choices=ROPE_SCALINGS)
-    rope_factor: float = option(8.0, "llama3 scaling: how much the long wavelengths are stretched.")
+    rope_scaling: str = option("none", "Rotary frequency scaling: none; llama3 (Llama 3.1+: long wavelengths "
+                               "stretched by --rope-factor, smoothly between the two wavelength bounds); linear "
+                               "(position interpolation, Chen et al. 2023: every frequency divided by --rope-factor); "
+                               "ntk (NTK-aware: the base theta raised so that the lowest frequency is divided by "
+                               "--rope-factor and the highest kept).", choices=ROPE_SCALINGS)
+    rope_factor: float = option(8.0, "llama3, linear and ntk scaling: how much the context is stretched.")
     rope_low_freq_factor: float = option(1.0, "llama3 scaling: wavelengths above original length / this are "
                                          "stretched.")
     rope_high_freq_factor: float = option(4.0, "llama3 scaling: wavelengths below original length / this are kept.")
@@ -116,6 +118,9 @@ class ModelConfig:
                                                      > self.rope_low_freq_factor > 0 and self.rope_original_length > 0):
             problems.append("--rope-scaling llama3: needs --rope-factor > 0, --rope-high-freq-factor > "
                             "--rope-low-freq-factor > 0 and --rope-original-length > 0")
+        if self.rope_scaling in ("linear", "ntk") and self.rope_factor < 1:
+            problems.append(f"--rope-factor: {self.rope_scaling} scaling stretches the context, so the factor must be "
+                            f"at least 1, got {self.rope_factor}")
         if self.rope_theta <= 0:
             problems.append(f"--rope-theta: must be positive, got {self.rope_theta}")
         if self.norm_eps <= 0:

@@ -34,10 +34,18 @@ class RMSNorm(nn.RMSNorm):
 def rope_tables(head_dim: int, length: int, theta: float,
                 config: ModelConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotation angles ``position * theta^(-2i/head_dim)``, each (length, head_dim/2),
-    with ``config``'s frequency scaling (``--rope-scaling llama3``) applied."""
+    with ``config``'s frequency scaling (``--rope-scaling``) applied: llama3; linear, position interpolation
+    (Chen et al. 2023), every frequency divided by the factor, so positions up to factor x the trained length
+    turn through the angles the model knows; ntk, NTK-aware scaling (bloc97 2023), theta multiplied by
+    factor^(hd/(hd-2)), which keeps the highest frequency and divides the lowest by the factor."""
+    scaling = "none" if config is None else config.rope_scaling
+    if scaling == "ntk":
+        theta = theta * config.rope_factor ** (head_dim / (head_dim - 2))
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    if config is not None and config.rope_scaling == "llama3":
+    if scaling == "llama3":
         inv_freq = llama3_frequencies(inv_freq, config)
+    elif scaling == "linear":
+        inv_freq = inv_freq / config.rope_factor
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hd/2)
     return angles.cos(), angles.sin()
 

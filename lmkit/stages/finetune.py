@@ -23,6 +23,7 @@ from lmkit import artifacts, config as config_lib
 from lmkit.errors import UserError
 from lmkit.models import build_model, count_parameters
 from lmkit.models.classifier import SequenceClassifier, classifier_config, default_pooling
+from lmkit.models.config import ModelConfig
 from lmkit.models.lora import apply_lora, merge_lora
 from lmkit.models.presets import model_config
 from lmkit.progress import reporter
@@ -92,6 +93,13 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
         model_cfg = model_config(config.model, base.model_config.vocab_size, **config.model_overrides())
     if config.dropout is not None:
         model_cfg = dataclasses.replace(model_cfg, dropout=config.dropout)
+    if config.block_size is not None and config.block_size != model_cfg.block_size:
+        model_cfg = extend_context(model_cfg, config.block_size, config.rope_scaling, config.rope_factor)
+        if not config.seq_len:
+            config = dataclasses.replace(config, seq_len=model_cfg.block_size)
+        reporter.info(f"context {base.model_config.block_size} -> {model_cfg.block_size} tokens (rope scaling "
+                      f"{model_cfg.rope_scaling}" + (f", factor {model_cfg.rope_factor:g})" if
+                                                     model_cfg.rope_scaling != "none" else ")"))
     spec.check_arch(model_cfg.arch, "--task", f"--model {config.model}" if config.model else config.base)
     if task == "classify":
         if config.pooling == "auto":
@@ -135,6 +143,30 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
                                                                           layout.global_batch),
                         label=f"finetune ({task})", stats={"task": task}, metric=metric, eval_at_end=True,
                         model_extra=lora)
+
+
+def extend_context(model_cfg: ModelConfig, block_size: int, scaling: str | None, factor: float | None) -> ModelConfig:
+    """``model_cfg`` reading ``block_size`` tokens: a rotary model's positions past the base's are scaled
+    (linear by default, by new / old) so that they turn through angles the model was trained on."""
+    old = model_cfg.block_size
+    if model_cfg.positions != "rope":
+        raise UserError(f"--block-size {block_size}: the base has {old} learned position embeddings and no more; "
+                        "a longer context needs a rotary model")
+    if block_size < old:
+        if scaling is not None or factor is not None:
+            raise UserError(f"--block-size {block_size}: shorter than the base's {old}; no rope scaling is needed")
+        return dataclasses.replace(model_cfg, block_size=block_size)
+    if model_cfg.rope_scaling != "none":
+        raise UserError(f"--block-size {block_size}: the base already scales its rotary positions "
+                        f"({model_cfg.rope_scaling}); lmkit does not stack a second scaling on it")
+    scaling = scaling or "linear"
+    fields: dict[str, Any] = {"block_size": block_size, "rope_scaling": scaling}
+    if scaling != "none":
+        fields.update(rope_factor=float(factor or block_size / old), rope_original_length=old)
+    try:
+        return dataclasses.replace(model_cfg, **fields)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _freeze_layers(config: FinetuneConfig, model_cfg) -> None:

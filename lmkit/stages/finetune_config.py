@@ -67,6 +67,14 @@ class FinetuneConfig(TrainingOptions):
     d_model: int | None = option(None, "With --model: model width.", section="model")
     d_ff: int | None = option(None, "With --model: feed-forward width.", section="model")
     dropout: float | None = option(None, "Dropout probability (default: the base model's).", section="model")
+    block_size: int | None = option(None, "A longer context than the base's, for a rotary model: positions "
+                                    "beyond the base's are reached by --rope-scaling; --seq-len defaults to it.",
+                                    section="model")
+    rope_scaling: str | None = option(None, "With --block-size: linear (position interpolation, the default), "
+                                      "ntk (NTK-aware theta), or none (plain extrapolation).",
+                                      choices=("linear", "ntk", "none"), section="model")
+    rope_factor: float | None = option(None, "With --block-size: the stretch of the rotary positions (default: "
+                                       "the new block size over the base's).", section="model")
     pooling: str = option("auto", "classify: the vector the head reads: the mean of the hidden states, the last "
                           "position's (causal models; what Hugging Face's GPT-2 and Llama classifiers read, so "
                           "--pooling last exports), or [CLS] (BERT); auto: mean, last for an LSTM, and for a model "
@@ -182,6 +190,10 @@ class FinetuneConfig(TrainingOptions):
             parse_freeze(self.freeze)
         except ValueError as exc:
             problems.append(f"--freeze: {exc}")
+        if self.block_size is None and (self.rope_scaling is not None or self.rope_factor is not None):
+            problems.append("--rope-scaling and --rope-factor go with --block-size (a longer context than the base's)")
+        if self.block_size is not None and self.block_size <= 0:
+            problems.append(f"--block-size: must be positive, got {self.block_size}")
         overrides = [flag_name(n) for n in ("n_layer", "n_head", "d_model", "d_ff") if getattr(self, n) is not None]
         if overrides and not self.model:
             problems.append(f"{', '.join(overrides)}: shape a new model, so they need --model PRESET")

@@ -311,6 +311,21 @@ def test_llama3_rope_scaling_imports_and_round_trips(tmp_path):
     assert {key: written[key] for key in scaling} == scaling
 
 
+def test_linear_rope_scaling_matches_transformers_and_round_trips(tmp_path):
+    """Position interpolation (rope_type linear, what finetune --block-size writes): logits equal transformers'
+    past the original length, and the export writes the same rope_parameters back."""
+    scaling = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+    source = make_hf_model("llama", tmp_path / "hf", rope_parameters=scaling)
+    checkpoint = read_checkpoint(import_dir(source, tmp_path / "ckpt").path)
+    assert (checkpoint.model_config.rope_scaling, checkpoint.model_config.rope_factor) == ("linear", 4.0)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    idx = torch.randint(0, checkpoint.model_config.vocab_size, (2, 60), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(checkpoint.inference_model()(idx)[0], theirs(input_ids=idx).logits, atol=1e-5, rtol=0)
+    written = json.loads((export(checkpoint.path, tmp_path / "out").path / "config.json").read_text())
+    assert {key: written["rope_parameters"][key] for key in scaling} == scaling
+
+
 def test_an_original_bert_file_with_gamma_beta_names_and_the_nsp_head_imports(hf_dirs, imported, tmp_path):
     """The first BERT checkpoints name LayerNorm parameters gamma/beta and carry the next-sentence head."""
     from safetensors.torch import save_file

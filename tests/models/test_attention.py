@@ -141,3 +141,22 @@ def test_a_gpt_trains_on_explicit_attention_and_infers_with_sdpa_alike():
             inference = model(idx)[0]
     assert len(calls) == 2  # once per layer, for the training forward only
     torch.testing.assert_close(training, inference, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_and_ntk_rope_scaling():
+    from lmkit.errors import ConfigError
+    from lmkit.models.config import ModelConfig
+
+    config = lambda scaling: ModelConfig(arch="gpt", vocab_size=64, block_size=64, n_layer=1, n_head=2,  # noqa: E731
+                                         d_model=32, rope_scaling=scaling, rope_factor=4.0)
+    cos, sin = rope_tables(16, 64, THETA)
+    linear_cos, linear_sin = rope_tables(16, 64, THETA, config("linear"))
+    # Position interpolation: position 4p turns through the angles of position p.
+    assert torch.allclose(linear_cos[::4], cos[:16], atol=1e-5) and torch.allclose(linear_sin[::4], sin[:16], atol=1e-5)
+    ntk = rope_tables(16, 64, THETA, config("ntk"))
+    angle = lambda c, s: torch.atan2(s[1], c[1])  # noqa: E731  (position 1: the frequencies themselves)
+    assert float(angle(*ntk)[0]) == pytest.approx(float(angle(cos, sin)[0]), rel=1e-5)  # the highest frequency kept
+    assert float(angle(*ntk)[-1]) == pytest.approx(float(angle(cos, sin)[-1]) / 4, rel=1e-3)  # the lowest / 4
+    with pytest.raises(ConfigError, match="--rope-factor: linear scaling stretches the context"):
+        ModelConfig(arch="gpt", vocab_size=64, block_size=64, n_layer=1, n_head=2, d_model=32, rope_scaling="linear",
+                    rope_factor=0.5)

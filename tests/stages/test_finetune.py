@@ -517,3 +517,26 @@ def test_packed_sft_equals_unpacked_per_example_losses(bases, instructions, tmp_
                             finetune.distributed.setup())
     with pytest.raises(UserError, match="--pack: packs examples with a block-diagonal attention mask"):
         refused.spec.build(refused.inputs)
+
+
+def test_block_size_extends_a_rotary_model_and_refuses_what_cannot_extend(bases, dataset, tmp_path):
+    result = finetune.run(config(bases["gpt"], dataset, tmp_path / "long", block_size=256, max_steps=2,
+                                 eval_every=0, seq_len=0))
+    extended = read_checkpoint(result.checkpoint.path).model_config
+    base = read_checkpoint(bases["gpt"]).model_config
+    assert (extended.block_size, extended.rope_scaling, extended.rope_factor, extended.rope_original_length) == \
+        (256, "linear", 256 / base.block_size, base.block_size)
+    assert result.checkpoint.config["seq_len"] == 256  # --seq-len follows the new context
+    ntk = finetune.plan(config(bases["gpt"], dataset, tmp_path / "ntk", block_size=512, rope_scaling="ntk",
+                               rope_factor=3.0), finetune.distributed.setup())
+    assert (ntk.model_config.rope_scaling, ntk.model_config.rope_factor) == ("ntk", 3.0)
+    learned = train_tiny(dataset, tmp_path / "learned", model="gpt2-tiny").path
+    for base_path, message, size in ((learned, "learned position embeddings and no more; a longer context needs a "
+                                      "rotary model", 256),
+                                     (result.checkpoint.path, r"the base already scales its rotary positions \(linear\)",
+                                      1024)):
+        with pytest.raises(UserError, match=message):
+            finetune.run(config(base_path, dataset, tmp_path / "refused", block_size=size))
+        assert not (tmp_path / "refused").exists()
+    with pytest.raises(UserError, match="--rope-scaling and --rope-factor go with --block-size"):
+        config(bases["gpt"], dataset, tmp_path / "x", rope_scaling="ntk")
