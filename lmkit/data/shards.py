@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 SPLITS = ("train", "validation", "test")
 
 
-def schema(token_type: str, with_labels: bool) -> pa.Schema:
+def schema(token_type: str, with_labels: bool, with_langs: bool = False) -> pa.Schema:
     fields = [
         pa.field("id", pa.uint64(), nullable=False),
         pa.field("tokens", pa.list_(getattr(pa, token_type)()), nullable=False),
@@ -34,11 +34,13 @@ def schema(token_type: str, with_labels: bool) -> pa.Schema:
     ]
     if with_labels:
         fields.append(pa.field("label", pa.int32(), nullable=False))
+    if with_langs:  # preprocess --language-id: each document's identified language (ISO 639-1)
+        fields.append(pa.field("lang", pa.string(), nullable=False))
     return pa.schema(fields)
 
 
 def make_batch(ids: list[int], tokens: list[list[int]], n_bytes: list[int], labels: list[int] | None,
-               token_type: str) -> pa.RecordBatch:
+               token_type: str, langs: list[str] | None = None) -> pa.RecordBatch:
     columns = [
         pa.array(ids, type=pa.uint64()),
         pa.array(tokens, type=pa.list_(getattr(pa, token_type)())),
@@ -46,7 +48,9 @@ def make_batch(ids: list[int], tokens: list[list[int]], n_bytes: list[int], labe
     ]
     if labels is not None:
         columns.append(pa.array(labels, type=pa.int32()))
-    return pa.RecordBatch.from_arrays(columns, schema=schema(token_type, labels is not None))
+    if langs is not None:
+        columns.append(pa.array(langs, type=pa.string()))
+    return pa.RecordBatch.from_arrays(columns, schema=schema(token_type, labels is not None, langs is not None))
 
 
 def _token_count(batch: pa.RecordBatch) -> int:

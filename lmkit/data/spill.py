@@ -33,19 +33,21 @@ class HashingReader:
 
 
 class Spill:
-    """Kept documents of one split, as an Arrow stream in the temporary directory."""
+    """Kept documents of one split, as an Arrow stream in the temporary directory: text, label, digest and the
+    identified language (None without --language-id)."""
 
-    SCHEMA = pa.schema([("text", pa.large_string()), ("label", pa.string()), ("digest", pa.binary(16))])
+    SCHEMA = pa.schema([("text", pa.large_string()), ("label", pa.string()), ("digest", pa.binary(16)),
+                        ("lang", pa.string())])
 
     def __init__(self, path: Path):
         self.path = path
         self._writer = pa.ipc.new_stream(str(path), self.SCHEMA)
-        self._rows: list[tuple[str, str | None, bytes]] = []
+        self._rows: list[tuple[str, str | None, bytes, str | None]] = []
         self.count = 0
         self.bytes = 0
 
-    def add(self, text: str, label: str | None, digest: bytes) -> None:
-        self._rows.append((text, label, digest))
+    def add(self, text: str, label: str | None, digest: bytes, lang: str | None = None) -> None:
+        self._rows.append((text, label, digest, lang))
         self.count += 1
         self.bytes += len(text.encode("utf-8"))
         if len(self._rows) >= 1024:
@@ -53,20 +55,20 @@ class Spill:
 
     def _flush(self) -> None:
         if self._rows:
-            texts, labels, digests = zip(*self._rows)
+            texts, labels, digests, langs = zip(*self._rows)
             self._writer.write_batch(pa.RecordBatch.from_arrays(
-                [pa.array(texts, pa.large_string()), pa.array(labels, pa.string()), pa.array(digests, pa.binary(16))],
-                schema=self.SCHEMA))
+                [pa.array(texts, pa.large_string()), pa.array(labels, pa.string()), pa.array(digests, pa.binary(16)),
+                 pa.array(langs, pa.string())], schema=self.SCHEMA))
             self._rows = []
 
     def close(self) -> None:
         self._flush()
         self._writer.close()
 
-    def rows(self) -> Iterator[tuple[str, str | None, bytes]]:
+    def rows(self) -> Iterator[tuple[str, str | None, bytes, str | None]]:
         # Read, not memory-mapped: every mapped page read would stay in this process's resident memory,
         # which then grew with the corpus (the tokenizer's sample and the shuffle scan the whole spill).
         with pa.OSFile(str(self.path), "rb") as source:
             for batch in pa.ipc.open_stream(source):
                 yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
-                               batch.column("digest").to_pylist())
+                               batch.column("digest").to_pylist(), batch.column("lang").to_pylist())

@@ -32,6 +32,7 @@ from lmkit.data import sources
 from lmkit.data.cleaning import clean_text
 from lmkit.data.dedup import ExactDeduper, NearDeduper, text_digest
 from lmkit.data.filters import FilterThresholds, first_failing_filter
+from lmkit.data.languages import check_codes, identify, identifier, temperature_shares
 from lmkit.data.shards import SPLITS, ShardWriter, make_batch, schema
 from lmkit.data.spill import HashingReader, Spill
 from lmkit.data.split import doc_id, shuffled, split_of
@@ -43,6 +44,13 @@ from lmkit.tokenizer import TrainSettings, token_dtype_name, train
 from lmkit.tokenizer import load as load_tokenizer
 from lmkit.vocab import SPECIAL_TOKENS
 from lmkit.units import parse_size
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
 
 _BATCH_DOCS = 512
 _BATCH_BYTES = 1 << 20
@@ -61,6 +69,8 @@ class _CleanSettings:
     thresholds: FilterThresholds
     near_dedup: bool
     near_threshold: float
+    language_id: bool = False
+    languages: tuple[str, ...] = ()
 
 
 _worker_state: dict[str, Any] = {}
@@ -72,7 +82,8 @@ def _init_clean(settings: _CleanSettings) -> None:
 
 
 def _clean_batch(batch: list[tuple[str, str | None, str]]) -> list[tuple]:
-    """(text, label, split hint) → ("ok", text, label, hint, digest, near keys) or (drop reason,)."""
+    """(text, label, split hint) → ("ok", text, label, hint, digest, near keys, language or None) or
+    (drop reason,)."""
     settings: _CleanSettings = _worker_state["clean"]
     near: NearDeduper | None = _worker_state["near"]
     results = []
@@ -85,8 +96,12 @@ def _clean_batch(batch: list[tuple[str, str | None, str]]) -> list[tuple]:
         if reason is not None:
             results.append((reason,))
             continue
+        lang = identify(cleaned) if settings.language_id else None
+        if settings.languages and lang not in settings.languages:
+            results.append(("other_language",))
+            continue
         keys = near.keys(cleaned) if near is not None else None
-        results.append(("ok", cleaned, label, hint, text_digest(cleaned), keys))
+        results.append(("ok", cleaned, label, hint, text_digest(cleaned), keys, lang))
     return results
 
 
@@ -96,11 +111,11 @@ def _init_tokenize(tokenizer_dir: str, token_type: str) -> None:
     _worker_state["token_type"] = token_type
 
 
-def _tokenize_batch(batch: tuple[list[str], list[int], list[int] | None]) -> pa.RecordBatch:
-    texts, ids, labels = batch
+def _tokenize_batch(batch: tuple[list[str], list[int], list[int] | None, list[str] | None]) -> pa.RecordBatch:
+    texts, ids, labels, langs = batch
     tokens = _worker_state["tokenizer"].encode_batch(texts)
     n_bytes = [len(text.encode("utf-8")) for text in texts]
-    return make_batch(ids, tokens, n_bytes, labels, _worker_state["token_type"])
+    return make_batch(ids, tokens, n_bytes, labels, _worker_state["token_type"], langs)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -145,6 +160,9 @@ def run(config: PreprocessConfig, stdin: BinaryIO | None = None) -> artifacts.Ar
     val_inputs = sources.resolve_inputs(config.val_inputs, input_format=config.input_format) \
         if config.val_inputs else []
     parent_tokenizer = artifacts.load(config.tokenizer, kind="tokenizer") if config.tokenizer else None
+    if config.language_id:
+        identifier()  # a missing extra fails here, before any reading
+        check_codes(config.languages)
     all_inputs = [(path, "train") for path in inputs] + [(path, "validation") for path in val_inputs]
     if sum(path == "-" for path, _ in all_inputs) > 1:
         raise UserError("INPUTS: '-' (stdin) can be given only once")
@@ -192,8 +210,8 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     spill_dir.mkdir()
     phases = {}  # seconds per phase, for the stats (where the time goes)
     started = time.monotonic()
-    counts, dropped, label_counts, spills = _pass_one(config, all_inputs, input_files, spill_dir, workers,
-                                                      stdin_reader)
+    counts, dropped, label_counts, spills, languages = _pass_one(config, all_inputs, input_files, spill_dir,
+                                                                 workers, stdin_reader)
     phases["read_clean_filter_dedup"] = round(time.monotonic() - started, 3)
     if stdin_reader is not None:  # read to the end now: it has a hash, and lineage like any file
         position = [path for path, _ in all_inputs].index("-")
@@ -214,6 +232,12 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     if spills["train"].count == 0:
         raise UserError("every kept document went to validation/test; lower --val-fraction/--test-fraction "
                         "or add inputs")
+    kept_languages = sum((languages[split]["documents"] for split in SPLITS), Counter())
+    for code in config.languages:
+        if not kept_languages[code]:
+            found = ", ".join(f"{lang} {n}" for lang, n in kept_languages.most_common(8)) or "none"
+            raise UserError(f"--languages {code}: no document is left in {code} after filtering (kept: {found}); "
+                            "nothing was written")
 
     tokenizer_dir = tmp / "tokenizer"
     tokenizer_dir.mkdir()
@@ -225,14 +249,14 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     else:
         started = time.monotonic()
         tokenizer_id, tokenizer_stats = _train_tokenizer(config, tokenizer_dir, spills["train"], input_files,
-                                                         identity)
+                                                         identity, languages["train"]["bytes"])
         phases["train_tokenizer"] = round(time.monotonic() - started, 3)
     vocab_size = load_tokenizer(tokenizer_dir).vocab_size  # the model, not what a manifest says
     token_type = token_dtype_name(vocab_size)
     label_names = _label_names(sum(label_counts.values(), Counter())) if config.label_field else None
 
     started = time.monotonic()
-    split_stats = _pass_two(config, tmp, spills, tokenizer_dir, token_type, label_names, workers)
+    split_stats, language_tokens = _pass_two(config, tmp, spills, tokenizer_dir, token_type, label_names, workers)
     shutil.rmtree(spill_dir)
     phases["tokenize_write"] = round(time.monotonic() - started, 3)
 
@@ -254,6 +278,12 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
         "_tokenizer_id": tokenizer_id,
         "phase_seconds": phases,
     }
+    if config.language_id:
+        stats["languages"] = {
+            "identifier": f"py3langid {_version('py3langid')}",
+            "documents": {split: dict(languages[split]["documents"].most_common()) for split in split_stats},
+            "bytes": {split: dict(languages[split]["bytes"].most_common()) for split in split_stats},
+            "tokens": {split: dict(language_tokens[split].most_common()) for split in split_stats}}
     if label_names is not None:
         stats["labels"] = {"names": label_names,
                            "counts": {split: {name: label_counts[split][name] for name in label_names}
@@ -272,7 +302,9 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
     near = NearDeduper(config.near_dedup_threshold) if config.near_dedup else None
     val_fraction = 0.0 if any(role == "validation" for _, role in all_inputs) else config.val_fraction
     settings = _CleanSettings(config.normalization, config.strip_html, tuple(config.filters), config.thresholds(),
-                              config.near_dedup, config.near_dedup_threshold)
+                              config.near_dedup, config.near_dedup_threshold, config.language_id,
+                              tuple(config.languages))
+    languages = {split: {"documents": Counter(), "bytes": Counter()} for split in SPLITS}
     total_bytes = sum(f["size"] for f in input_files) or None
 
     def raw_documents() -> Iterator[tuple[str, str | None, str]]:
@@ -293,7 +325,7 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
                 if result[0] != "ok":
                     dropped[result[0]] += 1
                     continue
-                _, text, label, role, digest, keys = result
+                _, text, label, role, digest, keys, lang = result
                 if exact is not None and exact.is_duplicate(digest):
                     dropped["exact_duplicate"] += 1
                     counts["validation_duplicates"] += role == "validation"
@@ -303,29 +335,45 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
                 else:
                     split = "validation" if role == "validation" else split_of(digest, val_fraction,
                                                                                config.test_fraction)
-                    spills[split].add(text, label, digest)
+                    spills[split].add(text, label, digest, lang)
                     if label is not None:
                         label_counts[split][label] += 1
+                    if lang is not None:
+                        languages[split]["documents"][lang] += 1
+                        languages[split]["bytes"][lang] += len(text.encode("utf-8"))
     for spill in spills.values():
         spill.close()
     for reason, key in (("invalid_utf8", "encoding_skipped"), ("bad_record", "bad_records")):
         if counts[key]:
             dropped[reason] += counts[key]
-    return counts, dropped, label_counts, spills
+    return counts, dropped, label_counts, spills, languages
 
 
 def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: Spill, input_files: list[dict],
-                     identity: dict) -> tuple[str, dict]:
+                     identity: dict, language_bytes: Counter) -> tuple[str, dict]:
     settings = TrainSettings(type=config.tokenizer_type, vocab_size=config.vocab_size,
                              character_coverage=config.character_coverage, seed=config.seed)
     # A Bernoulli sample by document hash: streaming, deterministic, about the requested size.
     # (SentencePiece's own sampling bounds lines, not bytes, and reads every line first.)
-    share = min(1.0, parse_size(config.tokenizer_sample_size) / max(train_spill.bytes, 1))
-    chosen = (text for text, _, digest in train_spill.rows() if share >= 1.0 or _sample_point(digest) < share)
+    budget = parse_size(config.tokenizer_sample_size)
+    share = min(1.0, budget / max(train_spill.bytes, 1))
+    shares: dict[str, float] = {}
+    if config.language_id and config.tokenizer_language_alpha != 1.0:
+        # Each language's part of the sample is its share of the text to the power alpha (XLM), taken
+        # from its own documents: a rare language is sampled more densely, a common one less.
+        parts = temperature_shares(language_bytes, config.tokenizer_language_alpha)
+        budget = min(budget, train_spill.bytes)
+        shares = {lang: min(1.0, budget * parts[lang] / size) for lang, size in language_bytes.items() if size}
+    chosen = (text for text, _, digest, lang in train_spill.rows()
+              if (shares[lang] if shares else share) >= 1.0 or _sample_point(digest) < (shares[lang] if shares
+                                                                                          else share))
     reporter.info(f"training a {config.tokenizer_type} tokenizer (vocabulary {config.vocab_size}) on "
-                  f"{share:.0%} of {train_spill.count:,} training documents")
+                  + (f"a language-balanced sample (alpha {config.tokenizer_language_alpha:g})" if shares
+                     else f"{share:.0%}") + f" of {train_spill.count:,} training documents")
     stats = train(chosen, tokenizer_dir, settings)
     stats["sample_share"] = round(share, 6)
+    if shares:
+        stats["language_sample_share"] = {lang: round(value, 6) for lang, value in sorted(shares.items())}
     if stats["vocab_size"] < config.vocab_size:
         reporter.warn(f"the corpus supports only {stats['vocab_size']} tokenizer pieces, fewer than "
                       f"--vocab-size {config.vocab_size}")
@@ -347,7 +395,8 @@ def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill:
 def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], tokenizer_dir: Path,
               token_type: str, label_names: list[str] | None, workers: int) -> dict[str, dict]:
     label_ids = {name: index for index, name in enumerate(label_names)} if label_names is not None else None
-    shard_schema = schema(token_type, label_ids is not None)
+    shard_schema = schema(token_type, label_ids is not None, config.language_id)
+    language_tokens: dict[str, Counter] = {split: Counter() for split in SPLITS}
     split_stats = {}
     total = sum(spill.count for spill in spills.values())
     with reporter.task("tokenizing", total=total, unit="docs") as task:
@@ -359,10 +408,10 @@ def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], tok
 
             def jobs() -> Iterator[tuple]:
                 for batch in _batches(rows):
-                    texts = [text for text, _, _ in batch]
-                    ids = [doc_id(digest) for _, _, digest in batch]
-                    labels = [label_ids[label] for _, label, _ in batch] if label_ids is not None else None
-                    yield texts, ids, labels
+                    texts = [row[0] for row in batch]
+                    ids = [doc_id(row[2]) for row in batch]
+                    labels = [label_ids[row[1]] for row in batch] if label_ids is not None else None
+                    yield texts, ids, labels, [row[3] for row in batch] if config.language_id else None
 
             writer = ShardWriter(tmp, split, parse_size(config.shard_size), shard_schema)
             n_bytes = 0
@@ -371,10 +420,14 @@ def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], tok
                                                 initargs=(str(tokenizer_dir), token_type)):
                     writer.write(record_batch)
                     n_bytes += pc.sum(record_batch.column("n_bytes")).as_py()
+                    if config.language_id:
+                        lengths = pc.list_value_length(record_batch.column("tokens")).to_numpy()
+                        for lang, count in zip(record_batch.column("lang").to_pylist(), lengths.tolist()):
+                            language_tokens[split][lang] += count
                     task.advance(record_batch.num_rows)
             finally:
                 writer.close()
             shards = writer.shards
             split_stats[split] = {"documents": spill.count, "tokens": sum(s["tokens"] for s in shards),
                                   "bytes": n_bytes, "shards": shards}
-    return split_stats
+    return split_stats, language_tokens

@@ -65,6 +65,11 @@ class PreprocessConfig:
     val_fraction: float = option(0.02, "Fraction of documents for the validation split, chosen by a hash of "
                                  "each text, so the split is stable when the corpus grows.")
     test_fraction: float = option(0.0, "Fraction of documents for a test split (hash-chosen as well).")
+    language_id: bool = option(False, "Identify each document's language (py3langid, shipped with its model: "
+                               "lmkit[languages]): a lang column in the shards and counts per language in the "
+                               "manifest.")
+    languages: list[str] = option([], "Keep only documents identified as these languages (ISO 639-1 codes, "
+                                  "comma-separated, e.g. de,en); implies --language-id.")
     # -- tokenizer -----------------------------------------------------------------------------
     tokenizer: str | None = option(None, "Reuse this tokenizer artifact (e.g. another dataset's OUT/tokenizer) "
                                    "instead of training one.", affects_output=False)
@@ -73,6 +78,10 @@ class PreprocessConfig:
     character_coverage: float = option(0.9995, "Share of characters covered by pieces; the rarest fall back to bytes.")
     tokenizer_sample_size: str = option("64MB", "About this much training text (documents chosen by hash) "
                                         "trains the tokenizer, so a huge corpus cannot exhaust memory.")
+    tokenizer_language_alpha: float = option(1.0, "With languages identified: the tokenizer's sample takes each "
+                                             "language's share of the text to this power (XLM's alpha): 1 keeps "
+                                             "the corpus's proportions, 0 balances the languages equally, 0.3-0.5 "
+                                             "favours the rare ones.")
     # -- output --------------------------------------------------------------------------------
     shard_size: str = option("64MB", "Start a new shard file once one reaches this size.")
     shuffle_buffer: int = option(10_000, "Documents are shuffled (seeded) through a buffer of this many documents.")
@@ -118,10 +127,18 @@ class PreprocessConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{flag_name(name)}: must be in [0, 1], got {getattr(self, name)}")
         if self.tokenizer is not None:  # a reused tokenizer is used as it is: these would do nothing
-            for name in ("tokenizer_type", "vocab_size", "character_coverage", "tokenizer_sample_size"):
+            for name in ("tokenizer_type", "vocab_size", "character_coverage", "tokenizer_sample_size",
+                         "tokenizer_language_alpha"):
                 if getattr(self, name) != _DEFAULTS[name]:
                     problems.append(f"{flag_name(name)}: has no effect with --tokenizer (the reused tokenizer "
                                     "is used as it is); drop one of them")
+        if self.languages:
+            self.language_id = True
+        if not 0.0 <= self.tokenizer_language_alpha <= 1.0:
+            problems.append(f"--tokenizer-language-alpha: must be in [0, 1], got {self.tokenizer_language_alpha}")
+        elif self.tokenizer_language_alpha != 1.0 and not self.language_id:
+            problems.append("--tokenizer-language-alpha: balances identified languages; add --language-id or "
+                            "--languages")
         if self.workers < 0:
             problems.append(f"--workers: must be 0 (all cores) or more, got {self.workers}")
         validate(self, problems)

@@ -340,3 +340,32 @@ def test_validation_inputs_that_are_all_training_text_are_refused(corpus, tmp_pa
     with pytest.raises(UserError, match="--val-inputs: no validation document is left"):
         preprocess.run(config([corpus / "a.txt"], tmp_path / "out", val_inputs=[str(corpus / "a.txt")]))
     assert not (tmp_path / "out").exists()
+
+
+def test_languages_are_identified_counted_and_filtered(tmp_path):
+    from tests.multilingual import write_jsonl
+
+    pytest.importorskip("py3langid")
+    source = write_jsonl(tmp_path / "mixed.jsonl", {"en": 60, "de": 30, "fr": 12})
+    base = {"filters": ["none"], "val_fraction": 0.0}
+    everything = preprocess.run(config([source], tmp_path / "all", language_id=True, **base))
+    assert everything.stats["languages"]["documents"] == {"train": {"en": 60, "de": 30, "fr": 12}}
+    tokens = everything.stats["languages"]["tokens"]["train"]
+    assert sum(tokens.values()) == everything.stats["tokens"]
+    table = dataset_docs(everything.path)
+    assert sorted(table.column("lang").to_pylist()) == sorted(["en"] * 60 + ["de"] * 30 + ["fr"] * 12)
+    kept = preprocess.run(config([source], tmp_path / "de-en", languages=["de", "en"], **base))
+    assert kept.stats["languages"]["documents"] == {"train": {"en": 60, "de": 30}}
+    assert kept.stats["dropped"] == {"other_language": 12}
+    balanced = preprocess.run(config([source], tmp_path / "balanced", language_id=True, tokenizer_language_alpha=0.0,
+                                     tokenizer_sample_size="2KB", **base))
+    shares = balanced.stats["tokenizer"]["language_sample_share"]  # equal bytes per language: rarer ones denser
+    assert shares["fr"] > shares["de"] > shares["en"]
+    for languages, message in ((["de", "xx"], "--languages xx: not a language the identifier knows"),
+                               (["de", "es"], r"--languages es: no document is left in es after filtering \(kept: "
+                                              r"de 30\); nothing was written")):
+        with pytest.raises(UserError, match=message):
+            preprocess.run(config([source], tmp_path / "refused", languages=languages, **base))
+        assert not (tmp_path / "refused").exists()
+    with pytest.raises(UserError, match="--tokenizer-language-alpha: balances identified languages"):
+        config([source], tmp_path / "x", tokenizer_language_alpha=0.5)
