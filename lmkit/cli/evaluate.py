@@ -80,6 +80,14 @@ def render(result: EvaluationResult) -> None:
     if report.get("per_class"):
         for table in _per_class_tables(report):
             reporter.out.print(table)
+    if report.get("languages"):
+        languages = Table(title="per language", title_justify="left")
+        for column in ("language", "documents", "tokens", "loss", "ppl", "bpb"):
+            languages.add_column(column, justify="left" if column == "language" else "right")
+        for lang, v in report["languages"].items():
+            languages.add_row(lang, str(v["documents"]), f"{v['tokens']:,}", f"{v['loss']:.4f}", _number(v["ppl"]),
+                              f"{v['bpb']:.4f}")
+        reporter.out.print(languages)
     if result.comparison is not None:
         reporter.out.print(f"compared with {result.comparison['with']}:", markup=False, soft_wrap=True)
         reporter.out.print(_comparison_table(result.comparison))

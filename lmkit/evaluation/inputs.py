@@ -28,6 +28,7 @@ class Documents:
     n_bytes: list[int]             # UTF-8 bytes of each document's text
     ids: list[int | str]           # a dataset's document id, or "file:line" for raw input
     labels: list[str | None] | None  # gold label names; None when the input has no labels at all
+    langs: list[str] | None = None   # identified languages (a dataset preprocessed with --language-id)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -57,6 +58,7 @@ def from_dataset(dataset: artifacts.Artifact, split: str, limit: int = 0) -> Doc
     n_bytes: list[int] = []
     ids: list[int | str] = []
     labels: list[str | None] | None = [] if label_names else None
+    langs: list[str] | None = [] if "languages" in dataset.stats else None
     for batch in read_split(dataset, split).batches():
         has_label = "label" in batch.schema.names
         offsets, values = token_lists(batch.column("tokens"))
@@ -66,14 +68,17 @@ def from_dataset(dataset: artifacts.Artifact, split: str, limit: int = 0) -> Doc
         if labels is not None:
             labels += ([label_names[i] for i in batch.column("label").to_numpy()] if has_label
                        else [None] * batch.num_rows)
+        if langs is not None:
+            langs += batch.column("lang").to_pylist()
         if limit and len(tokens) >= limit:
-            return _cut(Documents(tokens, n_bytes, ids, labels), limit)
-    return Documents(tokens, n_bytes, ids, labels)
+            return _cut(Documents(tokens, n_bytes, ids, labels, langs), limit)
+    return Documents(tokens, n_bytes, ids, labels, langs)
 
 
 def _cut(documents: Documents, limit: int) -> Documents:
     labels = documents.labels[:limit] if documents.labels is not None else None
-    return Documents(documents.tokens[:limit], documents.n_bytes[:limit], documents.ids[:limit], labels)
+    langs = documents.langs[:limit] if documents.langs is not None else None
+    return Documents(documents.tokens[:limit], documents.n_bytes[:limit], documents.ids[:limit], labels, langs)
 
 
 def from_files(paths: list[str], tokenizer: Tokenizer, options: sources.ReadOptions, limit: int = 0) -> Documents:

@@ -91,6 +91,12 @@ def markdown(report: dict[str, Any]) -> str:
     speed = report["speed"]
     lines += ["", f"Speed: {speed['tokens_per_s']:,.0f} tokens/s ({speed['tokens']:,} tokens in "
               f"{speed['seconds']:.2f} s of model time, {speed['device']}, {speed['precision']}).", ""]
+    if report.get("languages"):
+        lines += ["## Per language", "", "| language | documents | tokens | bytes | loss | ppl | bpb |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {lang} | {v['documents']} | {v['tokens']} | {v['bytes']} | {v['loss']:.4f} | "
+                  f"{_number(v['ppl'])} | {v['bpb']:.4f} |" for lang, v in report["languages"].items()]
+        lines.append("")
     if report.get("per_class"):
         lines += ["## Per class", "", "| class | precision | recall | f1 | support |",
                   "| --- | ---: | ---: | ---: | ---: |"]

@@ -48,7 +48,27 @@ def causal_lm(inference: Inference, documents: Documents, window: int, stride: i
               "bpb_bytes": "UTF-8 bytes of the text"}
     counts = {"documents": len(documents), "tokens": sum(s.tokens for s in scores),
               "bytes": sum(s.n_bytes for s in scores), "windows": total}
-    return TaskOutcome(len(documents), metrics, method, counts, predictions)
+    extra = {}
+    if documents.langs is not None:  # a dataset preprocessed with --language-id: the figures per language
+        for record, lang in zip(predictions, documents.langs):
+            record["lang"] = lang
+        extra["languages"] = per_language(scores, documents.langs)
+    return TaskOutcome(len(documents), metrics, method, counts, predictions, extra)
+
+
+def per_language(scores: list[language_modeling.DocumentScore], langs: list[str]) -> dict[str, dict[str, Any]]:
+    """Loss, perplexity and bits per byte of each language's documents, the most documents first."""
+    grouped: dict[str, list[language_modeling.DocumentScore]] = {}
+    for score, lang in zip(scores, langs):
+        grouped.setdefault(lang, []).append(score)
+    out = {}
+    for lang, group in sorted(grouped.items(), key=lambda item: -len(item[1])):
+        nats, tokens, n_bytes = (sum(s.nats for s in group), sum(s.tokens for s in group),
+                                 sum(s.n_bytes for s in group))
+        if tokens and n_bytes:
+            out[lang] = {**language_modeling.lm_metrics(nats, tokens, n_bytes), "documents": len(group),
+                         "tokens": tokens, "bytes": n_bytes}
+    return out
 
 
 def masked_lm(inference: Inference, documents: Documents, window: int, vocab_size: int, masking: MaskingSettings,

@@ -465,3 +465,25 @@ def test_long_documents_are_read_as_chunks_unless_cut(classifier, labeled):
     assert cut.shape == chunked.shape and np.allclose(chunked.sum(1), 1.0)
     with pytest.raises(UserError, match=r"--chunk-stride 500: must be between 1 and the \d+ text tokens of a window"):
         evaluate.run(config(classifier, labeled, chunk_stride=500))
+
+
+def test_bits_per_byte_per_language(tmp_path):
+    from tests.conftest import run_lmkit, train_tiny
+    from tests.multilingual import write_jsonl
+
+    pytest.importorskip("py3langid")
+    source = write_jsonl(tmp_path / "mixed.jsonl", {"en": 40, "de": 25, "es": 15})
+    data = tmp_path / "data"
+    run_lmkit("preprocess", str(source), "--out", str(data), "--language-id", "--vocab-size", "400", "--workers", "1",
+              "--filters", "none", "--no-near-dedup", "--val-fraction", "0.25", check=True)
+    gpt = train_tiny(data, tmp_path / "gpt").path
+    report = evaluate.run(config(gpt, data, out=str(tmp_path / "report"))).report
+    languages = report["languages"]
+    counted = artifacts.load(data).stats["languages"]["documents"]["validation"]
+    assert {lang: v["documents"] for lang, v in languages.items()} == counted
+    total_bytes = sum(v["bytes"] for v in languages.values())
+    assert total_bytes == report["counts"]["bytes"]
+    assert sum(v["bpb"] * v["bytes"] for v in languages.values()) / total_bytes == pytest.approx(report["metrics"]["bpb"])
+    predictions = read_jsonl(tmp_path / "report" / "predictions.jsonl")
+    assert sorted({p["lang"] for p in predictions}) == sorted(counted)
+    assert "## Per language" in (tmp_path / "report" / "report.md").read_text()
