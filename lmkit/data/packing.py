@@ -72,6 +72,10 @@ class CausalWindows:
         self.stream, self.seq_len = stream, seq_len
         self.count = (len(stream.tokens) - 1) // seq_len
 
+    def sample(self, seed: int, start: int, length: int) -> np.ndarray:
+        """The windows read at global sample positions [start, start + length)."""
+        return sample_indices(self.count, seed, start, length)
+
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         starts = indices[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
         windows = torch.from_numpy(self.stream.tokens[starts].astype(np.int64))
@@ -95,6 +99,9 @@ class MaskedWindows:
         self.cls, self.sep = specials.require("cls", "masked-LM windows"), specials.require("sep", "masked-LM windows")
         self.chunk = seq_len - 2
         self.count = len(stream.tokens) // self.chunk
+
+    def sample(self, seed: int, start: int, length: int) -> np.ndarray:
+        return sample_indices(self.count, seed, start, length)
 
     def batch(self, indices: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         starts = indices[:, None] * self.chunk + np.arange(self.chunk)[None, :]
@@ -156,3 +163,77 @@ def sample_indices(count: int, seed: int, start: int, length: int) -> np.ndarray
         selected = epochs == epoch
         result[selected] = permutation[positions[selected] % count]
     return result
+
+
+# -- mixtures of datasets --------------------------------------------------------------------------
+MIXTURE_PERIOD = 4096  # sample positions per round of the mixture's schedule
+
+
+class Mixture:
+    """Windows of several sources (each a CausalWindows or MaskedWindows) sampled with fixed shares.
+
+    A seeded schedule of MIXTURE_PERIOD positions holds each source in proportion to its share (largest
+    remainders, at least one position for a source with a share); it repeats round after round. The
+    source at global position p is schedule[p % period], and it is that source's k-th draw, k counted
+    from the schedule alone, so the window read is sample_indices of that source at k: epoch after epoch
+    of its own seeded permutations. All of it is a pure function of (seed, p): resume needs no state, and
+    each source's epochs follow from the number of positions trained (epochs())."""
+
+    def __init__(self, parts: list, shares: list[float], seed: int):
+        if len(parts) != len(shares) or not parts:
+            raise ValueError("a mixture needs one share per source")
+        self.parts, self.seed = parts, seed
+        total = float(sum(shares))
+        exact = [MIXTURE_PERIOD * share / total for share in shares]
+        slots = [int(x) for x in exact]
+        for i in sorted(range(len(exact)), key=lambda i: exact[i] - slots[i], reverse=True):
+            if sum(slots) >= MIXTURE_PERIOD:
+                break
+            slots[i] += 1
+        for i, share in enumerate(shares):  # a source with a share gets at least one slot
+            if share > 0 and slots[i] == 0:
+                slots[i] = 1
+                slots[int(np.argmax(slots))] -= 1
+        self.slots = slots
+        schedule = np.repeat(np.arange(len(parts)), slots)
+        self.schedule = np.random.default_rng([seed, 0x6D6978]).permutation(schedule)  # "mix"
+        self.period = len(self.schedule)
+        # before[i, j]: positions of source i among schedule[:j]
+        self.before = np.zeros((len(parts), self.period + 1), dtype=np.int64)
+        for i in range(len(parts)):
+            self.before[i, 1:] = np.cumsum(self.schedule == i)
+        self.count = sum(part.count for part in parts)  # an "epoch" of the mixture: every source's windows once
+        self.shares = [slot / self.period for slot in slots]
+
+    def sample(self, seed: int, start: int, length: int) -> np.ndarray:
+        return np.arange(start, start + length, dtype=np.int64)  # positions: batch() finds their windows
+
+    def draws(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source, its draw number) of each global position."""
+        rounds, offset = np.divmod(positions, self.period)
+        source = self.schedule[offset]
+        slots = np.asarray(self.slots)[source]
+        return source, rounds * slots + self.before[source, offset]
+
+    def batch(self, positions: np.ndarray, *args) -> tuple[torch.Tensor, torch.Tensor]:
+        source, draw = self.draws(positions)
+        rows: list = [None] * len(positions)
+        inputs = targets = None
+        for i in np.unique(source):
+            chosen = np.flatnonzero(source == i)
+            windows = np.concatenate([sample_indices(self.parts[i].count, self.seed + 7919 * (int(i) + 1), int(k), 1)
+                                      for k in draw[chosen]])
+            part_inputs, part_targets = self.parts[i].batch(windows, *args)
+            for row, a, b in zip(chosen, part_inputs, part_targets):
+                rows[row] = (a, b)
+        inputs = torch.stack([a for a, _ in rows])
+        targets = torch.stack([b for _, b in rows])
+        return inputs, targets
+
+    def epochs(self, samples: int) -> list[float]:
+        """Each source's epochs (its windows read / its window count) after ``samples`` positions."""
+        if samples <= 0:
+            return [0.0] * len(self.parts)
+        rounds, offset = divmod(samples, self.period)
+        return [(rounds * self.slots[i] + int(self.before[i, offset])) / max(part.count, 1)
+                for i, part in enumerate(self.parts)]

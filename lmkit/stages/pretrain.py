@@ -35,8 +35,15 @@ def run(config: PretrainConfig) -> artifacts.Artifact:
 
 
 def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
-    dataset = artifacts.load(config.dataset, kind="dataset")
+    datasets = [artifacts.load(path, kind="dataset") for path in config.dataset]
+    dataset = datasets[0]
     tokenizer = artifacts.load(dataset.path / "tokenizer", kind="tokenizer")
+    for path, other in zip(config.dataset[1:], datasets[1:]):
+        theirs = artifacts.read_manifest(other.path / "tokenizer")["id"]
+        if theirs != tokenizer.id:
+            raise UserError(f"{path}: was tokenized with another tokenizer ({theirs[:12]}) than {config.dataset[0]} "
+                            f"({tokenizer.id[:12]}); a mixture needs one tokenizer: preprocess it with --tokenizer "
+                            f"{dataset.path / 'tokenizer'}")
     model_cfg = model_config(config.model, int(tokenizer.stats["vocab_size"]), **config.model_overrides())
     spec = OBJECTIVES[DEFAULT_OBJECTIVE[model_cfg.arch] if config.objective == "auto" else config.objective]
     spec.check_arch(model_cfg.arch, "--objective", f"--model {config.model}")
@@ -48,8 +55,9 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
         raise UserError("--shard with --optimizer muon: Muon needs whole matrices; use adamw with --shard")
     seq_len = sequence_length(config, model_cfg)
     layout = batch_layout(config, seq_len, env)
-    identity = {**config_lib.identity_dict(config), "dataset": dataset.id}
-    parents = [("dataset", dataset)]
+    identity = {**config_lib.identity_dict(config),
+                "dataset": dataset.id if len(datasets) == 1 else [d.id for d in datasets]}
+    parents = [("dataset", d) for d in datasets]
     init_from = None
     if config.init_from:
         init_from = read_checkpoint(config.init_from)
@@ -63,7 +71,8 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
         parents.append(("init", init_from.artifact))
     run_dir = Path(config.out)
     start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS)
-    inputs = ObjectiveInputs(config, dataset.path, tokenizer, model_cfg, seq_len, layout, env.device)
+    inputs = ObjectiveInputs(config, dataset.path, tokenizer, model_cfg, seq_len, layout, env.device,
+                             more_data=[d.path for d in datasets[1:]])
 
     def new_model(_built):
         model = build_model(model_cfg)
@@ -72,6 +81,9 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
         return model
 
     stats = {}
+    if len(datasets) > 1:
+        stats["mixture"] = mixture_stats(config, datasets, spec.name, seq_len,
+                                         config.step_limit(DEFAULT_STEPS) * layout.global_batch)
     budget_plan = getattr(config, "budget_plan", None)
     if budget_plan is not None:
         stats["budget"] = budget_plan
@@ -79,3 +91,27 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
                         start=start, parents=parents, new_model=new_model,
                         step_limit=lambda _objective: config.step_limit(DEFAULT_STEPS), label=config.model,
                         sharded=config.shard, stats=stats)
+
+
+def mixture_stats(config: PretrainConfig, datasets: list[artifacts.Artifact], objective: str, seq_len: int,
+                  samples: int) -> dict:
+    """What the manifest records of a mixture: each source's id, path, train tokens, windows, sampling share
+    and the epochs of it that the planned samples read (the schedule of packing.Mixture)."""
+    from types import SimpleNamespace
+
+    from lmkit.data.packing import Mixture
+    from lmkit.training.objectives.language_modeling import mixture_shares
+
+    tokens = [int(d.stats["splits"]["train"]["tokens"]) + int(d.stats["splits"]["train"]["documents"])
+              for d in datasets]  # with the separator after each document, as the stream has
+    windows = [(n - 1) // seq_len if objective == "clm" else n // (seq_len - 2) for n in tokens]
+    shares = mixture_shares(tokens, config.weights, config.mix_alpha)
+    mixture = Mixture([SimpleNamespace(count=max(w, 1)) for w in windows], shares, config.seed)
+    epochs = mixture.epochs(samples)
+    return {"rule": (f"weights {config.weights}" if config.weights else
+                     f"train tokens to the power {1.0 if config.mix_alpha is None else config.mix_alpha:g}"),
+            "samples": samples,
+            "sources": [{"dataset": path, "id": d.id, "train_tokens": n, "windows": w, "share": round(share, 6),
+                         "epochs": round(e, 4)}
+                        for path, d, n, w, share, e in zip(config.dataset, datasets, tokens, windows, mixture.shares,
+                                                           epochs)]}

@@ -26,8 +26,14 @@ PRESET_HELP = ("gpt-tiny, gpt-small: Llama-style decoder (RMSNorm, rotary positi
 @dataclass(kw_only=True)
 class PretrainConfig(TrainingOptions):
     # -- what to train -----------------------------------------------------------------------
-    dataset: str = option(help="Dataset artifact made by `lmkit preprocess`.", positional=True,
-                          affects_output=False)  # its id, not its path, goes into the run's identity
+    dataset: list[str] = option(help="Dataset artifact(s) made by `lmkit preprocess`; several are mixed, "
+                                "sampled by --weights or --mix-alpha (they must share one tokenizer).",
+                                positional=True, affects_output=False)  # their ids, not paths, are the identity
+    weights: list[float] = option([], "Mixture: each dataset's share of the training samples (comma-separated, one "
+                                  "per dataset, normalized).")
+    mix_alpha: float | None = option(None, "Mixture: shares in proportion to each dataset's train tokens to this "
+                                     "power (XLM's temperature alpha: 1 as the sizes, 0 equal; e.g. 0.3 for "
+                                     "languages). Default without --weights: 1.")
     model: str = option("gpt-tiny", f"Model preset ({PRESET_HELP}); the flags below override its dimensions; "
                         "`lmkit info CHECKPOINT` names a model's family.", section="model")
     n_layer: int | None = option(None, "Override: number of blocks / LSTM layers.", section="model")
@@ -53,6 +59,23 @@ class PretrainConfig(TrainingOptions):
 
     def problems(self) -> list[str]:
         problems = super().problems()
+        if not self.dataset:
+            problems.append("DATASET: give at least one dataset artifact")
+        if self.weights:
+            if len(self.dataset) < 2:
+                problems.append("--weights: mixes several datasets; give two or more DATASET arguments")
+            elif len(self.weights) != len(self.dataset):
+                problems.append(f"--weights: {len(self.weights)} weights for {len(self.dataset)} datasets; give one "
+                                "per dataset, in order")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                problems.append("--weights: must be non-negative and sum to a positive number")
+            if self.mix_alpha is not None:
+                problems.append("--weights and --mix-alpha: give one (explicit shares, or shares from the sizes)")
+        if self.mix_alpha is not None:
+            if len(self.dataset) < 2:
+                problems.append("--mix-alpha: mixes several datasets; give two or more DATASET arguments")
+            if not 0.0 <= self.mix_alpha <= 1.0:
+                problems.append(f"--mix-alpha: must be in [0, 1], got {self.mix_alpha}")
         try:
             parse_duration(self.budget)
         except ValueError as exc:

@@ -156,11 +156,11 @@ def apply(config: Any) -> Any:
     given = given_fields(config)
     if PRESETS.get(config.model, {}).get("arch") == "lstm":
         raise UserError(f"--budget: sizes transformers along depth and width; --model {config.model} is an LSTM")
-    dataset = artifacts.load(config.dataset, kind="dataset")
-    unique = int(dataset.stats["splits"]["train"]["tokens"])
-    vocab = int(dataset.stats["vocab_size"])
+    datasets = [artifacts.load(path, kind="dataset") for path in config.dataset]  # a mixture: their tokens together
+    unique = sum(int(dataset.stats["splits"]["train"]["tokens"]) for dataset in datasets)
+    vocab = int(datasets[0].stats["vocab_size"])
     if not unique:
-        raise UserError(f"{config.dataset}: --budget: the train split has no tokens")
+        raise UserError(f"{', '.join(config.dataset)}: --budget: the train split has no tokens")
     saved = _saved_choice(config)
     if saved is not None:  # a resumed run keeps the choice it started with (a new probe could choose another)
         values = {key: value for key, value in saved.items() if key not in given}

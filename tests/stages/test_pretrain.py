@@ -19,8 +19,8 @@ FAST = {"seq_len": 32, "micro_batch": 4, "max_steps": 12, "eval_every": 4, "eval
         "checkpoint_every": 6, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32", "log_every": 1}
 
 
-def config(dataset, out, **overrides):
-    return resolve(PretrainConfig, {}, {"dataset": str(dataset), "out": str(out), **FAST, **overrides})
+def config(data, out, **overrides):
+    return resolve(PretrainConfig, {}, {"dataset": str(data), "out": str(out), **FAST, **overrides})
 
 
 def metrics(run_dir, key="loss"):
@@ -230,3 +230,50 @@ def test_config_refusals(dataset, tmp_path, values, message):
 
     with pytest.raises(ConfigError, match=message):
         config(dataset, tmp_path / "run", **values)
+
+
+def test_a_mixture_of_datasets_samples_by_share_records_its_sources_and_resumes_exactly(dataset, tmp_path):
+    from tests.conftest import run_lmkit
+
+    other = tmp_path / "other"
+    source = tmp_path / "other.txt"
+    source.write_text("\n\n".join(f"Another corpus, paragraph number {i}, with words of its own." for i in range(300)))
+    run_lmkit("preprocess", str(source), "--out", str(other), "--tokenizer", str(dataset / "tokenizer"), "--workers",
+              "1", "--no-near-dedup", check=True)
+    mixed = {"dataset": f"{dataset},{other}", "weights": [0.75, 0.25], "keep_last": 5}
+    full = pretrain.run(config(dataset, tmp_path / "full", **mixed))
+    sources = full.stats["mixture"]["sources"]
+    assert [s["share"] for s in sources] == pytest.approx([0.75, 0.25], abs=1e-3)
+    assert [s["id"] for s in sources] == [artifacts.load(dataset).id, artifacts.load(other).id]
+    assert all(s["epochs"] > 0 for s in sources) and full.stats["mixture"]["samples"] == 12 * 4
+    assert [p["role"] for p in full.manifest["inputs"]["artifacts"]][:2] == ["dataset", "dataset"]
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copytree(tmp_path / "full" / "step-00000006", partial / "step-00000006")
+    resumed = pretrain.run(config(dataset, partial, resume=True, **mixed))
+    for name, tensor in weights(full.path).items():
+        assert torch.equal(tensor, weights(resumed.path)[name]), name
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"weights": [0.5, 0.5]}, "--weights: mixes several datasets; give two or more DATASET arguments"),
+    ({"dataset": "a,b", "weights": [1.0]}, "--weights: 1 weights for 2 datasets"),
+    ({"dataset": "a,b", "weights": [0.0, 0.0]}, "--weights: must be non-negative and sum to a positive number"),
+    ({"dataset": "a,b", "mix_alpha": 2.0}, r"--mix-alpha: must be in \[0, 1\]"),
+])
+def test_mixture_flags_are_checked(dataset, tmp_path, values, message):
+    with pytest.raises(UserError, match=message):
+        config(dataset, tmp_path / "run", **values)
+
+
+def test_datasets_with_different_tokenizers_are_not_mixed(dataset, tmp_path):
+    from tests.conftest import run_lmkit
+
+    source = tmp_path / "other.txt"
+    source.write_text("\n\n".join(f"Paragraph {i} of a corpus with its own tokenizer." for i in range(200)))
+    run_lmkit("preprocess", str(source), "--out", str(tmp_path / "other"), "--vocab-size", "350", "--workers", "1",
+              check=True)
+    with pytest.raises(UserError, match=r"other: was tokenized with another tokenizer .* a mixture needs one "
+                                        r"tokenizer: preprocess it with --tokenizer"):
+        pretrain.run(config(dataset, tmp_path / "run", dataset=f"{dataset},{tmp_path / 'other'}"))
+    assert not (tmp_path / "run").exists()

@@ -78,6 +78,7 @@ class ObjectiveInputs:
     layout: BatchLayout
     device: torch.device
     teacher: Any | None = None          # a training.checkpoint.Checkpoint to distill from
+    more_data: list[Path] = field(default_factory=list)  # pretraining on a mixture: the other datasets
     inner: Objective | None = None      # what a wrapping objective (distill) wraps
     notes: list[str] = field(default_factory=list)  # printed at the start of the run
 
@@ -121,11 +122,18 @@ def register(spec: ObjectiveSpec) -> ObjectiveSpec:
     return spec
 
 
-def dataset_for(inputs: ObjectiveInputs) -> artifacts.Artifact:
-    """The dataset artifact at ``inputs.data``, refused when it was tokenized with another tokenizer."""
-    dataset = artifacts.load(inputs.data, kind="dataset")
+def dataset_for(inputs: ObjectiveInputs, path: Path | None = None) -> artifacts.Artifact:
+    """The dataset artifact at ``path`` (default ``inputs.data``), refused when it was tokenized with another
+    tokenizer than the model's."""
+    path = path or inputs.data
+    dataset = artifacts.load(path, kind="dataset")
     theirs = artifacts.load(dataset.path / "tokenizer", kind="tokenizer")
     if theirs.id != inputs.tokenizer.id:
-        raise UserError(f"{inputs.data}: was tokenized with another tokenizer than the model's; re-run lmkit "
+        raise UserError(f"{path}: was tokenized with another tokenizer than the model's; re-run lmkit "
                         f"preprocess with --tokenizer {inputs.tokenizer.path}")
     return dataset
+
+
+def datasets_for(inputs: ObjectiveInputs) -> list[artifacts.Artifact]:
+    """Every dataset of the run: ``inputs.data`` and, for a mixture, ``inputs.more_data``."""
+    return [dataset_for(inputs, path) for path in [inputs.data, *inputs.more_data]]

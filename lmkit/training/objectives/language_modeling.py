@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, TokenStream, load_stream,
-                                sample_indices, seeded_generator)
+from lmkit.data.languages import temperature_shares
+from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, Mixture, TokenStream, load_stream,
+                                seeded_generator)
 from lmkit.errors import UserError
-from lmkit.training.objectives.base import (BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, dataset_for,
+from lmkit.training.objectives.base import (BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, datasets_for,
                                             register)
 from lmkit.vocab import IGNORE_INDEX, Specials
 
@@ -34,7 +35,7 @@ class _WindowObjective:
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         start = self.layout.start(step, micro, rank)
-        indices = sample_indices(self.train_windows.count, self.seed, start, self.layout.micro_batch)
+        indices = self.train_windows.sample(self.seed, start, self.layout.micro_batch)
         inputs, targets = self._read(self.train_windows, indices, (start,))
         return {"idx": inputs.to(self.device), "targets": targets.to(self.device)}
 
@@ -65,10 +66,11 @@ class CausalLM(_WindowObjective):
 
     name = "clm"
 
-    def __init__(self, train: TokenStream, validation: TokenStream | None, seq_len: int, layout: BatchLayout,
-                 seed: int, device: torch.device):
+    def __init__(self, train: TokenStream | list[TokenStream], validation: TokenStream | None, seq_len: int,
+                 layout: BatchLayout, seed: int, device: torch.device, shares: list[float] | None = None):
         val_windows = CausalWindows(validation, seq_len) if validation is not None else None
-        super().__init__(CausalWindows(train, seq_len), val_windows, layout, seed, device, seq_len)
+        super().__init__(_windows(train, shares, seed, lambda stream: CausalWindows(stream, seq_len)), val_windows,
+                         layout, seed, device, seq_len)
         self.validation = validation
 
     def _read(self, windows, indices, key):
@@ -94,11 +96,13 @@ class MaskedLM(_WindowObjective):
 
     name = "mlm"
 
-    def __init__(self, train: TokenStream, validation: TokenStream | None, seq_len: int, layout: BatchLayout,
-                 seed: int, device: torch.device, vocab_size: int, masking: MaskingSettings, specials: Specials):
+    def __init__(self, train: TokenStream | list[TokenStream], validation: TokenStream | None, seq_len: int,
+                 layout: BatchLayout, seed: int, device: torch.device, vocab_size: int, masking: MaskingSettings,
+                 specials: Specials, shares: list[float] | None = None):
         val_windows = MaskedWindows(validation, seq_len, vocab_size, masking, specials) if validation else None
-        super().__init__(MaskedWindows(train, seq_len, vocab_size, masking, specials), val_windows, layout, seed,
-                         device, seq_len)
+        train_windows = _windows(train, shares, seed,
+                                 lambda stream: MaskedWindows(stream, seq_len, vocab_size, masking, specials))
+        super().__init__(train_windows, val_windows, layout, seed, device, seq_len)
 
     def _read(self, windows, indices, key):
         # Masks depend only on the seed and the global sample position: a resumed run, or one with
@@ -123,27 +127,58 @@ class MaskedLM(_WindowObjective):
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_mlm_accuracy": correct / masked}
 
 
-def _streams(inputs: ObjectiveInputs, separator: int) -> tuple[TokenStream, TokenStream | None]:
-    dataset = dataset_for(inputs)
-    validation = dataset.stats["splits"].get("validation")
-    has_validation = bool(validation and validation["documents"])
-    return (load_stream(dataset, "train", separator),
-            load_stream(dataset, "validation", separator) if has_validation else None)
+def _windows(train: TokenStream | list[TokenStream], shares: list[float] | None, seed: int, make: Any) -> Any:
+    """One source's windows, or a Mixture of several sources' with their sampling shares."""
+    if isinstance(train, TokenStream):
+        return make(train)
+    return Mixture([make(stream) for stream in train], shares, seed)
+
+
+def _streams(inputs: ObjectiveInputs, separator: int
+             ) -> tuple[TokenStream | list[TokenStream], TokenStream | None, list[float] | None]:
+    """The train stream (a list of them for a mixture of datasets), one validation stream (the datasets'
+    validation splits concatenated) and the mixture's sampling shares."""
+    datasets = datasets_for(inputs)
+    trains, validations = [], []
+    for dataset in datasets:
+        trains.append(load_stream(dataset, "train", separator))
+        validation = dataset.stats["splits"].get("validation")
+        if validation and validation["documents"]:
+            validations.append(load_stream(dataset, "validation", separator))
+    validation = (None if not validations else validations[0] if len(validations) == 1 else
+                  TokenStream(np.concatenate([v.tokens for v in validations]), sum(v.documents for v in validations),
+                              sum(v.text_bytes for v in validations)))
+    if len(trains) == 1:
+        return trains[0], validation, None
+    shares = mixture_shares([len(stream.tokens) for stream in trains], getattr(inputs.options, "weights", []),
+                            getattr(inputs.options, "mix_alpha", None))
+    return trains, validation, shares
+
+
+def mixture_shares(tokens: list[int], weights: list[float], alpha: float | None) -> list[float]:
+    """Sampling shares of the datasets: --weights normalized, or each dataset's share of the tokens to the
+    power --mix-alpha (XLM's temperature; unset: 1, in proportion to size)."""
+    if weights:
+        total = float(sum(weights))
+        return [w / total for w in weights]
+    shares = temperature_shares({str(i): float(n) for i, n in enumerate(tokens)}, 1.0 if alpha is None else alpha)
+    return [shares[str(i)] for i in range(len(tokens))]
 
 
 def _build_clm(inputs: ObjectiveInputs) -> Built:
-    train, validation = _streams(inputs, inputs.specials.eos)
-    return Built(CausalLM(train, validation, inputs.seq_len, inputs.layout, inputs.options.seed, inputs.device))
+    train, validation, shares = _streams(inputs, inputs.specials.eos)
+    return Built(CausalLM(train, validation, inputs.seq_len, inputs.layout, inputs.options.seed, inputs.device,
+                          shares))
 
 
 def _build_mlm(inputs: ObjectiveInputs) -> Built:
     if inputs.seq_len < 4:
         raise UserError("--seq-len: masked LM windows need at least 4 tokens ([CLS] ... [SEP])")
     options = inputs.options
-    train, validation = _streams(inputs, inputs.specials.require("sep", "masked-LM windows"))
+    train, validation, shares = _streams(inputs, inputs.specials.require("sep", "masked-LM windows"))
     masking = MaskingSettings(options.mask_prob, options.mask_replace, options.mask_random)
     return Built(MaskedLM(train, validation, inputs.seq_len, inputs.layout, options.seed, inputs.device,
-                          inputs.model_config.vocab_size, masking, inputs.specials))
+                          inputs.model_config.vocab_size, masking, inputs.specials, shares))
 
 
 register(ObjectiveSpec("clm", ("gpt", "lstm"), _build_clm, "causal language modeling (next token) over packed "

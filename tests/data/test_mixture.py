@@ -1,0 +1,43 @@
+"""The mixture of datasets: shares kept exactly per round of the schedule, a pure function of the position,
+each source read epoch after epoch of its own permutations."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from lmkit.data.packing import MIXTURE_PERIOD, Mixture
+
+
+class Numbered:
+    """A source whose window i is the row [base + i] (inputs) and [i] (targets)."""
+
+    def __init__(self, base: int, count: int):
+        self.base, self.count = base, count
+
+    def batch(self, indices):
+        rows = torch.as_tensor(indices)[:, None]
+        return rows + self.base, rows
+
+
+def test_shares_per_round_and_purity():
+    mixture = Mixture([Numbered(0, 50), Numbered(1000, 7), Numbered(2000, 300)], [0.6, 0.1, 0.3], seed=3)
+    positions = np.arange(3 * MIXTURE_PERIOD)
+    inputs, targets = mixture.batch(positions)
+    sources = (inputs[:, 0] // 1000).numpy()
+    for i, share in enumerate([0.6, 0.1, 0.3]):
+        assert abs(np.sum(sources[:MIXTURE_PERIOD] == i) - share * MIXTURE_PERIOD) < 1  # largest remainders
+    # any piece of the positions reads the same windows as all at once (resume, other batch splits)
+    piece, _ = mixture.batch(positions[1234:1300])
+    assert torch.equal(piece, inputs[1234:1300])
+    # a source's windows run epoch after epoch: each epoch reads every window once
+    small = np.sort(targets[sources == 1, 0].numpy()[:7])
+    assert small.tolist() == list(range(7))
+    assert mixture.epochs(3 * MIXTURE_PERIOD) == pytest.approx([np.sum(sources == i) / n for i, n in
+                                                                  enumerate([50, 7, 300])])
+
+
+def test_a_source_with_a_tiny_share_still_gets_a_slot():
+    mixture = Mixture([SimpleNamespace(count=10)] * 2, [1.0, 1e-9], seed=0)
+    assert mixture.slots[1] == 1 and sum(mixture.slots) == MIXTURE_PERIOD
