@@ -64,6 +64,9 @@ def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,
 # a text of its own, and the chunks' class logits are aggregated: their mean, or per class their max ("cut":
 # the beginning alone, as lmkit did before). The stride defaults to half a window.
 LONG_TEXT = ("mean", "max", "cut")
+# Finetuning trains on at most this many windows of one text, evenly spread from its first to its last: a
+# book-length text would otherwise fill an epoch with its own windows. Evaluation reads every window.
+TRAIN_CHUNKS_PER_TEXT = 8
 
 
 def text_room(arch: str, max_len: int) -> int:
@@ -85,9 +88,10 @@ def chunk_text(tokens: list[int], room: int, stride: int) -> list[list[int]]:
 
 
 def chunk_texts(token_lists: Sequence[Sequence[int]], arch: str, max_len: int, long_text: str,
-                stride: int | None = None) -> tuple[list[list[int]], np.ndarray]:
+                stride: int | None = None, max_chunks: int = 0) -> tuple[list[list[int]], np.ndarray]:
     """The chunks of every text (``long_text`` cut: the text itself, cut later by format_inputs) and, for
-    each chunk, the index of its text."""
+    each chunk, the index of its text; with ``max_chunks``, at most that many of a text's chunks, evenly
+    spread (the first and the last included)."""
     if long_text not in LONG_TEXT:
         raise ValueError(f"unknown long-text handling {long_text!r} (choose one of {', '.join(LONG_TEXT)})")
     room = text_room(arch, max_len)
@@ -96,6 +100,8 @@ def chunk_texts(token_lists: Sequence[Sequence[int]], arch: str, max_len: int, l
     owner: list[int] = []
     for index, tokens in enumerate(token_lists):
         pieces = [list(tokens)] if long_text == "cut" else chunk_text(list(tokens), room, stride)
+        if max_chunks and len(pieces) > max_chunks:
+            pieces = [pieces[i] for i in np.unique(np.linspace(0, len(pieces) - 1, max_chunks).round().astype(int))]
         chunks += pieces
         owner += [index] * len(pieces)
     return chunks, np.asarray(owner, dtype=np.int64)

@@ -90,8 +90,8 @@ class FinetuneConfig(TrainingOptions):
     class_weights: str = option("auto", "classify: weight the loss by inverse class frequency (balanced); auto: "
                                 f"balanced when the largest class has {IMBALANCE_RATIO:g}x the smallest's training "
                                 "examples or more.", choices=("auto", "none", "balanced"), section="data")
-    long_text: str = option("mean", "classify: a text longer than the window (--block-size) is read as overlapping "
-                            "chunks, each a training example with the text's label, and validation averages the "
+    long_text: str = option("mean", "classify: a text longer than the window (--seq-len) is read as overlapping "
+                            "chunks, each a training example with the text's label (at most 8 a text, spread over it), and validation averages the "
                             "chunks' class logits (mean) or takes each class's max (max); cut trains and validates "
                             "on the beginning alone. Recorded in the checkpoint for evaluate, generate and serve.",
                             choices=("mean", "max", "cut"), section="data")

@@ -174,3 +174,18 @@ def test_rms_norm_equals_torch_in_fp32():
         theirs.weight.copy_(ours.weight)
     x = torch.randn(3, 5, 16)
     assert torch.equal(ours(x), theirs(x)) and ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+def test_chunks_cover_every_token_and_aggregate_per_text():
+    import numpy as np
+
+    from lmkit.models.classifier import aggregate_logits, chunk_text, chunk_texts
+
+    chunks = chunk_text(list(range(23)), room=10, stride=4)
+    assert [c[0] for c in chunks] == [0, 4, 8, 12, 13] and chunks[-1][-1] == 22
+    assert all(len(c) == 10 for c in chunks) and chunk_text([1, 2], 10, 4) == [[1, 2]]
+    windows, owner = chunk_texts([list(range(100)), [7]], "bert", 12, "mean", 5, max_chunks=4)
+    assert owner.tolist() == [0, 0, 0, 0, 1] and windows[0][0] == 0 and windows[3][-1] == 99  # first and last kept
+    logits = torch.tensor([[1.0, 0.0], [3.0, -2.0], [5.0, 1.0]])
+    assert aggregate_logits(logits, np.array([0, 0, 1]), 2, "mean").tolist() == [[2.0, -1.0], [5.0, 1.0]]
+    assert aggregate_logits(logits, np.array([0, 0, 1]), 2, "max").tolist() == [[3.0, 0.0], [5.0, 1.0]]

@@ -4,6 +4,7 @@ stopping, exact resume, the range test, and every bad input it promises to refus
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -483,7 +484,8 @@ def test_long_texts_train_on_every_window_and_validate_on_the_aggregate(bases, l
     cut, chunked = built["cut"].objective, built["max"].objective
     assert built["cut"].extra["head"]["long_text"] == "cut" and "chunk_stride" not in built["cut"].extra["head"]
     assert built["max"].extra["head"]["long_text"] == "max" and built["max"].extra["head"]["chunk_stride"] == 5
-    windows, owner = chunk_texts(cut.train, "gpt", cut.seq_len, "max", 5)
+    windows, owner = chunk_texts(cut.train, "gpt", cut.seq_len, "max", 5, max_chunks=8)
+    assert max(np.bincount(owner)) == 8  # the longest texts give 8 windows, evenly spread
     assert chunked.train == windows and chunked.train_labels.tolist() == cut.train_labels[owner].tolist()
     assert len(windows) > len(cut.train)  # the labeled texts are longer than the tiny window
 

@@ -17,8 +17,8 @@ from lmkit.data.packing import sample_indices, seeded_generator
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation.metrics import classification_metrics
-from lmkit.models.classifier import (DEFAULT_POOLING, POOLING, aggregate_logits, chunk_texts, default_stride,
-                                     format_inputs, long_text_settings, text_room)
+from lmkit.models.classifier import (DEFAULT_POOLING, POOLING, TRAIN_CHUNKS_PER_TEXT, aggregate_logits, chunk_texts,
+                                     default_stride, format_inputs, long_text_settings, text_room)
 from lmkit.vocab import Specials
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, dataset_for,
                                             register)
@@ -139,11 +139,12 @@ def _build(inputs: ObjectiveInputs) -> Built:
     texts = len(train.tokens)
     per_text = np.bincount(train.labels, minlength=len(names)).astype(np.float64)  # auto weighs by these
     if long_text != "cut":  # every window of a long text is an example with the text's label
-        chunks, owner = chunk_texts(train.tokens, arch, inputs.seq_len, long_text, stride)
+        chunks, owner = chunk_texts(train.tokens, arch, inputs.seq_len, long_text, stride, TRAIN_CHUNKS_PER_TEXT)
         train = LabeledSplit(chunks, train.labels[owner])
         if len(chunks) > texts:
             inputs.notes.append(f"long texts: {texts} training texts give {len(chunks)} examples (overlapping "
-                                f"windows every {stride} tokens, --long-text {long_text})")
+                                f"windows every {stride} tokens, at most {TRAIN_CHUNKS_PER_TEXT} a text, "
+                                f"--long-text {long_text})")
     weights = None
     counts = np.bincount(train.labels, minlength=len(names)).astype(np.float64)
     balanced = options.class_weights == "balanced"
