@@ -34,7 +34,7 @@ demo: setup
 	$(BIN)/lmkit generate $(DEMO_DIR)/sft/final "$$(head -1 $(DEMO_DIR)/corpus/instructions-test.jsonl | \
 		$(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["prompt"])')" --temperature 0 \
 		--max-new-tokens 40 --stop "\n" --echo
-	@echo "pictures: $(DEMO_DIR)/curves.png, $(DEMO_DIR)/attention/attention.html, $(DEMO_DIR)/reports/bert-classifier/confusion.png"
+	@echo "pictures: $(DEMO_DIR)/curves.png, $(DEMO_DIR)/attention/attention.html, $(DEMO_DIR)/reports/bert-classifier/confusion.png, $(DEMO_DIR)/probe/probe.png, $(DEMO_DIR)/why/attribution.html"
 
 # NANOGPT=path/to/nanoGPT/model.py (a clone of karpathy/nanoGPT) compares pretraining with nanoGPT itself;
 # without it, with the nanoGPT-shaped baseline in benchmarks/pretrain.py. The last lines are the three ratios.
