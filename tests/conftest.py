@@ -125,3 +125,17 @@ def instructions(tmp_path_factory):
     path.write_text("".join(json.dumps({"prompt": f"First word of: {t[:30]}", "response": t.split()[0]}) + "\n"
                             for t in texts))
     return path
+
+
+def block_imports(monkeypatch, *packages: str) -> None:
+    """Make ``import PACKAGE`` (and its submodules) fail for the rest of the test, as if it were not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def blocked(name, *args, **kwargs):
+        if any(name == package or name.startswith(package + ".") for package in packages):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", blocked)

@@ -4,6 +4,7 @@ import pytest
 
 from lmkit.data import languages
 from lmkit.errors import UserError
+from tests.conftest import block_imports
 from tests.multilingual import SENTENCES
 
 pytest.importorskip("py3langid")
@@ -29,17 +30,8 @@ def test_temperature_shares():
 
 
 def test_a_missing_identifier_names_the_extra(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_langid(name, *args, **kwargs):
-        if name.startswith("py3langid"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
     languages.identifier.cache_clear()
-    monkeypatch.setattr(builtins, "__import__", no_langid)
+    block_imports(monkeypatch, "py3langid")
     try:
         with pytest.raises(UserError, match=r"identifying languages needs py3langid; install lmkit\[languages\]"):
             languages.identifier()

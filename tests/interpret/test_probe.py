@@ -14,7 +14,7 @@ from lmkit.models import build_model
 from lmkit.models.classifier import format_inputs
 from lmkit.training.checkpoint import read_checkpoint
 from lmkit.vocab import LMKIT
-from tests.conftest import labeled_records, preprocess_labeled, run_lmkit, train_tiny
+from tests.conftest import block_imports, labeled_records, preprocess_labeled, run_lmkit, train_tiny
 from tests.interop.conftest import write_finetuned
 from tests.models.conftest import tiny_config
 
@@ -92,15 +92,6 @@ def test_probe_refusals(gpt, lstm, dataset, labeled_with_validation, labeled, tm
 
 
 def test_missing_scikit_learn_names_the_extra(monkeypatch, gpt, labeled_with_validation):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *args, **kwargs):
-        if name == "sklearn" or name.startswith("sklearn."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    block_imports(monkeypatch, "sklearn")
     with pytest.raises(UserError, match=r"install lmkit\[inspect\]"):
         probe_module.run_probe(gpt, labeled_with_validation)

@@ -17,7 +17,7 @@ from lmkit.evaluation.scoring import Inference
 from lmkit.stages import evaluate
 from lmkit.stages.evaluate_config import EvaluateConfig
 from lmkit.training.checkpoint import read_checkpoint
-from tests.conftest import paragraphs
+from tests.conftest import block_imports, paragraphs
 from tests.evaluation.helpers import LABELS, classifier_checkpoint, labeled_dataset
 
 
@@ -421,16 +421,7 @@ def test_baseline_refusals_before_any_compute(gpt, bert, classifier, dataset, tm
 
 
 def test_classification_baseline_names_its_extra(classifier, topical, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *args, **kwargs):
-        if name == "sklearn" or name.startswith("sklearn."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    block_imports(monkeypatch, "sklearn")
     with pytest.raises(UserError, match=r"--baseline: the classification baseline needs scikit-learn; install "
                                         r"lmkit\[baselines\]"):
         evaluate.run(config(classifier, topical, baseline=True))
