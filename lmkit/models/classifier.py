@@ -61,8 +61,9 @@ def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,
 
 # -- long texts: overlapping chunks ------------------------------------------------------------------------
 # A text longer than the window is read as overlapping windows (chunks) of it, each framed and classified as
-# a text of its own, and the chunks' class logits are aggregated: their mean, or per class their max ("cut":
-# the beginning alone, as lmkit did before). The stride defaults to half a window.
+# a text of its own, and the chunks' class logits are aggregated: their mean, or per class their max; or
+# ("cut", finetuning's default, as measured by benchmarks/long_text.py) its beginning alone. The stride
+# defaults to half a window.
 LONG_TEXT = ("mean", "max", "cut")
 # Finetuning trains on at most this many windows of one text, evenly spread from its first to its last: a
 # book-length text would otherwise fill an epoch with its own windows. Evaluation reads every window.
@@ -110,10 +111,10 @@ def chunk_texts(token_lists: Sequence[Sequence[int]], arch: str, max_len: int, l
 def long_text_settings(head: dict | None, arch: str, max_len: int, requested: str = "auto", stride: int = 0
                        ) -> tuple[str, int | None]:
     """(long_text, stride) for a classifier whose checkpoint ``head`` records how it was finetuned: ``requested``
-    (auto: the head's, or mean) and ``stride`` (0: the head's, or half a window). A stride longer than a window
-    would skip text: refused."""
+    (auto: the head's, or cut, what a classifier that recorded none was trained with) and ``stride`` (0: the
+    head's, or half a window). A stride longer than a window would skip text: refused."""
     saved = (head or {}).get("long_text")
-    long_text = saved or "mean" if requested == "auto" else requested
+    long_text = saved or "cut" if requested == "auto" else requested
     if long_text not in LONG_TEXT:
         raise UserError(f"--long-text {requested}: choose auto, {', '.join(LONG_TEXT)}")
     stride = stride or (head or {}).get("chunk_stride") or 0

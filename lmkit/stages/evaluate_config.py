@@ -59,8 +59,8 @@ class EvaluateConfig:
     seed: int = option(0, "Seed of the masking (and of the harness's sampling).")
     long_text: str = option("auto", "classify: a text longer than the classifier's window is read as overlapping "
                             "chunks whose class logits are averaged (mean) or maxed per class (max), or cut to its "
-                            "beginning (cut); auto: what the classifier was finetuned with, mean for classifiers "
-                            "that recorded none.", choices=("auto", "mean", "max", "cut"))
+                            "beginning (cut); auto: what the classifier was finetuned with (finetune --long-text; "
+                            "cut for classifiers that recorded none).", choices=("auto", "mean", "max", "cut"))
     chunk_stride: int = option(0, "classify: tokens between the starts of consecutive chunks; 0: the classifier's own, "
                                "or half a window.")
     max_new_tokens: int = option(128, "generate: most tokens per answer (greedy decoding).")

@@ -90,10 +90,12 @@ class FinetuneConfig(TrainingOptions):
     class_weights: str = option("auto", "classify: weight the loss by inverse class frequency (balanced); auto: "
                                 f"balanced when the largest class has {IMBALANCE_RATIO:g}x the smallest's training "
                                 "examples or more.", choices=("auto", "none", "balanced"), section="data")
-    long_text: str = option("mean", "classify: a text longer than the window (--seq-len) is read as overlapping "
-                            "chunks, each a training example with the text's label (at most 8 a text, spread over it), and validation averages the "
-                            "chunks' class logits (mean) or takes each class's max (max); cut trains and validates "
-                            "on the beginning alone. Recorded in the checkpoint for evaluate, generate and serve.",
+    long_text: str = option("cut", "classify: how a text longer than the window (--seq-len) is read. cut: its "
+                            "beginning, in training and after. mean or max: as overlapping chunks, each a training "
+                            "example with the text's label (at most 8 a text, spread over it), whose class logits "
+                            "validation, evaluate, generate and serve average (mean) or take each class's max of "
+                            "(max). Cut is the default as measured: on manual pages and docstrings, whose first "
+                            "lines say what they are, it scored higher (README). Recorded in the checkpoint.",
                             choices=("mean", "max", "cut"), section="data")
     chunk_stride: int = option(0, "classify: tokens between the starts of consecutive chunks (0: half a window).",
                                section="data")
