@@ -497,9 +497,9 @@ def test_packed_sft_equals_unpacked_per_example_losses(bases, instructions, tmp_
     from lmkit.training.objectives.instruction import InstructionTuning
 
     plan = finetune.plan(config(bases["gpt"], instructions, tmp_path / "run", template="Q: {prompt}\nA: ",
-                                seq_len=128), finetune.distributed.setup())
+                                seq_len=128, pack=True), finetune.distributed.setup())
     packed_objective = plan.spec.build(plan.inputs).objective
-    assert packed_objective.pack_width == plan.inputs.seq_len  # gpt: packed by default
+    assert packed_objective.pack_width == plan.inputs.seq_len
     examples = packed_objective.train[:8]
     unpacked = InstructionTuning(examples, [], BatchLayout(8, 1, 1), 0, torch.device("cpu"), 0)
     model = read_checkpoint(bases["gpt"]).inference_model()

@@ -131,10 +131,9 @@ def _build(inputs: ObjectiveInputs) -> Built:
     arch = inputs.model_config.arch
     if options.pack and arch != "gpt":
         raise UserError(f"--pack: packs examples with a block-diagonal attention mask, which an {arch} model does "
-                        "not have; use --no-pack")
-    pack = arch == "gpt" if options.pack is None else options.pack
+                        "not have; drop --pack")
     objective = InstructionTuning(train, validation, inputs.layout, options.seed, inputs.device, tokenizer.specials.pad,
-                                  inputs.seq_len if pack else 0)
+                                  inputs.seq_len if options.pack else 0)
     return Built(objective, {"template": options.template})
 
 
