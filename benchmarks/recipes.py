@@ -142,8 +142,8 @@ def main() -> None:
                 lm = lm_metrics(work, checkpoint, "lm" if body == "gpt" else f"lm-{budget}")
                 accuracy = finetune(work, 0, (), None if body == "gpt" else f"clf-0-{budget}", False, body)["accuracy"]
                 scale[budget] = {"parameters": stats.get("parameters"), "tokens": stats.get("tokens"),
-                                 "bits_per_byte": lm.get("bits_per_byte"),
-                                 "baseline_bits_per_byte": lm.get("baseline_bits_per_byte"), "accuracy": accuracy}
+                                 "bits_per_byte": lm.get("bpb"),
+                                 "baseline_bits_per_byte": lm.get("baseline_bpb"), "accuracy": accuracy}
             entry["scale"] = scale
         if args.stage == "curve":
             curve = {}

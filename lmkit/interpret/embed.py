@@ -113,7 +113,7 @@ def write_embeddings(checkpoint_path: Path, dataset_path: Path, out: Path, split
                         task.advance(len(tokens))
         stats: dict[str, Any] = {"documents": counts, "layers": chosen, "pooling": pooling, "d_model": width,
                                  "columns": schema.names}
-        inputs_record = {"parents": [artifacts.describe_parent("checkpoint", checkpoint.artifact, writer.out),
+        inputs_record = {"artifacts": [artifacts.describe_parent("checkpoint", checkpoint.artifact, writer.out),
                                      artifacts.describe_parent("dataset", dataset, writer.out)]}
         return writer.commit(identity, inputs_record, stats)
 

@@ -294,30 +294,18 @@ def test_sharded_safetensors_import(hf_dirs, imported, tmp_path):
     assert ours.keys() == single.keys() and all(torch.equal(ours[k], single[k]) for k in ours)
 
 
-def test_llama3_rope_scaling_imports_and_round_trips(tmp_path):
-    """Llama 3.1's scaled RoPE (rope_type llama3), on sequences past its original length: logits equal, and the
-    export writes the same rope_parameters back."""
-    scaling = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+@pytest.mark.parametrize("scaling,ours", [
+    ({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 16}, {"rope_scaling": "llama3", "rope_original_length": 16}),
+    ({"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}, {"rope_scaling": "linear", "rope_factor": 4.0}),
+], ids=["llama3", "linear"])
+def test_rope_scaling_imports_and_round_trips(tmp_path, scaling, ours):
+    """Llama 3.1's scaled RoPE (rope_type llama3) and position interpolation (linear, what finetune --block-size
+    writes), on sequences past the original length: logits equal transformers', and the export writes the same
+    rope_parameters back."""
     source = make_hf_model("llama", tmp_path / "hf", rope_parameters=scaling)
     checkpoint = read_checkpoint(import_dir(source, tmp_path / "ckpt").path)
-    assert (checkpoint.model_config.rope_scaling, checkpoint.model_config.rope_original_length) == ("llama3", 16)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    idx = torch.randint(0, checkpoint.model_config.vocab_size, (2, 60), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(checkpoint.inference_model()(idx)[0], theirs(input_ids=idx).logits, atol=1e-5, rtol=0)
-    exported = export(checkpoint.path, tmp_path / "out")
-    written = json.loads((exported.path / "config.json").read_text())["rope_parameters"]
-    assert {key: written[key] for key in scaling} == scaling
-
-
-def test_linear_rope_scaling_matches_transformers_and_round_trips(tmp_path):
-    """Position interpolation (rope_type linear, what finetune --block-size writes): logits equal transformers'
-    past the original length, and the export writes the same rope_parameters back."""
-    scaling = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
-    source = make_hf_model("llama", tmp_path / "hf", rope_parameters=scaling)
-    checkpoint = read_checkpoint(import_dir(source, tmp_path / "ckpt").path)
-    assert (checkpoint.model_config.rope_scaling, checkpoint.model_config.rope_factor) == ("linear", 4.0)
+    assert {key: getattr(checkpoint.model_config, key) for key in ours} == ours
     theirs = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     idx = torch.randint(0, checkpoint.model_config.vocab_size, (2, 60), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

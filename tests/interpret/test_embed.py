@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
 from lmkit import artifacts
 from lmkit.data.labeled import read_labeled
@@ -38,7 +37,8 @@ def test_pooled_rows_are_the_models_states_a_batch_at_a_time(gpt, labeled, tmp_p
     names = json.loads((labeled / "manifest.json").read_text())["stats"]["labels"]["names"]
     assert table.column("label").to_pylist() == [names[i] for i in train.labels]
     assert artifact.stats["documents"] == {"train": len(train.tokens)}
-    assert [p["role"] for p in artifact.manifest["inputs"]["parents"]] == ["checkpoint", "dataset"]
+    tree = artifacts.lineage(artifact.path)  # what `lmkit lineage` draws
+    assert [(p["role"], p["kind"]) for p in tree["parents"]] == [("checkpoint", "checkpoint"), ("dataset", "dataset")]
     assert artifacts.verify_tree(artifact.path)[1] == []
 
 

@@ -22,6 +22,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 
+
 @pytest.fixture(scope="module")
 def labeled_with_validation(dataset, tmp_path_factory):
     return preprocess_labeled(dataset, tmp_path_factory.mktemp("probe") / "data", labeled_records(120),
@@ -95,3 +96,26 @@ def test_missing_scikit_learn_names_the_extra(monkeypatch, gpt, labeled_with_val
     block_imports(monkeypatch, "sklearn")
     with pytest.raises(UserError, match=r"install lmkit\[inspect\]"):
         probe_module.run_probe(gpt, labeled_with_validation)
+
+
+@pytest.mark.slow
+def test_a_classifier_beats_its_random_control_on_the_demo_labeled_set(tmp_path):
+    """The demo's labeled docstrings (module, class or function), tokenized as the demo does, and a GPT
+    finetuned on their train split: its layers' probes must beat a random-weight model's of the same shape on
+    the test split. (The demo's pretrained GPT and BERT beat theirs too, 0.709 and 0.706 against 0.669 and
+    0.611; a language model pretrained for the few seconds a test can spend does not.)"""
+    corpus = tmp_path / "corpus"
+    run_lmkit("demo-corpus", "--out", str(corpus), check=True)
+    data, labeled = tmp_path / "data", tmp_path / "labeled"
+    run_lmkit("preprocess", str(corpus / "topics"), "--out", str(data), "--vocab-size", "2000", "--workers", "1",
+              "--no-near-dedup", check=True)
+    run_lmkit("preprocess", str(corpus / "docstrings.jsonl"), "--label-field", "label", "--tokenizer",
+              str(data / "tokenizer"), "--val-fraction", "0.1", "--test-fraction", "0.4", "--filters",
+              "too_short,too_long", "--no-near-dedup", "--workers", "1", "--out", str(labeled), check=True)
+    gpt = train_tiny(data, tmp_path / "gpt").path
+    run_lmkit("finetune", str(gpt), str(labeled), "--epochs", "4", "--seq-len", "64", "--lr", "3e-3", "--out",
+              str(tmp_path / "clf"), check=True)
+    result = probe_module.run_probe(tmp_path / "clf" / "final", labeled, split="test")
+    best = max(row["accuracy"] for row in result.layers)
+    control = max(row["control_accuracy"] for row in result.layers)
+    assert best > control + 0.02, result.layers  # measured: 0.804 against 0.658
