@@ -65,12 +65,22 @@ def load_stream(dataset: Artifact, split: str, separator: int = EOS_ID) -> Token
     return TokenStream(np.concatenate(pieces), documents, text_bytes)
 
 
+def causal_window_count(stream_tokens: int, seq_len: int) -> int:
+    """Windows of seq_len + 1 tokens at stride seq_len in a stream of this many tokens (separators included)."""
+    return (stream_tokens - 1) // seq_len
+
+
+def masked_window_count(stream_tokens: int, seq_len: int) -> int:
+    """[CLS] chunk [SEP] windows of seq_len tokens in a stream of this many tokens."""
+    return stream_tokens // (seq_len - 2)
+
+
 class CausalWindows:
     """Windows of ``seq_len + 1`` tokens at stride ``seq_len`` over a token stream."""
 
     def __init__(self, stream: TokenStream, seq_len: int):
         self.stream, self.seq_len = stream, seq_len
-        self.count = (len(stream.tokens) - 1) // seq_len
+        self.count = causal_window_count(len(stream.tokens), seq_len)
 
     def sample(self, seed: int, start: int, length: int) -> np.ndarray:
         """The windows read at global sample positions [start, start + length)."""
@@ -98,7 +108,7 @@ class MaskedWindows:
         self.specials = specials
         self.cls, self.sep = specials.require("cls", "masked-LM windows"), specials.require("sep", "masked-LM windows")
         self.chunk = seq_len - 2
-        self.count = len(stream.tokens) // self.chunk
+        self.count = masked_window_count(len(stream.tokens), seq_len)
 
     def sample(self, seed: int, start: int, length: int) -> np.ndarray:
         return sample_indices(self.count, seed, start, length)
@@ -218,7 +228,6 @@ class Mixture:
     def batch(self, positions: np.ndarray, *args) -> tuple[torch.Tensor, torch.Tensor]:
         source, draw = self.draws(positions)
         rows: list = [None] * len(positions)
-        inputs = targets = None
         for i in np.unique(source):
             chosen = np.flatnonzero(source == i)
             windows = np.concatenate([sample_indices(self.parts[i].count, self.seed + 7919 * (int(i) + 1), int(k), 1)

@@ -21,7 +21,7 @@ from lmkit import artifacts
 from lmkit.data.shards import SPLITS, read_split, token_lists
 from lmkit.errors import UserError
 from lmkit.evaluation import inputs
-from lmkit.interpret.states import batches, encode_layers, resolve_pooling, transformer_body
+from lmkit.interpret.states import batches, encode_layers, require_transformer, resolve_pooling, transformer_body
 from lmkit.models.classifier import pool_states
 from lmkit.progress import reporter
 from lmkit.training.checkpoint import read_checkpoint
@@ -76,8 +76,7 @@ def _documents(dataset: artifacts.Artifact, split: str) -> Iterator[tuple[list, 
 def write_embeddings(checkpoint_path: Path, dataset_path: Path, out: Path, split: str = "all",
                      layers: str = "-1", pooling: str = "auto", force: bool = False) -> artifacts.Artifact:
     checkpoint = read_checkpoint(checkpoint_path)
-    if checkpoint.model_config.arch == "lstm":
-        transformer_body(checkpoint, None, COMMAND)  # refuses
+    require_transformer(checkpoint, COMMAND)  # before the data is read
     per_token = pooling == "none"
     pooling = "none" if per_token else resolve_pooling(checkpoint, pooling)
     dataset = artifacts.load(dataset_path, kind="dataset")

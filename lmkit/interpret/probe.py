@@ -24,7 +24,7 @@ from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation import inputs
 from lmkit.interpret import write_files
-from lmkit.interpret.states import pooled_layers, resolve_pooling, transformer_body
+from lmkit.interpret.states import pooled_layers, require_transformer, resolve_pooling, transformer_body
 from lmkit.models import build_model
 from lmkit.training.checkpoint import read_checkpoint
 
@@ -76,8 +76,7 @@ def run_probe(checkpoint_path: Path, dataset_path: Path, split: str = "auto", po
     require_sklearn()
     require_matplotlib(COMMAND)  # before any compute: the plot is one of the outputs
     checkpoint = read_checkpoint(checkpoint_path)
-    if checkpoint.model_config.arch == "lstm":
-        transformer_body(checkpoint, None, COMMAND)  # refuses
+    require_transformer(checkpoint, COMMAND)  # before the data is read
     pooling = resolve_pooling(checkpoint, pooling)
     dataset = artifacts.load(dataset_path, kind="dataset")
     if "labels" not in dataset.stats:

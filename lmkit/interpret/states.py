@@ -22,12 +22,16 @@ from lmkit.training.checkpoint import Checkpoint
 BATCH_SIZE = 32
 
 
-def transformer_body(checkpoint: Checkpoint, model: nn.Module, command: str) -> nn.Module:
-    """The GPT or BERT of a checkpoint's model (a classifier's backbone). An LSTM's stacked layers run as
-    one fused module that shows only the last, so it is refused."""
+def require_transformer(checkpoint: Checkpoint, command: str) -> None:
+    """Refuse an LSTM: its stacked layers run as one fused module that shows only the last."""
     if checkpoint.model_config.arch == "lstm":
         raise UserError(f"{checkpoint.path}: an LSTM (arch lstm) does not expose its inner layers; "
                         f"{command} needs a gpt or bert checkpoint")
+
+
+def transformer_body(checkpoint: Checkpoint, model: nn.Module, command: str) -> nn.Module:
+    """The GPT or BERT of a checkpoint's model (a classifier's backbone); an LSTM is refused."""
+    require_transformer(checkpoint, command)
     return model.backbone if checkpoint.head is not None else model
 
 

@@ -99,12 +99,13 @@ def mixture_stats(config: PretrainConfig, datasets: list[artifacts.Artifact], ob
     and the epochs of it that the planned samples read (the schedule of packing.Mixture)."""
     from types import SimpleNamespace
 
-    from lmkit.data.packing import Mixture
+    from lmkit.data.packing import Mixture, causal_window_count, masked_window_count
     from lmkit.training.objectives.language_modeling import mixture_shares
 
     tokens = [int(d.stats["splits"]["train"]["tokens"]) + int(d.stats["splits"]["train"]["documents"])
               for d in datasets]  # with the separator after each document, as the stream has
-    windows = [(n - 1) // seq_len if objective == "clm" else n // (seq_len - 2) for n in tokens]
+    count = causal_window_count if objective == "clm" else masked_window_count
+    windows = [count(n, seq_len) for n in tokens]
     shares = mixture_shares(tokens, config.weights, config.mix_alpha)
     mixture = Mixture([SimpleNamespace(count=max(w, 1)) for w in windows], shares, config.seed)
     epochs = mixture.epochs(samples)

@@ -41,3 +41,19 @@ def test_shares_per_round_and_purity():
 def test_a_source_with_a_tiny_share_still_gets_a_slot():
     mixture = Mixture([SimpleNamespace(count=10)] * 2, [1.0, 1e-9], seed=0)
     assert mixture.slots[1] == 1 and sum(mixture.slots) == MIXTURE_PERIOD
+
+
+def test_masked_windows_mix_deterministically_with_the_windows_their_count_promises():
+    from lmkit.data.packing import (MaskedWindows, MaskingSettings, TokenStream, masked_window_count,
+                                    seeded_generator)
+
+    streams = [TokenStream(np.arange(10, 10 + n, dtype=np.int32) % 90 + 10, 1, n) for n in (400, 130)]
+    parts = [MaskedWindows(stream, 12, 100, MaskingSettings()) for stream in streams]
+    assert [p.count for p in parts] == [masked_window_count(400, 12), masked_window_count(130, 12)] == [40, 13]
+    mixture = Mixture(parts, [0.5, 0.5], seed=1)
+    positions = np.arange(100, 116)
+    first = mixture.batch(positions, seeded_generator(1, 100))
+    again = mixture.batch(positions, seeded_generator(1, 100))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # (resume reads the same batch)
+    inputs, targets = first
+    assert inputs.shape == targets.shape == (16, 12) and bool((targets != -100).any())

@@ -542,3 +542,9 @@ def test_block_size_extends_a_rotary_model_and_refuses_what_cannot_extend(bases,
         assert not (tmp_path / "refused").exists()
     with pytest.raises(UserError, match="--rope-scaling and --rope-factor go with --block-size"):
         config(bases["gpt"], dataset, tmp_path / "x", rope_scaling="ntk")
+    with pytest.raises(UserError, match="--block-size 64: shorter than the base's 128; no rope scaling is needed"):
+        finetune.plan(config(bases["gpt"], dataset, tmp_path / "short", block_size=64, rope_scaling="ntk"),
+                      finetune.distributed.setup())
+    shorter = finetune.plan(config(bases["gpt"], dataset, tmp_path / "short", block_size=64, seq_len=0),
+                            finetune.distributed.setup())
+    assert (shorter.model_config.block_size, shorter.model_config.rope_scaling) == (64, "none")

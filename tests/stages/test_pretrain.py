@@ -246,6 +246,9 @@ def test_a_mixture_of_datasets_samples_by_share_records_its_sources_and_resumes_
     assert [s["share"] for s in sources] == pytest.approx([0.75, 0.25], abs=1e-3)
     assert [s["id"] for s in sources] == [artifacts.load(dataset).id, artifacts.load(other).id]
     assert all(s["epochs"] > 0 for s in sources) and full.stats["mixture"]["samples"] == 12 * 4
+    planned = pretrain.plan(config(dataset, tmp_path / "plan", **mixed), pretrain.distributed.setup())
+    mixture = planned.spec.build(planned.inputs).objective.train_windows  # the windows the run reads
+    assert [s["windows"] for s in sources] == [part.count for part in mixture.parts]
     assert [p["role"] for p in full.manifest["inputs"]["artifacts"]][:2] == ["dataset", "dataset"]
     partial = tmp_path / "partial"
     partial.mkdir()
