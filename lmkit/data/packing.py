@@ -31,38 +31,96 @@ from lmkit.vocab import EOS_ID, IGNORE_INDEX, LMKIT, Specials
 
 @dataclass
 class TokenStream:
-    """One split of a dataset: every document followed by a separator, as one int32 array."""
+    """A token stream held in RAM (one int32 array): documents each followed by a separator. Tests and
+    small in-memory sources use it; datasets on disk are read lazily by :class:`ShardStream`."""
 
     tokens: np.ndarray
     documents: int
     text_bytes: int
 
+    def __len__(self) -> int:
+        return len(self.tokens)
+
     @property
     def bytes_per_token(self) -> float:
-        return self.text_bytes / max(len(self.tokens), 1)
+        return self.text_bytes / max(len(self), 1)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """The tokens at these stream positions (any shape), as int64."""
+        return self.tokens[positions].astype(np.int64)
 
 
-def load_stream(dataset: Artifact, split: str, separator: int = EOS_ID) -> TokenStream:
-    """Concatenate a split's shards with ``separator`` after each document.
+class ShardStream:
+    """A split's documents, each followed by ``separator``, as one virtual stream over the memory-mapped
+    shards: nothing is copied. Per record batch it keeps the mapped offsets and values and one int64 start
+    per document (8 bytes a document, against 4 bytes a token for the stream in RAM), so a process's memory
+    does not grow with the corpus and a rank touches only the pages of the windows it reads.
 
-    The shards are read memory-mapped, but the stream is built in RAM (4 bytes a token): fine
-    for corpora of up to a few hundred million tokens per process.
-    """
-    chosen = read_split(dataset, split)
-    if chosen.documents == 0:
-        raise UserError(f"{dataset.path}: has no {split} documents (see `lmkit info {dataset.path}`)")
-    pieces = []
-    documents = text_bytes = 0
-    for table in chosen.tables():
-        offsets, values = token_lists(table.column("tokens"))
-        # Insert the separator after each document: document i lands at offsets[i] + i.
-        out = np.full(len(values) + len(offsets) - 1, separator, dtype=np.int32)
-        positions = np.arange(len(values)) + np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-        out[positions] = values
-        pieces.append(out)
-        documents += table.num_rows
-        text_bytes += int(pc.sum(table.column("n_bytes")).as_py() or 0)
-    return TokenStream(np.concatenate(pieces), documents, text_bytes)
+    Stream layout, per record batch: document i (tokens values[offsets[i]:offsets[i+1]]) starts at
+    offsets[i] - offsets[0] + i, relative to the batch's first position, and its separator follows it."""
+
+    def __init__(self, splits: list, separator: int = EOS_ID):
+        self.separator = separator
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (mapped offsets and values, starts)
+        self._batches = []  # keeps the memory-mapped record batches alive
+        starts = [0]
+        self.documents = self.text_bytes = 0
+        for split in splits:
+            for batch in split.batches():
+                if batch.num_rows == 0:
+                    continue
+                offsets, values = token_lists(batch.column("tokens"))
+                doc_starts = offsets[:-1].astype(np.int64) - int(offsets[0]) + np.arange(batch.num_rows)
+                self._parts.append((offsets, values, doc_starts))
+                self._batches.append(batch)
+                starts.append(starts[-1] + int(offsets[-1] - offsets[0]) + batch.num_rows)
+                self.documents += batch.num_rows
+                self.text_bytes += int(pc.sum(batch.column("n_bytes")).as_py() or 0)
+        self._starts = np.asarray(starts, dtype=np.int64)  # stream position where each part begins
+        self.length = int(self._starts[-1])
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.text_bytes / max(len(self), 1)
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """The tokens at these stream positions (any shape), as int64: read from the mapped shards."""
+        flat = np.asarray(positions, dtype=np.int64).ravel()
+        if len(flat) and (flat.min() < 0 or flat.max() >= self.length):
+            raise IndexError(f"stream positions outside [0, {self.length})")
+        out = np.full(len(flat), self.separator, dtype=np.int64)
+        part_of = np.searchsorted(self._starts, flat, side="right") - 1
+        for part in np.unique(part_of):
+            offsets, values, doc_starts = self._parts[part]
+            chosen = np.flatnonzero(part_of == part)
+            relative = flat[chosen] - self._starts[part]
+            doc = np.searchsorted(doc_starts, relative, side="right") - 1
+            within = relative - doc_starts[doc]
+            first = offsets[doc].astype(np.int64)
+            is_token = within < offsets[doc + 1] - first  # else: the separator after the document
+            out[chosen[is_token]] = values[first[is_token] + within[is_token]]
+        return out.reshape(np.shape(positions))
+
+
+Stream = TokenStream | ShardStream  # what the windows read: .gather(positions), len(), documents, text_bytes
+
+
+def load_stream(dataset: Artifact | list[Artifact], split: str, separator: int = EOS_ID) -> ShardStream:
+    """A split's shards (of one dataset, or several concatenated) as a lazy :class:`ShardStream`."""
+    datasets = dataset if isinstance(dataset, list) else [dataset]
+    chosen = [read_split(d, split) for d in datasets]
+    if sum(s.documents for s in chosen) == 0:
+        raise UserError(f"{datasets[0].path}: has no {split} documents (see `lmkit info {datasets[0].path}`)")
+    return ShardStream(chosen, separator)
+
+
+def read_stream(dataset: Artifact, split: str, separator: int = EOS_ID) -> TokenStream:
+    """The same stream as :func:`load_stream`, copied into RAM (4 bytes a token)."""
+    stream = load_stream(dataset, split, separator)
+    return TokenStream(stream.gather(np.arange(len(stream))).astype(np.int32), stream.documents, stream.text_bytes)
 
 
 def causal_window_count(stream_tokens: int, seq_len: int) -> int:
@@ -80,7 +138,7 @@ class CausalWindows:
 
     def __init__(self, stream: TokenStream, seq_len: int):
         self.stream, self.seq_len = stream, seq_len
-        self.count = causal_window_count(len(stream.tokens), seq_len)
+        self.count = causal_window_count(len(stream), seq_len)
 
     def sample(self, seed: int, start: int, length: int) -> np.ndarray:
         """The windows read at global sample positions [start, start + length)."""
@@ -88,7 +146,7 @@ class CausalWindows:
 
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         starts = indices[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
-        windows = torch.from_numpy(self.stream.tokens[starts].astype(np.int64))
+        windows = torch.from_numpy(self.stream.gather(starts))
         return windows[:, :-1], windows[:, 1:]
 
 
@@ -108,17 +166,24 @@ class MaskedWindows:
         self.specials = specials
         self.cls, self.sep = specials.require("cls", "masked-LM windows"), specials.require("sep", "masked-LM windows")
         self.chunk = seq_len - 2
-        self.count = masked_window_count(len(stream.tokens), seq_len)
+        self.count = masked_window_count(len(stream), seq_len)
 
     def sample(self, seed: int, start: int, length: int) -> np.ndarray:
         return sample_indices(self.count, seed, start, length)
 
-    def batch(self, indices: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: np.ndarray, generator: torch.Generator | list[torch.Generator]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Corrupted windows; with one generator per row, each row's masks depend on its own generator only,
+        so a sample is masked alike whatever micro-batch (size) it falls into."""
         starts = indices[:, None] * self.chunk + np.arange(self.chunk)[None, :]
-        body = torch.from_numpy(self.stream.tokens[starts].astype(np.int64))
+        body = torch.from_numpy(self.stream.gather(starts))
         rows = len(indices)
         clean = torch.cat([torch.full((rows, 1), self.cls), body, torch.full((rows, 1), self.sep)], dim=1)
-        return mask_tokens(clean, self.vocab_size, self.masking, generator, self.specials)
+        if not isinstance(generator, list):
+            return mask_tokens(clean, self.vocab_size, self.masking, generator, self.specials)
+        pairs = [mask_tokens(clean[row:row + 1], self.vocab_size, self.masking, generator[row], self.specials)
+                 for row in range(rows)]
+        return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
 def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings, generator: torch.Generator,
@@ -232,7 +297,9 @@ class Mixture:
             chosen = np.flatnonzero(source == i)
             windows = np.concatenate([sample_indices(self.parts[i].count, self.seed + 7919 * (int(i) + 1), int(k), 1)
                                       for k in draw[chosen]])
-            part_inputs, part_targets = self.parts[i].batch(windows, *args)
+            # per-row arguments (a masked source's generators) follow their rows
+            part_args = [[arg[row] for row in chosen] if isinstance(arg, list) else arg for arg in args]
+            part_inputs, part_targets = self.parts[i].batch(windows, *part_args)
             for row, a, b in zip(chosen, part_inputs, part_targets):
                 rows[row] = (a, b)
         inputs = torch.stack([a for a, _ in rows])

@@ -135,7 +135,7 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     lora = ({"lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout}}
             if config.lora_rank else {})
     run_dir = Path(config.out)
-    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS)
+    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS, layout, seq_len)
     inputs = ObjectiveInputs(config, data_path, tokenizer, model_cfg, seq_len, layout, env.device, teacher=teacher)
     return TrainingPlan(options=config, env=env, spec=spec, inputs=inputs, model_config=model_cfg, run_dir=run_dir,
                         start=start, parents=parents, new_model=lambda built: _new_model(built, config, base, model_cfg),

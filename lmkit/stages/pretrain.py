@@ -70,7 +70,7 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
         identity["init_from"] = init_from.artifact.id
         parents.append(("init", init_from.artifact))
     run_dir = Path(config.out)
-    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS)
+    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS, layout, seq_len)
     inputs = ObjectiveInputs(config, dataset.path, tokenizer, model_cfg, seq_len, layout, env.device,
                              more_data=[d.path for d in datasets[1:]])
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from lmkit import artifacts
-from lmkit.errors import ArtifactError, UserError
+from lmkit.errors import ArtifactError
 from lmkit.models import build_model
 from lmkit.models.config import ModelConfig
 from lmkit.tokenizer import specials_in
@@ -59,6 +59,7 @@ class TrainerState:
     best_step: int | None = None
     evals_since_best: int = 0
     world_size: int = 1
+    global_batch: int = 0  # sequences per optimizer step over all processes (0: a checkpoint of older lmkit)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,11 +185,11 @@ class Checkpoint:
             merge_lora(model)
         return model.eval().requires_grad_(False)
 
-    def restore_training(self, optimizers, sharded_model: nn.Module | None = None) -> TrainerState:
+    def restore_training(self, optimizers, model: nn.Module, sharded: bool = False) -> TrainerState:
         """Load optimizer moments and every RNG state; returns the trainer state to continue from.
 
-        A run trained with --shard saved its optimizer state by parameter name; it resumes into a
-        sharded model (``sharded_model``) only, and an unsharded run only into an unsharded one.
+        A run trained with --shard saved its optimizer state gathered and keyed by parameter name, an unsharded
+        run by parameter index; either resumes into either (elastic resume): the state is full in both.
         """
         payload = json.loads(self.artifact.file(STATE_FILE).read_text())
         try:
@@ -200,13 +201,11 @@ class Checkpoint:
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states)
         by_name = payload["optimizer"].get("keys") == "name"
-        if by_name != (sharded_model is not None):
-            raise UserError(f"{self.path}: was saved by a run {'with' if by_name else 'without'} --shard; "
-                            f"resume it {'with' if by_name else 'without'} --shard")
-        if by_name:
+        if by_name or sharded:
             from lmkit.training.distributed import load_full_optimizer_states
 
-            load_full_optimizer_states(sharded_model, optimizers, optimizers.saved_states(tensors, payload["optimizer"]))
+            states = optimizers.saved_states(tensors, payload["optimizer"])
+            load_full_optimizer_states(model, optimizers, states if by_name else optimizers.keyed_by_name(states, model))
         else:
             optimizers.load_state_tensors(tensors, payload["optimizer"])
         _restore_rng(payload["rng"], torch_rng)

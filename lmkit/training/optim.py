@@ -74,6 +74,18 @@ class Optimizers:
             states.append({"state": state, "param_groups": saved["param_groups"]})
         return states
 
+    def keyed_by_name(self, states: list[dict], model: nn.Module) -> list[dict]:
+        """Index-keyed state dicts (an unsharded run's) keyed by parameter name instead, as a sharded run saves
+        them: index i is the i-th parameter of the optimizer's groups, in order."""
+        names = {id(param): name for name, param in model.named_parameters()}
+        keyed = []
+        for opt, state in zip(self.optimizers, states):
+            order = [names[id(param)] for group in opt.param_groups for param in group["params"]]
+            keyed.append({"state": {order[int(index)]: values for index, values in state["state"].items()},
+                          "param_groups": [{**group, "params": [order[int(i)] for i in group["params"]]}
+                                           for group in state["param_groups"]]})
+        return keyed
+
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         if meta.get("keys") == "name":
             raise ValueError("name-keyed optimizer state belongs to a sharded run")  # see distributed

@@ -116,8 +116,9 @@ def open_session(plan: TrainingPlan) -> Session:
                                  (options.beta1, options.beta2))
     state = TrainerState(world_size=env.world_size)
     if checkpoint is not None:
-        state = checkpoint.restore_training(optimizers, sharded_model=model if plan.sharded else None)
+        state = checkpoint.restore_training(optimizers, model, sharded=plan.sharded)
         reporter.info(f"resuming from {plan.start.resume_from} (step {state.step})")
+    state.world_size, state.global_batch = plan.env.world_size, plan.layout.global_batch  # this launch's layout
     state.extra["launch"] = plan.start.launch
     state.extra["history"] = plan.start.history
     if plan.start.resumed_launch is not None:

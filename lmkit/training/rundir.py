@@ -53,10 +53,19 @@ class RunStart:
     resumed_launch: dict[str, Any] | None = None  # the identity of the launch that wrote the resumed checkpoint
 
 
+# Settings that only lay a step's global batch out over processes and micro-batches: a resume may change them
+# (elastic resume) as long as the global batch stays the same.
+LAYOUT_SETTINGS = ("micro_batch", "accumulation", "batch_tokens", "shard")
+
+
 def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distributed.Distributed,
-              model_cfg: ModelConfig, invariants: tuple[str, ...]) -> RunStart:
+              model_cfg: ModelConfig, invariants: tuple[str, ...], layout: Any, seq_len: int) -> RunStart:
     """Refuse to clobber a run; find the checkpoint to resume from (the latest saved with its optimizer
     state), checking that the settings in ``invariants``, the inputs and the model did not change.
+
+    Elastic resume: a run may continue on another number of processes, micro-batch or accumulation when the
+    global batch (sequences per optimizer step, ``layout.global_batch``) is the one it was trained with: every
+    sample's data and masks depend on its global position only, and checkpoints hold full (gathered) state.
 
     A resumed run's recipe is its settings plus the settings of every earlier launch that differed
     (a run trained 6 steps and resumed to 12 is not a 12-step run), so "up to date" stays honest and
@@ -77,7 +86,10 @@ def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distri
         latest = candidates[-1]
         checkpoint = read_checkpoint(latest)
         saved = checkpoint.trainer_state()
-        if saved.world_size != env.world_size:
+        if saved.global_batch:
+            _check_global_batch(latest, saved.global_batch, layout, seq_len)
+            invariants = tuple(name for name in invariants if name not in LAYOUT_SETTINGS)
+        elif saved.world_size != env.world_size:  # written before elastic resume: the same layout only
             raise UserError(f"{latest}: was trained on {saved.world_size} process(es); resume with the same number "
                             f"(now {env.world_size})")
         changed = [flag_name(name) for name in invariants
@@ -108,6 +120,19 @@ def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distri
         raise UserError(f"{run_dir}: already holds a run without a checkpoint to resume; use --force (or "
                         "--auto-resume) to start over")
     return RunStart(fresh_recipe, None, identity, [], fresh=True)
+
+
+def _check_global_batch(checkpoint: Path, saved: int, layout: Any, seq_len: int) -> None:
+    """Refuse a resume whose global batch differs from the checkpoint's, naming the flag that restores it."""
+    if saved == layout.global_batch:
+        return
+    per_step = layout.micro_batch * layout.world_size
+    # --batch-tokens holds the global batch on any number of processes
+    how = (f"--accumulation {saved // per_step} or --batch-tokens {saved * seq_len}" if saved % per_step == 0 else
+           f"a --micro-batch x processes that divides {saved}")
+    raise UserError(f"{checkpoint}: was trained with a global batch of {saved} sequences per step; this launch makes "
+                    f"{layout.global_batch} ({layout.micro_batch} x {layout.accumulation} accumulation x "
+                    f"{layout.world_size} process(es)): resume with {how}")
 
 
 def changed_settings(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def test_existing_run_without_resume_is_refused(dataset, tmp_path):
 @pytest.mark.parametrize("model", ["gpt-tiny", "bert-tiny"])  # bert: masked counts differ per micro-batch
 def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
     common = ["pretrain", str(dataset), "--max-steps", "8", *ARGS, "--model", model]
-    single = run_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", check=True)
+    single = run_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", "--checkpoint-every", "4",
+                       check=True)
     assert "2 accumulation, 1 process(es)" in single.stderr
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", "29517", "-m", "lmkit", *common, "--out", str(tmp_path / "two")],
@@ -98,6 +99,14 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
     assert len(one) == len(two) == 8
     assert one == pytest.approx(two, rel=1e-4, abs=1e-4)
     assert artifacts.load(tmp_path / "two" / "final").stats["step"] == 8
+    # elastic resume: the one-process run's step 4 continues on two processes (the same global batch)
+    (tmp_path / "grown").mkdir()
+    shutil.copytree(tmp_path / "one" / "step-00000004", tmp_path / "grown" / "step-00000004")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", "-m", "lmkit", *common, "--out", str(tmp_path / "grown"),
+                             "--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses("grown") == pytest.approx(one[4:], rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.slow
@@ -126,8 +135,24 @@ def test_fsdp2_shard_matches_one_process_and_resumes_exactly(dataset, tmp_path):
     shutil.copytree(tmp_path / "two" / "step-00000003", partial / "step-00000003")
     torchrun(partial, "--resume")
     assert losses(partial) == losses(tmp_path / "two")[3:]
-    refused = run_lmkit(*common, "--out", str(partial), "--resume", "--max-steps", "9")
-    assert refused.returncode == 1 and "was trained on 2 process(es); resume with the same number" in refused.stderr
+    # elastic resume: the two-process sharded checkpoint continues in one process, unsharded, once the global
+    # batch is the same (8 sequences: --batch-tokens 256 makes it 2 micro-batches of 4)
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copytree(tmp_path / "two" / "step-00000003", single / "step-00000003")
+    refused = run_lmkit(*common, "--out", str(single), "--resume")
+    assert refused.returncode == 1, refused.stderr
+    assert ("global batch of 8 sequences per step; this launch makes 4" in refused.stderr
+            and "--accumulation 2 or --batch-tokens 256" in refused.stderr)
+    assert not (single / "metrics.jsonl").exists()
+    run_lmkit(*common, "--out", str(single), "--resume", "--batch-tokens", "256", check=True)
+    assert losses(single) == pytest.approx(losses(tmp_path / "two")[3:], rel=1e-4, abs=1e-4)
+    # and the other way: the one-process (unsharded, index-keyed optimizer state) run's step 3, sharded on two
+    sharded_again = tmp_path / "sharded-again"
+    sharded_again.mkdir()
+    shutil.copytree(tmp_path / "one" / "step-00000003", sharded_again / "step-00000003")
+    torchrun(sharded_again, "--resume")
+    assert losses(sharded_again) == pytest.approx(losses(tmp_path / "one")[3:], rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.slow

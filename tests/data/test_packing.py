@@ -1,11 +1,13 @@
 import numpy as np
+import pytest
 import torch
 
 from lmkit import artifacts
 from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, TokenStream, load_stream, mask_tokens,
-                                sample_indices)
+                                read_stream, sample_indices)
 from lmkit.data.shards import read_shard
 from lmkit.vocab import CLS_ID, EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, MASK_ID, SEP_ID
+from tests.conftest import run_lmkit
 
 
 def test_stream_puts_a_separator_after_each_document(dataset):
@@ -14,9 +16,48 @@ def test_stream_puts_a_separator_after_each_document(dataset):
     docs = [tokens for shard in art.stats["splits"]["train"]["shards"]
             for tokens in read_shard(art.path / shard["file"]).column("tokens").to_pylist()]
     expected = [t for doc in docs for t in doc + [EOS_ID]]
-    assert stream.tokens.tolist() == expected
+    assert len(stream) == len(expected)
+    assert stream.gather(np.arange(len(stream))).tolist() == expected
     assert stream.documents == len(docs)
     assert stream.text_bytes == art.stats["splits"]["train"]["bytes"]
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory, text_corpus):
+    """The test corpus in shards of about 2 KB: many files, each with several record batches."""
+    out = tmp_path_factory.mktemp("shards") / "data"
+    run_lmkit("preprocess", str(text_corpus), "--out", str(out), "--vocab-size", "400", "--workers", "1",
+              "--shard-size", "2KB", check=True)
+    return artifacts.load(out)
+
+
+def test_lazy_stream_reads_what_the_stream_in_ram_holds(many_shards):
+    assert len(many_shards.stats["splits"]["train"]["shards"]) > 3
+    lazy, in_ram = load_stream(many_shards, "train"), read_stream(many_shards, "train")
+    docs = [tokens for shard in many_shards.stats["splits"]["train"]["shards"]
+            for tokens in read_shard(many_shards.path / shard["file"]).column("tokens").to_pylist()]
+    assert in_ram.tokens.tolist() == [t for doc in docs for t in doc + [EOS_ID]]
+    positions = np.random.default_rng(0).integers(0, len(lazy), size=(64, 33))
+    assert np.array_equal(lazy.gather(positions), in_ram.tokens[positions])
+    assert (lazy.documents, lazy.text_bytes) == (in_ram.documents, in_ram.text_bytes)
+    for seq_len in (7, 64):  # windows, causal and masked, equal whichever stream they read
+        lazy_windows, ram_windows = CausalWindows(lazy, seq_len), CausalWindows(in_ram, seq_len)
+        indices = lazy_windows.sample(3, 0, lazy_windows.count)
+        assert all(torch.equal(a, b) for a, b in zip(lazy_windows.batch(indices), ram_windows.batch(indices)))
+        masked = [MaskedWindows(s, seq_len, 400, MaskingSettings()) for s in (lazy, in_ram)]
+        indices = masked[0].sample(3, 0, masked[0].count)
+        first, second = (w.batch(indices, torch.Generator().manual_seed(1)) for w in masked)
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(IndexError):
+        lazy.gather(np.array([len(lazy)]))
+
+
+def test_lazy_stream_concatenates_datasets(many_shards, dataset):
+    other = artifacts.load(dataset)
+    both = load_stream([many_shards, other], "validation")
+    first, second = read_stream(many_shards, "validation"), read_stream(other, "validation")
+    assert both.gather(np.arange(len(both))).tolist() == first.tokens.tolist() + second.tokens.tolist()
+    assert both.documents == first.documents + second.documents
 
 
 def test_causal_windows_overlap_by_one_and_shift_targets():

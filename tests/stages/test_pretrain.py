@@ -65,6 +65,25 @@ def test_resume_equals_uninterrupted_bit_for_bit(dataset, tmp_path, overrides):
     assert metrics(tmp_path / "full")[6:] == metrics(partial)  # same losses after the checkpoint, exactly
 
 
+@pytest.mark.parametrize("model", ["gpt-tiny", "bert-tiny"])
+def test_resume_with_another_layout_of_the_same_global_batch(dataset, tmp_path, model):
+    """Elastic resume in one process: 2 micro-batches of 4 become 1 of 8 (what N -> M processes changes)."""
+    full = pretrain.run(config(dataset, tmp_path / "full", keep_last=5, model=model, batch_tokens=256))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copytree(tmp_path / "full" / "step-00000006", partial / "step-00000006")
+    with pytest.raises(UserError, match="global batch of 8 sequences per step; this launch makes 4 .*resume with "
+                                        "--accumulation 2 or --batch-tokens 256"):
+        pretrain.run(config(dataset, partial, keep_last=5, model=model, resume=True))
+    assert not (partial / "final").exists() and not (partial / "metrics.jsonl").exists()
+    resumed = pretrain.run(config(dataset, partial, keep_last=5, model=model, resume=True, micro_batch=8))
+    # the same samples and masks; only the order of float sums differs
+    assert [loss for _, loss in metrics(partial)] == pytest.approx([loss for _, loss in metrics(tmp_path / "full")[6:]],
+                                                                   rel=1e-5, abs=1e-5)
+    for name, tensor in weights(full.path).items():
+        assert torch.allclose(tensor, weights(resumed.path)[name], rtol=1e-4, atol=1e-5), name
+
+
 @pytest.mark.parametrize("model,objective", [("bert-tiny", "mlm"), ("lstm-small", "clm")])
 def test_bert_and_lstm_train(dataset, tmp_path, model, objective):
     overrides = {"d_model": 64} if model == "lstm-small" else {}

@@ -214,7 +214,7 @@ def test_a_new_objective_and_stage_run_on_the_skeleton(dataset, tmp_path):
             tokenizer = artifacts.load(dataset / "tokenizer")
             model_cfg = model_config("gpt-tiny", int(tokenizer.stats["vocab_size"]))
             layout = BatchLayout(options.micro_batch, 1, 1)
-            start = rundir.start_run(tmp_path / "copy", options, {"options": options.max_steps}, env, model_cfg, ())
+            start = rundir.start_run(tmp_path / "copy", options, {"options": options.max_steps}, env, model_cfg, (), layout, 8)
             inputs = ObjectiveInputs(options, dataset, tokenizer, model_cfg, 8, layout, env.device)
             return TrainingPlan(options=options, env=env, spec=spec, inputs=inputs, model_config=model_cfg,
                                 run_dir=tmp_path / "copy", start=start, parents=[],

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lmkit.data.languages import temperature_shares
-from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, Mixture, TokenStream, load_stream,
+from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, Mixture, Stream, load_stream,
                                 seeded_generator)
 from lmkit.errors import UserError
 from lmkit.training.objectives.base import (BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, datasets_for,
@@ -30,13 +30,17 @@ class _WindowObjective:
         self.layout, self.seed, self.device = layout, seed, device
         self.tokens_per_sample = seq_len
 
-    def _read(self, windows: Any, indices: np.ndarray, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, windows: Any, indices: np.ndarray, keys: list[tuple[int, ...]]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows at ``indices``; ``keys``: each row's identity (its global sample position), which
+        seeds anything random about it."""
         raise NotImplementedError
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         start = self.layout.start(step, micro, rank)
         indices = self.train_windows.sample(self.seed, start, self.layout.micro_batch)
-        inputs, targets = self._read(self.train_windows, indices, (start,))
+        positions = range(start, start + self.layout.micro_batch)
+        inputs, targets = self._read(self.train_windows, indices, [(position,) for position in positions])
         return {"idx": inputs.to(self.device), "targets": targets.to(self.device)}
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False
@@ -54,8 +58,9 @@ class _WindowObjective:
             return
         size = self.layout.micro_batch
         count = min(self.val_windows.count, max_batches * size) if max_batches else self.val_windows.count
-        for batch_index, start in enumerate(range(0, count, size)):
-            yield self._read(self.val_windows, np.arange(start, min(start + size, count)), (_EVAL_KEY, batch_index))
+        for start in range(0, count, size):
+            rows = np.arange(start, min(start + size, count))
+            yield self._read(self.val_windows, rows, [(_EVAL_KEY, int(row)) for row in rows])
 
 
 _EVAL_KEY = 2**31 - 1  # validation masks: a key no training position uses
@@ -66,14 +71,14 @@ class CausalLM(_WindowObjective):
 
     name = "clm"
 
-    def __init__(self, train: TokenStream | list[TokenStream], validation: TokenStream | None, seq_len: int,
+    def __init__(self, train: Stream | list[Stream], validation: Stream | None, seq_len: int,
                  layout: BatchLayout, seed: int, device: torch.device, shares: list[float] | None = None):
         val_windows = CausalWindows(validation, seq_len) if validation is not None else None
         super().__init__(_windows(train, shares, seed, lambda stream: CausalWindows(stream, seq_len)), val_windows,
                          layout, seed, device, seq_len)
         self.validation = validation
 
-    def _read(self, windows, indices, key):
+    def _read(self, windows, indices, keys):
         return windows.batch(indices)
 
     @torch.no_grad()
@@ -96,7 +101,7 @@ class MaskedLM(_WindowObjective):
 
     name = "mlm"
 
-    def __init__(self, train: TokenStream | list[TokenStream], validation: TokenStream | None, seq_len: int,
+    def __init__(self, train: Stream | list[Stream], validation: Stream | None, seq_len: int,
                  layout: BatchLayout, seed: int, device: torch.device, vocab_size: int, masking: MaskingSettings,
                  specials: Specials, shares: list[float] | None = None):
         val_windows = MaskedWindows(validation, seq_len, vocab_size, masking, specials) if validation else None
@@ -104,10 +109,10 @@ class MaskedLM(_WindowObjective):
                                  lambda stream: MaskedWindows(stream, seq_len, vocab_size, masking, specials))
         super().__init__(train_windows, val_windows, layout, seed, device, seq_len)
 
-    def _read(self, windows, indices, key):
+    def _read(self, windows, indices, keys):
         # Masks depend only on the seed and the global sample position: a resumed run, or one with
         # another split of the same global batch over processes and micro-batches, masks identically.
-        return windows.batch(indices, seeded_generator(self.seed, *key))
+        return windows.batch(indices, [seeded_generator(self.seed, *key) for key in keys])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
@@ -127,30 +132,25 @@ class MaskedLM(_WindowObjective):
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_mlm_accuracy": correct / masked}
 
 
-def _windows(train: TokenStream | list[TokenStream], shares: list[float] | None, seed: int, make: Any) -> Any:
+def _windows(train: Stream | list[Stream], shares: list[float] | None, seed: int, make: Any) -> Any:
     """One source's windows, or a Mixture of several sources' with their sampling shares."""
-    if isinstance(train, TokenStream):
+    if not isinstance(train, list):
         return make(train)
     return Mixture([make(stream) for stream in train], shares, seed)
 
 
 def _streams(inputs: ObjectiveInputs, separator: int
-             ) -> tuple[TokenStream | list[TokenStream], TokenStream | None, list[float] | None]:
+             ) -> tuple[Stream | list[Stream], Stream | None, list[float] | None]:
     """The train stream (a list of them for a mixture of datasets), one validation stream (the datasets'
     validation splits concatenated) and the mixture's sampling shares."""
     datasets = datasets_for(inputs)
-    trains, validations = [], []
-    for dataset in datasets:
-        trains.append(load_stream(dataset, "train", separator))
-        validation = dataset.stats["splits"].get("validation")
-        if validation and validation["documents"]:
-            validations.append(load_stream(dataset, "validation", separator))
-    validation = (None if not validations else validations[0] if len(validations) == 1 else
-                  TokenStream(np.concatenate([v.tokens for v in validations]), sum(v.documents for v in validations),
-                              sum(v.text_bytes for v in validations)))
+    trains = [load_stream(dataset, "train", separator) for dataset in datasets]
+    with_validation = [dataset for dataset in datasets if (dataset.stats["splits"].get("validation") or {})
+                       .get("documents")]
+    validation = load_stream(with_validation, "validation", separator) if with_validation else None
     if len(trains) == 1:
         return trains[0], validation, None
-    shares = mixture_shares([len(stream.tokens) for stream in trains], getattr(inputs.options, "weights", []),
+    shares = mixture_shares([len(stream) for stream in trains], getattr(inputs.options, "weights", []),
                             getattr(inputs.options, "mix_alpha", None))
     return trains, validation, shares
 
