@@ -57,4 +57,4 @@ config_command(
     help="Pretrain a language model (GPT, BERT or LSTM) on a dataset artifact, with checkpoints, exact resume "
          "and validation. Runs data-parallel under torchrun.\n\n"
          "Example: lmkit pretrain data --out runs/gpt --model gpt-tiny --max-steps 300",
-    render=render, run="lmkit.stages.pretrain:run", prepare="lmkit.training.budget:apply")
+    render=render, run="lmkit.stages.pretrain:run", prepare="lmkit.stages.pretrain:prepare")

@@ -25,8 +25,14 @@ _RESUME_INVARIANTS = ("seq_len", "micro_batch", "accumulation", "batch_tokens", 
                       "shard")
 
 
+def prepare(config: PretrainConfig) -> PretrainConfig:
+    """What the command line resolves before the run (and --print-config shows): a --mixture file's datasets and
+    weights, then --budget's choices (each once)."""
+    return budget.apply(config.with_mixture())
+
+
 def run(config: PretrainConfig) -> artifacts.Artifact:
-    config = budget.apply(config)  # --budget: the model, steps, batch and rate it chooses (once)
+    config = prepare(config)  # --budget: the model, steps, batch and rate it chooses (once)
     env = distributed.setup()
     try:
         return run_training(plan(config, env))

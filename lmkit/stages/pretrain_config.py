@@ -26,11 +26,14 @@ PRESET_HELP = ("gpt-tiny, gpt-small: Llama-style decoder (RMSNorm, rotary positi
 @dataclass(kw_only=True)
 class PretrainConfig(TrainingOptions):
     # -- what to train -----------------------------------------------------------------------
-    dataset: list[str] = option(help="Dataset artifact(s) made by `lmkit preprocess`; several are mixed, "
+    dataset: list[str] = option([], "Dataset artifact(s) made by `lmkit preprocess`; several are mixed, "
                                 "sampled by --weights or --mix-alpha (they must share one tokenizer).",
                                 positional=True, affects_output=False)  # their ids, not paths, are the identity
     weights: list[float] = option([], "Mixture: each dataset's share of the training samples (comma-separated, one "
                                   "per dataset, normalized).")
+    mixture: str | None = option(None, "Mixture file (TOML): [[source]] tables of dataset (a path, relative to the "
+                                 "file) and weight, or a top-level alpha instead of weights; in place of DATASET "
+                                 "arguments and --weights.", affects_output=False)  # its datasets and weights are
     mix_alpha: float | None = option(None, "Mixture: shares in proportion to each dataset's train tokens to this "
                                      "power (XLM's temperature alpha: 1 as the sizes, 0 equal; e.g. 0.3 for "
                                      "languages). Default without --weights: 1.")
@@ -59,8 +62,11 @@ class PretrainConfig(TrainingOptions):
 
     def problems(self) -> list[str]:
         problems = super().problems()
-        if not self.dataset:
-            problems.append("DATASET: give at least one dataset artifact")
+        if not self.dataset and not self.mixture:
+            problems.append("DATASET: give at least one dataset artifact (or a --mixture file)")
+        if self.mixture and (self.dataset or self.weights or self.mix_alpha is not None):
+            problems.append("--mixture: names the datasets and their weights itself; drop the DATASET arguments, "
+                            "--weights and --mix-alpha")
         if self.weights:
             if len(self.dataset) < 2:
                 problems.append("--weights: mixes several datasets; give two or more DATASET arguments")
@@ -89,6 +95,56 @@ class PretrainConfig(TrainingOptions):
         if self.resume and self.init_from:  # (--auto-resume takes both: --init-from starts it, later launches resume)
             problems.append("--resume and --init-from: a resumed run already has its weights; drop --init-from")
         return problems
+
+    def with_mixture(self) -> "PretrainConfig":
+        """This config with the --mixture file's datasets and weights (or alpha) in place of the file."""
+        if not self.mixture:
+            return self
+        import dataclasses
+        import tomllib
+        from pathlib import Path
+
+        from lmkit.errors import ConfigError, UserError
+
+        path = Path(self.mixture)
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UserError(f"--mixture {path}: cannot read it ({exc.strerror or exc})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not valid TOML ({exc})") from None
+        unknown = sorted(set(table) - {"source", "alpha"})
+        sources = table.get("source")
+        if unknown:
+            raise UserError(f"{path}: unknown key {unknown[0]!r} (a mixture file has [[source]] tables and an "
+                            "optional alpha)")
+        if not isinstance(sources, list) or len(sources) < 2 or not all(isinstance(s, dict) for s in sources):
+            raise UserError(f"{path}: give two or more [[source]] tables, each with a dataset")
+        alpha = table.get("alpha")
+        datasets, weights = [], []
+        for number, source in enumerate(sources, 1):
+            extra = sorted(set(source) - {"dataset", "weight"})
+            if extra or not isinstance(source.get("dataset"), str):
+                raise UserError(f"{path}: [[source]] {number}: " + (f"unknown key {extra[0]!r}" if extra else
+                                                                   "needs dataset = \"PATH\""))
+            weight = source.get("weight")
+            if (weight is None) != (alpha is not None):
+                raise UserError(f"{path}: [[source]] {number}: " + ("give every source a weight, or a top-level "
+                                                                   "alpha" if weight is None else
+                                                                   "has a weight and the file an alpha; give one"))
+            if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+                raise UserError(f"{path}: [[source]] {number}: weight must be a number, got {weight!r}")
+            datasets.append(str((path.parent / source["dataset"]).resolve()))
+            weights.append(float(weight) if weight is not None else None)
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+            raise UserError(f"{path}: alpha must be a number, got {alpha!r}")
+        try:  # the flags' checks, worded for the file
+            return dataclasses.replace(self, mixture=None, dataset=datasets,
+                                       weights=[] if alpha is not None else weights,
+                                       mix_alpha=float(alpha) if alpha is not None else None)
+        except ConfigError as exc:
+            raise UserError(f"{path}: " + exc.problems[0].replace("--weights", "weight").replace("--mix-alpha", "alpha")
+                            ) from None
 
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in ("n_layer", "n_head", "d_model", "d_ff", "block_size",

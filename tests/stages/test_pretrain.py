@@ -275,6 +275,30 @@ def test_a_mixture_of_datasets_samples_by_share_records_its_sources_and_resumes_
     resumed = pretrain.run(config(dataset, partial, resume=True, **mixed))
     for name, tensor in weights(full.path).items():
         assert torch.equal(tensor, weights(resumed.path)[name]), name
+    # the same mixture as a file (paths relative to it) is the same run: up to date
+    (tmp_path / "mix.toml").write_text(f'[[source]]\ndataset = "{dataset}"\nweight = 0.75\n\n'
+                                       '[[source]]\ndataset = "other"\nweight = 0.25\n')
+    from_file = resolve(PretrainConfig, {}, {"mixture": str(tmp_path / "mix.toml"), "out": str(tmp_path / "full"),
+                                             **FAST, "keep_last": 5})
+    again = pretrain.run(from_file)
+    assert again.up_to_date and again.id == full.id
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[[source]]\ndataset = "a"\nweight = 1\n', r"give two or more \[\[source\]\] tables"),
+    ('[[source]]\ndataset = "a"\nweight = 1\n[[source]]\ndataset = "b"\n',
+     r"\[\[source\]\] 2: give every source a weight, or a top-level alpha"),
+    ('[[source]]\ndataset = "a"\nweight = -1\n[[source]]\ndataset = "b"\nweight = 0\n',
+     "weight: must be non-negative and sum to a positive number"),
+    ('alpha = 3\n[[source]]\ndataset = "a"\n[[source]]\ndataset = "b"\n', r"alpha: must be in \[0, 1\]"),
+    ('[[source]]\npath = "a"\n[[source]]\ndataset = "b"\n', r"\[\[source\]\] 1: unknown key 'path'"),
+    ('[[source]\n', r"not valid TOML \(.*line 1"),
+])
+def test_a_bad_mixture_file_is_refused_naming_it(tmp_path, text, message):
+    path = tmp_path / "mix.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"{path}: {message}"):
+        resolve(PretrainConfig, {}, {"mixture": str(path), "out": str(tmp_path / "run")}).with_mixture()
 
 
 @pytest.mark.parametrize("values,message", [
