@@ -4,13 +4,20 @@ Rajaraman & Ullman, "Mining of Massive Datasets", ch. 3.4) for near duplicates.
 
 Determinism: every hash here is blake2b, crc32 or plain integer arithmetic, never Python's
 ``hash()`` (salted per process), so signatures and band keys are identical in every worker and
-every run. Deduplication itself is stateful and runs in one process in input order: the first
-document of a cluster survives, later ones are dropped.
+every run.
+
+The rule, the same in one process (these classes, in input order) and on Ray (stages/preprocess_ray.py, sorting
+each key's documents): a document is an exact duplicate when an earlier document has its digest, and otherwise
+a near duplicate when it shares an LSH band key with any earlier document, kept or dropped. So the first
+document of a cluster survives, and whether a document is dropped depends only on the documents before it and
+never on what was decided about them: each key is decided alone, which is what lets the distributed stage decide
+the keys of each partition in a separate task, with no connected-components rounds.
 
 Memory: ``ExactDeduper`` keeps one 16-byte digest per distinct document (about 100 bytes with
-Python's overhead); ``NearDeduper`` keeps ``bands`` 64-bit keys per *kept* document (about 70
+Python's overhead); ``NearDeduper`` keeps ``bands`` 64-bit keys per exact-distinct document (about 70
 bytes each in a Python set; 9 bands at the default threshold 0.8 and 128 permutations, so
-roughly 0.6 KB per kept document, 6 GB for ten million).
+roughly 0.6 KB per document, 6 GB for ten million). Beyond that, ``--executor ray`` spreads the keys over
+partitions.
 """
 
 from __future__ import annotations
@@ -218,7 +225,7 @@ class NearDeduper:
 
     ``keys`` is pure and can run in worker processes; ``is_duplicate`` must be called in input
     order in one process. A document is a duplicate when any of its band keys was seen before,
-    i.e. when it collides with some kept document in at least one band: pairs above
+    i.e. when it collides with some earlier document in at least one band: pairs above
     ``threshold`` almost always collide, pairs well below it rarely do (the LSH S-curve).
     Collisions are not verified against stored signatures, to keep memory at ``bands`` keys
     per kept document.
@@ -252,11 +259,8 @@ class NearDeduper:
         return band_keys(signature, self.bands, self.rows)
 
     def is_duplicate(self, keys: list[int]) -> bool:
-        """True if any key was seen (the document is dropped and its keys are not added);
-        otherwise remember all keys and return False. No keys: never a duplicate, nothing remembered."""
-        if not keys:
-            return False
-        if any(key in self._seen for key in keys):
-            return True
+        """True if any key was seen before; the keys are remembered either way (a later document near this one
+        is a duplicate whether this one was kept or not). No keys: never a duplicate, nothing remembered."""
+        duplicate = any(key in self._seen for key in keys)
         self._seen.update(keys)
-        return False
+        return duplicate

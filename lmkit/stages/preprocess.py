@@ -179,6 +179,22 @@ def run(config: PreprocessConfig, stdin: BinaryIO | None = None) -> artifacts.Ar
     uses_stdin = len(hashed) < len(all_inputs)
     recipe = None if uses_stdin else artifacts.make_recipe("dataset", identity, input_files, parents)
 
+    ray_started = False
+    if config.executor == "ray":  # a missing extra or an unreachable --address fails here, before any writing
+        from lmkit.stages import preprocess_ray
+
+        ray_started = preprocess_ray.connect(config.address, config.workers or available_cores())
+    try:
+        return _write(config, recipe, all_inputs, input_files, parent_tokenizer, parents, identity, uses_stdin,
+                      stdin, started)
+    finally:
+        if ray_started:
+            preprocess_ray.shutdown()
+
+
+def _write(config: PreprocessConfig, recipe: str | None, all_inputs: list[tuple[str, str]], input_files: list[dict],
+           parent_tokenizer: artifacts.Artifact | None, parents: list[dict], identity: dict, uses_stdin: bool,
+           stdin: BinaryIO | None, started: float) -> artifacts.Artifact:
     with artifacts.ArtifactWriter(config.out, "dataset", recipe, force=config.force) as writer:
         if writer.up_to_date:
             return writer.existing
@@ -291,62 +307,84 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     return stats
 
 
+class _Survivors:
+    """Pass one's bookkeeping, in input order: a document is counted as dropped (a duplicate), or spilled to
+    its split with its label and language counted. Both executors feed it the same decisions."""
+
+    def __init__(self, spill_dir: Path, counts: Counter, val_fraction: float, test_fraction: float):
+        self.counts, self.val_fraction, self.test_fraction = counts, val_fraction, test_fraction
+        self.dropped: Counter = Counter()
+        self.label_counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
+        self.spills = {split: Spill(spill_dir / f"{split}.arrows") for split in SPLITS}
+        self.languages = {split: {"documents": Counter(), "bytes": Counter()} for split in SPLITS}
+
+    def add(self, text: str, label: str | None, role: str, digest: bytes, lang: str | None,
+            duplicate: str | None) -> None:
+        """``duplicate``: "exact_duplicate", "near_duplicate" or None (kept)."""
+        if duplicate is not None:
+            self.dropped[duplicate] += 1
+            self.counts["validation_duplicates"] += role == "validation"
+            return
+        split = "validation" if role == "validation" else split_of(digest, self.val_fraction, self.test_fraction)
+        self.spills[split].add(text, label, digest, lang)
+        if label is not None:
+            self.label_counts[split][label] += 1
+        if lang is not None:
+            self.languages[split]["documents"][lang] += 1
+            self.languages[split]["bytes"][lang] += len(text.encode("utf-8"))
+
+    def close(self):
+        for spill in self.spills.values():
+            spill.close()
+        for reason, key in (("invalid_utf8", "encoding_skipped"), ("bad_record", "bad_records")):
+            if self.counts[key]:
+                self.dropped[reason] += self.counts[key]
+        return self.counts, self.dropped, self.label_counts, self.spills, self.languages
+
+
+def _clean_settings(config: PreprocessConfig) -> _CleanSettings:
+    return _CleanSettings(config.normalization, config.strip_html, tuple(config.filters), config.thresholds(),
+                          config.near_dedup, config.near_dedup_threshold, config.language_id, tuple(config.languages))
+
+
 def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input_files: list[dict],
               spill_dir: Path, workers: int, stdin_reader: HashingReader | None):
     options = _read_options(config)
     counts: Counter = Counter()
-    dropped: Counter = Counter()
-    label_counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
-    spills = {split: Spill(spill_dir / f"{split}.arrows") for split in SPLITS}
+    val_fraction = 0.0 if any(role == "validation" for _, role in all_inputs) else config.val_fraction
+    survivors = _Survivors(spill_dir, counts, val_fraction, config.test_fraction)
+    if config.executor == "ray":
+        from lmkit.stages import preprocess_ray
+
+        preprocess_ray.pass_one(config, all_inputs, options, _clean_settings(config), spill_dir, survivors)
+        return survivors.close()
     exact = ExactDeduper() if config.dedup else None
     near = NearDeduper(config.near_dedup_threshold) if config.near_dedup else None
-    val_fraction = 0.0 if any(role == "validation" for _, role in all_inputs) else config.val_fraction
-    settings = _CleanSettings(config.normalization, config.strip_html, tuple(config.filters), config.thresholds(),
-                              config.near_dedup, config.near_dedup_threshold, config.language_id,
-                              tuple(config.languages))
-    languages = {split: {"documents": Counter(), "bytes": Counter()} for split in SPLITS}
     total_bytes = sum(f["size"] for f in input_files) or None
 
     def raw_documents() -> Iterator[tuple[str, str | None, str]]:
         for path, role in all_inputs:
             for document in sources.iter_documents(path, options, counts, stdin=stdin_reader):
                 if config.label_field and document.label is None:
-                    dropped["missing_label"] += 1
+                    survivors.dropped["missing_label"] += 1
                     continue
                 yield document.text, document.label, role
 
     with reporter.task("reading and cleaning", total=total_bytes, unit="B") as task:
         seen_bytes = 0
         for results in ordered_map(_clean_batch, _batches(raw_documents()), workers,
-                                   initializer=_init_clean, initargs=(settings,)):
+                                   initializer=_init_clean, initargs=(_clean_settings(config),)):
             task.advance(counts["input_bytes"] - seen_bytes)
             seen_bytes = counts["input_bytes"]
             for result in results:
                 if result[0] != "ok":
-                    dropped[result[0]] += 1
+                    survivors.dropped[result[0]] += 1
                     continue
                 _, text, label, role, digest, keys, lang = result
-                if exact is not None and exact.is_duplicate(digest):
-                    dropped["exact_duplicate"] += 1
-                    counts["validation_duplicates"] += role == "validation"
-                elif near is not None and near.is_duplicate(keys):
-                    dropped["near_duplicate"] += 1
-                    counts["validation_duplicates"] += role == "validation"
-                else:
-                    split = "validation" if role == "validation" else split_of(digest, val_fraction,
-                                                                               config.test_fraction)
-                    spills[split].add(text, label, digest, lang)
-                    if label is not None:
-                        label_counts[split][label] += 1
-                    if lang is not None:
-                        languages[split]["documents"][lang] += 1
-                        languages[split]["bytes"][lang] += len(text.encode("utf-8"))
-    for spill in spills.values():
-        spill.close()
-    for reason, key in (("invalid_utf8", "encoding_skipped"), ("bad_record", "bad_records")):
-        if counts[key]:
-            dropped[reason] += counts[key]
-    return counts, dropped, label_counts, spills, languages
+                duplicate = ("exact_duplicate" if exact is not None and exact.is_duplicate(digest) else
+                             "near_duplicate" if near is not None and near.is_duplicate(keys) else None)
+                survivors.add(text, label, role, digest, lang, duplicate)
+    return survivors.close()
 
 
 def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: Spill, input_files: list[dict],
@@ -398,6 +436,11 @@ def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], tok
     shard_schema = schema(token_type, label_ids is not None, config.language_id)
     language_tokens: dict[str, Counter] = {split: Counter() for split in SPLITS}
     split_stats = {}
+    mapper = ordered_map
+    if config.executor == "ray":
+        from lmkit.stages import preprocess_ray
+
+        mapper = preprocess_ray.ordered_map
     total = sum(spill.count for spill in spills.values())
     with reporter.task("tokenizing", total=total, unit="docs") as task:
         for index, split in enumerate(SPLITS):
@@ -416,8 +459,8 @@ def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], tok
             writer = ShardWriter(tmp, split, parse_size(config.shard_size), shard_schema)
             n_bytes = 0
             try:
-                for record_batch in ordered_map(_tokenize_batch, jobs(), workers, initializer=_init_tokenize,
-                                                initargs=(str(tokenizer_dir), token_type)):
+                for record_batch in mapper(_tokenize_batch, jobs(), workers, initializer=_init_tokenize,
+                                           initargs=(str(tokenizer_dir), token_type)):
                     writer.write(record_batch)
                     n_bytes += pc.sum(record_batch.column("n_bytes")).as_py()
                     if config.language_id:

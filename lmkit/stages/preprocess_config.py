@@ -86,8 +86,14 @@ class PreprocessConfig:
     shard_size: str = option("64MB", "Start a new shard file once one reaches this size.")
     shuffle_buffer: int = option(10_000, "Documents are shuffled (seeded) through a buffer of this many documents.")
     seed: int = option(0, "Seed for the document shuffle and tokenizer sampling.")
-    workers: int = option(0, "Worker processes for cleaning and tokenization; 0 means all cores.",
-                          affects_output=False)
+    workers: int = option(0, "Worker processes for cleaning and tokenization; 0 means all cores (with --executor "
+                          "ray: the CPUs of the local Ray it starts).", affects_output=False)
+    executor: str = option("local", "Where the work runs: local (this machine's processes) or ray (Ray tasks: "
+                           "one per input file for reading, cleaning and MinHash, dedup by key partition, "
+                           "tokenization; lmkit[ray]). The output is the same, byte for byte.",
+                           choices=("local", "ray"), affects_output=False)
+    address: str | None = option(None, "--executor ray: the Ray cluster to join, HOST:PORT of its head (see `ray "
+                                 "start --head`); default: start Ray on this machine.", affects_output=False)
     force: bool = option(False, "Replace a different artifact already at --out.", affects_output=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +145,10 @@ class PreprocessConfig:
         elif self.tokenizer_language_alpha != 1.0 and not self.language_id:
             problems.append("--tokenizer-language-alpha: balances identified languages; add --language-id or "
                             "--languages")
+        if self.address and self.executor != "ray":
+            problems.append("--address: joins a Ray cluster; add --executor ray")
+        if self.executor == "ray" and "-" in self.inputs:
+            problems.append("INPUTS: '-' (stdin) is read by this process; use --executor local for stdin")
         if self.workers < 0:
             problems.append(f"--workers: must be 0 (all cores) or more, got {self.workers}")
         validate(self, problems)

@@ -173,11 +173,12 @@ def test_first_document_of_a_cluster_survives():
     assert [dedup.is_duplicate(dedup.keys(text)) for text in cluster] == [False, True, True, False]
 
 
-def test_dropped_document_keys_are_not_remembered():
+def test_a_document_near_any_earlier_one_is_dropped_kept_or_not():
     dedup = NearDeduper()
     assert dedup.is_duplicate([1, 2, 3]) is False
-    assert dedup.is_duplicate([3, 4]) is True  # dropped: 4 must not be added
-    assert dedup.is_duplicate([4]) is False
+    assert dedup.is_duplicate([3, 4]) is True
+    assert dedup.is_duplicate([4]) is True  # near [3, 4], which was dropped: decided by the documents before it
+    assert dedup.is_duplicate([5]) is False
 
 
 
