@@ -45,7 +45,8 @@ settings = json.loads(sys.argv[1])
 pretrain.run(resolve(PretrainConfig, {}, settings))
 rates = [r["tokens_per_s"] for r in map(json.loads, (Path(settings["out"]) / "metrics.jsonl").read_text().splitlines())
          if "tokens_per_s" in r][1:]
-print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rss_mb": usage.ru_maxrss / 1024, "major_faults": usage.ru_majflt, "minor_faults": usage.ru_minflt,
                   "tokens_per_s": statistics.median(rates), "lmkit": lmkit.__file__}))
 """
 

@@ -34,6 +34,28 @@ def resolve_device(requested: str | torch.device) -> torch.device:
     return device
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for the next step instead of returning it to the kernel.
+
+    A CPU training step allocates and frees the same large tensors every step. By default glibc maps each one
+    above its dynamic threshold afresh (and gives back the heap's freed top), so the kernel maps and zeroes
+    their pages anew each step: hundreds of thousands of page faults a step. With mmap's threshold at its
+    maximum (32 MiB) and trimming off, they are reused (gpt-tiny, 32 x 128 tokens on 2 cores: +9% tokens/s, 3% more peak memory). Skipped
+    when the user set MALLOC_* variables or the C library is not glibc. True when applied."""
+    if platform.system() != "Linux" or any(name.startswith("MALLOC_") for name in os.environ):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
     """bf16 where the hardware computes it natively (CUDA bf16, or AVX-512 BF16 / AMX CPUs), else fp32."""
     if requested != "auto":

@@ -1,6 +1,7 @@
 """Peak FLOP/s for MFU (measured once and cached) and whether torch.compile can run here."""
 
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -108,3 +109,15 @@ def test_a_long_token_bounded_run_is_compiled(dataset, tmp_path, monkeypatch):
     with pytest.raises(Seen) as seen:
         pretrain.run(config)
     assert seen.value.args == (True,)  # 600 steps' worth of tokens: long enough
+
+
+def test_freed_memory_is_kept_on_glibc_unless_the_user_tunes_malloc(monkeypatch):
+    import platform
+
+    from lmkit.devices import keep_freed_memory
+
+    for name in [n for n in os.environ if n.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the user's own setting wins
+    assert keep_freed_memory() is False

@@ -66,9 +66,47 @@ class Spill:
         self._writer.close()
 
     def rows(self) -> Iterator[tuple[str, str | None, bytes, str | None]]:
-        # Read, not memory-mapped: every mapped page read would stay in this process's resident memory,
-        # which then grew with the corpus (the tokenizer's sample and the shuffle scan the whole spill).
-        with pa.OSFile(str(self.path), "rb") as source:
-            for batch in pa.ipc.open_stream(source):
-                yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
-                               batch.column("digest").to_pylist(), batch.column("lang").to_pylist())
+        return read_rows(self.path)
+
+
+def read_rows(path: Path) -> Iterator[tuple[str, str | None, bytes, str | None]]:
+    """The (text, label, digest, lang) rows of a spill file, in order."""
+    # Read, not memory-mapped: every mapped page read would stay in this process's resident memory,
+    # which then grew with the corpus (the tokenizer's sample scans the whole spill).
+    with pa.OSFile(str(path), "rb") as source:
+        for batch in pa.ipc.open_stream(source):
+            yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
+                           batch.column("digest").to_pylist(), batch.column("lang").to_pylist())
+
+
+class ChunkedSpill:
+    """One split's kept documents in input order, cut into chunk files of at most ``max_docs`` documents or
+    about ``max_bytes`` of text (``{split}-NNNNN.arrows``): the units that are shuffled, tokenized and written
+    as shards in parallel. Where a chunk ends depends on the documents alone, never on the workers."""
+
+    def __init__(self, directory: Path, split: str, max_docs: int, max_bytes: int):
+        self.directory, self.split, self.max_docs, self.max_bytes = directory, split, max_docs, max_bytes
+        self.chunks: list[Path] = []
+        self._current: Spill | None = None
+        self.count = self.bytes = 0
+
+    def add(self, text: str, label: str | None, digest: bytes, lang: str | None = None) -> None:
+        current = self._current
+        if current is None or current.count >= self.max_docs or current.bytes >= self.max_bytes:
+            if current is not None:
+                current.close()
+            self.chunks.append(self.directory / f"{self.split}-{len(self.chunks):05d}.arrows")
+            current = self._current = Spill(self.chunks[-1])
+        before = current.bytes
+        current.add(text, label, digest, lang)
+        self.count += 1
+        self.bytes += current.bytes - before
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+    def rows(self) -> Iterator[tuple[str, str | None, bytes, str | None]]:
+        for chunk in self.chunks:
+            yield from read_rows(chunk)

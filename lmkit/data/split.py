@@ -1,4 +1,4 @@
-"""Train/validation/test assignment by content hash, seeded streaming shuffles, and the seeded
+"""Train/validation/test assignment by content hash, and the seeded
 validation splits and subsets that finetuning makes of data that has none.
 
 A document's split depends only on its own text, never on its position or on the other
@@ -7,8 +7,7 @@ documents, so adding documents to a corpus never moves an existing one between s
 
 from __future__ import annotations
 
-import random
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,22 +30,6 @@ def split_of(digest: bytes, val_fraction: float, test_fraction: float) -> str:
 
 def doc_id(digest: bytes) -> int:
     return int.from_bytes(digest[:8], "big")
-
-
-def shuffled(items: Iterable[T], buffer_size: int, seed: int) -> Iterator[T]:
-    """A deterministic streaming shuffle with a bounded buffer (as tf.data's shuffle):
-    memory holds at most ``buffer_size`` items, and the order depends only on the seed."""
-    rng = random.Random(seed)
-    buffer: list[T] = []
-    for item in items:
-        if len(buffer) < buffer_size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(buffer_size)
-        yield buffer[index]
-        buffer[index] = item
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 # -- validation splits made at training time (finetuning data without a validation split) -----------

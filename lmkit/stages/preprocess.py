@@ -4,11 +4,14 @@ Two streaming passes keep memory bounded whatever the corpus size:
 
 1. read → clean → filter (worker processes) → exact and near dedup → split by text hash
    (main process, in input order, so the first document of a duplicate cluster survives);
-   kept texts are spilled to Arrow streams inside the temporary output directory.
+   kept texts are spilled to Arrow streams inside the temporary output directory, each split
+   cut into chunks of at most ``--shuffle-buffer`` documents or ``--shard-size`` of text.
 2. train the tokenizer on a bounded sample of the train spill (or reuse ``--tokenizer``),
-   then shuffle (seeded buffer) → tokenize (worker processes, order kept) → shards.
+   then each chunk, in a worker: shuffle (seeded by split and chunk) → tokenize → its own shard
+   file(s); the shards are renamed in order at the end.
 
-Output is identical for any ``--workers``; only time changes.
+Output is identical for any ``--workers`` and for ``--executor ray`` (preprocess_ray.py, the same
+steps as Ray tasks); only time changes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,9 +37,9 @@ from lmkit.data.cleaning import clean_text
 from lmkit.data.dedup import ExactDeduper, NearDeduper, text_digest
 from lmkit.data.filters import FilterThresholds, first_failing_filter
 from lmkit.data.languages import check_codes, identify, identifier, temperature_shares
-from lmkit.data.shards import SPLITS, ShardWriter, make_batch, schema
-from lmkit.data.spill import HashingReader, Spill
-from lmkit.data.split import doc_id, shuffled, split_of
+from lmkit.data.shards import SPLITS, ShardWriter, make_batch, schema, shard_name
+from lmkit.data.spill import ChunkedSpill, HashingReader, read_rows
+from lmkit.data.split import doc_id, split_of
 from lmkit.errors import UserError
 from lmkit.parallel import available_cores, ordered_map
 from lmkit.progress import reporter
@@ -226,9 +230,10 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
     spill_dir.mkdir()
     phases = {}  # seconds per phase, for the stats (where the time goes)
     started = time.monotonic()
-    counts, dropped, label_counts, spills, languages = _pass_one(config, all_inputs, input_files, spill_dir,
-                                                                 workers, stdin_reader)
+    counts, dropped, label_counts, spills, languages, parts = _pass_one(config, all_inputs, input_files, spill_dir,
+                                                                        workers, stdin_reader)
     phases["read_clean_filter_dedup"] = round(time.monotonic() - started, 3)
+    phases.update(parts)  # --executor ray: its map, dedup and split steps
     if stdin_reader is not None:  # read to the end now: it has a hash, and lineage like any file
         position = [path for path, _ in all_inputs].index("-")
         input_files.insert(position, {"path": "-", "size": stdin_reader.size,
@@ -311,12 +316,14 @@ class _Survivors:
     """Pass one's bookkeeping, in input order: a document is counted as dropped (a duplicate), or spilled to
     its split with its label and language counted. Both executors feed it the same decisions."""
 
-    def __init__(self, spill_dir: Path, counts: Counter, val_fraction: float, test_fraction: float):
+    def __init__(self, spill_dir: Path, counts: Counter, val_fraction: float, test_fraction: float,
+                 chunk_docs: int, chunk_bytes: int):
         self.counts, self.val_fraction, self.test_fraction = counts, val_fraction, test_fraction
         self.dropped: Counter = Counter()
         self.label_counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
-        self.spills = {split: Spill(spill_dir / f"{split}.arrows") for split in SPLITS}
+        self.spills = {split: ChunkedSpill(spill_dir, split, chunk_docs, chunk_bytes) for split in SPLITS}
         self.languages = {split: {"documents": Counter(), "bytes": Counter()} for split in SPLITS}
+        self.phases: dict[str, float] = {}  # seconds of the executor's own steps, for the stats
 
     def add(self, text: str, label: str | None, role: str, digest: bytes, lang: str | None,
             duplicate: str | None) -> None:
@@ -339,7 +346,7 @@ class _Survivors:
         for reason, key in (("invalid_utf8", "encoding_skipped"), ("bad_record", "bad_records")):
             if self.counts[key]:
                 self.dropped[reason] += self.counts[key]
-        return self.counts, self.dropped, self.label_counts, self.spills, self.languages
+        return self.counts, self.dropped, self.label_counts, self.spills, self.languages, self.phases
 
 
 def _clean_settings(config: PreprocessConfig) -> _CleanSettings:
@@ -352,7 +359,8 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
     options = _read_options(config)
     counts: Counter = Counter()
     val_fraction = 0.0 if any(role == "validation" for _, role in all_inputs) else config.val_fraction
-    survivors = _Survivors(spill_dir, counts, val_fraction, config.test_fraction)
+    survivors = _Survivors(spill_dir, counts, val_fraction, config.test_fraction, config.shuffle_buffer,
+                           parse_size(config.shard_size))
     if config.executor == "ray":
         from lmkit.stages import preprocess_ray
 
@@ -387,7 +395,7 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
     return survivors.close()
 
 
-def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: Spill, input_files: list[dict],
+def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill: ChunkedSpill, input_files: list[dict],
                      identity: dict, language_bytes: Counter) -> tuple[str, dict]:
     settings = TrainSettings(type=config.tokenizer_type, vocab_size=config.vocab_size,
                              character_coverage=config.character_coverage, seed=config.seed)
@@ -430,47 +438,78 @@ def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill:
     return manifest["id"], stats
 
 
-def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, Spill], tokenizer_dir: Path,
-              token_type: str, label_names: list[str] | None, workers: int) -> dict[str, dict]:
-    label_ids = {name: index for index, name in enumerate(label_names)} if label_names is not None else None
-    shard_schema = schema(token_type, label_ids is not None, config.language_id)
-    language_tokens: dict[str, Counter] = {split: Counter() for split in SPLITS}
-    split_stats = {}
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk of a split's spill: shuffled, tokenized and written as shard(s) by one worker or Ray task."""
+
+    path: str
+    split: str
+    seed: tuple[int, ...]
+    label_names: tuple[str, ...] | None
+    language_id: bool
+    shard_size: int
+
+
+def _write_chunk(chunk: _Chunk) -> tuple[list[dict], int, Counter]:
+    """Shuffle a chunk (a seeded permutation), tokenize it and write it as ``{split}-cNNNNN-MMMMM.arrow``
+    shard(s) next to its spill; returns (shards, text bytes, tokens per language)."""
+    rows = list(read_rows(Path(chunk.path)))
+    rows = [rows[i] for i in np.random.default_rng(list(chunk.seed)).permutation(len(rows))]
+    label_ids = {name: index for index, name in enumerate(chunk.label_names)} if chunk.label_names else None
+    token_type = _worker_state["token_type"]
+    directory = Path(chunk.path).parent.parent  # the artifact's temporary directory (the spill is in _spill/)
+    writer = ShardWriter(directory, f"{chunk.split}-c{Path(chunk.path).stem.rsplit('-', 1)[1]}", chunk.shard_size,
+                         schema(token_type, label_ids is not None, chunk.language_id))
+    n_bytes, language_tokens = 0, Counter()
+    try:
+        for batch in _batches(iter(rows)):
+            texts = [row[0] for row in batch]
+            labels = [label_ids[row[1]] for row in batch] if label_ids is not None else None
+            langs = [row[3] for row in batch] if chunk.language_id else None
+            record_batch = _tokenize_batch((texts, [doc_id(row[2]) for row in batch], labels, langs))
+            writer.write(record_batch)
+            n_bytes += pc.sum(record_batch.column("n_bytes")).as_py()
+            if chunk.language_id:
+                lengths = pc.list_value_length(record_batch.column("tokens")).to_numpy()
+                for lang, count in zip(langs, lengths.tolist()):
+                    language_tokens[lang] += count
+    finally:
+        writer.close()
+    return writer.shards, n_bytes, language_tokens
+
+
+def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, ChunkedSpill], tokenizer_dir: Path,
+              token_type: str, label_names: list[str] | None, workers: int) -> tuple[dict[str, dict], dict]:
+    """Every chunk of every split shuffled, tokenized and written in parallel (worker processes or Ray tasks);
+    the shards are then renamed in order to ``{split}-NNNNN.arrow``."""
     mapper = ordered_map
     if config.executor == "ray":
         from lmkit.stages import preprocess_ray
 
         mapper = preprocess_ray.ordered_map
-    total = sum(spill.count for spill in spills.values())
-    with reporter.task("tokenizing", total=total, unit="docs") as task:
-        for index, split in enumerate(SPLITS):
-            spill = spills[split]
-            if spill.count == 0:
-                continue
-            rows = shuffled(spill.rows(), config.shuffle_buffer, seed=config.seed * len(SPLITS) + index)
-
-            def jobs() -> Iterator[tuple]:
-                for batch in _batches(rows):
-                    texts = [row[0] for row in batch]
-                    ids = [doc_id(row[2]) for row in batch]
-                    labels = [label_ids[row[1]] for row in batch] if label_ids is not None else None
-                    yield texts, ids, labels, [row[3] for row in batch] if config.language_id else None
-
-            writer = ShardWriter(tmp, split, parse_size(config.shard_size), shard_schema)
-            n_bytes = 0
-            try:
-                for record_batch in mapper(_tokenize_batch, jobs(), workers, initializer=_init_tokenize,
-                                           initargs=(str(tokenizer_dir), token_type)):
-                    writer.write(record_batch)
-                    n_bytes += pc.sum(record_batch.column("n_bytes")).as_py()
-                    if config.language_id:
-                        lengths = pc.list_value_length(record_batch.column("tokens")).to_numpy()
-                        for lang, count in zip(record_batch.column("lang").to_pylist(), lengths.tolist()):
-                            language_tokens[split][lang] += count
-                    task.advance(record_batch.num_rows)
-            finally:
-                writer.close()
-            shards = writer.shards
-            split_stats[split] = {"documents": spill.count, "tokens": sum(s["tokens"] for s in shards),
-                                  "bytes": n_bytes, "shards": shards}
+    language_tokens: dict[str, Counter] = {split: Counter() for split in SPLITS}
+    split_stats = {}
+    chunks = [_Chunk(str(path), split, (config.seed, index, number), tuple(label_names) if label_names else None,
+                     config.language_id, parse_size(config.shard_size))
+              for index, split in enumerate(SPLITS) for number, path in enumerate(spills[split].chunks)]
+    written: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    text_bytes: Counter = Counter()
+    with reporter.task("tokenizing", total=sum(spill.count for spill in spills.values()), unit="docs") as task:
+        for chunk, (shards, n_bytes, tokens) in zip(chunks, mapper(_write_chunk, chunks, workers,
+                                                                   initializer=_init_tokenize,
+                                                                   initargs=(str(tokenizer_dir), token_type))):
+            written[chunk.split].extend(shards)
+            text_bytes[chunk.split] += n_bytes
+            language_tokens[chunk.split].update(tokens)
+            task.advance(sum(shard["documents"] for shard in shards))
+    for split in SPLITS:
+        if not spills[split].count:
+            continue
+        shards = written[split]
+        for number, shard in enumerate(shards):
+            final = shard_name(split, number)
+            (tmp / shard["file"]).rename(tmp / final)
+            shard["file"] = final
+        split_stats[split] = {"documents": spills[split].count, "tokens": sum(s["tokens"] for s in shards),
+                              "bytes": text_bytes[split], "shards": shards}
     return split_stats, language_tokens

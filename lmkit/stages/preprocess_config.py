@@ -84,7 +84,9 @@ class PreprocessConfig:
                                              "favours the rare ones.")
     # -- output --------------------------------------------------------------------------------
     shard_size: str = option("64MB", "Start a new shard file once one reaches this size.")
-    shuffle_buffer: int = option(10_000, "Documents are shuffled (seeded) through a buffer of this many documents.")
+    shuffle_buffer: int = option(10_000, "Each split is cut, in input order, into chunks of at most this many "
+                                 "documents (or --shard-size of text); each chunk is shuffled (seeded), tokenized "
+                                 "and written as its own shard(s) by one worker.")
     seed: int = option(0, "Seed for the document shuffle and tokenizer sampling.")
     workers: int = option(0, "Worker processes for cleaning and tokenization; 0 means all cores (with --executor "
                           "ray: the CPUs of the local Ray it starts).", affects_output=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -163,6 +164,7 @@ def pass_one(config: Any, all_inputs: list[tuple[str, str]], options: sources.Re
              spill_dir: Path, survivors: Any) -> None:
     """Read, clean, filter and deduplicate on Ray; ``survivors`` gets every candidate, in input order."""
     ray = _ray()
+    started = time.monotonic()
     partitions = max(2, cluster_cpus())
     map_task = ray.remote(_map_input).options(num_returns=1 + partitions, max_retries=3)
     dedup_task = ray.remote(_dedup_partition).options(num_returns=2, max_retries=3)
@@ -177,8 +179,12 @@ def pass_one(config: Any, all_inputs: list[tuple[str, str]], options: sources.Re
     for summary in summaries:
         survivors.counts.update(summary["counts"])
         survivors.dropped.update(summary["dropped"])
+    survivors.phases["ray_map"] = round(time.monotonic() - started, 3)
+    started = time.monotonic()
     decided = [dedup_task.remote(*[refs[1 + p] for refs in mapped]) for p in range(partitions)]
     results = _get([ref for pair in decided for ref in pair])
+    survivors.phases["ray_dedup"] = round(time.monotonic() - started, 3)
+    started = time.monotonic()
     exact = np.unique(np.concatenate([np.zeros(0, np.uint64), *results[0::2]])) if config.dedup else None
     near = np.unique(np.concatenate([np.zeros(0, np.uint64), *results[1::2]])) if config.near_dedup else None
     mask = np.uint64((1 << _POSITION_BITS) - 1)
@@ -202,6 +208,7 @@ def pass_one(config: Any, all_inputs: list[tuple[str, str]], options: sources.Re
                         number += 1
                     task.advance(batch.num_rows)
             os.remove(spills[index])
+    survivors.phases["ray_split"] = round(time.monotonic() - started, 3)
 
 
 # -- tokenization: the local ordered_map's contract on Ray --------------------------------------------

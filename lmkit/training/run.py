@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lmkit import artifacts
-from lmkit.devices import can_compile, peak_flops, resolve_precision
+from lmkit.devices import can_compile, keep_freed_memory, peak_flops, resolve_precision
 from lmkit.errors import UserError
 from lmkit.models import count_parameters, flops_per_token
 from lmkit.models.config import ModelConfig
@@ -101,6 +101,8 @@ def open_session(plan: TrainingPlan) -> Session:
                       "(make a validation split with --val-fraction)")
     if options.threads:
         torch.set_num_threads(options.threads)
+    if env.device.type == "cpu":
+        keep_freed_memory()
     precision = resolve_precision(options.precision, env.device)
     torch.manual_seed(options.seed)
     model = plan.new_model(built).to(env.device)

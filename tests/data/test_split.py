@@ -1,7 +1,7 @@
 from collections import Counter
 
 from lmkit.data.dedup import text_digest
-from lmkit.data.split import shuffled, split_of
+from lmkit.data.split import split_of
 
 
 def test_split_fractions_roughly_respected():
@@ -15,16 +15,6 @@ def test_split_stable_when_corpus_grows():
     grown = [f"doc {i}" for i in range(2000)]  # more documents, another order
     after = {text: split_of(text_digest(text), 0.2, 0.0) for text in reversed(grown)}
     assert all(after[text] == split for text, split in before.items())
-
-
-def test_shuffle_is_a_seeded_permutation():
-    items = list(range(1000))
-    a = list(shuffled(items, 64, seed=1))
-    assert sorted(a) == items and a != items
-    assert a == list(shuffled(items, 64, seed=1))
-    assert a != list(shuffled(items, 64, seed=2))
-    assert list(shuffled([], 8, seed=0)) == []
-    assert sorted(shuffled(range(5), 100, seed=0)) == list(range(5))  # buffer larger than input
 
 
 def test_a_validation_split_never_takes_every_example():

@@ -92,3 +92,19 @@ def test_a_models_training_loss_equals_its_logits_loss(arch, overrides):
             assert have is None, name
         else:
             torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_gradient_buffer_is_reused_across_steps_and_shapes_without_changing_results():
+    hidden, weight = leaves((4, 6, 16), (50, 16), seed=2)
+    small, _ = leaves((2, 3, 16), (1, 1), seed=3)
+    targets = torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(4))
+    first = gradients(linear_cross_entropy(hidden, weight, None, targets), [hidden, weight])
+    buffer = next(iter(loss_module._workspaces.values())).data_ptr()
+    linear_cross_entropy(small, weight, None, targets[:2, :3]).backward()  # a smaller step uses the same buffer
+    again = gradients(linear_cross_entropy(hidden, weight, None, targets), [hidden, weight])
+    assert next(iter(loss_module._workspaces.values())).data_ptr() == buffer
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    reference = gradients(token_loss(F.linear(hidden, weight), targets), [hidden, weight])
+    for ours, theirs in zip(again, reference):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
