@@ -10,7 +10,8 @@ other, and reports each run's peak RSS and training tokens/s:
     python benchmarks/lazy_data.py --mb 5 --rounds 1
 
 The earlier reader runs from a git worktree of BEFORE (made under benchmarks/out/, removed afterwards), with the
-same Python and packages. Each run is a fresh process training gpt-tiny for --steps steps of 32 x 128 tokens;
+same Python and packages; a third side runs this commit with the stream copied into RAM (``read_stream``), so
+the reader's own cost is apart from everything else that changed since BEFORE. Each run is a fresh process training gpt-tiny for --steps steps of 32 x 128 tokens;
 the sides alternate, and tokens/s is the best of the rounds (the median of each run's logged rates after the
 first log), RSS the peak measured. Results go to stdout and benchmarks/out/lazy_data.json.
 """
@@ -42,6 +43,11 @@ from lmkit.stages import pretrain
 from lmkit.stages.pretrain_config import PretrainConfig
 reporter.configure(quiet=True)
 settings = json.loads(sys.argv[1])
+if settings.pop("in_ram", False):  # this commit's code with the stream copied into RAM (packing.read_stream)
+    import lmkit.training.objectives.language_modeling as objectives
+    from lmkit.data.packing import read_stream
+    objectives.load_stream = lambda datasets, split, separator: read_stream(datasets if not isinstance(datasets, list)
+                                                                            else datasets[0], split, separator)
 pretrain.run(resolve(PretrainConfig, {}, settings))
 rates = [r["tokens_per_s"] for r in map(json.loads, (Path(settings["out"]) / "metrics.jsonl").read_text().splitlines())
          if "tokens_per_s" in r][1:]
@@ -60,11 +66,11 @@ def dataset(mb: int, seed: int, tokenizer: Path | None) -> Path:
     return out
 
 
-def train(code: Path, data: Path, steps: int) -> dict:
+def train(code: Path, data: Path, steps: int, in_ram: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as work:
         settings = {"dataset": [str(data)], "out": str(Path(work) / "run"), "model": "gpt-tiny", "seq_len": 128,
                     "micro_batch": 32, "max_steps": steps, "eval_every": 0, "checkpoint_every": 0, "log_every": 5,
-                    "compile": False, "precision": "fp32", "threads": 2}
+                    "compile": False, "precision": "fp32", "threads": 2, **({"in_ram": True} if in_ram else {})}
         result = subprocess.run([sys.executable, "-c", _RUN, json.dumps(settings)], capture_output=True, text=True,
                                 env={**os.environ, "PYTHONPATH": str(code)}, cwd=code)
         if result.returncode:
@@ -90,14 +96,15 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.before], check=True,
                    capture_output=True)
-    sides = {"lazy (mapped shards)": ROOT, "in RAM (before)": worktree}
+    sides = {"lazy (mapped shards)": (ROOT, False), "in RAM (this commit)": (ROOT, True),
+             "in RAM (before)": (worktree, False)}
     best: dict = {}
     try:
         for round_ in range(args.rounds):
             order = list(sides.items()) if round_ % 2 == 0 else list(sides.items())[::-1]
             for size, data in sizes.items():
-                for side, code in order:
-                    run = train(code, data, args.steps)
+                for side, (code, in_ram) in order:
+                    run = train(code, data, args.steps, in_ram)
                     print(f"round {round_ + 1}, {size}, {side}: peak RSS {run['rss_mb']:.0f} MB, "
                           f"{run['tokens_per_s']:,.0f} tokens/s", flush=True)
                     key = best.setdefault(size, {}).setdefault(side, {"rss_mb": 0.0, "tokens_per_s": 0.0})
@@ -114,9 +121,10 @@ def main() -> None:
         print(f"{side}: peak RSS {best['1x'][side]['rss_mb']:.0f} MB at 1x, {best['10x'][side]['rss_mb']:.0f} MB at "
               f"10x (x{growth:.2f})")
     for size in sizes:
-        ratio = best[size]["lazy (mapped shards)"]["tokens_per_s"] / best[size]["in RAM (before)"]["tokens_per_s"]
-        results.setdefault("speed_ratio", {})[size] = round(ratio, 3)
-        print(f"{size}: tokens/s lazy / in RAM = {ratio:.3f}")
+        for other in ("in RAM (this commit)", "in RAM (before)"):
+            ratio = best[size]["lazy (mapped shards)"]["tokens_per_s"] / best[size][other]["tokens_per_s"]
+            results.setdefault("speed_ratio", {}).setdefault(size, {})[other] = round(ratio, 3)
+            print(f"{size}: tokens/s lazy / {other} = {ratio:.3f}")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "lazy_data.json").write_text(json.dumps(results, indent=2) + "\n")
     shutil.rmtree(OUT / "lazy-data-before", ignore_errors=True)

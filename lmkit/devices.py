@@ -43,8 +43,9 @@ def keep_freed_memory() -> bool:
     A CPU training step allocates and frees the same large tensors every step. By default glibc maps each one
     above its dynamic threshold afresh (and gives back the heap's freed top), so the kernel maps and zeroes
     their pages anew each step: hundreds of thousands of page faults a step. With mmap's threshold at its
-    maximum (32 MiB) and trimming off, they are reused (gpt-tiny, 32 x 128 tokens on 2 cores: +9% tokens/s, 3% more peak memory). Skipped
-    when the user set MALLOC_* variables or the C library is not glibc. True when applied."""
+    maximum (32 MiB) and trimming off, they are reused (gpt-tiny, 32 x 128 tokens on 2 cores: +9% tokens/s,
+    3% more peak memory). Skipped when the user set MALLOC_* variables or the C library is not glibc. True
+    when applied."""
     if platform.system() != "Linux" or any(name.startswith("MALLOC_") for name in os.environ):
         return False
     import ctypes

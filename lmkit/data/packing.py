@@ -16,14 +16,16 @@ what an uninterrupted run would have, on any rank.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
 from lmkit.artifacts import Artifact
-from lmkit.data.shards import read_split, token_lists
+from lmkit.data.shards import read_split
 from lmkit.errors import UserError
 from lmkit.vocab import EOS_ID, IGNORE_INDEX, LMKIT, Specials
 
@@ -51,33 +53,53 @@ class TokenStream:
 
 
 class ShardStream:
-    """A split's documents, each followed by ``separator``, as one virtual stream over the memory-mapped
-    shards: nothing is copied. Per record batch it keeps the mapped offsets and values and one int64 start
-    per document (8 bytes a document, against 4 bytes a token for the stream in RAM), so a process's memory
-    does not grow with the corpus and a rank touches only the pages of the windows it reads.
+    """A split's documents, each followed by ``separator``, as one virtual stream over the shard files, read
+    with ``pread`` where a window lies: nothing is copied into RAM but 24 bytes a document (its stream start,
+    its first token's place in its file, its length and file), against 4 bytes a token for the stream in RAM.
+    The files are not kept mapped: a mapped page that a read touched would count in the process's resident
+    memory (with the kernel's fault-around, 64 KB a window), which then grew with the run towards the size of
+    the dataset; read pages stay in the kernel's shared page cache instead. Every rank reads only its windows.
 
-    Stream layout, per record batch: document i (tokens values[offsets[i]:offsets[i+1]]) starts at
-    offsets[i] - offsets[0] + i, relative to the batch's first position, and its separator follows it."""
+    Document i of the stream starts at position doc_starts[i]; its separator follows its tokens."""
 
     def __init__(self, splits: list, separator: int = EOS_ID):
         self.separator = separator
-        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (mapped offsets and values, starts)
-        self._batches = []  # keeps the memory-mapped record batches alive
-        starts = [0]
+        self.paths: list[str] = []
+        self._dtypes: list[np.dtype] = []
+        starts, places, lengths, files = [], [], [], []
+        position = 0
         self.documents = self.text_bytes = 0
         for split in splits:
-            for batch in split.batches():
-                if batch.num_rows == 0:
-                    continue
-                offsets, values = token_lists(batch.column("tokens"))
-                doc_starts = offsets[:-1].astype(np.int64) - int(offsets[0]) + np.arange(batch.num_rows)
-                self._parts.append((offsets, values, doc_starts))
-                self._batches.append(batch)
-                starts.append(starts[-1] + int(offsets[-1] - offsets[0]) + batch.num_rows)
-                self.documents += batch.num_rows
-                self.text_bytes += int(pc.sum(batch.column("n_bytes")).as_py() or 0)
-        self._starts = np.asarray(starts, dtype=np.int64)  # stream position where each part begins
-        self.length = int(self._starts[-1])
+            for path in split.paths:
+                source = pa.memory_map(str(path), "r")  # to find where each batch's tokens lie in the file
+                base = source.read_buffer().address
+                reader = pa.ipc.open_file(source)
+                self.paths.append(str(path))
+                for index in range(reader.num_record_batches):
+                    batch = reader.get_batch(index)
+                    if batch.num_rows == 0:
+                        continue
+                    column = batch.column("tokens")
+                    values = column.values
+                    dtype = np.dtype(values.type.to_pandas_dtype())
+                    first = values.buffers()[1].address - base + values.offset * dtype.itemsize
+                    offsets = column.offsets.to_numpy().astype(np.int64)
+                    length = np.diff(offsets)
+                    starts.append(position + offsets[:-1] - offsets[0] + np.arange(batch.num_rows))
+                    places.append(first + offsets[:-1] * dtype.itemsize)
+                    lengths.append(length.astype(np.int32))
+                    files.append(np.full(batch.num_rows, len(self.paths) - 1, dtype=np.int32))
+                    position += int(length.sum()) + batch.num_rows
+                    self.documents += batch.num_rows
+                    self.text_bytes += int(pc.sum(batch.column("n_bytes")).as_py() or 0)
+                self._dtypes.append(dtype if reader.num_record_batches else np.dtype(np.uint16))
+                del reader, source  # unmapped: the pages read above leave this process
+        empty = np.zeros(0, dtype=np.int64)
+        self._doc_starts = np.concatenate(starts) if starts else empty
+        self._places = np.concatenate(places) if places else empty
+        self._lengths = np.concatenate(lengths) if lengths else empty.astype(np.int32)
+        self._files = np.concatenate(files) if files else empty.astype(np.int32)
+        self.length = position
 
     def __len__(self) -> int:
         return self.length
@@ -87,22 +109,37 @@ class ShardStream:
         return self.text_bytes / max(len(self), 1)
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
-        """The tokens at these stream positions (any shape), as int64: read from the mapped shards."""
-        flat = np.asarray(positions, dtype=np.int64).ravel()
+        """The tokens at these stream positions (any shape), as int64. Each row of ``positions`` (a window) is
+        read with one ``pread`` per file it lies in, from its first token's byte to its last's."""
+        positions = np.asarray(positions, dtype=np.int64)
+        flat = positions.ravel()
         if len(flat) and (flat.min() < 0 or flat.max() >= self.length):
             raise IndexError(f"stream positions outside [0, {self.length})")
         out = np.full(len(flat), self.separator, dtype=np.int64)
-        part_of = np.searchsorted(self._starts, flat, side="right") - 1
-        for part in np.unique(part_of):
-            offsets, values, doc_starts = self._parts[part]
-            chosen = np.flatnonzero(part_of == part)
-            relative = flat[chosen] - self._starts[part]
-            doc = np.searchsorted(doc_starts, relative, side="right") - 1
-            within = relative - doc_starts[doc]
-            first = offsets[doc].astype(np.int64)
-            is_token = within < offsets[doc + 1] - first  # else: the separator after the document
-            out[chosen[is_token]] = values[first[is_token] + within[is_token]]
-        return out.reshape(np.shape(positions))
+        doc = np.searchsorted(self._doc_starts, flat, side="right") - 1
+        within = flat - self._doc_starts[doc]
+        token = np.flatnonzero(within < self._lengths[doc])  # else: the separator after the document
+        if len(token) == 0:
+            return out.reshape(positions.shape)
+        files = self._files[doc[token]]
+        row_length = positions.shape[-1] if positions.ndim else 1
+        groups = (token // row_length) * len(self.paths) + files  # (row, file): one contiguous read each
+        handles: dict[int, int] = {}
+        try:
+            for group in np.unique(groups):
+                chosen = token[groups == group]
+                file = int(group % len(self.paths))
+                dtype = self._dtypes[file]
+                places = self._places[doc[chosen]] + within[chosen] * dtype.itemsize
+                low, high = int(places.min()), int(places.max()) + dtype.itemsize
+                if file not in handles:
+                    handles[file] = os.open(self.paths[file], os.O_RDONLY)
+                data = np.frombuffer(os.pread(handles[file], high - low, low), dtype=dtype)
+                out[chosen] = data[(places - low) // dtype.itemsize]
+        finally:
+            for handle in handles.values():
+                os.close(handle)
+        return out.reshape(positions.shape)
 
 
 Stream = TokenStream | ShardStream  # what the windows read: .gather(positions), len(), documents, text_bytes
@@ -120,7 +157,10 @@ def load_stream(dataset: Artifact | list[Artifact], split: str, separator: int =
 def read_stream(dataset: Artifact, split: str, separator: int = EOS_ID) -> TokenStream:
     """The same stream as :func:`load_stream`, copied into RAM (4 bytes a token)."""
     stream = load_stream(dataset, split, separator)
-    return TokenStream(stream.gather(np.arange(len(stream))).astype(np.int32), stream.documents, stream.text_bytes)
+    tokens = np.empty(len(stream), dtype=np.int32)
+    for start in range(0, len(stream), 1 << 22):  # a bounded int64 temporary at a time
+        tokens[start:start + (1 << 22)] = stream.gather(np.arange(start, min(start + (1 << 22), len(stream))))
+    return TokenStream(tokens, stream.documents, stream.text_bytes)
 
 
 def causal_window_count(stream_tokens: int, seq_len: int) -> int:
