@@ -1,19 +1,20 @@
-"""Benchmark pretraining's data reader: the lazy memory-mapped stream against the stream built in RAM.
+"""Benchmark pretraining's data reader: the lazy stream read from the shards against the stream built in RAM.
 
-`lmkit pretrain` reads its windows through ``packing.ShardStream``, which maps the dataset's shards and keeps
-8 bytes a document in RAM. Until commit BEFORE (default: the commit that introduced it, ``19eadda^``), it built
-each split's token stream in RAM, 4 bytes a token. This script runs both, side by side, on two datasets of
-unique documents (Python's bundled documentation, as benchmarks/preprocess.py builds them), one ten times the
-other, and reports each run's peak RSS and training tokens/s:
+`lmkit pretrain` reads its windows through ``packing.ShardStream``, which reads them from the shard files
+(``pread``) and keeps 24 bytes a document in RAM. Until commit BEFORE (default: the commit that introduced it,
+``19eadda^``), it built each split's token stream in RAM, 4 bytes a token. This script runs them side by side on
+two datasets of unique documents (Python's bundled documentation, as benchmarks/preprocess.py builds them), one
+ten times the other, and reports each run's peak RSS and training tokens/s:
 
     python benchmarks/lazy_data.py                 # 20 MB and 200 MB of text (about 4 and 42 M tokens)
     python benchmarks/lazy_data.py --mb 5 --rounds 1
 
-The earlier reader runs from a git worktree of BEFORE (made under benchmarks/out/, removed afterwards), with the
-same Python and packages; a third side runs this commit with the stream copied into RAM (``read_stream``), so
-the reader's own cost is apart from everything else that changed since BEFORE. Each run is a fresh process training gpt-tiny for --steps steps of 32 x 128 tokens;
-the sides alternate, and tokens/s is the best of the rounds (the median of each run's logged rates after the
-first log), RSS the peak measured. Results go to stdout and benchmarks/out/lazy_data.json.
+The earlier reader runs from a git worktree of BEFORE (made under benchmarks/out/, removed afterwards), with
+the same Python and packages; a third side runs this commit with the stream copied into RAM (``read_stream``),
+so that the reader's own cost is apart from everything else that changed since BEFORE. Each run is a fresh
+process training gpt-tiny for --steps steps of 32 x 128 tokens; the sides alternate, tokens/s is the best of
+the rounds (the median of each run's logged rates after the first log), RSS the peak measured. Results go to
+stdout and benchmarks/out/lazy_data.json.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.before], check=True,
                    capture_output=True)
-    sides = {"lazy (mapped shards)": (ROOT, False), "in RAM (this commit)": (ROOT, True),
+    sides = {"lazy (read from the shards)": (ROOT, False), "in RAM (this commit)": (ROOT, True),
              "in RAM (before)": (worktree, False)}
     best: dict = {}
     try:
@@ -122,7 +123,7 @@ def main() -> None:
               f"10x (x{growth:.2f})")
     for size in sizes:
         for other in ("in RAM (this commit)", "in RAM (before)"):
-            ratio = best[size]["lazy (mapped shards)"]["tokens_per_s"] / best[size][other]["tokens_per_s"]
+            ratio = best[size]["lazy (read from the shards)"]["tokens_per_s"] / best[size][other]["tokens_per_s"]
             results.setdefault("speed_ratio", {}).setdefault(size, {})[other] = round(ratio, 3)
             print(f"{size}: tokens/s lazy / {other} = {ratio:.3f}")
     OUT.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,8 @@ def main() -> None:
             executor, workers = sides[name]
             result = run(corpus, OUT / f"data-{executor}-{workers}", executor, workers)
             stats = result["stats"]
-            record = {"seconds": round(result["seconds"], 2), "ray_start_seconds": round(result["ray_start_seconds"], 2),
+            record = {"seconds": round(result["seconds"], 2),
+                      "ray_start_seconds": round(result["ray_start_seconds"], 2),
                       "input_mb_per_s": round(stats["input_bytes"] / 1e6 / result["seconds"], 2),
                       "rss_main_mb": round(result["rss_main_mb"]), "dropped": stats["dropped"],
                       "documents_kept": stats["documents_kept"], "tokens": stats["tokens"],

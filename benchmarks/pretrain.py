@@ -214,7 +214,7 @@ def child_dataset(settings: dict) -> dict:
     config = resolve(PreprocessConfig, {}, {
         "inputs": [str(corpus / "topics"), str(corpus / "stdlib"), str(corpus / "docstrings.jsonl")],
         "out": settings["out"], "vocab_size": settings["vocab_size"], "val_fraction": 0.05, "min_chars": 20,
-        "seed": 0})
+        "seed": 0, "force": True})  # an older lmkit's dataset there is rebuilt, not an error
     artifact = preprocess.run(config)
     splits = artifact.stats["splits"]
     return {"vocab_size": artifact.stats["vocab_size"], "train_tokens": splits["train"]["tokens"],

@@ -205,7 +205,9 @@ class Checkpoint:
             from lmkit.training.distributed import load_full_optimizer_states
 
             states = optimizers.saved_states(tensors, payload["optimizer"])
-            load_full_optimizer_states(model, optimizers, states if by_name else optimizers.keyed_by_name(states, model))
+            if not by_name:  # an unsharded run's, into a sharded model
+                states = optimizers.keyed_by_name(states, model)
+            load_full_optimizer_states(model, optimizers, states)
         else:
             optimizers.load_state_tensors(tensors, payload["optimizer"])
         _restore_rng(payload["rng"], torch_rng)
