@@ -99,7 +99,10 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
     assert len(one) == len(two) == 8
     assert one == pytest.approx(two, rel=1e-4, abs=1e-4)
     assert artifacts.load(tmp_path / "two" / "final").stats["step"] == 8
-    # elastic resume: the one-process run's step 4 continues on two processes (the same global batch)
+    if model != "bert-tiny":  # (one architecture is enough here: tests/stages/test_pretrain.py covers both)
+        return
+    # elastic resume: the one-process run's step 4 continues on two processes (the same global batch; masked
+    # LM, whose masks must not depend on how a step's samples are laid out)
     (tmp_path / "grown").mkdir()
     shutil.copytree(tmp_path / "one" / "step-00000004", tmp_path / "grown" / "step-00000004")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

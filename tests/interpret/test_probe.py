@@ -78,17 +78,20 @@ def test_probe_reads_an_easy_task_and_writes_table_and_plot(gpt, labeled_with_va
 
 def test_probe_refusals(gpt, lstm, dataset, labeled_with_validation, labeled, tmp_path):
     out = tmp_path / "probe"
+    # one through the command line (the exit code and the one-line error), the rest in this process
+    result = run_lmkit("inspect", "probe", str(gpt), str(dataset), "--out", str(out))
+    assert result.returncode == 1 and f"error: {dataset}: has no labels; a probe needs a labeled dataset" in result.stderr
     cases = [
-        ((str(gpt), str(dataset)), f"error: {dataset}: has no labels; a probe needs a labeled dataset"),
-        ((str(lstm), str(labeled_with_validation)), "does not expose its inner layers; lmkit inspect probe needs a gpt"),
-        ((str(gpt), str(labeled_with_validation), "--split", "train"), "error: --split train: the probes are fitted"),
-        ((str(gpt), str(labeled_with_validation), "--pooling", "cls"), "error: --pooling cls: not a pooling of a gpt"),
-        ((str(gpt), str(labeled)), "has no validation or test split to score the probes on"),
-        ((str(gpt), str(labeled), "--split", "test"), "the test split is empty"),
+        ((lstm, labeled_with_validation), {}, "does not expose its inner layers; lmkit inspect probe needs a gpt"),
+        ((gpt, labeled_with_validation), {"split": "train"}, "--split train: the probes are fitted"),
+        ((gpt, labeled_with_validation), {"pooling": "cls"}, "--pooling cls: not a pooling of a gpt"),
+        ((gpt, labeled), {}, "has no validation or test split to score the probes on"),
+        ((gpt, labeled), {"split": "test"}, "the test split is empty"),
     ]
-    for args, message in cases:
-        result = run_lmkit("inspect", "probe", *args, "--out", str(out))
-        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+    for args, options, message in cases:
+        with pytest.raises(UserError) as info:
+            probe_module.run_probe(*args, **options)
+        assert message in str(info.value), (args, options, str(info.value))
     assert not out.exists()  # nothing written
 
 
