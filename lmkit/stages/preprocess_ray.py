@@ -8,9 +8,10 @@
 2. **Dedup**, one task per partition: its (key, position) pairs sorted; every document after the first of a key
    is a duplicate (the rule of data/dedup.py: a digest seen earlier, else a band key shared with any earlier
    document). A task holds 1/P of the keys and returns the positions of the duplicates only.
-3. In input order, this process streams each input's candidates with those decisions into the split spills,
-   the same bookkeeping as --executor local; the tokenizer, the shuffle and the shards follow as they do there,
-   with tokenization as Ray tasks (batches in order). So the dataset is the same, byte for byte.
+3. In input order, this process streams each input's candidates with those decisions into the splits' chunk
+   files, the same bookkeeping as --executor local, and trains the tokenizer on a sample of them.
+4. **Tokenize and write**, one task per chunk (preprocess._write_chunk, what a local worker runs): shuffle,
+   tokenize, write its shard(s); this process renames them in order. So the dataset is the same, byte for byte.
 
 A failed task is retried by Ray (a lost worker: up to 3 times); an error in the data (a bad record) stops the
 run with its one-line message. Nothing is committed until every task has finished. On a cluster, the inputs
@@ -211,7 +212,7 @@ def pass_one(config: Any, all_inputs: list[tuple[str, str]], options: sources.Re
     survivors.phases["ray_split"] = round(time.monotonic() - started, 3)
 
 
-# -- tokenization: the local ordered_map's contract on Ray --------------------------------------------
+# -- chunk tasks: the local ordered_map's contract on Ray ------------------------------------------------
 _initialized: dict[Any, bool] = {}
 
 
