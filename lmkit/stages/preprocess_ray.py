@@ -212,7 +212,7 @@ def pass_one(config: Any, all_inputs: list[tuple[str, str]], options: sources.Re
     survivors.phases["ray_split"] = round(time.monotonic() - started, 3)
 
 
-# -- chunk tasks: the local ordered_map's contract on Ray ------------------------------------------------
+# -- chunk tasks: the local ordered_map's contract on Ray ---------------------------------------------
 _initialized: dict[Any, bool] = {}
 
 
