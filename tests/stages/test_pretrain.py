@@ -292,6 +292,8 @@ def test_a_mixture_of_datasets_samples_by_share_records_its_sources_and_resumes_
      "weight: must be non-negative and sum to a positive number"),
     ('alpha = 3\n[[source]]\ndataset = "a"\n[[source]]\ndataset = "b"\n', r"alpha: must be in \[0, 1\]"),
     ('[[source]]\npath = "a"\n[[source]]\ndataset = "b"\n', r"\[\[source\]\] 1: unknown key 'path'"),
+    ('alpha = 0.5\n[[source]]\ndataset = "a"\nweight = 1\n[[source]]\ndataset = "b"\n',
+     r"\[\[source\]\] 1: has a weight and the file an alpha; give one"),
     ('[[source]\n', r"not valid TOML \(.*line 1"),
 ])
 def test_a_bad_mixture_file_is_refused_naming_it(tmp_path, text, message):
@@ -306,6 +308,7 @@ def test_a_bad_mixture_file_is_refused_naming_it(tmp_path, text, message):
     ({"dataset": "a,b", "weights": [1.0]}, "--weights: 1 weights for 2 datasets"),
     ({"dataset": "a,b", "weights": [0.0, 0.0]}, "--weights: must be non-negative and sum to a positive number"),
     ({"dataset": "a,b", "mix_alpha": 2.0}, r"--mix-alpha: must be in \[0, 1\]"),
+    ({"mixture": "mix.toml"}, "--mixture: names the datasets and their weights itself; drop the DATASET arguments"),
 ])
 def test_mixture_flags_are_checked(dataset, tmp_path, values, message):
     with pytest.raises(UserError, match=message):
