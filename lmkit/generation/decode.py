@@ -80,7 +80,7 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
             hidden = encode(step_input, attention_mask=mask if padded else None, cache=cache)
         else:
             hidden = model.encode(idx, attention_mask=mask if padded else None)
-        logits = model.lm_head(hidden[:, -1]).float()  # (b, V)
+        logits = model.lm_head(model.head_input(hidden[:, -1])).float()  # (b, V)
         if banned:
             logits[:, list(banned)] = float("-inf")
         chosen = next_tokens(logits, settings, seen, [generators[r] for r in rows])  # (b,)

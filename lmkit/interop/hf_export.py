@@ -76,6 +76,10 @@ def refusals(checkpoint: Checkpoint) -> list[str]:
     config, where = checkpoint.model_config, checkpoint.path
     family, problems = family_for_export(config)
     lines = [f"{where}: {problem} has no exact transformers equivalent" for problem in problems]
+    for name, value in (("--share-layers", config.share_layers), ("--embedding-dim", config.embedding_dim)):
+        if value:  # ALBERT's ideas, but lmkit's blocks and heads are not transformers' Albert* layers
+            lines.append(f"{where}: {name} {value} (ALBERT-style sharing) has no exact transformers equivalent in the "
+                         "Llama, GPT-2 or BERT classes, which hold every layer's own weights; it stays an lmkit model")
     if checkpoint.head is not None:
         wanted = "cls" if config.arch == "bert" else "last"
         if checkpoint.head["pooling"] != wanted:

@@ -21,6 +21,7 @@ from torch import nn
 from lmkit.interpret import write_files
 from lmkit.interpret.attention import model_inputs, token_label
 from lmkit.interpret.states import transformer_body
+from lmkit.models.layers import distinct_modules
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import Checkpoint
 
@@ -38,7 +39,7 @@ def neuron_activations(body: nn.Module, ids: list[int]) -> list[torch.Tensor]:
     """(T, d_ff) activations of every block's feed-forward neurons on one unpadded sequence."""
     captured: list[torch.Tensor] = []
     handles = [block.mlp.down.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
-               for block in body.blocks]
+               for block in distinct_modules(body.blocks)]  # a shared block: once, called per layer
     try:
         with torch.no_grad():
             body.encode(torch.tensor([ids]))

@@ -19,7 +19,7 @@ from torch import nn
 
 from lmkit.errors import UserError
 from lmkit.models.classifier import format_inputs
-from lmkit.models.layers import apply_rotary
+from lmkit.models.layers import apply_rotary, distinct_modules
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import Checkpoint
 
@@ -73,15 +73,13 @@ def attention_weights(transformer: nn.Module, idx: torch.Tensor, attention_mask:
     (padding is never attended to); a GPT reads unpadded rows."""
     if attention_mask is not None and transformer.blocks[0].attn.causal:
         raise ValueError("attention_weights: an attention mask is for bidirectional models; pass a GPT unpadded rows")
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []  # one per layer, in call order
 
-    def capture(index: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
-            captured[index] = ((args[0] if args else kwargs["x"]).detach(), output.detach())
-        return hook
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+        captured.append(((args[0] if args else kwargs["x"]).detach(), output.detach()))
 
     blocks = transformer.blocks
-    handles = [block.attn.register_forward_hook(capture(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    handles = [block.attn.register_forward_hook(hook, with_kwargs=True) for block in distinct_modules(blocks)]
     try:
         with torch.no_grad():
             if attention_mask is None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from lmkit.errors import UserError
 from lmkit.models.classifier import POOLING, format_inputs, pool_states
+from lmkit.models.layers import distinct_modules
 from lmkit.training.checkpoint import Checkpoint
 
 BATCH_SIZE = 32
@@ -55,7 +56,7 @@ def encode_layers(body: nn.Module, idx: torch.Tensor, mask: torch.Tensor) -> lis
         captured.append(output.detach())
 
     handles = [body.embeddings.register_forward_hook(keep)]
-    handles += [block.register_forward_hook(keep) for block in body.blocks]
+    handles += [block.register_forward_hook(keep) for block in distinct_modules(body.blocks)]  # in call order
     try:
         with torch.no_grad():
             final = body.encode(idx, mask) if body.config.arch == "bert" else body.encode(idx)

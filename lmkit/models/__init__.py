@@ -11,6 +11,7 @@ from torch import nn
 from lmkit.models.bert import BERT
 from lmkit.models.config import ARCHS, ModelConfig
 from lmkit.models.gpt import GPT
+from lmkit.models.layers import distinct_modules
 from lmkit.vocab import IGNORE_INDEX
 from lmkit.models.lstm import LSTMLanguageModel
 from lmkit.models.presets import PRESETS, model_config, register_preset
@@ -56,4 +57,7 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     if config.arch == "lstm":
         return 6.0 * count_parameters(model)
     width = config.n_head * config.head_dim  # d_model unless --head-size decouples them
-    return 6.0 * count_parameters(model, non_embedding=True) + 12.0 * config.n_layer * width * seq_len
+    # A shared block (--share-layers) computes once per layer that uses it, though its parameters count once.
+    reused = sum(p.numel() for block in model.blocks for p in block.parameters()) - sum(
+        p.numel() for block in distinct_modules(model.blocks) for p in block.parameters())
+    return 6.0 * (count_parameters(model, non_embedding=True) + reused) + 12.0 * config.n_layer * width * seq_len

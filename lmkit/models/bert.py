@@ -16,7 +16,7 @@ from torch import nn
 
 from lmkit.models.classifier import pool_states
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import Block, Embeddings, init_transformer_weights, make_norm, rope_tables
+from lmkit.models.layers import Embeddings, init_transformer_weights, make_blocks, make_norm, rope_tables
 from lmkit.models.loss import linear_cross_entropy, token_loss
 from lmkit.vocab import IGNORE_INDEX
 
@@ -28,8 +28,9 @@ class MLMHead(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model, bias=config.bias)
-        self.norm = make_norm(config, config.d_model)
+        # (--embedding-dim: into the embedding width, as ALBERT's MLM head)
+        self.dense = nn.Linear(config.d_model, config.embedding_width, bias=config.bias)
+        self.norm = make_norm(config, config.embedding_width)
         self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,16 +41,16 @@ class BERT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.embedding_width)
         self.embeddings = Embeddings(config)
-        self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
+        self.blocks = make_blocks(config, causal=False)
         self.final_norm = nn.Identity() if config.post_norm else make_norm(config, config.d_model)
         self.mlm_head = MLMHead(config)
         # BERT's pooler (dense + tanh over [CLS]) for a classifier head: present with --pooler (an imported
         # BertModel, a classic BERT classifier); masked-LM training does not use it.
         self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
         # The decoder has a per-token bias, as in BERT; its weight is the embedding matrix when tied.
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=True)
+        self.lm_head = nn.Linear(config.embedding_width, config.vocab_size, bias=True)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta, config)

@@ -23,7 +23,8 @@ MIN_VOCAB_SIZE = 7
 # Fields that only transformers (gpt, bert) use; an LSTM refuses non-default values rather than ignore them.
 TRANSFORMER_ONLY = ("n_head", "d_ff", "mlp", "qk_norm", "rope_theta", "norm_eps", "n_kv_head", "head_size", "norm",
                     "positions", "bias", "qkv_bias", "post_norm", "type_vocab_size", "pooler", "rope_scaling",
-                    "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_length")
+                    "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_length",
+                    "share_layers", "embedding_dim")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +68,11 @@ class ModelConfig:
     tie_embeddings: bool = option(True, "Share the input embedding matrix with the output projection "
                                   "(Press & Wolf 2017).")
     norm_eps: float = option(1e-6, "Epsilon of the normalization layers.")
+    share_layers: int = option(0, "Cross-layer parameter sharing (ALBERT, Lan et al. 2020): this many distinct "
+                               "blocks, each used by --n-layer / this many consecutive layers (1: one block for "
+                               "every layer); 0 = none. Must divide --n-layer.")
+    embedding_dim: int = option(0, "Factorized embedding (ALBERT): tokens are embedded in this width and projected "
+                                "to --d-model (and the output back to it); 0 = --d-model.")
 
     def __post_init__(self) -> None:
         problems = []
@@ -125,7 +131,17 @@ class ModelConfig:
             problems.append(f"--rope-theta: must be positive, got {self.rope_theta}")
         if self.norm_eps <= 0:
             problems.append(f"--norm-eps: must be positive, got {self.norm_eps}")
+        if self.share_layers < 0 or (self.share_layers and self.n_layer % self.share_layers):
+            problems.append(f"--share-layers: must be 0 (none) or divide --n-layer ({self.n_layer}), got "
+                            f"{self.share_layers}")
+        if self.embedding_dim < 0:
+            problems.append(f"--embedding-dim: must be 0 (= --d-model) or positive, got {self.embedding_dim}")
         return problems
+
+    @property
+    def embedding_width(self) -> int:
+        """The width tokens are embedded in: --embedding-dim, or --d-model."""
+        return self.embedding_dim or self.d_model
 
     @property
     def head_dim(self) -> int:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import (EXPLICIT_ATTENTION_MAX, Block, Embeddings, KVCache, attention_mask_4d, causal_bias,
-                                 init_transformer_weights, make_norm, rope_tables)
+from lmkit.models.layers import (EXPLICIT_ATTENTION_MAX, Embeddings, KVCache, attention_mask_4d, causal_bias,
+                                 init_transformer_weights, make_blocks, make_norm, rope_tables)
 from lmkit.models.loss import linear_cross_entropy, token_loss
 
 
@@ -46,11 +46,13 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.embedding_width)
         self.embeddings = Embeddings(config)
-        self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
+        self.blocks = make_blocks(config, causal=True)
         self.final_norm = nn.Identity() if config.post_norm else make_norm(config, config.d_model)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # --embedding-dim: the output goes back to the embedding width before the (tied) vocabulary projection
+        self.out_proj = nn.Linear(config.d_model, config.embedding_dim, bias=False) if config.embedding_dim else None
+        self.lm_head = nn.Linear(config.embedding_width, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one matrix to read and write tokens (Press & Wolf 2017)
             self.lm_head.weight = self.tok_emb.weight
         # Derived from the config, so not saved with the weights (non-persistent).
@@ -118,13 +120,17 @@ class GPT(nn.Module):
             x = block(x, cos, sin, attention_mask, None if cache is None else cache.layers[index])  # (B, T, C)
         return self.final_norm(x)  # (B, T, C)
 
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the vocabulary projection reads: encode()'s states, in the embedding width (--embedding-dim)."""
+        return hidden if self.out_proj is None else self.out_proj(hidden)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, return_logits: bool = True,
                 segments: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids; targets (B, T) next-token ids or -100. Returns logits (B, T, V) and the
         mean cross entropy over targets that are not -100 (None without targets). Training passes
         ``return_logits=False``: the loss then never materializes the logits (loss.py), which are None.
         segments (B, T): packed rows of several sequences (encode)."""
-        hidden = self.encode(idx, segments=segments)  # (B, T, C)
+        hidden = self.head_input(self.encode(idx, segments=segments))  # (B, T, C or E)
         if targets is not None and not return_logits:
             return None, linear_cross_entropy(hidden, self.lm_head.weight, None, targets)
         logits = self.lm_head(hidden)  # (B, T, V)

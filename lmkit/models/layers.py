@@ -309,10 +309,13 @@ class Embeddings(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.pos_emb = nn.Embedding(config.block_size, config.d_model) if config.positions == "learned" else None
-        self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
-        self.norm = make_norm(config, config.d_model) if config.post_norm else None
+        width = config.embedding_width  # --embedding-dim: ALBERT adds positions and types before projecting
+        self.pos_emb = nn.Embedding(config.block_size, width) if config.positions == "learned" else None
+        self.type_emb = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
+        self.norm = make_norm(config, width) if config.post_norm else None
         self.dropout = config.dropout
+        # (E -> d_model; ALBERT's embedding_hidden_mapping_in)
+        self.proj = nn.Linear(width, config.d_model, bias=config.bias) if config.embedding_dim else None
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
                 token_types: torch.Tensor | None = None) -> torch.Tensor:
@@ -327,7 +330,23 @@ class Embeddings(nn.Module):
                 x = x + self.type_emb(token_types)
         if self.norm is not None:
             x = self.norm(x)
-        return dropout_(x, self.dropout, self.training)  # (B, T, C)
+        x = dropout_(x, self.dropout, self.training)
+        return x if self.proj is None else self.proj(x)  # (B, T, C)
+
+
+def make_blocks(config: ModelConfig, causal: bool) -> nn.ModuleList:
+    """One entry per layer. With --share-layers G, G distinct blocks, each the same module at n_layer / G
+    consecutive entries (ALBERT's groups): parameters() and the optimizer see each once, state_dict and
+    safetensors store each once, and code that walks the layers (KV caches, hooks) still sees n_layer."""
+    if not config.share_layers:
+        return nn.ModuleList(Block(config, causal) for _ in range(config.n_layer))
+    distinct = [Block(config, causal) for _ in range(config.share_layers)]
+    return nn.ModuleList(distinct[layer * config.share_layers // config.n_layer] for layer in range(config.n_layer))
+
+
+def distinct_modules(modules) -> list[nn.Module]:
+    """``modules`` without repeats (a shared block once), in order: what hooks and FSDP take."""
+    return list({id(module): module for module in modules}.values())
 
 
 # -- initialization --------------------------------------------------------------------------------
@@ -345,6 +364,6 @@ def init_transformer_weights(model: nn.Module, blocks: nn.ModuleList) -> None:
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
     residual_std = INIT_STD / math.sqrt(2 * len(blocks))
-    for block in blocks:
+    for block in distinct_modules(blocks):
         nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
         nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)

@@ -53,6 +53,10 @@ class LSTMLanguageModel(nn.Module):
                 getattr(self.lstm, f"bias_ih_l{layer}")[d:2 * d].fill_(1.0)
                 getattr(self.lstm, f"bias_hh_l{layer}")[d:2 * d].zero_()
 
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the vocabulary projection reads (the GPT's interface): the states themselves."""
+        return hidden
+
     def new_cache(self, batch_size: int, max_len: int) -> RecurrentState:
         """An empty recurrent state (the same signature as GPT.new_cache; the sizes are not needed)."""
         return RecurrentState()

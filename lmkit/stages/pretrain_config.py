@@ -48,6 +48,10 @@ class PretrainConfig(TrainingOptions):
     qk_norm: bool | None = option(None, "Override: RMSNorm on queries and keys (gpt, bert).", section="model")
     mlp: str | None = option(None, "Override: feed-forward type, swiglu or gelu (gpt, bert).",
                              choices=("swiglu", "gelu"), section="model")
+    share_layers: int | None = option(None, "Override: ALBERT's cross-layer sharing, this many distinct blocks "
+                                      "(1: every layer shares one); must divide --n-layer.", section="model")
+    embedding_dim: int | None = option(None, "Override: ALBERT's factorized embedding width (tokens embedded in "
+                                       "it, projected to --d-model).", section="model")
     objective: str = option("auto", "Training objective: clm (causal, for gpt/lstm), mlm (masked, for bert), or "
                             "auto (by architecture).", choices=("auto", "clm", "mlm"), section="model")
     init_from: str | None = option(None, "Start from this checkpoint's weights (not its optimizer or step).",
@@ -148,6 +152,6 @@ class PretrainConfig(TrainingOptions):
 
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in ("n_layer", "n_head", "d_model", "d_ff", "block_size",
-                                                        "dropout", "qk_norm", "mlp")
+                                                        "dropout", "qk_norm", "mlp", "share_layers", "embedding_dim")
                 if getattr(self, name) is not None}
 

@@ -87,7 +87,9 @@ def shard_model(model: torch.nn.Module) -> None:
     parameters are gathered at a time (Zhao et al. 2023; torchtitan's wrapping)."""
     from torch.distributed.fsdp import fully_shard
 
-    for block in model.blocks:
+    from lmkit.models.layers import distinct_modules
+
+    for block in distinct_modules(model.blocks):  # a shared block (--share-layers) is sharded once
         fully_shard(block)
     fully_shard(model)
 

@@ -33,7 +33,8 @@ def run(model, prompts, settings, **kwargs):
     return decode(model, prompts, settings, generators, eos_id=None, **kwargs)
 
 
-MODELS = [("gpt", {}), ("gpt", {"qk_norm": True}), ("lstm", {})]
+MODELS = [("gpt", {}), ("gpt", {"qk_norm": True}), ("gpt", {"n_layer": 4, "share_layers": 2, "embedding_dim": 16}),
+          ("lstm", {})]
 
 
 @pytest.mark.parametrize("arch,overrides", MODELS)

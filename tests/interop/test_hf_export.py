@@ -163,13 +163,15 @@ def test_refused_check_leaves_nothing(trained, tmp_path, monkeypatch):
     ("bert", "lmkit's modern encoder (pre-norm RMSNorm, rotary positions"),
     ("lstm", "an LSTM (arch lstm) has no transformers equivalent"),
     ("mean-pooling", "classifier pooling 'mean' has no transformers equivalent"),
+    ("shared", "--share-layers 1 (ALBERT-style sharing) has no exact transformers equivalent"),
 ])
 def test_refusals_name_the_choice(dataset, trained, tmp_path, case, message):
     if case == "mean-pooling":
         source = write_finetuned(trained, tmp_path / "clf", labels=["a", "b"], pooling="mean")
     else:
         model = {"gelu": {"mlp": "gelu"}, "bert": {"model": "encoder-tiny"},
-                 "lstm": {"model": "lstm-small", "d_model": 32, "n_layer": 1}}[case]
+                 "lstm": {"model": "lstm-small", "d_model": 32, "n_layer": 1},
+                 "shared": {"share_layers": 1, "embedding_dim": 32}}[case]
         source = train_tiny(dataset, tmp_path / "run", **model).path
     with pytest.raises(UserError, match=re.escape(message)):
         export(source, tmp_path / "hf")

@@ -53,7 +53,8 @@ def test_gpt_run_writes_checkpoints_and_learns(dataset, tmp_path):
     {"dropout": 0.1},                         # the torch RNG state matters
     {"model": "bert-tiny", "dropout": 0.1},   # masking and the MLM head
     {"batch_tokens": 256},                    # gradient accumulation (2 micro-batches)
-], ids=["gpt-dropout", "bert", "accumulation"])
+    {"model": "bert-tiny", "share_layers": 1, "embedding_dim": 32},  # ALBERT's sharing: saved once, resumed
+], ids=["gpt-dropout", "bert", "accumulation", "albert-sharing"])
 def test_resume_equals_uninterrupted_bit_for_bit(dataset, tmp_path, overrides):
     full = pretrain.run(config(dataset, tmp_path / "full", keep_last=5, **overrides))
     partial = tmp_path / "partial"
