@@ -75,13 +75,14 @@ class ShardStream:
                 base = source.read_buffer().address
                 reader = pa.ipc.open_file(source)
                 self.paths.append(str(path))
+                dtype = np.dtype(reader.schema.field("tokens").type.value_type.to_pandas_dtype())
+                self._dtypes.append(dtype)
                 for index in range(reader.num_record_batches):
                     batch = reader.get_batch(index)
                     if batch.num_rows == 0:
                         continue
                     column = batch.column("tokens")
                     values = column.values
-                    dtype = np.dtype(values.type.to_pandas_dtype())
                     first = values.buffers()[1].address - base + values.offset * dtype.itemsize
                     offsets = column.offsets.to_numpy().astype(np.int64)
                     length = np.diff(offsets)
@@ -92,7 +93,6 @@ class ShardStream:
                     position += int(length.sum()) + batch.num_rows
                     self.documents += batch.num_rows
                     self.text_bytes += int(pc.sum(batch.column("n_bytes")).as_py() or 0)
-                self._dtypes.append(dtype if reader.num_record_batches else np.dtype(np.uint16))
                 del reader, source  # unmapped: the pages read above leave this process
         empty = np.zeros(0, dtype=np.int64)
         self._doc_starts = np.concatenate(starts) if starts else empty
