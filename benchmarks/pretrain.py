@@ -24,6 +24,7 @@ keeping its best round (another process on shared cores can only slow a measurem
 
     python benchmarks/pretrain.py --nanogpt /tmp/nanoGPT/model.py     # about 15 minutes on 2 cores
     python benchmarks/pretrain.py --quick                             # bf16 only, one round: 5 minutes
+    python benchmarks/pretrain.py --precision fp32 --nanogpt ...      # one precision, every round
 
 Results go to stdout and benchmarks/out/pretrain.json.
 """
@@ -307,6 +308,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", help="nanoGPT's model.py (from a clone of karpathy/nanoGPT)")
     parser.add_argument("--quick", action="store_true", help="bf16 only, one round, no compile cost or quality")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), help="this precision only, over --rounds, without "
+                        "the compile cost and quality (written to pretrain-PRECISION.json)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -327,7 +330,7 @@ def main() -> None:
     auto = resolve_precision("auto", torch.device("cpu"))
     nanogpt = str(Path(args.nanogpt).resolve().parent) if args.nanogpt else ""
     sides = ["lmkit", "lmkit-eager", "baseline"] + (["nanogpt", "nanogpt-compiled"] if nanogpt else [])
-    precisions = ["bf16"] if args.quick else ["bf16", "fp32"]
+    precisions = ["bf16"] if args.quick else [args.precision] if args.precision else ["bf16", "fp32"]
     machine = in_child("peak", {})
     runs = measure(dataset, sides, precisions, 1 if args.quick else args.rounds, nanogpt)
     peak = machine["peak"]
@@ -356,7 +359,7 @@ def main() -> None:
         results["aim"] = {"reference": reference, "precision": auto, "ratio": ratio, "aim": AIM, "met": ratio >= AIM}
         print(f"\naim: lmkit >= {AIM}x {reference} in {auto} (--precision auto): {ratio:.2f}x -> "
               f"{'MET' if ratio >= AIM else 'NOT MET'}")
-    if not args.quick:
+    if not (args.quick or args.precision):
         cost = compile_cost(dataset)
         eager = results["throughput"][precisions[0]]["lmkit-eager"]["step_s_median"]
         saved = eager - cost["warm"]["step_s"]
@@ -369,7 +372,8 @@ def main() -> None:
         results["quality"] = quality(dataset, data)
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(f"total {results['seconds']:.0f} s")
-    (OUT / "pretrain.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / (f"pretrain-{args.precision}.json" if args.precision else "pretrain.json")).write_text(
+        json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

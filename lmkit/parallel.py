@@ -35,6 +35,18 @@ def _worker_init(initializer: Callable | None, initargs: tuple) -> None:
         initializer(*initargs)
 
 
+def in_order(submitted: Iterable[Any], limit: int, result: Callable[[Any], Any]) -> Iterator[Any]:
+    """``result(handle)`` of each submitted piece of work, in submission order, with at most ``limit`` submitted
+    and not yet collected (``submitted`` is consumed lazily): a local pool's and Ray's bounded in-order map."""
+    pending: deque = deque()
+    for handle in submitted:
+        pending.append(handle)
+        if len(pending) >= limit:
+            yield result(pending.popleft())
+    while pending:
+        yield result(pending.popleft())
+
+
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int,
                 initializer: Callable | None = None, initargs: tuple = (),
                 max_in_flight: int | None = None) -> Iterator[Any]:
@@ -61,13 +73,7 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int,
     try:
         if blocking:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending signal raises here
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
-            if len(pending) >= limit:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        yield from in_order((pool.apply_async(fn, (item,)) for item in items), limit, lambda handle: handle.get())
         pool.close()
     except BaseException:
         pool.terminate()

@@ -219,30 +219,37 @@ class MaskedWindows:
         body = torch.from_numpy(self.stream.gather(starts))
         rows = len(indices)
         clean = torch.cat([torch.full((rows, 1), self.cls), body, torch.full((rows, 1), self.sep)], dim=1)
-        if not isinstance(generator, list):
-            return mask_tokens(clean, self.vocab_size, self.masking, generator, self.specials)
-        pairs = [mask_tokens(clean[row:row + 1], self.vocab_size, self.masking, generator[row], self.specials)
-                 for row in range(rows)]
-        return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
+        return mask_tokens(clean, self.vocab_size, self.masking, generator, self.specials)
 
 
-def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings, generator: torch.Generator,
+def _mask_draws(shape: tuple[int, int], low: int, high: int, generator: torch.Generator | list[torch.Generator]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (choice, action, random token) draws of mask_tokens: from one generator, or row by row from one
+    generator per row (each row's draws then depend on its generator alone)."""
+    if isinstance(generator, list):
+        rows = [_mask_draws((1, shape[1]), low, high, row_generator) for row_generator in generator]
+        return tuple(torch.cat(parts) for parts in zip(*rows))  # type: ignore[return-value]
+    return (torch.rand(shape, generator=generator), torch.rand(shape, generator=generator),
+            torch.randint(low, high, shape, generator=generator))
+
+
+def mask_tokens(tokens: torch.Tensor, vocab_size: int, masking: MaskingSettings,
+                generator: torch.Generator | list[torch.Generator],
                 specials: Specials = LMKIT) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 corruption; returns (inputs, targets) with IGNORE_INDEX where not chosen. Special
     tokens are never chosen; a random replacement is a text token (lmkit's ids 0..6 are specials; an
-    imported vocabulary's specials are redrawn as the token itself, so they are left alone too)."""
+    imported vocabulary's specials are redrawn as the token itself, so they are left alone too). With a list
+    of generators, one per row, a row is corrupted alike in any batch (a sample's masks follow its position)."""
     mask_id = specials.require("mask", "masked-LM corruption")
     special_ids = torch.tensor(sorted(specials.ids), dtype=tokens.dtype)
     maskable = ~torch.isin(tokens, special_ids)
-    draw = torch.rand(tokens.shape, generator=generator)
+    draw, action, random_tokens = _mask_draws(tuple(tokens.shape), specials.text_start, vocab_size, generator)
     chosen = maskable & (draw < masking.probability)
     # A row with nothing chosen would give an empty (NaN) loss: choose its lowest draw instead.
     empty = ~chosen.any(dim=1) & maskable.any(dim=1)
     if empty.any():
         lowest = torch.where(maskable, draw, torch.full_like(draw, 2.0)).argmin(dim=1)
         chosen[empty, lowest[empty]] = True
-    action = torch.rand(tokens.shape, generator=generator)
-    random_tokens = torch.randint(specials.text_start, vocab_size, tokens.shape, generator=generator)
     if specials.text_start == 0:  # specials among the text ids: a drawn one stays the original token
         random_tokens = torch.where(torch.isin(random_tokens, special_ids), tokens, random_tokens)
     inputs = tokens.clone()

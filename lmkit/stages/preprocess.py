@@ -16,6 +16,7 @@ steps as Ray tasks); only time changes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import re
@@ -183,23 +184,12 @@ def run(config: PreprocessConfig, stdin: BinaryIO | None = None) -> artifacts.Ar
     uses_stdin = len(hashed) < len(all_inputs)
     recipe = None if uses_stdin else artifacts.make_recipe("dataset", identity, input_files, parents)
 
-    ray_started = False
+    executor = contextlib.nullcontext()
     if config.executor == "ray":  # a missing extra or an unreachable --address fails here, before any writing
         from lmkit.stages import preprocess_ray
 
-        ray_started = preprocess_ray.connect(config.address, config.workers or available_cores())
-    try:
-        return _write(config, recipe, all_inputs, input_files, parent_tokenizer, parents, identity, uses_stdin,
-                      stdin, started)
-    finally:
-        if ray_started:
-            preprocess_ray.shutdown()
-
-
-def _write(config: PreprocessConfig, recipe: str | None, all_inputs: list[tuple[str, str]], input_files: list[dict],
-           parent_tokenizer: artifacts.Artifact | None, parents: list[dict], identity: dict, uses_stdin: bool,
-           stdin: BinaryIO | None, started: float) -> artifacts.Artifact:
-    with artifacts.ArtifactWriter(config.out, "dataset", recipe, force=config.force) as writer:
+        executor = preprocess_ray.running(config.address, config.workers or available_cores())
+    with executor, artifacts.ArtifactWriter(config.out, "dataset", recipe, force=config.force) as writer:
         if writer.up_to_date:
             return writer.existing
         stdin_reader = HashingReader(stdin if stdin is not None else sys.stdin.buffer) if uses_stdin else None
@@ -349,6 +339,17 @@ class _Survivors:
         return self.counts, self.dropped, self.label_counts, self.spills, self.languages, self.phases
 
 
+def _documents(path: str, role: str, options: sources.ReadOptions, counts: Counter, dropped: Counter,
+               label_required: bool, stdin: HashingReader | None = None) -> Iterator[tuple[str, str | None, str]]:
+    """(text, label, role) of one input's documents; with --label-field, those without a label are counted
+    as dropped. What a local worker pool and a Ray map task read alike."""
+    for document in sources.iter_documents(path, options, counts, stdin=stdin):
+        if label_required and document.label is None:
+            dropped["missing_label"] += 1
+            continue
+        yield document.text, document.label, role
+
+
 def _clean_settings(config: PreprocessConfig) -> _CleanSettings:
     return _CleanSettings(config.normalization, config.strip_html, tuple(config.filters), config.thresholds(),
                           config.near_dedup, config.near_dedup_threshold, config.language_id, tuple(config.languages))
@@ -372,11 +373,8 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
 
     def raw_documents() -> Iterator[tuple[str, str | None, str]]:
         for path, role in all_inputs:
-            for document in sources.iter_documents(path, options, counts, stdin=stdin_reader):
-                if config.label_field and document.label is None:
-                    survivors.dropped["missing_label"] += 1
-                    continue
-                yield document.text, document.label, role
+            yield from _documents(path, role, options, counts, survivors.dropped, bool(config.label_field),
+                                  stdin_reader)
 
     with reporter.task("reading and cleaning", total=total_bytes, unit="B") as task:
         seen_bytes = 0

@@ -20,11 +20,12 @@ and --out must be on a filesystem every node sees, and lmkit installed on every 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -34,6 +35,7 @@ import pyarrow as pa
 from lmkit.data import sources
 from lmkit.data.spill import Spill
 from lmkit.errors import UserError
+from lmkit.parallel import in_order
 from lmkit.progress import reporter
 
 _POSITION_BITS = 32  # a position is (input index << 32) | candidate number within the input
@@ -70,8 +72,15 @@ def connect(address: str | None, cpus: int) -> bool:
     return True
 
 
-def shutdown() -> None:
-    _ray().shutdown()
+@contextlib.contextmanager
+def running(address: str | None, cpus: int) -> Iterator[None]:
+    """Ray joined or started for the stage (``connect``), and shut down after it if this started it."""
+    started = connect(address, cpus)
+    try:
+        yield
+    finally:
+        if started:
+            _ray().shutdown()
 
 
 def cluster_cpus() -> int:
@@ -105,19 +114,12 @@ def _map_input(index: int, path: str, role: str, options: sources.ReadOptions, s
     counts: Counter = Counter()
     dropped: Counter = Counter()
 
-    def documents() -> Iterator[tuple[str, str | None, str]]:
-        for document in sources.iter_documents(path, options, counts):
-            if label_required and document.label is None:
-                dropped["missing_label"] += 1
-                continue
-            yield document.text, document.label, role
-
     exact: list[list[tuple[int, int, int]]] = [[] for _ in range(partitions)]
     near: list[list[tuple[int, int]]] = [[] for _ in range(partitions)]
     partial = Path(spill_path + ".part")
     spill = Spill(partial)
     number = 0
-    for batch in stage._batches(documents()):
+    for batch in stage._batches(stage._documents(path, role, options, counts, dropped, label_required)):
         for result in stage._clean_batch(batch):
             if result[0] != "ok":
                 dropped[result[0]] += 1
@@ -227,11 +229,4 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, in
                 initargs: tuple = ()) -> Iterator[Any]:
     """``fn(item)`` for each item as Ray tasks, yielded in input order, with 2 tasks per CPU in flight."""
     task = _ray().remote(_call).options(max_retries=3)
-    limit = 2 * cluster_cpus()
-    pending: deque = deque()
-    for item in items:
-        pending.append(task.remote(fn, initializer, initargs, item))
-        if len(pending) >= limit:
-            yield _get(pending.popleft())
-    while pending:
-        yield _get(pending.popleft())
+    yield from in_order((task.remote(fn, initializer, initargs, item) for item in items), 2 * cluster_cpus(), _get)

@@ -7,9 +7,13 @@ defaults as they are.
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 from lmkit.config import option
+from lmkit.errors import ConfigError, UserError
 from lmkit.training.options import RUN, STOPPING, TrainingOptions
 from lmkit.units import parse_duration
 
@@ -104,12 +108,6 @@ class PretrainConfig(TrainingOptions):
         """This config with the --mixture file's datasets and weights (or alpha) in place of the file."""
         if not self.mixture:
             return self
-        import dataclasses
-        import tomllib
-        from pathlib import Path
-
-        from lmkit.errors import ConfigError, UserError
-
         path = Path(self.mixture)
         try:
             table = tomllib.loads(path.read_text(encoding="utf-8"))

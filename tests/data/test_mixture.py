@@ -57,3 +57,10 @@ def test_masked_windows_mix_deterministically_with_the_windows_their_count_promi
     assert all(torch.equal(a, b) for a, b in zip(first, again))  # (resume reads the same batch)
     inputs, targets = first
     assert inputs.shape == targets.shape == (16, 12) and bool((targets != -100).any())
+    # training passes one generator per row (MaskedLM._read): each row is masked by its own position's
+    # generator wherever it falls, across the sources and in a batch of any size
+    generators = [seeded_generator(1, int(p)) for p in positions]
+    batched = mixture.batch(positions, generators)
+    for row, position in enumerate(positions):
+        alone = mixture.batch(positions[row:row + 1], [seeded_generator(1, int(position))])
+        assert torch.equal(alone[0][0], batched[0][row]) and torch.equal(alone[1][0], batched[1][row])

@@ -5,6 +5,7 @@ it reports, torch.compile, and a third training stage written as one page on top
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,18 @@ def test_a_new_objective_and_stage_run_on_the_skeleton(dataset, tmp_path):
         assert run_training(plan(options)).up_to_date
     finally:
         OBJECTIVES.pop("copy")
+
+
+@pytest.mark.parametrize("micro,accumulation,world,advice", [
+    (4, 1, 1, "resume with --accumulation 2 or --batch-tokens 256"),
+    (3, 1, 1, r"resume with a --micro-batch x processes that divides 8"),
+])
+def test_a_resume_with_another_global_batch_names_what_restores_it(micro, accumulation, world, advice):
+    from lmkit.training.objectives.base import BatchLayout
+    from lmkit.training.rundir import _check_global_batch
+
+    layout = BatchLayout(micro, accumulation, world)
+    with pytest.raises(UserError, match=f"run/step-3: was trained with a global batch of 8 sequences per step; "
+                                        f"this launch makes {micro} .*{advice}"):
+        _check_global_batch(Path("run/step-3"), 8, layout, seq_len=32)
+    _check_global_batch(Path("run/step-3"), 8, BatchLayout(2, 2, 2), seq_len=32)  # 8 again: accepted
