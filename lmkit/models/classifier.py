@@ -59,6 +59,62 @@ def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,
     return idx, mask
 
 
+def truncate_pair(first: Sequence[int], second: Sequence[int], room: int) -> tuple[list[int], list[int]]:
+    """The pair cut to ``room`` tokens in all, one token at a time from the end of the longer text (BERT's
+    and transformers' "longest_first"): a short text keeps all of itself."""
+    a, b = len(first), len(second)
+    while a + b > room:
+        if a > b:
+            a -= 1
+        else:
+            b -= 1
+    return list(first[:a]), list(second[:b])
+
+
+def pair_room(arch: str, max_len: int) -> int:
+    """Text tokens a framed pair holds: an encoder's [CLS], [SEP] and [SEP] take three, a decoder's
+    separator one."""
+    return max(2, max_len - 3) if arch == "bert" else max(2, max_len - 1)
+
+
+def pair_row(first: Sequence[int], second: Sequence[int], arch: str, specials: Specials
+             ) -> tuple[list[int], list[int]]:
+    """Two texts as one input row and its segment ids: ``[CLS] a [SEP] b [SEP]`` with types 0 up to the
+    first [SEP] and 1 after it (BERT) for an encoder; ``a [SEP] b`` for a causal model (its tokenizer's
+    [SEP], or </s> where it has none), all type 0 (a decoder has no segment embeddings). Not cut: see
+    :func:`truncate_pair`."""
+    if arch == "bert":
+        cls = specials.require("cls", "an encoder's input")
+        sep = specials.require("sep", "an encoder's input")
+        row = [cls, *first, sep, *second, sep]
+        return row, [0] * (len(first) + 2) + [1] * (len(second) + 1)
+    sep = specials.sep if specials.sep is not None else specials.eos
+    row = [*first, sep, *second]
+    return row, [0] * len(row)
+
+
+def second_start(first_len: int, arch: str) -> int:
+    """The position of the second text's first token in a :func:`pair_row` whose first text has
+    ``first_len`` tokens."""
+    return first_len + 2 if arch == "bert" else first_len + 1
+
+
+def format_pair_inputs(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]], arch: str, max_len: int,
+                       specials: Specials) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs of token lists as one right-padded batch (:func:`pair_row`), each pair cut to ``max_len`` longest
+    first. Returns idx (B, T), the attention mask (B, T), True on real tokens, and the segment ids (B, T)."""
+    rows = [pair_row(*truncate_pair(a, b, pair_room(arch, max_len)), arch, specials) for a, b in zip(firsts, seconds)]
+    width = max(len(row) for row, _ in rows)
+    idx = torch.full((len(rows), width), specials.pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    types = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, segments) in enumerate(rows):
+        idx[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = True
+        types[i, :len(row)] = torch.tensor(segments, dtype=torch.long)
+    return idx, mask, types
+
+
 # -- long texts: overlapping chunks ------------------------------------------------------------------------
 # A text longer than the window is read as overlapping windows (chunks) of it, each framed and classified as
 # a text of its own, and the chunks' class logits are aggregated: their mean, or per class their max; or
@@ -182,18 +238,21 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Linear(config.d_model, n_classes, bias=config.arch == "bert")
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
 
-    def pool(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             token_types: torch.Tensor | None = None) -> torch.Tensor:
         """One vector (B, C) per row of idx (B, T); attention_mask (B, T) bool, True = real token
-        (right padding: real tokens first)."""
+        (right padding: real tokens first); token_types (B, T): an encoder's segment ids (pairs)."""
         if self.config.arch == "bert":
-            hidden = self.backbone.encode(idx, attention_mask)  # (B, T, C)
+            hidden = self.backbone.encode(idx, attention_mask, token_types)  # (B, T, C)
         else:  # causal: padding after the real tokens cannot reach them
             hidden = self.backbone.encode(idx)  # (B, T, C)
         return pool_states(hidden, attention_mask, self.pooling, getattr(self.backbone, "pooler", None))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class logits (B, K) and, with targets (B,) class indices, their mean cross entropy."""
-        logits = self.head(self.dropout(self.pool(idx, attention_mask)))  # (B, K)
+                attention_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits (B, K) and, with targets (B,) class indices, their mean cross entropy; token_types
+        (B, T): segment ids of pairs (an encoder's; a decoder has none)."""
+        logits = self.head(self.dropout(self.pool(idx, attention_mask, token_types)))  # (B, K)
         loss = None if targets is None else F.cross_entropy(logits.float(), targets)
         return logits, loss
