@@ -108,6 +108,10 @@ class ShardStream:
     def bytes_per_token(self) -> float:
         return self.text_bytes / max(len(self), 1)
 
+    def document_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """(stream start, length) of every document, its separator not counted."""
+        return self._doc_starts, self._lengths.astype(np.int64)
+
     def gather(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at these stream positions (any shape), as int64. Each row of ``positions`` (a window) is
         read with one ``pread`` per file it lies in, from its first token's byte to its last's."""

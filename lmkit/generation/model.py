@@ -24,7 +24,7 @@ def checkpoint_mode(checkpoint: Checkpoint) -> str:
         return CLASSIFY
     if arch in ("gpt", "lstm") and objective in ("clm", "sft"):
         return TEXT
-    if arch == "bert" and objective == "mlm":
+    if arch == "bert" and checkpoint.masked_lm:
         return FILL_MASK
     raise UserError(f"{checkpoint.path}: a {arch} checkpoint with objective {objective!r} is not a kind generate "
                     "knows (gpt/lstm clm or sft: text; bert mlm: fill-mask; classifiers: labels)")

@@ -55,7 +55,7 @@ def explained_output(checkpoint: Checkpoint) -> str:
     """What the attribution explains for this checkpoint; refuses kinds with no scalar output."""
     if checkpoint.head is not None:
         return "class"
-    if checkpoint.objective == "mlm":
+    if checkpoint.masked_lm:
         raise UserError(f"{checkpoint.path}: a masked language model (objective mlm) has no single output for a "
                         "text to explain; attribution works on classifiers (a class's log-probability) and causal "
                         "language models, gpt or lstm, pretrained or instruction-tuned (the next token's)")

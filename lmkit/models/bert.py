@@ -49,6 +49,9 @@ class BERT(nn.Module):
         # BERT's pooler (dense + tanh over [CLS]) for a classifier head: present with --pooler (an imported
         # BertModel, a classic BERT classifier); masked-LM training does not use it.
         self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
+        # Next-sentence / sentence-order prediction over the pooled [CLS] (BERT's cls.seq_relationship): 0 = the
+        # pair as it stands in the text, 1 = not (a random second segment, or the two swapped).
+        self.sentence_head = nn.Linear(config.d_model, 2) if config.sentence_head else None
         # The decoder has a per-token bias, as in BERT; its weight is the embedding matrix when tied.
         self.lm_head = nn.Linear(config.embedding_width, config.vocab_size, bias=True)
         if config.tie_embeddings:
@@ -74,20 +77,36 @@ class BERT(nn.Module):
         return self.final_norm(x)  # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, *, return_logits: bool = True
+                attention_mask: torch.Tensor | None = None, *, return_logits: bool = True,
+                token_types: torch.Tensor | None = None, sentence_targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, V) at every position and the cross entropy over targets that are not -100.
         With targets and ``return_logits=False`` (training), no logits (None): the head and the loss
-        then run on the masked positions alone (loss.linear_cross_entropy)."""
+        then run on the masked positions alone (loss.linear_cross_entropy).
+
+        Sentence-pair pretraining (a model with --sentence-head): with ``sentence_targets`` (B,), the first
+        value is (token logits or None, sentence logits (B, 2)) and the loss is the masked-LM loss plus the
+        sentence task's cross entropy, as BERT's and ALBERT's pretraining losses."""
+        hidden = self.encode(idx, attention_mask, token_types)  # (B, T, C)
         if targets is not None and not return_logits:
             chosen = targets != IGNORE_INDEX
-            hidden = self.mlm_head(self.encode(idx, attention_mask)[chosen])  # (masked, C)
-            return None, linear_cross_entropy(hidden, self.lm_head.weight, self.lm_head.bias, targets[chosen])
-        logits = self.lm_head(self.mlm_head(self.encode(idx, attention_mask)))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = token_loss(logits, targets)
-        return logits, loss
+            logits = None
+            loss = linear_cross_entropy(self.mlm_head(hidden[chosen]), self.lm_head.weight, self.lm_head.bias,
+                                        targets[chosen])
+        else:
+            logits = self.lm_head(self.mlm_head(hidden))  # (B, T, V)
+            loss = None if targets is None else token_loss(logits, targets)
+        if sentence_targets is None:
+            return logits, loss
+        sentence_logits = self.sentence_logits(hidden)  # (B, 2)
+        sentence_loss = F.cross_entropy(sentence_logits.float(), sentence_targets)
+        return (logits, sentence_logits), sentence_loss if loss is None else loss + sentence_loss
+
+    def sentence_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The sentence-pair head's logits (B, 2) over the pooled [CLS] of hidden states (B, T, C)."""
+        if self.sentence_head is None:
+            raise ValueError("this model has no sentence-pair head (--sentence-head)")
+        return self.sentence_head(torch.tanh(self.pooler(hidden[:, 0])))
 
     def pooled(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
                method: str = "cls") -> torch.Tensor:

@@ -230,7 +230,7 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
         self.config, self.n_classes, self.pooling = config, n_classes, pooling
         self.backbone = build_model(config)
-        for name in ("lm_head", "mlm_head"):  # a tied lm_head's matrix stays as the token embedding
+        for name in ("lm_head", "mlm_head", "sentence_head"):  # pretraining heads (a tied lm_head's matrix stays)
             if hasattr(self.backbone, name):
                 delattr(self.backbone, name)
         self.dropout = nn.Dropout(config.dropout)

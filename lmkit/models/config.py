@@ -22,7 +22,8 @@ ROPE_SCALINGS = ("none", "llama3", "linear", "ntk")
 MIN_VOCAB_SIZE = 7
 # Fields that only transformers (gpt, bert) use; an LSTM refuses non-default values rather than ignore them.
 TRANSFORMER_ONLY = ("n_head", "d_ff", "mlp", "qk_norm", "rope_theta", "norm_eps", "n_kv_head", "head_size", "norm",
-                    "positions", "bias", "qkv_bias", "post_norm", "type_vocab_size", "pooler", "rope_scaling",
+                    "positions", "bias", "qkv_bias", "post_norm", "type_vocab_size", "pooler", "sentence_head",
+                    "rope_scaling",
                     "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_length",
                     "share_layers", "embedding_dim")
 
@@ -52,6 +53,8 @@ class ModelConfig:
                              "the end (the original Transformer and BERT); default pre-norm, x + f(norm(x)).")
     type_vocab_size: int = option(0, "Token-type (segment) embeddings, as BERT's sentence A/B; 0 = none.")
     pooler: bool = option(False, "BERT's pooler: a dense layer with tanh over [CLS], read by a classifier head.")
+    sentence_head: bool = option(False, "A 2-way head on the pooler, trained by a sentence-pair objective (BERT's "
+                                 "next-sentence or ALBERT's sentence-order prediction); needs --pooler.")
     qk_norm: bool = option(False, "RMSNorm on each head's queries and keys before attention (OLMo 2, Gemma 3).")
     rope_theta: float = option(10000.0, "Base of the rotary position embedding frequencies (Su et al. 2021).")
     rope_scaling: str = option("none", "Rotary frequency scaling: none; llama3 (Llama 3.1+: long wavelengths "
@@ -134,6 +137,8 @@ class ModelConfig:
         if self.share_layers < 0 or (self.share_layers and self.n_layer % self.share_layers):
             problems.append(f"--share-layers: must be 0 (none) or divide --n-layer ({self.n_layer}), got "
                             f"{self.share_layers}")
+        if self.sentence_head and not (self.arch == "bert" and self.pooler):
+            problems.append("--sentence-head: a sentence-pair head reads BERT's pooler (an encoder with --pooler)")
         if self.embedding_dim < 0:
             problems.append(f"--embedding-dim: must be 0 (= --d-model) or positive, got {self.embedding_dim}")
         return problems

@@ -185,7 +185,7 @@ def _teacher(config: FinetuneConfig, tokenizer: artifacts.Artifact, task: str, s
         raise UserError(f"--teacher {config.teacher}: its tokenizer differs from {config.base}'s; a teacher's soft "
                         "targets are over the same tokens (or labels) as the student's")
     if (teacher.task not in _TEACHER_TASKS[task]
-            or (task != "classify" and teacher.objective == "mlm") != (task == "mlm")):
+            or (task != "classify" and teacher.masked_lm) != (task == "mlm")):
         raise UserError(f"--teacher {config.teacher}: a {teacher.task} checkpoint ({teacher.objective}) cannot teach "
                         f"--task {task}")
     return teacher

@@ -7,6 +7,7 @@ before any compute.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from lmkit import artifacts, config as config_lib
@@ -16,7 +17,7 @@ from lmkit.models.presets import model_config
 from lmkit.stages.pretrain_config import DEFAULT_STEPS, PretrainConfig
 from lmkit.training import budget, distributed, rundir
 from lmkit.training.checkpoint import read_checkpoint
-from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ObjectiveInputs
+from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, SENTENCE_OBJECTIVES, ObjectiveInputs
 from lmkit.training.run import TrainingPlan, batch_layout, run_training, sequence_length
 
 # What fixes a run's data order and model: a resumed run must keep them (limits and rates may change,
@@ -53,6 +54,9 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
     model_cfg = model_config(config.model, int(tokenizer.stats["vocab_size"]), **config.model_overrides())
     spec = OBJECTIVES[DEFAULT_OBJECTIVE[model_cfg.arch] if config.objective == "auto" else config.objective]
     spec.check_arch(model_cfg.arch, "--objective", f"--model {config.model}")
+    if spec.name in SENTENCE_OBJECTIVES:  # segment ids, and the pooler and head the sentence task trains
+        model_cfg = dataclasses.replace(model_cfg, pooler=True, sentence_head=True,
+                                        type_vocab_size=model_cfg.type_vocab_size or 2)
     if config.shard and model_cfg.arch == "lstm":
         raise UserError("--shard: FSDP2 shards transformer blocks; an LSTM model is trained unsharded")
     if config.shard and env.world_size == 1:

@@ -56,8 +56,11 @@ class PretrainConfig(TrainingOptions):
                                       "(1: every layer shares one); must divide --n-layer.", section="model")
     embedding_dim: int | None = option(None, "Override: ALBERT's factorized embedding width (tokens embedded in "
                                        "it, projected to --d-model).", section="model")
-    objective: str = option("auto", "Training objective: clm (causal, for gpt/lstm), mlm (masked, for bert), or "
-                            "auto (by architecture).", choices=("auto", "clm", "mlm"), section="model")
+    objective: str = option("auto", "Training objective: clm (causal, for gpt/lstm), mlm (masked, for bert), "
+                            "mlm+sop or mlm+nsp (masked LM plus ALBERT's sentence-order or BERT's next-sentence "
+                            "prediction on pairs of segments of a document, for bert: adds segment embeddings, BERT's "
+                            "pooler and a sentence head), or auto (by architecture).",
+                            choices=("auto", "clm", "mlm", "mlm+sop", "mlm+nsp"), section="model")
     init_from: str | None = option(None, "Start from this checkpoint's weights (not its optimizer or step).",
                                    affects_output=False, section="model")  # by id, like the dataset
     shard: bool = option(False, "Shard parameters across processes with FSDP2 (fully_shard).", section=RUN)

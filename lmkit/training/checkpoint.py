@@ -109,7 +109,7 @@ class Checkpoint:
 
     artifact: artifacts.Artifact
     model_config: ModelConfig
-    objective: str                    # clm, mlm, classify or sft
+    objective: str                    # clm, mlm (mlm+nsp, mlm+sop), classify or sft
     head: dict[str, Any] | None = None      # classifiers: {"labels": [names by index], "pooling", "max_len"}
     template: str | None = None             # sft: the prompt template, "{prompt}" marks the instruction
     lora: dict[str, Any] | None = None      # unmerged adapters: {"rank", "alpha", "dropout"}
@@ -120,6 +120,11 @@ class Checkpoint:
         if self.head is not None:
             return "classify"
         return "sft" if self.objective == "sft" else "lm"
+
+    @property
+    def masked_lm(self) -> bool:
+        """Whether it was trained as a masked LM (alone, or with a sentence-pair task): fill-mask reads it."""
+        return self.objective in ("mlm", "mlm+nsp", "mlm+sop")
 
     @property
     def labels(self) -> list[str] | None:

@@ -58,3 +58,35 @@ def test_mlm_head_has_a_vocabulary_bias_and_tied_decoder():
     model, _ = model_and_tokens()
     assert model.lm_head.bias.shape == (VOCAB,) and torch.equal(model.lm_head.bias, torch.zeros(VOCAB))
     assert model.lm_head.weight is model.tok_emb.weight
+
+
+def test_the_sentence_pair_loss_is_the_masked_lm_loss_plus_the_sentence_heads_cross_entropy():
+    import torch.nn.functional as F
+
+    from lmkit.errors import ConfigError
+    from lmkit.models.classifier import SequenceClassifier, default_pooling
+    from lmkit.models.loss import token_loss
+
+    torch.manual_seed(0)
+    config = tiny_config("bert", pooler=True, sentence_head=True, type_vocab_size=2)
+    model = build_model(config).eval()
+    idx = torch.randint(7, VOCAB, (3, 16), generator=torch.Generator().manual_seed(1))
+    types = torch.zeros_like(idx)
+    types[:, 9:] = 1
+    targets = torch.full_like(idx, -100)
+    targets[:, 4] = idx[:, 4]
+    labels = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        (logits, sentence), loss = model(idx, targets, token_types=types, sentence_targets=labels)
+        _, fused = model(idx, targets, token_types=types, sentence_targets=labels, return_logits=False)
+        hidden = model.encode(idx, None, types)
+        expected = token_loss(logits, targets) + F.cross_entropy(sentence, labels)
+        assert torch.allclose(loss, expected) and torch.allclose(fused, expected, atol=1e-5)
+        assert torch.allclose(sentence, model.sentence_head(torch.tanh(model.pooler(hidden[:, 0]))))
+        assert not torch.allclose(model.encode(idx), hidden)  # segment ids reach the encoder
+    # a classifier on it reads the pooler the sentence task trained, and drops the pretraining heads
+    assert default_pooling(config, pretrained=True) == "cls"
+    classifier = SequenceClassifier(config, 2, "cls")
+    assert not any(name.startswith(("backbone.sentence_head", "backbone.mlm_head")) for name in classifier.state_dict())
+    with pytest.raises(ConfigError, match="--sentence-head: a sentence-pair head reads BERT's pooler"):
+        tiny_config("bert", sentence_head=True)

@@ -54,7 +54,9 @@ def test_gpt_run_writes_checkpoints_and_learns(dataset, tmp_path):
     {"model": "bert-tiny", "dropout": 0.1},   # masking and the MLM head
     {"batch_tokens": 256},                    # gradient accumulation (2 micro-batches)
     {"model": "bert-tiny", "share_layers": 1, "embedding_dim": 32},  # ALBERT's sharing: saved once, resumed
-], ids=["gpt-dropout", "bert", "accumulation", "albert-sharing"])
+    {"model": "encoder-tiny", "objective": "mlm+sop", "dropout": 0.1},  # pairs, swaps and masks by position
+    {"model": "bert-tiny", "objective": "mlm+nsp"},  # random second segments by position
+], ids=["gpt-dropout", "bert", "accumulation", "albert-sharing", "sop", "nsp"])
 def test_resume_equals_uninterrupted_bit_for_bit(dataset, tmp_path, overrides):
     full = pretrain.run(config(dataset, tmp_path / "full", keep_last=5, **overrides))
     partial = tmp_path / "partial"
@@ -92,6 +94,38 @@ def test_bert_and_lstm_train(dataset, tmp_path, model, objective):
     assert read_checkpoint(final.path).objective == objective
     if objective == "mlm":
         assert any("val_mlm_accuracy" in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("task", ["sop", "nsp"])
+def test_sentence_pair_pretraining_reports_each_loss_and_adds_segments_and_a_sentence_head(dataset, tmp_path, task):
+    run = tmp_path / "run"
+    final = pretrain.run(config(dataset, run, model="encoder-tiny", objective=f"mlm+{task}", max_steps=8))
+    checkpoint = read_checkpoint(final.path)
+    model_config = checkpoint.model_config
+    assert checkpoint.objective == f"mlm+{task}" and checkpoint.masked_lm
+    assert model_config.type_vocab_size == 2 and model_config.pooler and model_config.sentence_head
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evaluation = [r for r in records if "val_loss" in r][-1]
+    assert evaluation["val_loss"] == pytest.approx(evaluation["val_mlm_loss"] + evaluation[f"val_{task}_loss"])
+    assert 0 <= evaluation["val_mlm_accuracy"] <= 1 and 0 <= evaluation[f"val_{task}_accuracy"] <= 1
+    state = checkpoint.build_model().state_dict()
+    assert state["sentence_head.weight"].shape == (2, model_config.d_model) and "embeddings.type_emb.weight" in state
+
+
+def test_sentence_pairs_on_one_sentence_documents_are_refused_before_compute(dataset, tmp_path):
+    from tests.conftest import paragraphs, run_lmkit
+
+    corpus = tmp_path / "lines"
+    corpus.mkdir()  # one document per line, each the first sentence of a paragraph, without its full stop
+    (corpus / "lines.txt").write_text("\n\n".join(p.split(". ")[0].rstrip(".") for p in paragraphs()) + "\n")
+    run_lmkit("preprocess", str(corpus), "--out", str(tmp_path / "data"), "--tokenizer", str(dataset / "tokenizer"),
+              check=True)
+    with pytest.raises(UserError, match="needs documents of two sentences or more .* each of its \\d+ training "
+                                        "documents is one sentence or line"):
+        pretrain.run(config(tmp_path / "data", tmp_path / "run", model="encoder-tiny", objective="mlm+sop"))
+    assert not (tmp_path / "run" / "final").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    with pytest.raises(UserError, match="--objective mlm\\+sop: does not fit a gpt model"):
+        pretrain.run(config(dataset, tmp_path / "gpt", objective="mlm+sop"))
 
 
 def test_rerun_is_up_to_date_and_existing_run_is_protected(dataset, tmp_path):

@@ -6,6 +6,7 @@ from lmkit.training.objectives.base import (OBJECTIVES, BatchLayout, Built, Coun
 from lmkit.training.objectives import classification, distillation, instruction, language_modeling  # noqa: F401
 
 DEFAULT_OBJECTIVE = {"gpt": "clm", "lstm": "clm", "bert": "mlm"}  # pretraining's, by architecture
+SENTENCE_OBJECTIVES = ("mlm+nsp", "mlm+sop")  # masked LM plus a sentence-pair task (Checkpoint.masked_lm)
 
-__all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVES", "BatchLayout", "Built", "Count", "Objective", "ObjectiveInputs",
+__all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVES", "SENTENCE_OBJECTIVES", "BatchLayout", "Built", "Count", "Objective", "ObjectiveInputs",
            "ObjectiveSpec", "register"]

@@ -1,5 +1,6 @@
 """Language-modeling objectives over packed windows of a dataset split: causal LM (clm) and
-masked LM (mlm). Pretraining trains with them, and finetuning continues with them.
+masked LM (mlm), and masked LM with a sentence-pair task over windows of two segments (mlm+nsp, mlm+sop;
+data/sentence_pairs.py). Pretraining trains with them, and finetuning continues with them.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmkit.data.languages import temperature_shares
 from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, Mixture, Stream, load_stream,
                                 seeded_generator)
+from lmkit.data.sentence_pairs import SentencePairs, find_boundaries, piece_classes
 from lmkit.errors import UserError
 from lmkit.training.objectives.base import (BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, datasets_for,
                                             register)
@@ -132,6 +135,68 @@ class MaskedLM(_WindowObjective):
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_mlm_accuracy": correct / masked}
 
 
+class SentencePairMLM(_WindowObjective):
+    """Masked LM plus a sentence-pair task (BERT's NSP or ALBERT's SOP) on ``[CLS] A [SEP] B [SEP]`` windows:
+    the loss is their sum; validation reports each loss, the masked-LM accuracy and the pair task's."""
+
+    def __init__(self, task: str, train: SentencePairs, validation: SentencePairs | None, layout: BatchLayout,
+                 seed: int, device: torch.device, seq_len: int):
+        super().__init__(train, validation, layout, seed, device, seq_len)
+        self.task, self.name = task, f"mlm+{task}"
+
+    def _pairs(self, windows: SentencePairs, indices: np.ndarray, keys: list[tuple[int, ...]]
+               ) -> dict[str, torch.Tensor]:
+        pairs = windows.batch(indices, self.seed, keys)
+        return {"idx": pairs.inputs.to(self.device), "targets": pairs.targets.to(self.device),
+                "token_types": pairs.token_types.to(self.device),
+                "attention_mask": pairs.attention_mask.to(self.device),
+                "sentence_targets": pairs.labels.to(self.device)}
+
+    def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
+        start = self.layout.start(step, micro, rank)
+        indices = self.train_windows.sample(self.seed, start, self.layout.micro_batch)
+        return self._pairs(self.train_windows, indices, [(position,) for position in
+                                                         range(start, start + self.layout.micro_batch)])
+
+    def _call(self, model: nn.Module, batch: dict[str, torch.Tensor], return_logits: bool):
+        return model(batch["idx"], batch["targets"], batch["attention_mask"], return_logits=return_logits,
+                     token_types=batch["token_types"], sentence_targets=batch["sentence_targets"])
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False):
+        (logits, _sentence), loss = self._call(model, batch, True)
+        return logits, loss
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._call(model, batch, False)[1]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]:
+        if self.val_windows is None:
+            return {}
+        size = self.layout.micro_batch
+        count = min(self.val_windows.count, max_batches * size) if max_batches else self.val_windows.count
+        mlm_loss = sentence_loss = 0.0
+        correct = masked = right = pairs = 0
+        for start in range(0, count, size):
+            rows = np.arange(start, min(start + size, count))
+            batch = self._pairs(self.val_windows, rows, [(_EVAL_KEY, int(row)) for row in rows])
+            (logits, sentence_logits), _ = self._call(model, batch, True)
+            chosen = batch["targets"] != IGNORE_INDEX
+            mlm_loss += F.cross_entropy(logits[chosen].float(), batch["targets"][chosen], reduction="sum").item()
+            correct += int((logits[chosen].argmax(-1) == batch["targets"][chosen]).sum())
+            masked += int(chosen.sum())
+            labels = batch["sentence_targets"]
+            sentence_loss += F.cross_entropy(sentence_logits.float(), labels, reduction="sum").item()
+            right += int((sentence_logits.argmax(-1) == labels).sum())
+            pairs += len(rows)
+        if masked == 0:
+            return {}
+        mlm, sentence = mlm_loss / masked, sentence_loss / pairs
+        return {"val_loss": mlm + sentence, "val_mlm_loss": mlm, "val_ppl": math.exp(min(mlm, 50.0)),
+                "val_mlm_accuracy": correct / masked, f"val_{self.task}_loss": sentence,
+                f"val_{self.task}_accuracy": right / pairs}
+
+
 def _windows(train: Stream | list[Stream], shares: list[float] | None, seed: int, make: Any) -> Any:
     """One source's windows, or a Mixture of several sources' with their sampling shares."""
     if not isinstance(train, list):
@@ -181,7 +246,54 @@ def _build_mlm(inputs: ObjectiveInputs) -> Built:
                           inputs.model_config.vocab_size, masking, inputs.specials, shares))
 
 
+def _build_sentence_pairs(task: str):
+    def build(inputs: ObjectiveInputs) -> Built:
+        from lmkit.tokenizer import load as load_tokenizer
+
+        if inputs.more_data:
+            raise UserError(f"--objective mlm+{task}: trains on one dataset; a mixture is not supported")
+        if inputs.seq_len < 8:
+            raise UserError("--seq-len: sentence-pair windows need at least 8 tokens ([CLS] A [SEP] B [SEP])")
+        config, options, specials = inputs.model_config, inputs.options, inputs.specials
+        if not config.sentence_head:
+            raise UserError(f"--objective mlm+{task}: the model has no sentence-pair head (--sentence-head)")
+        dataset = datasets_for(inputs)[0]
+        tokenizer = load_tokenizer(inputs.tokenizer.path)
+        classes = piece_classes([tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)], specials)
+        masking = MaskingSettings(options.mask_prob, options.mask_replace, options.mask_random)
+        separator = specials.require("sep", "sentence-pair windows")
+
+        def pairs(split: str) -> SentencePairs:
+            stream = load_stream(dataset, split, separator)
+            return SentencePairs(stream, find_boundaries(stream, classes), task, inputs.seq_len, config.vocab_size,
+                                 masking, specials)
+
+        train = pairs("train")
+        documents = train.stream.documents
+        if train.count == 0:
+            raise UserError(f"{inputs.data}: --objective mlm+{task} needs documents of two sentences or more (its "
+                            f"pairs are consecutive segments of one document), but each of its {documents} training "
+                            "documents is one sentence or line; preprocess whole documents, not one line per record")
+        if task == "nsp" and train.boundaries.document_count < 2:
+            raise UserError(f"{inputs.data}: --objective mlm+nsp draws its negatives from other documents, but only "
+                            "one training document has two sentences; use --objective mlm+sop")
+        inputs.notes.append(f"{task}: {train.count:,} sentence boundaries in {train.boundaries.document_count:,} of "
+                            f"{documents:,} training documents")
+        has_validation = (dataset.stats["splits"].get("validation") or {}).get("documents")
+        validation = pairs("validation") if has_validation else None
+        if validation is not None and validation.count == 0:
+            validation = None
+        return Built(SentencePairMLM(task, train, validation, inputs.layout, options.seed, inputs.device,
+                                     inputs.seq_len))
+    return build
+
+
 register(ObjectiveSpec("clm", ("gpt", "lstm"), _build_clm, "causal language modeling (next token) over packed "
                        "documents", metrics=("val_loss", "val_ppl", "val_bpb"), unit="windows", fixed_shapes=True))
 register(ObjectiveSpec("mlm", ("bert",), _build_mlm, "masked language modeling (BERT's 80/10/10 corruption)",
                        metrics=("val_loss", "val_ppl", "val_mlm_accuracy"), unit="windows", fixed_shapes=True))
+for _task, _what in (("nsp", "BERT's next-sentence prediction"), ("sop", "ALBERT's sentence-order prediction")):
+    register(ObjectiveSpec(f"mlm+{_task}", ("bert",), _build_sentence_pairs(_task),
+                           f"masked language modeling plus {_what} on pairs of segments",
+                           metrics=("val_loss", "val_mlm_loss", "val_ppl", "val_mlm_accuracy", f"val_{_task}_loss",
+                                    f"val_{_task}_accuracy"), unit="pairs", fixed_shapes=True))
