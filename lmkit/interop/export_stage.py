@@ -36,7 +36,9 @@ def run(config: ExportConfig) -> artifacts.Artifact:
             return writer.existing
         model = checkpoint.inference_model()
         reporter.info(f"exporting {checkpoint.path} as {target.architecture} ({checkpoint.model_config.n_layer} "
-                      f"layers, d_model {checkpoint.model_config.d_model})")
+                      f"layers, d_model {checkpoint.model_config.d_model})"
+                      + (", without the pooler and sentence head that only pretraining uses"
+                         if checkpoint.model_config.sentence_head and not target.classifier else ""))
         with hf.quiet_transformers(transformers):
             parameters = hf.write_model(writer.tmp, checkpoint, model, target, transformers)
             hf.write_tokenizer(writer.tmp, checkpoint, target, transformers)

@@ -24,6 +24,8 @@ token ids before commit.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 from contextlib import contextmanager
@@ -125,8 +127,13 @@ def _bos(specials) -> int | None:
 def hf_state_dict(model: nn.Module, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     """The model's weights under transformers' names (see families.py); contiguous copies."""
     target = target_for(checkpoint)
-    entries = FAMILIES[target.family].weights(checkpoint.model_config, target.classifier)
-    return split_weights(model.state_dict(), entries, checkpoint.model_config)
+    config = checkpoint.model_config
+    if config.sentence_head and not target.classifier:
+        # the pretraining-only pooler and sentence head (mlm+nsp, mlm+sop): BertForMaskedLM has neither, as
+        # transformers drops both when it loads a BertForPreTraining checkpoint into one
+        config = dataclasses.replace(config, pooler=False, sentence_head=False)
+    entries = FAMILIES[target.family].weights(config, target.classifier)
+    return split_weights(model.state_dict(), entries, config)
 
 
 def split_weights(state: dict[str, torch.Tensor], entries, config) -> dict[str, torch.Tensor]:

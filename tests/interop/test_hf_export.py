@@ -194,11 +194,17 @@ def test_classifier_tokenizer_follows_lmkits_input_layout(monkeypatch):
     assert hf.classifier_appends_eos()
 
 
-@pytest.mark.parametrize("preset,architecture", [("gpt2-tiny", "GPT2LMHeadModel"), ("bert-tiny", "BertForMaskedLM")])
+@pytest.mark.parametrize("preset,architecture", [("gpt2-tiny", "GPT2LMHeadModel"), ("bert-tiny", "BertForMaskedLM"),
+                                                 ("bert-tiny+nsp", "BertForMaskedLM")])
 def test_classic_presets_export_to_their_transformers_class(dataset, bert, tmp_path, preset, architecture):
     """lmkit-pretrained GPT-2 and classic BERT become GPT2LMHeadModel and BertForMaskedLM; transformers agrees
-    on padded batches, and a classifier on each becomes its ...ForSequenceClassification."""
-    source = bert if preset == "bert-tiny" else train_tiny(dataset, tmp_path / "run", model=preset).path
+    on padded batches, and a classifier on each becomes its ...ForSequenceClassification. A BERT pretrained with
+    NSP exports its masked LM (without the pooler and sentence head, which BertForMaskedLM has not)."""
+    if preset == "bert-tiny+nsp":
+        source = train_tiny(dataset, tmp_path / "run", model="bert-tiny", objective="mlm+nsp").path
+        preset = "bert-tiny"
+    else:
+        source = bert if preset == "bert-tiny" else train_tiny(dataset, tmp_path / "run", model=preset).path
     exported = export(source, tmp_path / "hf")
     assert exported.stats["architecture"] == architecture and exported.stats["max_abs_logit_difference"] <= 1e-4
     auto = transformers.AutoModelForMaskedLM if preset == "bert-tiny" else transformers.AutoModelForCausalLM
