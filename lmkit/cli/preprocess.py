@@ -33,6 +33,8 @@ def render(artifact: Artifact) -> None:
     table.add_row("vocabulary", f"{stats['vocab_size']:,} ({stats['token_type']})")
     if "labels" in stats:
         table.add_row("labels", ", ".join(stats["labels"]["names"]))
+    if "pairs" in stats:
+        table.add_row("pairs: second texts", f"{stats['pairs']['tokens']:,} tokens (not counted above)")
     table.add_row("throughput", f"{stats['mb_per_s']:.2f} MB/s, {stats['tokens_per_s']:,.0f} tokens/s "
                   f"({stats['seconds']:.1f} s)")
     reporter.out.print(table)

@@ -47,6 +47,15 @@ def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+# Cleaned text holds no control character (data/cleaning.py), so text + U+0000 + pair names one pair only.
+PAIR_SEPARATOR = "\x00"
+
+
+def pair_digest(text: str, pair: str) -> bytes:
+    """The digest of a pair of texts (preprocess --text-pair-field): what ``text_digest`` is to one text."""
+    return text_digest(text + PAIR_SEPARATOR + pair)
+
+
 class ExactDeduper:
     """Remembers digests: the first document with a given digest is kept, later ones dropped."""
 
@@ -257,6 +266,21 @@ class NearDeduper:
         if signature[0] == _EMPTY_SLOT:  # a real slot is below 2**32, so no shingle was hashed
             return []
         return band_keys(signature, self.bands, self.rows)
+
+    def pair_keys(self, text: str, pair: str) -> list[int]:
+        """Band keys of a pair of texts: band b of both signatures hashed together, so two pairs share a key
+        only when their first texts and their second texts both agree on that band (probability
+        (s1 * s2)**rows: the threshold applies to the product of the two similarities). Pairs that share one
+        text, such as a premise with several hypotheses, are not near duplicates unless their other texts are
+        near duplicates too. A text without shingles: no keys."""
+        first = minhash_signature(text, self.num_perm, self.shingle_size)
+        second = minhash_signature(pair, self.num_perm, self.shingle_size)
+        if first[0] == _EMPTY_SLOT or second[0] == _EMPTY_SLOT:
+            return []
+        used = self.bands * self.rows
+        both = np.concatenate([first[:used].reshape(self.bands, self.rows),
+                               second[:used].reshape(self.bands, self.rows)], axis=1)  # (bands, 2 * rows)
+        return band_keys(both.reshape(-1), self.bands, 2 * self.rows)
 
     def is_duplicate(self, keys: list[int]) -> bool:
         """True if any key was seen before; the keys are remembered either way (a later document near this one

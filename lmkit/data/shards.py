@@ -4,8 +4,10 @@ One row per document, documents kept whole (packing into windows is the training
 
     id       uint64             stable document id (first 8 bytes of the text's blake2b digest)
     tokens   list<uint16|uint32> token ids, the smallest type that holds the vocabulary
+    pair_tokens list (optional)  the second text's token ids (a pair dataset: preprocess --text-pair-field)
     n_bytes  uint32             UTF-8 bytes of the cleaned text, for bits per byte
     label    int32 (optional)   index into the dataset's label names (manifest stats.labels.names)
+    lang     string (optional)  identified language (preprocess --language-id)
 
 Files are named ``{split}-{index:05d}.arrow``. The dataset manifest lists each split's shards
 (``stats.splits[split].shards``); :func:`read_split` is the one reader of that table.
@@ -26,12 +28,14 @@ if TYPE_CHECKING:
 SPLITS = ("train", "validation", "test")
 
 
-def schema(token_type: str, with_labels: bool, with_langs: bool = False) -> pa.Schema:
+def schema(token_type: str, with_labels: bool, with_langs: bool = False, with_pairs: bool = False) -> pa.Schema:
     fields = [
         pa.field("id", pa.uint64(), nullable=False),
         pa.field("tokens", pa.list_(getattr(pa, token_type)()), nullable=False),
         pa.field("n_bytes", pa.uint32(), nullable=False),
     ]
+    if with_pairs:  # preprocess --text-pair-field: the second text of each pair
+        fields.insert(2, pa.field("pair_tokens", pa.list_(getattr(pa, token_type)()), nullable=False))
     if with_labels:
         fields.append(pa.field("label", pa.int32(), nullable=False))
     if with_langs:  # preprocess --language-id: each document's identified language (ISO 639-1)
@@ -40,21 +44,25 @@ def schema(token_type: str, with_labels: bool, with_langs: bool = False) -> pa.S
 
 
 def make_batch(ids: list[int], tokens: list[list[int]], n_bytes: list[int], labels: list[int] | None,
-               token_type: str, langs: list[str] | None = None) -> pa.RecordBatch:
+               token_type: str, langs: list[str] | None = None, pair_tokens: list[list[int]] | None = None
+               ) -> pa.RecordBatch:
     columns = [
         pa.array(ids, type=pa.uint64()),
         pa.array(tokens, type=pa.list_(getattr(pa, token_type)())),
         pa.array(n_bytes, type=pa.uint32()),
     ]
+    if pair_tokens is not None:
+        columns.insert(2, pa.array(pair_tokens, type=pa.list_(getattr(pa, token_type)())))
     if labels is not None:
         columns.append(pa.array(labels, type=pa.int32()))
     if langs is not None:
         columns.append(pa.array(langs, type=pa.string()))
-    return pa.RecordBatch.from_arrays(columns, schema=schema(token_type, labels is not None, langs is not None))
+    return pa.RecordBatch.from_arrays(columns, schema=schema(token_type, labels is not None, langs is not None,
+                                                             pair_tokens is not None))
 
 
-def _token_count(batch: pa.RecordBatch) -> int:
-    offsets = batch.column("tokens").offsets  # of the slice: first and last bound its tokens
+def _token_count(batch: pa.RecordBatch, column: str = "tokens") -> int:
+    offsets = batch.column(column).offsets  # of the slice: first and last bound its tokens
     return offsets[-1].as_py() - offsets[0].as_py()
 
 
@@ -85,6 +93,8 @@ class ShardWriter:
             shard = self.shards[-1]
             shard["documents"] += piece.num_rows
             shard["tokens"] += _token_count(piece)
+            if "pair_tokens" in shard:
+                shard["pair_tokens"] += _token_count(piece, "pair_tokens")
 
     def _roll(self) -> None:
         self._close_current()
@@ -93,6 +103,8 @@ class ShardWriter:
         self._writer = pa.ipc.new_file(self._sink, self.schema)
         self._current_bytes = 0
         self.shards.append({"file": name, "documents": 0, "tokens": 0})
+        if "pair_tokens" in self.schema.names:
+            self.shards[-1]["pair_tokens"] = 0
 
     def _close_current(self) -> None:
         if self._writer is not None:

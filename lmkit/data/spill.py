@@ -32,51 +32,54 @@ class HashingReader:
         return getattr(self.raw, name)
 
 
+Row = tuple[str, str | None, bytes, str | None, str | None]  # text, label, digest, lang, pair
+
+
 class Spill:
-    """Kept documents of one split, as an Arrow stream in the temporary directory: text, label, digest and the
-    identified language (None without --language-id)."""
+    """Kept documents of one split, as an Arrow stream in the temporary directory: text, label, digest, the
+    identified language (None without --language-id) and the second text of a pair (None for single texts)."""
 
     SCHEMA = pa.schema([("text", pa.large_string()), ("label", pa.string()), ("digest", pa.binary(16)),
-                        ("lang", pa.string())])
+                        ("lang", pa.string()), ("pair", pa.large_string())])
 
     def __init__(self, path: Path):
         self.path = path
         self._writer = pa.ipc.new_stream(str(path), self.SCHEMA)
-        self._rows: list[tuple[str, str | None, bytes, str | None]] = []
+        self._rows: list[Row] = []
         self.count = 0
-        self.bytes = 0
+        self.bytes = 0  # of both texts of a pair
 
-    def add(self, text: str, label: str | None, digest: bytes, lang: str | None = None) -> None:
-        self._rows.append((text, label, digest, lang))
+    def add(self, text: str, label: str | None, digest: bytes, lang: str | None = None, pair: str | None = None
+            ) -> None:
+        self._rows.append((text, label, digest, lang, pair))
         self.count += 1
-        self.bytes += len(text.encode("utf-8"))
+        self.bytes += len(text.encode("utf-8")) + (len(pair.encode("utf-8")) if pair is not None else 0)
         if len(self._rows) >= 1024:
             self._flush()
 
     def _flush(self) -> None:
         if self._rows:
-            texts, labels, digests, langs = zip(*self._rows)
+            texts, labels, digests, langs, pairs = zip(*self._rows)
             self._writer.write_batch(pa.RecordBatch.from_arrays(
                 [pa.array(texts, pa.large_string()), pa.array(labels, pa.string()), pa.array(digests, pa.binary(16)),
-                 pa.array(langs, pa.string())], schema=self.SCHEMA))
+                 pa.array(langs, pa.string()), pa.array(pairs, pa.large_string())], schema=self.SCHEMA))
             self._rows = []
 
     def close(self) -> None:
         self._flush()
         self._writer.close()
 
-    def rows(self) -> Iterator[tuple[str, str | None, bytes, str | None]]:
+    def rows(self) -> Iterator[Row]:
         return read_rows(self.path)
 
 
-def read_rows(path: Path) -> Iterator[tuple[str, str | None, bytes, str | None]]:
-    """The (text, label, digest, lang) rows of a spill file, in order."""
+def read_rows(path: Path) -> Iterator[Row]:
+    """The (text, label, digest, lang, pair) rows of a spill file, in order."""
     # Read, not memory-mapped: every mapped page read would stay in this process's resident memory,
     # which then grew with the corpus (the tokenizer's sample scans the whole spill).
     with pa.OSFile(str(path), "rb") as source:
         for batch in pa.ipc.open_stream(source):
-            yield from zip(batch.column("text").to_pylist(), batch.column("label").to_pylist(),
-                           batch.column("digest").to_pylist(), batch.column("lang").to_pylist())
+            yield from zip(*(batch.column(name).to_pylist() for name in Spill.SCHEMA.names))
 
 
 class ChunkedSpill:
@@ -90,7 +93,8 @@ class ChunkedSpill:
         self._current: Spill | None = None
         self.count = self.bytes = 0
 
-    def add(self, text: str, label: str | None, digest: bytes, lang: str | None = None) -> None:
+    def add(self, text: str, label: str | None, digest: bytes, lang: str | None = None, pair: str | None = None
+            ) -> None:
         current = self._current
         if current is None or current.count >= self.max_docs or current.bytes >= self.max_bytes:
             if current is not None:
@@ -98,7 +102,7 @@ class ChunkedSpill:
             self.chunks.append(self.directory / f"{self.split}-{len(self.chunks):05d}.arrows")
             current = self._current = Spill(self.chunks[-1])
         before = current.bytes
-        current.add(text, label, digest, lang)
+        current.add(text, label, digest, lang, pair)
         self.count += 1
         self.bytes += current.bytes - before
 
@@ -107,6 +111,6 @@ class ChunkedSpill:
             self._current.close()
             self._current = None
 
-    def rows(self) -> Iterator[tuple[str, str | None, bytes, str | None]]:
+    def rows(self) -> Iterator[Row]:
         for chunk in self.chunks:
             yield from read_rows(chunk)

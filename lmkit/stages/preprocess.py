@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from lmkit import artifacts, config as config_lib
 from lmkit.data import sources
 from lmkit.data.cleaning import clean_text
-from lmkit.data.dedup import ExactDeduper, NearDeduper, text_digest
+from lmkit.data.dedup import ExactDeduper, NearDeduper, pair_digest, text_digest
 from lmkit.data.filters import FilterThresholds, first_failing_filter
 from lmkit.data.languages import check_codes, identify, identifier, temperature_shares
 from lmkit.data.shards import SPLITS, ShardWriter, make_batch, schema, shard_name
@@ -81,32 +81,54 @@ class _CleanSettings:
 _worker_state: dict[str, Any] = {}
 
 
+class _Kept(NamedTuple):
+    """A document that passed cleaning and the filters: what dedup and the split decide on."""
+
+    text: str
+    label: str | None
+    role: str                  # "train" or "validation" (an explicit --val-inputs file)
+    digest: bytes              # of the text, or of the pair (dedup.pair_digest)
+    keys: list[int] | None     # MinHash band keys; None without --near-dedup
+    lang: str | None           # identified language; None without --language-id
+    pair: str | None           # the second text (--text-pair-field); None for single texts
+
+
 def _init_clean(settings: _CleanSettings) -> None:
     _worker_state["clean"] = settings
     _worker_state["near"] = NearDeduper(settings.near_threshold) if settings.near_dedup else None
 
 
-def _clean_batch(batch: list[tuple[str, str | None, str]]) -> list[tuple]:
-    """(text, label, split hint) → ("ok", text, label, hint, digest, near keys, language or None) or
-    (drop reason,)."""
+def _clean_batch(batch: list[tuple[str, str | None, str, str | None]]) -> list[_Kept | str]:
+    """(text, label, role, pair text or None) → a _Kept document or the reason it is dropped. A pair's texts
+    are both cleaned; the filters and language identification judge the first text, dedup the pair."""
     settings: _CleanSettings = _worker_state["clean"]
     near: NearDeduper | None = _worker_state["near"]
-    results = []
-    for text, label, hint in batch:
+    results: list[_Kept | str] = []
+    for text, label, role, pair in batch:
         cleaned = clean_text(text, settings.normalization, settings.strip_html)
         if not cleaned:
-            results.append(("empty",))
+            results.append("empty")
             continue
+        if pair is not None:
+            pair = clean_text(pair, settings.normalization, settings.strip_html)
+            if not pair:
+                results.append("empty_pair")
+                continue
         reason = first_failing_filter(cleaned, settings.filters, settings.thresholds)
         if reason is not None:
-            results.append((reason,))
+            results.append(reason)
             continue
         lang = identify(cleaned) if settings.language_id else None
         if settings.languages and lang not in settings.languages:
-            results.append(("other_language",))
+            results.append("other_language")
             continue
-        keys = near.keys(cleaned) if near is not None else None
-        results.append(("ok", cleaned, label, hint, text_digest(cleaned), keys, lang))
+        if pair is None:
+            keys = near.keys(cleaned) if near is not None else None
+            digest = text_digest(cleaned)
+        else:
+            keys = near.pair_keys(cleaned, pair) if near is not None else None
+            digest = pair_digest(cleaned, pair)
+        results.append(_Kept(cleaned, label, role, digest, keys, lang, pair))
     return results
 
 
@@ -116,11 +138,14 @@ def _init_tokenize(tokenizer_dir: str, token_type: str) -> None:
     _worker_state["token_type"] = token_type
 
 
-def _tokenize_batch(batch: tuple[list[str], list[int], list[int] | None, list[str] | None]) -> pa.RecordBatch:
-    texts, ids, labels, langs = batch
-    tokens = _worker_state["tokenizer"].encode_batch(texts)
+def _tokenize_batch(texts: list[str], ids: list[int], labels: list[int] | None, langs: list[str] | None,
+                    pairs: list[str] | None) -> pa.RecordBatch:
+    """A shard batch; n_bytes counts the first text, whose tokens the ``tokens`` column holds."""
+    tokenizer = _worker_state["tokenizer"]
+    tokens = tokenizer.encode_batch(texts)
+    pair_tokens = tokenizer.encode_batch(pairs) if pairs is not None else None
     n_bytes = [len(text.encode("utf-8")) for text in texts]
-    return make_batch(ids, tokens, n_bytes, labels, _worker_state["token_type"], langs)
+    return make_batch(ids, tokens, n_bytes, labels, _worker_state["token_type"], langs, pair_tokens)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -152,7 +177,7 @@ def _label_names(counts: Counter) -> list[str]:
 def _read_options(config: PreprocessConfig) -> sources.ReadOptions:
     return sources.ReadOptions(
         split_by=config.split_by, text_field=config.text_field, text_column=config.text_column,
-        label_field=config.label_field, encoding_errors=config.encoding_errors,
+        label_field=config.label_field, text_pair_field=config.text_pair_field, encoding_errors=config.encoding_errors,
         skip_bad_records=config.skip_bad_records, max_record_bytes=parse_size(config.max_record_bytes),
         input_format=config.input_format)
 
@@ -295,6 +320,8 @@ def _build(config: PreprocessConfig, tmp: Path, all_inputs: list[tuple[str, str]
             "documents": {split: dict(languages[split]["documents"].most_common()) for split in split_stats},
             "bytes": {split: dict(languages[split]["bytes"].most_common()) for split in split_stats},
             "tokens": {split: dict(language_tokens[split].most_common()) for split in split_stats}}
+    if config.text_pair_field is not None:  # every document is a pair; its second texts' tokens
+        stats["pairs"] = {"tokens": sum(s["pair_tokens"] for s in split_stats.values())}
     if label_names is not None:
         stats["labels"] = {"names": label_names,
                            "counts": {split: {name: label_counts[split][name] for name in label_names}
@@ -316,14 +343,14 @@ class _Survivors:
         self.phases: dict[str, float] = {}  # seconds of the executor's own steps, for the stats
 
     def add(self, text: str, label: str | None, role: str, digest: bytes, lang: str | None,
-            duplicate: str | None) -> None:
-        """``duplicate``: "exact_duplicate", "near_duplicate" or None (kept)."""
+            duplicate: str | None, pair: str | None = None) -> None:
+        """``duplicate``: "exact_duplicate", "near_duplicate" or None (kept); ``pair``: the second text."""
         if duplicate is not None:
             self.dropped[duplicate] += 1
             self.counts["validation_duplicates"] += role == "validation"
             return
         split = "validation" if role == "validation" else split_of(digest, self.val_fraction, self.test_fraction)
-        self.spills[split].add(text, label, digest, lang)
+        self.spills[split].add(text, label, digest, lang, pair)
         if label is not None:
             self.label_counts[split][label] += 1
         if lang is not None:
@@ -340,14 +367,15 @@ class _Survivors:
 
 
 def _documents(path: str, role: str, options: sources.ReadOptions, counts: Counter, dropped: Counter,
-               label_required: bool, stdin: HashingReader | None = None) -> Iterator[tuple[str, str | None, str]]:
-    """(text, label, role) of one input's documents; with --label-field, those without a label are counted
-    as dropped. What a local worker pool and a Ray map task read alike."""
+               label_required: bool, stdin: HashingReader | None = None
+               ) -> Iterator[tuple[str, str | None, str, str | None]]:
+    """(text, label, role, pair text) of one input's documents; with --label-field, those without a label are
+    counted as dropped. What a local worker pool and a Ray map task read alike."""
     for document in sources.iter_documents(path, options, counts, stdin=stdin):
         if label_required and document.label is None:
             dropped["missing_label"] += 1
             continue
-        yield document.text, document.label, role
+        yield document.text, document.label, role, document.text_pair
 
 
 def _clean_settings(config: PreprocessConfig) -> _CleanSettings:
@@ -371,7 +399,7 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
     near = NearDeduper(config.near_dedup_threshold) if config.near_dedup else None
     total_bytes = sum(f["size"] for f in input_files) or None
 
-    def raw_documents() -> Iterator[tuple[str, str | None, str]]:
+    def raw_documents() -> Iterator[tuple[str, str | None, str, str | None]]:
         for path, role in all_inputs:
             yield from _documents(path, role, options, counts, survivors.dropped, bool(config.label_field),
                                   stdin_reader)
@@ -382,14 +410,13 @@ def _pass_one(config: PreprocessConfig, all_inputs: list[tuple[str, str]], input
                                    initializer=_init_clean, initargs=(_clean_settings(config),)):
             task.advance(counts["input_bytes"] - seen_bytes)
             seen_bytes = counts["input_bytes"]
-            for result in results:
-                if result[0] != "ok":
-                    survivors.dropped[result[0]] += 1
+            for kept in results:
+                if isinstance(kept, str):
+                    survivors.dropped[kept] += 1
                     continue
-                _, text, label, role, digest, keys, lang = result
-                duplicate = ("exact_duplicate" if exact is not None and exact.is_duplicate(digest) else
-                             "near_duplicate" if near is not None and near.is_duplicate(keys) else None)
-                survivors.add(text, label, role, digest, lang, duplicate)
+                duplicate = ("exact_duplicate" if exact is not None and exact.is_duplicate(kept.digest) else
+                             "near_duplicate" if near is not None and near.is_duplicate(kept.keys) else None)
+                survivors.add(kept.text, kept.label, kept.role, kept.digest, kept.lang, duplicate, kept.pair)
     return survivors.close()
 
 
@@ -408,13 +435,18 @@ def _train_tokenizer(config: PreprocessConfig, tokenizer_dir: Path, train_spill:
         parts = temperature_shares(language_bytes, config.tokenizer_language_alpha)
         budget = min(budget, train_spill.bytes)
         shares = {lang: min(1.0, budget * parts[lang] / size) for lang, size in language_bytes.items() if size}
-    chosen = (text for text, _, digest, lang in train_spill.rows()
-              if (shares[lang] if shares else share) >= 1.0 or _sample_point(digest) < (shares[lang] if shares
-                                                                                          else share))
+
+    def chosen() -> Iterator[str]:  # a pair's two texts are sampled together
+        for text, _, digest, lang, pair in train_spill.rows():
+            part = shares[lang] if shares else share
+            if part >= 1.0 or _sample_point(digest) < part:
+                yield text
+                if pair is not None:
+                    yield pair
     reporter.info(f"training a {config.tokenizer_type} tokenizer (vocabulary {config.vocab_size}) on "
                   + (f"a language-balanced sample (alpha {config.tokenizer_language_alpha:g})" if shares
                      else f"{share:.0%}") + f" of {train_spill.count:,} training documents")
-    stats = train(chosen, tokenizer_dir, settings)
+    stats = train(chosen(), tokenizer_dir, settings)
     stats["sample_share"] = round(share, 6)
     if shares:
         stats["language_sample_share"] = {lang: round(value, 6) for lang, value in sorted(shares.items())}
@@ -446,6 +478,7 @@ class _Chunk:
     label_names: tuple[str, ...] | None
     language_id: bool
     shard_size: int
+    pairs: bool = False  # the documents are pairs: a pair_tokens column
 
 
 def _write_chunk(chunk: _Chunk) -> tuple[list[dict], int, Counter]:
@@ -457,14 +490,15 @@ def _write_chunk(chunk: _Chunk) -> tuple[list[dict], int, Counter]:
     token_type = _worker_state["token_type"]
     directory = Path(chunk.path).parent.parent  # the artifact's temporary directory (the spill is in _spill/)
     writer = ShardWriter(directory, f"{chunk.split}-c{Path(chunk.path).stem.rsplit('-', 1)[1]}", chunk.shard_size,
-                         schema(token_type, label_ids is not None, chunk.language_id))
+                         schema(token_type, label_ids is not None, chunk.language_id, chunk.pairs))
     n_bytes, language_tokens = 0, Counter()
     try:
         for batch in _batches(iter(rows)):
             texts = [row[0] for row in batch]
             labels = [label_ids[row[1]] for row in batch] if label_ids is not None else None
             langs = [row[3] for row in batch] if chunk.language_id else None
-            record_batch = _tokenize_batch((texts, [doc_id(row[2]) for row in batch], labels, langs))
+            pairs = [row[4] for row in batch] if chunk.pairs else None
+            record_batch = _tokenize_batch(texts, [doc_id(row[2]) for row in batch], labels, langs, pairs)
             writer.write(record_batch)
             n_bytes += pc.sum(record_batch.column("n_bytes")).as_py()
             if chunk.language_id:
@@ -488,7 +522,7 @@ def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, ChunkedSpil
     language_tokens: dict[str, Counter] = {split: Counter() for split in SPLITS}
     split_stats = {}
     chunks = [_Chunk(str(path), split, (config.seed, index, number), tuple(label_names) if label_names else None,
-                     config.language_id, parse_size(config.shard_size))
+                     config.language_id, parse_size(config.shard_size), config.text_pair_field is not None)
               for index, split in enumerate(SPLITS) for number, path in enumerate(spills[split].chunks)]
     written: dict[str, list[dict]] = {split: [] for split in SPLITS}
     text_bytes: Counter = Counter()
@@ -510,4 +544,6 @@ def _pass_two(config: PreprocessConfig, tmp: Path, spills: dict[str, ChunkedSpil
             shard["file"] = final
         split_stats[split] = {"documents": spills[split].count, "tokens": sum(s["tokens"] for s in shards),
                               "bytes": text_bytes[split], "shards": shards}
+        if config.text_pair_field is not None:
+            split_stats[split]["pair_tokens"] = sum(s["pair_tokens"] for s in shards)
     return split_stats, language_tokens

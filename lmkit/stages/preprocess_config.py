@@ -33,6 +33,10 @@ class PreprocessConfig:
     text_column: str = option("text", "CSV/TSV column holding the text.")
     label_field: str | None = option(None, "Keep a label column from this JSON field / CSV, parquet or arrow column "
                                      "(labeled data for finetuning); records without a label are dropped and counted.")
+    text_pair_field: str | None = option(None, "Pairs (NLI, paraphrase): also keep a second text from this JSON field "
+                                         "(dotted path) / CSV, parquet or arrow column, cleaned like the text. Dedup "
+                                         "compares pairs; the filters and --language-id judge the first text. A "
+                                         "record without it is a bad record.")
     encoding_errors: str = option("strict", "Invalid UTF-8: strict (error naming file:line), replace (U+FFFD, counted) "
                                   "or skip (drop the record, counted).", choices=("strict", "replace", "skip"))
     skip_bad_records: bool = option(False, "Skip and count malformed records (bad JSON line, missing text field, "

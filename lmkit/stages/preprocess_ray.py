@@ -120,15 +120,14 @@ def _map_input(index: int, path: str, role: str, options: sources.ReadOptions, s
     spill = Spill(partial)
     number = 0
     for batch in stage._batches(stage._documents(path, role, options, counts, dropped, label_required)):
-        for result in stage._clean_batch(batch):
-            if result[0] != "ok":
-                dropped[result[0]] += 1
+        for kept in stage._clean_batch(batch):
+            if isinstance(kept, str):
+                dropped[kept] += 1
                 continue
-            _, text, label, _, digest, keys, lang = result
-            spill.add(text, label, digest, lang)
-            high, low = int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")
+            spill.add(kept.text, kept.label, kept.digest, kept.lang, kept.pair)
+            high, low = int.from_bytes(kept.digest[:8], "big"), int.from_bytes(kept.digest[8:], "big")
             exact[high % partitions].append((high, low, number))
-            for key in keys or ():
+            for key in kept.keys or ():
                 near[(key >> 16) % partitions].append((key, number))  # low bits: the band index
             number += 1
     spill.close()
@@ -203,11 +202,11 @@ def pass_one(config: Any, all_inputs: list[tuple[str, str]], options: sources.Re
             number = 0
             with pa.OSFile(spills[index], "rb") as source:
                 for batch in pa.ipc.open_stream(source):
-                    for text, label, digest, lang in zip(*(batch.column(name).to_pylist()
-                                                           for name in ("text", "label", "digest", "lang"))):
+                    for text, label, digest, lang, pair in zip(*(batch.column(name).to_pylist()
+                                                                 for name in Spill.SCHEMA.names)):
                         duplicate = ("exact_duplicate" if number in exact_here else
                                      "near_duplicate" if number in near_here else None)
-                        survivors.add(text, label, role, digest, lang, duplicate)
+                        survivors.add(text, label, role, digest, lang, duplicate, pair)
                         number += 1
                     task.advance(batch.num_rows)
             os.remove(spills[index])

@@ -16,6 +16,7 @@ from lmkit.data.dedup import (
     estimate_jaccard,
     lsh_params,
     minhash_signature,
+    pair_digest,
     shingles,
     text_digest,
 )
@@ -180,6 +181,17 @@ def test_a_document_near_any_earlier_one_is_dropped_kept_or_not():
     assert dedup.is_duplicate([4]) is True  # near [3, 4], which was dropped: decided by the documents before it
     assert dedup.is_duplicate([5]) is False
 
+
+
+def test_pairs_are_near_duplicates_only_when_both_texts_are():
+    premise, hypothesis = doc(0), doc(300, 60)
+    dedup = NearDeduper()
+    assert dedup.is_duplicate(dedup.pair_keys(premise, hypothesis)) is False
+    assert dedup.is_duplicate(dedup.pair_keys(premise, doc(400, 60))) is False  # the same premise, another pair
+    assert dedup.is_duplicate(dedup.pair_keys(hypothesis, premise)) is False  # the texts swapped
+    assert dedup.is_duplicate(dedup.pair_keys(_edit(premise, [50]), hypothesis)) is True
+    assert dedup.pair_keys("!!! ???", hypothesis) == []
+    assert pair_digest("a b", "c") != pair_digest("a", "b c") != text_digest("a b c")
 
 
 def test_documents_without_shingles_are_never_near_duplicates():

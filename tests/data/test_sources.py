@@ -516,3 +516,36 @@ def test_resolve_inputs_errors(tmp_path):
     with pytest.raises(UserError, match="no inputs given"):
         resolve_inputs([])
     assert resolve_inputs([str(tmp_path / "x.pdf")], input_format="txt") == [str(tmp_path / "x.pdf")]
+
+
+# -- pairs: --text-pair-field ---------------------------------------------------------------------------
+def test_the_pair_field_is_read_from_jsonl_csv_and_parquet(tmp_path):
+    jsonl = write(tmp_path / "a.jsonl", '{"text": "a", "second": {"text": "b"}, "y": 1}\n')
+    assert read(jsonl, text_pair_field="second.text", label_field="y")[0] == [
+        RawDocument("a", f"{jsonl}:1", "1", "b")]
+    csv_path = write(tmp_path / "a.csv", "text,hypothesis,label\npremise,claim,yes\n")
+    assert read(csv_path, text_pair_field="hypothesis", label_field="label")[0] == [
+        RawDocument("premise", f"{csv_path}:2", "yes", "claim")]
+    parquet = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"text": ["p"], "pair": [{"text": "h"}]}), parquet)
+    assert read(parquet, text_pair_field="pair.text")[0] == [RawDocument("p", f"{parquet}:row 1", None, "h")]
+    assert read(jsonl)[0][0].text_pair is None  # without the flag: single texts
+    assert error_of(write(tmp_path / "a.txt", "x\n"), text_pair_field="pair").startswith(
+        f"{tmp_path}/a.txt: --text-pair-field needs jsonl")
+    assert error_of(csv_path, text_pair_field="second") == (
+        f"{csv_path}: no column 'second' (--text-pair-field); columns: text, hypothesis, label")
+
+
+def test_a_record_without_its_pair_text_is_a_bad_record_naming_file_and_line(tmp_path):
+    path = write(tmp_path / "a.jsonl", '{"text": "a", "pair": "b"}\n{"text": "c"}\n{"text": "d", "pair": 3}\n')
+    assert error_of(path, text_pair_field="pair") == (
+        f"{path}:2: no text at --text-pair-field 'pair' (not found); use --skip-bad-records to skip such records")
+    docs, counts = read(path, text_pair_field="pair", skip_bad_records=True)
+    assert [(d.text, d.text_pair) for d in docs] == [("a", "b")] and counts["bad_records"] == 2
+    short = write(tmp_path / "a.csv", "text,pair\nx,y\nz\n")
+    assert f"{short}:3: no text at --text-pair-field 'pair' (the row has 1 fields" in error_of(
+        short, text_pair_field="pair")
+    parquet = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"text": ["p", "q"], "pair": ["h", None]}), parquet)
+    assert error_of(parquet, text_pair_field="pair").startswith(
+        f"{parquet}:row 2: no text at --text-pair-field 'pair' (found null)")

@@ -369,3 +369,34 @@ def test_languages_are_identified_counted_and_filtered(tmp_path):
         assert not (tmp_path / "refused").exists()
     with pytest.raises(UserError, match="--tokenizer-language-alpha: balances identified languages"):
         config([source], tmp_path / "x", tokenizer_language_alpha=0.5)
+
+
+def test_pairs_are_cleaned_deduplicated_as_pairs_and_stored_in_pair_tokens(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    records = [{"text": PARAGRAPHS[i], "h": {"t": PARAGRAPHS[i + 1] + "\x00"}, "y": "ab"[i % 2]} for i in range(40)]
+    records += [dict(records[0]),                                       # the same pair: an exact duplicate
+                {"text": PARAGRAPHS[0], "h": {"t": PARAGRAPHS[50]}, "y": "a"},  # the same text, another pair: kept
+                {"text": PARAGRAPHS[51], "h": {"t": " \x01 "}, "y": "a"},       # cleans to nothing
+                {"text": PARAGRAPHS[52], "y": "b"},                             # no pair text: a bad record
+                {"text": "Tiny.", "h": {"t": PARAGRAPHS[53]}, "y": "b"},         # the filters judge the text...
+                {"text": PARAGRAPHS[54], "h": {"t": "Yes."}, "y": "b"}]          # ...not the pair text
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(UserError, match=rf"^{path}:44: no text at --text-pair-field 'h.t' \(not found\); use "):
+        preprocess.run(config([path], tmp_path / "out", text_pair_field="h.t", label_field="y"))
+    assert not (tmp_path / "out").exists()
+    art = preprocess.run(config([path], tmp_path / "out", text_pair_field="h.t", label_field="y",
+                                skip_bad_records=True, near_dedup=True, val_fraction=0.2, filters="too_short"))
+    assert art.stats["dropped"] == {"bad_record": 1, "empty_pair": 1, "exact_duplicate": 1, "too_short": 1}
+    assert art.stats["documents_kept"] == 42 and art.manifest["config"]["text_pair_field"] == "h.t"
+    tokenizer = Tokenizer.from_artifact(art.path / "tokenizer")
+    expected = {(clean_text(r["text"]), clean_text(r["h"]["t"])) for r in records[:42] + records[-1:]}
+    found = set()
+    for split, info in art.stats["splits"].items():
+        table = dataset_docs(art.path, split)
+        assert table.column_names == ["id", "tokens", "pair_tokens", "n_bytes", "label"]
+        assert info["pair_tokens"] == sum(len(t) for t in table.column("pair_tokens").to_pylist()) > 0
+        pairs = zip(table.column("tokens").to_pylist(), table.column("pair_tokens").to_pylist())
+        found |= {(tokenizer.decode(a), tokenizer.decode(b)) for a, b in pairs}
+    assert found == expected
+    assert art.stats["pairs"]["tokens"] == sum(info["pair_tokens"] for info in art.stats["splits"].values())
+    assert "pair_tokens" not in dataset_docs(preprocess.run(config([path], tmp_path / "single")).path).column_names

@@ -31,6 +31,12 @@ def corpus(tmp_path_factory):
     for index in range(3):
         (root / "labeled" / f"part-{index}.jsonl").write_text("".join(records[index:360:3]))
     (root / "validation.jsonl").write_text("".join(records[360:]))
+    (root / "pairs").mkdir()
+    pairs = [{"text": docs[i], "pair": docs[(i * 7 + 1) % 300], "label": "ab"[i % 2]} for i in range(200)]
+    pairs += pairs[:10] + [{**pair, "text": pair["text"] + " Indeed."} for pair in pairs[10:20]]
+    rng.shuffle(pairs)
+    for index in range(2):
+        (root / "pairs" / f"part-{index}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[index::2]))
     return root
 
 
@@ -79,7 +85,8 @@ def ray_cluster(tmp_path_factory):
     (["labeled"], {"label_field": "label", "language_id": True, "near_dedup_threshold": 0.7, "test_fraction": 0.1,
                    "shard_size": "8KB", "val_inputs": "validation.jsonl"}),
     (["text"], {"dedup": False, "near_dedup": False}),
-], ids=["text", "labels-languages-shards", "no-dedup"])
+    (["pairs"], {"text_pair_field": "pair", "label_field": "label"}),
+], ids=["text", "labels-languages-shards", "no-dedup", "pairs"])
 def test_ray_output_is_byte_identical_to_local_despite_a_lost_worker(corpus, tmp_path, ray_cluster, inputs, settings):
     if "val_inputs" in settings:
         settings = {**settings, "val_inputs": [str(corpus / settings["val_inputs"])]}

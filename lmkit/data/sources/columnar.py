@@ -33,7 +33,9 @@ def _read_columnar(path: str, fmt: str, options: ReadOptions, counts: collection
     text_path = _column_path(schema, options.text_field, "--text-field", name, _is_text_type)
     label_path = (None if options.label_field is None
                   else _column_path(schema, options.label_field, "--label-field", name, _is_label_type))
-    columns = list(dict.fromkeys(p[0] for p in (text_path, label_path) if p))
+    pair_path = (None if options.text_pair_field is None
+                 else _column_path(schema, options.text_pair_field, "--text-pair-field", name, _is_text_type))
+    columns = list(dict.fromkeys(p[0] for p in (text_path, label_path, pair_path) if p))
     size = os.path.getsize(path) if path != "-" else 0
     row = 0
     for batch in _guard_arrow_errors(make_batches(columns), name, fmt):
@@ -41,23 +43,29 @@ def _read_columnar(path: str, fmt: str, options: ReadOptions, counts: collection
             chunk = batch.slice(start, _BATCH_ROWS)
             texts = _column_values(chunk, text_path)
             labels = _column_values(chunk, label_path) if label_path else [None] * len(texts)
-            yield from _row_documents(texts, labels, row, name, options, counts)
+            pairs = _column_values(chunk, pair_path) if pair_path else None
+            yield from _row_documents(texts, labels, pairs, row, name, options, counts)
             row += len(texts)
         progress.reach(int(size * fraction_done()))
 
 
-def _row_documents(texts: list[Any], labels: list[Any], rows_before: int, name: str, options: ReadOptions,
-                   counts: collections.Counter) -> Iterator[RawDocument]:
+def _row_documents(texts: list[Any], labels: list[Any], pairs: list[Any] | None, rows_before: int, name: str,
+                   options: ReadOptions, counts: collections.Counter) -> Iterator[RawDocument]:
+    """``pairs``: the --text-pair-field column's values, or None without one."""
     limit = options.max_record_bytes
-    for row, (text, label) in enumerate(zip(texts, labels), start=rows_before + 1):
+    for row, (text, label, pair) in enumerate(zip(texts, labels, pairs or [""] * len(texts)), start=rows_before + 1):
         location = f"{name}:row {row}"
         counts["records"] += 1
+        whole = "" if text is None or pair is None else text + pair  # the limit bounds the record, both texts
         if text is None:
             _bad_record(f"{location}: no text at --text-field '{options.text_field}' (found null)", options, counts)
-        elif len(text) > limit // 4 and len(text.encode("utf-8", errors="surrogatepass")) > limit:
+        elif pair is None:
+            _bad_record(f"{location}: no text at --text-pair-field '{options.text_pair_field}' (found null)",
+                        options, counts)
+        elif len(whole) > limit // 4 and len(whole.encode("utf-8", errors="surrogatepass")) > limit:
             _bad_record(_too_long(location, limit), options, counts)  # the same limit as every other format
         else:
-            yield RawDocument(text, location, None if label is None else str(label))
+            yield RawDocument(text, location, None if label is None else str(label), pair if pairs else None)
 
 
 def _open_parquet(path: str, stdin: BinaryIO | None):
@@ -127,7 +135,7 @@ def _is_label_type(arrow_type: Any) -> bool:
 
 
 def _column_path(schema: Any, dotted: str, flag: str, name: str, type_ok: Callable[[Any], bool]) -> list[str]:
-    """[column, struct field, ...] of a --text-field/--label-field, checked against the schema."""
+    """[column, struct field, ...] of a --text-field/--label-field/--text-pair-field, checked against the schema."""
     import pyarrow as pa
 
     parts = [dotted] if dotted in schema.names else dotted.split(".")

@@ -28,9 +28,11 @@ def iter_documents(path: str, options: ReadOptions, counts: collections.Counter,
     as stored, compressed or not; updated per chunk read and completed at the end).
     """
     fmt = _input_format(path, options)
-    if options.label_field is not None and fmt == "txt":
-        raise UserError(f"{_display_name(path)}: --label-field needs jsonl, json, csv, tsv, parquet or arrow "
-                        "input; plain text has no labels")
+    for flag, field, what in (("--label-field", options.label_field, "labels"),
+                              ("--text-pair-field", options.text_pair_field, "second texts")):
+        if field is not None and fmt == "txt":
+            raise UserError(f"{_display_name(path)}: {flag} needs jsonl, json, csv, tsv, parquet or arrow input; "
+                            f"plain text has no {what}")
     progress = _Progress(counts)
     if fmt in _COLUMNAR:
         yield from _read_columnar(path, fmt, options, counts, progress, stdin)

@@ -20,6 +20,7 @@ class ReadOptions:
     #                                      parquet/arrow column (dotted = struct field)
     text_column: str = "text"            # csv/tsv column holding the text
     label_field: str | None = None       # dotted path / column of a label; None = no labels
+    text_pair_field: str | None = None   # dotted path / column of a second text (pairs); None = single texts
     encoding_errors: str = "strict"      # invalid UTF-8: "strict" (stop), "replace" (U+FFFD) or "skip" (drop record)
     skip_bad_records: bool = False       # skip and count malformed/oversized records instead of stopping
     max_record_bytes: int = 64 * 2**20   # a line / record / paragraph / whole-file doc larger than this is bad
@@ -32,7 +33,8 @@ class ReadOptions:
                                      ("--input-format", self.input_format, INPUT_FORMATS)):
             if value not in allowed:
                 problems.append(f"{flag} must be one of {', '.join(allowed)} (got {value!r})")
-        for flag, path in (("--text-field", self.text_field), ("--label-field", self.label_field)):
+        for flag, path in (("--text-field", self.text_field), ("--label-field", self.label_field),
+                           ("--text-pair-field", self.text_pair_field)):
             if path is not None and (not isinstance(path, str) or "" in path.split(".")):
                 problems.append(f"{flag} must be a field name or dotted path such as 'meta.body' (got {path!r})")
         if not self.text_column:
@@ -51,3 +53,4 @@ class RawDocument:
     text: str
     location: str          # "path:line" (the line where the record starts); "path:row N" (1-based) for columnar
     label: str | None      # str() of a str/int/bool label; None when absent or null
+    text_pair: str | None = None  # the second text, read with --text-pair-field; None otherwise

@@ -48,26 +48,32 @@ def _describe(value: Any) -> str:
 def _document_from_json(record: Any, location: str, options: ReadOptions,
                         counts: collections.Counter, allow_string: bool = False) -> RawDocument | None:
     """The document of one parsed JSON record, or None (counted) if it is a skipped bad record."""
-    if allow_string and isinstance(record, str):
+    if allow_string and isinstance(record, str) and options.text_pair_field is None:
         return RawDocument(record, location, None)
     if not isinstance(record, dict):
         _bad_record(f"{location}: record is not a JSON object ({_describe(record)})", options, counts)
         return None
-    text = _lookup(record, options.text_field)
-    if not isinstance(text, str):
-        _bad_record(f"{location}: no text at --text-field '{options.text_field}' ({_describe(text)})",
-                    options, counts)
-        return None
+    texts = []
+    for flag, field in (("--text-field", options.text_field), ("--text-pair-field", options.text_pair_field)):
+        if field is None:
+            texts.append(None)
+            continue
+        text = _lookup(record, field)
+        if not isinstance(text, str):
+            _bad_record(f"{location}: no text at {flag} '{field}' ({_describe(text)})", options, counts)
+            return None
+        texts.append(text)
+    text, pair = texts
     if options.label_field is None:
-        return RawDocument(text, location, None)
+        return RawDocument(text, location, None, pair)
     label = _lookup(record, options.label_field)
     if label is _MISSING or label is None:
-        return RawDocument(text, location, None)
+        return RawDocument(text, location, None, pair)
     if not isinstance(label, (str, int)):  # bool is an int
         _bad_record(f"{location}: label at --label-field '{options.label_field}' must be a string, integer or "
                     f"boolean ({_describe(label)})", options, counts)
         return None
-    return RawDocument(text, location, str(label))
+    return RawDocument(text, location, str(label), pair)
 
 
 def _read_jsonl(source: _TextSource, options: ReadOptions, counts: collections.Counter):
@@ -157,17 +163,19 @@ def _lone_surrogate(text: str) -> str | None:
 
 def _keep_json_encoding(document: RawDocument, options: ReadOptions, counts: collections.Counter,
                         counted: bool = False) -> bool:
-    """Whether a JSON record is kept given lone surrogates in its text or label, which are invalid UTF-8
-    under --encoding-errors like undecodable bytes; ``counted``: the record was already counted as replaced."""
+    """Whether a JSON record is kept given lone surrogates in its text, pair text or label, which are invalid
+    UTF-8 under --encoding-errors like undecodable bytes; ``counted``: the record was already counted as replaced."""
     where, surrogate = "text", _lone_surrogate(document.text)
-    if surrogate is None and document.label is not None:
-        where, surrogate = "label", _lone_surrogate(document.label)
+    for name in ("text_pair", "label"):
+        if surrogate is None and getattr(document, name) is not None:
+            where, surrogate = name.replace("_", " "), _lone_surrogate(getattr(document, name))
     if surrogate is None:
         return True
     if options.encoding_errors == "strict":
         raise UserError(f"{document.location}: invalid UTF-8 (lone surrogate \\u{ord(surrogate):04x} in the "
                         f"{where}); use --encoding-errors replace|skip")
     document.text = _SURROGATE.sub("\ufffd", document.text)
+    document.text_pair = None if document.text_pair is None else _SURROGATE.sub("\ufffd", document.text_pair)
     document.label = None if document.label is None else _SURROGATE.sub("\ufffd", document.label)
     return counted or _keep_encoding(True, options, counts)
 
@@ -245,6 +253,8 @@ def _read_csv(source: _TextSource, options: ReadOptions, counts: collections.Cou
     text_index = _column_index(header, options.text_column, "--text-column", source.name)
     label_index = (None if options.label_field is None
                    else _column_index(header, options.label_field, "--label-field", source.name))
+    pair_index = (None if options.text_pair_field is None
+                  else _column_index(header, options.text_pair_field, "--text-pair-field", source.name))
     for row in rows:
         start, invalid = lines.take_record()
         if not row:  # a blank line
@@ -253,13 +263,16 @@ def _read_csv(source: _TextSource, options: ReadOptions, counts: collections.Cou
         location = f"{source.name}:{start}"
         if not _keep_encoding(invalid, options, counts):
             continue
-        if text_index >= len(row):
-            _bad_record(f"{location}: no text at --text-column '{options.text_column}' (the row has "
-                        f"{len(row)} fields, the header {len(header)})", options, counts)
+        short = [(flag, name) for flag, name, index in (("--text-column", options.text_column, text_index),
+                                                         ("--text-pair-field", options.text_pair_field, pair_index))
+                 if index is not None and index >= len(row)]
+        if short:
+            _bad_record(f"{location}: no text at {short[0][0]} '{short[0][1]}' (the row has {len(row)} fields, "
+                        f"the header {len(header)})", options, counts)
             continue
         # CSV has no null: an empty or absent label cell is a missing label.
         label = row[label_index] if label_index is not None and label_index < len(row) else None
-        yield RawDocument(row[text_index], location, label or None)
+        yield RawDocument(row[text_index], location, label or None, None if pair_index is None else row[pair_index])
 
 
 def _read_tsv(source: _TextSource, options: ReadOptions, counts: collections.Counter):
