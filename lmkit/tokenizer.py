@@ -158,6 +158,37 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts)
 
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids of ``text`` and each token's character span ``[start, end)`` in it (a token's leading
+        space included, as in the text). Spans are aligned from the pieces themselves (no protobuf, the
+        same in every sentencepiece version): normalization is identity, so a piece spells its text, "\u2581"
+        a space (or a literal U+2581) and the first piece's leading "\u2581" the dummy prefix, which covers
+        nothing; the byte pieces of one character each cover that character."""
+        ids = self.sp.encode(text)
+        spans: list[tuple[int, int]] = []
+        at, pending, waiting = 0, bytearray(), 0
+        for index, token in enumerate(ids):
+            piece = self.sp.id_to_piece(token)
+            if self.sp.is_byte(token):  # "<0xC3>": one byte of a character spelled in bytes
+                pending.append(int(piece[3:-1], 16))
+                waiting += 1
+                try:
+                    pending.decode("utf-8")
+                except UnicodeDecodeError:  # not a whole character yet
+                    continue
+                spans += [(at, at + 1)] * waiting
+                at, pending, waiting = at + 1, bytearray(), 0
+                continue
+            start = at
+            for position, char in enumerate(piece):
+                if char == "\u2581" and index == 0 and position == 0:
+                    continue  # the dummy prefix
+                if at >= len(text) or (text[at] != char and not (char == "\u2581" and text[at] == " ")):
+                    raise ValueError(f"cannot align piece {piece!r} with the text at character {at}")  # a bug
+                at += 1
+            spans.append((start, at))
+        return ids, spans
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode(list(ids))
 
@@ -196,6 +227,12 @@ class HFTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids of ``text`` and each token's character span ``[start, end)`` in it (the tokenizer's own
+        offsets, into the text as given)."""
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        return encoding.ids, [(int(start), int(end)) for start, end in encoding.offsets]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)

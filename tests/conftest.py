@@ -118,6 +118,34 @@ def labeled(dataset, tmp_path_factory):
                                "--val-fraction", "0")
 
 
+def pair_records(n=120):
+    """Text pairs: a paragraph's first half with its own second half ("same") or another's ("other"); each
+    second half occurs twice, once with each label."""
+    halves = [(" ".join(words[:len(words) // 2]), " ".join(words[len(words) // 2:]))
+              for words in (text.split() for text in paragraphs(n))]
+    return [{"text": first, "pair": {"text": halves[i if i % 2 == 0 else (i + 1) % n][1]},
+             "label": "same" if i % 2 == 0 else "other"} for i, (first, _) in enumerate(halves)]
+
+
+@pytest.fixture(scope="session")
+def pair_dataset(dataset, tmp_path_factory):
+    """A labeled pair dataset (same/other, --text-pair-field pair.text) with a validation split."""
+    return preprocess_labeled(dataset, tmp_path_factory.mktemp("pairs") / "data", pair_records(),
+                              "--text-pair-field", "pair.text", "--val-fraction", "0.2")
+
+
+@pytest.fixture(scope="session")
+def pair_classifier(bases, pair_dataset, tmp_path_factory):
+    """A BERT pair classifier finetuned for 2 steps on pair_dataset."""
+    from lmkit.config import resolve
+    from lmkit.stages import finetune
+    from lmkit.stages.finetune_config import FinetuneConfig
+
+    values = {"base": str(bases["bert"]), "data": str(pair_dataset), "out": str(tmp_path_factory.mktemp("pair-clf")),
+              "max_steps": 2, "micro_batch": 4, "seq_len": 48, "eval_every": 0, "precision": "fp32"}
+    return finetune.run(resolve(FinetuneConfig, {}, values)).checkpoint.path
+
+
 @pytest.fixture(scope="session")
 def instructions(tmp_path_factory):
     path = tmp_path_factory.mktemp("sft") / "pairs.jsonl"
@@ -125,6 +153,40 @@ def instructions(tmp_path_factory):
     path.write_text("".join(json.dumps({"prompt": f"First word of: {t[:30]}", "response": t.split()[0]}) + "\n"
                             for t in texts))
     return path
+
+
+def qa_records(n=80):
+    """Question-answering records (SQuAD's layout) on paragraphs of the docs, long enough to need several windows
+    at --seq-len 48: "What is the code?" answered by the word after "The code is", placed at a varying depth."""
+    records = []
+    texts = paragraphs(n + 1)
+    for i, text in enumerate(texts[:n]):
+        words = (text + " " + texts[i + 1]).split()[:60]
+        code = f"k{i * 37 % 1000:03d}"
+        at = (i * 7) % len(words)
+        context = " ".join(words[:at] + ["The", "code", "is", code + "."] + words[at:])
+        records.append({"id": f"q{i}", "question": "What is the code?", "context": context,
+                        "answers": {"text": [code], "answer_start": [context.index(f"code is {code}") + 8]}})
+    return records
+
+
+@pytest.fixture(scope="session")
+def qa_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qa") / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in qa_records()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def qa_checkpoint(bases, qa_file, tmp_path_factory):
+    """A BERT span (qa) model finetuned for 4 steps on qa_file."""
+    from lmkit.config import resolve
+    from lmkit.stages import finetune
+    from lmkit.stages.finetune_config import FinetuneConfig
+
+    values = {"base": str(bases["bert"]), "data": str(qa_file), "out": str(tmp_path_factory.mktemp("qa-run")),
+              "max_steps": 4, "micro_batch": 8, "seq_len": 48, "eval_every": 0, "precision": "fp32"}
+    return finetune.run(resolve(FinetuneConfig, {}, values)).checkpoint.path
 
 
 def block_imports(monkeypatch, *packages: str) -> None:

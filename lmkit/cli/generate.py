@@ -32,6 +32,18 @@ def show_records(mode: str, records: list[dict[str, Any]], settings: dict[str, A
                     label = f"prompt {number}, " if len(records) > 1 else ""
                     reporter.out.print(Rule(f"{label}sample {sample}", align="left"))
                 _write((text if settings["echo"] else "") + completion + "\n")
+        elif mode == "qa":  # the answer alone for one question; a table for several
+            if len(records) == 1:
+                _write(record["answer"] + "\n")
+                continue
+            if number == 1:
+                table = Table(title_justify="left")
+                for column, justify in (("question", "left"), ("answer", "left"), ("score", "right")):
+                    table.add_column(column, justify=justify, overflow="fold")
+            score = "" if record["score"] is None else f"{record['score']:.2f}"
+            table.add_row(record["question"], record["answer"], score)
+            if number == len(records):
+                reporter.out.print(table)
         elif mode == "fill-mask":
             for index, candidates in enumerate(record["candidates"], 1):
                 which = f" ([MASK] {index} of {len(record['candidates'])})" if len(record["candidates"]) > 1 else ""
@@ -42,13 +54,16 @@ def show_records(mode: str, records: list[dict[str, Any]], settings: dict[str, A
                     table.add_row(candidate["token"], f"{candidate['probability']:.4f}", candidate["text"])
                 reporter.out.print(table)
         else:
+            pair = [record["text_pair"]] if settings.get("pairs") else []  # a pair classifier's second text
             if number == 1:
                 table = Table(title_justify="left")
                 table.add_column("text", overflow="fold", ratio=3)
+                if pair:
+                    table.add_column("text_pair", overflow="fold", ratio=3)
                 table.add_column("label")
                 for label in record["probabilities"]:
                     table.add_column(f"p({label})", justify="right")
-            table.add_row(text, record["label"], *(f"{p:.4f}" for p in record["probabilities"].values()))
+            table.add_row(text, *pair, record["label"], *(f"{p:.4f}" for p in record["probabilities"].values()))
             if number == len(records):
                 reporter.out.print(table)
 
@@ -75,6 +90,12 @@ def interactive(config: GenerateConfig) -> None:
     except ImportError:
         pass
     session = generate.open_session(config)
+    if session.mode == "qa":
+        raise UserError(f"--interactive: {config.checkpoint} answers a question from a context; give --question "
+                        "with --context or --context-file, or --input JSONL records")
+    if session.checkpoint.head and session.checkpoint.head.get("pairs"):
+        raise UserError(f"--interactive: {config.checkpoint} classifies pairs of texts; give PROMPT with --text-pair, "
+                        "or --input JSONL records with \"text\" and \"text_pair\"")
     field = generate.INPUT_FIELD[session.mode]
     reporter.info("type a prompt and press Enter; Ctrl-D or 'exit' ends")
     while True:

@@ -8,6 +8,11 @@
   instruction/response pairs made from the same docstrings, for instruction tuning: the prompt
   asks for the kind of object a docstring documents and its first line; the response answers in
   a fixed format, ``KIND: FIRST LINE``.
+* ``qa.jsonl`` and ``qa-test.jsonl`` (every fifth page held out): extractive question answering in SQuAD's
+  layout over pages of the same docstrings (cloze and return-value questions; see demo_qa.py).
+* ``pairs.jsonl`` and ``pairs-test.jsonl`` (every tenth held out): text pairs for pair classification, a
+  docstring's first line and the rest of it (``match``) or of another docstring (``mismatch``), balanced
+  (see demo_pairs.py).
 * ``stdlib/*.txt``: the docstrings of every other standard-library module (read from the source
   with ``ast``, nothing imported), about 0.7 MB of unlabeled text in the labeled set's domain, for
   pretraining. The labeled modules are left out, so no labeled text is seen in pretraining.
@@ -24,6 +29,9 @@ import json
 import re
 import sysconfig
 from pathlib import Path
+
+from lmkit.data.demo_pairs import pair_records
+from lmkit.data.demo_qa import qa_records
 
 # Pure-Python modules with substantial docstrings that import without side effects.
 _MODULES = (
@@ -133,6 +141,14 @@ def write_demo_corpus(out: Path) -> dict:
     for name, chosen in (("instructions.jsonl", [p for i, p in enumerate(pairs) if i % 10 != 9]),
                          ("instructions-test.jsonl", pairs[9::10])):  # every tenth pair held out for evaluation
         changed += _write_if_changed(out / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in chosen))
+    qa_train, qa_test = qa_records(records, stdlib)
+    for name, chosen in (("qa.jsonl", qa_train), ("qa-test.jsonl", qa_test)):
+        changed += _write_if_changed(out / name, "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in chosen))
+    pairs_train, pairs_test = pair_records(records)
+    for name, chosen in (("pairs.jsonl", pairs_train), ("pairs-test.jsonl", pairs_test)):
+        changed += _write_if_changed(out / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in chosen))
     return {"topics": len(pydoc_data.topics.topics), "docstrings": len(records), "stdlib_modules": len(stdlib),
+            "text_pairs": len(pairs_train) + len(pairs_test),
+            "qa_questions": len(qa_train) + len(qa_test),
             "files_changed": changed,
             "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}

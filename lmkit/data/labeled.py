@@ -1,5 +1,6 @@
-"""Labeled examples of a dataset artifact, as classification trains on them: token lists with their
-label indices, and the validation split made from train when the dataset has none."""
+"""Labeled examples of a dataset artifact, as classification trains on them: token lists (and the second
+texts' of a pair dataset) with their label indices, and the validation split made from train when the dataset
+has none."""
 
 from __future__ import annotations
 
@@ -20,20 +21,35 @@ IMBALANCE_RATIO = 5.0
 class LabeledSplit:
     tokens: list[list[int]]
     labels: np.ndarray
+    pairs: list[list[int]] | None = None  # each example's second text (a pair dataset); None for single texts
 
     def subset(self, indices: np.ndarray) -> "LabeledSplit":
-        return LabeledSplit([self.tokens[i] for i in indices], self.labels[indices])
+        pairs = None if self.pairs is None else [self.pairs[i] for i in indices]
+        return LabeledSplit([self.tokens[i] for i in indices], self.labels[indices], pairs)
+
+
+def _lists(column) -> list[list[int]]:
+    offsets, values = token_lists(column)
+    values = values.astype(np.int64)
+    return [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+
+
+def has_pairs(dataset: artifacts.Artifact) -> bool:
+    """Whether the dataset's documents are pairs of texts (preprocess --text-pair-field)."""
+    return "pairs" in dataset.stats
 
 
 def read_labeled(dataset: artifacts.Artifact, split: str) -> LabeledSplit:
     tokens: list[list[int]] = []
+    pairs: list[list[int]] | None = [] if has_pairs(dataset) else None
     labels: list[np.ndarray] = []
     for table in read_split(dataset, split).tables():
-        offsets, values = token_lists(table.column("tokens"))
-        values = values.astype(np.int64)
-        tokens.extend(values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1))
+        tokens += _lists(table.column("tokens"))
+        if pairs is not None:
+            pairs += _lists(table.column("pair_tokens"))
         labels.append(table.column("label").to_numpy())
-    return LabeledSplit(tokens, np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, dtype=np.int64))
+    return LabeledSplit(tokens, np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, dtype=np.int64),
+                        pairs)
 
 
 def labeled_splits(dataset: artifacts.Artifact, val_fraction: float, seed: int

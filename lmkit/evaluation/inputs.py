@@ -29,6 +29,7 @@ class Documents:
     ids: list[int | str]           # a dataset's document id, or "file:line" for raw input
     labels: list[str | None] | None  # gold label names; None when the input has no labels at all
     langs: list[str] | None = None   # identified languages (a dataset preprocessed with --language-id)
+    pairs: list[np.ndarray] | None = None  # each document's second text (pairs: --text-pair-field); else None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -59,6 +60,7 @@ def from_dataset(dataset: artifacts.Artifact, split: str, limit: int = 0) -> Doc
     ids: list[int | str] = []
     labels: list[str | None] | None = [] if label_names else None
     langs: list[str] | None = [] if "languages" in dataset.stats else None
+    pairs: list[np.ndarray] | None = [] if "pairs" in dataset.stats else None
     for batch in read_split(dataset, split).batches():
         has_label = "label" in batch.schema.names
         offsets, values = token_lists(batch.column("tokens"))
@@ -70,15 +72,18 @@ def from_dataset(dataset: artifacts.Artifact, split: str, limit: int = 0) -> Doc
                        else [None] * batch.num_rows)
         if langs is not None:
             langs += batch.column("lang").to_pylist()
+        if pairs is not None:
+            offsets, values = token_lists(batch.column("pair_tokens"))
+            pairs += [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
         if limit and len(tokens) >= limit:
-            return _cut(Documents(tokens, n_bytes, ids, labels, langs), limit)
-    return Documents(tokens, n_bytes, ids, labels, langs)
+            return _cut(Documents(tokens, n_bytes, ids, labels, langs, pairs), limit)
+    return Documents(tokens, n_bytes, ids, labels, langs, pairs)
 
 
 def _cut(documents: Documents, limit: int) -> Documents:
-    labels = documents.labels[:limit] if documents.labels is not None else None
-    langs = documents.langs[:limit] if documents.langs is not None else None
-    return Documents(documents.tokens[:limit], documents.n_bytes[:limit], documents.ids[:limit], labels, langs)
+    labels, langs, pairs = (None if values is None else values[:limit]
+                            for values in (documents.labels, documents.langs, documents.pairs))
+    return Documents(documents.tokens[:limit], documents.n_bytes[:limit], documents.ids[:limit], labels, langs, pairs)
 
 
 def from_files(paths: list[str], tokenizer: Tokenizer, options: sources.ReadOptions, limit: int = 0) -> Documents:
@@ -87,6 +92,7 @@ def from_files(paths: list[str], tokenizer: Tokenizer, options: sources.ReadOpti
     texts: list[str] = []
     locations: list[str] = []
     labels: list[str | None] = []
+    pairs: list[str] = []
     for path in paths:
         for document in sources.iter_documents(path, options, counts):
             if not document.text:
@@ -94,19 +100,26 @@ def from_files(paths: list[str], tokenizer: Tokenizer, options: sources.ReadOpti
             texts.append(document.text)
             locations.append(document.location)
             labels.append(document.label)
+            if document.text_pair is not None:
+                pairs.append(document.text_pair)
             if limit and len(texts) >= limit:
                 break
         if limit and len(texts) >= limit:
             break
     if not texts:
         raise UserError(f"{', '.join(paths)}: no documents to evaluate (every input is empty)")
+    n_bytes = [len(text.encode("utf-8")) for text in texts]
+    has_labels = options.label_field is not None
+    return Documents(_encode(texts, tokenizer), n_bytes, list(locations), labels if has_labels else None,
+                     pairs=_encode(pairs, tokenizer) if options.text_pair_field is not None else None)
+
+
+def _encode(texts: list[str], tokenizer: Tokenizer) -> list[np.ndarray]:
     tokens = []
     for start in range(0, len(texts), _ENCODE_BATCH):
         encoded = tokenizer.encode_batch(texts[start:start + _ENCODE_BATCH])
         tokens += [np.asarray(ids, dtype=np.int64) for ids in encoded]
-    n_bytes = [len(text.encode("utf-8")) for text in texts]
-    has_labels = options.label_field is not None
-    return Documents(tokens, n_bytes, list(locations), labels if has_labels else None)
+    return tokens
 
 
 def require_labels(documents: Documents, where: str, label_flag: str) -> list[str]:

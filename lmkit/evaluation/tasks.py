@@ -92,10 +92,13 @@ def classify(inference: Inference, documents: Documents, gold_names: list[str], 
                         f"labels ({', '.join(labels)})")
     with reporter.task("classifying", total=len(documents), unit="docs") as task:
         probabilities = classification.predict_probabilities(inference, documents.tokens, arch, max_len,
-                                                              inference.specials, task.advance, long_text, stride)
+                                                              inference.specials, task.advance, long_text, stride,
+                                                              documents.pairs)
     result, predictions = classification.evaluate_classification(
         probabilities, [index[name] for name in gold_names], labels, documents.ids)
     framing = "[CLS] text [SEP]" if arch == "bert" else "text"
+    if documents.pairs is not None:  # cut longest first (classifier.truncate_pair)
+        framing = "[CLS] text [SEP] pair [SEP]" if arch == "bert" else "text [SEP] pair"
     method = {"method": "argmax of the class probabilities", "framing": framing, "max_len": max_len,
               "long_text": long_text}
     if long_text != "cut":

@@ -13,21 +13,23 @@ from lmkit.training.checkpoint import Checkpoint
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # What generate does with each kind of checkpoint.
-TEXT, FILL_MASK, CLASSIFY = "text", "fill-mask", "classify"
+TEXT, FILL_MASK, CLASSIFY, QA = "text", "fill-mask", "classify", "qa"
 
 
 def checkpoint_mode(checkpoint: Checkpoint) -> str:
-    """TEXT (a causal LM or an SFT model), FILL_MASK (a masked LM) or CLASSIFY (a classifier); anything
-    else is refused with what lmkit can do with it."""
+    """TEXT (a causal LM or an SFT model), FILL_MASK (a masked LM), CLASSIFY (a classifier) or QA (a span
+    model); anything else is refused with what lmkit can do with it."""
     arch, objective = checkpoint.model_config.arch, checkpoint.objective
     if checkpoint.task == "classify":
         return CLASSIFY
+    if checkpoint.task == "qa":
+        return QA
     if arch in ("gpt", "lstm") and objective in ("clm", "sft"):
         return TEXT
     if arch == "bert" and checkpoint.masked_lm:
         return FILL_MASK
     raise UserError(f"{checkpoint.path}: a {arch} checkpoint with objective {objective!r} is not a kind generate "
-                    "knows (gpt/lstm clm or sft: text; bert mlm: fill-mask; classifiers: labels)")
+                    "knows (gpt/lstm clm or sft: text; bert mlm: fill-mask; classifiers: labels; qa: answers)")
 
 
 # --compile auto for a generation job: this many new tokens pay for a cold compile. Measured on 2 CPU cores

@@ -115,6 +115,20 @@ def format_pair_inputs(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequen
     return idx, mask, types
 
 
+def format_examples(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]] | None, arch: str,
+                    max_len: int, specials: Specials) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A classifier's input batch: single texts (``seconds`` None: :func:`format_inputs`, no segment ids) or
+    pairs (:func:`format_pair_inputs`). Returns idx, the attention mask and the segment ids or None."""
+    if seconds is None:
+        return (*format_inputs(firsts, arch, max_len, specials), None)
+    return format_pair_inputs(firsts, seconds, arch, max_len, specials)
+
+
+def pair_uncut(first_len: int, second_len: int, arch: str, max_len: int) -> bool:
+    """Whether a pair of these lengths fits a window of ``max_len`` without cutting."""
+    return first_len + second_len <= pair_room(arch, max_len)
+
+
 # -- long texts: overlapping chunks ------------------------------------------------------------------------
 # A text longer than the window is read as overlapping windows (chunks) of it, each framed and classified as
 # a text of its own, and the chunks' class logits are aggregated: their mean, or per class their max; or
@@ -164,15 +178,19 @@ def chunk_texts(token_lists: Sequence[Sequence[int]], arch: str, max_len: int, l
     return chunks, np.asarray(owner, dtype=np.int64)
 
 
-def long_text_settings(head: dict | None, arch: str, max_len: int, requested: str = "auto", stride: int = 0
-                       ) -> tuple[str, int | None]:
+def long_text_settings(head: dict | None, arch: str, max_len: int, requested: str = "auto", stride: int = 0,
+                       pairs: bool = False) -> tuple[str, int | None]:
     """(long_text, stride) for a classifier whose checkpoint ``head`` records how it was finetuned: ``requested``
     (auto: the head's, or cut, what a classifier that recorded none was trained with) and ``stride`` (0: the
-    head's, or half a window). A stride longer than a window would skip text: refused."""
+    head's, or half a window). A stride longer than a window would skip text: refused. Pairs (``pairs``, or a
+    head that reads them) are always cut, longest text first: chunking them is refused."""
     saved = (head or {}).get("long_text")
     long_text = saved or "cut" if requested == "auto" else requested
     if long_text not in LONG_TEXT:
         raise UserError(f"--long-text {requested}: choose auto, {', '.join(LONG_TEXT)}")
+    if long_text != "cut" and (pairs or (head or {}).get("pairs")):
+        raise UserError(f"--long-text {long_text}: reads one long text as windows; a pair of texts is cut to the "
+                        "window longest text first (use --long-text cut)")
     stride = stride or (head or {}).get("chunk_stride") or 0
     room = text_room(arch, max_len)
     if stride < 0 or stride > room:

@@ -2,7 +2,8 @@
 
 Endpoints: ``GET /health``, ``GET /v1/models``; for text models ``POST /v1/completions`` and, for SFT
 checkpoints, ``POST /v1/chat/completions`` (both stream as server-sent events with ``stream: true``);
-for classifiers ``POST /v1/classify``; for masked LMs ``POST /v1/fill-mask``; and the tokenizer
+for classifiers ``POST /v1/classify`` (``text_pair`` too for a pair classifier); for masked LMs ``POST /v1/fill-mask``;
+for question-answering (span) models ``POST /v1/qa`` (``question`` and ``context``); and the tokenizer
 endpoints lm-evaluation-harness's remote tokenizer uses (``GET /tokenizer_info``, ``POST /tokenize``,
 ``POST /detokenize``). Every error is a JSON ``{"error": {"message", "type", "param", "code"}}`` with
 a 4xx status for the client's mistakes; no traceback or server path reaches a client.
@@ -24,13 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lmkit.errors import UserError
-from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT
+from lmkit.generation.classify import reads_pairs
+from lmkit.generation.model import CLASSIFY, FILL_MASK, QA, TEXT
 from lmkit.generation.settings import SamplingSettings
 from lmkit.progress import reporter
 from lmkit.tokenizer import Tokenizer
 from lmkit.serving.engine import Engine, QueueFull
 from lmkit.serving.protocol import (ChatRequest, ClassifyRequest, CompletionRequest, DetokenizeRequest,
-                                    FillMaskRequest, Sampling, TokenizeRequest)
+                                    FillMaskRequest, QARequest, Sampling, TokenizeRequest)
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 CHAT_MAX_TOKENS = 256    # a chat answer's default length (capped by --max-tokens)
@@ -208,7 +210,8 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
     def need(mode: str, endpoint: str) -> None:
         if engine.mode != mode:
-            uses = {TEXT: "/v1/completions", CLASSIFY: "/v1/classify", FILL_MASK: "/v1/fill-mask"}[engine.mode]
+            uses = {TEXT: "/v1/completions", CLASSIFY: "/v1/classify", FILL_MASK: "/v1/fill-mask",
+                    QA: "/v1/qa"}[engine.mode]
             raise ApiError(400, f"{endpoint}: this server's model is a {engine.mode} model; use {uses}")
 
     def prompts_of(body: CompletionRequest) -> list[tuple[str, list[int]]]:
@@ -389,14 +392,34 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    def pairs_of(body: ClassifyRequest, texts: list[str]) -> list[str] | None:
+        """A pair classifier's second texts: text_pair, one per input (a string for a string input); None for
+        a classifier of single texts, which refuses a text_pair."""
+        if not reads_pairs(engine.checkpoint.head):
+            if body.text_pair is not None:
+                raise ApiError(400, "text_pair: this server's classifier reads single texts; send input alone",
+                               "text_pair")
+            return None
+        if body.text_pair is None:
+            raise ApiError(400, "text_pair: required: this server's classifier reads pairs of texts (input and "
+                           "text_pair)", "text_pair")
+        pairs = [body.text_pair] if isinstance(body.text_pair, str) else body.text_pair
+        if isinstance(body.text_pair, str) != isinstance(body.input, str) or len(pairs) != len(texts):
+            raise ApiError(400, f"text_pair: give one second text per input ({len(texts)}), a string for a string "
+                           "input", "text_pair")
+        if any(not text.strip() for text in pairs):
+            raise ApiError(400, "text_pair: every text must be non-empty", "text_pair")
+        return pairs
+
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, request: Request):
         need(CLASSIFY, "/v1/classify")
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or any(not text.strip() for text in texts):
             raise ApiError(400, "input: every text must be non-empty", "input")
-        predictions = await run("classify", texts)
-        tokens = sum(len(ids) for ids in engine.tokenizer.encode_batch(texts))
+        pairs = pairs_of(body, texts)
+        predictions = await run("classify", (texts, pairs))
+        tokens = sum(len(ids) for ids in engine.tokenizer.encode_batch(texts + (pairs or [])))
         request.state.tokens = tokens
         return {"object": "list", "model": options.model_name, "labels": engine.checkpoint.labels,
                 "data": [{"index": i, **p.to_dict()} for i, p in enumerate(predictions)],
@@ -414,6 +437,18 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         return {"object": "list", "model": options.model_name,
                 "data": [{"index": i, "masks": [[c.to_dict() for c in mask] for mask in masks]}
                          for i, masks in enumerate(results)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @app.post("/v1/qa")
+    async def answer(body: QARequest, request: Request):
+        need(QA, "/v1/qa")
+        for name in ("question", "context"):
+            if not getattr(body, name).strip():
+                raise ApiError(400, f"{name}: must be non-empty", name)
+        found = (await run("qa", ([body.question], [body.context])))[0]
+        tokens = sum(len(ids) for ids in engine.tokenizer.encode_batch([body.question, body.context]))
+        request.state.tokens = tokens
+        return {"object": "answer", "model": options.model_name, **found.to_dict(),
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @app.get("/tokenizer_info")

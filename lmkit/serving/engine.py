@@ -28,6 +28,8 @@ from lmkit.generation.decode import STOP_CONTEXT, STOP_EOS, STOP_LENGTH, decode
 from lmkit.generation.fill_mask import fill_mask
 from lmkit.generation.generator import Generator
 from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, compile_choice, load_model
+from lmkit.generation.qa import answer_questions
+from lmkit.models.span import QASettings
 from lmkit.generation.sampling import prompt_key, row_generators
 from lmkit.generation.settings import SamplingSettings
 from lmkit.tokenizer import Tokenizer
@@ -54,7 +56,7 @@ class Row:
 
 @dataclass
 class Job:
-    kind: str                                   # "complete", "score", "classify", "fill-mask"
+    kind: str                                   # "complete", "score", "classify", "fill-mask", "qa"
     payload: Any
     settings: SamplingSettings | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -190,8 +192,13 @@ class Engine:
         if job.kind == "score":
             job.resolve([self.score(ids, top) for ids, top in job.payload])
         elif job.kind == "classify":
-            job.resolve(classify(self.model, self.tokenizer, self.checkpoint.labels, job.payload,
-                                 batch_size=self.max_batch, head=self.checkpoint.head))
+            texts, pairs = job.payload
+            job.resolve(classify(self.model, self.tokenizer, self.checkpoint.labels, texts,
+                                 batch_size=self.max_batch, head=self.checkpoint.head, pairs=pairs))
+        elif job.kind == "qa":
+            questions, contexts = job.payload
+            job.resolve(answer_questions(self.model, self.tokenizer, QASettings.from_head(self.checkpoint.qa),
+                                         questions, contexts, batch_size=self.max_batch))
         elif job.kind == "fill-mask":
             texts, top_k = job.payload
             job.resolve(fill_mask(self.model, self.tokenizer, texts, top_k=top_k, batch_size=self.max_batch))

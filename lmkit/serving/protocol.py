@@ -1,6 +1,6 @@
 """Request bodies of ``lmkit serve``, validated by pydantic: OpenAI's completions and chat completions
 (the fields lmkit implements; unknown fields are ignored, as OpenAI-compatible servers do, but a known
-field of the wrong type is a 400), and lmkit's classify and fill-mask endpoints."""
+field of the wrong type is a 400), and lmkit's classify, fill-mask and qa endpoints."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ class ChatRequest(Sampling):
 
 class ClassifyRequest(_Request):
     input: str | list[str]
+    text_pair: str | list[str] | None = None  # a pair classifier's second texts, one per input
+
+
+class QARequest(_Request):
+    question: str
+    context: str
 
 
 class FillMaskRequest(_Request):

@@ -20,19 +20,22 @@ from typing import Any
 from lmkit import artifacts, config as config_lib
 from lmkit.data import sources
 from lmkit.data.packing import MaskingSettings
+from lmkit.data.qa import read_qa
 from lmkit.devices import resolve_device
 from lmkit.errors import UserError
-from lmkit.evaluation import baselines, choice, gate, generation_tasks, inputs, report as report_files, tasks
+from lmkit.evaluation import (baselines, choice, gate, generation_tasks, inputs, question_answering,
+                              report as report_files, tasks)
 from lmkit.evaluation.scoring import Inference
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.models.classifier import long_text_settings
+from lmkit.models.span import QASettings
 from lmkit.progress import reporter
 from lmkit.stages.evaluate_config import TASK_METRICS, EvaluateConfig
 from lmkit.devices import resolve_precision
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import Checkpoint, read_checkpoint
 
-DEFAULT_TASK = {"lm": "lm", "classify": "classify", "sft": "generate"}  # by Checkpoint.task
+DEFAULT_TASK = {"lm": "lm", "classify": "classify", "sft": "generate", "qa": "qa"}  # by Checkpoint.task
 METRICS_EXTRA = "lmkit[metrics]"
 
 
@@ -81,6 +84,12 @@ def _task(config: EvaluateConfig, checkpoint: Checkpoint) -> str | None:
     if task != "classify" and checkpoint.task == "classify":
         raise UserError(f"--task {task}: {where} is a classifier without a language-model head; "
                         "use --task classify")
+    if task == "qa" and checkpoint.task != "qa":
+        raise UserError(f"--task qa: {where} is not a question-answering (span) model (it is a {checkpoint.objective} "
+                        f"{arch} model); finetune one with `lmkit finetune BASE QA.jsonl --task qa`")
+    if task != "qa" and checkpoint.task == "qa":
+        raise UserError(f"--task {task}: {where} is a question-answering (span) model without a language-model "
+                        "head; use --task qa")
     if task in ("choice", "generate") and arch not in CAUSAL_ARCHS:
         raise UserError(f"--task {task}: needs a causal language model; {where} is a {arch} (masked LM) model")
     return task
@@ -119,7 +128,7 @@ def _data(config: EvaluateConfig, task: str | None, checkpoint: Checkpoint
         if len(config.data) > 1:
             raise UserError(f"DATA: {datasets[0]} is a dataset artifact; evaluate one dataset at a time, "
                             "without other files")
-        if task in ("choice", "generate"):
+        if task in ("choice", "generate", "qa"):
             raise UserError(f"--task {task}: reads JSONL files, not a dataset artifact ({datasets[0]})")
         dataset = artifacts.load(datasets[0], kind="dataset")
         inputs.require_same_tokenizer(dataset, checkpoint, config.checkpoint, ", or pass the raw files instead")
@@ -130,7 +139,7 @@ def _data(config: EvaluateConfig, task: str | None, checkpoint: Checkpoint
         return dataset, split, []
     if config.split != "auto":
         raise UserError(f"--split {config.split}: applies to a dataset artifact; DATA here is raw files")
-    if task in ("choice", "generate"):
+    if task in ("choice", "generate", "qa"):
         for path in config.data:
             if not Path(path).is_file():
                 raise UserError(f"{path}: no such file (--task {task} reads JSONL files)")
@@ -142,9 +151,12 @@ def _data(config: EvaluateConfig, task: str | None, checkpoint: Checkpoint
 
 def _check_baseline(config: EvaluateConfig, task: str | None, objective: str, dataset: artifacts.Artifact | None,
                     split: str | None, notes: list[str]) -> None:
-    """--baseline needs a task with a baseline and a dataset whose train split it can learn from."""
+    """--baseline needs a task with a baseline and a dataset whose train split it can learn from (qa's
+    first-sentence baseline learns nothing: any records)."""
+    if task == "qa":
+        return
     if task not in ("classify", "lm"):
-        raise UserError(f"--baseline: there is a baseline for --task classify and lm, not for "
+        raise UserError(f"--baseline: there is a baseline for --task classify, lm and qa, not for "
                         f"{'harness tasks' if task is None else '--task ' + task}")
     if task == "lm" and objective == "mlm":
         raise UserError(f"--baseline: the n-gram baseline compares bits per byte, which a masked LM "
@@ -164,7 +176,32 @@ def _check_baseline(config: EvaluateConfig, task: str | None, objective: str, da
 def _read_options(config: EvaluateConfig, task: str) -> sources.ReadOptions:
     return sources.ReadOptions(split_by=config.split_by, text_field=config.text_field,
                                text_column=config.text_column,
-                               label_field=config.label_field if task == "classify" else None)
+                               label_field=config.label_field if task == "classify" else None,
+                               text_pair_field=config.text_pair_field if task == "classify" else None)
+
+
+def _check_pairs(config: EvaluateConfig, task: str | None, checkpoint: Checkpoint,
+                 dataset: artifacts.Artifact | None) -> None:
+    """A pair classifier reads pairs of texts and any other model single texts: the other kind of data is
+    refused, before any compute."""
+    if config.text_pair_field is not None and (task != "classify" or dataset is not None):
+        raise UserError("--text-pair-field: reads the second texts of raw files for --task classify"
+                        + (f"; {dataset.path} is a dataset artifact" if dataset is not None else ""))
+    if task != "classify":
+        return
+    reads_pairs = bool(checkpoint.head.get("pairs"))
+    where = str(dataset.path) if dataset is not None else ", ".join(config.data)
+    has_pairs = "pairs" in dataset.stats if dataset is not None else config.text_pair_field is not None
+    if reads_pairs and not has_pairs:
+        how = "preprocess it with --text-pair-field" if dataset is not None else "give --text-pair-field FIELD"
+        raise UserError(f"{where}: holds single texts, but {config.checkpoint} classifies pairs of texts "
+                        f"(finetuned on a pair dataset); {how}")
+    if has_pairs and not reads_pairs and dataset is None:
+        raise UserError(f"--text-pair-field {config.text_pair_field}: {config.checkpoint} classifies single texts, "
+                        "not pairs")
+    if has_pairs and not reads_pairs:
+        raise UserError(f"{where}: holds pairs of texts, but {config.checkpoint} classifies single texts; finetune "
+                        "a classifier on this pair dataset")
 
 
 def _plan(config: EvaluateConfig) -> _Plan:
@@ -184,6 +221,7 @@ def _plan(config: EvaluateConfig) -> _Plan:
     dataset, split, files = _data(config, task, checkpoint)
     if config.baseline:
         _check_baseline(config, task, objective, dataset, split, notes)
+    _check_pairs(config, task, checkpoint, dataset)
     if task == "classify":  # refused before any compute
         long_text_settings(checkpoint.head, model_config.arch, checkpoint.max_len, config.long_text, config.chunk_stride)
     window = config.window or model_config.block_size
@@ -254,7 +292,7 @@ def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list
     started = time.monotonic()
     loaded = _load_inputs(config, plan, tokenizer)  # before the model: bad input fails fast
     # Generation loads its own model (lmkit.generation); every other task scores with this one.
-    scores = plan.task in ("lm", "classify", "choice") or bool(config.harness_tasks)
+    scores = plan.task in ("lm", "classify", "choice", "qa") or bool(config.harness_tasks)
     model = checkpoint.inference_model().to(device) if scores else None
     inference = Inference(model, device, precision, config.batch_size, checkpoint.specials)
     reporter.info(f"evaluating {config.checkpoint} ({checkpoint.model_config.arch}, {checkpoint.objective}) on "
@@ -300,7 +338,14 @@ def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list
 
 
 def _load_inputs(config: EvaluateConfig, plan: _Plan, tokenizer: Tokenizer) -> Any:
-    """The task's input: Documents for lm and classify, items for choice and generate."""
+    """The task's input: Documents for lm and classify, items for choice and generate, examples for qa."""
+    if plan.task == "qa":
+        examples: list = []
+        for path in plan.files:
+            examples += read_qa(path, with_answers=True, limit=config.limit - len(examples) if config.limit else 0)
+            if config.limit and len(examples) >= config.limit:
+                break
+        return examples
     if plan.task in ("choice", "generate"):
         items: list = []
         for path in plan.files:
@@ -343,6 +388,8 @@ def _run_task(config: EvaluateConfig, plan: _Plan, inference: Inference, tokeniz
                               checkpoint.max_len, where, long_text, stride)
     if plan.task == "choice":
         return tasks.multiple_choice(inference, tokenizer, loaded, plan.window)
+    if plan.task == "qa":
+        return question_answering.question_answering(inference, tokenizer, loaded, QASettings.from_head(checkpoint.qa))
     stop = config.stop_strings()
     settings = {"temperature": 0.0, "max_new_tokens": config.max_new_tokens, "stop": list(stop),
                 "prompt": "the checkpoint's SFT template" if checkpoint.template else "after </s>, as is"}
@@ -356,6 +403,11 @@ def _baseline(config: EvaluateConfig, plan: _Plan, tokenizer: Tokenizer, documen
     metrics and difference (model - baseline). A classifier's predictions records gain the baseline's label."""
     import numpy as np
 
+    if plan.task == "qa":
+        started = time.monotonic()
+        metrics, method = question_answering.first_sentence_baseline(documents, predictions)
+        method["seconds"] = round(time.monotonic() - started, 3)
+        return {"method": method, "metrics": metrics}
     train = inputs.from_dataset(plan.dataset, "train")
     started = time.monotonic()
     reporter.info(f"baseline: training on {len(train):,} documents of {plan.dataset.path}'s train split")
@@ -366,8 +418,11 @@ def _baseline(config: EvaluateConfig, plan: _Plan, tokenizer: Tokenizer, documen
         from lmkit.data.split import stratified_split
         from lmkit.evaluation.metrics import classification_metrics
 
-        def texts(docs: inputs.Documents) -> list[str]:
-            return [tokenizer.decode(np.asarray(t).tolist()) for t in docs.tokens]
+        def texts(docs: inputs.Documents) -> list[str]:  # a pair's texts on two lines
+            found = [tokenizer.decode(np.asarray(t).tolist()) for t in docs.tokens]
+            if docs.pairs is not None:
+                found = [f"{text}\n{tokenizer.decode(np.asarray(t).tolist())}" for text, t in zip(found, docs.pairs)]
+            return found
 
         train_texts, train_labels = texts(train), np.asarray(train.labels)
         if plan.dataset.stats["splits"].get("validation", {}).get("documents"):

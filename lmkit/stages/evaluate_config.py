@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from lmkit.config import flag_name, option, validate
 from lmkit.evaluation.gate import parse_conditions
 
-TASKS = ("auto", "lm", "classify", "choice", "generate")
+TASKS = ("auto", "lm", "classify", "choice", "generate", "qa")
 SPLITS = ("auto", "train", "validation", "test")
 # The metrics each task computes; --metrics picks among them (empty: all of the task's).
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -17,6 +17,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classify": ("accuracy", "macro_f1", "weighted_f1", "mcc", "macro_precision", "macro_recall"),
     "choice": ("accuracy", "acc_norm"),
     "generate": ("exact_match", "chrf", "bleu", "rouge_l"),
+    "qa": ("exact_match", "f1"),                     # SQuAD v1.1's, in [0, 1]
 }
 METRICS = tuple(dict.fromkeys(name for names in TASK_METRICS.values() for name in names))
 
@@ -27,14 +28,17 @@ class EvaluateConfig:
     checkpoint: str = option(help="Checkpoint artifact to evaluate (e.g. runs/gpt/final).", positional=True,
                              affects_output=False)  # its id, not its path, goes into the report's identity
     data: list[str] = option([], "A dataset artifact (evaluated on --split), or raw files: text/JSONL/CSV... for "
-                             "--task lm and classify, JSONL for choice and generate. Optional with --harness-tasks.",
+                             "--task lm and classify, JSONL for choice, generate and qa. Optional with "
+                             "--harness-tasks.",
                              positional=True, affects_output=False)
     out: str | None = option(None, "Report artifact directory (report.json, report.md, predictions.jsonl, "
                              "confusion.png); without it the report is printed and not saved.", short="-o",
                              affects_output=False)
     task: str = option("auto", "What to measure: lm (loss, perplexity, bits per byte; masked LM for BERT), classify, "
-                       "choice (zero-shot multiple choice), generate (SFT answers vs references), or auto (by the "
-                       "checkpoint: lm for language models, classify for classifiers, generate for SFT).",
+                       "choice (zero-shot multiple choice), generate (SFT answers vs references), qa (extractive answers "
+                       "of a span model vs question/context/answer records, SQuAD's exact match and F1), or auto (by "
+                       "the checkpoint: lm for language models, classify for classifiers, generate for SFT, qa for "
+                       "span models).",
                        choices=TASKS)
     split: str = option("auto", "Dataset split to evaluate; auto is validation, or test when validation is empty.",
                         choices=SPLITS)
@@ -47,6 +51,8 @@ class EvaluateConfig:
     text_field: str = option("text", "JSON field (dotted path) or parquet/arrow column holding the text.")
     text_column: str = option("text", "CSV/TSV column holding the text.")
     label_field: str = option("label", "classify: JSON field or CSV/parquet column holding the gold label.")
+    text_pair_field: str | None = option(None, "classify with a pair classifier: JSON field (dotted path) or "
+                                         "CSV/parquet column holding each example's second text.")
     prompt_field: str = option("prompt", "generate: JSON field holding the prompt.")
     response_field: str = option("response", "generate: JSON field holding the reference answer.")
     # -- method ----------------------------------------------------------------------------------------
@@ -76,7 +82,8 @@ class EvaluateConfig:
     baseline: bool = option(False, "Also score a model without a transformer, trained on the dataset's train split, "
                             "and report it beside the model as baseline_<metric>: classify, TF-IDF (word and "
                             "character n-grams) + logistic regression (needs lmkit[baselines]); lm, an interpolated "
-                            "Kneser-Ney token trigram (bits per byte). Gate on it with e.g. --fail-if "
+                            "Kneser-Ney token trigram (bits per byte); qa, the context's first sentence as every "
+                            "answer (no training: any JSONL file). Gate on it with e.g. --fail-if "
                             "\"accuracy<baseline_accuracy\".")
     # -- how to run, and what to do with the result ------------------------------------------------------
     batch_size: int = option(16, "Sequences per forward pass.", affects_output=False)

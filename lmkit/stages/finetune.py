@@ -1,6 +1,6 @@
 """``lmkit finetune``: a pretrained checkpoint trained further on labeled data (classification),
-instruction/response pairs (SFT) or domain text (continued clm/mlm), optionally with LoRA, frozen
-layers or a distillation teacher.
+instruction/response pairs (SFT), question/context/answer records (extractive QA) or domain text
+(continued clm/mlm), optionally with LoRA, frozen layers or a distillation teacher.
 
 This file decides what to train: the task (an objective from the registry), the model (the base's
 weights, a fresh student, LoRA, freezing) and what final/ holds; training.run trains it, as for
@@ -20,12 +20,14 @@ from typing import Any
 import torch
 
 from lmkit import artifacts, config as config_lib
+from lmkit.data.qa import looks_like_qa
 from lmkit.errors import UserError
 from lmkit.models import build_model, count_parameters
 from lmkit.models.classifier import SequenceClassifier, classifier_config, default_pooling
 from lmkit.models.config import ModelConfig
 from lmkit.models.lora import apply_lora, merge_lora
 from lmkit.models.presets import model_config
+from lmkit.models.span import SpanExtractor
 from lmkit.progress import reporter
 from lmkit.stages.finetune_config import FinetuneConfig, parse_freeze
 from lmkit.training import distributed, rundir
@@ -38,7 +40,8 @@ _RESUME_INVARIANTS = ("task", "seq_len", "micro_batch", "accumulation", "batch_t
                       "lora_rank", "lora_alpha", "lora_dropout", "freeze", "pooling", "scratch", "model", "n_layer",
                       "n_head", "d_model", "d_ff", "dropout", "val_fraction", "max_train_examples", "template",
                       "prompt_field", "response_field", "token_dropout", "class_weights", "temperature",
-                      "distill_alpha", "mask_prob", "mask_replace", "mask_random")
+                      "distill_alpha", "mask_prob", "mask_replace", "mask_random", "chunk_stride",
+                      "max_answer_tokens")
 # What a teacher must be for each task: its checkpoint's task (and, for language models, its objective).
 _TEACHER_TASKS = {"classify": ("classify",), "sft": ("lm", "sft"), "clm": ("lm", "sft"), "mlm": ("lm",)}
 
@@ -71,7 +74,7 @@ def _task(config: FinetuneConfig, base: Checkpoint, data: Path) -> str:
     if config.task != "auto":
         return config.task
     if data.is_file():
-        return "sft"
+        return "qa" if looks_like_qa(data) else "sft"
     if (data / artifacts.MANIFEST).is_file():
         if "labels" in artifacts.read_manifest(data).get("stats", {}):
             return "classify"
@@ -81,8 +84,9 @@ def _task(config: FinetuneConfig, base: Checkpoint, data: Path) -> str:
 
 def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     base = read_checkpoint(config.base)
-    if base.task == "classify":
-        raise UserError(f"{config.base}: is a classifier checkpoint; finetune starts from a language model "
+    if base.task in ("classify", "qa"):
+        kind = "a classifier" if base.task == "classify" else "a question-answering (span)"
+        raise UserError(f"{config.base}: is {kind} checkpoint; finetune starts from a language model "
                         "(a pretrain or sft checkpoint)")
     tokenizer = artifacts.load(base.tokenizer_path, kind="tokenizer")
     data_path = Path(config.data)
@@ -177,6 +181,8 @@ def _freeze_layers(config: FinetuneConfig, model_cfg) -> None:
 
 
 def _teacher(config: FinetuneConfig, tokenizer: artifacts.Artifact, task: str, seq_len: int) -> Checkpoint:
+    if task not in _TEACHER_TASKS:
+        raise UserError(f"--teacher: distillation covers --task {', '.join(_TEACHER_TASKS)}, not {task}")
     teacher = read_checkpoint(config.teacher)
     if teacher.model_config.block_size < seq_len:
         raise UserError(f"--teacher {config.teacher}: its block size {teacher.model_config.block_size} is below "
@@ -193,9 +199,12 @@ def _teacher(config: FinetuneConfig, tokenizer: artifacts.Artifact, task: str, s
 
 def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg) -> torch.nn.Module:
     """The model to train, with the base's weights unless --scratch or --model; LoRA and freezing applied."""
-    head = built.extra.get("head")
+    head, qa = built.extra.get("head"), built.extra.get("qa")
     if head is not None:
         model = SequenceClassifier(model_cfg, len(head["labels"]), head["pooling"])
+        body = model.backbone
+    elif qa is not None:
+        model = SpanExtractor(model_cfg)
         body = model.backbone
     else:
         model = body = build_model(model_cfg)
@@ -206,7 +215,7 @@ def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg
             raise UserError(f"{config.base}: its weights lack {missing[:3]} for this model")
     if config.lora_rank:
         apply_lora(body, config.lora_rank, config.lora_alpha, config.lora_dropout)
-        if head is not None:
+        if head is not None or qa is not None:
             model.head.requires_grad_(True)  # the new head is trained in full
     embeddings, layers = parse_freeze(config.freeze)
     if embeddings:
@@ -239,7 +248,13 @@ def _metric(config: FinetuneConfig, task: str) -> str:
     name = config.metric
     if name == "auto":
         return OBJECTIVES[task].metric
-    if name in ("accuracy", "f1") and task != "classify":
+    if task == "qa" and name == "accuracy":
+        raise UserError("--metric accuracy: is a classification metric; --task qa validates on f1, exact_match "
+                        "or loss")
+    if name == "exact_match" and task != "qa":
+        raise UserError(f"--metric exact_match: is a question-answering metric; --task {task} validates on "
+                        f"{OBJECTIVES[task].metric.removeprefix('val_')}")
+    if name in ("accuracy", "f1") and task not in ("classify", "qa"):
         raise UserError(f"--metric {name}: is a classification metric; --task {task} validates on loss")
     return f"val_{name}"
 

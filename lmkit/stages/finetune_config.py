@@ -18,8 +18,8 @@ from lmkit.data.labeled import IMBALANCE_RATIO
 from lmkit.stages.pretrain_config import PRESET_HELP
 from lmkit.training.options import BATCH, MASKING, OPTIMIZATION, RUN, STOPPING, TrainingOptions
 
-TASKS = ("auto", "classify", "sft", "clm", "mlm")
-METRICS = ("auto", "accuracy", "f1", "loss")
+TASKS = ("auto", "classify", "sft", "qa", "clm", "mlm")
+METRICS = ("auto", "accuracy", "f1", "exact_match", "loss")
 # Finetuning's length: at most DEFAULT_EPOCHS, evaluated twice an epoch and stopped after DEFAULT_PATIENCE
 # evaluations (two epochs) without a better validation metric; final/ holds the best.
 DEFAULT_EPOCHS = 10.0
@@ -51,11 +51,15 @@ class FinetuneConfig(TrainingOptions):
     # -- what to train on --------------------------------------------------------------------------
     base: str = option(help="Checkpoint to start from (its tokenizer, architecture and weights).", positional=True,
                        affects_output=False)  # its id goes into the run's identity
-    data: str = option(help="Training data: a dataset artifact (labeled for classify; any for clm/mlm) or, for "
-                       "sft, a JSONL file of instruction/response records.", positional=True, affects_output=False)
-    task: str = option("auto", "classify, sft (instruction tuning), clm or mlm (continued pretraining); auto: "
-                       "classify for a labeled dataset, sft for a .jsonl file, else the base's objective.",
-                       choices=TASKS)
+    data: str = option(help="Training data: a dataset artifact (labeled for classify; any for clm/mlm) or a JSONL "
+                       "file: instruction/response records for sft, question/context/answer records for qa "
+                       "(SQuAD's layout: {\"question\", \"context\", \"answers\": {\"text\": [...], "
+                       "\"answer_start\": [...]}}, or \"answer\" and \"answer_start\").", positional=True,
+                       affects_output=False)
+    task: str = option("auto", "classify, sft (instruction tuning), qa (extractive question answering: start/end "
+                       "heads on an encoder), clm or mlm (continued pretraining); auto: classify for a labeled "
+                       "dataset, qa for a JSONL file whose records have a question and a context, sft for another, "
+                       "else the base's objective.", choices=TASKS)
     # -- the model -----------------------------------------------------------------------------------
     scratch: bool = option(False, "Start from random weights of the base's architecture (a baseline for what "
                            "pretraining buys); the base still gives the tokenizer.", section="model")
@@ -97,8 +101,12 @@ class FinetuneConfig(TrainingOptions):
                             "(max). Cut is the default as measured: on manual pages and docstrings, whose first "
                             "lines say what they are, it scored higher (README). Recorded in the checkpoint.",
                             choices=("mean", "max", "cut"), section="data")
-    chunk_stride: int = option(0, "classify: tokens between the starts of consecutive chunks (0: half a window).",
-                               section="data")
+    chunk_stride: int = option(0, "classify: tokens between the starts of consecutive chunks (0: half a window). "
+                               "qa: tokens between the starts of a long context's windows, the question repeated "
+                               "in each (BERT's doc stride; 0: half a window's context); recorded in the "
+                               "checkpoint.", section="data")
+    max_answer_tokens: int = option(30, "qa: the longest answer span, in tokens (BERT's max_answer_length); "
+                                    "recorded in the checkpoint for evaluate, generate and serve.", section="data")
     token_dropout: float = option(0.0, "classify: drop each input token with this probability during training "
                                   "(augmentation).", section="data")
     pack: bool = option(False, "sft: pack the examples of a batch into as few rows as fit the window, with "
@@ -142,7 +150,7 @@ class FinetuneConfig(TrainingOptions):
                                   "stopping usually ends the run before), unless --max-steps, --max-tokens or "
                                   "--max-time bounds the run.", section=STOPPING)
     metric: str = option("auto", "Validation metric for the best checkpoint and early stopping; auto: accuracy "
-                         "for classify, loss otherwise.", choices=METRICS, section=STOPPING)
+                         "for classify, f1 (SQuAD's) for qa, loss otherwise.", choices=METRICS, section=STOPPING)
     final: str = option("best", "What final/ holds: the best checkpoint's weights by --metric, or the last.",
                         choices=("best", "last"), section=STOPPING)
     find_lr: bool = option(False, "Run a learning-rate range test instead of training: print loss against "
@@ -167,6 +175,8 @@ class FinetuneConfig(TrainingOptions):
 
     def problems(self) -> list[str]:
         problems = super().problems()
+        if self.max_answer_tokens < 1:
+            problems.append(f"--max-answer-tokens: must be at least 1, got {self.max_answer_tokens}")
         if self.find_lr_steps < 3:
             problems.append("--find-lr-steps: must be at least 3 (a rate is suggested from the curve's shape)")
         for name in ("lora_rank", "max_train_examples", "chunk_stride"):

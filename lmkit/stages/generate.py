@@ -1,5 +1,6 @@
 """``lmkit generate``: use a checkpoint. Text from a causal or SFT model, [MASK] candidates from a BERT,
-labels from a classifier; prompts from an argument, a file, stdin or JSONL records.
+labels from a classifier, answers from a question-answering (span) model; prompts from an argument, a file,
+stdin or JSONL records (questions from --question with --context or --context-file, or JSONL records).
 
 Every input is read and checked before the model loads. Results go to stdout (JSONL when the input
 was JSONL) or, with --output, to a JSONL file written atomically; messages go to stderr. Nothing
@@ -20,17 +21,20 @@ import torch
 
 from lmkit.data.jsonl import json_objects, read_text
 from lmkit.errors import UserError
-from lmkit.generation.classify import classify
+from lmkit.generation.classify import classify, reads_pairs
 from lmkit.generation.fill_mask import fill_mask
 from lmkit.generation.generator import Generator
-from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, compile_choice, load_model
+from lmkit.generation.model import CLASSIFY, FILL_MASK, QA, TEXT, checkpoint_mode, compile_choice, load_model
+from lmkit.generation.qa import answer_questions, one_question, questions_of_jsonl
+from lmkit.models.span import QASettings
 from lmkit.progress import reporter
 from lmkit.stages.generate_config import FILL_MASK_FLAGS, TEXT_FLAGS, GenerateConfig
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import Checkpoint, read_checkpoint
 
 # The JSONL field holding the input, by mode; the other name is accepted too.
-INPUT_FIELD = {TEXT: "prompt", FILL_MASK: "text", CLASSIFY: "text"}
+INPUT_FIELD = {TEXT: "prompt", FILL_MASK: "text", CLASSIFY: "text", QA: "question"}
+PAIR_FIELD = "text_pair"  # a pair classifier's second text (JSONL; --text-pair; serve's classify field)
 
 
 @dataclass
@@ -39,6 +43,8 @@ class Inputs:
     records: list[dict[str, Any]]  # what each output record starts from: the JSONL record, or {field: text}
     names: list[str]               # how messages call each input ("prompts.jsonl line 3")
     jsonl: bool = False
+    pairs: list[str] | None = None  # a pair classifier's second texts; None otherwise
+    contexts: list[str] | None = None  # a question-answering model's contexts (texts: the questions)
 
 
 @dataclass
@@ -75,26 +81,48 @@ def _from_text(text: str, where: str, mode: str) -> Inputs:
                   [f"{where}:{n}" for n, _ in lines])
 
 
-def _from_jsonl(path: str, mode: str) -> Inputs:
+def _from_jsonl(path: str, mode: str, pairs: bool) -> Inputs:
+    """``pairs``: the checkpoint is a pair classifier, and each record needs a "text_pair" too."""
     key = INPUT_FIELD[mode]
     other = "text" if key == "prompt" else "prompt"
-    inputs = Inputs([], [], [], jsonl=True)
+    inputs = Inputs([], [], [], jsonl=True, pairs=[] if pairs else None)
     for where, record in json_objects(_read_text(path), path, f"a JSON object with a \"{key}\" field"):
         value = record.get(key, record.get(other))
         if not isinstance(value, str):
             raise UserError(f"{where}: needs a \"{key}\" field holding a string")
+        if pairs and not isinstance(record.get(PAIR_FIELD), str):
+            raise UserError(f"{where}: needs a \"{PAIR_FIELD}\" field holding a string (the classifier reads pairs "
+                            "of texts)")
+        if not pairs and mode == CLASSIFY and PAIR_FIELD in record:
+            raise UserError(f"{where}: has a \"{PAIR_FIELD}\" field, but the classifier reads single texts (it was "
+                            "not finetuned on pairs)")
         inputs.texts.append(value)
         inputs.records.append(record)
         inputs.names.append(where)
+        if pairs:
+            inputs.pairs.append(record[PAIR_FIELD])
     return inputs
 
 
-def read_inputs(config: GenerateConfig, mode: str) -> Inputs:
-    """The texts to answer, from PROMPT, --prompt-file, --input or stdin; each checked for emptiness."""
+def read_inputs(config: GenerateConfig, mode: str, pairs: bool = False) -> Inputs:
+    """The texts to answer, from PROMPT, --prompt-file, --input or stdin; each checked for emptiness. ``pairs``:
+    the checkpoint is a pair classifier, which reads PROMPT with --text-pair, or --input records."""
+    if mode == QA or config.question is not None:
+        return _questions(config, mode)
+    if config.text_pair is not None and not pairs:
+        raise UserError(f"--text-pair: {config.checkpoint} " + ("classifies single texts (it was not finetuned on "
+                        "pairs)" if mode == CLASSIFY else f"is a {mode} model, not a classifier"))
+    if pairs and config.input is None and (config.prompt is None or config.text_pair is None):
+        given = "PROMPT alone" if config.prompt is not None else ("--prompt-file" if config.prompt_file else "stdin")
+        raise UserError(f"{given}: {config.checkpoint} classifies pairs of texts; give PROMPT with --text-pair, or "
+                        f"--input JSONL records with \"text\" and \"{PAIR_FIELD}\"")
     if config.prompt is not None:
         inputs = Inputs([config.prompt], [{INPUT_FIELD[mode]: config.prompt}], ["PROMPT"])
+        if pairs:
+            inputs.records[0][PAIR_FIELD] = config.text_pair
+            inputs.pairs = [config.text_pair]
     elif config.input is not None:
-        inputs = _from_jsonl(config.input, mode)
+        inputs = _from_jsonl(config.input, mode, pairs)
     elif config.prompt_file is not None:
         where = "stdin" if config.prompt_file == "-" else config.prompt_file
         inputs = _from_text(_read_text(config.prompt_file), where, mode)
@@ -109,7 +137,30 @@ def read_inputs(config: GenerateConfig, mode: str) -> Inputs:
         if not text.strip():
             raise UserError(f"{name}: the prompt is empty (give text for the model to "
                             f"{'continue' if mode == TEXT else 'read'})")
+    for name, text in zip(inputs.names, inputs.pairs or []):
+        if not text.strip():
+            raise UserError(f"{name}: the {PAIR_FIELD} is empty (give the pair's second text)")
     return inputs
+
+
+def _questions(config: GenerateConfig, mode: str) -> Inputs:
+    """A qa checkpoint's questions: --question with --context or --context-file, or --input JSONL records."""
+    if mode != QA:
+        raise UserError(f"--question: {config.checkpoint} is a {mode} model, not a question-answering one")
+    if config.question is not None:
+        if config.context_file is not None:
+            where = "stdin" if config.context_file == "-" else config.context_file
+            found = one_question(config.question, _read_text(config.context_file), where)
+        else:
+            found = one_question(config.question, config.context, "--context")
+    elif config.input is not None:
+        found = questions_of_jsonl(_read_text(config.input), config.input)
+    else:
+        given = "PROMPT" if config.prompt is not None else ("--prompt-file" if config.prompt_file else "no question")
+        raise UserError(f"{given}: {config.checkpoint} answers questions from a context; give --question with "
+                        "--context or --context-file, or --input JSONL records with \"question\" and \"context\"")
+    return Inputs(found.questions, found.records, found.names, jsonl=config.input is not None,
+                  contexts=found.contexts)
 
 
 def check_output(config: GenerateConfig) -> Path | None:
@@ -170,9 +221,15 @@ class Session:
                               self.config.batch_size, inputs.names)
             for record, per_mask in zip(records, found):
                 record["candidates"] = [[c.to_dict() for c in candidates] for candidates in per_mask]
+        elif self.mode == QA:
+            settings = QASettings.from_head(self.checkpoint.qa)
+            answers = answer_questions(self.model, self.tokenizer, settings, inputs.texts, inputs.contexts,
+                                       self.config.batch_size)
+            for record, answer in zip(records, answers):
+                record.update(answer.to_dict())
         elif self.mode == CLASSIFY:
             predictions = classify(self.model, self.tokenizer, self.checkpoint.labels, inputs.texts,
-                                   self.config.batch_size, inputs.names, self.checkpoint.head)
+                                   self.config.batch_size, inputs.names, self.checkpoint.head, inputs.pairs)
             for record, prediction in zip(records, predictions):
                 record.update(prediction.to_dict())
         else:
@@ -209,7 +266,7 @@ def run(config: GenerateConfig, stream: Callable[[str], None] | None = None) -> 
     checkpoint = read_checkpoint(config.checkpoint)
     mode = checkpoint_mode(checkpoint)
     output = check_output(config)
-    inputs = read_inputs(config, mode)  # every input checked before the model loads
+    inputs = read_inputs(config, mode, reads_pairs(checkpoint.head))  # every input checked before the model loads
     session = open_session(config, checkpoint, len(inputs.texts) * config.num_samples * config.max_new_tokens)
     streaming = (stream is not None and mode == TEXT and len(inputs.texts) == 1 and config.num_samples == 1
                  and output is None and not inputs.jsonl)
@@ -220,4 +277,5 @@ def run(config: GenerateConfig, stream: Callable[[str], None] | None = None) -> 
         write_jsonl(output, records)
         reporter.info(f"{output}: {len(records)} record{'s' if len(records) != 1 else ''} written")
     return GenerateResult(mode, records, output, inputs.jsonl, streaming,
-                          {"echo": config.echo, "num_samples": config.num_samples, "field": INPUT_FIELD[mode]})
+                          {"echo": config.echo, "num_samples": config.num_samples, "field": INPUT_FIELD[mode],
+                           "pairs": inputs.pairs is not None})

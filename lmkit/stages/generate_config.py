@@ -30,9 +30,17 @@ class GenerateConfig:
                                 positional=True)
     prompt_file: str | None = option(None, "Read the prompt from this file ('-': stdin); one final newline is "
                                      "dropped. Fill-mask and classifiers: one text per line.")
+    text_pair: str | None = option(None, "A classifier finetuned on pairs (NLI, paraphrase): the second text, "
+                                   "classified together with PROMPT.")
     input: str | None = option(None, "JSONL file of records with a \"prompt\" (text generation) or \"text\" "
-                               "(fill-mask, classifiers) field; results are written as JSONL records that keep "
-                               "every input field.")
+                               "(fill-mask, classifiers; a pair classifier also reads \"text_pair\") field; results "
+                               "are written as JSONL records that keep every input field.")
+    question: str | None = option(None, "A question-answering (qa) checkpoint: the question, answered from --context "
+                                  "or --context-file (many questions: --input JSONL records with \"question\" and "
+                                  "\"context\").")
+    context: str | None = option(None, "With --question: the text to find the answer in.")
+    context_file: str | None = option(None, "With --question: read the context from this file ('-': stdin), as "
+                                      "it is.")
     output: str | None = option(None, "Write the results as JSONL here (atomically: the file appears complete or "
                                 "not at all) instead of printing them.", short="-o")
     force: bool = option(False, "Overwrite an existing --output file.")
@@ -78,6 +86,17 @@ class GenerateConfig:
             problems.append(f"--interactive and {sources[0]}: interactive mode reads the prompts from the terminal")
         if self.interactive and self.output:
             problems.append("--interactive and --output: interactive mode prints its answers")
+        if self.text_pair is not None and self.prompt is None:
+            problems.append("--text-pair: is the second text of PROMPT; give PROMPT too (many pairs: --input JSONL "
+                            "records with \"text\" and \"text_pair\")")
+        if self.question is not None:
+            if sources:
+                problems.append(f"--question and {sources[0]}: give the questions one way only")
+            if (self.context is None) == (self.context_file is None):
+                problems.append("--question: needs the text to answer from: --context TEXT or --context-file FILE "
+                                "(one of them)")
+        elif self.context is not None or self.context_file is not None:
+            problems.append(f"{'--context' if self.context is not None else '--context-file'}: goes with --question")
         if self.force and not self.output:
             problems.append("--force: only applies to --output")
         for name in ("num_samples", "candidates", "batch_size"):

@@ -4,8 +4,9 @@ A checkpoint is an artifact (kind ``checkpoint``)::
 
     model.safetensors            weights (tied tensors stored once)
     model.json                   ModelConfig, the objective it was trained with and, for finetuned
-                                 models, "head" (classifier labels and pooling), "template" (the
-                                 SFT prompt template) and "lora" (adapters kept unmerged)
+                                 models, "head" (classifier labels and pooling), "qa" (a span model's
+                                 window, stride and longest answer), "template" (the SFT prompt
+                                 template) and "lora" (adapters kept unmerged)
     tokenizer/                   a copy of the tokenizer artifact (nested, verified with the rest)
     trainer/state.json           step, tokens seen, best metric, RNG states, optimizer metadata
     trainer/optimizer.safetensors  optimizer moments and the torch RNG state
@@ -113,12 +114,15 @@ class Checkpoint:
     head: dict[str, Any] | None = None      # classifiers: {"labels": [names by index], "pooling", "max_len"}
     template: str | None = None             # sft: the prompt template, "{prompt}" marks the instruction
     lora: dict[str, Any] | None = None      # unmerged adapters: {"rank", "alpha", "dropout"}
+    qa: dict[str, Any] | None = None        # span models (extractive QA): models.span.QASettings
 
     @property
     def task(self) -> str:
-        """What the checkpoint's model does: "lm" (clm or mlm), "classify" or "sft"."""
+        """What the checkpoint's model does: "lm" (clm or mlm), "classify", "qa" or "sft"."""
         if self.head is not None:
             return "classify"
+        if self.qa is not None:
+            return "qa"
         return "sft" if self.objective == "sft" else "lm"
 
     @property
@@ -135,6 +139,8 @@ class Checkpoint:
         """Longest input a classifier was trained on (inputs are cut to it); else the block size."""
         if self.head is not None and self.head.get("max_len"):
             return int(self.head["max_len"])
+        if self.qa is not None:
+            return int(self.qa["max_len"])
         return self.model_config.block_size
 
     @property
@@ -151,12 +157,17 @@ class Checkpoint:
         return specials_in(self.tokenizer_path)
 
     def build_model(self) -> nn.Module:
-        """The model with its saved weights: a language model, or a SequenceClassifier for a
-        classifier checkpoint; with LoRALinear wrappers when the adapters were kept unmerged."""
+        """The model with its saved weights: a language model, a SequenceClassifier for a classifier
+        checkpoint or a SpanExtractor for a span (qa) one; with LoRALinear wrappers when the adapters were
+        kept unmerged."""
         if self.head is not None:
             from lmkit.models.classifier import SequenceClassifier
 
             model = SequenceClassifier(self.model_config, len(self.head["labels"]), self.head["pooling"])
+        elif self.qa is not None:
+            from lmkit.models.span import SpanExtractor
+
+            model = SpanExtractor(self.model_config)
         else:
             model = build_model(self.model_config)
         if self.lora is not None:
@@ -235,7 +246,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         saved = json.loads(artifact.file(MODEL_CONFIG_FILE).read_text())
         model_config = ModelConfig.from_dict(saved["model"])
         objective = saved["objective"]
-        head, template, lora = saved.get("head"), saved.get("template"), saved.get("lora")
+        head, template, lora, qa = saved.get("head"), saved.get("template"), saved.get("lora"), saved.get("qa")
         if head is not None and (not isinstance(head.get("labels"), list) or len(head["labels"]) < 2
                                  or not isinstance(head.get("pooling"), str)):
             raise ValueError("'head' needs a list of at least 2 labels and a pooling")
@@ -243,7 +254,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             raise ValueError("'template' must be a string containing {prompt}")
         if lora is not None and not (isinstance(lora, dict) and int(lora["rank"]) > 0):
             raise ValueError("'lora' needs a positive rank")
+        if qa is not None:
+            from lmkit.models.span import QASettings
+
+            QASettings.from_head(qa)
+            if model_config.arch != "bert":
+                raise ValueError("'qa' needs a bert model")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{artifact.file(MODEL_CONFIG_FILE)}: invalid model config ({exc})") from None
     return Checkpoint(artifact=artifact, model_config=model_config, objective=objective, head=head,
-                      template=template, lora=lora)
+                      template=template, lora=lora, qa=qa)

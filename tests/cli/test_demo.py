@@ -10,6 +10,10 @@ def test_demo_corpus_is_written_once(tmp_path):
     records = [json.loads(line) for line in (out / "docstrings.jsonl").read_text().splitlines()]
     assert {r["label"] for r in records} == {"module", "class", "function"}
     assert len(list((out / "topics").glob("*.txt"))) > 50
+    pairs = [json.loads(line) for name in ("pairs.jsonl", "pairs-test.jsonl")
+             for line in (out / name).read_text().splitlines()]
+    assert len(pairs) > 300 and sum(p["label"] == "match" for p in pairs) == len(pairs) // 2  # balanced
+    assert all(p["text"] and p["text_pair"] for p in pairs) and "text pairs" in first.stdout
     # Pretraining text in the labeled set's domain, but none of the labeled modules' own docstrings.
     stdlib = {p.stem for p in (out / "stdlib").glob("*.txt")}
     assert len(stdlib) > 100 and "json" not in stdlib and not any(name.startswith("json.") for name in stdlib)

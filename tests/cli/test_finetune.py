@@ -43,3 +43,34 @@ def test_merge_lora_refuses_a_checkpoint_without_adapters(bases, tmp_path):
     result = run_lmkit("merge-lora", str(bases["gpt"]), "--out", str(tmp_path / "merged"))
     assert result.returncode == 1
     assert "has no unmerged LoRA adapters" in result.stderr and not (tmp_path / "merged").exists()
+
+
+def test_a_pair_classifier_is_finetuned_evaluated_and_used_on_pairs(bases, pair_dataset, tmp_path):
+    run = tmp_path / "run"
+    result = run_lmkit("finetune", str(bases["bert"]), str(pair_dataset), "--out", str(run), *FAST)
+    assert result.returncode == 0, result.stderr
+    head = json.loads((run / "final" / "model.json").read_text())["head"]
+    assert head["pairs"] is True and head["labels"] == ["other", "same"]
+    result = run_lmkit("evaluate", str(run / "final"), str(pair_dataset), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["examples"] == artifacts.load(pair_dataset).stats["splits"]["validation"]["documents"]
+    assert 0 <= report["metrics"]["accuracy"] <= 1 and report["method"]["framing"] == "[CLS] text [SEP] pair [SEP]"
+    result = run_lmkit("generate", str(run / "final"), "The first text.", "--text-pair", "The second text.")
+    assert result.returncode == 0, result.stderr
+    assert "text_pair" in result.stdout and "The second text." in result.stdout and "p(same)" in result.stdout
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "a", "text_pair": "b", "id": 7}) + "\n")
+    result = run_lmkit("generate", str(run / "final"), "--input", str(tmp_path / "in.jsonl"))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["id"] == 7 and record["label"] in head["labels"] and list(record["probabilities"]) == head["labels"]
+    # Refused, one line each: a lone text for a pair classifier, and chunking a pair.
+    result = run_lmkit("generate", str(run / "final"), "The first text.")
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+        f"error: PROMPT alone: {run / 'final'} classifies pairs of texts; give PROMPT with --text-pair, or --input "
+        "JSONL records with \"text\" and \"text_pair\"")
+    result = run_lmkit("finetune", str(bases["bert"]), str(pair_dataset), "--out", str(tmp_path / "chunked"),
+                       "--long-text", "mean", *FAST)
+    assert result.returncode == 1 and "error: --long-text mean: reads one long text as windows; a pair of texts " \
+        "is cut to the window longest text first (use --long-text cut)" in result.stderr
+    assert not (tmp_path / "chunked").exists()

@@ -116,6 +116,19 @@ def test_a_classifier_labels_each_line(labeler, tmp_path):
     assert table.exit_code == 0 and records[0]["label"] in table.stdout
 
 
+def test_a_second_text_is_refused_unless_the_classifier_reads_pairs(labeler, gpt, tmp_path):
+    result = generate(labeler, "Return the sum.", "--text-pair", "A function.")
+    assert result.exit_code == 1
+    assert f"error: --text-pair: {labeler} classifies single texts (it was not finetuned on pairs)" in result.stderr
+    result = generate(gpt, "x", "--text-pair", "y")
+    assert f"error: --text-pair: {gpt} is a text model, not a classifier" in result.stderr
+    records = write_lines(tmp_path / "in.jsonl", json.dumps({"text": "a", "text_pair": "b"}))
+    result = generate(labeler, "--input", records)
+    assert result.exit_code == 1 and (f'error: {records}:1: has a "text_pair" field, but the classifier reads single '
+                                      "texts") in result.stderr
+    assert "error: --text-pair: is the second text of PROMPT" in generate(labeler, "--text-pair", "y").stderr
+
+
 def test_interactive_mode_answers_each_line(gpt, expected):
     result = run_lmkit("generate", str(gpt), "--interactive", *SAMPLING,
                        input="The for statement\n\nx = 1\nexit\nnot read\n")

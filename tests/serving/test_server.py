@@ -302,6 +302,29 @@ def test_fill_mask_and_classify_endpoints(bert, labeled, tmp_path):
         assert code == 200 and [row["index"] for row in body["data"]] == [0, 1]
         assert set(body["data"][0]["probabilities"]) == set(body["labels"]) == {"lower", "upper"}
         assert sum(body["data"][0]["probabilities"].values()) == pytest.approx(1.0)
+        code, body, _ = server.request("POST", "/v1/classify", {"input": "x", "text_pair": "y"})
+        assert code == 400 and body["error"]["param"] == "text_pair"
+        assert "reads single texts" in body["error"]["message"]
+    finally:
+        server.stop()
+
+
+def test_a_pair_classifier_classifies_text_pairs_and_names_a_missing_one(pair_classifier):
+    server = Server(pair_classifier)
+    try:
+        code, body, _ = server.request("POST", "/v1/classify", {"input": ["a text", "another"],
+                                                                "text_pair": ["its pair", "a second"]})
+        assert code == 200 and [row["index"] for row in body["data"]] == [0, 1] and body["labels"] == ["other", "same"]
+        assert body["data"][0]["label"] in body["labels"] and body["usage"]["prompt_tokens"] > 0
+        code, single, _ = server.request("POST", "/v1/classify", {"input": "a text", "text_pair": "its pair"})
+        assert code == 200 and single["data"][0]["probabilities"] == pytest.approx(body["data"][0]["probabilities"])
+        for request, message in (({"input": "a text"}, "text_pair: required: this server's classifier reads pairs"),
+                                 ({"input": ["a", "b"], "text_pair": ["c"]}, "text_pair: give one second text per "
+                                                                             "input (2)"),
+                                 ({"input": "a", "text_pair": " "}, "text_pair: every text must be non-empty")):
+            code, body, _ = server.request("POST", "/v1/classify", request)
+            assert code == 400 and body["error"]["param"] == "text_pair"
+            assert body["error"]["message"].startswith(message)
     finally:
         server.stop()
 

@@ -3,6 +3,7 @@ and every refusal of bad input (with its message, before any compute or output).
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +178,32 @@ def test_classification_from_jsonl_and_its_label_problems(classifier, tmp_path):
     text.write_text("plain text has no labels at all\n")
     with pytest.raises(UserError, match="plain text has no labels"):
         evaluate.run(config(classifier, text))
+
+
+def test_a_pair_classifier_reads_pairs_and_refuses_single_texts_and_vice_versa(classifier, pair_classifier,
+                                                                              pair_dataset, labeled, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "second": p, "label": y}) + "\n"
+                            for t, p, y in (("a text", "its pair", "same"), ("one", "another", "other"))))
+    report = evaluate.run(config(pair_classifier, data, text_pair_field="second")).report
+    assert report["examples"] == 2 and report["method"]["framing"] == "[CLS] text [SEP] pair [SEP]"
+    refusals = [
+        (config(pair_classifier, labeled), f"{labeled}: holds single texts, but {pair_classifier} classifies pairs "
+                                           "of texts (finetuned on a pair dataset); preprocess it with "
+                                           "--text-pair-field"),
+        (config(pair_classifier, data), f"{data}: holds single texts, but {pair_classifier} classifies pairs of texts "
+                                        "(finetuned on a pair dataset); give --text-pair-field FIELD"),
+        (config(classifier, pair_dataset), f"{pair_dataset}: holds pairs of texts, but {classifier} classifies single "
+                                           "texts; finetune a classifier on this pair dataset"),
+        (config(classifier, data, text_pair_field="second"), f"--text-pair-field second: {classifier} classifies "
+                                                             "single texts, not pairs"),
+        (config(pair_classifier, pair_dataset, text_pair_field="second"), "--text-pair-field: reads the second "
+                                                                          "texts of raw files for --task classify"),
+        (config(pair_classifier, pair_dataset, long_text="max"), "--long-text max: reads one long text as windows"),
+    ]
+    for refused, message in refusals:
+        with pytest.raises(UserError, match=re.escape(message)):
+            evaluate.run(refused)
 
 
 def test_classifier_on_a_dataset_without_labels_is_refused(classifier, dataset):
@@ -409,7 +436,7 @@ def test_baseline_refusals_before_any_compute(gpt, bert, classifier, dataset, tm
         evaluate.run(config(gpt, text, baseline=True))
     choices = tmp_path / "choices.jsonl"
     choices.write_text(json.dumps({"question": "A", "options": ["b", "c"], "label": 0}) + "\n")
-    with pytest.raises(UserError, match="--baseline: there is a baseline for --task classify and lm, not for "
+    with pytest.raises(UserError, match="--baseline: there is a baseline for --task classify, lm and qa, not for "
                                         "--task choice"):
         evaluate.run(config(gpt, choices, task="choice", baseline=True))
     with pytest.raises(UserError, match=r"--fail-if 'accuracy<baseline_accuracy': compares with the baseline; add "

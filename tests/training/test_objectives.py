@@ -7,7 +7,7 @@ import pytest
 from lmkit.models.config import ARCHS
 from lmkit.stages.finetune_config import TASKS, FinetuneConfig
 from lmkit.stages.pretrain_config import PretrainConfig
-from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ObjectiveSpec, register
+from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, SENTENCE_OBJECTIVES, ObjectiveSpec, register
 
 
 def choices(cls, name):
@@ -16,8 +16,10 @@ def choices(cls, name):
 
 def test_stage_choices_are_registered_objectives():
     # The config files spell the names so that --help does not import torch; these keep them in step.
-    assert set(TASKS) - {"auto"} == choices(FinetuneConfig, "task") == set(OBJECTIVES) - {"distill"}
-    assert choices(PretrainConfig, "objective") == set(DEFAULT_OBJECTIVE.values())
+    # (the sentence-pair objectives are pretraining's; finetuning continues with plain masked LM)
+    assert set(TASKS) - {"auto"} == choices(FinetuneConfig, "task") == set(OBJECTIVES) - {"distill",
+                                                                                         *SENTENCE_OBJECTIVES}
+    assert choices(PretrainConfig, "objective") == set(DEFAULT_OBJECTIVE.values()) | set(SENTENCE_OBJECTIVES)
     for arch, name in DEFAULT_OBJECTIVE.items():
         assert arch in OBJECTIVES[name].archs
 

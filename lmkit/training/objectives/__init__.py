@@ -4,6 +4,7 @@ it and registers its spec, plus its line below."""
 from lmkit.training.objectives.base import (OBJECTIVES, BatchLayout, Built, Count, Objective, ObjectiveInputs,
                                             ObjectiveSpec, register)
 from lmkit.training.objectives import classification, distillation, instruction, language_modeling  # noqa: F401
+from lmkit.training.objectives import question_answering  # noqa: F401
 
 DEFAULT_OBJECTIVE = {"gpt": "clm", "lstm": "clm", "bert": "mlm"}  # pretraining's, by architecture
 SENTENCE_OBJECTIVES = ("mlm+nsp", "mlm+sop")  # masked LM plus a sentence-pair task (Checkpoint.masked_lm)

@@ -1,4 +1,5 @@
-"""Sequence classification on a labeled dataset: cross entropy of class logits over a pooled vector.
+"""Sequence classification on a labeled dataset: cross entropy of class logits over a pooled vector. A pair
+dataset's examples are two texts framed as one input (classifier.format_pair_inputs), cut longest first.
 
 Examples are read at global sample positions (objectives.BatchLayout) with the same seeded
 permutations as pretraining windows, so a resumed finetune reads exactly what the uninterrupted
@@ -18,7 +19,7 @@ from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation.metrics import classification_metrics
 from lmkit.models.classifier import (DEFAULT_POOLING, POOLING, TRAIN_CHUNKS_PER_TEXT, aggregate_logits, chunk_texts,
-                                     default_stride, format_inputs, long_text_settings, text_room)
+                                     default_stride, format_examples, long_text_settings, text_room)
 from lmkit.vocab import Specials
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, dataset_for,
                                             register)
@@ -43,10 +44,13 @@ class Classification:
                  val_labels: np.ndarray, n_classes: int, arch: str, seq_len: int, layout: BatchLayout, seed: int,
                  device: torch.device, specials: Specials, class_weights: torch.Tensor | None = None,
                  token_dropout: float = 0.0, teacher_arch: str | None = None, long_text: str = "cut",
-                 chunk_stride: int | None = None):
+                 chunk_stride: int | None = None, train_pairs: list[list[int]] | None = None,
+                 val_pairs: list[list[int]] | None = None):
+        """``train_pairs``, ``val_pairs``: the second texts of a pair dataset (None: single texts)."""
         self.long_text, self.chunk_stride = long_text, chunk_stride  # how predict() reads a long text
         self.train, self.train_labels = train, np.asarray(train_labels, dtype=np.int64)
         self.validation, self.val_labels = validation, np.asarray(val_labels, dtype=np.int64)
+        self.train_pairs, self.val_pairs = train_pairs, val_pairs
         self.n_classes, self.arch, self.seq_len = n_classes, arch, seq_len
         self.layout, self.seed, self.device, self.specials = layout, seed, device, specials
         self.class_weights = None if class_weights is None else class_weights.to(device)
@@ -54,50 +58,68 @@ class Classification:
         self.train_windows = Count(len(train))
         self.val_windows = Count(len(validation)) if validation else None
         # Tokens a step reads, for throughput: the mean formatted length (inputs are padded per batch).
-        self.tokens_per_sample = max(1, round(float(np.mean([min(len(t) + 2, seq_len) for t in train]))))
+        lengths = [len(t) + 2 for t in train] if train_pairs is None else \
+            [len(a) + len(b) + 3 for a, b in zip(train, train_pairs)]
+        self.tokens_per_sample = max(1, round(float(np.mean([min(n, seq_len) for n in lengths]))))
 
-    def _batch(self, token_lists: list[list[int]], labels: np.ndarray) -> dict[str, torch.Tensor]:
-        idx, mask = format_inputs(token_lists, self.arch, self.seq_len, self.specials)
-        batch = {"idx": idx.to(self.device), "attention_mask": mask.to(self.device),
-                 "targets": torch.from_numpy(labels).to(self.device)}
+    def _batch(self, token_lists: list[list[int]], labels: np.ndarray, pairs: list[list[int]] | None
+               ) -> dict[str, torch.Tensor]:
+        batch = {"targets": torch.from_numpy(labels).to(self.device)}
+        frames = {"": self.arch}
         if self.teacher_arch is not None and self.teacher_arch != self.arch:  # a teacher reads its own format
-            teacher_idx, teacher_mask = format_inputs(token_lists, self.teacher_arch, self.seq_len, self.specials)
-            batch["teacher_idx"], batch["teacher_mask"] = teacher_idx.to(self.device), teacher_mask.to(self.device)
+            frames["teacher_"] = self.teacher_arch
+        for prefix, arch in frames.items():
+            idx, mask, types = format_examples(token_lists, pairs, arch, self.seq_len, self.specials)
+            batch[f"{prefix}idx"], batch[f"{prefix}attention_mask"] = idx.to(self.device), mask.to(self.device)
+            if types is not None:
+                batch[f"{prefix}token_types"] = types.to(self.device)
         return batch
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         start = self.layout.start(step, micro, rank)
         indices = sample_indices(len(self.train), self.seed, start, self.layout.micro_batch)
         token_lists = [self.train[i] for i in indices]
+        pairs = None if self.train_pairs is None else [self.train_pairs[i] for i in indices]
         if self.token_dropout:
             generator = seeded_generator(self.seed, start)
             token_lists = [drop_tokens(tokens, self.token_dropout, generator) for tokens in token_lists]
-        return self._batch(token_lists, self.train_labels[indices])
+            if pairs is not None:
+                pairs = [drop_tokens(tokens, self.token_dropout, generator) for tokens in pairs]
+        return self._batch(token_lists, self.train_labels[indices], pairs)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        if teacher and "teacher_idx" in batch:
-            logits, _ = model(batch["teacher_idx"], None, batch["teacher_mask"])
-        else:
-            logits, _ = model(batch["idx"], None, batch["attention_mask"])
+        prefix = "teacher_" if teacher and "teacher_idx" in batch else ""
+        logits, _ = model(batch[f"{prefix}idx"], None, batch[f"{prefix}attention_mask"],
+                          batch.get(f"{prefix}token_types"))
         return logits, F.cross_entropy(logits.float(), batch["targets"], weight=self.class_weights)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.forward(model, batch)[1]
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, token_lists: list[list[int]], arch: str | None = None) -> np.ndarray:
-        """Class probabilities (N, K) of ``token_lists``, framed for ``arch`` (default: the trained model's),
-        a long text by its chunks' aggregated logits (--long-text); batches of chunks of similar length."""
+    def predict(self, model: nn.Module, token_lists: list[list[int]], arch: str | None = None,
+                pairs: list[list[int]] | None = None) -> np.ndarray:
+        """Class probabilities (N, K) of ``token_lists`` (with ``pairs``, their second texts), framed for ``arch``
+        (default: the trained model's), a long text by its chunks' aggregated logits (--long-text; a pair is
+        cut); batches of chunks of similar length."""
         arch = arch or self.arch
-        chunks, owner = chunk_texts(token_lists, arch, self.seq_len, self.long_text, self.chunk_stride)
-        order = np.argsort([len(t) for t in chunks], kind="stable")
+        if pairs is None:
+            chunks, owner = chunk_texts(token_lists, arch, self.seq_len, self.long_text, self.chunk_stride)
+            lengths = [len(t) for t in chunks]
+        else:
+            chunks, owner = list(token_lists), np.arange(len(token_lists))
+            lengths = [len(a) + len(b) for a, b in zip(token_lists, pairs)]
+        order = np.argsort(lengths, kind="stable")
         logits = torch.zeros((len(chunks), self.n_classes), dtype=torch.float32)
         size = self.layout.micro_batch * 2
         for start in range(0, len(order), size):
             chosen = order[start:start + size]
-            idx, mask = format_inputs([chunks[i] for i in chosen], arch, self.seq_len, self.specials)
-            batch, _ = model(idx.to(self.device), None, mask.to(self.device))
+            seconds = None if pairs is None else [pairs[i] for i in chosen]
+            idx, mask, types = format_examples([chunks[i] for i in chosen], seconds, arch, self.seq_len,
+                                               self.specials)
+            batch, _ = model(idx.to(self.device), None, mask.to(self.device),
+                             None if types is None else types.to(self.device))
             logits[torch.as_tensor(chosen)] = batch.float().cpu()
         aggregated = aggregate_logits(logits, owner, len(token_lists), self.long_text)
         return torch.softmax(aggregated.double(), dim=-1).numpy()
@@ -110,7 +132,8 @@ class Classification:
         count = len(self.validation)
         if max_batches:
             count = min(count, max_batches * self.layout.micro_batch)
-        probabilities = self.predict(model, self.validation[:count], arch)
+        pairs = None if self.val_pairs is None else self.val_pairs[:count]
+        probabilities = self.predict(model, self.validation[:count], arch, pairs)
         gold = self.val_labels[:count]
         loss = -float(np.mean(np.log(np.maximum(probabilities[np.arange(count), gold], 1e-12))))
         scores = classification_metrics(gold, probabilities.argmax(axis=1), [str(k) for k in range(self.n_classes)])
@@ -131,10 +154,15 @@ def _build(inputs: ObjectiveInputs) -> Built:
     pooling = DEFAULT_POOLING[arch] if options.pooling == "auto" else options.pooling
     if pooling not in POOLING[arch]:
         raise UserError(f"--pooling {pooling}: does not fit a {arch} model (choose {', '.join(POOLING[arch])})")
+    pairs = train.pairs is not None
     teacher = inputs.teacher
     if teacher is not None and teacher.labels != names:
         raise UserError(f"--teacher {options.teacher}: its labels {teacher.labels} differ from the dataset's {names}")
-    long_text, stride = long_text_settings(None, arch, inputs.seq_len, options.long_text, options.chunk_stride)
+    if teacher is not None and bool((teacher.head or {}).get("pairs")) != pairs:
+        raise UserError(f"--teacher {options.teacher}: classifies {'single texts' if pairs else 'pairs'}, the "
+                        f"dataset holds {'pairs' if pairs else 'single texts'}")
+    long_text, stride = long_text_settings(None, arch, inputs.seq_len, options.long_text, options.chunk_stride,
+                                           pairs)
     stride = stride or default_stride(text_room(arch, inputs.seq_len))
     texts = len(train.tokens)
     per_text = np.bincount(train.labels, minlength=len(names)).astype(np.float64)  # auto weighs by these
@@ -160,8 +188,10 @@ def _build(inputs: ObjectiveInputs) -> Built:
     objective = Classification(train.tokens, train.labels, validation.tokens, validation.labels, len(names), arch,
                                inputs.seq_len, inputs.layout, options.seed, inputs.device, inputs.specials, weights,
                                options.token_dropout, teacher.model_config.arch if teacher else None, long_text,
-                               stride)
+                               stride, train.pairs, validation.pairs)
     head = {"labels": names, "pooling": pooling, "max_len": inputs.seq_len, "long_text": long_text}
+    if pairs:  # evaluate, generate and serve read two texts per example
+        head["pairs"] = True
     if long_text != "cut":
         head["chunk_stride"] = stride
     return Built(objective, {"head": head})

@@ -1,0 +1,54 @@
+"""Extractive question answering as a user runs it: finetune --task qa, evaluate, generate, in subprocesses."""
+
+import json
+
+from tests.conftest import run_lmkit
+
+FAST = ["--max-steps", "4", "--eval-every", "2", "--micro-batch", "8", "--seq-len", "48", "--precision", "fp32"]
+
+
+def test_finetune_evaluate_generate(bases, qa_file, tmp_path):
+    run = tmp_path / "run"
+    result = run_lmkit("finetune", str(bases["bert"]), str(qa_file), "--out", str(run), *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "task qa" in result.stdout and "val_f1" in result.stdout and "point at [CLS]" in result.stderr
+    result = run_lmkit("evaluate", str(run / "final"), str(qa_file), "--baseline", "--limit", "10",
+                       "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    assert "exact_match" in result.stdout and "baseline" in result.stdout
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["counts"]["questions"] == 10 and 0 <= report["metrics"]["f1"] <= 1
+    record = json.loads(qa_file.read_text().splitlines()[0])
+    one = run_lmkit("generate", str(run / "final"), "--question", record["question"], "--context", record["context"])
+    assert one.returncode == 0, one.stderr
+    answer = one.stdout.rstrip("\n")
+    assert answer and answer in record["context"]
+    context_file = tmp_path / "context.txt"
+    context_file.write_text(record["context"])
+    from_file = run_lmkit("generate", str(run / "final"), "--question", record["question"], "--context-file",
+                          str(context_file))
+    assert from_file.stdout == one.stdout
+    many = run_lmkit("generate", str(run / "final"), "--input", str(qa_file))
+    assert many.returncode == 0, many.stderr
+    outputs = [json.loads(line) for line in many.stdout.splitlines()]
+    assert len(outputs) == len(qa_file.read_text().splitlines()) and outputs[0]["answer"] == answer
+    first = outputs[0]
+    assert first["context"][first["start"]:first["end"]] == answer and isinstance(first["score"], float)
+
+
+def test_bad_qa_input_is_one_line_naming_the_place(bases, qa_checkpoint, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "context": "Paris is big.", "answer": "Lyon", "answer_start": 0}) + "\n")
+    result = run_lmkit("finetune", str(bases["bert"]), str(bad), "--out", str(tmp_path / "run"), *FAST)
+    assert result.returncode == 1 and not (tmp_path / "run").exists()
+    assert result.stderr.strip().splitlines()[-1] == (f"error: {bad}:1: answer 'Lyon' does not match the context at "
+                                                      "answer_start 0 (found 'Pari')")
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"question": "q"}) + "\n")
+    result = run_lmkit("generate", str(qa_checkpoint), "--input", str(missing))
+    assert result.returncode == 1 and f"error: {missing}:1: field 'context' is missing" in result.stderr
+    result = run_lmkit("generate", str(qa_checkpoint), "What is the code?")
+    assert result.returncode == 1 and "answers questions from a context; give --question" in result.stderr
+    result = run_lmkit("evaluate", str(qa_checkpoint), str(missing), "--out", str(tmp_path / "report"))
+    assert result.returncode == 1 and "field 'context' is missing" in result.stderr
+    assert not (tmp_path / "report").exists()
