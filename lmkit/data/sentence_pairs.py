@@ -8,8 +8,11 @@
 
 A training sample is a sentence boundary of the training split: a token that starts a sentence after
 another sentence of the same document (after a sentence-ending piece and before a word start, or after a
-line break). Segment A is the text before the boundary, B the text after it, each within the document,
-cut to fill ``seq_len - 3`` tokens (A gets at least half of the room when both are long), framed as
+line break). Segment A is the whole sentences before the boundary and B the whole sentences after it (or,
+for an NSP negative, after a boundary of another document), as many as fit ``seq_len - 3`` tokens: A
+takes what leaves room for B's first sentence, B the rest. Whole sentences matter: a segment cut inside a
+sentence would tell the order by where it is cut (a text that starts mid-sentence comes second), and SOP
+would learn that instead of coherence. Only a sentence longer than its room is cut. The pair is framed as
 ``[CLS] A [SEP] B [SEP]`` with segment ids 0 then 1, padded to ``seq_len`` and corrupted for masked LM
 as packed windows are. The boundaries are found once, in one pass over the split (8 bytes a sentence, plus
 4 for its document); the tokens are read lazily per window, like every other objective's.
@@ -122,18 +125,38 @@ class SentencePairs:
     def sample(self, seed: int, start: int, length: int) -> np.ndarray:
         return sample_indices(self.count, seed, start, length)
 
-    def _second(self, index: int, generator: torch.Generator) -> tuple[int, int, int]:
-        """(B's start, tokens available from it, label) for the boundary ``index``."""
-        position, document = int(self.boundaries.positions[index]), int(self.boundaries.documents[index])
+    def _sentences(self, document: int) -> tuple[int, int]:
+        """The range of boundary indices in ``document`` (boundaries are in stream order)."""
+        documents = self.boundaries.documents
+        return (int(np.searchsorted(documents, document, side="left")),
+                int(np.searchsorted(documents, document, side="right")))
+
+    def _first_sentence(self, index: int) -> int:
+        """Tokens of the sentence that starts at boundary ``index``."""
+        document = int(self.boundaries.documents[index])
+        _, high = self._sentences(document)
+        end = self.boundaries.positions[index + 1] if index + 1 < high else self._doc_ends[document]
+        return int(end - self.boundaries.positions[index])
+
+    def _segment_b(self, index: int, budget: int) -> tuple[int, int]:
+        """(start, length) of B: the whole sentences from boundary ``index`` that fit ``budget`` tokens (at least
+        its first sentence, cut to the budget when longer)."""
+        start, document = int(self.boundaries.positions[index]), int(self.boundaries.documents[index])
+        _, high = self._sentences(document)
+        ends = np.append(self.boundaries.positions[index + 1:high], self._doc_ends[document])  # sentence ends
+        fitting = ends[ends - start <= budget]
+        return start, int(fitting[-1] - start) if len(fitting) else budget
+
+    def _second(self, index: int, generator: torch.Generator) -> tuple[int, int]:
+        """(the boundary B starts at, label) for the sample at boundary ``index``."""
+        document = int(self.boundaries.documents[index])
         coin = float(torch.rand((), generator=generator))
         if self.task == "nsp" and coin < 0.5:
             for _ in range(_NEGATIVE_TRIES):
                 other = int(torch.randint(self.count, (), generator=generator))
-                other_document = int(self.boundaries.documents[other])
-                if other_document != document:
-                    start = int(self.boundaries.positions[other])
-                    return start, int(self._doc_ends[other_document]) - start, 1
-        return position, int(self._doc_ends[document]) - position, int(self.task == "sop" and coin < 0.5)
+                if int(self.boundaries.documents[other]) != document:
+                    return other, 1
+        return index, int(self.task == "sop" and coin < 0.5)
 
     def batch(self, indices: np.ndarray, seed: int, keys: list[tuple[int, ...]]) -> PairBatch:
         """The windows of boundaries ``indices``; ``keys``: each row's identity (its global sample position),
@@ -142,13 +165,20 @@ class SentencePairs:
         a_start, a_len = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
         b_start, b_len = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
         labels = np.zeros(rows, dtype=np.int64)
+        positions = self.boundaries.positions
         for row, (index, key) in enumerate(zip(indices, keys)):
-            position = int(self.boundaries.positions[index])
-            available_a = position - int(self._doc_starts[self.boundaries.documents[index]])
-            b_start[row], available_b, labels[row] = self._second(int(index), seeded_generator(seed, *key, _PAIR_KEY))
-            a_len[row] = min(available_a, max(self.room - available_b, self.room // 2))
-            b_len[row] = min(available_b, self.room - a_len[row])
+            index = int(index)
+            position, document = int(positions[index]), int(self.boundaries.documents[index])
+            second, labels[row] = self._second(index, seeded_generator(seed, *key, _PAIR_KEY))
+            # A: the whole sentences before the boundary that leave room for B's first sentence (at least half
+            # the room is A's when that sentence is long)
+            budget = self.room - min(self._first_sentence(second), self.room // 2)
+            low, _ = self._sentences(document)
+            starts = np.append(self._doc_starts[document], positions[low:index])  # sentence starts before it
+            fitting = starts[position - starts <= budget]
+            a_len[row] = position - int(fitting[0]) if len(fitting) else budget
             a_start[row] = position - a_len[row]
+            b_start[row], b_len[row] = self._segment_b(second, self.room - int(a_len[row]))
         offsets = np.arange(self.room)
         # each segment read as its own contiguous span (an NSP B may lie far from A); past its end, repeat its end
         a = self.stream.gather(a_start[:, None] + np.minimum(offsets[None, :], np.maximum(a_len, 1)[:, None] - 1))
