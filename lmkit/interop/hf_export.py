@@ -76,6 +76,9 @@ def import_transformers(command: str = "lmkit export --format hf") -> Any:
 def refusals(checkpoint: Checkpoint) -> list[str]:
     """Why ``checkpoint`` cannot be exported exactly, one line per reason naming the lmkit choice."""
     config, where = checkpoint.model_config, checkpoint.path
+    if checkpoint.qa is not None:  # before the body's reasons: what it is comes first
+        return [f"{where}: a question-answering (span) model; lmkit exports language models and classifiers, "
+                "not BertForQuestionAnswering"]
     family, problems = family_for_export(config)
     lines = [f"{where}: {problem} has no exact transformers equivalent" for problem in problems]
     for name, value in (("--share-layers", config.share_layers), ("--embedding-dim", config.embedding_dim)):

@@ -44,7 +44,7 @@ def transformer_of(checkpoint: Checkpoint, model: nn.Module) -> nn.Module:
     if checkpoint.model_config.arch == "lstm":
         raise UserError(f"{checkpoint.path}: an LSTM (arch lstm) has no attention to show; "
                         "attention maps need a gpt or bert checkpoint")
-    return model.backbone if checkpoint.head is not None else model
+    return getattr(model, "backbone", model)  # a classifier's or a span model's body
 
 
 def model_inputs(checkpoint: Checkpoint, text: str) -> list[int]:

@@ -55,6 +55,9 @@ def explained_output(checkpoint: Checkpoint) -> str:
     """What the attribution explains for this checkpoint; refuses kinds with no scalar output."""
     if checkpoint.head is not None:
         return "class"
+    if checkpoint.qa is not None:
+        raise UserError(f"{checkpoint.path}: a question-answering (span) model's output is a span of a context, not "
+                        "one class or token; attribution works on classifiers and causal language models")
     if checkpoint.masked_lm:
         raise UserError(f"{checkpoint.path}: a masked language model (objective mlm) has no single output for a "
                         "text to explain; attribution works on classifiers (a class's log-probability) and causal "

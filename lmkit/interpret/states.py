@@ -33,7 +33,7 @@ def require_transformer(checkpoint: Checkpoint, command: str) -> None:
 def transformer_body(checkpoint: Checkpoint, model: nn.Module, command: str) -> nn.Module:
     """The GPT or BERT of a checkpoint's model (a classifier's backbone); an LSTM is refused."""
     require_transformer(checkpoint, command)
-    return model.backbone if checkpoint.head is not None else model
+    return getattr(model, "backbone", model)  # a classifier's or a span model's body
 
 
 def resolve_pooling(checkpoint: Checkpoint, pooling: str, flag: str = "--pooling") -> str:

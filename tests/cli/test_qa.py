@@ -52,3 +52,16 @@ def test_bad_qa_input_is_one_line_naming_the_place(bases, qa_checkpoint, tmp_pat
     result = run_lmkit("evaluate", str(qa_checkpoint), str(missing), "--out", str(tmp_path / "report"))
     assert result.returncode == 1 and "field 'context' is missing" in result.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_export_and_attribution_refuse_a_span_model_and_attention_reads_its_body(qa_checkpoint, tmp_path):
+    exported = run_lmkit("export", str(qa_checkpoint), "--out", str(tmp_path / "hf"))
+    assert exported.returncode == 1 and "a question-answering (span) model" in exported.stderr
+    assert not (tmp_path / "hf").exists()
+    explained = run_lmkit("inspect", "attribution", str(qa_checkpoint), "What is the code?", "--out",
+                          str(tmp_path / "why"))
+    assert explained.returncode == 1 and "output is a span of a context" in explained.stderr
+    maps = run_lmkit("inspect", "attention", str(qa_checkpoint), "--text", "What is the code?", "--out",
+                     str(tmp_path / "attention"))
+    assert maps.returncode == 0, maps.stderr
+    assert (tmp_path / "attention" / "attention.html").is_file()
