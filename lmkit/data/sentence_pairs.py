@@ -7,8 +7,8 @@
   document, so topic alone cannot tell them apart: only coherence can.
 
 A training sample is a sentence boundary of the training split: a token that starts a sentence after
-another sentence of the same document (after a sentence-ending piece and before a word start, or after a
-line break). Segment A is the whole sentences before the boundary and B the whole sentences after it (or,
+another sentence of the same document (after a sentence-ending piece, before a word start or a line break;
+a line break alone is no boundary, as wrapped prose breaks lines inside sentences). Segment A is the whole sentences before the boundary and B the whole sentences after it (or,
 for an NSP negative, after a boundary of another document), as many as fit ``seq_len - 3`` tokens: A
 takes what leaves room for B's first sentence, B the rest. Whole sentences matter: a segment cut inside a
 sentence would tell the order by where it is cut (a text that starts mid-sentence comes second), and SOP
@@ -87,8 +87,8 @@ def find_boundaries(stream: ShardStream, classes: PieceClasses, block: int = 1 <
         high = min(low + block + 1, len(stream))  # one token past the block: the next token's class
         tokens = stream.gather(np.arange(low, high))
         before, after = tokens[:-1], tokens[1:]
-        cut = (classes.ends[before] & (classes.starts[after] | classes.breaks[after])) | \
-              (classes.breaks[before] & ~classes.breaks[after])
+        # not every line break: prose is often wrapped mid-sentence (docstrings, manual pages)
+        cut = classes.ends[before] & (classes.starts[after] | classes.breaks[after])
         found.append(low + 1 + np.flatnonzero(cut))
     positions = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
     documents = np.searchsorted(starts, positions, side="right") - 1
