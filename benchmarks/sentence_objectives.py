@@ -1,11 +1,12 @@
 """MLM+SOP against MLM alone at the same steps, on the demo corpus: masked-LM accuracy, and accuracy on two
 downstream pair-classification tasks over seeds.
 
-    python benchmarks/sentence_objectives.py [--work DIR] [--seeds 0 1] [--finetune-seeds 0 1]
+    python benchmarks/sentence_objectives.py [--work DIR] [--seeds 0 1] [--finetune-seeds 0 1] [--split-by file]
 
 For each pretraining seed, the demo BERT's recipe (examples/pretrain-bert.toml: encoder-tiny, 1,500 steps of
 16 x 128 tokens) with --objective mlm and --objective mlm+sop, on the demo's pretraining text (Python's
-topics and stdlib docstrings, one document per paragraph). Then:
+topics and stdlib docstrings, one document per paragraph as the demo preprocesses it, or per file with
+--split-by file: sentence pairs come from documents of two sentences or more). Then:
 
 * masked-LM accuracy, both models scored by ``lmkit evaluate --task lm`` on the same packed validation
   windows (an SOP model's own validation reads pair windows, which differ);
@@ -66,13 +67,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "sentence")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--finetune-seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--split-by", choices=("paragraph", "file"), default="paragraph",
+                        help="documents of the pretraining text (lmkit preprocess --split-by)")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     corpus, data = work / "corpus", work / "data"
     if not (corpus / "docstrings.jsonl").exists():
         lmkit("demo-corpus", "--out", str(corpus))
-    lmkit("preprocess", str(corpus / "topics"), str(corpus / "stdlib"), "--out", str(data))
+    lmkit("preprocess", str(corpus / "topics"), str(corpus / "stdlib"), "--split-by", args.split_by, "--out", str(data))
     tokenizer = str(data / "tokenizer")
     tasks = {}
     train, test = next_sentence_task(corpus / "docstrings.jsonl", work)

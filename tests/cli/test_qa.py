@@ -55,13 +55,21 @@ def test_bad_qa_input_is_one_line_naming_the_place(bases, qa_checkpoint, tmp_pat
 
 
 def test_export_and_attribution_refuse_a_span_model_and_attention_reads_its_body(qa_checkpoint, tmp_path):
+    import pytest
+
+    from lmkit.errors import UserError
+    from lmkit.interop.hf_export import refusals
+    from lmkit.interpret.attention import attention_maps
+    from lmkit.interpret.attribution import explained_output
+    from lmkit.training.checkpoint import read_checkpoint
+
     exported = run_lmkit("export", str(qa_checkpoint), "--out", str(tmp_path / "hf"))
     assert exported.returncode == 1 and "a question-answering (span) model" in exported.stderr
     assert not (tmp_path / "hf").exists()
-    explained = run_lmkit("inspect", "attribution", str(qa_checkpoint), "What is the code?", "--out",
-                          str(tmp_path / "why"))
-    assert explained.returncode == 1 and "output is a span of a context" in explained.stderr
-    maps = run_lmkit("inspect", "attention", str(qa_checkpoint), "--text", "What is the code?", "--out",
-                     str(tmp_path / "attention"))
-    assert maps.returncode == 0, maps.stderr
-    assert (tmp_path / "attention" / "attention.html").is_file()
+    checkpoint = read_checkpoint(qa_checkpoint)
+    assert refusals(checkpoint) == [f"{checkpoint.path}: a question-answering (span) model; lmkit exports language "
+                                    "models and classifiers, not BertForQuestionAnswering"]
+    with pytest.raises(UserError, match="output is a span of a context"):
+        explained_output(checkpoint)
+    maps = attention_maps(checkpoint, checkpoint.inference_model(), "What is the code?")
+    assert len(maps.weights) == checkpoint.model_config.n_layer

@@ -277,8 +277,12 @@ def _build_sentence_pairs(task: str):
         if task == "nsp" and train.boundaries.document_count < 2:
             raise UserError(f"{inputs.data}: --objective mlm+nsp draws its negatives from other documents, but only "
                             "one training document has two sentences; use --objective mlm+sop")
+        _, lengths = train.stream.document_spans()
+        read = int(lengths[np.unique(train.boundaries.documents)].sum()) / max(int(lengths.sum()), 1)
         inputs.notes.append(f"{task}: {train.count:,} sentence boundaries in {train.boundaries.document_count:,} of "
-                            f"{documents:,} training documents")
+                            f"{documents:,} training documents, {read:.0%} of the training tokens"
+                            + ("; the others are one sentence each and not read: keep documents whole "
+                               "(preprocess --split-by file) to train on more of the text" if read < 0.8 else ""))
         has_validation = (dataset.stats["splits"].get("validation") or {}).get("documents")
         validation = pairs("validation") if has_validation else None
         if validation is not None and validation.count == 0:
