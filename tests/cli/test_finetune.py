@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from lmkit import artifacts
 from tests.conftest import run_lmkit
 
@@ -45,32 +47,36 @@ def test_merge_lora_refuses_a_checkpoint_without_adapters(bases, tmp_path):
     assert "has no unmerged LoRA adapters" in result.stderr and not (tmp_path / "merged").exists()
 
 
-def test_a_pair_classifier_is_finetuned_evaluated_and_used_on_pairs(bases, pair_dataset, tmp_path):
-    run = tmp_path / "run"
-    result = run_lmkit("finetune", str(bases["bert"]), str(pair_dataset), "--out", str(run), *FAST)
-    assert result.returncode == 0, result.stderr
-    head = json.loads((run / "final" / "model.json").read_text())["head"]
+def test_a_pair_classifier_is_finetuned_evaluated_and_used_on_pairs(bases, pair_dataset, pair_classifier, tmp_path):
+    final = pair_classifier  # finetuned in-process by the fixture; the CLI's finetune is the same stage
+    head = json.loads((final / "model.json").read_text())["head"]
     assert head["pairs"] is True and head["labels"] == ["other", "same"]
-    result = run_lmkit("evaluate", str(run / "final"), str(pair_dataset), "--out", str(tmp_path / "report"))
+    result = run_lmkit("evaluate", str(final), str(pair_dataset), "--out", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["examples"] == artifacts.load(pair_dataset).stats["splits"]["validation"]["documents"]
     assert 0 <= report["metrics"]["accuracy"] <= 1 and report["method"]["framing"] == "[CLS] text [SEP] pair [SEP]"
-    result = run_lmkit("generate", str(run / "final"), "The first text.", "--text-pair", "The second text.")
+    result = run_lmkit("generate", str(final), "The first text.", "--text-pair", "The second text.")
     assert result.returncode == 0, result.stderr
     assert "text_pair" in result.stdout and "The second text." in result.stdout and "p(same)" in result.stdout
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "a", "text_pair": "b", "id": 7}) + "\n")
-    result = run_lmkit("generate", str(run / "final"), "--input", str(tmp_path / "in.jsonl"))
+    result = run_lmkit("generate", str(final), "--input", str(tmp_path / "in.jsonl"))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["id"] == 7 and record["label"] in head["labels"] and list(record["probabilities"]) == head["labels"]
     # Refused, one line each: a lone text for a pair classifier, and chunking a pair.
-    result = run_lmkit("generate", str(run / "final"), "The first text.")
+    result = run_lmkit("generate", str(final), "The first text.")
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
-        f"error: PROMPT alone: {run / 'final'} classifies pairs of texts; give PROMPT with --text-pair, or --input "
+        f"error: PROMPT alone: {final} classifies pairs of texts; give PROMPT with --text-pair, or --input "
         "JSONL records with \"text\" and \"text_pair\"")
-    result = run_lmkit("finetune", str(bases["bert"]), str(pair_dataset), "--out", str(tmp_path / "chunked"),
-                       "--long-text", "mean", *FAST)
-    assert result.returncode == 1 and "error: --long-text mean: reads one long text as windows; a pair of texts " \
-        "is cut to the window longest text first (use --long-text cut)" in result.stderr
+    from lmkit.config import resolve
+    from lmkit.errors import UserError
+    from lmkit.stages import finetune
+    from lmkit.stages.finetune_config import FinetuneConfig
+
+    values = {"base": str(bases["bert"]), "data": str(pair_dataset), "out": str(tmp_path / "chunked"),
+              "long_text": "mean", "max_steps": 2}
+    with pytest.raises(UserError, match="--long-text mean: reads one long text as windows; a pair of texts is cut to "
+                                        "the window longest text first \\(use --long-text cut\\)"):
+        finetune.run(resolve(FinetuneConfig, {}, values))
     assert not (tmp_path / "chunked").exists()

@@ -36,13 +36,8 @@ def test_finetune_evaluate_generate(bases, qa_file, tmp_path):
     assert first["context"][first["start"]:first["end"]] == answer and isinstance(first["score"], float)
 
 
-def test_bad_qa_input_is_one_line_naming_the_place(bases, qa_checkpoint, tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"question": "q", "context": "Paris is big.", "answer": "Lyon", "answer_start": 0}) + "\n")
-    result = run_lmkit("finetune", str(bases["bert"]), str(bad), "--out", str(tmp_path / "run"), *FAST)
-    assert result.returncode == 1 and not (tmp_path / "run").exists()
-    assert result.stderr.strip().splitlines()[-1] == (f"error: {bad}:1: answer 'Lyon' does not match the context at "
-                                                      "answer_start 0 (found 'Pari')")
+def test_bad_qa_input_is_one_line_naming_the_place(qa_checkpoint, tmp_path):
+    # (a mismatched answer in finetune: tests/stages/test_qa.py)
     missing = tmp_path / "missing.jsonl"
     missing.write_text(json.dumps({"question": "q"}) + "\n")
     result = run_lmkit("generate", str(qa_checkpoint), "--input", str(missing))
