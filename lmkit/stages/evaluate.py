@@ -78,18 +78,13 @@ def _task(config: EvaluateConfig, checkpoint: Checkpoint) -> str | None:
         return None
     task = DEFAULT_TASK[checkpoint.task] if config.task == "auto" else config.task
     arch, where = checkpoint.model_config.arch, config.checkpoint
-    if task == "classify" and checkpoint.task != "classify":
-        raise UserError(f"--task classify: {where} is not a classifier (it is a {checkpoint.objective} "
-                        f"{arch} model); finetune one with `lmkit finetune`")
-    if task != "classify" and checkpoint.task == "classify":
-        raise UserError(f"--task {task}: {where} is a classifier without a language-model head; "
-                        "use --task classify")
-    if task == "qa" and checkpoint.task != "qa":
-        raise UserError(f"--task qa: {where} is not a question-answering (span) model (it is a {checkpoint.objective} "
-                        f"{arch} model); finetune one with `lmkit finetune BASE QA.jsonl --task qa`")
-    if task != "qa" and checkpoint.task == "qa":
-        raise UserError(f"--task {task}: {where} is a question-answering (span) model without a language-model "
-                        "head; use --task qa")
+    for kind, what, how in (("classify", "a classifier", "`lmkit finetune`"),
+                            ("qa", "a question-answering (span) model", "`lmkit finetune BASE QA.jsonl --task qa`")):
+        if task == kind and checkpoint.task != kind:
+            raise UserError(f"--task {kind}: {where} is not {what} (it is a {checkpoint.objective} {arch} model); "
+                            f"finetune one with {how}")
+        if task != kind and checkpoint.task == kind:
+            raise UserError(f"--task {task}: {where} is {what} without a language-model head; use --task {kind}")
     if task in ("choice", "generate") and arch not in CAUSAL_ARCHS:
         raise UserError(f"--task {task}: needs a causal language model; {where} is a {arch} (masked LM) model")
     return task

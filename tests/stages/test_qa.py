@@ -14,6 +14,7 @@ from lmkit.stages import evaluate, finetune
 from lmkit.stages.evaluate_config import EvaluateConfig
 from lmkit.stages.finetune_config import FinetuneConfig
 from lmkit.training.checkpoint import read_checkpoint
+from tests.stages.test_finetune import metrics, weights
 
 FAST = {"micro_batch": 8, "max_steps": 12, "eval_every": 4, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32",
         "log_every": 1, "seq_len": 48}
@@ -21,15 +22,6 @@ FAST = {"micro_batch": 8, "max_steps": 12, "eval_every": 4, "warmup_steps": 2, "
 
 def config(base, data, out, **overrides):
     return resolve(FinetuneConfig, {}, {"base": str(base), "data": str(data), "out": str(out), **FAST, **overrides})
-
-
-def metrics(run_dir, key="loss"):
-    return [(r["step"], r[key]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if key in r]
-
-
-def weights(path):
-    return read_checkpoint(path).build_model().state_dict()
 
 
 def test_qa_learns_the_span_and_records_its_settings(bases, qa_file, tmp_path):

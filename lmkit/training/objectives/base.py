@@ -13,7 +13,7 @@ from functools import cached_property
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +40,31 @@ class BatchLayout:
     def start(self, step: int, micro: int, rank: int) -> int:
         """Global sample position of (step, micro-batch, rank): rank-interleaved within a step."""
         return step * self.global_batch + (micro * self.world_size + rank) * self.micro_batch
+
+
+def examples_at(examples: Sequence[Any], layout: BatchLayout, seed: int, step: int, micro: int, rank: int
+                ) -> list[Any]:
+    """The examples a micro-batch reads: those at its global sample positions, epoch after epoch of seeded
+    permutations (packing.sample_indices), so that a resumed run reads what the uninterrupted one would."""
+    from lmkit.data.packing import sample_indices
+
+    start = layout.start(step, micro, rank)
+    return [examples[i] for i in sample_indices(len(examples), seed, start, layout.micro_batch)]
+
+
+def held_out(examples: list[Any], options: Any, notes: list[str], unit: str) -> tuple[list[Any], list[Any]]:
+    """(train, validation) of a file's examples: --val-fraction held out and --max-train-examples drawn,
+    both seeded by --seed, each said in ``notes`` (``unit``: what an example is, for the messages)."""
+    from lmkit.data.split import seeded_subset, split_off
+
+    train, validation = split_off(examples, options.val_fraction, options.seed)
+    chosen = seeded_subset(len(train), options.max_train_examples, options.seed)
+    if chosen is not None:
+        notes.append(f"training on {len(chosen)} of {len(train)} {unit} (--max-train-examples)")
+        train = [train[i] for i in chosen]
+    notes.append(f"validation: {len(validation)} of {len(examples)} {unit} held out (--val-fraction "
+                 f"{options.val_fraction})")
+    return train, validation
 
 
 @dataclass(frozen=True)

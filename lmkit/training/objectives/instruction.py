@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from lmkit.data.instructions import InstructionExample, read_instructions
-from lmkit.data.packing import sample_indices
-from lmkit.data.split import seeded_subset, split_off
 from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.objectives.base import BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, register
+from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, examples_at,
+                                            held_out, register)
 from lmkit.vocab import IGNORE_INDEX
 
 
@@ -82,9 +81,7 @@ class InstructionTuning:
         return {"segments": batch["segments"]} if "segments" in batch else {}
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
-        start = self.layout.start(step, micro, rank)
-        indices = sample_indices(len(self.train), self.seed, start, self.layout.micro_batch)
-        return self._batch([self.train[i] for i in indices])
+        return self._batch(examples_at(self.train, self.layout, self.seed, step, micro, rank))
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,13 +118,7 @@ def _build(inputs: ObjectiveInputs) -> Built:
                                       options.response_field, inputs.seq_len + 1)
     if cut:
         inputs.notes.append(f"{cut} of {len(examples)} responses were cut to fit --seq-len {inputs.seq_len}")
-    train, validation = split_off(examples, options.val_fraction, options.seed)
-    chosen = seeded_subset(len(train), options.max_train_examples, options.seed)
-    if chosen is not None:
-        inputs.notes.append(f"training on {len(chosen)} of {len(train)} examples (--max-train-examples)")
-        train = [train[i] for i in chosen]
-    inputs.notes.append(f"validation: {len(validation)} of {len(examples)} records held out (--val-fraction "
-                        f"{options.val_fraction})")
+    train, validation = held_out(examples, options, inputs.notes, "records")
     arch = inputs.model_config.arch
     if options.pack and arch != "gpt":
         raise UserError(f"--pack: packs examples with a block-diagonal attention mask, which an {arch} model does "

@@ -15,15 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.data.packing import sample_indices
 from lmkit.data.qa import QAExample, read_qa
-from lmkit.data.split import seeded_subset, split_off
 from lmkit.errors import UserError
 from lmkit.evaluation.squad import squad_scores
 from lmkit.models.span import (EncodedQuestion, QASettings, Window, answer_tokens, context_room, encode_question,
                                extract, format_windows, make_windows, window_logits, with_answer)
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.objectives.base import BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, register
+from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, examples_at,
+                                            held_out, register)
 from lmkit.vocab import Specials
 
 
@@ -66,9 +65,7 @@ class QuestionAnswering:
                 "token_types": types.to(self.device), "targets": targets.to(self.device)}
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
-        start = self.layout.start(step, micro, rank)
-        indices = sample_indices(len(self.train), self.seed, start, self.layout.micro_batch)
-        return self._batch([self.train[i] for i in indices])
+        return self._batch(examples_at(self.train, self.layout, self.seed, step, micro, rank))
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,13 +103,7 @@ def _build(inputs: ObjectiveInputs) -> Built:
     settings = QASettings(inputs.seq_len, options.chunk_stride, options.max_answer_tokens)
     tokenizer = Tokenizer.from_artifact(inputs.tokenizer.path)
     examples = read_qa(inputs.data)
-    train, validation = split_off(examples, options.val_fraction, options.seed)
-    chosen = seeded_subset(len(train), options.max_train_examples, options.seed)
-    if chosen is not None:
-        inputs.notes.append(f"training on {len(chosen)} of {len(train)} questions (--max-train-examples)")
-        train = [train[i] for i in chosen]
-    inputs.notes.append(f"validation: {len(validation)} of {len(examples)} questions held out (--val-fraction "
-                        f"{options.val_fraction})")
+    train, validation = held_out(examples, options, inputs.notes, "questions")
     _, windows = answer_windows(train, tokenizer, settings, inputs.specials)
     pointing_at_cls = sum(w.start == 0 for w in windows)
     stride = f"every {settings.stride} tokens" if settings.stride else "every half window"
