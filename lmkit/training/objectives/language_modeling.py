@@ -162,10 +162,6 @@ class SentencePairMLM(_WindowObjective):
         return model(batch["idx"], batch["targets"], batch["attention_mask"], return_logits=return_logits,
                      token_types=batch["token_types"], sentence_targets=batch["sentence_targets"])
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False):
-        (logits, _sentence), loss = self._call(model, batch, True)
-        return logits, loss
-
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._call(model, batch, False)[1]
 
