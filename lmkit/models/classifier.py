@@ -50,13 +50,24 @@ def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,
         rows = [[cls, *tokens[:max_len - 2], sep] for tokens in token_lists]
     else:  # no </s>: in packed pretraining the position of </s> learns to forget what came before it
         rows = [list(tokens[:max_len]) or [specials.eos] for tokens in token_lists]
+    idx, mask, _ = pad_rows(rows, None, specials.pad)
+    return idx, mask
+
+
+def pad_rows(rows: Sequence[Sequence[int]], segments: Sequence[Sequence[int]] | None, pad: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of ids (and their segment ids, or None: all 0) as one right-padded batch: idx (B, T), the
+    attention mask (B, T), True on real tokens, and the segment ids (B, T); T is the longest row."""
     width = max(len(row) for row in rows)
-    idx = torch.full((len(rows), width), specials.pad, dtype=torch.long)
+    idx = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    types = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         idx[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, :len(row)] = True
-    return idx, mask
+        if segments is not None:
+            types[i, :len(row)] = torch.tensor(segments[i], dtype=torch.long)
+    return idx, mask, types
 
 
 def truncate_pair(first: Sequence[int], second: Sequence[int], room: int) -> tuple[list[int], list[int]]:
@@ -104,15 +115,7 @@ def format_pair_inputs(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequen
     """Pairs of token lists as one right-padded batch (:func:`pair_row`), each pair cut to ``max_len`` longest
     first. Returns idx (B, T), the attention mask (B, T), True on real tokens, and the segment ids (B, T)."""
     rows = [pair_row(*truncate_pair(a, b, pair_room(arch, max_len)), arch, specials) for a, b in zip(firsts, seconds)]
-    width = max(len(row) for row, _ in rows)
-    idx = torch.full((len(rows), width), specials.pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    types = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row, segments) in enumerate(rows):
-        idx[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = True
-        types[i, :len(row)] = torch.tensor(segments, dtype=torch.long)
-    return idx, mask, types
+    return pad_rows([row for row, _ in rows], [segments for _, segments in rows], specials.pad)
 
 
 def format_examples(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]] | None, arch: str,
@@ -152,10 +155,15 @@ def default_stride(room: int) -> int:
 def chunk_text(tokens: list[int], room: int, stride: int) -> list[list[int]]:
     """Windows of ``room`` tokens starting every ``stride`` tokens; the last ends at the text's end, so every
     token is read. A text that fits is one chunk."""
-    if len(tokens) <= room:
-        return [list(tokens)]
-    starts = list(range(0, len(tokens) - room, stride)) + [len(tokens) - room]
-    return [list(tokens[start:start + room]) for start in starts]
+    return [list(tokens[start:start + room]) for start in window_starts(len(tokens), room, stride)]
+
+
+def window_starts(n_tokens: int, room: int, stride: int) -> list[int]:
+    """Where windows of ``room`` tokens start in a text of ``n_tokens``: every ``stride`` tokens, the last ending at
+    the text's end, so every token is read (a long text's chunks; a QA context's windows)."""
+    if n_tokens <= room:
+        return [0]
+    return list(range(0, n_tokens - room, stride)) + [n_tokens - room]
 
 
 def chunk_texts(token_lists: Sequence[Sequence[int]], arch: str, max_len: int, long_text: str,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.models.classifier import pair_room, pair_row, second_start
+from lmkit.models.classifier import pad_rows, pair_room, pair_row, second_start, window_starts
 from lmkit.models.config import ModelConfig
 from lmkit.vocab import Specials
 
@@ -77,14 +77,6 @@ class Window:
     end: int = 0            # the window does not hold the whole answer
 
 
-def window_starts(n_tokens: int, room: int, stride: int) -> list[int]:
-    """Where the windows of ``room`` tokens start: every ``stride`` tokens, the last ending at the context's end
-    (as classifier.chunk_text), so every token is read."""
-    if n_tokens <= room:
-        return [0]
-    return list(range(0, n_tokens - room, stride)) + [n_tokens - room]
-
-
 def make_windows(example: int, question: Sequence[int], context: Sequence[int], max_len: int, stride: int,
                  specials: Specials) -> list[Window]:
     """The windows of one question on its context's tokens; ``stride`` 0: half the window's context room."""
@@ -130,17 +122,8 @@ def with_answer(window: Window, tokens: tuple[int, int]) -> Window:
 
 
 def format_windows(windows: Sequence[Window], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Windows as one right-padded batch: idx (B, T), the attention mask (B, T), True on real tokens, and the
-    segment ids (B, T); T is the longest row."""
-    width = max(len(w.ids) for w in windows)
-    idx = torch.full((len(windows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(windows), width), dtype=torch.bool)
-    types = torch.zeros((len(windows), width), dtype=torch.long)
-    for i, window in enumerate(windows):
-        idx[i, :len(window.ids)] = torch.tensor(window.ids, dtype=torch.long)
-        mask[i, :len(window.ids)] = True
-        types[i, :len(window.ids)] = torch.tensor(window.types, dtype=torch.long)
-    return idx, mask, types
+    """Windows as one right-padded batch: idx (B, T), the attention mask (B, T) and the segment ids (B, T)."""
+    return pad_rows([w.ids for w in windows], [w.types for w in windows], pad)
 
 
 @dataclass(frozen=True)
