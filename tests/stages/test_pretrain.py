@@ -97,9 +97,30 @@ def test_bert_and_lstm_train(dataset, tmp_path, model, objective):
 
 
 @pytest.mark.parametrize("task", ["sop", "nsp"])
-def test_sentence_pair_pretraining_reports_each_loss_and_adds_segments_and_a_sentence_head(dataset, tmp_path, task):
+def test_sentence_pair_pretraining_reports_each_loss_and_adds_segments_and_a_sentence_head(dataset, tmp_path, task,
+                                                                                           capfd):
+    import re
+
+    import numpy as np
+
+    from lmkit.data.packing import load_stream
+    from lmkit.data.sentence_pairs import find_boundaries, piece_classes
+    from lmkit.tokenizer import load as load_tokenizer
+    from lmkit.vocab import LMKIT, SEP_ID
+
     run = tmp_path / "run"
     final = pretrain.run(config(dataset, run, model="encoder-tiny", objective=f"mlm+{task}", max_steps=8))
+    # the start says how much of the training text the pairs read (documents with two sentences or more)
+    said = re.search(rf"{task}: ([\d,]+) sentence boundaries in ([\d,]+) of ([\d,]+) training documents, (\d+)% of "
+                     r"the training tokens(; the others are one sentence each)?", capfd.readouterr().err)
+    stream = load_stream(artifacts.load(dataset), "train", SEP_ID)
+    tokenizer = load_tokenizer(dataset / "tokenizer")
+    boundaries = find_boundaries(stream, piece_classes([tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)],
+                                                       LMKIT))
+    _, lengths = stream.document_spans()
+    share = lengths[np.unique(boundaries.documents)].sum() / lengths.sum()
+    assert said and int(said[1].replace(",", "")) == len(boundaries) and int(said[3].replace(",", "")) == len(lengths)
+    assert int(said[4]) == round(100 * share) and bool(said[5]) == (share < 0.8)
     checkpoint = read_checkpoint(final.path)
     model_config = checkpoint.model_config
     assert checkpoint.objective == f"mlm+{task}" and checkpoint.masked_lm
