@@ -50,7 +50,7 @@ from lmkit.progress import reporter
 from lmkit.stages import preprocess, pretrain
 from lmkit.stages.preprocess_config import PreprocessConfig
 from lmkit.stages.pretrain_config import PretrainConfig
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"

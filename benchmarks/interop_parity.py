@@ -27,7 +27,7 @@ from lmkit.interop import export_stage, import_stage  # noqa: E402
 from lmkit.interop.export_config import ExportConfig  # noqa: E402
 from lmkit.interop.import_config import ImportConfig  # noqa: E402
 from lmkit.progress import reporter  # noqa: E402
-from lmkit.training.checkpoint import read_checkpoint  # noqa: E402
+from lmkit.checkpoint import read_checkpoint  # noqa: E402
 from tests.interop.hf_models import FAMILIES, make_hf_model  # noqa: E402
 
 

@@ -102,7 +102,7 @@ def attribution(
     """
     from lmkit.interpret.attribution import COMMAND, attribute, explained_output, write
     from lmkit.plotting import require_matplotlib
-    from lmkit.training.checkpoint import read_checkpoint
+    from lmkit.checkpoint import read_checkpoint
 
     require_matplotlib(COMMAND)
     loaded = read_checkpoint(checkpoint)
@@ -162,7 +162,7 @@ def activations(
     Example: lmkit inspect activations runs/gpt/final "The for statement" --out neurons
     """
     from lmkit.interpret.activations import activations as find, write
-    from lmkit.training.checkpoint import read_checkpoint
+    from lmkit.checkpoint import read_checkpoint
 
     loaded = read_checkpoint(checkpoint)
     result = find(loaded, loaded.inference_model(), text, top)

@@ -24,7 +24,7 @@ from lmkit.generation.settings import SamplingSettings
 from lmkit.generation.text import CompletionText
 from lmkit.progress import reporter
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import Checkpoint
+from lmkit.checkpoint import Checkpoint
 
 TRUNCATIONS = ("left", "error")
 

@@ -9,7 +9,7 @@ from lmkit.errors import UserError
 from lmkit.generation.quantize import QUANTIZATIONS, quantize_int8
 from lmkit.devices import can_compile, resolve_device
 from lmkit.progress import reporter
-from lmkit.training.checkpoint import Checkpoint
+from lmkit.checkpoint import Checkpoint
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # What generate does with each kind of checkpoint.

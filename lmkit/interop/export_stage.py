@@ -15,7 +15,7 @@ from lmkit.errors import UserError
 from lmkit.interop import hf_export as hf
 from lmkit.interop.export_config import ExportConfig
 from lmkit.progress import reporter
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 
 # Written beside the target's files: where the model comes from and how lmkit fed it, for people who
 # meet the directory without lmkit (the manifest says the same for lmkit).

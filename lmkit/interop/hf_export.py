@@ -45,7 +45,7 @@ from lmkit.interop.families import FAMILIES, TYPE_STEMS, Target, family_for_expo
 from lmkit.tokenizer import HF_FILE
 from lmkit.tokenizer import load as load_tokenizer
 from lmkit.vocab import EOS_ID, FIRST_TEXT_ID, LMKIT, SPECIAL_TOKENS
-from lmkit.training.checkpoint import Checkpoint
+from lmkit.checkpoint import Checkpoint
 
 EXTRA = "pip install 'lmkit[hf]'"
 # Largest |lmkit logit - transformers logit| the check accepts (both in float32; they agree to ~1e-6).

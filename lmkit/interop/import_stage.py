@@ -31,7 +31,8 @@ from lmkit.models import build_model, count_parameters
 from lmkit.models.config import ModelConfig
 from lmkit.progress import reporter
 from lmkit.tokenizer import load as load_tokenizer
-from lmkit.training.checkpoint import TrainerState, write_checkpoint
+from lmkit.checkpoint import TrainerState
+from lmkit.training.checkpoint import write_checkpoint
 
 SAFETENSORS, INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 # Tensors a transformers file may hold that lmkit rebuilds or ties: attention-mask buffers of old GPT-2

@@ -23,7 +23,7 @@ from lmkit.interpret.attention import model_inputs, token_label
 from lmkit.interpret.states import transformer_body
 from lmkit.models.layers import distinct_modules
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import Checkpoint
+from lmkit.checkpoint import Checkpoint
 
 COMMAND = "lmkit inspect activations"
 TOKENS_PER_NEURON = 3

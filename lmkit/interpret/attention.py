@@ -21,7 +21,7 @@ from lmkit.errors import UserError
 from lmkit.models.classifier import format_inputs
 from lmkit.models.layers import apply_rotary, distinct_modules
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import Checkpoint
+from lmkit.checkpoint import Checkpoint
 
 # Largest |recomputed output - module output| accepted, relative to the output's largest value (float32
 # SDPA and the explicit softmax agree to ~1e-6 of it).

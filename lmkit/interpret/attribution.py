@@ -28,7 +28,7 @@ from lmkit.errors import UserError
 from lmkit.interpret import write_files
 from lmkit.interpret.attention import model_inputs, token_label
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import Checkpoint
+from lmkit.checkpoint import Checkpoint
 
 DEFAULT_STEPS = 32
 CHUNK = 16           # interpolation points per forward pass

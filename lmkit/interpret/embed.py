@@ -24,7 +24,7 @@ from lmkit.evaluation import inputs
 from lmkit.interpret.states import batches, encode_layers, require_transformer, resolve_pooling, transformer_body
 from lmkit.models.classifier import pool_states
 from lmkit.progress import reporter
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 
 COMMAND = "lmkit inspect embed"
 FILE = "embeddings.arrow"

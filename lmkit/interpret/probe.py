@@ -26,7 +26,7 @@ from lmkit.evaluation import inputs
 from lmkit.interpret import write_files
 from lmkit.interpret.states import pooled_layers, require_transformer, resolve_pooling, transformer_body
 from lmkit.models import build_model
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 
 COMMAND = "lmkit inspect probe"
 EXTRA = "lmkit[inspect]"

@@ -231,7 +231,7 @@ def write_attention_maps(checkpoint_path: str | Path, text: str, out: str | Path
     """Every picture of ``lmkit inspect attention`` into the directory ``out``; returns the files written
     (the HTML page first)."""
     from lmkit.interpret.attention import attention_maps
-    from lmkit.training.checkpoint import read_checkpoint
+    from lmkit.checkpoint import read_checkpoint
 
     require_matplotlib(COMMAND)  # before any compute
     checkpoint = read_checkpoint(checkpoint_path)

@@ -18,7 +18,7 @@ from torch import nn
 from lmkit.errors import UserError
 from lmkit.models.classifier import POOLING, format_inputs, pool_states
 from lmkit.models.layers import distinct_modules
-from lmkit.training.checkpoint import Checkpoint
+from lmkit.checkpoint import Checkpoint
 
 BATCH_SIZE = 32
 

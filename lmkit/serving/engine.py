@@ -33,7 +33,7 @@ from lmkit.models.span import QASettings
 from lmkit.generation.sampling import prompt_key, row_generators
 from lmkit.generation.settings import SamplingSettings
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import Checkpoint
+from lmkit.checkpoint import Checkpoint
 
 FINISH = {STOP_EOS: "stop", "stop": "stop", STOP_LENGTH: "length", STOP_CONTEXT: "length"}
 

@@ -32,7 +32,7 @@ def serve(config: ServeConfig) -> Stopped:
     except ImportError:
         raise UserError(f"lmkit serve: needs FastAPI and uvicorn; install {SERVE_EXTRA}") from None
     from lmkit.serving.engine import Engine
-    from lmkit.training.checkpoint import read_checkpoint
+    from lmkit.checkpoint import read_checkpoint
 
     checkpoint = read_checkpoint(config.checkpoint)
     engine = Engine(checkpoint, config.device, config.precision, max_batch=config.max_batch,

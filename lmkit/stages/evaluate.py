@@ -33,7 +33,7 @@ from lmkit.progress import reporter
 from lmkit.stages.evaluate_config import TASK_METRICS, EvaluateConfig
 from lmkit.devices import resolve_precision
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import Checkpoint, read_checkpoint
+from lmkit.checkpoint import Checkpoint, read_checkpoint
 
 DEFAULT_TASK = {"lm": "lm", "classify": "classify", "sft": "generate", "qa": "qa"}  # by Checkpoint.task
 METRICS_EXTRA = "lmkit[metrics]"

@@ -31,7 +31,8 @@ from lmkit.models.span import SpanExtractor
 from lmkit.progress import reporter
 from lmkit.stages.finetune_config import FinetuneConfig, parse_freeze
 from lmkit.training import distributed, rundir
-from lmkit.training.checkpoint import Checkpoint, read_checkpoint, step_tag
+from lmkit.checkpoint import Checkpoint, read_checkpoint
+from lmkit.training.checkpoint import step_tag
 from lmkit.training.objectives import OBJECTIVES, Built, ObjectiveInputs
 from lmkit.training.run import Session, TrainingPlan, batch_layout, open_session, run_training, sequence_length
 

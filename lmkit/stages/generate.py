@@ -30,7 +30,7 @@ from lmkit.models.span import QASettings
 from lmkit.progress import reporter
 from lmkit.stages.generate_config import FILL_MASK_FLAGS, TEXT_FLAGS, GenerateConfig
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import Checkpoint, read_checkpoint
+from lmkit.checkpoint import Checkpoint, read_checkpoint
 
 # The JSONL field holding the input, by mode; the other name is accepted too.
 INPUT_FIELD = {TEXT: "prompt", FILL_MASK: "text", CLASSIFY: "text", QA: "question"}

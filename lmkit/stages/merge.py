@@ -8,7 +8,8 @@ from pathlib import Path
 
 from lmkit import artifacts
 from lmkit.errors import UserError
-from lmkit.training.checkpoint import MODEL_CONFIG_FILE, TrainerState, read_checkpoint, write_checkpoint
+from lmkit.checkpoint import MODEL_CONFIG_FILE, TrainerState, read_checkpoint
+from lmkit.training.checkpoint import write_checkpoint
 
 
 def merge_checkpoint(source: str | Path, out: str | Path, force: bool = False) -> artifacts.Artifact:

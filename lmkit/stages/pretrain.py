@@ -16,7 +16,7 @@ from lmkit.models import build_model
 from lmkit.models.presets import model_config
 from lmkit.stages.pretrain_config import DEFAULT_STEPS, PretrainConfig
 from lmkit.training import budget, distributed, rundir
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, SENTENCE_OBJECTIVES, ObjectiveInputs
 from lmkit.training.run import TrainingPlan, batch_layout, run_training, sequence_length
 

@@ -25,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from lmkit.vocab import IGNORE_INDEX
 from lmkit.errors import Interrupted, UserError
 from lmkit.progress import reporter
-from lmkit.training.checkpoint import TrainerState, step_tag
+from lmkit.checkpoint import TrainerState
+from lmkit.training.checkpoint import step_tag
 from lmkit.training.distributed import Distributed, any_rank, mean_across_ranks, sum_across_ranks
 from lmkit.training.objectives import BatchLayout, Objective
 from lmkit.training.optim import Optimizers

@@ -25,7 +25,8 @@ from lmkit.models import count_parameters, flops_per_token
 from lmkit.models.config import ModelConfig
 from lmkit.progress import reporter
 from lmkit.training import distributed, rundir
-from lmkit.training.checkpoint import TrainerState, read_checkpoint
+from lmkit.checkpoint import TrainerState, read_checkpoint
+from lmkit.training.checkpoint import restore_training
 from lmkit.training.loop import LoopSettings, fit
 from lmkit.training.objectives import OBJECTIVES, BatchLayout, Built, Objective, ObjectiveInputs, ObjectiveSpec
 from lmkit.training.optim import Optimizers, build_optimizer
@@ -118,7 +119,7 @@ def open_session(plan: TrainingPlan) -> Session:
                                  (options.beta1, options.beta2))
     state = TrainerState(world_size=env.world_size)
     if checkpoint is not None:
-        state = checkpoint.restore_training(optimizers, model, sharded=plan.sharded)
+        state = restore_training(checkpoint, optimizers, model, sharded=plan.sharded)
         reporter.info(f"resuming from {plan.start.resume_from} (step {state.step})")
     state.world_size, state.global_batch = plan.env.world_size, plan.layout.global_batch  # this launch's layout
     state.extra["launch"] = plan.start.launch

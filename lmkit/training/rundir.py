@@ -23,7 +23,8 @@ from lmkit.errors import UserError
 from lmkit.models import build_model
 from lmkit.models.config import ModelConfig
 from lmkit.training import distributed
-from lmkit.training.checkpoint import TrainerState, read_checkpoint, step_tag, write_checkpoint
+from lmkit.checkpoint import TrainerState, read_checkpoint
+from lmkit.training.checkpoint import step_tag, write_checkpoint
 
 CHECKPOINT_PREFIX = "step-"
 FINAL = "final"

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from lmkit.cli import app
 from lmkit.generation import Generator, SamplingSettings
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 from tests.generation import checkpoints
 

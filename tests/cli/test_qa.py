@@ -56,7 +56,7 @@ def test_export_and_attribution_refuse_a_span_model_and_attention_reads_its_body
     from lmkit.interop.hf_export import refusals
     from lmkit.interpret.attention import attention_maps
     from lmkit.interpret.attribution import explained_output
-    from lmkit.training.checkpoint import read_checkpoint
+    from lmkit.checkpoint import read_checkpoint
 
     exported = run_lmkit("export", str(qa_checkpoint), "--out", str(tmp_path / "hf"))
     assert exported.returncode == 1 and "a question-answering (span) model" in exported.stderr

@@ -19,7 +19,8 @@ from lmkit.models.classifier import SequenceClassifier, format_inputs
 from lmkit.stages import preprocess
 from lmkit.stages.preprocess_config import PreprocessConfig
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import TrainerState, read_checkpoint, write_checkpoint
+from lmkit.checkpoint import TrainerState, read_checkpoint
+from lmkit.training.checkpoint import write_checkpoint
 from tests.conftest import paragraphs
 
 LABELS = ["alpha", "beta", "gamma"]

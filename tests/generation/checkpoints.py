@@ -8,7 +8,8 @@ import torch
 from lmkit import artifacts
 from lmkit.data.instructions import DEFAULT_TEMPLATE
 from lmkit.models.classifier import SequenceClassifier
-from lmkit.training.checkpoint import TrainerState, read_checkpoint, write_checkpoint
+from lmkit.checkpoint import TrainerState, read_checkpoint
+from lmkit.training.checkpoint import write_checkpoint
 
 LABELS = ["module", "class", "function"]
 

@@ -8,7 +8,7 @@ from lmkit.generation.classify import classify
 from lmkit.generation.model import CLASSIFY, checkpoint_mode, load_model
 from lmkit.models.classifier import format_inputs
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.generation import checkpoints
 
 TEXTS = ["Return the sum of the values.", "A class that holds a list", "Module for regular expressions",

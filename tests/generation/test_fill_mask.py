@@ -9,7 +9,7 @@ from lmkit.generation.fill_mask import encode_masked, fill_mask
 from lmkit.vocab import CLS_ID, MASK_ID, SEP_ID
 from lmkit.generation.model import load_model
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from lmkit.data.instructions import render_prompt
 from lmkit.errors import UserError
 from lmkit.generation import Generator, SamplingSettings
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.generation import checkpoints
 
 PROMPTS = ["The for statement", "An exception", "Names refer to objects", "x"]

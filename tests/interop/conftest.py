@@ -11,7 +11,8 @@ import torch
 
 from lmkit import artifacts
 from lmkit.models.classifier import SequenceClassifier, classifier_config
-from lmkit.training.checkpoint import TrainerState, read_checkpoint, write_checkpoint
+from lmkit.checkpoint import TrainerState, read_checkpoint
+from lmkit.training.checkpoint import write_checkpoint
 
 # transformers must never reach the network in tests (set before it is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

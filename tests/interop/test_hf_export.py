@@ -16,7 +16,7 @@ from lmkit.interop import export_stage as stage, hf_export as hf
 from lmkit.interop.export_config import ExportConfig
 from lmkit.models.classifier import format_inputs
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import paragraphs, train_tiny
 from tests.interop.conftest import write_finetuned
 

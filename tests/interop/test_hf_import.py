@@ -13,7 +13,7 @@ from lmkit.errors import UserError
 from lmkit.interop import import_stage
 from lmkit.interop.import_config import ImportConfig
 from lmkit.tokenizer import HFTokenizer, Tokenizer
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 from tests.interop.hf_models import FAMILIES, make_hf_model, sentencepiece_dir
 from tests.interop.test_hf_export import export

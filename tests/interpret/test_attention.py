@@ -11,7 +11,7 @@ from lmkit.interpret.attention import attention_maps, attention_weights
 from lmkit.models import build_model
 from lmkit.models.classifier import format_inputs
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import train_tiny
 from tests.interop.conftest import write_finetuned
 from tests.models.conftest import tiny_config

@@ -8,7 +8,7 @@ import torch
 
 from lmkit.errors import UserError
 from lmkit.interpret.attribution import attribute, integrated_gradients
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 from tests.interop.conftest import write_finetuned
 

@@ -12,7 +12,7 @@ from lmkit.data.labeled import read_labeled
 from lmkit.interpret import embed
 from lmkit.interpret.states import encode_layers, pooled_layers
 from lmkit.models.classifier import format_inputs
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 
 

@@ -12,7 +12,7 @@ from lmkit.interpret import probe as probe_module
 from lmkit.interpret.states import encode_layers, pooled_layers
 from lmkit.models import build_model
 from lmkit.models.classifier import format_inputs
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from lmkit.vocab import LMKIT
 from tests.conftest import block_imports, labeled_records, preprocess_labeled, run_lmkit, train_tiny
 from tests.interop.conftest import write_finetuned

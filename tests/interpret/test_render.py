@@ -12,7 +12,7 @@ import torch
 
 from lmkit.errors import UserError
 from lmkit.interpret.render import write_attention_maps
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 
 Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")

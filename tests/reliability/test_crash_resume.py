@@ -20,7 +20,7 @@ from lmkit.stages import pretrain
 from lmkit.training.objectives.language_modeling import CausalLM
 from lmkit.training import rundir
 from lmkit.stages.pretrain_config import PretrainConfig
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 
 STEPS = 400  # long enough that 20 kills (a few steps of progress each) come before the end

@@ -151,7 +151,7 @@ def test_lm_eval_local_completions_equals_the_in_process_adapter(text_server, gp
     from lmkit.evaluation import harness
     from lmkit.evaluation.scoring import Inference
     from lmkit.tokenizer import Tokenizer
-    from lmkit.training.checkpoint import read_checkpoint
+    from lmkit.checkpoint import read_checkpoint
     from tests.evaluation.helpers import write_tasks
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))

@@ -17,7 +17,7 @@ from lmkit.errors import UserError
 from lmkit.evaluation.scoring import Inference
 from lmkit.stages import evaluate
 from lmkit.stages.evaluate_config import EvaluateConfig
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import block_imports, paragraphs
 from tests.evaluation.helpers import LABELS, classifier_checkpoint, labeled_dataset
 
@@ -323,7 +323,7 @@ def test_choice_task_from_jsonl(gpt, tmp_path):
 def test_sft_checkpoint_generates_answers_scored_against_references(gpt, tmp_path):
     from lmkit.evaluation.generation_tasks import text_metrics
     from lmkit.generation import Generator, SamplingSettings
-    from lmkit.training.checkpoint import read_checkpoint
+    from lmkit.checkpoint import read_checkpoint
     from tests.evaluation.helpers import sft_checkpoint
 
     sft = sft_checkpoint(gpt, tmp_path / "sft")

@@ -15,7 +15,7 @@ from lmkit.errors import UserError
 from lmkit.models.lora import has_lora, merge_lora
 from lmkit.stages import finetune
 from lmkit.stages.finetune_config import FinetuneConfig
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from tests.conftest import labeled_records, preprocess_labeled, run_lmkit, train_tiny
 
 FAST = {"micro_batch": 8, "max_steps": 12, "eval_every": 4, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32",

@@ -13,7 +13,7 @@ from lmkit.stages import pretrain
 from lmkit.training.objectives.language_modeling import CausalLM
 from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training import loop
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 
 FAST = {"seq_len": 32, "micro_batch": 4, "max_steps": 12, "eval_every": 4, "eval_batches": 2,
         "checkpoint_every": 6, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32", "log_every": 1}

@@ -12,7 +12,7 @@ import torch
 from lmkit.data.packing import TokenStream
 from lmkit.models import build_model
 from lmkit.models.presets import model_config
-from lmkit.training.checkpoint import TrainerState
+from lmkit.checkpoint import TrainerState
 from lmkit.training.distributed import Distributed
 from lmkit.training.loop import LoopSettings, fit
 from lmkit.training.objectives import BatchLayout

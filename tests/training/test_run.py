@@ -18,7 +18,7 @@ from lmkit.stages import pretrain
 from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training import distributed, rundir
 from lmkit.training import loop as loop_module
-from lmkit.training.checkpoint import read_checkpoint
+from lmkit.checkpoint import read_checkpoint
 from lmkit.training.objectives import Built, Count, ObjectiveInputs, ObjectiveSpec, register
 from lmkit.training.objectives.base import OBJECTIVES, BatchLayout
 from lmkit.training.objectives.language_modeling import CausalLM

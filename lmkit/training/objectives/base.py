@@ -102,7 +102,7 @@ class ObjectiveInputs:
     seq_len: int
     layout: BatchLayout
     device: torch.device
-    teacher: Any | None = None          # a training.checkpoint.Checkpoint to distill from
+    teacher: Any | None = None          # an lmkit.checkpoint.Checkpoint to distill from
     more_data: list[Path] = field(default_factory=list)  # pretraining on a mixture: the other datasets
     inner: Objective | None = None      # what a wrapping objective (distill) wraps
     notes: list[str] = field(default_factory=list)  # printed at the start of the run
