@@ -179,7 +179,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         if lora is not None and not (isinstance(lora, dict) and int(lora["rank"]) > 0):
             raise ValueError("'lora' needs a positive rank")
         if qa is not None:
-            from lmkit.models.span import QASettings
+            from lmkit.data.qa_windows import QASettings
 
             QASettings.from_head(qa)
             if model_config.arch != "bert":

@@ -9,7 +9,7 @@ import torch
 
 from lmkit.evaluation.metrics import classification_metrics
 from lmkit.evaluation.scoring import Inference
-from lmkit.models.classifier import aggregate_logits, chunk_texts, format_examples
+from lmkit.data.framing import aggregate_logits, chunk_texts, format_examples
 from lmkit.vocab import Specials
 
 
@@ -18,7 +18,7 @@ def predict_probabilities(inference: Inference, documents: Sequence[Sequence[int
                           stride: int | None = None, pairs: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """Softmax class probabilities (N, K), float64, in the order of ``documents``. Inputs are framed as in
     finetuning (``format_inputs``); a document longer than ``max_len`` is cut to it (``long_text`` cut) or
-    read as overlapping chunks whose logits are aggregated (mean or max: classifier.chunk_texts). With
+    read as overlapping chunks whose logits are aggregated (mean or max: framing.chunk_texts). With
     ``pairs`` (each document's second text), a pair is framed as one input and cut longest first. Batches
     hold chunks of similar length."""
     if pairs is None:

@@ -10,7 +10,8 @@ from lmkit.data.qa import QAExample, first_sentence
 from lmkit.evaluation.scoring import Inference
 from lmkit.evaluation.squad import squad_scores
 from lmkit.evaluation.tasks import TaskOutcome
-from lmkit.models.span import QASettings, encode_question, extract, question_windows, window_logits
+from lmkit.data.qa_windows import QASettings, encode_question, question_windows
+from lmkit.evaluation.spans import extract, window_logits
 from lmkit.progress import reporter
 
 

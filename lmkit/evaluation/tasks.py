@@ -12,7 +12,7 @@ from lmkit.errors import UserError
 from lmkit.evaluation import choice, classification, generation_tasks, language_modeling
 from lmkit.evaluation.inputs import Documents
 from lmkit.evaluation.scoring import Inference
-from lmkit.models.classifier import default_stride, text_room
+from lmkit.data.framing import default_stride, text_room
 from lmkit.progress import reporter
 from lmkit.tokenizer import Tokenizer
 
@@ -97,7 +97,7 @@ def classify(inference: Inference, documents: Documents, gold_names: list[str], 
     result, predictions = classification.evaluate_classification(
         probabilities, [index[name] for name in gold_names], labels, documents.ids)
     framing = "[CLS] text [SEP]" if arch == "bert" else "text"
-    if documents.pairs is not None:  # cut longest first (classifier.truncate_pair)
+    if documents.pairs is not None:  # cut longest first (framing.truncate_pair)
         framing = "[CLS] text [SEP] pair [SEP]" if arch == "bert" else "text [SEP] pair"
     method = {"method": "argmax of the class probabilities", "framing": framing, "max_len": max_len,
               "long_text": long_text}

@@ -1,6 +1,6 @@
 """Label prediction with a classifier checkpoint: the most likely label and every label's probability.
 
-Inputs are framed exactly as finetuning framed them (``lmkit.models.classifier.format_inputs``); a text
+Inputs are framed exactly as finetuning framed them (``lmkit.data.framing.format_inputs``); a text
 longer than the classifier's window is read as finetuning read it: overlapping chunks whose class logits
 are aggregated, or (``--long-text cut``) its beginning, with a warning. A pair classifier (finetuned on a
 pair dataset) reads two texts as one input, cut longest first (``format_pair_inputs``).
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmkit.models.classifier import (aggregate_logits, chunk_texts, format_inputs, format_pair_inputs,
-                                     long_text_settings, pair_uncut)
+from lmkit.data.framing import (aggregate_logits, chunk_texts, format_inputs, format_pair_inputs, long_text_settings,
+                                pair_uncut)
 from lmkit.progress import reporter
 from lmkit.tokenizer import Tokenizer
 

@@ -1,5 +1,5 @@
 """Answers from a span (qa) checkpoint: the best span of each context for its question, read in windows exactly
-as finetuning read them (models/span.py), with the settings the checkpoint recorded."""
+as finetuning read them (lmkit.data.qa_windows), with the settings the checkpoint recorded."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from torch import nn
 from lmkit.data.jsonl import json_objects
 from lmkit.data.qa import parse_record
 from lmkit.errors import UserError
-from lmkit.models.span import Extracted, QASettings, encode_question, extract
+from lmkit.evaluation.spans import Extracted, extract
+from lmkit.data.qa_windows import QASettings, encode_question
 from lmkit.tokenizer import Tokenizer
 
 

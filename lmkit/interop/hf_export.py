@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmkit.errors import UserError
-from lmkit.models.classifier import format_inputs
+from lmkit.data.framing import format_inputs
 from lmkit.progress import reporter
 from lmkit.tokenizer import MODEL_FILE as SENTENCEPIECE_FILE
 from lmkit.tokenizer import Tokenizer

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lmkit.errors import UserError
-from lmkit.models.classifier import format_inputs
+from lmkit.data.framing import format_inputs
 from lmkit.models.layers import apply_rotary, distinct_modules
 from lmkit.tokenizer import Tokenizer
 from lmkit.checkpoint import Checkpoint

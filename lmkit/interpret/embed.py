@@ -22,7 +22,7 @@ from lmkit.data.shards import SPLITS, read_split, token_lists
 from lmkit.errors import UserError
 from lmkit.evaluation import inputs
 from lmkit.interpret.states import batches, encode_layers, require_transformer, resolve_pooling, transformer_body
-from lmkit.models.classifier import pool_states
+from lmkit.models.layers import pool_states
 from lmkit.progress import reporter
 from lmkit.checkpoint import read_checkpoint
 

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from lmkit.errors import UserError
-from lmkit.models.classifier import POOLING, format_inputs, pool_states
+from lmkit.models.classifier import POOLING
+from lmkit.models.layers import pool_states
+from lmkit.data.framing import format_inputs
 from lmkit.models.layers import distinct_modules
 from lmkit.checkpoint import Checkpoint
 

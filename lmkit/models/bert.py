@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.models.classifier import pool_states
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import Embeddings, init_transformer_weights, make_blocks, make_norm, rope_tables
+from lmkit.models.layers import Embeddings, init_transformer_weights, make_blocks, make_norm, pool_states, rope_tables
 from lmkit.models.loss import linear_cross_entropy, token_loss
 from lmkit.vocab import IGNORE_INDEX
 

@@ -367,3 +367,23 @@ def init_transformer_weights(model: nn.Module, blocks: nn.ModuleList) -> None:
     for block in distinct_modules(blocks):
         nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
         nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+
+def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str,
+                pooler: nn.Module | None = None) -> torch.Tensor:
+    """One vector (B, C) of hidden states (B, T, C): the first position's ("cls", through BERT's ``pooler``,
+    tanh(dense), when given), the last real one's ("last"), or the mean over real tokens ("mean").
+    attention_mask (B, T) bool, True = real token, right padding; None = no padding."""
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    if pooling == "cls":
+        return hidden[:, 0] if pooler is None else torch.tanh(pooler(hidden[:, 0]))  # (B, C)
+    if pooling == "last":
+        last = attention_mask.sum(dim=1) - 1  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
+    if pooling != "mean":
+        raise ValueError(f"unknown pooling {pooling!r}")
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)

@@ -29,7 +29,7 @@ from lmkit.generation.fill_mask import fill_mask
 from lmkit.generation.generator import Generator
 from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, compile_choice, load_model
 from lmkit.generation.qa import answer_questions
-from lmkit.models.span import QASettings
+from lmkit.data.qa_windows import QASettings
 from lmkit.generation.sampling import prompt_key, row_generators
 from lmkit.generation.settings import SamplingSettings
 from lmkit.tokenizer import Tokenizer

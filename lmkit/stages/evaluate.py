@@ -27,8 +27,8 @@ from lmkit.evaluation import (baselines, choice, gate, generation_tasks, inputs,
                               report as report_files, tasks)
 from lmkit.evaluation.scoring import Inference
 from lmkit.models import CAUSAL_ARCHS
-from lmkit.models.classifier import long_text_settings
-from lmkit.models.span import QASettings
+from lmkit.data.framing import long_text_settings
+from lmkit.data.qa_windows import QASettings
 from lmkit.progress import reporter
 from lmkit.stages.evaluate_config import TASK_METRICS, EvaluateConfig
 from lmkit.devices import resolve_precision

@@ -26,7 +26,7 @@ from lmkit.generation.fill_mask import fill_mask
 from lmkit.generation.generator import Generator
 from lmkit.generation.model import CLASSIFY, FILL_MASK, QA, TEXT, checkpoint_mode, compile_choice, load_model
 from lmkit.generation.qa import answer_questions, one_question, questions_of_jsonl
-from lmkit.models.span import QASettings
+from lmkit.data.qa_windows import QASettings
 from lmkit.progress import reporter
 from lmkit.stages.generate_config import FILL_MASK_FLAGS, TEXT_FLAGS, GenerateConfig
 from lmkit.tokenizer import Tokenizer

@@ -15,7 +15,8 @@ import torch
 from lmkit import artifacts
 from lmkit.config import resolve
 from lmkit.data.instructions import DEFAULT_TEMPLATE
-from lmkit.models.classifier import SequenceClassifier, format_inputs
+from lmkit.models.classifier import SequenceClassifier
+from lmkit.data.framing import format_inputs
 from lmkit.stages import preprocess
 from lmkit.stages.preprocess_config import PreprocessConfig
 from lmkit.tokenizer import Tokenizer

@@ -14,7 +14,7 @@ from lmkit.config import resolve
 from lmkit.errors import UserError
 from lmkit.interop import export_stage as stage, hf_export as hf
 from lmkit.interop.export_config import ExportConfig
-from lmkit.models.classifier import format_inputs
+from lmkit.data.framing import format_inputs
 from lmkit.tokenizer import Tokenizer
 from lmkit.checkpoint import read_checkpoint
 from tests.conftest import paragraphs, train_tiny

@@ -9,7 +9,7 @@ from lmkit.errors import UserError
 from lmkit.interpret import attention
 from lmkit.interpret.attention import attention_maps, attention_weights
 from lmkit.models import build_model
-from lmkit.models.classifier import format_inputs
+from lmkit.data.framing import format_inputs
 from lmkit.tokenizer import Tokenizer
 from lmkit.checkpoint import read_checkpoint
 from tests.conftest import train_tiny

@@ -11,7 +11,7 @@ from lmkit import artifacts
 from lmkit.data.labeled import read_labeled
 from lmkit.interpret import embed
 from lmkit.interpret.states import encode_layers, pooled_layers
-from lmkit.models.classifier import format_inputs
+from lmkit.data.framing import format_inputs
 from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 

@@ -11,7 +11,7 @@ from lmkit.errors import UserError
 from lmkit.interpret import probe as probe_module
 from lmkit.interpret.states import encode_layers, pooled_layers
 from lmkit.models import build_model
-from lmkit.models.classifier import format_inputs
+from lmkit.data.framing import format_inputs
 from lmkit.checkpoint import read_checkpoint
 from lmkit.vocab import LMKIT
 from tests.conftest import block_imports, labeled_records, preprocess_labeled, run_lmkit, train_tiny

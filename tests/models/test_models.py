@@ -179,7 +179,7 @@ def test_rms_norm_equals_torch_in_fp32():
 def test_chunks_cover_every_token_and_aggregate_per_text():
     import numpy as np
 
-    from lmkit.models.classifier import aggregate_logits, chunk_text, chunk_texts
+    from lmkit.data.framing import aggregate_logits, chunk_text, chunk_texts
 
     chunks = chunk_text(list(range(23)), room=10, stride=4)
     assert [c[0] for c in chunks] == [0, 4, 8, 12, 13] and chunks[-1][-1] == 22

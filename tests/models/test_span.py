@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.span import (QASettings, SpanExtractor, Window, answer_tokens, best_spans, content_spans,
-                               make_windows, window_starts, with_answer)
+from lmkit.data.framing import window_starts
+from lmkit.data.qa_windows import QASettings, Window, answer_tokens, content_spans, make_windows, with_answer
+from lmkit.evaluation.spans import best_spans
+from lmkit.models.span import SpanExtractor
 from lmkit.tokenizer import Tokenizer
 from lmkit.vocab import LMKIT
 
@@ -32,7 +34,7 @@ def test_lmkit_offsets_spell_the_text_and_equal_sentencepiece_s_own(tokenizer):
 
         pieces = sentencepiece_pb2.SentencePieceText.FromString(proto).pieces
         char_at = {len(text[:i].encode()): i for i in range(len(text) + 1)}
-        for piece, (start, end) in zip(pieces, spans):
+        for piece, (start, end) in zip(pieces, spans, strict=True):
             if piece.begin == piece.end:  # the leading bytes of a character, or the dummy prefix alone
                 assert start == char_at[piece.begin] and end in (start, start + 1)
             else:

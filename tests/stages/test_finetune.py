@@ -474,7 +474,7 @@ def test_by_default_validation_runs_twice_an_epoch_and_stops_early(bases, labele
 
 
 def test_long_texts_train_on_every_window_and_validate_on_the_aggregate(bases, labeled, tmp_path):
-    from lmkit.models.classifier import chunk_texts
+    from lmkit.data.framing import chunk_texts
 
     built = {}
     for long_text in ("cut", "max"):

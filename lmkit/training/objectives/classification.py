@@ -1,5 +1,5 @@
 """Sequence classification on a labeled dataset: cross entropy of class logits over a pooled vector. A pair
-dataset's examples are two texts framed as one input (classifier.format_pair_inputs), cut longest first.
+dataset's examples are two texts framed as one input (framing.format_pair_inputs), cut longest first.
 
 Examples are read at global sample positions (objectives.BatchLayout) with the same seeded
 permutations as pretraining windows, so a resumed finetune reads exactly what the uninterrupted
@@ -18,8 +18,9 @@ from lmkit.data.packing import sample_indices, seeded_generator
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation.metrics import classification_metrics
-from lmkit.models.classifier import (DEFAULT_POOLING, POOLING, TRAIN_CHUNKS_PER_TEXT, aggregate_logits, chunk_texts,
-                                     default_stride, format_examples, long_text_settings, text_room)
+from lmkit.data.framing import (TRAIN_CHUNKS_PER_TEXT, aggregate_logits, chunk_texts, default_stride, format_examples,
+                                long_text_settings, text_room)
+from lmkit.models.classifier import DEFAULT_POOLING, POOLING
 from lmkit.vocab import Specials
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, dataset_for,
                                             register)

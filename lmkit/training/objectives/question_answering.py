@@ -1,7 +1,7 @@
 """Extractive question answering (SQuAD v1.1's task): cross entropy of the answer's first and last token
 positions over a window's tokens, on question/context/answer records of a JSONL file (lmkit.data.qa).
 
-Each training question becomes its context's windows (models/span.py); a window without the whole answer
+Each training question becomes its context's windows (lmkit.data.qa_windows); a window without the whole answer
 points at [CLS], as in transformers' run_qa. Windows are read at global sample positions
 (objectives.BatchLayout) with the same seeded permutations as every objective, so a resumed run reads
 exactly what the uninterrupted one would have. Validation reports the loss over the held-out questions'
@@ -18,8 +18,9 @@ from torch import nn
 from lmkit.data.qa import QAExample, read_qa
 from lmkit.errors import UserError
 from lmkit.evaluation.squad import squad_scores
-from lmkit.models.span import (EncodedQuestion, QASettings, Window, answer_tokens, context_room, encode_question,
-                               extract, format_windows, make_windows, window_logits, with_answer)
+from lmkit.data.qa_windows import (EncodedQuestion, QASettings, Window, answer_tokens, context_room, encode_question,
+                                   format_windows, make_windows, with_answer)
+from lmkit.evaluation.spans import extract, window_logits
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, examples_at,
                                             held_out, register)
