@@ -59,7 +59,7 @@ def test_choice_scores_equal_a_direct_forward_pass_per_choice(tokenizer):
     items = [ChoiceItem("1", "The function returns", [" a value", " nothing at all", " x"], 0),
              ChoiceItem("2", "Classes", [" define objects", " q"], 1)]
     _, predictions = evaluate_choices(Inference(model, torch.device("cpu"), "fp32", 3), tokenizer, items, 64)
-    for item, prediction in zip(items, predictions):
+    for item, prediction in zip(items, predictions, strict=True):
         direct = []
         for option in item.choices:
             context = tokenizer.encode(item.context)

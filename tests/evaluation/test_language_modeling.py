@@ -113,7 +113,7 @@ def test_batched_scoring_equals_one_span_at_a_time(arch):
     spans = [span for doc in documents(seed=2, count=6) for span in rolling_spans(doc, EOS_ID, 16, 5)]
     alone = score_spans(inference(model, batch_size=1), spans)
     batched = score_spans(inference(model, batch_size=7), spans)
-    for a, b in zip(alone, batched):  # float32 matmuls of other shapes differ in the last bits, no more
+    for a, b in zip(alone, batched, strict=True):  # float32 matmuls of other shapes differ in the last bits, no more
         assert a.logprob == pytest.approx(b.logprob, rel=1e-6) and (a.tokens, a.greedy) == (b.tokens, b.greedy)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from lmkit.generation.classify import classify
 from lmkit.generation.model import CLASSIFY, checkpoint_mode, load_model
-from lmkit.models.classifier import format_inputs
+from lmkit.data.framing import format_inputs
 from lmkit.tokenizer import Tokenizer
 from lmkit.checkpoint import read_checkpoint
 from tests.generation import checkpoints
@@ -30,7 +30,7 @@ def test_predictions_are_the_head_s_probabilities(classifier):
                               checkpoint.model_config.block_size, tokenizer.specials)
     with torch.no_grad():
         expected = torch.softmax(model(idx, attention_mask=mask)[0], dim=-1)
-    for prediction, row in zip(predictions, expected):
+    for prediction, row in zip(predictions, expected, strict=True):
         assert list(prediction.probabilities) == checkpoints.LABELS
         assert list(prediction.probabilities.values()) == pytest.approx(row.tolist(), abs=1e-5)
         assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)

@@ -24,7 +24,7 @@ def test_neurons_are_the_feed_forward_hidden_units(arch):
     got = neuron_activations(model, [5, 6, 7, 8, 9])
     for handle in handles:
         handle.remove()
-    for block, x, values in zip(model.blocks, inputs, got):
+    for block, x, values in zip(model.blocks, inputs, got, strict=True):
         with torch.no_grad():
             mlp = block.mlp
             expected = F.silu(mlp.gate(x)) * mlp.up(x) if arch == "gpt" else F.gelu(mlp.up(x))

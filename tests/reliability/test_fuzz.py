@@ -101,12 +101,28 @@ def test_any_manifest_loads_or_is_an_artifact_error(tokenizer_dir, content):
     data = {"edited": lambda: json.dumps(apply_edits(json.loads(valid), value)).encode(),
             "json": lambda: json.dumps(value).encode(), "bytes": lambda: value,
             "flipped": lambda: apply_flips(valid, value)}[how]()
-    (tokenizer_dir / MANIFEST).write_bytes(data)
+    loads_or_is_an_artifact_error(tokenizer_dir, data)
+
+
+def loads_or_is_an_artifact_error(directory, manifest):
+    """True when the artifact with this manifest loads, False when refused with an ArtifactError; any other
+    exception escapes and fails the test."""
+    (directory / MANIFEST).write_bytes(manifest)
     try:
-        artifacts.read_manifest(tokenizer_dir)
-        artifacts.load(tokenizer_dir)
+        artifacts.read_manifest(directory)
+        artifacts.load(directory)
     except ArtifactError:
-        pass
+        return False
+    return True
+
+
+def test_positive_control_a_valid_manifest_loads(tokenizer_dir):
+    # The fuzz test passes when every manifest is refused; these valid ones, the original and the same
+    # fields re-serialized, must load through the same code, or the fuzz test proves nothing.
+    valid = (tokenizer_dir.parent / "valid.json").read_bytes()
+    assert loads_or_is_an_artifact_error(tokenizer_dir, valid)
+    assert loads_or_is_an_artifact_error(tokenizer_dir, json.dumps(apply_edits(json.loads(valid), [])).encode())
+    assert not loads_or_is_an_artifact_error(tokenizer_dir, b"{}")  # and the helper tells the two apart
 
 
 # -- configs -------------------------------------------------------------------------------------------
@@ -136,10 +152,29 @@ configs = st.sampled_from([PreprocessConfig, PretrainConfig]).flatmap(
 @example(config=(PretrainConfig, {"dataset": "d", "out": "o", "max_time": "9" * 400}))  # inf seconds
 def test_any_config_resolves_or_is_a_config_error(config):
     cls, values = config
+    resolves_or_is_a_config_error(cls, values)
+
+
+def resolves_or_is_a_config_error(cls, values):
+    """True when the values resolve, False when refused with a ConfigError or UserError; any other exception
+    escapes and fails the test."""
     try:
         resolve(cls, values, {})
     except (ConfigError, UserError):
-        pass
+        return False
+    return True
+
+
+@pytest.mark.parametrize("cls,values", [
+    (PreprocessConfig, REQUIRED[PreprocessConfig]),
+    (PretrainConfig, REQUIRED[PretrainConfig]),
+    (PreprocessConfig, {**REQUIRED[PreprocessConfig], "shard_size": "8KB", "vocab_size": 400, "seed": 3}),
+    (PretrainConfig, {**REQUIRED[PretrainConfig], "max_time": "90s", "max_steps": 20, "lr": 0.001}),
+], ids=["preprocess-required", "pretrain-required", "preprocess-options", "pretrain-options"])
+def test_positive_control_valid_configs_resolve(cls, values):
+    # The fuzz test passes when every config is refused; these valid ones must resolve through the same code.
+    assert resolves_or_is_a_config_error(cls, values)
+    assert not resolves_or_is_a_config_error(cls, {})  # and the helper tells the two apart: required fields
 
 
 # -- shards --------------------------------------------------------------------------------------------

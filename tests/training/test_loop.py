@@ -2,7 +2,6 @@
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,19 +73,37 @@ def test_bits_per_byte_of_a_uniform_model_is_log2_v_over_bytes_per_token():
     assert metrics["val_ppl"] == pytest.approx(256)
 
 
-def test_max_time_stops_the_run(tmp_path):
+def test_max_time_stops_the_run(tmp_path, monkeypatch):
+    # The loop's clock is faked: every optimizer step takes exactly 0.25 s, whatever the machine's speed, so the
+    # 1 s limit (the only limit set) must stop the run after exactly 4 steps, neither before nor after.
+    from types import SimpleNamespace
+
+    import lmkit.training.loop as loop
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(loop, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
     tokens = (np.arange(5000, dtype=np.int32) % 57) + 7  # ids 7..63 of a 64-token vocabulary
     layout = BatchLayout(micro_batch=2, accumulation=1, world_size=1)
     objective = CausalLM(TokenStream(tokens, 1, 5000), None, 16, layout, seed=0, device=torch.device("cpu"))
     model = build_model(model_config("gpt-tiny", 64))
     settings = LoopSettings(lr=1e-3, schedule="constant", warmup_steps=0, min_lr_ratio=0.1, decay_fraction=0.2,
-                            grad_clip=1.0, max_steps=0, schedule_steps=0, max_tokens=0, max_seconds=0.5,
+                            grad_clip=1.0, max_steps=0, schedule_steps=0, max_tokens=0, max_seconds=1.0,
                             eval_every=0, eval_batches=0, patience=0, checkpoint_every=0, log_every=1,
                             precision="fp32", compile=False, flops_per_token=1.0, peak_flops=0.0)
-    started = time.monotonic()
-    state = fit(model, objective, build_optimizer(model, "adamw", 1e-3, 0.1, (0.9, 0.95)), settings, layout,
-                Distributed(), tmp_path, TrainerState(), save=lambda *args: tmp_path)
-    assert state.step > 0 and 0.5 <= time.monotonic() - started < 10
+    optimizers = build_optimizer(model, "adamw", 1e-3, 0.1, (0.9, 0.95))
+    real_step = optimizers.step
+
+    def timed_step():
+        real_step()
+        clock["now"] += 0.25
+        assert clock["now"] < 1010.0, "the time limit never stopped the run"
+
+    optimizers.step = timed_step
+    state = fit(model, objective, optimizers, settings, layout, Distributed(), tmp_path, TrainerState(),
+                save=lambda *args: tmp_path)
+    assert state.step == 4 and state.elapsed_seconds == 1.0
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(record["step"], record["elapsed_s"]) for record in logged] == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]
 
 
 def test_precision_auto_falls_back_to_fp32_without_native_bf16(monkeypatch):
