@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import Embeddings, init_transformer_weights, make_blocks, make_norm, pool_states, rope_tables
+from lmkit.models.layers import (AllowedKeys, Embeddings, init_transformer_weights, make_blocks, make_norm, pool_states,
+                                 rope_tables)
 from lmkit.models.loss import linear_cross_entropy, token_loss
 from lmkit.vocab import IGNORE_INDEX
 
@@ -71,8 +72,10 @@ class BERT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd/2)
         x = self.embeddings(self.tok_emb(idx), torch.arange(T, device=idx.device), token_types)  # (B, T, C)
+        # Every query sees the same (real) keys: one (B, 1, 1, T) mask for all layers.
+        mask = None if attention_mask is None else AllowedKeys(attention_mask[:, None, None, :])
         for block in self.blocks:
-            x = block(x, cos, sin, attention_mask)  # (B, T, C)
+            x = block(x, cos, sin, mask)  # (B, T, C)
         return self.final_norm(x)  # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import (EXPLICIT_ATTENTION_MAX, Embeddings, KVCache, attention_mask_4d, causal_bias,
-                                 init_transformer_weights, make_blocks, make_norm, rope_tables)
+from lmkit.models.layers import (EXPLICIT_ATTENTION_MAX, AllowedKeys, AttentionMask, Embeddings, KVCache, ScoreBias,
+                                 attention_mask_4d, causal_bias, init_transformer_weights, make_blocks, make_norm,
+                                 rope_tables)
 from lmkit.models.loss import linear_cross_entropy, token_loss
 
 
@@ -29,17 +30,17 @@ def segment_positions(segments: torch.Tensor) -> torch.Tensor:
     return index - torch.cummax(torch.where(starts, index, 0), dim=1).values
 
 
-def segment_mask(segments: torch.Tensor, explicit: bool) -> torch.Tensor:
+def segment_mask(segments: torch.Tensor, explicit: bool) -> AttentionMask:
     """Block-diagonal causal attention (B, 1, T, T) over packed rows: a query sees the keys of its own segment
-    at or before it. Boolean (True = may attend) for SDPA; or, ``explicit``, the additive float bias of
-    layers.explicit_attention (0 or -inf)."""
+    at or before it. The keys it may attend to, for SDPA; or, ``explicit``, the additive bias (0 or -inf) of
+    layers.explicit_attention."""
     T = segments.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
     allowed = (segments[:, :, None] == segments[:, None, :]) & causal  # (B, T, T); the diagonal always
     if explicit:
-        return torch.zeros(allowed.shape, dtype=torch.float32, device=segments.device).masked_fill_(
-            ~allowed, float("-inf"))[:, None]
-    return allowed[:, None]
+        return ScoreBias(torch.zeros(allowed.shape, dtype=torch.float32, device=segments.device).masked_fill_(
+            ~allowed, float("-inf"))[:, None])
+    return AllowedKeys(allowed[:, None])
 
 
 class GPT(nn.Module):
@@ -88,6 +89,7 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         past = 0 if cache is None else cache.length
+        mask: AttentionMask | None = None
         if segments is not None:
             if attention_mask is not None or cache is not None:
                 raise ValueError("segments (packed rows) go without an attention mask or a cache")
@@ -96,15 +98,15 @@ class GPT(nn.Module):
                 raise ValueError(f"a packed sequence of {int(positions.max()) + 1} tokens exceeds block_size "
                                  f"{self.config.block_size}")
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd/2)
-            attention_mask = segment_mask(segments, explicit=T <= EXPLICIT_ATTENTION_MAX and idx.device.type == "cpu"
-                                          and torch.is_grad_enabled())  # (B, 1, T, T)
+            mask = segment_mask(segments, explicit=T <= EXPLICIT_ATTENTION_MAX and idx.device.type == "cpu"
+                                and torch.is_grad_enabled())  # (B, 1, T, T)
         elif attention_mask is None:
             if past + T > self.config.block_size:
                 raise ValueError(f"sequence length {past + T} exceeds block_size {self.config.block_size}")
             positions = torch.arange(past, past + T, device=idx.device)  # (T,)
             cos, sin = self.rope_cos[past:past + T], self.rope_sin[past:past + T]  # (T, hd/2)
             if cache is None and T <= EXPLICIT_ATTENTION_MAX and idx.device.type == "cpu" and torch.is_grad_enabled():
-                attention_mask = self.causal_bias[:T, :T]  # (T, T): training on a CPU (layers.explicit_attention)
+                mask = ScoreBias(self.causal_bias[:T, :T])  # (T, T): training on a CPU (layers.explicit_attention)
         else:
             if attention_mask.shape != (B, past + T):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
@@ -114,10 +116,10 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence length {int(positions.max()) + 1} exceeds block_size "
                                  f"{self.config.block_size}")
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd/2)
-            attention_mask = attention_mask_4d(attention_mask, T, causal=True)  # (B, 1, T, S), built once
+            mask = AllowedKeys(attention_mask_4d(attention_mask, T, causal=True))  # (B, 1, T, S), built once
         x = self.embeddings(self.tok_emb(idx), positions)  # (B, T, C)
         for index, block in enumerate(self.blocks):
-            x = block(x, cos, sin, attention_mask, None if cache is None else cache.layers[index])  # (B, T, C)
+            x = block(x, cos, sin, mask, None if cache is None else cache.layers[index])  # (B, T, C)
         return self.final_norm(x)  # (B, T, C)
 
     def head_input(self, hidden: torch.Tensor) -> torch.Tensor:

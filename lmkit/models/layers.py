@@ -10,6 +10,7 @@ classic GPT-2 and BERT, and the Hugging Face families ``lmkit import`` reads. Th
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,32 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 # -- attention -------------------------------------------------------------------------------------
+
+class KeyPadding(NamedTuple):
+    """Which keys are real: (B, S) bool, True = a real token, over the S keys (cached positions and new ones);
+    what a padded batch's caller knows. The attention turns it into :class:`AllowedKeys`."""
+
+    real: torch.Tensor
+
+
+class AllowedKeys(NamedTuple):
+    """Which keys each query may attend to, ready for SDPA's ``attn_mask``: (B, 1, T, S), or (B, 1, 1, S) when
+    every query sees the same keys; True = may attend."""
+
+    allowed: torch.Tensor
+
+
+class ScoreBias(NamedTuple):
+    """Added to the attention scores before the softmax: (T, T) or (B, 1, T, T), 0 where a query may attend
+    and -inf elsewhere. The attention is then written out (:func:`explicit_attention`), which trains faster
+    than SDPA on a CPU for short windows."""
+
+    bias: torch.Tensor
+
+
+# The kinds of attention mask a block takes; None: no mask (causal models attend causally).
+AttentionMask = KeyPadding | AllowedKeys | ScoreBias
+
 
 def attention_mask_4d(key_mask: torch.Tensor, query_length: int, causal: bool) -> torch.Tensor:
     """The boolean mask SDPA takes (True = may attend) for the last ``query_length`` (T) of S positions:
@@ -189,14 +216,13 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                attention_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+                mask: AttentionMask | None = None, cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, T, C); cos/sin (T, hd/2), or (B, 1, T, hd/2) for per-row positions, of the positions of x
         (None with learned positions).
 
-        attention_mask: (B, S) bool, True = real token, over the S keys (the cached positions and x's),
-        or a ready (B, 1, T, S) mask from ``attention_mask_4d``, or a float (T, T) causal bias: then the
-        attention is written out (``explicit_attention``). cache: this layer's KV cache, extended in place
-        with x's keys and values.
+        mask: which keys the queries may attend to (:data:`AttentionMask`), over the S keys of the cached
+        positions and x's; None: all of them (causally for a causal model). cache: this layer's KV cache,
+        extended in place with x's keys and values.
         """
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=2)
@@ -211,21 +237,21 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nkv, S, hd)
         dropout = self.dropout if self.training else 0.0
-        if attention_mask is not None and attention_mask.is_floating_point():
-            y = explicit_attention(q, k, v, attention_mask, dropout)  # (B, nh, T, hd)
+        if isinstance(mask, ScoreBias):
+            y = explicit_attention(q, k, v, mask.bias, dropout)  # (B, nh, T, hd)
             return dropout_(self.out_proj(y.transpose(1, 2).reshape(B, T, self.q_size)), self.dropout, self.training)
         S = k.shape[2]
-        mask, is_causal = None, self.causal and T > 1
-        if attention_mask is not None:
-            if attention_mask.dim() == 2:
-                attention_mask = attention_mask_4d(attention_mask, T, self.causal)  # (B, 1, T, S)
-            mask, is_causal = attention_mask, False
+        if isinstance(mask, KeyPadding):
+            mask = AllowedKeys(attention_mask_4d(mask.real, T, self.causal))  # (B, 1, T, S)
+        allowed, is_causal = None, self.causal and T > 1
+        if isinstance(mask, AllowedKeys):
+            allowed, is_causal = mask.allowed, False
         elif self.causal and S > T and T > 1:  # queries after cached keys: is_causal would align them top-left
-            mask, is_causal = attention_mask_4d(torch.ones(B, S, dtype=torch.bool, device=x.device), T, True), False
+            allowed, is_causal = attention_mask_4d(torch.ones(B, S, dtype=torch.bool, device=x.device), T, True), False
         # One query after the cache (T = 1) attends to every key: no mask at all. Without a cache or a
         # mask, is_causal keeps SDPA's fast causal kernels.
         grouped = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}  # torch >= 2.5
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=is_causal, dropout_p=dropout,
                                            **grouped)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, self.q_size)  # (B, T, nh * hd)
         return dropout_(self.out_proj(y), self.dropout, self.training)
@@ -293,11 +319,11 @@ class Block(nn.Module):
         self.mlp = FEED_FORWARD[config.mlp](config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                attention_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+                mask: AttentionMask | None = None, cache: LayerCache | None = None) -> torch.Tensor:
         if self.post_norm:
-            x = self.attn_norm(x + self.attn(x, cos, sin, attention_mask, cache))  # (B, T, C)
+            x = self.attn_norm(x + self.attn(x, cos, sin, mask, cache))  # (B, T, C)
             return self.mlp_norm(x + self.mlp(x))  # (B, T, C)
-        x = x + self.attn(self.attn_norm(x), cos, sin, attention_mask, cache)  # (B, T, C)
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)  # (B, T, C)
         return x + self.mlp(self.mlp_norm(x))  # (B, T, C)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmkit.models import layers
-from lmkit.models.layers import SelfAttention, apply_rotary, causal_bias, explicit_attention, rope_tables
+from lmkit.models.layers import KeyPadding, SelfAttention, apply_rotary, causal_bias, explicit_attention, rope_tables
 from tests.models.conftest import tiny_config
 
 THETA = 10000.0
@@ -88,7 +88,7 @@ def test_bidirectional_attention_with_padding_matches_naive_reference(qk_norm):
     key_mask[1, 7:] = False
     cos, sin = rope_tables(attn.head_dim, 12, THETA)
     with torch.no_grad():
-        ours = attn(x, cos, sin, key_mask)
+        ours = attn(x, cos, sin, KeyPadding(key_mask))
     expected = reference_attention(attn, x, causal=False, eps=attn.q_norm.eps if qk_norm else 0.0,
                                    key_mask=key_mask)
     assert (ours.double() - expected).abs().max() < 1e-5
