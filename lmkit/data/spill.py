@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, NamedTuple
 
 import pyarrow as pa
 
@@ -32,7 +32,15 @@ class HashingReader:
         return getattr(self.raw, name)
 
 
-Row = tuple[str, str | None, bytes, str | None, str | None]  # text, label, digest, lang, pair
+class SpillRow(NamedTuple):
+    """One kept document as spilled between the passes. A NamedTuple, not a dataclass: one is built per document
+    in the loops that read and write spills, where it costs about 0.2 us more than a plain tuple (measured)."""
+
+    text: str
+    label: str | None
+    digest: bytes          # of the text, or of the pair (dedup.pair_digest): the split and the document id
+    lang: str | None       # the identified language; None without --language-id
+    pair: str | None       # the second text of a pair; None for single texts
 
 
 class Spill:
@@ -45,15 +53,14 @@ class Spill:
     def __init__(self, path: Path):
         self.path = path
         self._writer = pa.ipc.new_stream(str(path), self.SCHEMA)
-        self._rows: list[Row] = []
+        self._rows: list[SpillRow] = []
         self.count = 0
         self.bytes = 0  # of both texts of a pair
 
-    def add(self, text: str, label: str | None, digest: bytes, lang: str | None = None, pair: str | None = None
-            ) -> None:
-        self._rows.append((text, label, digest, lang, pair))
+    def add(self, row: SpillRow) -> None:
+        self._rows.append(row)
         self.count += 1
-        self.bytes += len(text.encode("utf-8")) + (len(pair.encode("utf-8")) if pair is not None else 0)
+        self.bytes += len(row.text.encode("utf-8")) + (len(row.pair.encode("utf-8")) if row.pair is not None else 0)
         if len(self._rows) >= 1024:
             self._flush()
 
@@ -69,17 +76,23 @@ class Spill:
         self._flush()
         self._writer.close()
 
-    def rows(self) -> Iterator[Row]:
+    def rows(self) -> Iterator[SpillRow]:
         return read_rows(self.path)
 
 
-def read_rows(path: Path) -> Iterator[Row]:
-    """The (text, label, digest, lang, pair) rows of a spill file, in order."""
+def read_batches(path: Path) -> Iterator[list[SpillRow]]:
+    """The rows of a spill file, in order, a written batch (up to 1024 rows) at a time."""
     # Read, not memory-mapped: every mapped page read would stay in this process's resident memory,
     # which then grew with the corpus (the tokenizer's sample scans the whole spill).
     with pa.OSFile(str(path), "rb") as source:
         for batch in pa.ipc.open_stream(source):
-            yield from zip(*(batch.column(name).to_pylist() for name in Spill.SCHEMA.names))
+            yield list(map(SpillRow._make, zip(*(batch.column(name).to_pylist() for name in Spill.SCHEMA.names))))
+
+
+def read_rows(path: Path) -> Iterator[SpillRow]:
+    """The rows of a spill file, in order."""
+    for rows in read_batches(path):
+        yield from rows
 
 
 class ChunkedSpill:
@@ -93,8 +106,7 @@ class ChunkedSpill:
         self._current: Spill | None = None
         self.count = self.bytes = 0
 
-    def add(self, text: str, label: str | None, digest: bytes, lang: str | None = None, pair: str | None = None
-            ) -> None:
+    def add(self, row: SpillRow) -> None:
         current = self._current
         if current is None or current.count >= self.max_docs or current.bytes >= self.max_bytes:
             if current is not None:
@@ -102,7 +114,7 @@ class ChunkedSpill:
             self.chunks.append(self.directory / f"{self.split}-{len(self.chunks):05d}.arrows")
             current = self._current = Spill(self.chunks[-1])
         before = current.bytes
-        current.add(text, label, digest, lang, pair)
+        current.add(row)
         self.count += 1
         self.bytes += current.bytes - before
 
@@ -111,6 +123,6 @@ class ChunkedSpill:
             self._current.close()
             self._current = None
 
-    def rows(self) -> Iterator[Row]:
+    def rows(self) -> Iterator[SpillRow]:
         for chunk in self.chunks:
             yield from read_rows(chunk)

@@ -13,7 +13,7 @@ import pytest
 from lmkit import artifacts
 from lmkit.config import resolve
 from lmkit.data.cleaning import clean_text
-from lmkit.data.shards import read_shard
+from lmkit.data.shards import ShardWriter, read_shard
 from lmkit.errors import UserError
 from lmkit.stages import preprocess
 from lmkit.stages.preprocess_config import PreprocessConfig
@@ -264,7 +264,7 @@ def test_disk_full_keeps_earlier_artifact(corpus, tmp_path, monkeypatch):
     def full(self, batch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(preprocess.ShardWriter, "write", full)
+    monkeypatch.setattr(ShardWriter, "write", full)
     with pytest.raises(UserError, match="no space left on device"):
         preprocess.run(config([corpus / "a.txt"], out, vocab_size=500, force=True))
     assert artifacts.load(out).id == first.id
