@@ -140,6 +140,11 @@ class Reporter:
     def plain_progress(self) -> bool:
         return not self.quiet and not self.err.is_terminal
 
+    def write(self, text: str) -> None:
+        """Raw text to stdout at once (no rich markup, emoji codes or wrapping): a completion as it streams."""
+        self.out.file.write(text)
+        self.out.file.flush()
+
     def info(self, message: str) -> None:
         if not self.quiet:
             self.err.print(message, markup=False, soft_wrap=True)

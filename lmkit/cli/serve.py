@@ -23,4 +23,4 @@ config_command(
          "(SFT) with streaming, log-probabilities and echo; /v1/classify for classifiers; /v1/fill-mask for masked "
          "LMs; /v1/models and /health. Concurrent requests are batched into one decode. Needs lmkit[serve].\n\n"
          "Example: lmkit serve runs/sft/final --port 8000 --api-key $KEY",
-    render=render, run="lmkit.serving.server:serve")
+    render=render, run="lmkit.stages.serve:run")

@@ -142,3 +142,20 @@ def score_spans(inference: Inference, spans: Sequence[Span],
         if advance is not None:
             advance(len(chosen))
     return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def sequence_logprobs(model: nn.Module, start: int, ids: list[int], top: int = 0
+                      ) -> tuple[list[float], list[dict[int, float]]]:
+    """Log-probability of each of ``ids`` under a causal model, given ``start`` (the id a causal prompt
+    follows) and the ids before it, and the ``top`` most likely ids at each position with theirs (empty dicts
+    when ``top`` is 0): what a completions API returns as logprobs."""
+    idx = torch.tensor([[start, *ids[:-1]]], device=model.tok_emb.weight.device)
+    logits, _ = model(idx)
+    logits = logits[0].float()  # (T, V)
+    logprobs, _ = token_logprobs(logits, torch.tensor(ids, device=logits.device))
+    tops: list[dict[int, float]] = [{} for _ in ids]
+    if top:
+        best = torch.log_softmax(logits.double(), dim=-1).topk(top, dim=-1)
+        tops = [dict(zip(i.tolist(), v.tolist())) for v, i in zip(best.values, best.indices)]
+    return logprobs.tolist(), tops

@@ -12,24 +12,6 @@ from lmkit.progress import reporter
 from lmkit.checkpoint import Checkpoint
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# What generate does with each kind of checkpoint.
-TEXT, FILL_MASK, CLASSIFY, QA = "text", "fill-mask", "classify", "qa"
-
-
-def checkpoint_mode(checkpoint: Checkpoint) -> str:
-    """TEXT (a causal LM or an SFT model), FILL_MASK (a masked LM), CLASSIFY (a classifier) or QA (a span
-    model); anything else is refused with what lmkit can do with it."""
-    arch, objective = checkpoint.model_config.arch, checkpoint.objective
-    if checkpoint.task == "classify":
-        return CLASSIFY
-    if checkpoint.task == "qa":
-        return QA
-    if arch in ("gpt", "lstm") and objective in ("clm", "sft"):
-        return TEXT
-    if arch == "bert" and checkpoint.masked_lm:
-        return FILL_MASK
-    raise UserError(f"{checkpoint.path}: a {arch} checkpoint with objective {objective!r} is not a kind generate "
-                    "knows (gpt/lstm clm or sft: text; bert mlm: fill-mask; classifiers: labels; qa: answers)")
 
 
 # --compile auto for a generation job: this many new tokens pay for a cold compile. Measured on 2 CPU cores
@@ -58,10 +40,11 @@ def load_model(checkpoint: Checkpoint, device: str | torch.device = "cpu", preci
 
 
 def compile_choice(requested: bool | None, checkpoint: Checkpoint, device: str | torch.device,
-                   quantize: str | None, new_tokens: int) -> bool:
-    """--compile, --no-compile, or auto: a transformer text model without int8 layers, where torch can compile,
-    for a job of at least COMPILE_AUTO_TOKENS new tokens (``new_tokens``: prompts x max_new_tokens)."""
+                   quantize: str | None, new_tokens: float) -> bool:
+    """--compile, --no-compile, or auto for a text model's decoding step: a transformer without int8 layers,
+    where torch can compile, for a job of at least COMPILE_AUTO_TOKENS new tokens (``new_tokens``: prompts x
+    max_new_tokens; a server's job has no end: math.inf)."""
     if requested is not None:
         return requested
-    return (checkpoint_mode(checkpoint) == TEXT and checkpoint.model_config.arch == "gpt" and quantize is None
-            and new_tokens >= COMPILE_AUTO_TOKENS and can_compile(resolve_device(device)))
+    return (checkpoint.model_config.arch == "gpt" and quantize is None and new_tokens >= COMPILE_AUTO_TOKENS
+            and can_compile(resolve_device(device)))

@@ -237,6 +237,8 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nkv, S, hd)
         dropout = self.dropout if self.training else 0.0
+        if mask is not None and not isinstance(mask, (KeyPadding, AllowedKeys, ScoreBias)):
+            raise TypeError(f"mask: a KeyPadding, AllowedKeys or ScoreBias, not {type(mask).__name__}")
         if isinstance(mask, ScoreBias):
             y = explicit_attention(q, k, v, mask.bias, dropout)  # (B, nh, T, hd)
             return dropout_(self.out_proj(y.transpose(1, 2).reshape(B, T, self.q_size)), self.dropout, self.training)

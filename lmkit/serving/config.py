@@ -53,3 +53,15 @@ class ServeConfig:
         except ValueError as exc:
             problems.append(f"--max-body: {exc}")
         validate(self, problems)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What the HTTP side needs of the settings, resolved (a running server's, not flags)."""
+
+    model_name: str
+    api_key: str | None = None
+    max_tokens: int = 512          # the largest max_tokens a request may ask for
+    timeout: float = 60.0          # seconds a request may take, queueing included
+    max_body: int = 1 << 20        # bytes of a request body
+    log_requests: bool = True

@@ -1,17 +1,16 @@
 """The model side of ``lmkit serve``: one worker thread owns the model and serves jobs from a bounded
 queue, batching concurrent completion requests into one KV-cache decode (dynamic batching).
 
-Jobs whose sampling settings are equal (the seed aside: each row draws from its own generator seeded
-by the request's seed, the prompt's text and the sample's index, exactly as ``lmkit generate`` does)
-are decoded together, up to ``max_batch`` rows; the worker waits at most ``batch_wait`` seconds for
-companions when the queue is empty. Scoring (log-probabilities), classification and fill-mask jobs run
-one at a time between batches. The HTTP layer (app.py) never touches the model.
+Completion jobs whose sampling settings are equal (the seed aside: each row draws from its own generator
+seeded by the request's seed, the prompt's text and the sample's index, exactly as ``lmkit generate``
+does) are decoded together, up to ``max_batch`` rows; the worker waits at most ``batch_wait`` seconds for
+companions when the queue is empty. Any other job is a call (scoring, classification, fill-mask, answers:
+a task's route says what) run on the worker between batches. The HTTP layer never touches the model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import dataclasses
 import queue
 import threading
@@ -21,20 +20,11 @@ from typing import Any, Callable
 
 import torch
 
-from lmkit.errors import UserError
-from lmkit.evaluation.scoring import token_logprobs
-from lmkit.generation.classify import classify
-from lmkit.generation.decode import STOP_CONTEXT, STOP_EOS, STOP_LENGTH, decode
-from lmkit.generation.fill_mask import fill_mask
-from lmkit.generation.generator import Generator
-from lmkit.generation.model import CLASSIFY, FILL_MASK, TEXT, checkpoint_mode, compile_choice, load_model
-from lmkit.generation.qa import answer_questions
-from lmkit.data.qa_windows import QASettings
+from lmkit.generation.decode import STOP_CONTEXT, STOP_EOS, STOP_LENGTH
 from lmkit.generation.sampling import prompt_key, row_generators
 from lmkit.generation.settings import SamplingSettings
-from lmkit.tokenizer import Tokenizer
-from lmkit.checkpoint import Checkpoint
 
+COMPLETE, CALL = "complete", "call"  # the kinds of job: decoding rows together, or a function of the model
 FINISH = {STOP_EOS: "stop", "stop": "stop", STOP_LENGTH: "length", STOP_CONTEXT: "length"}
 
 
@@ -56,7 +46,7 @@ class Row:
 
 @dataclass
 class Job:
-    kind: str                                   # "complete", "score", "classify", "fill-mask", "qa"
+    kind: str                                   # COMPLETE (payload: rows) or CALL (payload: a function)
     payload: Any
     settings: SamplingSettings | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -65,9 +55,9 @@ class Job:
 
     def key(self) -> tuple:
         """Jobs with equal keys decode in one batch: their settings, the seed aside."""
-        if self.kind != "complete":
+        if self.kind != COMPLETE:
             return (self.kind, id(self))
-        return ("complete", dataclasses.replace(self.settings, seed=0))
+        return (COMPLETE, dataclasses.replace(self.settings, seed=0))
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
         def settle() -> None:
@@ -81,24 +71,12 @@ class Job:
 
 
 class Engine:
-    """A checkpoint behind a job queue and one worker thread."""
+    """A model behind a job queue and one worker thread. ``decoder`` (a text model's Generator) decodes the
+    completion jobs; any kind of model runs call jobs."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "cpu", precision: str = "fp32", *,
-                 max_batch: int = 32, batch_wait: float = 0.005, max_queue: int = 256, compile: bool | None = None):
-        """``compile``: True, False, or None (auto: a text model is compiled where torch can; a server's job
-        has no end, so the compile always pays)."""
-        self.checkpoint, self.mode = checkpoint, checkpoint_mode(checkpoint)
-        self.tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
+    def __init__(self, decoder: Any = None, *, max_batch: int = 32, batch_wait: float = 0.005, max_queue: int = 256):
+        self.decoder = decoder
         self.max_batch, self.batch_wait, self.max_queue = max_batch, batch_wait, max_queue
-        self.compiled = self.mode == TEXT and compile_choice(compile, checkpoint, device, None, math.inf)
-        if self.mode == TEXT:
-            self.generator = Generator(checkpoint, device, precision, batch_size=max_batch, truncate="error",
-                                       compile=self.compiled)
-            self.model = self.generator.model
-        else:
-            self.generator = None
-            self.model = load_model(checkpoint, device, precision)
-        self.block_size = checkpoint.model_config.block_size
         self._queue: queue.Queue[Job] = queue.Queue()
         self._held: list[Job] = []  # taken from the queue while batching, not of the batch's kind
         self._stop = threading.Event()
@@ -110,17 +88,6 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
-    def warm_up(self) -> None:
-        """Decode small batches of different shapes before the first request (no end-of-text stop, so every
-        step runs): a compiled model then does its compiles, and the recompiles that make the batch, the cache
-        length and the padding symbolic, now rather than in a user's request."""
-        settings = SamplingSettings(max_new_tokens=3, temperature=0)
-        start, longest = self.generator.start, self.block_size - 1
-        for lengths in ((2,), (2, 2), (3, 2)):  # one row; rows without padding; left-padded rows
-            prompts = [[start] * min(length, longest) for length in lengths]
-            decode(self.generator.model, prompts, settings, row_generators(0, [(0, i) for i in range(len(prompts))]),
-                   eos_id=None, banned=(), encode_step=self.generator.encode_step)
-
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
@@ -131,8 +98,9 @@ class Engine:
 
     async def submit(self, kind: str, payload: Any, settings: SamplingSettings | None = None,
                      timeout: float | None = None) -> Any:
-        """Queue a job and wait for its result; QueueFull when the queue is full, TimeoutError after
-        ``timeout`` seconds (the job is then dropped, or its rows stop at their next token)."""
+        """Queue a job (COMPLETE: rows decoded with ``settings``; CALL: a function run on the worker) and wait
+        for its result; QueueFull when the queue is full, TimeoutError after ``timeout`` seconds (the job is
+        then dropped, or its rows stop at their next token)."""
         if self.pending >= self.max_queue:
             raise QueueFull()
         loop = asyncio.get_running_loop()
@@ -145,10 +113,6 @@ class Engine:
             raise
 
     # -- what the jobs compute (the worker thread) --------------------------------------------------
-
-    def encode(self, prompt: str, name: str) -> list[int]:
-        """A prompt's model input (an SFT model's template applied); refuses one longer than the context."""
-        return self.generator.encode_prompt(prompt, name)
 
     def rows(self, prompts: list[list[int]], texts: list[str], n: int, seed: int,
              on_text: Callable[[int, str], None] | None = None) -> list[Row]:
@@ -163,47 +127,13 @@ class Engine:
         settings = jobs[0].settings
         owners = [job for job in jobs for _ in job.payload]
         streaming = [row.on_text for row in rows] if any(row.on_text for row in rows) else None
-        answers = self.generator.generate_encoded([row.ids for row in rows], settings, [row.generator for row in rows],
-                                                  streaming, cancelled=lambda index: owners[index].cancelled)
+        answers = self.decoder.generate_encoded([row.ids for row in rows], settings, [row.generator for row in rows],
+                                                streaming, cancelled=lambda index: owners[index].cancelled)
         for row, (text, reason, new_ids) in zip(rows, answers):
             row.text, row.finish, row.new_ids = text, FINISH.get(reason, "stop"), new_ids
         self.batches.append(len(rows))
         for job in jobs:
             job.resolve(job.payload)
-
-    @torch.no_grad()
-    def score(self, ids: list[int], top: int) -> tuple[list[float], list[dict[int, float]]]:
-        """Log-probability of each of ``ids`` given ``</s>`` and the ids before it, and the ``top`` most
-        likely ids at each position (an empty dict when ``top`` is 0)."""
-        if len(ids) > self.block_size:
-            raise UserError(f"prompt: {len(ids)} tokens with the completion, more than the model's context "
-                            f"({self.block_size - 1} tokens)")
-        idx = torch.tensor([[self.generator.start, *ids[:-1]]], device=self.model.tok_emb.weight.device)
-        logits, _ = self.model(idx)
-        logits = logits[0].float()  # (T, V)
-        logprobs, _ = token_logprobs(logits, torch.tensor(ids, device=logits.device))
-        tops: list[dict[int, float]] = [{} for _ in ids]
-        if top:
-            best = torch.log_softmax(logits.double(), dim=-1).topk(top, dim=-1)
-            tops = [dict(zip(i.tolist(), v.tolist())) for v, i in zip(best.values, best.indices)]
-        return logprobs.tolist(), tops
-
-    def _run_one(self, job: Job) -> None:
-        if job.kind == "score":
-            job.resolve([self.score(ids, top) for ids, top in job.payload])
-        elif job.kind == "classify":
-            texts, pairs = job.payload
-            job.resolve(classify(self.model, self.tokenizer, self.checkpoint.labels, texts,
-                                 batch_size=self.max_batch, head=self.checkpoint.head, pairs=pairs))
-        elif job.kind == "qa":
-            questions, contexts = job.payload
-            job.resolve(answer_questions(self.model, self.tokenizer, QASettings.from_head(self.checkpoint.qa),
-                                         questions, contexts, batch_size=self.max_batch))
-        elif job.kind == "fill-mask":
-            texts, top_k = job.payload
-            job.resolve(fill_mask(self.model, self.tokenizer, texts, top_k=top_k, batch_size=self.max_batch))
-        else:
-            raise ValueError(f"unknown job kind {job.kind!r}")  # a bug in app.py
 
     def _next(self, timeout: float) -> Job | None:
         if self._held:
@@ -222,8 +152,8 @@ class Engine:
                 continue
             batch = [job]
             try:
-                if job.kind != "complete":
-                    self._run_one(job)
+                if job.kind == CALL:
+                    job.resolve(job.payload())
                     continue
                 rows = len(job.payload)
                 deadline = time.monotonic() + self.batch_wait

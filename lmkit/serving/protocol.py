@@ -1,6 +1,6 @@
-"""Request bodies of ``lmkit serve``, validated by pydantic: OpenAI's completions and chat completions
-(the fields lmkit implements; unknown fields are ignored, as OpenAI-compatible servers do, but a known
-field of the wrong type is a 400), and lmkit's classify, fill-mask and qa endpoints."""
+"""Request bodies of ``lmkit serve``, validated by pydantic: OpenAI's completions and chat completions (the fields
+lmkit implements; unknown fields are ignored, as OpenAI-compatible servers do, but a known field of the wrong
+type is a 400), and the tokenizer endpoints. A task's own endpoints declare theirs on :class:`Body`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Request(BaseModel):
+class Body(BaseModel):
+    """What every request body may carry; unknown fields are ignored."""
+
     model_config = ConfigDict(extra="ignore", strict=False)
 
     model: str | None = None
 
 
-class Sampling(_Request):
+class Sampling(Body):
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -50,25 +52,10 @@ class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
 
 
-class ClassifyRequest(_Request):
-    input: str | list[str]
-    text_pair: str | list[str] | None = None  # a pair classifier's second texts, one per input
-
-
-class QARequest(_Request):
-    question: str
-    context: str
-
-
-class FillMaskRequest(_Request):
-    input: str | list[str]
-    top_k: int = Field(default=5, ge=1, le=100)
-
-
-class TokenizeRequest(_Request):
+class TokenizeRequest(Body):
     prompt: str
     add_special_tokens: bool = False
 
 
-class DetokenizeRequest(_Request):
+class DetokenizeRequest(Body):
     tokens: list[int]

@@ -1,18 +1,15 @@
-"""Running the app under uvicorn: loopback by default, one log line per request, and on SIGTERM no new
-connections, in-flight requests finished within the grace period, then exit 143."""
+"""Running an app under uvicorn: loopback by default, and on SIGTERM no new connections, in-flight requests
+finished within the grace period, then the signal reported (the CLI exits 143)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from lmkit.errors import UserError
 from lmkit.progress import reporter
-from lmkit.serving.config import ServeConfig
-from lmkit.units import parse_duration, parse_size
+from lmkit.serving.engine import Engine
+from lmkit.units import parse_duration
 
 SERVE_EXTRA = "lmkit[serve]"
 
@@ -24,35 +21,22 @@ class Stopped:
     signum: int | None
 
 
-def serve(config: ServeConfig) -> Stopped:
+def require_serve_extra() -> None:
+    """Refuse before any work when FastAPI or uvicorn is missing, naming the extra that brings them."""
     try:
-        import uvicorn
-
-        from lmkit.serving.app import Guard, ServeOptions, create_app
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError:
         raise UserError(f"lmkit serve: needs FastAPI and uvicorn; install {SERVE_EXTRA}") from None
-    from lmkit.serving.engine import Engine
-    from lmkit.checkpoint import read_checkpoint
 
-    checkpoint = read_checkpoint(config.checkpoint)
-    engine = Engine(checkpoint, config.device, config.precision, max_batch=config.max_batch,
-                    batch_wait=parse_duration(config.batch_wait), max_queue=config.max_queue, compile=config.compile)
-    if engine.compiled:
-        started = time.monotonic()
-        reporter.info("torch.compile: compiling the model before serving (--no-compile to skip)")
-        engine.warm_up()
-        reporter.info(f"compiled in {time.monotonic() - started:.1f} s")
-    path = Path(config.checkpoint).resolve()
-    name = config.model_name or (path.parent.name if path.name == "final" else path.name)
-    options = ServeOptions(model_name=name, api_key=config.api_key or os.environ.get("LMKIT_API_KEY") or None,
-                           max_tokens=config.max_tokens, timeout=parse_duration(config.timeout),
-                           max_body=parse_size(config.max_body), log_requests=not reporter.quiet)
-    app = Guard(create_app(engine, options), options)
-    server = _server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                                    timeout_graceful_shutdown=parse_duration(config.grace), lifespan="off"))
+
+def listen(app, engine: Engine, host: str, port: int, grace: str) -> Stopped:
+    """Serve ``app`` (ASGI) on host:port until a signal, the engine's worker running meanwhile."""
+    import uvicorn
+
+    server = _server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                    timeout_graceful_shutdown=parse_duration(grace), lifespan="off"))
     engine.start()
-    reporter.info(f"serving {name} ({engine.mode}, {checkpoint.model_config.arch}) on http://{config.host}:"
-                  f"{config.port}" + (" (API key required)" if options.api_key else ""))
     # uvicorn handles SIGINT/SIGTERM while it runs, then re-raises the signal to the handler before it: make
     # that a no-op, so the server's own shutdown (in-flight requests finished) is the whole story.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -63,8 +47,8 @@ def serve(config: ServeConfig) -> Stopped:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started and server.signum is None:
-        raise UserError(f"--host {config.host} --port {config.port}: could not listen there (in use, or not an "
-                        "address of this machine)")
+        raise UserError(f"--host {host} --port {port}: could not listen there (in use, or not an address of this "
+                        "machine)")
     return Stopped(server.signum)
 
 

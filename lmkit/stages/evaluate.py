@@ -1,10 +1,11 @@
 """``lmkit evaluate``: a checkpoint measured on a dataset split or raw files, into a report artifact.
 
-Every input is checked before any compute: the checkpoint and the task it can do, the data (its
-tokenizer must be the checkpoint's, the split must not be empty, classification needs labels),
-the metrics asked for, the harness tasks, the ``--fail-if`` conditions and the output directory.
-The report is written (when ``--out`` is given) before the gate is applied, so a failing CI run
-still leaves its report behind.
+The checkpoint's task (lmkit.tasks) says which evaluations it offers (``--task``), their metrics, how each
+reads its inputs, scores them and runs its baseline; this stage checks everything before any compute (the
+evaluation against the checkpoint, the data and its tokenizer, the metrics, the harness tasks, the flags the
+evaluation reads, the ``--fail-if`` conditions and the output directory), runs it, and writes the report.
+The report is written (when ``--out`` is given) before the gate is applied, so a failing CI run still
+leaves its report behind.
 """
 
 from __future__ import annotations
@@ -16,27 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from lmkit import artifacts, config as config_lib
-from lmkit.data import sources
-from lmkit.data.packing import MaskingSettings
-from lmkit.data.qa import read_qa
-from lmkit.devices import resolve_device
-from lmkit.errors import UserError
-from lmkit.evaluation import (baselines, choice, gate, generation_tasks, inputs, question_answering,
-                              report as report_files, tasks)
-from lmkit.evaluation.scoring import Inference
-from lmkit.models import CAUSAL_ARCHS
-from lmkit.data.framing import long_text_settings
-from lmkit.data.qa_windows import QASettings
-from lmkit.progress import reporter
-from lmkit.stages.evaluate_config import TASK_METRICS, EvaluateConfig
-from lmkit.devices import resolve_precision
-from lmkit.tokenizer import Tokenizer
+from lmkit import artifacts, config as config_lib, tasks
 from lmkit.checkpoint import Checkpoint, read_checkpoint
+from lmkit.data import sources
+from lmkit.devices import resolve_device, resolve_precision
+from lmkit.errors import UserError
+from lmkit.evaluation import gate, generation_tasks, inputs, report as report_files
+from lmkit.evaluation.scoring import Inference
+from lmkit.progress import reporter
+from lmkit.stages.evaluate_config import EvaluateConfig
+from lmkit.tasks.base import DOCUMENTS, EvalPlan, Evaluation, TaskSpec, article, read_documents
+from lmkit.tokenizer import Tokenizer
 
-DEFAULT_TASK = {"lm": "lm", "classify": "classify", "sft": "generate", "qa": "qa"}  # by Checkpoint.task
 METRICS_EXTRA = "lmkit[metrics]"
+DOCUMENT_FLAGS = ("split_by", "text_field", "text_column")  # how raw text files become documents
+HARNESS_FLAGS = ("window", "stride", "seed", "max_new_tokens")  # what --harness-tasks reads
 
 
 @dataclass
@@ -50,58 +45,63 @@ class EvaluationResult:
     comparison: dict[str, Any] | None = None             # --compare: "with" (the other report), rows, warnings
 
 
-@dataclass
-class _Plan:
-    checkpoint: Checkpoint
-    task: str | None               # None: only harness tasks
-    objective: str                 # "clm" or "mlm" for --task lm; the checkpoint's otherwise
-    metrics: list[str]
-    dataset: artifacts.Artifact | None
-    split: str | None
-    files: list[str]
-    window: int
-    stride: int
-    conditions: list[gate.Condition]
-    harness_manager: Any
-    input_files: list[dict[str, Any]]
-    recipe: str
-    other_report: dict[str, Any] | None
-    compare_with: str | None
-    notes: list[str]
-
-
 # -- checks before compute -----------------------------------------------------------------------------
-def _task(config: EvaluateConfig, checkpoint: Checkpoint) -> str | None:
+def _evaluation(config: EvaluateConfig, checkpoint: Checkpoint, spec: TaskSpec) -> Evaluation | None:
+    """The evaluation ``--task`` names (auto: the kind's first), or the refusal that says what would fit."""
     if not config.data:
         if config.task != "auto":
             raise UserError(f"--task {config.task}: needs DATA (a dataset artifact or files)")
         return None
-    task = DEFAULT_TASK[checkpoint.task] if config.task == "auto" else config.task
-    arch, where = checkpoint.model_config.arch, config.checkpoint
-    for kind, what, how in (("classify", "a classifier", "`lmkit finetune`"),
-                            ("qa", "a question-answering (span) model", "`lmkit finetune BASE QA.jsonl --task qa`")):
-        if task == kind and checkpoint.task != kind:
-            raise UserError(f"--task {kind}: {where} is not {what} (it is a {checkpoint.objective} {arch} model); "
-                            f"finetune one with {how}")
-        if task != kind and checkpoint.task == kind:
-            raise UserError(f"--task {task}: {where} is {what} without a language-model head; use --task {kind}")
-    if task in ("choice", "generate") and arch not in CAUSAL_ARCHS:
-        raise UserError(f"--task {task}: needs a causal language model; {where} is a {arch} (masked LM) model")
-    return task
+    if config.task == "auto":
+        return spec.evaluations[0]
+    chosen = spec.evaluation(config.task)
+    if chosen is not None:
+        return chosen
+    wanted = next(e for other in tasks.TASKS.values() for e in other.evaluations if e.name == config.task)
+    where, arch = config.checkpoint, checkpoint.model_config.arch
+    if not spec.lm_head:
+        raise UserError(f"--task {config.task}: {where} is {article(spec.summary)} without a language-model head; "
+                        f"use --task {spec.evaluations[0].name}")
+    if wanted.make:
+        raise UserError(f"--task {config.task}: {where} is not {wanted.needs} (it is a {checkpoint.objective} {arch} "
+                        f"model); finetune one with {wanted.make}")
+    raise UserError(f"--task {config.task}: needs {wanted.needs}; {where} is a {arch} {spec.summary}")
 
 
-def _metrics(config: EvaluateConfig, task: str | None, objective: str, notes: list[str]) -> list[str]:
-    if task is None:
+def _check_flags(config: EvaluateConfig, evaluation: Evaluation | None) -> None:
+    """A flag given for what this run does not do (a flag of another evaluation, of raw text files, of the
+    harness) is refused, naming what reads it."""
+    given = getattr(config, "given_fields", None)
+    if given is None:  # built in Python, not resolved from flags: what differs from the defaults
+        defaults = EvaluateConfig.__dataclass_fields__
+        given = {f.name for f in defaults.values() if getattr(config, f.name) != f.default}
+    readers: dict[str, list[str]] = {}
+    for spec in tasks.TASKS.values():
+        for each in spec.evaluations:
+            for name in each.flags + (DOCUMENT_FLAGS if each.reads == DOCUMENTS else ()):
+                readers.setdefault(name, []).append(each.called)
+    for name in HARNESS_FLAGS:
+        readers.setdefault(name, []).append("--harness-tasks")
+    read = set(HARNESS_FLAGS if config.harness_tasks else ())
+    if evaluation is not None:
+        read |= set(evaluation.flags + (DOCUMENT_FLAGS if evaluation.reads == DOCUMENTS else ()))
+    unread = [name for name in EvaluateConfig.__dataclass_fields__ if name in readers and name in given and name not in read]
+    if unread:
+        doing = evaluation.called if evaluation is not None else "--harness-tasks"
+        raise UserError("; ".join(f"{config_lib.flag_name(name)}: read by {', '.join(dict.fromkeys(readers[name]))}, "
+                                  f"not by {doing}" for name in unread))
+
+
+def _metrics(config: EvaluateConfig, evaluation: Evaluation | None, notes: list[str]) -> list[str]:
+    if evaluation is None:
         if config.metrics:
             raise UserError("--metrics: chooses among a task's metrics; harness tasks report their own")
         return []
-    key = "mlm" if task == "lm" and objective == "mlm" else task
-    available = TASK_METRICS[key]
-    wrong = [m for m in config.metrics if m not in available]
+    wrong = [m for m in config.metrics if m not in evaluation.metrics]
     if wrong:
-        kind = "masked-LM evaluation (a BERT checkpoint)" if key == "mlm" else f"--task {task}"
-        raise UserError(f"--metrics: {', '.join(wrong)} not computed by {kind}; its metrics: {', '.join(available)}")
-    chosen = list(config.metrics or available)
+        raise UserError(f"--metrics: {', '.join(wrong)} not computed by {evaluation.called}; its metrics: "
+                        f"{', '.join(evaluation.metrics)}")
+    chosen = list(config.metrics or evaluation.metrics)
     for metric in list(chosen):
         module = generation_tasks.missing_extra(metric)
         if module is None:
@@ -113,93 +113,58 @@ def _metrics(config: EvaluateConfig, task: str | None, objective: str, notes: li
     return chosen
 
 
-def _data(config: EvaluateConfig, task: str | None, checkpoint: Checkpoint
+def _data(config: EvaluateConfig, evaluation: Evaluation | None, checkpoint: Checkpoint
           ) -> tuple[artifacts.Artifact | None, str | None, list[str]]:
     """(dataset, split, raw files): exactly one of a dataset artifact or raw files."""
     if not config.data:
         return None, None, []
+    reads_documents = evaluation is None or evaluation.reads == DOCUMENTS
     datasets = [path for path in config.data if inputs.is_dataset(path)]
     if datasets:
         if len(config.data) > 1:
             raise UserError(f"DATA: {datasets[0]} is a dataset artifact; evaluate one dataset at a time, "
                             "without other files")
-        if task in ("choice", "generate", "qa"):
-            raise UserError(f"--task {task}: reads JSONL files, not a dataset artifact ({datasets[0]})")
+        if not reads_documents:
+            raise UserError(f"--task {evaluation.name}: reads JSONL files, not a dataset artifact ({datasets[0]})")
         dataset = artifacts.load(datasets[0], kind="dataset")
         inputs.require_same_tokenizer(dataset, checkpoint, config.checkpoint, ", or pass the raw files instead")
-        split = inputs.choose_split(dataset, config.split)
-        if task == "classify" and "labels" not in dataset.stats:
-            raise UserError(f"{dataset.path}: has no labels; classification metrics need gold labels "
-                            "(preprocess with --label-field)")
-        return dataset, split, []
+        return dataset, inputs.choose_split(dataset, config.split), []
     if config.split != "auto":
         raise UserError(f"--split {config.split}: applies to a dataset artifact; DATA here is raw files")
-    if task in ("choice", "generate", "qa"):
-        for path in config.data:
-            if not Path(path).is_file():
-                raise UserError(f"{path}: no such file (--task {task} reads JSONL files)")
-            if not path.endswith((".jsonl", ".ndjson")):
-                raise UserError(f"{path}: --task {task} reads JSON Lines files (.jsonl)")
-        return None, None, list(config.data)
-    return None, None, sources.resolve_inputs(config.data)
+    if reads_documents:
+        return None, None, sources.resolve_inputs(config.data)
+    for path in config.data:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file (--task {evaluation.name} reads JSONL files)")
+        if not path.endswith((".jsonl", ".ndjson")):
+            raise UserError(f"{path}: --task {evaluation.name} reads JSON Lines files (.jsonl)")
+    return None, None, list(config.data)
 
 
-def _check_baseline(config: EvaluateConfig, task: str | None, objective: str, dataset: artifacts.Artifact | None,
-                    split: str | None, notes: list[str]) -> None:
-    """--baseline needs a task with a baseline and a dataset whose train split it can learn from (qa's
-    first-sentence baseline learns nothing: any records)."""
-    if task == "qa":
-        return
-    if task not in ("classify", "lm"):
-        raise UserError(f"--baseline: there is a baseline for --task classify, lm and qa, not for "
-                        f"{'harness tasks' if task is None else '--task ' + task}")
-    if task == "lm" and objective == "mlm":
-        raise UserError(f"--baseline: the n-gram baseline compares bits per byte, which a masked LM "
-                        f"({config.checkpoint}) does not report; use it with a causal model or a classifier")
-    if dataset is None:
-        raise UserError("--baseline: trains on the train split of a dataset artifact; DATA here is raw files "
-                        "(preprocess them" + (" with --label-field" if task == "classify" else "")
-                        + " and evaluate the dataset)")
-    if not dataset.stats["splits"].get("train", {}).get("documents"):
-        raise UserError(f"{dataset.path}: --baseline trains on the train split, which is empty")
-    if task == "classify":
-        baselines.require_sklearn()
-    if split == "train":
-        notes.append("the baseline is scored on the split it was trained on (--split train)")
+def _check_baseline(plan: EvalPlan) -> None:
+    """--baseline needs an evaluation with a baseline and, for one that learns, a dataset whose train split
+    it can learn from."""
+    evaluation, config = plan.evaluation, plan.config
+    if evaluation is not None and evaluation.no_baseline:
+        raise UserError(f"--baseline: {evaluation.no_baseline.format(checkpoint=config.checkpoint)}")
+    if evaluation is None or evaluation.baseline is None:
+        having = sorted({e.name for spec in tasks.TASKS.values() for e in spec.evaluations if e.baseline})
+        raise UserError(f"--baseline: there is a baseline for --task {', '.join(having[:-1])} and {having[-1]}, not "
+                        f"for {'harness tasks' if evaluation is None else evaluation.called}")
+    baseline = evaluation.baseline
+    if baseline.trains:
+        if plan.dataset is None:
+            raise UserError("--baseline: trains on the train split of a dataset artifact; DATA here is raw files "
+                            f"(preprocess them{baseline.preprocess} and evaluate the dataset)")
+        if not plan.dataset.stats["splits"].get("train", {}).get("documents"):
+            raise UserError(f"{plan.dataset.path}: --baseline trains on the train split, which is empty")
+        if plan.split == "train":
+            plan.notes.append("the baseline is scored on the split it was trained on (--split train)")
+    if baseline.check is not None:
+        baseline.check()
 
 
-def _read_options(config: EvaluateConfig, task: str) -> sources.ReadOptions:
-    return sources.ReadOptions(split_by=config.split_by, text_field=config.text_field,
-                               text_column=config.text_column,
-                               label_field=config.label_field if task == "classify" else None,
-                               text_pair_field=config.text_pair_field if task == "classify" else None)
-
-
-def _check_pairs(config: EvaluateConfig, task: str | None, checkpoint: Checkpoint,
-                 dataset: artifacts.Artifact | None) -> None:
-    """A pair classifier reads pairs of texts and any other model single texts: the other kind of data is
-    refused, before any compute."""
-    if config.text_pair_field is not None and (task != "classify" or dataset is not None):
-        raise UserError("--text-pair-field: reads the second texts of raw files for --task classify"
-                        + (f"; {dataset.path} is a dataset artifact" if dataset is not None else ""))
-    if task != "classify":
-        return
-    reads_pairs = bool(checkpoint.head.get("pairs"))
-    where = str(dataset.path) if dataset is not None else ", ".join(config.data)
-    has_pairs = "pairs" in dataset.stats if dataset is not None else config.text_pair_field is not None
-    if reads_pairs and not has_pairs:
-        how = "preprocess it with --text-pair-field" if dataset is not None else "give --text-pair-field FIELD"
-        raise UserError(f"{where}: holds single texts, but {config.checkpoint} classifies pairs of texts "
-                        f"(finetuned on a pair dataset); {how}")
-    if has_pairs and not reads_pairs and dataset is None:
-        raise UserError(f"--text-pair-field {config.text_pair_field}: {config.checkpoint} classifies single texts, "
-                        "not pairs")
-    if has_pairs and not reads_pairs:
-        raise UserError(f"{where}: holds pairs of texts, but {config.checkpoint} classifies single texts; finetune "
-                        "a classifier on this pair dataset")
-
-
-def _plan(config: EvaluateConfig) -> _Plan:
+def _plan(config: EvaluateConfig) -> EvalPlan:
     conditions, problems = gate.parse_conditions(config.fail_if)
     if problems:  # (the config already refused these; a Python caller may have bypassed it)
         raise UserError("\n".join(problems))
@@ -209,16 +174,12 @@ def _plan(config: EvaluateConfig) -> _Plan:
                 raise UserError(f"--fail-if {condition.text!r}: compares with the baseline; add --baseline")
     checkpoint = read_checkpoint(config.checkpoint)
     model_config = checkpoint.model_config
-    task = _task(config, checkpoint)
-    objective = ("mlm" if model_config.arch == "bert" else "clm") if task == "lm" else checkpoint.objective
+    spec = tasks.for_checkpoint(checkpoint)
+    evaluation = _evaluation(config, checkpoint, spec)
+    _check_flags(config, evaluation)
     notes: list[str] = []
-    metrics = _metrics(config, task, objective, notes)
-    dataset, split, files = _data(config, task, checkpoint)
-    if config.baseline:
-        _check_baseline(config, task, objective, dataset, split, notes)
-    _check_pairs(config, task, checkpoint, dataset)
-    if task == "classify":  # refused before any compute
-        long_text_settings(checkpoint.head, model_config.arch, checkpoint.max_len, config.long_text, config.chunk_stride)
+    metrics = _metrics(config, evaluation, notes)
+    dataset, split, files = _data(config, evaluation, checkpoint)
     window = config.window or model_config.block_size
     if window > model_config.block_size:
         raise UserError(f"--window {window}: exceeds the model's block size {model_config.block_size}")
@@ -227,16 +188,16 @@ def _plan(config: EvaluateConfig) -> _Plan:
         raise UserError(f"--stride {stride}: exceeds the window ({window} tokens)")
     manager = None
     if config.harness_tasks:
-        if model_config.arch not in CAUSAL_ARCHS or checkpoint.task == "classify":
+        if not spec.harness:
             raise UserError(f"--harness-tasks: the harness needs a causal language model; {config.checkpoint} is a "
-                            f"{model_config.arch} {checkpoint.task} model")
+                            f"{model_config.arch} {spec.summary}")
         from lmkit.evaluation import harness
 
         manager = harness.task_manager(config.harness_include)
         harness.check_tasks(manager, config.harness_tasks, config.harness_include)
     elif conditions:  # the metric names are known now: refuse a misspelled one before any compute
         gate.check_names(conditions, metrics + [f"baseline_{m}" for m in metrics] if config.baseline else metrics,
-                         f"--task {task}" + (" with --baseline" if config.baseline else ""))
+                         f"--task {evaluation.name}" + (" with --baseline" if config.baseline else ""))
     other = report_files.load_report(config.compare) if config.compare else None
 
     input_files = [{**artifacts.describe_file(path), "role": "data"} for path in files if path != "-"]
@@ -248,8 +209,13 @@ def _plan(config: EvaluateConfig) -> _Plan:
         parents.append({"role": "dataset", "id": dataset.id})
     identity = {**config_lib.identity_dict(config), "split": split}
     recipe = artifacts.make_recipe("report", identity, input_files, parents)
-    return _Plan(checkpoint, task, objective, metrics, dataset, split, files, window, stride, conditions, manager,
-                 input_files, recipe, other, config.compare, notes)
+    plan = EvalPlan(config, checkpoint, spec, evaluation, metrics, dataset, split, files, window, stride, conditions,
+                    manager, input_files, recipe, other, notes)
+    if config.baseline:
+        _check_baseline(plan)
+    if evaluation is not None and evaluation.check is not None:
+        evaluation.check(plan)
+    return plan
 
 
 # -- the stage -------------------------------------------------------------------------------------------
@@ -270,30 +236,32 @@ def run(config: EvaluateConfig) -> EvaluationResult:
     return _finish(plan, report, artifact)
 
 
-def _finish(plan: _Plan, report: dict[str, Any], artifact: artifacts.Artifact | None,
+def _finish(plan: EvalPlan, report: dict[str, Any], artifact: artifacts.Artifact | None,
             up_to_date: bool = False) -> EvaluationResult:
     comparison = None
     if plan.other_report is not None:
-        comparison = {"with": plan.compare_with, **report_files.compare(report, plan.other_report)}
+        comparison = {"with": plan.config.compare, **report_files.compare(report, plan.other_report)}
     failures = gate.failures(plan.conditions, report["metrics"])
     return EvaluationResult(report, artifact, up_to_date, failures, comparison)
 
 
-def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    checkpoint = plan.checkpoint
+def _evaluate(config: EvaluateConfig, plan: EvalPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    checkpoint, evaluation = plan.checkpoint, plan.evaluation
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
     started = time.monotonic()
-    loaded = _load_inputs(config, plan, tokenizer)  # before the model: bad input fails fast
-    # Generation loads its own model (lmkit.generation); every other task scores with this one.
-    scores = plan.task in ("lm", "classify", "choice", "qa") or bool(config.harness_tasks)
+    loaded = None  # the evaluation's input, read before the model: bad input fails fast
+    if evaluation is not None:
+        loaded = evaluation.load(plan, tokenizer) if evaluation.load else read_documents(plan, tokenizer)
+    # Generation loads its own model (lmkit.generation); every other evaluation scores with this one.
+    scores = (evaluation is not None and not evaluation.own_model) or bool(config.harness_tasks)
     model = checkpoint.inference_model().to(device) if scores else None
     inference = Inference(model, device, precision, config.batch_size, checkpoint.specials)
     reporter.info(f"evaluating {config.checkpoint} ({checkpoint.model_config.arch}, {checkpoint.objective}) on "
-                  f"{device.type}, {precision}" + (f": --task {plan.task}" if plan.task else ""))
+                  f"{device.type}, {precision}" + (f": --task {evaluation.name}" if evaluation else ""))
     report: dict[str, Any] = {
-        "task": plan.task or "harness",
+        "task": evaluation.name if evaluation else "harness",
         "checkpoint": {"path": str(checkpoint.path), "id": checkpoint.artifact.id,
                        "arch": checkpoint.model_config.arch, "objective": checkpoint.objective},
         "data": _describe_data(plan),
@@ -301,8 +269,8 @@ def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list
     }
     predictions: list[dict[str, Any]] = []
     generated_tokens, generation_seconds = 0, 0.0
-    if plan.task is not None:
-        outcome = _run_task(config, plan, inference, tokenizer, loaded)
+    if evaluation is not None:
+        outcome = evaluation.run(plan, inference, tokenizer, loaded)
         report["examples"] = outcome.examples
         report["metrics"].update({name: outcome.metrics[name] for name in plan.metrics if name in outcome.metrics})
         report["method"].update(outcome.method)
@@ -311,7 +279,7 @@ def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list
         predictions = outcome.predictions
         generated_tokens, generation_seconds = outcome.generated_tokens, outcome.generation_seconds
         if config.baseline:
-            baseline = _baseline(config, plan, tokenizer, loaded, predictions)
+            baseline = _baseline(plan, tokenizer, loaded, predictions)
             shared = [name for name in plan.metrics if name in baseline["metrics"] and name in report["metrics"]]
             report["metrics"].update({f"baseline_{name}": baseline["metrics"][name] for name in shared})
             baseline["difference"] = {name: report["metrics"][name] - baseline["metrics"][name] for name in shared}
@@ -332,132 +300,24 @@ def _evaluate(config: EvaluateConfig, plan: _Plan) -> tuple[dict[str, Any], list
     return report, predictions
 
 
-def _load_inputs(config: EvaluateConfig, plan: _Plan, tokenizer: Tokenizer) -> Any:
-    """The task's input: Documents for lm and classify, items for choice and generate, examples for qa."""
-    if plan.task == "qa":
-        examples: list = []
-        for path in plan.files:
-            examples += read_qa(path, with_answers=True, limit=config.limit - len(examples) if config.limit else 0)
-            if config.limit and len(examples) >= config.limit:
-                break
-        return examples
-    if plan.task in ("choice", "generate"):
-        items: list = []
-        for path in plan.files:
-            left = config.limit - len(items) if config.limit else 0
-            if plan.task == "choice":
-                items += choice.read_choice_file(path, left)
-            else:
-                items += generation_tasks.read_generation_file(path, config.prompt_field, config.response_field, left)
-            if config.limit and len(items) >= config.limit:
-                break
-        if not items:
-            raise UserError(f"{', '.join(plan.files)}: no examples to evaluate (the files are empty)")
-        return items
-    if plan.task is None:
-        return None
-    if plan.dataset is not None:
-        documents = inputs.from_dataset(plan.dataset, plan.split, config.limit)
-    else:
-        documents = inputs.from_files(plan.files, tokenizer, _read_options(config, plan.task), config.limit)
-    if plan.task == "classify":
-        where = f"{plan.dataset.path} ({plan.split})" if plan.dataset is not None else ", ".join(plan.files)
-        flag = "preprocess with --label-field" if plan.dataset is not None else f"--label-field {config.label_field}"
-        inputs.require_labels(documents, where, flag)
-    return documents
-
-
-def _run_task(config: EvaluateConfig, plan: _Plan, inference: Inference, tokenizer: Tokenizer,
-              loaded: Any) -> tasks.TaskOutcome:
-    checkpoint, model_config = plan.checkpoint, plan.checkpoint.model_config
-    if plan.task == "lm" and plan.objective == "mlm":
-        masking = MaskingSettings(config.mask_prob, config.mask_replace, config.mask_random)
-        return tasks.masked_lm(inference, loaded, plan.window, model_config.vocab_size, masking, config.seed)
-    if plan.task == "lm":
-        return tasks.causal_lm(inference, loaded, plan.window, plan.stride)
-    if plan.task == "classify":
-        where = str(plan.dataset.path) if plan.dataset is not None else ", ".join(plan.files)
-        long_text, stride = long_text_settings(checkpoint.head, model_config.arch, checkpoint.max_len,
-                                               config.long_text, config.chunk_stride)
-        return tasks.classify(inference, loaded, loaded.labels, checkpoint.labels, model_config.arch,
-                              checkpoint.max_len, where, long_text, stride)
-    if plan.task == "choice":
-        return tasks.multiple_choice(inference, tokenizer, loaded, plan.window)
-    if plan.task == "qa":
-        return question_answering.question_answering(inference, tokenizer, loaded, QASettings.from_head(checkpoint.qa))
-    stop = config.stop_strings()
-    settings = {"temperature": 0.0, "max_new_tokens": config.max_new_tokens, "stop": list(stop),
-                "prompt": "the checkpoint's SFT template" if checkpoint.template else "after </s>, as is"}
-    return tasks.generate(_generator(plan, inference, config.max_new_tokens, stop), tokenizer, loaded,
-                          plan.metrics, config.batch_size, settings)
-
-
-def _baseline(config: EvaluateConfig, plan: _Plan, tokenizer: Tokenizer, documents: inputs.Documents,
-              predictions: list[dict[str, Any]]) -> dict[str, Any]:
-    """The baseline trained on the dataset's train split, scored on the evaluated documents: its method,
-    metrics and difference (model - baseline). A classifier's predictions records gain the baseline's label."""
-    import numpy as np
-
-    if plan.task == "qa":
-        started = time.monotonic()
-        metrics, method = question_answering.first_sentence_baseline(documents, predictions)
-        method["seconds"] = round(time.monotonic() - started, 3)
-        return {"method": method, "metrics": metrics}
-    train = inputs.from_dataset(plan.dataset, "train")
+def _baseline(plan: EvalPlan, tokenizer: Tokenizer, loaded: Any, predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation's baseline scored on the evaluated inputs: its method, metrics and, added by the caller,
+    the difference (model - baseline)."""
+    baseline = plan.evaluation.baseline
     started = time.monotonic()
-    reporter.info(f"baseline: training on {len(train):,} documents of {plan.dataset.path}'s train split")
-    if plan.task == "lm":
-        metrics, method = baselines.ngram_bits_per_byte(train.tokens, documents.tokens, documents.n_bytes,
-                                                        tokenizer.vocab_size)
-    else:
-        from lmkit.data.split import stratified_split
-        from lmkit.evaluation.metrics import classification_metrics
-
-        def texts(docs: inputs.Documents) -> list[str]:  # a pair's texts on two lines
-            found = [tokenizer.decode(np.asarray(t).tolist()) for t in docs.tokens]
-            if docs.pairs is not None:
-                found = [f"{text}\n{tokenizer.decode(np.asarray(t).tolist())}" for text, t in zip(found, docs.pairs)]
-            return found
-
-        train_texts, train_labels = texts(train), np.asarray(train.labels)
-        if plan.dataset.stats["splits"].get("validation", {}).get("documents"):
-            validation = inputs.from_dataset(plan.dataset, "validation")
-            val_texts, val_labels = texts(validation), np.asarray(validation.labels)
-        else:  # as finetuning does: a stratified tenth of train chooses C, then all of train is fitted
-            names = sorted(set(train_labels))
-            keep, held = stratified_split(np.array([names.index(n) for n in train_labels]), 0.1, config.seed)
-            val_texts, val_labels = [train_texts[i] for i in held], train_labels[held]
-            train_texts, train_labels = [train_texts[i] for i in keep], train_labels[keep]
-        fitted = baselines.tfidf_classifier(train_texts, train_labels, val_texts, val_labels, texts(documents))
-        labels = list(plan.checkpoint.labels)
-        labels += sorted(set(fitted.predictions) - set(labels))
-        index = {name: k for k, name in enumerate(labels)}
-        result = classification_metrics(np.array([index[n] for n in documents.labels]),
-                                        np.array([index[n] for n in fitted.predictions]), labels)
-        metrics, method = result["metrics"], fitted.method
-        for record, predicted in zip(predictions, fitted.predictions):
-            record["baseline_predicted"] = str(predicted)
+    if baseline.trains:
+        documents = plan.dataset.stats["splits"]["train"]["documents"]
+        reporter.info(f"baseline: training on {documents:,} documents of {plan.dataset.path}'s train split")
+    metrics, method = baseline.run(plan, tokenizer, loaded, predictions)
     method["seconds"] = round(time.monotonic() - started, 3)
     return {"method": method, "metrics": metrics}
 
 
-def _generator(plan: _Plan, inference: Inference, max_new_tokens: int, stop: tuple[str, ...]):
-    """Greedy answers to a batch of prompts, from lmkit.generation (which applies the SFT template)."""
-    from lmkit.generation import Generator, SamplingSettings
-
-    generator = Generator(plan.checkpoint, inference.device, inference.precision, batch_size=inference.batch_size)
-
-    def generate(prompts: list[str], max_tokens: int = max_new_tokens, stops=stop) -> list[str]:
-        settings = SamplingSettings(temperature=0.0, max_new_tokens=max_tokens, stop=tuple(stops))
-        return generator.generate(prompts, settings)
-
-    return generate
-
-
-def _run_harness(config: EvaluateConfig, plan: _Plan, inference: Inference, tokenizer: Tokenizer) -> dict[str, Any]:
+def _run_harness(config: EvaluateConfig, plan: EvalPlan, inference: Inference, tokenizer: Tokenizer) -> dict[str, Any]:
     from lmkit.evaluation import harness
+    from lmkit.tasks.text import greedy
 
-    generate = _generator(plan, inference, config.max_new_tokens, ())
+    generate = greedy(plan.checkpoint, inference, config.max_new_tokens, ())
     lm = harness.make_lm(inference, tokenizer, plan.window, plan.stride, generate)
     reporter.info(f"running harness task(s) {', '.join(config.harness_tasks)}")
     result = harness.run_tasks(lm, plan.harness_manager, config.harness_tasks, config.limit, config.seed)
@@ -468,7 +328,7 @@ def _run_harness(config: EvaluateConfig, plan: _Plan, inference: Inference, toke
     return result
 
 
-def _describe_data(plan: _Plan) -> dict[str, Any] | None:
+def _describe_data(plan: EvalPlan) -> dict[str, Any] | None:
     if plan.dataset is not None:
         return {"kind": "dataset", "path": str(plan.dataset.path), "id": plan.dataset.id, "split": plan.split}
     if plan.files:
@@ -476,7 +336,7 @@ def _describe_data(plan: _Plan) -> dict[str, Any] | None:
     return None
 
 
-def _write(writer: artifacts.ArtifactWriter, config: EvaluateConfig, plan: _Plan, report: dict[str, Any],
+def _write(writer: artifacts.ArtifactWriter, config: EvaluateConfig, plan: EvalPlan, report: dict[str, Any],
            predictions: list[dict[str, Any]]) -> artifacts.Artifact:
     files = {"report_json": report_files.REPORT_JSON, "report_md": report_files.REPORT_MD}
     if predictions:

@@ -8,18 +8,7 @@ from dataclasses import dataclass
 from lmkit.config import flag_name, option, validate
 from lmkit.evaluation.gate import parse_conditions
 
-TASKS = ("auto", "lm", "classify", "choice", "generate", "qa")
 SPLITS = ("auto", "train", "validation", "test")
-# The metrics each task computes; --metrics picks among them (empty: all of the task's).
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "lm": ("loss", "ppl", "bpb"),                    # causal models
-    "mlm": ("loss", "ppl", "mlm_accuracy"),          # --task lm on a masked (BERT) model
-    "classify": ("accuracy", "macro_f1", "weighted_f1", "mcc", "macro_precision", "macro_recall"),
-    "choice": ("accuracy", "acc_norm"),
-    "generate": ("exact_match", "chrf", "bleu", "rouge_l"),
-    "qa": ("exact_match", "f1"),                     # SQuAD v1.1's, in [0, 1]
-}
-METRICS = tuple(dict.fromkeys(name for names in TASK_METRICS.values() for name in names))
 
 
 @dataclass(kw_only=True)
@@ -38,12 +27,10 @@ class EvaluateConfig:
                        "choice (zero-shot multiple choice), generate (SFT answers vs references), qa (extractive answers "
                        "of a span model vs question/context/answer records, SQuAD's exact match and F1), or auto (by "
                        "the checkpoint: lm for language models, classify for classifiers, generate for SFT, qa for "
-                       "span models).",
-                       choices=TASKS)
+                       "span models).")
     split: str = option("auto", "Dataset split to evaluate; auto is validation, or test when validation is empty.",
                         choices=SPLITS)
-    metrics: list[str] = option([], "Metrics to report (comma-separated; empty: every metric of the task).",
-                                choices=METRICS)
+    metrics: list[str] = option([], "Metrics to report (comma-separated; empty: every metric of the task).")
     limit: int = option(0, "Evaluate only the first N documents or examples (0: all).")
     # -- raw inputs ------------------------------------------------------------------------------------
     split_by: str = option("paragraph", "How .txt files become documents: one per line, per blank-line separated "
@@ -119,9 +106,7 @@ class EvaluateConfig:
             problems.append("--mask-prob: must be positive (masked-LM metrics need masked tokens)")
         if self.mask_replace + self.mask_random > 1.0:
             problems.append("--mask-replace + --mask-random: must not exceed 1")
-        unknown = [m for m in self.metrics if m not in METRICS]
-        if unknown:
-            problems.append(f"--metrics: unknown metric {', '.join(map(repr, unknown))} (known: {', '.join(METRICS)})")
+        problems += self.unknown_names()
         if not self.data and not self.harness_tasks:
             problems.append("DATA: required (a dataset artifact or files), unless --harness-tasks is given")
         if self.harness_include is not None and not self.harness_tasks:
@@ -132,6 +117,18 @@ class EvaluateConfig:
         except ValueError as exc:
             problems.append(f"--stop: {exc}")
         validate(self, problems)
+
+    def unknown_names(self) -> list[str]:
+        """--task and --metrics names no registered task knows (lmkit.tasks: read when a command runs, never for
+        --help, which loads no torch)."""
+        from lmkit import tasks
+
+        problems, evaluations, metrics = [], tasks.evaluation_names(), tasks.metric_names()
+        if self.task != "auto" and self.task not in evaluations:
+            problems.append(f"--task: '{self.task}' is not one of auto, {', '.join(evaluations)}")
+        problems += [f"--metrics: '{name}' is not one of {', '.join(metrics)}" for name in self.metrics
+                     if name not in metrics]
+        return problems
 
     def stop_strings(self) -> tuple[str, ...]:
         """The --stop strings; ValueError when the value does not parse."""

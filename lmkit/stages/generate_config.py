@@ -13,11 +13,6 @@ from lmkit.generation.settings import SamplingSettings, parse_stop
 PRECISIONS = ("fp32", "bf16")
 QUANTIZATIONS = ("none", "int8")
 TRUNCATIONS = ("left", "error")
-# The flags that only text generation (or only fill-mask) reads: given for another kind of checkpoint,
-# they are reported as having no effect.
-TEXT_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "stop", "seed",
-              "num_samples", "echo", "truncate")
-FILL_MASK_FLAGS = ("candidates",)
 
 
 @dataclass(kw_only=True)

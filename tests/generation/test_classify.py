@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lmkit.generation.classify import classify
-from lmkit.generation.model import CLASSIFY, checkpoint_mode, load_model
+from lmkit import tasks
+from lmkit.generation.model import load_model
 from lmkit.data.framing import format_inputs
 from lmkit.tokenizer import Tokenizer
 from lmkit.checkpoint import read_checkpoint
@@ -24,7 +25,7 @@ def classifier(request, tmp_path_factory):
 
 def test_predictions_are_the_head_s_probabilities(classifier):
     checkpoint, model, tokenizer = classifier
-    assert checkpoint_mode(checkpoint) == CLASSIFY
+    assert tasks.for_checkpoint(checkpoint).name == "classify"
     predictions = classify(model, tokenizer, checkpoint.labels, TEXTS, batch_size=2)
     idx, mask = format_inputs(tokenizer.encode_batch(TEXTS), checkpoint.model_config.arch,
                               checkpoint.model_config.block_size, tokenizer.specials)

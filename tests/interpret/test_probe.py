@@ -11,6 +11,7 @@ from lmkit.errors import UserError
 from lmkit.interpret import probe as probe_module
 from lmkit.interpret.states import encode_layers, pooled_layers
 from lmkit.models import build_model
+from lmkit.models.layers import KeyPadding
 from lmkit.data.framing import format_inputs
 from lmkit.checkpoint import read_checkpoint
 from lmkit.vocab import LMKIT
@@ -41,7 +42,8 @@ def test_layer_states_are_the_models_own(arch):
         x = model.embeddings(model.tok_emb(idx), torch.arange(idx.shape[1]))
         assert torch.equal(states[0], x)
         for block, state in zip(model.blocks[:2], states[1:3]):
-            x = block(x, model.rope_cos[:idx.shape[1]], model.rope_sin[:idx.shape[1]], mask if arch == "bert" else None)
+            x = block(x, model.rope_cos[:idx.shape[1]], model.rope_sin[:idx.shape[1]],
+                      KeyPadding(mask) if arch == "bert" else None)
             assert torch.allclose(state, x, atol=1e-6)
     assert torch.equal(states[-1], final)
 

@@ -332,7 +332,7 @@ def test_a_pair_classifier_classifies_text_pairs_and_names_a_missing_one(pair_cl
 def test_a_missing_extra_and_bad_flags_are_named(gpt, monkeypatch):
     from lmkit.config import resolve
     from lmkit.errors import ConfigError, UserError
-    from lmkit.serving.server import serve
+    from lmkit.stages.serve import run as serve
     from lmkit.serving.config import ServeConfig
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if lmkit[serve] were not installed

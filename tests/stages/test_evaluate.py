@@ -272,6 +272,29 @@ def test_task_and_checkpoint_mismatches_are_refused(gpt, bert, classifier, datas
         evaluate.run(config(gpt, dataset, window=512))
 
 
+def test_a_flag_the_evaluation_does_not_read_is_refused_naming_who_reads_it(gpt, classifier, dataset, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(evaluate, "_evaluate", lambda *a: pytest.fail("computed before refusing"))
+    cases = [
+        (config(gpt, dataset, mask_prob=0.3), "--mask-prob: read by masked-LM evaluation (a BERT checkpoint), not by "
+                                               "--task lm"),
+        (config(classifier, dataset, stride=8), "--stride: read by --task lm, --harness-tasks, not by --task classify"),
+        (config(gpt, dataset, long_text="max", max_new_tokens=4),
+         "--long-text: read by --task classify, not by --task lm; --max-new-tokens: read by --task generate, "
+         "--harness-tasks, not by --task lm"),
+    ]
+    choices = tmp_path / "choices.jsonl"
+    choices.write_text(json.dumps({"context": "A", "choices": ["b", "c"], "answer": 0}) + "\n")
+    cases.append((config(gpt, choices, task="choice", text_field="body"),
+                  "--text-field: read by --task lm, masked-LM evaluation (a BERT checkpoint), --task classify, not by "
+                  "--task choice"))
+    for refused, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            evaluate.run(refused)
+    monkeypatch.undo()  # the positive control: a flag where it is read
+    assert evaluate.run(config(gpt, dataset, stride=64, limit=2)).report["method"]["stride"] == 64
+
+
 # -- the gate and comparisons ------------------------------------------------------------------------------
 def test_gate_failures_are_returned_after_the_report_is_written(gpt, dataset, tmp_path):
     out = tmp_path / "report"
