@@ -4,6 +4,7 @@ Precedence, stated once: defaults < ``--config file.toml`` < command-line flags.
 Each field is declared with :func:`option`, which carries its help text (shown by ``--help``)
 and whether it changes the artifact a stage writes (``affects_output``): fields such as
 ``workers`` or ``force`` are recorded in the manifest but left out of the artifact's identity.
+A training stage's fields also say whether a resumed run must keep them (``resume``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ def option(
     positional: bool = False,
     short: str | None = None,
     section: str = "",
+    resume: bool = False,
 ) -> Any:
     """Declare a config field. Lists get a fresh copy of ``default`` per instance. ``section`` places the
-    field in ``--help`` and ``--print-config`` (see :func:`ordered_fields`)."""
+    field in ``--help`` and ``--print-config`` (see :func:`ordered_fields`). ``resume``: a training run
+    resumed from a checkpoint must keep the value it was started with (training.rundir reads it)."""
     metadata = {
         "help": help,
         "choices": choices,
@@ -40,6 +43,7 @@ def option(
         "positional": positional,
         "short": short,
         "section": section,
+        "resume": resume,
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
@@ -256,3 +260,28 @@ def to_toml(config: Any) -> str:
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+# -- what the user set -----------------------------------------------------------------------------------
+
+def given_fields(config: Any) -> set[str]:
+    """The fields the user set (flags or --config file, as config.resolve records them); without that record,
+    those that differ from the defaults."""
+    given = getattr(config, "given_fields", None)
+    if given is not None:
+        return set(given)
+    return {f.name for f in dataclasses.fields(config)
+            if f.default is not dataclasses.MISSING and getattr(config, f.name) != f.default}
+
+
+def changed_by_user(config: Any) -> set[str]:
+    """The fields the user set to something else than the stage's default: given (flags or --config) and not
+    equal to the default, so that a --print-config dump, which lists every field, reads back unchanged."""
+    given = given_fields(config)
+    return {f.name for f in dataclasses.fields(config) if f.name in given and getattr(config, f.name) != _default_of(f)}
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default

@@ -71,10 +71,7 @@ def _evaluation(config: EvaluateConfig, checkpoint: Checkpoint, spec: TaskSpec) 
 def _check_flags(config: EvaluateConfig, evaluation: Evaluation | None) -> None:
     """A flag given for what this run does not do (a flag of another evaluation, of raw text files, of the
     harness) is refused, naming what reads it."""
-    given = getattr(config, "given_fields", None)
-    if given is None:  # built in Python, not resolved from flags: what differs from the defaults
-        defaults = EvaluateConfig.__dataclass_fields__
-        given = {f.name for f in defaults.values() if getattr(config, f.name) != f.default}
+    given = config_lib.changed_by_user(config)  # given, and not the default: a --print-config dump reads back
     readers: dict[str, list[str]] = {}
     for spec in tasks.TASKS.values():
         for each in spec.evaluations:

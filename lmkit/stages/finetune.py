@@ -29,20 +29,13 @@ from lmkit.models.lora import apply_lora, merge_lora
 from lmkit.models.presets import model_config
 from lmkit.models.span import SpanExtractor
 from lmkit.progress import reporter
-from lmkit.stages.finetune_config import FinetuneConfig, parse_freeze
+from lmkit.stages.finetune_config import TASKS, FinetuneConfig, parse_freeze
 from lmkit.training import distributed, rundir
 from lmkit.checkpoint import Checkpoint, read_checkpoint
 from lmkit.training.checkpoint import step_tag
-from lmkit.training.objectives import OBJECTIVES, Built, ObjectiveInputs
+from lmkit.training.objectives import OBJECTIVES, Built, ObjectiveInputs, refuse_unread_options
 from lmkit.training.run import Session, TrainingPlan, batch_layout, open_session, run_training, sequence_length
 
-# What fixes a run's data, model and order: a resumed run must keep them.
-_RESUME_INVARIANTS = ("task", "seq_len", "micro_batch", "accumulation", "batch_tokens", "seed", "optimizer",
-                      "lora_rank", "lora_alpha", "lora_dropout", "freeze", "pooling", "scratch", "model", "n_layer",
-                      "n_head", "d_model", "d_ff", "dropout", "val_fraction", "max_train_examples", "template",
-                      "prompt_field", "response_field", "token_dropout", "class_weights", "temperature",
-                      "distill_alpha", "mask_prob", "mask_replace", "mask_random", "chunk_stride",
-                      "max_answer_tokens")
 # What a teacher must be for each task: its checkpoint's task (and, for language models, its objective).
 _TEACHER_TASKS = {"classify": ("classify",), "sft": ("lm", "sft"), "clm": ("lm", "sft"), "mlm": ("lm",)}
 
@@ -93,6 +86,7 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     data_path = Path(config.data)
     task = _task(config, base, data_path)
     spec = OBJECTIVES[task]
+    _refuse_unread_options(config, task)
     model_cfg = base.model_config
     if config.model:
         model_cfg = model_config(config.model, base.model_config.vocab_size, **config.model_overrides())
@@ -140,14 +134,24 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     lora = ({"lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout}}
             if config.lora_rank else {})
     run_dir = Path(config.out)
-    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS, layout, seq_len)
-    inputs = ObjectiveInputs(config, data_path, tokenizer, model_cfg, seq_len, layout, env.device, teacher=teacher)
+    start = rundir.start_run(run_dir, config, identity, env, model_cfg, layout, seq_len)
+    inputs = ObjectiveInputs(spec.options_from(config), data_path, tokenizer, model_cfg, seq_len, layout, env.device,
+                             config.seed, teacher=teacher)
     return TrainingPlan(options=config, env=env, spec=spec, inputs=inputs, model_config=model_cfg, run_dir=run_dir,
                         start=start, parents=parents, new_model=lambda built: _new_model(built, config, base, model_cfg),
                         step_limit=lambda objective: config.step_limit_for(objective.train_windows.count,
                                                                           layout.global_batch),
                         label=f"finetune ({task})", stats={"task": task}, metric=metric, eval_at_end=True,
                         model_extra=lora)
+
+
+def _refuse_unread_options(config: FinetuneConfig, task: str) -> None:
+    """Refuse the options of other tasks (and distillation's without --teacher) that the user set."""
+    chosen = [OBJECTIVES[task]] + ([OBJECTIVES["distill"]] if config.teacher else [])
+    what = (f"--task {task}" if config.task != "auto" else f"--task auto ({task} for {config.data})") + \
+        (" with --teacher" if config.teacher else "")
+    offered = {f"--task {name}": OBJECTIVES[name] for name in TASKS if name != "auto"}
+    refuse_unread_options(config, chosen, what, {**offered, "--teacher": OBJECTIVES["distill"]})
 
 
 def extend_context(model_cfg: ModelConfig, block_size: int, scaling: str | None, factor: float | None) -> ModelConfig:

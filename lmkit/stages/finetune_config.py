@@ -3,6 +3,8 @@
 The training options are training.options'; this file adds the task, the model changes
 (LoRA, freezing, a new student), distillation and the data settings, and re-declares the
 defaults that finetuning sets differently from pretraining (below, under "finetuning's defaults").
+Each task's objective reads its own settings (training/objectives/, e.g. ClassifyOptions); a setting of
+another task is refused when given. ``resume=True`` marks what a resumed run must keep.
 """
 
 from __future__ import annotations
@@ -59,18 +61,20 @@ class FinetuneConfig(TrainingOptions):
     task: str = option("auto", "classify, sft (instruction tuning), qa (extractive question answering: start/end "
                        "heads on an encoder), clm or mlm (continued pretraining); auto: classify for a labeled "
                        "dataset, qa for a JSONL file whose records have a question and a context, sft for another, "
-                       "else the base's objective.", choices=TASKS)
+                       "else the base's objective.", choices=TASKS, resume=True)
     # -- the model -----------------------------------------------------------------------------------
     scratch: bool = option(False, "Start from random weights of the base's architecture (a baseline for what "
-                           "pretraining buys); the base still gives the tokenizer.", section="model")
+                           "pretraining buys); the base still gives the tokenizer.", section="model", resume=True)
     model: str | None = option(None, "Train a new model of this preset instead of the base's (random weights, the "
                                f"base's tokenizer): e.g. a smaller student for --teacher. Presets: {PRESET_HELP}.",
-                               section="model")
-    n_layer: int | None = option(None, "With --model: number of blocks / LSTM layers.", section="model")
-    n_head: int | None = option(None, "With --model: attention heads.", section="model")
-    d_model: int | None = option(None, "With --model: model width.", section="model")
-    d_ff: int | None = option(None, "With --model: feed-forward width.", section="model")
-    dropout: float | None = option(None, "Dropout probability (default: the base model's).", section="model")
+                               section="model", resume=True)
+    n_layer: int | None = option(None, "With --model: number of blocks / LSTM layers.", section="model",
+                                 resume=True)
+    n_head: int | None = option(None, "With --model: attention heads.", section="model", resume=True)
+    d_model: int | None = option(None, "With --model: model width.", section="model", resume=True)
+    d_ff: int | None = option(None, "With --model: feed-forward width.", section="model", resume=True)
+    dropout: float | None = option(None, "Dropout probability (default: the base model's).", section="model",
+                                   resume=True)
     block_size: int | None = option(None, "A longer context than the base's, for a rotary model: positions "
                                     "beyond the base's are reached by --rope-scaling; --seq-len defaults to it.",
                                     section="model")
@@ -82,18 +86,20 @@ class FinetuneConfig(TrainingOptions):
     pooling: str = option("auto", "classify: the vector the head reads: the mean of the hidden states, the last "
                           "position's (causal models; what Hugging Face's GPT-2 and Llama classifiers read, so "
                           "--pooling last exports), or [CLS] (BERT); auto: mean, last for an LSTM, and for a model "
-                          "imported from transformers what its classifiers read (last, or cls for BERT).", choices=("auto", "last", "cls", "mean"),
-                          section="model")
+                          "imported from transformers what its classifiers read (last, or cls for BERT).",
+                          choices=("auto", "last", "cls", "mean"), section="model", resume=True)
     freeze: str = option("", "Freeze parameters: embeddings, layers:K (the first K blocks), or both "
-                         "comma-separated.", section="model")
+                         "comma-separated.", section="model", resume=True)
     # -- data ------------------------------------------------------------------------------------------
     val_fraction: float = option(0.1, "Share of the training data held out for validation when the data has no "
-                                 "validation split (stratified by label for classify).", section="data")
+                                 "validation split (stratified by label for classify).", section="data",
+                                 resume=True)
     max_train_examples: int = option(0, "classify, sft: train on a seeded random subset of this many examples "
-                                     "(0: all), e.g. for learning curves; validation is unchanged.", section="data")
+                                     "(0: all), e.g. for learning curves; validation is unchanged.", section="data",
+                                     resume=True)
     class_weights: str = option("auto", "classify: weight the loss by inverse class frequency (balanced); auto: "
                                 f"balanced when the largest class has {IMBALANCE_RATIO:g}x the smallest's training "
-                                "examples or more.", choices=("auto", "none", "balanced"), section="data")
+                                "examples or more.", choices=("auto", "none", "balanced"), section="data", resume=True)
     long_text: str = option("cut", "classify: how a text longer than the window (--seq-len) is read. cut: its "
                             "beginning, in training and after. mean or max: as overlapping chunks, each a training "
                             "example with the text's label (at most 8 a text, spread over it), whose class logits "
@@ -104,32 +110,36 @@ class FinetuneConfig(TrainingOptions):
     chunk_stride: int = option(0, "classify: tokens between the starts of consecutive chunks (0: half a window). "
                                "qa: tokens between the starts of a long context's windows, the question repeated "
                                "in each (BERT's doc stride; 0: half a window's context); recorded in the "
-                               "checkpoint.", section="data")
+                               "checkpoint.", section="data", resume=True)
     max_answer_tokens: int = option(30, "qa: the longest answer span, in tokens (BERT's max_answer_length); "
-                                    "recorded in the checkpoint for evaluate, generate and serve.", section="data")
+                                    "recorded in the checkpoint for evaluate, generate and serve.", section="data",
+                                    resume=True)
     token_dropout: float = option(0.0, "classify: drop each input token with this probability during training "
-                                  "(augmentation).", section="data")
+                                  "(augmentation).", section="data", resume=True)
     pack: bool = option(False, "sft: pack the examples of a batch into as few rows as fit the window, with "
                         "attention kept inside each example and its positions restarting, so that each example's "
                         "loss is what it is alone. It saves compute when a batch's examples are many and short "
                         "against the window; on the demo's (76 tokens on average in 128) it saved none (README). "
                         "GPT only.", section="data")
-    prompt_field: str = option("prompt", "sft: JSONL field of the instruction.", section="data")
-    response_field: str = option("response", "sft: JSONL field of the response.", section="data")
+    prompt_field: str = option("prompt", "sft: JSONL field of the instruction.", section="data", resume=True)
+    response_field: str = option("response", "sft: JSONL field of the response.", section="data", resume=True)
     template: str = option(DEFAULT_TEMPLATE, "sft: prompt template, {prompt} marks the instruction; stored in "
-                           "the checkpoint so that generate applies it.", section="data")
+                           "the checkpoint so that generate applies it.", section="data", resume=True)
     # -- parameter-efficient finetuning ----------------------------------------------------------------
-    lora_rank: int = option(0, "LoRA rank on attention and MLP projections (0: full finetuning).", section=PEFT)
-    lora_alpha: float = option(16.0, "LoRA scale numerator: updates are scaled by alpha / rank.", section=PEFT)
-    lora_dropout: float = option(0.05, "Dropout on the LoRA branch's input.", section=PEFT)
+    lora_rank: int = option(0, "LoRA rank on attention and MLP projections (0: full finetuning).", section=PEFT,
+                            resume=True)
+    lora_alpha: float = option(16.0, "LoRA scale numerator: updates are scaled by alpha / rank.", section=PEFT,
+                               resume=True)
+    lora_dropout: float = option(0.05, "Dropout on the LoRA branch's input.", section=PEFT, resume=True)
     lora_merge: bool = option(True, "Merge the adapters into final/ (a plain checkpoint); --no-lora-merge keeps "
                               "them (merge later with `lmkit merge-lora`).", section=PEFT)
     # -- distillation ----------------------------------------------------------------------------------
     teacher: str | None = option(None, "Distill from this checkpoint: soft targets at --temperature mixed with "
                                  "the hard labels.", affects_output=False, section=DISTILL)  # by id
-    temperature: float = option(2.0, "Distillation temperature (Hinton et al. 2015).", section=DISTILL)
+    temperature: float = option(2.0, "Distillation temperature (Hinton et al. 2015).", section=DISTILL,
+                                resume=True)
     distill_alpha: float = option(0.5, "Weight of the soft-target loss; 1 - alpha weighs the hard labels.",
-                                  section=DISTILL)
+                                  section=DISTILL, resume=True)
     # -- finetuning's defaults (small data, a pretrained start); help and place are the shared options' --------
     micro_batch: int = TrainingOptions.default("micro_batch", 16, "Sequences (classify, sft: examples) per "
                                                "forward pass on each process.")
@@ -145,6 +155,10 @@ class FinetuneConfig(TrainingOptions):
                                             "a better --metric (0: never); with the default evaluation, two epochs.")
     eval_batches: int = TrainingOptions.default("eval_batches", 0)
     checkpoint_every: int = TrainingOptions.default("checkpoint_every", 0)
+    # -- shared options that a resumed finetune keeps (continued masked LM masks as it started) ------------------
+    mask_prob: float = TrainingOptions.kept_on_resume("mask_prob")
+    mask_replace: float = TrainingOptions.kept_on_resume("mask_replace")
+    mask_random: float = TrainingOptions.kept_on_resume("mask_random")
     # -- finetuning's own limits and outputs -----------------------------------------------------------
     epochs: float | None = option(None, f"Passes over the training data; unset: at most {DEFAULT_EPOCHS:g} (early "
                                   "stopping usually ends the run before), unless --max-steps, --max-tokens or "

@@ -17,13 +17,12 @@ from lmkit.models.presets import model_config
 from lmkit.stages.pretrain_config import DEFAULT_STEPS, PretrainConfig
 from lmkit.training import budget, distributed, rundir
 from lmkit.checkpoint import read_checkpoint
-from lmkit.training.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, SENTENCE_OBJECTIVES, ObjectiveInputs
+from lmkit.training.objectives import (DEFAULT_OBJECTIVE, OBJECTIVES, SENTENCE_OBJECTIVES, ObjectiveInputs,
+                                       refuse_unread_options)
 from lmkit.training.run import TrainingPlan, batch_layout, run_training, sequence_length
 
-# What fixes a run's data order and model: a resumed run must keep them (limits and rates may change,
-# and are recorded in the run's history).
-_RESUME_INVARIANTS = ("seq_len", "micro_batch", "accumulation", "batch_tokens", "seed", "objective", "optimizer",
-                      "shard")
+# The objectives --objective chooses from (PretrainConfig spells them for --help without importing torch).
+PRETRAIN_OBJECTIVES = tuple(sorted({*DEFAULT_OBJECTIVE.values(), *SENTENCE_OBJECTIVES}))
 
 
 def prepare(config: PretrainConfig) -> PretrainConfig:
@@ -54,6 +53,10 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
     model_cfg = model_config(config.model, int(tokenizer.stats["vocab_size"]), **config.model_overrides())
     spec = OBJECTIVES[DEFAULT_OBJECTIVE[model_cfg.arch] if config.objective == "auto" else config.objective]
     spec.check_arch(model_cfg.arch, "--objective", f"--model {config.model}")
+    chosen = (f"--objective {spec.name}" if config.objective != "auto" else
+              f"--objective auto ({spec.name} for a {model_cfg.arch} model)")
+    refuse_unread_options(config, [spec], chosen,
+                          {f"--objective {name}": OBJECTIVES[name] for name in PRETRAIN_OBJECTIVES})
     if spec.name in SENTENCE_OBJECTIVES:  # segment ids, and the pooler and head the sentence task trains
         model_cfg = dataclasses.replace(model_cfg, pooler=True, sentence_head=True,
                                         type_vocab_size=model_cfg.type_vocab_size or 2)
@@ -80,9 +83,10 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
         identity["init_from"] = init_from.artifact.id
         parents.append(("init", init_from.artifact))
     run_dir = Path(config.out)
-    start = rundir.start_run(run_dir, config, identity, env, model_cfg, _RESUME_INVARIANTS, layout, seq_len)
-    inputs = ObjectiveInputs(config, dataset.path, tokenizer, model_cfg, seq_len, layout, env.device,
-                             more_data=[d.path for d in datasets[1:]])
+    start = rundir.start_run(run_dir, config, identity, env, model_cfg, layout, seq_len)
+    inputs = ObjectiveInputs(spec.options_from(config), dataset.path, tokenizer, model_cfg, seq_len, layout,
+                             env.device, config.seed, more_data=[d.path for d in datasets[1:]],
+                             weights=config.weights, mix_alpha=config.mix_alpha)
 
     def new_model(_built):
         model = build_model(model_cfg)

@@ -60,10 +60,11 @@ class PretrainConfig(TrainingOptions):
                             "mlm+sop or mlm+nsp (masked LM plus ALBERT's sentence-order or BERT's next-sentence "
                             "prediction on pairs of segments of a document, for bert: adds segment embeddings, BERT's "
                             "pooler and a sentence head), or auto (by architecture).",
-                            choices=("auto", "clm", "mlm", "mlm+sop", "mlm+nsp"), section="model")
+                            choices=("auto", "clm", "mlm", "mlm+sop", "mlm+nsp"), section="model", resume=True)
     init_from: str | None = option(None, "Start from this checkpoint's weights (not its optimizer or step).",
                                    affects_output=False, section="model")  # by id, like the dataset
-    shard: bool = option(False, "Shard parameters across processes with FSDP2 (fully_shard).", section=RUN)
+    shard: bool = option(False, "Shard parameters across processes with FSDP2 (fully_shard).", section=RUN,
+                         resume=True)
     budget: str = option("", "Choose the model size, steps, batch and learning rate for this much time on this "
                          "machine, e.g. 15m (a short probe measures the training speed; a scaling law that counts "
                          "repeated epochs of the dataset picks the size). Flags given explicitly win; "

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from lmkit.errors import UserError
+from lmkit.config import given_fields
 
 # Chinchilla's fitted law (Hoffmann et al. 2022, eq. 10) and Muennighoff et al.'s repetition constant.
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
@@ -136,15 +137,6 @@ def learning_rate(width: int) -> float:
 
 
 # -- applying it to a pretrain config ---------------------------------------------------------------------------
-def given_fields(config: Any) -> set[str]:
-    """The fields the user set (flags or --config file); without that record, those that differ from the defaults."""
-    given = getattr(config, "given_fields", None)
-    if given is not None:
-        return set(given)
-    return {f.name for f in dataclasses.fields(config)
-            if f.default is not dataclasses.MISSING and getattr(config, f.name) != f.default}
-
-
 def apply(config: Any) -> Any:
     """``config`` with the budget's choices for the fields the user did not give, and ``budget_plan`` (a dict
     for the run's stats and first lines). Without --budget or --budget-flops, ``config`` unchanged."""

@@ -12,10 +12,14 @@ the same when the number of processes changes. Give either; both must agree.
 Run length: ``--max-steps``, ``--max-tokens`` and ``--max-time`` each stop a run. A stage's own
 default length (500 steps for pretraining, ``--epochs`` for finetuning) applies only when none of
 them is given, so a run bounded by time or tokens alone is bounded by exactly that.
+
+Fields declared with ``resume=True`` fix a run's data order and model: a resumed run must keep them
+(training.rundir refuses a change; the others, limits and rates, may change and are recorded).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -48,16 +52,16 @@ class TrainingOptions:
                       short="-o", affects_output=False)
     # -- batch -------------------------------------------------------------------------------------
     seq_len: int = option(0, "Tokens per training window (the longest sequence, for examples); 0 means "
-                          "min(block size, 256).", section=BATCH)
-    micro_batch: int = option(8, "Sequences per forward pass on each process.", section=BATCH)
+                          "min(block size, 256).", section=BATCH, resume=True)
+    micro_batch: int = option(8, "Sequences per forward pass on each process.", section=BATCH, resume=True)
     accumulation: int = option(0, "Micro-batches per optimizer step on each process (gradient accumulation); "
-                               "0: what --batch-tokens asks for, else 1.", section=BATCH)
+                               "0: what --batch-tokens asks for, else 1.", section=BATCH, resume=True)
     batch_tokens: int = option(0, "Tokens per optimizer step over all processes (sequences x --seq-len); "
                                "gradients accumulate over micro-batches to reach it. 0: --accumulation decides.",
-                               section=BATCH)
+                               section=BATCH, resume=True)
     # -- optimization ------------------------------------------------------------------------------
     optimizer: str = option("adamw", "adamw, or muon for hidden matrices (AdamW for the rest; torch 2.9+).",
-                            choices=OPTIMIZERS, section=OPTIMIZATION)
+                            choices=OPTIMIZERS, section=OPTIMIZATION, resume=True)
     lr: float = option(1e-3, "Peak learning rate.", section=OPTIMIZATION)
     schedule: str = option("auto", "Learning-rate schedule after warmup; auto: cosine, or constant when only "
                            "--max-time bounds the run (its length in steps is unknown).", choices=SCHEDULES,
@@ -81,7 +85,8 @@ class TrainingOptions:
                                   "(clm, mlm), not for LSTMs or --shard, where torch can compile (a C++ compiler "
                                   "and Python's headers on CPU, Triton on CUDA).", affects_output=False,
                                   section=OPTIMIZATION)
-    seed: int = option(0, "Seed of initialization, data order, masking and augmentation.", section=OPTIMIZATION)
+    seed: int = option(0, "Seed of initialization, data order, masking and augmentation.", section=OPTIMIZATION,
+                       resume=True)
     # -- masked LM ---------------------------------------------------------------------------------
     mask_prob: float = option(0.15, "mlm: share of tokens chosen for prediction.", section=MASKING)
     mask_replace: float = option(0.8, "mlm: of the chosen, share replaced by [MASK].", section=MASKING)
@@ -185,12 +190,17 @@ class TrainingOptions:
         return self.resume or self.auto_resume
 
     @classmethod
-    def default(cls, name: str, value: Any, help: str | None = None) -> Any:
-        """Re-declare shared option ``name`` in a stage's config with another default (its help, choices and
-        section stay the shared declaration's unless ``help`` is given)."""
+    def default(cls, name: str, value: Any, help: str | None = None, *, resume: bool | None = None) -> Any:
+        """Re-declare shared option ``name`` in a stage's config with another default (its help, choices,
+        section and resume marker stay the shared declaration's unless ``help`` or ``resume`` is given)."""
         shared = cls.__dataclass_fields__[name].metadata
         return option(value, help or shared["help"], choices=shared["choices"], affects_output=shared["affects_output"],
-                      section=shared["section"])
+                      section=shared["section"], resume=shared["resume"] if resume is None else resume)
+
+    @classmethod
+    def kept_on_resume(cls, name: str) -> Any:
+        """Re-declare shared option ``name`` as it is, but marked ``resume``: a resumed run of this stage keeps it."""
+        return cls.default(name, cls.__dataclass_fields__[name].default, resume=True)
 
     def accumulation_steps(self, seq_len: int, world_size: int) -> int:
         """Micro-batches per optimizer step on each process, from --accumulation or --batch-tokens; the

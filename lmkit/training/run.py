@@ -27,7 +27,8 @@ from lmkit.progress import reporter
 from lmkit.training import distributed, rundir
 from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.training.checkpoint import restore_training
-from lmkit.training.loop import LoopSettings, fit
+from lmkit.training.loop import LoopSettings
+from lmkit.training.loop import train as fit  # run.fit: the name tests patch to see a run's LoopSettings
 from lmkit.training.objectives import OBJECTIVES, BatchLayout, Built, Objective, ObjectiveInputs, ObjectiveSpec
 from lmkit.training.optim import Optimizers, build_optimizer
 from lmkit.training.options import COMPILE_AUTO_MINUTES, COMPILE_AUTO_STEPS, TrainingOptions
@@ -113,8 +114,9 @@ def open_session(plan: TrainingPlan) -> Session:
     if plan.sharded:
         distributed.shard_model(model)  # after loading full weights, before the optimizer sees parameters
     if plan.inputs.teacher is not None:
-        wrapped = OBJECTIVES["distill"].build(dataclasses.replace(plan.inputs, inner=objective))
-        objective = wrapped.objective
+        distill = OBJECTIVES["distill"]
+        inputs = dataclasses.replace(plan.inputs, inner=objective, options=distill.options_from(options))
+        objective = distill.build(inputs).objective
     optimizers = build_optimizer(model, options.optimizer, options.lr, options.weight_decay,
                                  (options.beta1, options.beta2))
     state = TrainerState(world_size=env.world_size)
@@ -178,21 +180,24 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     eval_every = (options.eval_every if options.eval_every is not None
                   else max(1, -(-objective.train_windows.count // (2 * layout.global_batch))))
     settings = LoopSettings(
-        lr=options.lr, schedule=options.schedule_name(), warmup_steps=warmup, min_lr_ratio=options.min_lr_ratio,
-        decay_fraction=options.decay_fraction, grad_clip=options.grad_clip, max_steps=max_steps,
-        schedule_steps=schedule_steps, max_tokens=options.max_tokens, max_seconds=options.max_seconds,
-        eval_every=eval_every, eval_batches=options.eval_batches, patience=options.patience,
-        checkpoint_every=options.checkpoint_every, log_every=options.log_every, precision=session.precision,
-        compile=compiled, flops_per_token=flops, sharded=plan.sharded,
+        options, step_limit=max_steps, schedule_steps=schedule_steps, warmup_steps=warmup, eval_every=eval_every,
+        precision=session.precision, compile=compiled, flops_per_token=flops, sharded=plan.sharded,
         # Rank 0 logs MFU; the probe runs there alone (ranks measuring at once would share the cores).
-        peak_flops=options.peak_tflops * 1e12 or (peak_flops(env.device, session.precision) if env.is_main else 0.0),
-        metric=plan.metric, maximize=plan.metric not in ("val_loss", "val_ppl", "val_bpb"),
-        eval_at_end=plan.eval_at_end)
+        peak_flops=options.peak_tflops * 1e12 or (_peak_flops(env, session.precision) if env.is_main else 0.0),
+        metric=plan.metric, eval_at_end=plan.eval_at_end)
     session.state = fit(model, objective, session.optimizers, settings, layout, env, plan.run_dir, session.state, save,
                         last_checkpoint=plan.start.resume_from)
     final = plan.finish(session) if plan.finish is not None else session.save_final()
     rundir.write_plot(plan.run_dir, env)
     return artifacts.load(final)
+
+
+def _peak_flops(env: distributed.Distributed, precision: str) -> float:
+    """devices.peak_flops, its matmul probe's random matrices drawn off the run's RNG: otherwise a run that measures
+    (a cold cache) trains with other dropout than one that finds the figure cached, and rank 0 with other dropout
+    than the other ranks."""
+    with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+        return peak_flops(env.device, precision)
 
 
 def compile_choice(options: TrainingOptions, plan: TrainingPlan, steps: int, device: torch.device

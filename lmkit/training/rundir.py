@@ -59,10 +59,17 @@ class RunStart:
 LAYOUT_SETTINGS = ("micro_batch", "accumulation", "batch_tokens", "shard")
 
 
+def resume_invariants(options: Any) -> tuple[str, ...]:
+    """The settings a resumed run must keep: the fields of a stage's config declared with ``resume=True``
+    (what fixes the run's data order and model; limits and rates may change and are recorded)."""
+    return tuple(f.name for f in dataclasses.fields(options) if f.metadata.get("resume"))
+
+
 def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distributed.Distributed,
-              model_cfg: ModelConfig, invariants: tuple[str, ...], layout: Any, seq_len: int) -> RunStart:
+              model_cfg: ModelConfig, layout: Any, seq_len: int) -> RunStart:
     """Refuse to clobber a run; find the checkpoint to resume from (the latest saved with its optimizer
-    state), checking that the settings in ``invariants``, the inputs and the model did not change.
+    state), checking that the settings marked ``resume`` (:func:`resume_invariants`), the inputs and the
+    model did not change.
 
     Elastic resume: a run may continue on another number of processes, micro-batch or accumulation when the
     global batch (sequences per optimizer step, ``layout.global_batch``) is the one it was trained with: every
@@ -87,6 +94,7 @@ def start_run(run_dir: Path, options: Any, identity: dict[str, Any], env: distri
         latest = candidates[-1]
         checkpoint = read_checkpoint(latest)
         saved = checkpoint.trainer_state()
+        invariants = resume_invariants(options)
         if saved.global_batch:
             _check_global_batch(latest, saved.global_batch, layout, seq_len)
             invariants = tuple(name for name in invariants if name not in LAYOUT_SETTINGS)

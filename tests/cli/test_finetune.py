@@ -80,3 +80,17 @@ def test_a_pair_classifier_is_finetuned_evaluated_and_used_on_pairs(bases, pair_
                                         "the window longest text first \\(use --long-text cut\\)"):
         finetune.run(resolve(FinetuneConfig, {}, values))
     assert not (tmp_path / "chunked").exists()
+
+
+def test_options_of_another_task_from_flags_or_the_config_file_are_one_error_line(bases, instructions, tmp_path):
+    from typer.testing import CliRunner
+
+    from lmkit.cli import app
+
+    (tmp_path / "finetune.toml").write_text('task = "sft"\nclass_weights = "balanced"\n')
+    result = CliRunner().invoke(app, ["finetune", str(bases["gpt"]), str(instructions), "--out", str(tmp_path / "run"),
+                                      "--config", str(tmp_path / "finetune.toml"), "--pooling", "last", *FAST])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == ("error: --pooling and --class-weights: read by --task classify, not by --task "
+                                     "sft; drop them")
+    assert not (tmp_path / "run").exists()

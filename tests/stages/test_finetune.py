@@ -548,3 +548,85 @@ def test_block_size_extends_a_rotary_model_and_refuses_what_cannot_extend(bases,
     shorter = finetune.plan(config(bases["gpt"], dataset, tmp_path / "short", block_size=64, seq_len=0),
                             finetune.distributed.setup())
     assert (shorter.model_config.block_size, shorter.model_config.rope_scaling) == (64, "none")
+
+
+# -- each task reads its own options; another task's are refused ---------------------------------------------
+@pytest.mark.parametrize("task,values,message", [
+    ("sft", {"pooling": "mean"}, "--pooling: read by --task classify, not by --task sft; drop it"),
+    ("sft", {"class_weights": "balanced"}, "--class-weights: read by --task classify, not by --task sft; drop it"),
+    ("sft", {"long_text": "mean"}, "--long-text: read by --task classify, not by --task sft; drop it"),
+    ("sft", {"token_dropout": 0.1}, "--token-dropout: read by --task classify, not by --task sft; drop it"),
+    ("sft", {"chunk_stride": 8}, "--chunk-stride: read by --task classify or qa, not by --task sft; drop it"),
+    ("sft", {"max_answer_tokens": 10}, "--max-answer-tokens: read by --task qa, not by --task sft; drop it"),
+    ("classify", {"template": "Q: {prompt}\nA: "}, "--template: read by --task sft, not by --task classify; drop it"),
+    ("classify", {"prompt_field": "question"}, "--prompt-field: read by --task sft, not by --task classify"),
+    ("classify", {"response_field": "answer"}, "--response-field: read by --task sft, not by --task classify"),
+    ("classify", {"pack": True}, "--pack: read by --task sft, not by --task classify; drop it"),
+    ("classify", {"mask_prob": 0.2}, "--mask-prob: read by --task mlm, not by --task classify; drop it"),
+    ("classify", {"mask_replace": 0.7}, "--mask-replace: read by --task mlm, not by --task classify"),
+    ("classify", {"mask_random": 0.2}, "--mask-random: read by --task mlm, not by --task classify"),
+    ("classify", {"temperature": 3.0}, "--temperature: read by --teacher, not by --task classify; drop it"),
+    ("classify", {"distill_alpha": 0.9}, "--distill-alpha: read by --teacher, not by --task classify; drop it"),
+    ("clm", {"val_fraction": 0.2}, "--val-fraction: read by --task classify, sft or qa, not by --task clm; drop it"),
+    ("clm", {"max_train_examples": 5}, "--max-train-examples: read by --task classify, sft or qa, not by --task clm"),
+    ("sft", {"pooling": "mean", "class_weights": "none", "mask_prob": 0.2},
+     "--pooling and --class-weights (read by --task classify), --mask-prob (read by --task mlm): not read by "
+     "--task sft; drop them"),
+])
+def test_an_option_the_task_does_not_read_is_refused(bases, labeled, dataset, instructions, tmp_path, task, values,
+                                                     message):
+    data = {"classify": labeled, "sft": instructions, "clm": dataset}[task]
+    with pytest.raises(UserError) as caught:
+        finetune.plan(config(bases["gpt"], data, tmp_path / "run", task=task, **values), finetune.distributed.setup())
+    assert message in str(caught.value) and "\n" not in str(caught.value)  # one line, every flag in it
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_each_task_reads_are_taken_and_a_dumped_config_reads_back(bases, labeled, instructions, qa_file,
+                                                                          pair_dataset, pair_classifier, tmp_path):
+    import tomllib
+
+    from lmkit import config as config_lib
+
+    env = finetune.distributed.setup()
+    chosen = {  # every task takes the options it reads, shared ones (--chunk-stride, --max-train-examples) included
+        "classify": (bases["gpt"], labeled, {"pooling": "last", "class_weights": "balanced", "long_text": "mean",
+                                             "chunk_stride": 8, "token_dropout": 0.1, "max_train_examples": 20,
+                                             "val_fraction": 0.2}),
+        "sft": (bases["gpt"], instructions, {"template": "Q: {prompt}\nA: ", "prompt_field": "prompt", "pack": True,
+                                             "max_train_examples": 20, "val_fraction": 0.2}),
+        "qa": (bases["bert"], qa_file, {"chunk_stride": 8, "max_answer_tokens": 10, "max_train_examples": 20}),
+    }
+    for task, (base, data, values) in chosen.items():
+        planned = finetune.plan(config(base, data, tmp_path / task, task=task, **values), env)
+        assert {name: getattr(planned.inputs.options, name) for name in values} == values
+    # distillation's options with --teacher
+    planned = finetune.plan(config(bases["bert"], pair_dataset, tmp_path / "distill", teacher=str(pair_classifier),
+                                   temperature=3.0, distill_alpha=0.9), env)
+    assert planned.inputs.teacher is not None
+    # --print-config lists every option (at its default): fed back with --config, nothing is refused
+    dumped = tomllib.loads(config_lib.to_toml(config(bases["gpt"], instructions, tmp_path / "dump")))
+    planned = finetune.plan(resolve(FinetuneConfig, dumped, {}), env)
+    assert planned.spec.name == "sft" and planned.inputs.options.template == dumped["template"]
+
+
+def test_a_refusal_under_task_auto_names_the_task_it_chose(bases, instructions, tmp_path):
+    with pytest.raises(UserError, match=f"--pooling: read by --task classify, not by --task auto \\(sft for "
+                                        f"{instructions}\\); drop it"):
+        finetune.plan(config(bases["gpt"], instructions, tmp_path / "run", pooling="cls"),
+                      finetune.distributed.setup())
+
+
+def test_resume_invariants_are_the_fields_marked_resume():
+    """The settings a resumed run must keep are marked on their fields (option(..., resume=True)); these are the
+    sets the stages kept by hand before, unchanged."""
+    from lmkit.stages.pretrain_config import PretrainConfig
+    from lmkit.training.rundir import resume_invariants
+
+    shared = {"seq_len", "micro_batch", "accumulation", "batch_tokens", "seed", "optimizer"}
+    assert set(resume_invariants(PretrainConfig)) == shared | {"objective", "shard"}
+    assert set(resume_invariants(FinetuneConfig)) == shared | {
+        "task", "lora_rank", "lora_alpha", "lora_dropout", "freeze", "pooling", "scratch", "model", "n_layer",
+        "n_head", "d_model", "d_ff", "dropout", "val_fraction", "max_train_examples", "template", "prompt_field",
+        "response_field", "token_dropout", "class_weights", "temperature", "distill_alpha", "mask_prob",
+        "mask_replace", "mask_random", "chunk_stride", "max_answer_tokens"}

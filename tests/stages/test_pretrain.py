@@ -382,3 +382,21 @@ def test_datasets_with_different_tokenizers_are_not_mixed(dataset, tmp_path):
                                         r"tokenizer: preprocess it with --tokenizer"):
         pretrain.run(config(dataset, tmp_path / "run", dataset=f"{dataset},{tmp_path / 'other'}"))
     assert not (tmp_path / "run").exists()
+
+
+def test_masking_options_are_refused_for_causal_lm_and_read_by_masked_lm(dataset, tmp_path):
+    env = pretrain.distributed.setup()
+    cases = [({"mask_prob": 0.2, "mask_random": 0.05}, "--mask-prob and --mask-random: read by --objective mlm, "
+              "mlm+nsp or mlm+sop, not by --objective auto (clm for a gpt model); drop them"),
+             ({"objective": "clm", "mask_replace": 0.5}, "--mask-replace: read by --objective mlm, mlm+nsp or "
+              "mlm+sop, not by --objective clm; drop it")]
+    for values, message in cases:
+        with pytest.raises(UserError) as caught:
+            pretrain.run(config(dataset, tmp_path / "gpt", **values))
+        assert str(caught.value) == message
+        assert not (tmp_path / "gpt").exists()
+    for model, objective in (("bert-tiny", "mlm"), ("encoder-tiny", "mlm+sop")):
+        planned = pretrain.plan(config(dataset, tmp_path / objective, model=model, objective=objective,
+                                       mask_prob=0.2, mask_replace=0.5), env)
+        assert (planned.inputs.options.mask_prob, planned.inputs.options.mask_replace) == (0.2, 0.5)
+    assert pretrain.plan(config(dataset, tmp_path / "clm", mask_prob=0.15), env).spec.name == "clm"  # the default

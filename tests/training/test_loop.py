@@ -13,10 +13,11 @@ from lmkit.models import build_model
 from lmkit.models.presets import model_config
 from lmkit.checkpoint import TrainerState
 from lmkit.training.distributed import Distributed
-from lmkit.training.loop import LoopSettings, fit
+from lmkit.training.loop import LoopSettings, train
 from lmkit.training.objectives import BatchLayout
 from lmkit.training.objectives.language_modeling import CausalLM
 from lmkit.training.optim import build_optimizer
+from lmkit.training.options import TrainingOptions
 
 GOLDEN = Path(__file__).parent / "golden" / "gpt_tiny_clm_loss.json"
 
@@ -33,12 +34,14 @@ def run_tiny(tmp_path: Path, steps: int = 12) -> list[float]:
     torch.manual_seed(0)
     model = build_model(model_config("gpt-tiny", 64))
     optimizers = build_optimizer(model, "adamw", 1e-2, 0.1, (0.9, 0.95))
-    settings = LoopSettings(lr=1e-2, schedule="cosine", warmup_steps=2, min_lr_ratio=0.1, decay_fraction=0.2,
-                            grad_clip=1.0, max_steps=steps, schedule_steps=steps, max_tokens=0, max_seconds=0,
-                            eval_every=0, eval_batches=0, patience=0, checkpoint_every=0, log_every=1,
+    options = TrainingOptions(out=str(tmp_path), lr=1e-2, schedule="cosine", warmup_steps=2, min_lr_ratio=0.1,
+                              decay_fraction=0.2, grad_clip=1.0, max_steps=steps, max_tokens=0, max_time="",
+                              eval_every=0, eval_batches=0, patience=0, checkpoint_every=0, log_every=1,
+                              precision="fp32", compile=False)
+    settings = LoopSettings(options, step_limit=steps, schedule_steps=steps, warmup_steps=2, eval_every=0,
                             precision="fp32", compile=False, flops_per_token=1.0, peak_flops=0.0)
-    fit(model, objective, optimizers, settings, layout, Distributed(), tmp_path, TrainerState(),
-        save=lambda *args: tmp_path)
+    train(model, objective, optimizers, settings, layout, Distributed(), tmp_path, TrainerState(),
+          save=lambda *args: tmp_path)
     return [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -86,9 +89,11 @@ def test_max_time_stops_the_run(tmp_path, monkeypatch):
     layout = BatchLayout(micro_batch=2, accumulation=1, world_size=1)
     objective = CausalLM(TokenStream(tokens, 1, 5000), None, 16, layout, seed=0, device=torch.device("cpu"))
     model = build_model(model_config("gpt-tiny", 64))
-    settings = LoopSettings(lr=1e-3, schedule="constant", warmup_steps=0, min_lr_ratio=0.1, decay_fraction=0.2,
-                            grad_clip=1.0, max_steps=0, schedule_steps=0, max_tokens=0, max_seconds=1.0,
-                            eval_every=0, eval_batches=0, patience=0, checkpoint_every=0, log_every=1,
+    options = TrainingOptions(out=str(tmp_path), lr=1e-3, schedule="constant", warmup_steps=0, min_lr_ratio=0.1,
+                              decay_fraction=0.2, grad_clip=1.0, max_steps=0, max_tokens=0, max_time="1s",
+                              eval_every=0, eval_batches=0, patience=0, checkpoint_every=0, log_every=1,
+                              precision="fp32", compile=False)
+    settings = LoopSettings(options, step_limit=0, schedule_steps=0, warmup_steps=0, eval_every=0,
                             precision="fp32", compile=False, flops_per_token=1.0, peak_flops=0.0)
     optimizers = build_optimizer(model, "adamw", 1e-3, 0.1, (0.9, 0.95))
     real_step = optimizers.step
@@ -99,8 +104,8 @@ def test_max_time_stops_the_run(tmp_path, monkeypatch):
         assert clock["now"] < 1010.0, "the time limit never stopped the run"
 
     optimizers.step = timed_step
-    state = fit(model, objective, optimizers, settings, layout, Distributed(), tmp_path, TrainerState(),
-                save=lambda *args: tmp_path)
+    state = train(model, objective, optimizers, settings, layout, Distributed(), tmp_path, TrainerState(),
+                  save=lambda *args: tmp_path)
     assert state.step == 4 and state.elapsed_seconds == 1.0
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(record["step"], record["elapsed_s"]) for record in logged] == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]
@@ -136,3 +141,50 @@ def test_data_parallel_wrapper_raises_no_deprecation_warning(tmp_path):
         loss.backward()
     finally:
         dist.destroy_process_group()
+
+
+def test_a_step_reads_the_device_once_and_reduces_the_counts_once(tmp_path, monkeypatch):
+    """The loop's promise (loop.py, step.py): one host read a step (the finiteness check, which carries the loss
+    and gradient norm on logged steps only) and one reduction of the predicted-token counts, not one per
+    micro-batch. Counted as the places a tensor's value reaches Python, outside the model (whose fused loss
+    checks its targets, models/loss.py)."""
+    import sys
+
+    from lmkit.training import step as step_module
+
+    reads, reductions = [], []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name):
+            if "/lmkit/models/" not in sys._getframe(1).f_code.co_filename:
+                reads.append(_name)
+            return _real(self, *args)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    real_sum = step_module.sum_across_ranks
+    monkeypatch.setattr(step_module, "sum_across_ranks",
+                        lambda value, env: reductions.append(tuple(value.shape)) or real_sum(value, env))
+    steps = []
+    real_step = step_module.train_step
+
+    def recorded(*args, **kwargs):
+        before = len(reads)
+        result = real_step(*args, **kwargs)
+        steps.append((len(reads) - before, result))
+        return result
+    monkeypatch.setattr("lmkit.training.loop.train_step", recorded)
+    layout = BatchLayout(micro_batch=2, accumulation=3, world_size=1)
+    objective = CausalLM(TokenStream((np.arange(5000, dtype=np.int32) % 57) + 7, 1, 5000), None, 16, layout, seed=0,
+                         device=torch.device("cpu"))
+    model = build_model(model_config("gpt-tiny", 64))
+    options = TrainingOptions(out=str(tmp_path), max_steps=6, log_every=3, eval_every=0, checkpoint_every=0,
+                              precision="fp32", compile=False)
+    settings = LoopSettings(options, step_limit=6, schedule_steps=6, warmup_steps=2, eval_every=0,
+                            precision="fp32", compile=False, flops_per_token=1.0, peak_flops=0.0)
+    train(model, objective, build_optimizer(model, "adamw", 1e-3, 0.1, (0.9, 0.95)), settings, layout, Distributed(),
+          tmp_path, TrainerState(), save=lambda *args: tmp_path)
+    assert [n for n, _ in steps] == [1] * 6
+    logged = [result.loss is not None and result.grad_norm is not None for _, result in steps]
+    assert logged == [True, False, True, False, False, True]  # steps 1, 3 and 6: the log's cadence
+    # a step: the count of predicted tokens (a scalar), then the finiteness flags (and the loss, when logged)
+    assert reductions == [(), (7,), (), (6,), (), (7,), (), (6,), (), (6,), (), (7,)]

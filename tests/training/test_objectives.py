@@ -35,3 +35,28 @@ def test_a_name_is_registered_once():
     with pytest.raises(ValueError, match="'clm' is registered twice"):
         register(ObjectiveSpec("clm", ("gpt",), OBJECTIVES["clm"].build, "again"))
     assert OBJECTIVES["clm"].summary.startswith("causal")
+
+
+def test_each_objective_reads_its_own_options_which_are_flags_of_the_stages_offering_it():
+    """The command line stays flat: every field of an objective's options class is a flag (same name) of each stage
+    that offers the objective, and options_from reads exactly those."""
+    from lmkit.stages.pretrain import PRETRAIN_OBJECTIVES
+    from lmkit.training.objectives import NoOptions
+
+    finetune, pretrain = ({f.name for f in dataclasses.fields(cls)} for cls in (FinetuneConfig, PretrainConfig))
+    offered = [(name, finetune) for name in (*set(TASKS) - {"auto"}, "distill")]
+    offered += [(name, pretrain) for name in PRETRAIN_OBJECTIVES]
+    for name, flags in offered:
+        fields = {f.name for f in dataclasses.fields(OBJECTIVES[name].options)}
+        assert fields <= flags, (name, fields - flags)
+    assert OBJECTIVES["clm"].options is NoOptions
+    read = {name: {f.name for f in dataclasses.fields(OBJECTIVES[name].options)} for name in OBJECTIVES}
+    assert read["classify"] == {"val_fraction", "max_train_examples", "pooling", "class_weights", "long_text",
+                                "chunk_stride", "token_dropout"}
+    assert read["sft"] == {"val_fraction", "max_train_examples", "template", "prompt_field", "response_field", "pack"}
+    assert read["qa"] == {"val_fraction", "max_train_examples", "chunk_stride", "max_answer_tokens"}
+    assert read["mlm"] == read["mlm+nsp"] == read["mlm+sop"] == {"mask_prob", "mask_replace", "mask_random"}
+    assert read["distill"] == {"temperature", "distill_alpha"}
+    config = FinetuneConfig(base="b", data="d", out="o", pooling="cls", chunk_stride=7)
+    options = OBJECTIVES["classify"].options_from(config)
+    assert (options.pooling, options.chunk_stride, options.val_fraction) == ("cls", 7, 0.1)

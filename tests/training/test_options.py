@@ -99,3 +99,17 @@ def test_refusals_are_the_same_in_every_stage(values, message):
     for make in (pretrain, finetune):
         with pytest.raises(ConfigError, match=message):
             make(**values)
+
+
+def test_an_option_counts_as_set_when_given_and_not_the_default():
+    """What the refusal of another objective's options reads (config.changed_by_user): given on the
+    command line or in the --config file, and not the stage's default; a config built in Python without that
+    record: what differs from the defaults."""
+    from lmkit.config import changed_by_user
+
+    given = finetune(pooling="last", class_weights="auto")  # class_weights given, but at its default
+    assert {"pooling", "class_weights"} & changed_by_user(given) == {"pooling"}
+    dumped = resolve(FinetuneConfig, tomllib.loads(config_lib.to_toml(finetune())), {})  # every key, all defaults
+    assert changed_by_user(dumped) == {"base", "data", "out"}
+    built = FinetuneConfig(base="b", data="d", out="o", template="Q: {prompt}")
+    assert changed_by_user(built) == {"template"}  # (fields without a default are never "other than" it)

@@ -202,7 +202,7 @@ def test_a_new_objective_and_stage_run_on_the_skeleton(dataset, tmp_path):
     from lmkit.models import build_model
     from lmkit.models.presets import model_config
 
-    spec = ObjectiveSpec("copy", ("gpt",), lambda inputs: Built(CopyTask(inputs.layout, inputs.options.seed,
+    spec = ObjectiveSpec("copy", ("gpt",), lambda inputs: Built(CopyTask(inputs.layout, inputs.seed,
                                                                           inputs.device)),
                          "copy the input", metric="val_accuracy")
     register(spec)
@@ -215,8 +215,9 @@ def test_a_new_objective_and_stage_run_on_the_skeleton(dataset, tmp_path):
             tokenizer = artifacts.load(dataset / "tokenizer")
             model_cfg = model_config("gpt-tiny", int(tokenizer.stats["vocab_size"]))
             layout = BatchLayout(options.micro_batch, 1, 1)
-            start = rundir.start_run(tmp_path / "copy", options, {"options": options.max_steps}, env, model_cfg, (), layout, 8)
-            inputs = ObjectiveInputs(options, dataset, tokenizer, model_cfg, 8, layout, env.device)
+            start = rundir.start_run(tmp_path / "copy", options, {"options": options.max_steps}, env, model_cfg, layout, 8)
+            inputs = ObjectiveInputs(spec.options_from(options), dataset, tokenizer, model_cfg, 8, layout, env.device,
+                                     options.seed)
             return TrainingPlan(options=options, env=env, spec=spec, inputs=inputs, model_config=model_cfg,
                                 run_dir=tmp_path / "copy", start=start, parents=[],
                                 new_model=lambda built: build_model(model_cfg), step_limit=lambda _: 40,
@@ -245,3 +246,14 @@ def test_a_resume_with_another_global_batch_names_what_restores_it(micro, accumu
                                         f"this launch makes {micro} .*{advice}"):
         _check_global_batch(Path("run/step-3"), 8, layout, seq_len=32)
     _check_global_batch(Path("run/step-3"), 8, BatchLayout(2, 2, 2), seq_len=32)  # 8 again: accepted
+
+
+def test_measuring_the_peak_for_mfu_leaves_the_run_as_it_is(dataset, tmp_path, monkeypatch):
+    """The MFU probe draws random matrices: a run that measures it (a cold cache) trains exactly as one that finds
+    the figure cached (dropout draws from the same RNG)."""
+    monkeypatch.setenv("LMKIT_CACHE", str(tmp_path / "cache"))
+    cold = pretrain.run(config(dataset, tmp_path / "cold", max_steps=2, dropout=0.1, threads=1))
+    assert "|1|" in next(iter(json.loads((tmp_path / "cache" / "peak-flops.json").read_text())))  # it measured
+    warm = pretrain.run(config(dataset, tmp_path / "warm", max_steps=2, dropout=0.1, threads=1))
+    for name, tensor in weights(cold.path).items():
+        assert torch.equal(tensor, weights(warm.path)[name]), name

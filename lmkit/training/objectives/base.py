@@ -2,18 +2,19 @@
 
 An objective supplies batches at global sample positions, a loss and validation; the loop knows
 nothing else about the task. Each registered :class:`ObjectiveSpec` names the architectures it
-trains and builds its objective from an :class:`ObjectiveInputs` (the stage's options, the data,
-the model's shape), so a stage looks an objective up instead of switching on its name, and a
-mismatch (MLM on a GPT) is refused before any compute.
+trains and the options it reads (objective_options.py), and builds its objective from an
+:class:`ObjectiveInputs` (its options, the data, the model's shape), so a stage looks an objective
+up instead of switching on its name, and a mismatch (MLM on a GPT) is refused before any compute.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cached_property
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -22,7 +23,10 @@ from lmkit import artifacts
 from lmkit.errors import UserError
 from lmkit.models.config import ModelConfig
 from lmkit.tokenizer import specials_in
+from lmkit.training.objectives.objective_options import HeldOutOptions, NoOptions
 from lmkit.vocab import Specials
+
+Options = TypeVar("Options")  # an objective's options class (ObjectiveSpec.options)
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,14 @@ def examples_at(examples: Sequence[Any], layout: BatchLayout, seed: int, step: i
     return [examples[i] for i in sample_indices(len(examples), seed, start, layout.micro_batch)]
 
 
-def held_out(examples: list[Any], options: Any, notes: list[str], unit: str) -> tuple[list[Any], list[Any]]:
+def held_out(examples: list[Any], options: HeldOutOptions, seed: int, notes: list[str], unit: str
+             ) -> tuple[list[Any], list[Any]]:
     """(train, validation) of a file's examples: --val-fraction held out and --max-train-examples drawn,
     both seeded by --seed, each said in ``notes`` (``unit``: what an example is, for the messages)."""
     from lmkit.data.split import seeded_subset, split_off
 
-    train, validation = split_off(examples, options.val_fraction, options.seed)
-    chosen = seeded_subset(len(train), options.max_train_examples, options.seed)
+    train, validation = split_off(examples, options.val_fraction, seed)
+    chosen = seeded_subset(len(train), options.max_train_examples, seed)
     if chosen is not None:
         notes.append(f"training on {len(chosen)} of {len(train)} {unit} (--max-train-examples)")
         train = [train[i] for i in chosen]
@@ -91,19 +96,22 @@ class Objective(Protocol):
 
 
 @dataclass
-class ObjectiveInputs:
-    """What an objective is built from. ``options`` is the stage's config (training.options and the
-    stage's own fields: an objective reads the settings it documents)."""
+class ObjectiveInputs(Generic[Options]):
+    """What an objective is built from: its own options (its spec's ``options`` class, built by the stage from
+    its flags), the data, the model's shape and the batch; of the shared training options, the seed."""
 
-    options: Any
+    options: Options
     data: Path                          # a dataset artifact, or a file (sft)
     tokenizer: artifacts.Artifact       # the model's tokenizer: data must have been made with it
     model_config: ModelConfig
     seq_len: int
     layout: BatchLayout
     device: torch.device
+    seed: int                           # --seed: data order, masking, augmentation
     teacher: Any | None = None          # an lmkit.checkpoint.Checkpoint to distill from
     more_data: list[Path] = field(default_factory=list)  # pretraining on a mixture: the other datasets
+    weights: list[float] = field(default_factory=list)   # a mixture's sampling weights (--weights; empty: by size)
+    mix_alpha: float | None = None      # or the power of the sizes (--mix-alpha)
     inner: Objective | None = None      # what a wrapping objective (distill) wraps
     notes: list[str] = field(default_factory=list)  # printed at the start of the run
 
@@ -129,6 +137,11 @@ class ObjectiveSpec:
     metrics: tuple[str, ...] = ("val_loss",)        # the validation metrics it reports
     unit: str = "examples"                          # what one training sample is, for messages
     fixed_shapes: bool = False                      # every batch has one shape: --compile auto may compile it
+    options: type = NoOptions                       # the frozen dataclass of the settings it reads
+
+    def options_from(self, config: Any) -> Any:
+        """This objective's options, read from a stage's flat config (one flag per field, same names)."""
+        return self.options(**{f.name: getattr(config, f.name) for f in dataclasses.fields(self.options)})
 
     def check_arch(self, arch: str, flag: str, what: str) -> None:
         """Refuse a model this objective does not train, naming the flag that chose it (``--task sft``)."""

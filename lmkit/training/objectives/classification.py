@@ -8,6 +8,8 @@ one would have.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,18 @@ from lmkit.models.classifier import DEFAULT_POOLING, POOLING
 from lmkit.vocab import Specials
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, dataset_for,
                                             register)
+from lmkit.training.objectives.objective_options import HeldOutOptions
+
+
+@dataclass(frozen=True)
+class ClassifyOptions(HeldOutOptions):
+    """What classification reads besides the held-out split: the flags of the same names."""
+
+    pooling: str            # the vector the head reads (auto: the architecture's default)
+    class_weights: str      # auto, none or balanced
+    long_text: str          # cut, mean or max: how a text longer than the window is read
+    chunk_stride: int       # tokens between a long text's chunks (0: half a window)
+    token_dropout: float    # augmentation: each training token dropped with this probability
 
 
 def drop_tokens(tokens: list[int], probability: float, generator: torch.Generator) -> list[int]:
@@ -141,14 +155,14 @@ class Classification:
         return {"val_loss": loss, "val_accuracy": scores["metrics"]["accuracy"], "val_f1": scores["metrics"]["macro_f1"]}
 
 
-def _build(inputs: ObjectiveInputs) -> Built:
+def _build(inputs: ObjectiveInputs[ClassifyOptions]) -> Built:
     options, arch = inputs.options, inputs.model_config.arch
     dataset = dataset_for(inputs)
-    train, validation, names, made = labeled_splits(dataset, options.val_fraction, options.seed)
+    train, validation, names, made = labeled_splits(dataset, options.val_fraction, inputs.seed)
     if made:
         inputs.notes.append(f"validation: {len(validation.tokens)} examples held out of train (--val-fraction "
                             f"{options.val_fraction}, stratified)")
-    chosen = seeded_subset(len(train.tokens), options.max_train_examples, options.seed)
+    chosen = seeded_subset(len(train.tokens), options.max_train_examples, inputs.seed)
     if chosen is not None:
         inputs.notes.append(f"training on {len(chosen)} of {len(train.tokens)} examples (--max-train-examples)")
         train = train.subset(chosen)
@@ -158,9 +172,10 @@ def _build(inputs: ObjectiveInputs) -> Built:
     pairs = train.pairs is not None
     teacher = inputs.teacher
     if teacher is not None and teacher.labels != names:
-        raise UserError(f"--teacher {options.teacher}: its labels {teacher.labels} differ from the dataset's {names}")
+        raise UserError(f"--teacher {teacher.artifact.path}: its labels {teacher.labels} differ from the dataset's "
+                        f"{names}")
     if teacher is not None and bool((teacher.head or {}).get("pairs")) != pairs:
-        raise UserError(f"--teacher {options.teacher}: classifies {'single texts' if pairs else 'pairs'}, the "
+        raise UserError(f"--teacher {teacher.artifact.path}: classifies {'single texts' if pairs else 'pairs'}, the "
                         f"dataset holds {'pairs' if pairs else 'single texts'}")
     long_text, stride = long_text_settings(None, arch, inputs.seq_len, options.long_text, options.chunk_stride,
                                            pairs)
@@ -187,7 +202,7 @@ def _build(inputs: ObjectiveInputs) -> Built:
         weights = torch.tensor(np.where(counts > 0, len(train.labels) / (len(names) * np.maximum(counts, 1)), 0.0),
                                dtype=torch.float32)
     objective = Classification(train.tokens, train.labels, validation.tokens, validation.labels, len(names), arch,
-                               inputs.seq_len, inputs.layout, options.seed, inputs.device, inputs.specials, weights,
+                               inputs.seq_len, inputs.layout, inputs.seed, inputs.device, inputs.specials, weights,
                                options.token_dropout, teacher.model_config.arch if teacher else None, long_text,
                                stride, train.pairs, validation.pairs)
     head = {"labels": names, "pooling": pooling, "max_len": inputs.seq_len, "long_text": long_text}
@@ -199,4 +214,4 @@ def _build(inputs: ObjectiveInputs) -> Built:
 
 
 register(ObjectiveSpec("classify", ("gpt", "bert", "lstm"), _build, "sequence classification of a labeled dataset",
-                       metric="val_accuracy", metrics=("val_loss", "val_accuracy", "val_f1")))
+                       metric="val_accuracy", metrics=("val_loss", "val_accuracy", "val_f1"), options=ClassifyOptions))

@@ -4,12 +4,22 @@ predictions. Registered as ``distill``, a wrapper: a stage applies it to the obj
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmkit.training.objectives.base import Built, ObjectiveInputs, ObjectiveSpec, register
 from lmkit.vocab import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """What distillation reads (with --teacher): the flags of the same names."""
+
+    temperature: float      # softens both distributions (T)
+    distill_alpha: float    # weight of the soft-target loss; 1 - alpha weighs the hard loss
 
 
 class Distillation:
@@ -46,7 +56,7 @@ class Distillation:
         return self.inner.evaluate(model, max_batches)
 
 
-def _build(inputs: ObjectiveInputs) -> Built:
+def _build(inputs: ObjectiveInputs[DistillOptions]) -> Built:
     if inputs.inner is None or inputs.teacher is None:
         raise ValueError("distill wraps another objective and needs a teacher")  # a bug in the stage
     teacher = inputs.teacher.inference_model().to(inputs.device)
@@ -54,4 +64,4 @@ def _build(inputs: ObjectiveInputs) -> Built:
 
 
 register(ObjectiveSpec("distill", ("gpt", "bert", "lstm"), _build, "distillation from a teacher's soft targets "
-                       "(wraps the task's objective)"))
+                       "(wraps the task's objective)", options=DistillOptions))

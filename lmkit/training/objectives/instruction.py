@@ -5,6 +5,7 @@ on the prompt, over prompt/response records of a JSONL file.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,7 +16,18 @@ from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, examples_at,
                                             held_out, register)
+from lmkit.training.objectives.objective_options import HeldOutOptions
 from lmkit.vocab import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class SFTOptions(HeldOutOptions):
+    """What instruction tuning reads besides the held-out split: the flags of the same names."""
+
+    template: str           # the prompt template; {prompt} marks the instruction
+    prompt_field: str       # the JSONL field of the instruction
+    response_field: str     # and of the response
+    pack: bool              # pack a batch's examples into as few rows as fit the window
 
 
 class InstructionTuning:
@@ -111,22 +123,22 @@ class InstructionTuning:
         return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0)), "val_token_accuracy": correct / max(count, 1)}
 
 
-def _build(inputs: ObjectiveInputs) -> Built:
+def _build(inputs: ObjectiveInputs[SFTOptions]) -> Built:
     options = inputs.options
     tokenizer = Tokenizer.from_artifact(inputs.tokenizer.path)
     examples, cut = read_instructions(inputs.data, tokenizer, options.template, options.prompt_field,
                                       options.response_field, inputs.seq_len + 1)
     if cut:
         inputs.notes.append(f"{cut} of {len(examples)} responses were cut to fit --seq-len {inputs.seq_len}")
-    train, validation = held_out(examples, options, inputs.notes, "records")
+    train, validation = held_out(examples, options, inputs.seed, inputs.notes, "records")
     arch = inputs.model_config.arch
     if options.pack and arch != "gpt":
         raise UserError(f"--pack: packs examples with a block-diagonal attention mask, which an {arch} model does "
                         "not have; drop --pack")
-    objective = InstructionTuning(train, validation, inputs.layout, options.seed, inputs.device, tokenizer.specials.pad,
+    objective = InstructionTuning(train, validation, inputs.layout, inputs.seed, inputs.device, tokenizer.specials.pad,
                                   inputs.seq_len if options.pack else 0)
     return Built(objective, {"template": options.template})
 
 
 register(ObjectiveSpec("sft", ("gpt", "lstm"), _build, "instruction tuning on prompt/response records",
-                       metrics=("val_loss", "val_ppl", "val_token_accuracy")))
+                       metrics=("val_loss", "val_ppl", "val_token_accuracy"), options=SFTOptions))

@@ -6,6 +6,7 @@ data/sentence_pairs.py). Pretraining trains with them, and finetuning continues 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,19 @@ from lmkit.errors import UserError
 from lmkit.training.objectives.base import (BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, datasets_for,
                                             register)
 from lmkit.vocab import IGNORE_INDEX, Specials
+
+
+@dataclass(frozen=True)
+class MaskingOptions:
+    """What masked LM reads (mlm, and with a sentence-pair task mlm+nsp and mlm+sop): BERT's corruption, the
+    flags of the same names."""
+
+    mask_prob: float        # share of tokens chosen for prediction
+    mask_replace: float     # of the chosen, share replaced by [MASK]
+    mask_random: float      # of the chosen, share replaced by a random token
+
+    def masking(self) -> MaskingSettings:
+        return MaskingSettings(self.mask_prob, self.mask_replace, self.mask_random)
 
 
 class _WindowObjective:
@@ -211,8 +225,7 @@ def _streams(inputs: ObjectiveInputs, separator: int
     validation = load_stream(with_validation, "validation", separator) if with_validation else None
     if len(trains) == 1:
         return trains[0], validation, None
-    shares = mixture_shares([len(stream) for stream in trains], getattr(inputs.options, "weights", []),
-                            getattr(inputs.options, "mix_alpha", None))
+    shares = mixture_shares([len(stream) for stream in trains], inputs.weights, inputs.mix_alpha)
     return trains, validation, shares
 
 
@@ -228,35 +241,34 @@ def mixture_shares(tokens: list[int], weights: list[float], alpha: float | None)
 
 def _build_clm(inputs: ObjectiveInputs) -> Built:
     train, validation, shares = _streams(inputs, inputs.specials.eos)
-    return Built(CausalLM(train, validation, inputs.seq_len, inputs.layout, inputs.options.seed, inputs.device,
+    return Built(CausalLM(train, validation, inputs.seq_len, inputs.layout, inputs.seed, inputs.device,
                           shares))
 
 
-def _build_mlm(inputs: ObjectiveInputs) -> Built:
+def _build_mlm(inputs: ObjectiveInputs[MaskingOptions]) -> Built:
     if inputs.seq_len < 4:
         raise UserError("--seq-len: masked LM windows need at least 4 tokens ([CLS] ... [SEP])")
-    options = inputs.options
     train, validation, shares = _streams(inputs, inputs.specials.require("sep", "masked-LM windows"))
-    masking = MaskingSettings(options.mask_prob, options.mask_replace, options.mask_random)
-    return Built(MaskedLM(train, validation, inputs.seq_len, inputs.layout, options.seed, inputs.device,
+    masking = inputs.options.masking()
+    return Built(MaskedLM(train, validation, inputs.seq_len, inputs.layout, inputs.seed, inputs.device,
                           inputs.model_config.vocab_size, masking, inputs.specials, shares))
 
 
 def _build_sentence_pairs(task: str):
-    def build(inputs: ObjectiveInputs) -> Built:
+    def build(inputs: ObjectiveInputs[MaskingOptions]) -> Built:
         from lmkit.tokenizer import load as load_tokenizer
 
         if inputs.more_data:
             raise UserError(f"--objective mlm+{task}: trains on one dataset; a mixture is not supported")
         if inputs.seq_len < 8:
             raise UserError("--seq-len: sentence-pair windows need at least 8 tokens ([CLS] A [SEP] B [SEP])")
-        config, options, specials = inputs.model_config, inputs.options, inputs.specials
+        config, specials = inputs.model_config, inputs.specials
         if not config.sentence_head:
             raise UserError(f"--objective mlm+{task}: the model has no sentence-pair head (--sentence-head)")
         dataset = datasets_for(inputs)[0]
         tokenizer = load_tokenizer(inputs.tokenizer.path)
         classes = piece_classes([tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)], specials)
-        masking = MaskingSettings(options.mask_prob, options.mask_replace, options.mask_random)
+        masking = inputs.options.masking()
         separator = specials.require("sep", "sentence-pair windows")
 
         def pairs(split: str) -> SentencePairs:
@@ -283,7 +295,7 @@ def _build_sentence_pairs(task: str):
         validation = pairs("validation") if has_validation else None
         if validation is not None and validation.count == 0:
             validation = None
-        return Built(SentencePairMLM(task, train, validation, inputs.layout, options.seed, inputs.device,
+        return Built(SentencePairMLM(task, train, validation, inputs.layout, inputs.seed, inputs.device,
                                      inputs.seq_len))
     return build
 
@@ -291,9 +303,11 @@ def _build_sentence_pairs(task: str):
 register(ObjectiveSpec("clm", ("gpt", "lstm"), _build_clm, "causal language modeling (next token) over packed "
                        "documents", metrics=("val_loss", "val_ppl", "val_bpb"), unit="windows", fixed_shapes=True))
 register(ObjectiveSpec("mlm", ("bert",), _build_mlm, "masked language modeling (BERT's 80/10/10 corruption)",
-                       metrics=("val_loss", "val_ppl", "val_mlm_accuracy"), unit="windows", fixed_shapes=True))
+                       metrics=("val_loss", "val_ppl", "val_mlm_accuracy"), unit="windows", fixed_shapes=True,
+                       options=MaskingOptions))
 for _task, _what in (("nsp", "BERT's next-sentence prediction"), ("sop", "ALBERT's sentence-order prediction")):
     register(ObjectiveSpec(f"mlm+{_task}", ("bert",), _build_sentence_pairs(_task),
                            f"masked language modeling plus {_what} on pairs of segments",
                            metrics=("val_loss", "val_mlm_loss", "val_ppl", "val_mlm_accuracy", f"val_{_task}_loss",
-                                    f"val_{_task}_accuracy"), unit="pairs", fixed_shapes=True))
+                                    f"val_{_task}_accuracy"), unit="pairs", fixed_shapes=True,
+                           options=MaskingOptions))

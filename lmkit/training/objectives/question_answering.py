@@ -10,6 +10,8 @@ windows and SQuAD's exact match and F1 of their best spans (lmkit evaluate's def
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,16 @@ from lmkit.evaluation.spans import extract, window_logits
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, examples_at,
                                             held_out, register)
+from lmkit.training.objectives.objective_options import HeldOutOptions
 from lmkit.vocab import Specials
+
+
+@dataclass(frozen=True)
+class QAOptions(HeldOutOptions):
+    """What extractive question answering reads besides the held-out split: the flags of the same names."""
+
+    chunk_stride: int       # tokens between a long context's windows (0: half a window's context)
+    max_answer_tokens: int  # the longest answer span
 
 
 def answer_windows(examples: list[QAExample], tokenizer: Tokenizer, settings: QASettings, specials: Specials
@@ -95,7 +106,7 @@ class QuestionAnswering:
                 "val_f1": scores["f1"]}
 
 
-def _build(inputs: ObjectiveInputs) -> Built:
+def _build(inputs: ObjectiveInputs[QAOptions]) -> Built:
     options = inputs.options
     room = context_room(inputs.seq_len)
     if options.chunk_stride > room:
@@ -104,17 +115,18 @@ def _build(inputs: ObjectiveInputs) -> Built:
     settings = QASettings(inputs.seq_len, options.chunk_stride, options.max_answer_tokens)
     tokenizer = Tokenizer.from_artifact(inputs.tokenizer.path)
     examples = read_qa(inputs.data)
-    train, validation = held_out(examples, options, inputs.notes, "questions")
+    train, validation = held_out(examples, options, inputs.seed, inputs.notes, "questions")
     _, windows = answer_windows(train, tokenizer, settings, inputs.specials)
     pointing_at_cls = sum(w.start == 0 for w in windows)
     stride = f"every {settings.stride} tokens" if settings.stride else "every half window"
     inputs.notes.append(f"{len(train)} training questions give {len(windows)} windows of at most {inputs.seq_len} "
                         f"tokens (a long context read in windows starting {stride}, --chunk-stride); "
                         f"{pointing_at_cls} hold no whole answer and point at [CLS]")
-    objective = QuestionAnswering(windows, validation, settings, inputs.layout, options.seed, inputs.device,
+    objective = QuestionAnswering(windows, validation, settings, inputs.layout, inputs.seed, inputs.device,
                                   inputs.specials, tokenizer)
     return Built(objective, {"qa": settings.to_head()})
 
 
 register(ObjectiveSpec("qa", ("bert",), _build, "extractive question answering (answer spans of a context)",
-                       metric="val_f1", metrics=("val_loss", "val_exact_match", "val_f1"), unit="windows"))
+                       metric="val_f1", metrics=("val_loss", "val_exact_match", "val_f1"), unit="windows",
+                       options=QAOptions))
