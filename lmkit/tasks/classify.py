@@ -20,7 +20,7 @@ from lmkit.generation.classify import classify, reads_pairs
 from lmkit.progress import reporter
 from lmkit.tasks import inputs as generate_inputs
 from lmkit.tasks.base import (DOCUMENTS, Baseline, EvalPlan, Evaluation, Generation, Inputs, Loaded, Route, TaskSpec,
-                              load_model, read_documents, register)
+                              load_model, read_documents)
 from lmkit.tokenizer import Tokenizer
 
 PAIR_FIELD = "text_pair"  # a pair classifier's second text (JSONL; --text-pair; serve's classify field)
@@ -232,5 +232,5 @@ def _is_classifier(checkpoint: Checkpoint) -> bool:
     return checkpoint.head is not None
 
 
-register(TaskSpec("classify", "classifier", _is_classifier, (CLASSIFY,), load_model, FOR_GENERATE,
-                  endpoints=("/v1/classify",), routes=routes, lm_head=False))
+SPEC = TaskSpec("classify", "classifier", _is_classifier, (CLASSIFY,), load_model, FOR_GENERATE,
+               endpoints=("/v1/classify",), routes=routes, lm_head=False)

@@ -90,5 +90,5 @@ def _is_masked_lm(checkpoint: Checkpoint) -> bool:
             and checkpoint.qa is None)
 
 
-register(TaskSpec("fill-mask", "masked language model", _is_masked_lm, (MASKED_LM,), load_model, FILL,
-                  endpoints=("/v1/fill-mask",), routes=routes))
+SPEC = TaskSpec("fill-mask", "masked language model", _is_masked_lm, (MASKED_LM,), load_model, FILL,
+               endpoints=("/v1/fill-mask",), routes=routes)

@@ -18,7 +18,7 @@ from lmkit.evaluation.scoring import Inference
 from lmkit.generation.qa import answer_questions, one_question, questions_of_jsonl
 from lmkit.progress import reporter
 from lmkit.tasks.base import (JSONL, Baseline, EvalPlan, Evaluation, Generation, Inputs, Loaded, Route, TaskSpec,
-                              load_model, read_examples, register)
+                              load_model, read_examples)
 from lmkit.tasks.inputs import text_of
 from lmkit.tokenizer import Tokenizer
 
@@ -117,5 +117,5 @@ def _is_span_model(checkpoint: Checkpoint) -> bool:
     return checkpoint.qa is not None
 
 
-register(TaskSpec("qa", "question-answering (span) model", _is_span_model, (QUESTIONS,), load_model, ANSWERS,
-                  endpoints=("/v1/qa",), routes=routes, lm_head=False))
+SPEC = TaskSpec("qa", "question-answering (span) model", _is_span_model, (QUESTIONS,), load_model, ANSWERS,
+               endpoints=("/v1/qa",), routes=routes, lm_head=False)

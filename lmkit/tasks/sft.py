@@ -10,7 +10,7 @@ import uuid
 from lmkit.checkpoint import Checkpoint
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.tasks import text
-from lmkit.tasks.base import Route, TaskSpec, register
+from lmkit.tasks.base import Route, TaskSpec
 
 CHAT_MAX_TOKENS = 256  # a chat answer's default length (capped by serve --max-tokens)
 
@@ -50,6 +50,6 @@ def _is_sft_model(checkpoint: Checkpoint) -> bool:
     return checkpoint.task == "sft" and checkpoint.model_config.arch in CAUSAL_ARCHS
 
 
-register(TaskSpec("sft", "instruction-tuned (sft) language model", _is_sft_model,
-                  (text.GENERATE, text.PERPLEXITY, text.CHOICE), text.load, text.TEXT,
-                  endpoints=("/v1/completions", "/v1/chat/completions"), routes=routes, harness=True, decodes=True))
+SPEC = TaskSpec("sft", "instruction-tuned (sft) language model", _is_sft_model,
+               (text.GENERATE, text.PERPLEXITY, text.CHOICE), text.load, text.TEXT,
+               endpoints=("/v1/completions", "/v1/chat/completions"), routes=routes, harness=True, decodes=True)

@@ -19,7 +19,7 @@ from lmkit.generation.settings import SamplingSettings
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
 from lmkit.tasks.base import (DOCUMENTS, JSONL, Baseline, EvalPlan, Evaluation, Generation, Inputs, LoadOptions,
-                              Route, TaskSpec, read_examples, register)
+                              Route, TaskSpec, read_examples)
 from lmkit.tokenizer import Tokenizer
 
 CAUSAL = "a causal language model"
@@ -134,5 +134,5 @@ def _is_text_model(checkpoint: Checkpoint) -> bool:
     return checkpoint.objective == "clm" and checkpoint.task == "lm" and checkpoint.model_config.arch in CAUSAL_ARCHS
 
 
-register(TaskSpec("text", "causal language model", _is_text_model, (PERPLEXITY, CHOICE, GENERATE), load, TEXT,
-                  endpoints=("/v1/completions",), routes=routes, harness=True, decodes=True))
+SPEC = TaskSpec("text", "causal language model", _is_text_model, (PERPLEXITY, CHOICE, GENERATE), load, TEXT,
+               endpoints=("/v1/completions",), routes=routes, harness=True, decodes=True)
