@@ -25,6 +25,8 @@ keeping its best round (another process on shared cores can only slow a measurem
     python benchmarks/pretrain.py --nanogpt /tmp/nanoGPT/model.py     # about 15 minutes on 2 cores
     python benchmarks/pretrain.py --quick                             # bf16 only, one round: 5 minutes
     python benchmarks/pretrain.py --precision fp32 --nanogpt ...      # one precision, every round
+    git worktree add /tmp/before REV && python benchmarks/pretrain.py --before /tmp/before --nanogpt ...
+                                    # lmkit as of REV too, in the same rounds: a change's effect against the peer
 
 Results go to stdout and benchmarks/out/pretrain.json.
 """
@@ -225,8 +227,9 @@ def child_dataset(settings: dict) -> dict:
 CHILDREN = {"peak": child_peak, "lmkit": child_lmkit, "peer": child_peer, "dataset": child_dataset}
 
 
-def in_child(kind: str, settings: dict, env: dict | None = None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+def in_child(kind: str, settings: dict, env: dict | None = None, tree: Path = ROOT) -> dict:
+    """``kind`` measured in a fresh interpreter, importing lmkit from ``tree`` (this checkout, or --before's)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), **(env or {})}
     result = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(settings)], capture_output=True,
                             text=True, env=env)
     if result.returncode != 0:
@@ -247,7 +250,8 @@ def lmkit_config(dataset: Path, out: Path, precision: str, compile_: bool | None
     return config
 
 
-def measure(dataset: Path, sides: list[str], precisions: list[str], rounds: int, nanogpt: str) -> dict:
+def measure(dataset: Path, sides: list[str], precisions: list[str], rounds: int, nanogpt: str,
+            before: Path | None = None) -> dict:
     runs: dict = {(side, p): [] for p in precisions for side in sides}
     for round_ in range(rounds):
         order = list(runs) if round_ % 2 == 0 else list(runs)[::-1]
@@ -256,7 +260,7 @@ def measure(dataset: Path, sides: list[str], precisions: list[str], rounds: int,
                 out = WORK / f"run-{side}-{precision}"
                 compile_ = False if side == "lmkit-eager" else None  # None: --compile left on auto
                 run = in_child("lmkit", {"config": lmkit_config(dataset, out, precision, compile_),
-                                         "warmup": LMKIT_WARMUP})
+                                         "warmup": LMKIT_WARMUP}, tree=before if side == "lmkit-before" else ROOT)
                 shutil.rmtree(out, ignore_errors=True)
             else:
                 run = in_child("peer", {"side": side, "precision": precision, "nanogpt": nanogpt})
@@ -311,6 +315,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=("bf16", "fp32"), help="this precision only, over --rounds, without "
                         "the compile cost and quality (written to pretrain-PRECISION.json)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--before", help="a checkout of an earlier lmkit (git worktree add DIR REV): measured as "
+                        "lmkit-before in the same rounds, so a change's effect shows against the same peer run")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -329,10 +335,12 @@ def main() -> None:
 
     auto = resolve_precision("auto", torch.device("cpu"))
     nanogpt = str(Path(args.nanogpt).resolve().parent) if args.nanogpt else ""
-    sides = ["lmkit", "lmkit-eager", "baseline"] + (["nanogpt", "nanogpt-compiled"] if nanogpt else [])
+    before = Path(args.before).resolve() if args.before else None
+    sides = (["lmkit", "lmkit-eager"] + (["lmkit-before"] if before else []) + ["baseline"]
+             + (["nanogpt", "nanogpt-compiled"] if nanogpt else []))
     precisions = ["bf16"] if args.quick else [args.precision] if args.precision else ["bf16", "fp32"]
     machine = in_child("peak", {})
-    runs = measure(dataset, sides, precisions, 1 if args.quick else args.rounds, nanogpt)
+    runs = measure(dataset, sides, precisions, 1 if args.quick else args.rounds, nanogpt, before)
     peak = machine["peak"]
     results: dict = {"shape": SHAPE, "auto_precision": auto, "torch": machine["torch"], "threads": machine["threads"],
                      "cpu_capability": machine["cpu_capability"], "cores": os.cpu_count(),
@@ -359,6 +367,11 @@ def main() -> None:
         results["aim"] = {"reference": reference, "precision": auto, "ratio": ratio, "aim": AIM, "met": ratio >= AIM}
         print(f"\naim: lmkit >= {AIM}x {reference} in {auto} (--precision auto): {ratio:.2f}x -> "
               f"{'MET' if ratio >= AIM else 'NOT MET'}")
+        if before:
+            row = results["throughput"][auto]
+            was = row["lmkit-before"]["tokens_per_s"] / row[reference]["tokens_per_s"]
+            results["aim"]["before"] = {"tree": str(before), "ratio": round(was, 3)}
+            print(f"before ({before}): {was:.2f}x {reference}; after: {ratio:.2f}x")
     if not (args.quick or args.precision):
         cost = compile_cost(dataset)
         eager = results["throughput"][precisions[0]]["lmkit-eager"]["step_s_median"]
