@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast lint demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,all]"
 	touch $@
 
-test: setup
+# The linter first (seconds): the house's style is checked in CI, as its layers are (tests/test_layers.py).
+test: setup lint
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check lmkit tests benchmarks examples
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

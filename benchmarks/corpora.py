@@ -46,8 +46,8 @@ import json
 import os
 import random
 import re
-import subprocess
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -172,10 +172,10 @@ def build(name: str, docs: list[tuple[str, str, str | None]], out: Path, info: d
     directory = out / name
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "labeled.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"text": t, "label": l}, ensure_ascii=False) + "\n" for t, l in labeled)
+        f.writelines(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n" for t, label in labeled)
     with open(directory / "unlabeled.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in unlabeled)
-    counts = collections.Counter(l for _, l in labeled)
+    counts = collections.Counter(label for _, label in labeled)
     info = {"corpus": name, **info, "seed": SEED, "classes": dict(sorted(counts.items())),
             "labeled": {"texts": len(labeled), "bytes": (directory / "labeled.jsonl").stat().st_size},
             "unlabeled": {"texts": len(unlabeled), "bytes": (directory / "unlabeled.jsonl").stat().st_size,
@@ -264,7 +264,7 @@ def fortunes_corpus(out: Path) -> None:
         raw = re.sub(r".\x08", "", raw)  # overstriking (underlined or bold text)
         for i, entry in enumerate(re.split(r"(?m)^%\s*$", raw)):
             lines = [re.sub(r"[ \t]+", " ", line).strip() for line in entry.splitlines()]
-            text = re.sub(r"[^\S\n]+|[\x00-\x09\x0b-\x1f]", " ", "\n".join(l for l in lines if l)).strip()
+            text = re.sub(r"[^\S\n]+|[\x00-\x09\x0b-\x1f]", " ", "\n".join(line for line in lines if line)).strip()
             if text:
                 label = path.name if path.name in FORTUNE_FILES else None
                 docs.append((f"{path.name}:{i:05d}", text, label))

@@ -97,8 +97,8 @@ def markdown(results: dict) -> str:
             versus = ("" if variant == "pretrained" else
                       f"{entry['pretrained_minus_this_accuracy']:+.3f}, {entry['pretrained_minus_this_macro_f1']:+.3f}")
             record = "" if variant == "pretrained" else "/".join(map(str, entry["pretrained_wins_ties_losses"]))
-            lines.append(f"| {base} | {variant} | {acc['mean']:.3f} ± {acc['sd']:.3f} | {f1['mean']:.3f} ± {f1['sd']:.3f} "
-                         f"| {versus} | {record} |")
+            lines.append(f"| {base} | {variant} | {acc['mean']:.3f} ± {acc['sd']:.3f} | "
+                         f"{f1['mean']:.3f} ± {f1['sd']:.3f} | {versus} | {record} |")
     return "\n".join(lines)
 
 

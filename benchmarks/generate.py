@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
 from lmkit.config import resolve
 from lmkit.data.demo import write_demo_corpus
 from lmkit.data.packing import CausalWindows, load_stream
@@ -50,7 +51,6 @@ from lmkit.progress import reporter
 from lmkit.stages import preprocess, pretrain
 from lmkit.stages.preprocess_config import PreprocessConfig
 from lmkit.stages.pretrain_config import PretrainConfig
-from lmkit.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"

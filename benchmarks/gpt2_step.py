@@ -45,7 +45,8 @@ else:
                                      activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                      attn_implementation="sdpa")
     model = transformers.GPT2LMHeadModel(config)
-    loss_of = lambda x, y: torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1).float(), y.flatten())
+    loss_of = lambda x, y: torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1).float(),
+                                                             y.flatten())
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 x, y = torch.randint(0, V, (batch, T)), torch.randint(0, V, (batch, T))
 def step():

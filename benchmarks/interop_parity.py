@@ -22,12 +22,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from lmkit.checkpoint import read_checkpoint  # noqa: E402
 from lmkit.config import resolve  # noqa: E402
 from lmkit.interop import export_stage, import_stage  # noqa: E402
 from lmkit.interop.export_config import ExportConfig  # noqa: E402
 from lmkit.interop.import_config import ImportConfig  # noqa: E402
 from lmkit.progress import reporter  # noqa: E402
-from lmkit.checkpoint import read_checkpoint  # noqa: E402
 from tests.interop.hf_models import FAMILIES, make_hf_model  # noqa: E402
 
 
@@ -39,7 +39,8 @@ def main() -> None:
     print(f"{'family':8s} {'import check':>13s} {'padded batch':>13s} {'export check':>13s}  architecture")
     for family in FAMILIES:
         source = make_hf_model(family, root / family)
-        imported = import_stage.run(resolve(ImportConfig, {}, {"source": str(source), "out": str(root / f"ck-{family}")}))
+        imported = import_stage.run(resolve(ImportConfig, {}, {"source": str(source),
+                                                               "out": str(root / f"ck-{family}")}))
         exported = export_stage.run(resolve(ExportConfig, {}, {"checkpoint": str(imported.path),
                                                               "out": str(root / f"hf-{family}")}))
         checkpoint = read_checkpoint(imported.path)

@@ -361,7 +361,8 @@ def main() -> None:
         print(f"\n{precision} (MFU: {flops / 1e6:.1f} MFLOPs/token over the measured peak)")
         print("| side | tokens/s | MFU | lmkit / side |\n| --- | ---: | ---: | ---: |")
         for side in sides:
-            print(f"| {side} | {row[side]['tokens_per_s']:,} | {row[side]['mfu']:.1%} | {row[side]['lmkit_over']:.2f} |")
+            print(f"| {side} | {row[side]['tokens_per_s']:,} | {row[side]['mfu']:.1%} | "
+                  f"{row[side]['lmkit_over']:.2f} |")
     if auto in precisions:
         ratio = results["throughput"][auto][reference]["lmkit_over"]
         results["aim"] = {"reference": reference, "precision": auto, "ratio": ratio, "aim": AIM, "met": ratio >= AIM}

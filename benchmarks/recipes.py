@@ -44,7 +44,8 @@ def lmkit(*args: str, log: Path | None = None) -> None:
     started = time.monotonic()
     print("$ lmkit " + " ".join(args), flush=True)
     with (open(log, "a") if log else open("/dev/null", "w")) as sink:
-        result = subprocess.run([*LMKIT, *args], stdout=sink if log else None, stderr=subprocess.STDOUT if log else None)
+        result = subprocess.run([*LMKIT, *args], stdout=sink if log else None,
+                                stderr=subprocess.STDOUT if log else None)
     if result.returncode != 0:
         raise SystemExit(f"lmkit {' '.join(args)} failed ({result.returncode}); see {log}")
     print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
@@ -82,8 +83,8 @@ def lm_metrics(work: Path, checkpoint: Path, name: str = "lm") -> dict:
 
 def evaluate(checkpoint: Path, work: Path, out: Path, baseline: bool = True) -> dict:
     if not done(out):
-        lmkit("evaluate", str(checkpoint), str(work / "labeled"), "--split", "test", *(["--baseline"] if baseline else []),
-              "--out", str(out), "--force", log=work / "log.txt")
+        lmkit("evaluate", str(checkpoint), str(work / "labeled"), "--split", "test",
+              *(["--baseline"] if baseline else []), "--out", str(out), "--force", log=work / "log.txt")
     return json.loads((out / "report.json").read_text())["metrics"]
 
 
@@ -98,7 +99,8 @@ def finetune(work: Path, seed: int, extra: tuple[str, ...] = (), name: str | Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("pretrain", "finetune", "curve", "pooling", "scale", "report"), required=True)
+    parser.add_argument("--stage", choices=("pretrain", "finetune", "curve", "pooling", "scale", "report"),
+                        required=True)
     parser.add_argument("--corpora", default="/tmp/corpora", help="where benchmarks/corpora.py wrote them")
     parser.add_argument("--work", default="/tmp/recipes")
     parser.add_argument("--only", default=",".join(CORPORA))

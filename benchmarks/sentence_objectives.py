@@ -23,6 +23,7 @@ Runs already made in --work are reused (lmkit answers "up to date"). Nothing is 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import re
@@ -51,7 +52,7 @@ def next_sentence_task(docstrings: Path, out: Path, seed: int = 0) -> tuple[Path
     rng = random.Random(seed)
     train, test = [], []
     for index, own in enumerate(sentences):
-        for first, second in zip(own, own[1:]):
+        for first, second in itertools.pairwise(own):
             other = rng.choice([i for i in range(len(sentences)) if i != index and sentences[i]])
             for text_pair, label in ((second, "next"), (rng.choice(sentences[other]), "random")):
                 (test if index % 5 == 0 else train).append({"text": first, "text_pair": text_pair, "label": label})
@@ -102,8 +103,9 @@ def main() -> None:
                     lmkit("evaluate", str(classifier / "final"), str(test_file), "--text-pair-field", "text_pair",
                           "--out", str(classifier / "report"))
                     scores[name].append(report(classifier / "report")["accuracy"])
-            print(f"{objective} seed {seed}: " + ", ".join(f"{k} {v[-len(args.finetune_seeds):] if k in tasks else v[-1]}"
-                                                          for k, v in scores.items()), flush=True)
+            print(f"{objective} seed {seed}: " +
+                  ", ".join(f"{k} {v[-len(args.finetune_seeds):] if k in tasks else v[-1]}"
+                            for k, v in scores.items()), flush=True)
     print(f"\n| pretraining | MLM accuracy (seeds {args.seeds}) | " +
           " | ".join(f"{name} test accuracy, mean ± sd of {len(args.seeds) * len(args.finetune_seeds)}"
                      for name in tasks) + " |")

@@ -27,8 +27,8 @@ normalization is off ("identity") because lmkit's cleaner has already normalized
 from __future__ import annotations
 
 import io
-import json
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator

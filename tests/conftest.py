@@ -2,11 +2,11 @@
 
 import json
 import os
+import pydoc_data.topics
 import subprocess
 import sys
 from pathlib import Path
 
-import pydoc_data.topics
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -179,7 +179,8 @@ def test_nested_manifest_outside_the_artifact_is_never_read(tmp_path, monkeypatc
     (tmp_path / "x" / "manifest.json").write_text('{"id": "outside"}')
     opened = []
     real_read_text = type(tmp_path).read_text
-    monkeypatch.setattr(type(tmp_path), "read_text", lambda self, *a, **k: opened.append(self) or real_read_text(self, *a, **k))
+    monkeypatch.setattr(type(tmp_path), "read_text",
+                        lambda self, *a, **k: opened.append(self) or real_read_text(self, *a, **k))
     with pytest.raises(ArtifactError, match="unsafe file name"):
         artifacts.load(tmp_path / "tok")
     assert tmp_path / "x" / "manifest.json" not in [p.resolve() for p in opened]

@@ -171,7 +171,6 @@ def strongly_connected_components(graph: dict[str, set[str]]) -> list[list[str]]
 
 def layer_violations(package_dir: Path, layers: dict[str, int]) -> list[str]:
     """One line per broken rule: a module in no layer, an upward import, an import cycle."""
-    package = package_dir.name
     modules = module_files(package_dir)
     problems = []
     for module, path in modules.items():
@@ -239,7 +238,7 @@ def test_checker_reports_an_upward_import_even_a_lazy_one(tmp_path):
         "high.py": "import pkg.mid\n",
     })
     assert layer_violations(package, SYNTHETIC_LAYERS) == [
-        f"upward import: pkg.low (layer 0) imports pkg.mid.core (layer 1) at pkg/low.py:2"]
+        "upward import: pkg.low (layer 0) imports pkg.mid.core (layer 1) at pkg/low.py:2"]
 
 
 def test_checker_reports_a_cycle_with_its_modules(tmp_path):

@@ -1,6 +1,8 @@
 import pydoc_data.topics
+
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmkit.errors import UserError
 from lmkit.tokenizer import SPECIAL_TOKENS, Tokenizer, TrainSettings, token_dtype_name, train
@@ -17,7 +19,7 @@ def tokenizer(request, tmp_path_factory):
 
 
 def test_special_tokens_at_fixed_ids(tokenizer):
-    for name, (piece, token_id) in SPECIAL_TOKENS.items():
+    for piece, token_id in SPECIAL_TOKENS.values():
         assert tokenizer.id_to_piece(token_id) == piece
     assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.mask_id) == (0, 3, 4)
 

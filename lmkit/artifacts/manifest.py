@@ -218,7 +218,8 @@ def verify_files(path: str | Path, manifest: dict[str, Any], full: bool = True) 
             continue
         size = member.stat().st_size
         if not isinstance(entry, dict) or size != entry.get("size"):
-            problems.append(f"{member}: size {size} bytes, manifest says {entry.get('size') if isinstance(entry, dict) else '?'}")
+            problems.append(f"{member}: size {size} bytes, manifest says "
+                            f"{entry.get('size') if isinstance(entry, dict) else '?'}")
             continue
         if full and sha256_file(member) != entry.get("sha256"):
             problems.append(f"{member}: content changed (sha256 mismatch)")

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lmkit import __version__
-from lmkit.artifacts.manifest import (KINDS, MANIFEST, Artifact, ArtifactError, artifact_id, load,
-                                      manifest_checksum, sha256_file)
+from lmkit.artifacts.manifest import (
+    KINDS,
+    MANIFEST,
+    Artifact,
+    ArtifactError,
+    artifact_id,
+    load,
+    manifest_checksum,
+    sha256_file,
+)
 from lmkit.errors import UserError
+
 
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

@@ -30,8 +30,23 @@ def _global_options(
 
 
 # Registering the commands: each module adds itself to `app` on import.
-from lmkit.cli import (demo, evaluate, export, finetune, generate, import_model, info, inspect,  # noqa: E402,F401
-                       lineage, merge_lora, plot, preprocess, pretrain, serve, verify)
+from lmkit.cli import (  # noqa: E402,F401
+    demo,
+    evaluate,
+    export,
+    finetune,
+    generate,
+    import_model,
+    info,
+    inspect,
+    lineage,
+    merge_lora,
+    plot,
+    preprocess,
+    pretrain,
+    serve,
+    verify,
+)
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:

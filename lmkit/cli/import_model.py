@@ -32,7 +32,8 @@ def render(artifact: Artifact) -> None:
         table.add_row("check", "skipped (--no-check)")
     if stats["initialized"]:
         table.add_row("new weights", ", ".join(stats["initialized"][:4]))
-    table.add_row("tokenizer", f"{artifact.path}/tokenizer (lmkit preprocess ... --tokenizer {artifact.path}/tokenizer)")
+    table.add_row("tokenizer", f"{artifact.path}/tokenizer (lmkit preprocess ... --tokenizer "
+                  f"{artifact.path}/tokenizer)")
     reporter.out.print(table)
 
 

@@ -100,9 +100,9 @@ def attribution(
 
     Example: lmkit inspect attribution runs/clf/final "Return the sum of two numbers." --out why
     """
+    from lmkit.checkpoint import read_checkpoint
     from lmkit.interpret.attribution import COMMAND, attribute, explained_output, write
     from lmkit.plotting import require_matplotlib
-    from lmkit.checkpoint import read_checkpoint
 
     require_matplotlib(COMMAND)
     loaded = read_checkpoint(checkpoint)
@@ -142,8 +142,8 @@ def embed(
     stats = artifact.stats
     counts = ", ".join(f"{name} {count}" for name, count in stats["documents"].items())
     reporter.out.print(f"{artifact.path / FILE}: {counts} documents; layers {', '.join(map(str, stats['layers']))} "
-                       f"({'every position' if stats['pooling'] == 'none' else stats['pooling'] + ' pooling'}, {stats['d_model']} "
-                       "dimensions)", markup=False, soft_wrap=True)
+                       f"({'every position' if stats['pooling'] == 'none' else stats['pooling'] + ' pooling'}, "
+                       f"{stats['d_model']} dimensions)", markup=False, soft_wrap=True)
 
 
 @inspect_app.command("activations", no_args_is_help=True)
@@ -161,8 +161,9 @@ def activations(
 
     Example: lmkit inspect activations runs/gpt/final "The for statement" --out neurons
     """
-    from lmkit.interpret.activations import activations as find, write
     from lmkit.checkpoint import read_checkpoint
+    from lmkit.interpret.activations import activations as find
+    from lmkit.interpret.activations import write
 
     loaded = read_checkpoint(checkpoint)
     result = find(loaded, loaded.inference_model(), text, top)

@@ -14,7 +14,6 @@ from lmkit import artifacts
 from lmkit.cli._util import app, handle_errors
 from lmkit.progress import reporter
 
-
 _SHOWN_FILES = 8
 # The values shown beside each artifact of a kind, as (label, section, key) where section is the manifest's
 # "config" or "stats" and a dotted key reaches inside; missing and null values are left out. --json has all.
@@ -100,7 +99,8 @@ def lineage(
     path: Path = typer.Argument(..., help="An artifact directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole tree as JSON: each artifact's kind, id, "
                                  "config and stats, its parents and raw input files."),
-    show_all: bool = typer.Option(False, "--all", help=f"List every raw input file, not just the first {_SHOWN_FILES}."),
+    show_all: bool = typer.Option(False, "--all", help="List every raw input file, not just the first "
+                                  f"{_SHOWN_FILES}."),
 ) -> None:
     """Show where an artifact comes from: its parents, recursively, to raw input files, with key settings."""
     artifacts.read_manifest(path)  # a clear error when PATH is not an artifact

@@ -31,7 +31,7 @@ def pair_records(records: list[dict], seed: int = 0) -> tuple[list[dict], list[d
     mismatched = order[len(order) // 2:]  # a random half, in random order: each takes the next one's rest
     other = {index: mismatched[(k + 1) % len(mismatched)] for k, index in enumerate(mismatched)}
     examples = []
-    for index, (name, first, rest) in enumerate(parts):
+    for index, (name, first, _rest) in enumerate(parts):
         partner = other.get(index, index)
         examples.append({"text": first, "text_pair": parts[partner][2], "label": LABELS[partner != index],
                          "meta": {"name": name, "pair_of": parts[partner][0]}})

@@ -11,8 +11,15 @@ from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 
 from lmkit.data import sources
 from lmkit.data.dedup import ExactDeduper, NearDeduper
-from lmkit.data.preprocess_steps import (CleanSettings, SourceDocument, SourceInput, batches, clean_batch, documents,
-                                         init_clean)
+from lmkit.data.preprocess_steps import (
+    CleanSettings,
+    SourceDocument,
+    SourceInput,
+    batches,
+    clean_batch,
+    documents,
+    init_clean,
+)
 from lmkit.data.spill import HashingReader
 from lmkit.data.survivors import Survivors
 from lmkit.parallel import ordered_map

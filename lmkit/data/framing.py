@@ -93,7 +93,8 @@ def format_pair_inputs(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequen
                        specials: Specials) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs of token lists as one right-padded batch (:func:`pair_row`), each pair cut to ``max_len`` longest
     first. Returns idx (B, T), the attention mask (B, T), True on real tokens, and the segment ids (B, T)."""
-    rows = [pair_row(*truncate_pair(a, b, pair_room(arch, max_len)), arch, specials) for a, b in zip(firsts, seconds)]
+    rows = [pair_row(*truncate_pair(a, b, pair_room(arch, max_len)), arch, specials)
+            for a, b in zip(firsts, seconds)]
     return pad_rows([row for row, _ in rows], [segments for _, segments in rows], specials.pad)
 
 
@@ -192,6 +193,7 @@ def aggregate_logits(logits: torch.Tensor, owner: np.ndarray, n_texts: int, long
     if long_text == "max":
         out = torch.full((n_texts, logits.shape[1]), float("-inf"), dtype=logits.dtype, device=logits.device)
         return out.scatter_reduce(0, index[:, None].expand_as(logits), logits, reduce="amax")
-    total = torch.zeros((n_texts, logits.shape[1]), dtype=logits.dtype, device=logits.device).index_add_(0, index, logits)
+    total = torch.zeros((n_texts, logits.shape[1]), dtype=logits.dtype,
+                        device=logits.device).index_add_(0, index, logits)
     counts = torch.bincount(index, minlength=n_texts).clamp(min=1).to(logits.dtype)
     return total / counts[:, None]

@@ -30,7 +30,6 @@ from lmkit.errors import UserError
 from lmkit.vocab import EOS_ID, IGNORE_INDEX, LMKIT, Specials
 
 
-
 @dataclass
 class TokenStream:
     """A token stream held in RAM (one int32 array): documents each followed by a separator. Tests and

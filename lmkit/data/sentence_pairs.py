@@ -8,7 +8,8 @@
 
 A training sample is a sentence boundary of the training split: a token that starts a sentence after
 another sentence of the same document (after a sentence-ending piece, before a word start or a line break;
-a line break alone is no boundary, as wrapped prose breaks lines inside sentences). Segment A is the whole sentences before the boundary and B the whole sentences after it (or,
+a line break alone is no boundary, as wrapped prose breaks lines inside sentences).
+Segment A is the whole sentences before the boundary and B the whole sentences after it (or,
 for an NSP negative, after a boundary of another document), as many as fit ``seq_len - 3`` tokens: A
 takes what leaves room for B's first sentence, B the rest. Whole sentences matter: a segment cut inside a
 sentence would tell the order by where it is cut (a text that starts mid-sentence comes second), and SOP

@@ -86,7 +86,8 @@ def read_batches(path: Path) -> Iterator[list[SpillRow]]:
     # which then grew with the corpus (the tokenizer's sample scans the whole spill).
     with pa.OSFile(str(path), "rb") as source:
         for batch in pa.ipc.open_stream(source):
-            yield list(map(SpillRow._make, zip(*(batch.column(name).to_pylist() for name in Spill.SCHEMA.names))))
+            yield list(map(SpillRow._make, zip(*(batch.column(name).to_pylist() for name in Spill.SCHEMA.names),
+                                              )))
 
 
 def read_rows(path: Path) -> Iterator[SpillRow]:

@@ -15,9 +15,9 @@ import numpy as np
 
 from lmkit.data.jsonl import read_jsonl
 from lmkit.errors import UserError
-from lmkit.vocab import Specials
 from lmkit.evaluation.scoring import Inference, Span, score_spans
 from lmkit.tokenizer import Tokenizer
+from lmkit.vocab import Specials
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lmkit.data.framing import aggregate_logits, chunk_texts, format_examples
 from lmkit.evaluation.metrics import classification_metrics
 from lmkit.evaluation.scoring import Inference
-from lmkit.data.framing import aggregate_logits, chunk_texts, format_examples
 from lmkit.vocab import Specials
 
 

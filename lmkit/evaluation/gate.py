@@ -1,7 +1,8 @@
 """``--fail-if``: conditions on a report's metrics that make ``lmkit evaluate`` exit non-zero, for CI.
 
 Grammar, one condition per item: ``NAME OP NUMBER`` or ``NAME OP NAME`` (another metric of the same
-report, e.g. ``accuracy<baseline_accuracy``) with OP one of ``< <= > >= == !=`` (spaces allowed around OP). Several conditions may be given comma-separated, joined by ``and``, or by
+report, e.g. ``accuracy<baseline_accuracy``) with OP one of ``< <= > >= == !=`` (spaces allowed around OP).
+Several conditions may be given comma-separated, joined by ``and``, or by
 repeating the flag; the run fails when *any* of them holds, and names each one that held.
 A NaN metric fails every condition on it: CI must not pass on a number that is not one.
 """

@@ -57,7 +57,8 @@ def text_metrics(predictions: list[str], references: list[str], names: list[str]
     0-100 scale, exact match and ROUGE-L F1 in [0, 1]. Exact match compares stripped strings."""
     scores: dict[str, float] = {}
     if "exact_match" in names:
-        scores["exact_match"] = sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(references)
+        scores["exact_match"] = sum(p.strip() == r.strip()
+                                    for p, r in zip(predictions, references)) / len(references)
     if "chrf" in names or "bleu" in names:
         import sacrebleu
 
@@ -69,8 +70,8 @@ def text_metrics(predictions: list[str], references: list[str], names: list[str]
         from rouge_score import rouge_scorer
 
         scorer = rouge_scorer.RougeScorer(["rougeL"])
-        scores["rouge_l"] = sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) \
-            / len(references)
+        scores["rouge_l"] = sum(scorer.score(r, p)["rougeL"].fmeasure
+                                for p, r in zip(predictions, references)) / len(references)
     return scores
 
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from lmkit.data.packing import MaskingSettings, mask_tokens, seeded_generator
-from lmkit.evaluation.scoring import Inference, Span, score_spans, token_logprobs
 from lmkit.evaluation.choice import context_start
-from lmkit.vocab import EOS_ID, IGNORE_INDEX, LMKIT, Specials
+from lmkit.evaluation.scoring import Inference, Span, score_spans, token_logprobs
+from lmkit.vocab import IGNORE_INDEX, LMKIT, Specials
 
 _NATS_PER_BIT = math.log(2)
 _MAX_LOSS_FOR_PPL = 700.0  # exp overflows float64 beyond ~709: the perplexity is reported as inf
@@ -121,7 +121,8 @@ def evaluate_masked(inference: Inference, documents: Sequence[Sequence[int]], wi
     """Masked-LM loss (nats per masked token), its exponent and accuracy under BERT's 80/10/10 corruption,
     with masks drawn from ``seed`` (Devlin et al. 2019); and the number of masked tokens."""
     windows = masked_windows(documents, window, inference.specials)
-    corrupted = [mask_tokens(torch.as_tensor(w)[None], vocab_size, masking, seeded_generator(seed, i), inference.specials)  # masks depend on (seed, window) only
+    corrupted = [mask_tokens(torch.as_tensor(w)[None], vocab_size, masking, seeded_generator(seed, i),
+                             inference.specials)  # masks depend on (seed, window) only
                  for i, w in enumerate(windows)]
     values, correct, masked = [], 0, 0
     for start in range(0, len(windows), inference.batch_size):

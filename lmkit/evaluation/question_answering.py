@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from lmkit.data.qa import QAExample, first_sentence
+from lmkit.data.qa_windows import QASettings, encode_question, question_windows
 from lmkit.evaluation.scoring import Inference
+from lmkit.evaluation.spans import extract, window_logits
 from lmkit.evaluation.squad import squad_scores
 from lmkit.evaluation.tasks import TaskOutcome
-from lmkit.data.qa_windows import QASettings, encode_question, question_windows
-from lmkit.evaluation.spans import extract, window_logits
 from lmkit.progress import reporter
 
 

@@ -7,12 +7,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from lmkit.data.framing import default_stride, text_room
 from lmkit.data.packing import MaskingSettings
 from lmkit.errors import UserError
 from lmkit.evaluation import choice, classification, generation_tasks, language_modeling
 from lmkit.evaluation.inputs import Documents
 from lmkit.evaluation.scoring import Inference
-from lmkit.data.framing import default_stride, text_room
 from lmkit.progress import reporter
 from lmkit.tokenizer import Tokenizer
 

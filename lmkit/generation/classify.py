@@ -14,8 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmkit.data.framing import (aggregate_logits, chunk_texts, format_inputs, format_pair_inputs, long_text_settings,
-                                pair_uncut)
+from lmkit.data.framing import (
+    aggregate_logits,
+    chunk_texts,
+    format_inputs,
+    format_pair_inputs,
+    long_text_settings,
+    pair_uncut,
+)
 from lmkit.progress import reporter
 from lmkit.tokenizer import Tokenizer
 
@@ -79,7 +85,8 @@ def _classify_pairs(model: nn.Module, tokenizer: Tokenizer, labels: list[str], t
                                               tokenizer.specials)
         logits[start:stop] = model(idx.to(device), attention_mask=mask.to(device),
                                    token_types=types.to(device))[0].float().cpu()
-    cut = [name for name, a, b in zip(names, firsts, seconds) if not pair_uncut(len(a), len(b), arch, max_len)]
+    cut = [name for name, a, b in zip(names, firsts, seconds)
+           if not pair_uncut(len(a), len(b), arch, max_len)]
     if cut:
         reporter.warn(f"{', '.join(cut[:5])}{', ...' if len(cut) > 5 else ''}: the pair is longer than the model's "
                       f"window {max_len}; its longer text was cut (as in training)")

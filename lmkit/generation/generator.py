@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from lmkit.checkpoint import Checkpoint
 from lmkit.data.instructions import render_prompt
 from lmkit.errors import UserError
 from lmkit.generation.decode import STOP_CONTEXT, decode
@@ -25,7 +26,6 @@ from lmkit.generation.text import CompletionText
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
 from lmkit.tokenizer import Tokenizer
-from lmkit.checkpoint import Checkpoint
 
 TRUNCATIONS = ("left", "error")
 
@@ -148,7 +148,8 @@ class Generator:
 
         specials = self.tokenizer.specials
         decoded = decode(self.model, encoded, settings, generators, eos_id=specials.eos,
-                         banned=specials.never_generated, should_stop=should_stop if watch or cancelled is not None else None,
+                         banned=specials.never_generated,
+                         should_stop=should_stop if watch or cancelled is not None else None,
                          encode_step=self.encode_step)
         results = []
         for text, result in zip(texts, decoded):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmkit.checkpoint import Checkpoint
+from lmkit.devices import can_compile, resolve_device
 from lmkit.errors import UserError
 from lmkit.generation.quantize import QUANTIZATIONS, quantize_int8
-from lmkit.devices import can_compile, resolve_device
 from lmkit.progress import reporter
-from lmkit.checkpoint import Checkpoint
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

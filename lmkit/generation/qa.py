@@ -10,16 +10,17 @@ from torch import nn
 
 from lmkit.data.jsonl import json_objects
 from lmkit.data.qa import parse_record
+from lmkit.data.qa_windows import QASettings, encode_question
 from lmkit.errors import UserError
 from lmkit.evaluation.spans import Extracted, extract
-from lmkit.data.qa_windows import QASettings, encode_question
 from lmkit.tokenizer import Tokenizer
 
 
 def answer_questions(model: nn.Module, tokenizer: Tokenizer, settings: QASettings, questions: list[str],
                      contexts: list[str], batch_size: int = 8) -> list[Extracted]:
     """The best answer to each question in its context (the text, its characters and its score)."""
-    encoded = [encode_question(tokenizer, question, context) for question, context in zip(questions, contexts)]
+    encoded = [encode_question(tokenizer, question, context)
+               for question, context in zip(questions, contexts)]
     return extract(model, encoded, contexts, settings, tokenizer.specials, batch_size)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmkit import __version__, artifacts, config as config_lib
+from lmkit import __version__, artifacts
+from lmkit import config as config_lib
+from lmkit.checkpoint import read_checkpoint
 from lmkit.errors import UserError
 from lmkit.interop import hf_export as hf
 from lmkit.interop.export_config import ExportConfig
 from lmkit.progress import reporter
-from lmkit.checkpoint import read_checkpoint
 
 # Written beside the target's files: where the model comes from and how lmkit fed it, for people who
 # meet the directory without lmkit (the manifest says the same for lmkit).

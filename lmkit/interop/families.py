@@ -427,7 +427,8 @@ class BertFamily(Family):
 
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (LlamaFamily(), GPT2Family(), BertFamily())}
-TYPE_STEMS = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gpt2": "GPT2", "bert": "Bert"}
+TYPE_STEMS = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gpt2": "GPT2",
+              "bert": "Bert"}
 FAMILY_OF_TYPE = {model_type: family for family in FAMILIES.values() for model_type in family.model_types}
 
 

@@ -25,7 +25,6 @@ token ids before commit.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import shutil
 from contextlib import contextmanager
@@ -36,16 +35,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lmkit.errors import UserError
+from lmkit.checkpoint import Checkpoint
 from lmkit.data.framing import format_inputs
-from lmkit.progress import reporter
-from lmkit.tokenizer import MODEL_FILE as SENTENCEPIECE_FILE
-from lmkit.tokenizer import Tokenizer
+from lmkit.errors import UserError
 from lmkit.interop.families import FAMILIES, TYPE_STEMS, Target, family_for_export
-from lmkit.tokenizer import HF_FILE
+from lmkit.progress import reporter
+from lmkit.tokenizer import HF_FILE, Tokenizer
+from lmkit.tokenizer import MODEL_FILE as SENTENCEPIECE_FILE
 from lmkit.tokenizer import load as load_tokenizer
 from lmkit.vocab import EOS_ID, FIRST_TEXT_ID, LMKIT, SPECIAL_TOKENS
-from lmkit.checkpoint import Checkpoint
 
 EXTRA = "pip install 'lmkit[hf]'"
 # Largest |lmkit logit - transformers logit| the check accepts (both in float32; they agree to ~1e-6).

@@ -21,17 +21,18 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lmkit import artifacts, config as config_lib
+from lmkit import artifacts
+from lmkit import config as config_lib
+from lmkit.checkpoint import TrainerState
 from lmkit.errors import ConfigError, UserError
 from lmkit.interop import tokenizers as hf_tokenizers
 from lmkit.interop.families import FAMILY_OF_TYPE, Family, supported_architectures
-from lmkit.interop.hf_export import TOLERANCE, quiet_transformers, import_transformers
+from lmkit.interop.hf_export import TOLERANCE, import_transformers, quiet_transformers
 from lmkit.interop.import_config import ImportConfig
 from lmkit.models import build_model, count_parameters
 from lmkit.models.config import ModelConfig
 from lmkit.progress import reporter
 from lmkit.tokenizer import load as load_tokenizer
-from lmkit.checkpoint import TrainerState
 from lmkit.training.checkpoint import write_checkpoint
 
 SAFETENSORS, INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
@@ -39,7 +40,8 @@ SAFETENSORS, INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json"
 # files, and output projections tied to the embeddings.
 _DERIVED = (".attn.bias", ".attn.masked_bias", "position_ids", "rotary_emb.inv_freq")
 # BERT's decoder bias is saved twice: read as one of them, the other must be the same tensor or unused.
-_BIAS_TWINS = {"cls.predictions.bias": "cls.predictions.decoder.bias", "cls.predictions.decoder.bias": "cls.predictions.bias"}
+_BIAS_TWINS = {"cls.predictions.bias": "cls.predictions.decoder.bias",
+               "cls.predictions.decoder.bias": "cls.predictions.bias"}
 # Heads lmkit has no use for: BERT's next-sentence classifier (BertForPreTraining files).
 _UNUSED = ("cls.seq_relationship.",)
 _LEGACY = {"gamma": "weight", "beta": "bias"}
@@ -182,7 +184,8 @@ def _read_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
                 for name in handle.keys():
                     tensors[name] = handle.get_tensor(name)
         except (SafetensorError, OSError) as exc:
-            raise UserError(f"{path}: truncated or not a safetensors file ({' '.join(str(exc).split())[:200]})") from None
+            raise UserError(f"{path}: truncated or not a safetensors file "
+                            f"({' '.join(str(exc).split())[:200]})") from None
     # The original BERT (and TensorFlow-converted) files name LayerNorm parameters gamma and beta, as
     # transformers renames on load.
     return {_modern_name(name): tensor for name, tensor in tensors.items()}

@@ -86,7 +86,8 @@ def write_tokenizer(source: Path, out_dir: Path, transformers: Any) -> tuple[dic
     model = json.loads((out_dir / HF_FILE).read_text(encoding="utf-8"))["model"]["type"]
     config = {"imported_from": str(source.resolve()), "model": model, "tokenizer_class": type(tokenizer).__name__,
               "special_tokens": {name: {"piece": loaded.id_to_piece(value), "id": value}
-                                 for name, value in specials.to_dict().items() if name != "others" and value is not None}}
+                                 for name, value in specials.to_dict().items()
+                                 if name != "others" and value is not None}}
     return config, {"vocab_size": loaded.vocab_size, "model": model, "specials": specials.to_dict()}
 
 

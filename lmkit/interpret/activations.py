@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmkit.checkpoint import Checkpoint
 from lmkit.interpret import write_files
 from lmkit.interpret.attention import model_inputs, token_label
 from lmkit.interpret.states import transformer_body
 from lmkit.models.layers import distinct_modules
 from lmkit.tokenizer import Tokenizer
-from lmkit.checkpoint import Checkpoint
 
 COMMAND = "lmkit inspect activations"
 TOKENS_PER_NEURON = 3

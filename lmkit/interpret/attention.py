@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmkit.errors import UserError
+from lmkit.checkpoint import Checkpoint
 from lmkit.data.framing import format_inputs
+from lmkit.errors import UserError
 from lmkit.models.layers import apply_rotary, distinct_modules
 from lmkit.tokenizer import Tokenizer
-from lmkit.checkpoint import Checkpoint
 
 # Largest |recomputed output - module output| accepted, relative to the output's largest value (float32
 # SDPA and the explicit softmax agree to ~1e-6 of it).

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmkit.checkpoint import Checkpoint
 from lmkit.errors import UserError
 from lmkit.interpret import write_files
 from lmkit.interpret.attention import model_inputs, token_label
 from lmkit.tokenizer import Tokenizer
-from lmkit.checkpoint import Checkpoint
 
 DEFAULT_STEPS = 32
 CHUNK = 16           # interpolation points per forward pass
@@ -146,10 +146,11 @@ def attribute(checkpoint: Checkpoint, model: nn.Module, text: str, target: str |
     label = (lambda i: names[i]) if names is not None else (lambda i: token_label(tokenizer.id_to_piece(i)))
     output = f"log p({label(chosen)!s} | text)" + (" (next token)" if kind == "next token" else "")
     return Attribution(tokens=[token_label(tokenizer.id_to_piece(i)) for i in ids], ids=ids,
-                       scores=[0.0 if s else float(v) for s, v in zip(special, scores)], target=label(chosen),
-                       output=output, value=value, baseline_value=baseline_value, steps=steps,
+                       scores=[0.0 if s else float(v) for s, v in zip(special, scores)],
+                       target=label(chosen), output=output, value=value, baseline_value=baseline_value, steps=steps,
                        completeness_gap=gap, predicted=label(predicted),
-                       meta={"checkpoint": str(checkpoint.path), "baseline": "the padding token's embedding for every text token"})
+                       meta={"checkpoint": str(checkpoint.path),
+                             "baseline": "the padding token's embedding for every text token"})
 
 
 # -- pictures ----------------------------------------------------------------------------------------------

@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
 from lmkit.data.shards import SPLITS, read_split, token_lists
 from lmkit.errors import UserError
 from lmkit.evaluation import inputs
 from lmkit.interpret.states import batches, encode_layers, require_transformer, resolve_pooling, transformer_body
 from lmkit.models.layers import pool_states
 from lmkit.progress import reporter
-from lmkit.checkpoint import read_checkpoint
 
 COMMAND = "lmkit inspect embed"
 FILE = "embeddings.arrow"
@@ -128,7 +128,8 @@ def _batch(schema: pa.Schema, body, checkpoint, tokens: list, ids: np.ndarray, l
         hidden = encode_layers(body, idx, mask)
         for layer in layers:
             if pooling == "none":
-                for row, state, length in zip(rows, hidden[layer].float().numpy(), mask.sum(dim=1).tolist()):
+                for row, state, length in zip(rows, hidden[layer].float().numpy(), mask.sum(dim=1).tolist(),
+                                             ):
                     states[layer][row] = state[:length]
             else:
                 pooled[layer][rows] = pool_states(hidden[layer].float(), mask, pooling).numpy()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
 from lmkit.data.labeled import read_labeled
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
@@ -26,7 +27,6 @@ from lmkit.evaluation import inputs
 from lmkit.interpret import write_files
 from lmkit.interpret.states import pooled_layers, require_transformer, resolve_pooling, transformer_body
 from lmkit.models import build_model
-from lmkit.checkpoint import read_checkpoint
 
 COMMAND = "lmkit inspect probe"
 EXTRA = "lmkit[inspect]"
@@ -154,5 +154,6 @@ def plot(result: ProbeResult, path: Path) -> Path:
 
 def write(result: ProbeResult, out: Path) -> list[Path]:
     """probe.json, probe.md and probe.png in ``out``."""
-    written = write_files(out, {"probe.json": json.dumps(result.__dict__, indent=1) + "\n", "probe.md": markdown(result)})
+    written = write_files(out, {"probe.json": json.dumps(result.__dict__, indent=1) + "\n",
+                                "probe.md": markdown(result)})
     return [*written, plot(result, out / "probe.png")]

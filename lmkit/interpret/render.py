@@ -230,8 +230,8 @@ def write_attention_maps(checkpoint_path: str | Path, text: str, out: str | Path
                          heads: list[int] | None = None) -> list[Path]:
     """Every picture of ``lmkit inspect attention`` into the directory ``out``; returns the files written
     (the HTML page first)."""
-    from lmkit.interpret.attention import attention_maps
     from lmkit.checkpoint import read_checkpoint
+    from lmkit.interpret.attention import attention_maps
 
     require_matplotlib(COMMAND)  # before any compute
     checkpoint = read_checkpoint(checkpoint_path)

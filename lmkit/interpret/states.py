@@ -15,12 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmkit.checkpoint import Checkpoint
+from lmkit.data.framing import format_inputs
 from lmkit.errors import UserError
 from lmkit.models.classifier import POOLING
-from lmkit.models.layers import pool_states
-from lmkit.data.framing import format_inputs
-from lmkit.models.layers import distinct_modules
-from lmkit.checkpoint import Checkpoint
+from lmkit.models.layers import distinct_modules, pool_states
 
 BATCH_SIZE = 32
 

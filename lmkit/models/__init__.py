@@ -12,9 +12,9 @@ from lmkit.models.bert import BERT
 from lmkit.models.config import ARCHS, ModelConfig
 from lmkit.models.gpt import GPT
 from lmkit.models.layers import distinct_modules
-from lmkit.vocab import IGNORE_INDEX
 from lmkit.models.lstm import LSTMLanguageModel
 from lmkit.models.presets import PRESETS, model_config, register_preset
+from lmkit.vocab import IGNORE_INDEX
 
 MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": BERT, "lstm": LSTMLanguageModel}
 CAUSAL_ARCHS = frozenset({"gpt", "lstm"})  # trained on next-token prediction (clm)

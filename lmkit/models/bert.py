@@ -15,8 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import (AllowedKeys, Embeddings, init_transformer_weights, make_blocks, make_norm, pool_states,
-                                 rope_tables)
+from lmkit.models.layers import (
+    AllowedKeys,
+    Embeddings,
+    init_transformer_weights,
+    make_blocks,
+    make_norm,
+    pool_states,
+    rope_tables,
+)
 from lmkit.models.loss import linear_cross_entropy, token_loss
 from lmkit.vocab import IGNORE_INDEX
 

@@ -15,9 +15,20 @@ import torch
 from torch import nn
 
 from lmkit.models.config import ModelConfig
-from lmkit.models.layers import (EXPLICIT_ATTENTION_MAX, AllowedKeys, AttentionMask, Embeddings, KVCache, ScoreBias,
-                                 attention_mask_4d, causal_bias, init_transformer_weights, make_blocks, make_norm,
-                                 rope_tables)
+from lmkit.models.layers import (
+    EXPLICIT_ATTENTION_MAX,
+    AllowedKeys,
+    AttentionMask,
+    Embeddings,
+    KVCache,
+    ScoreBias,
+    attention_mask_4d,
+    causal_bias,
+    init_transformer_weights,
+    make_blocks,
+    make_norm,
+    rope_tables,
+)
 from lmkit.models.loss import linear_cross_entropy, token_loss
 
 

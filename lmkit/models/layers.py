@@ -4,7 +4,8 @@ Read top to bottom: rotary position embeddings, attention (with the KV cache a d
 generate; grouped-query when it has fewer key/value heads), feed-forward layers, the block (pre-norm,
 or post-norm as in BERT) that combines them, the embeddings, and the initialization both models use.
 The settings of ``ModelConfig`` (norm, positions, bias, mlp ...) cover lmkit's modern models and the
-classic GPT-2 and BERT, and the Hugging Face families ``lmkit import`` reads. The loss every model computes is in loss.py.
+classic GPT-2 and BERT, and the Hugging Face families ``lmkit import`` reads. The loss every model computes
+is in loss.py.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ class SelfAttention(nn.Module):
 
     def __init__(self, config: ModelConfig, causal: bool):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim, self.causal = config.n_head, config.kv_heads, config.head_dim, causal
+        self.n_head, self.n_kv_head, self.head_dim, self.causal = \
+            config.n_head, config.kv_heads, config.head_dim, causal
         self.rotary = config.positions == "rope"
         self.q_size, self.kv_size = config.n_head * config.head_dim, config.kv_heads * config.head_dim
         # One fused projection: q (n_head heads), then k and v (n_kv_head heads each).

@@ -180,7 +180,7 @@ def stream(call: Call, prompts: list[Prompt], body: Sampling, settings: Sampling
             for index in range(len(prompts) * body.n):
                 yield chunk(index, None, None, first=True)
         async for item in relay(lambda emit: complete(server, prompts, body, settings, max_tokens,
-                                                      on_text=lambda index, text: emit((index, text)))):
+                                                      on_text=lambda at, text: emit((at, text)))):
             if not isinstance(item, Finished):
                 yield chunk(item[0], item[1], None)
             elif isinstance(item.error, ApiError):

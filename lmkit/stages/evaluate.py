@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmkit import artifacts, config as config_lib, tasks
+from lmkit import artifacts, tasks
+from lmkit import config as config_lib
 from lmkit.checkpoint import Checkpoint, read_checkpoint
 from lmkit.data import sources
 from lmkit.devices import resolve_device, resolve_precision
 from lmkit.errors import UserError
-from lmkit.evaluation import gate, generation_tasks, inputs, report as report_files
+from lmkit.evaluation import gate, generation_tasks, inputs
+from lmkit.evaluation import report as report_files
 from lmkit.evaluation.scoring import Inference
 from lmkit.progress import reporter
 from lmkit.stages.evaluate_config import EvaluateConfig
@@ -82,7 +84,8 @@ def _check_flags(config: EvaluateConfig, evaluation: Evaluation | None) -> None:
     read = set(HARNESS_FLAGS if config.harness_tasks else ())
     if evaluation is not None:
         read |= set(evaluation.flags + (DOCUMENT_FLAGS if evaluation.reads == DOCUMENTS else ()))
-    unread = [name for name in EvaluateConfig.__dataclass_fields__ if name in readers and name in given and name not in read]
+    unread = [name for name in EvaluateConfig.__dataclass_fields__
+              if name in readers and name in given and name not in read]
     if unread:
         doing = evaluation.called if evaluation is not None else "--harness-tasks"
         raise UserError("; ".join(f"{config_lib.flag_name(name)}: read by {', '.join(dict.fromkeys(readers[name]))}, "

@@ -24,10 +24,10 @@ class EvaluateConfig:
                              "confusion.png); without it the report is printed and not saved.", short="-o",
                              affects_output=False)
     task: str = option("auto", "What to measure: lm (loss, perplexity, bits per byte; masked LM for BERT), classify, "
-                       "choice (zero-shot multiple choice), generate (SFT answers vs references), qa (extractive answers "
-                       "of a span model vs question/context/answer records, SQuAD's exact match and F1), or auto (by "
-                       "the checkpoint: lm for language models, classify for classifiers, generate for SFT, qa for "
-                       "span models).")
+                       "choice (zero-shot multiple choice), generate (SFT answers vs references), qa (extractive "
+                       "answers of a span model vs question/context/answer records, SQuAD's exact match and F1), or "
+                       "auto (by the checkpoint: lm for language models, classify for classifiers, generate for SFT, "
+                       "qa for span models).")
     split: str = option("auto", "Dataset split to evaluate; auto is validation, or test when validation is empty.",
                         choices=SPLITS)
     metrics: list[str] = option([], "Metrics to report (comma-separated; empty: every metric of the task).")

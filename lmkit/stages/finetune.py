@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from lmkit import artifacts, config as config_lib
+from lmkit import artifacts
+from lmkit import config as config_lib
+from lmkit.checkpoint import Checkpoint, read_checkpoint
 from lmkit.data.qa import looks_like_qa
 from lmkit.errors import UserError
 from lmkit.models import build_model, count_parameters
@@ -31,7 +33,6 @@ from lmkit.models.span import SpanExtractor
 from lmkit.progress import reporter
 from lmkit.stages.finetune_config import TASKS, FinetuneConfig, parse_freeze
 from lmkit.training import distributed, rundir
-from lmkit.checkpoint import Checkpoint, read_checkpoint
 from lmkit.training.checkpoint import step_tag
 from lmkit.training.objectives import OBJECTIVES, Built, ObjectiveInputs, refuse_unread_options
 from lmkit.training.run import Session, TrainingPlan, batch_layout, open_session, run_training, sequence_length
@@ -138,7 +139,8 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     inputs = ObjectiveInputs(spec.options_from(config), data_path, tokenizer, model_cfg, seq_len, layout, env.device,
                              config.seed, teacher=teacher)
     return TrainingPlan(options=config, env=env, spec=spec, inputs=inputs, model_config=model_cfg, run_dir=run_dir,
-                        start=start, parents=parents, new_model=lambda built: _new_model(built, config, base, model_cfg),
+                        start=start, parents=parents,
+                        new_model=lambda built: _new_model(built, config, base, model_cfg),
                         step_limit=lambda objective: config.step_limit_for(objective.train_windows.count,
                                                                           layout.global_batch),
                         label=f"finetune ({task})", stats={"task": task}, metric=metric, eval_at_end=True,
@@ -214,7 +216,8 @@ def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg
     else:
         model = body = build_model(model_cfg)
     if not (config.scratch or config.model):
-        missing, _ = body.load_state_dict(base.inference_model().state_dict(), strict=False)  # no LM head in a classifier
+        # no LM head in a classifier
+        missing, _ = body.load_state_dict(base.inference_model().state_dict(), strict=False)
         missing = [name for name in missing if not name.startswith("pooler.")]  # a new pooler starts fresh
         if missing:
             raise UserError(f"{config.base}: its weights lack {missing[:3]} for this model")
@@ -273,8 +276,8 @@ def _compare(session: Session) -> dict[str, Any]:
     for name, model in (("teacher", teacher), ("student", session.model)):
         model.eval()
         started = time.perf_counter()
-        framing = {"arch": plan.inputs.teacher.model_config.arch} if name == "teacher" and plan.spec.name == "classify" \
-            else {}
+        framing = {"arch": plan.inputs.teacher.model_config.arch} \
+            if name == "teacher" and plan.spec.name == "classify" else {}
         metrics = objective.evaluate(model, 0, **framing)
         seconds = time.perf_counter() - started
         examples = objective.val_windows.count if objective.val_windows else 0

@@ -10,7 +10,6 @@ another task is refused when given. ``resume=True`` marks what a resumed run mus
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -144,8 +143,8 @@ class FinetuneConfig(TrainingOptions):
     micro_batch: int = TrainingOptions.default("micro_batch", 16, "Sequences (classify, sft: examples) per "
                                                "forward pass on each process.")
     lr: float | None = option(None, f"Peak learning rate; unset: {LR_PER_WIDTH:g} / d_model (3e-4 at width 200), x"
-                              f"{LORA_LR_FACTOR:g} with --lora-rank, and pretraining's 0.5 / d_model (at most 3e-3) from "
-                              "random weights (--scratch, --model).", section=OPTIMIZATION)
+                              f"{LORA_LR_FACTOR:g} with --lora-rank, and pretraining's 0.5 / d_model (at most 3e-3) "
+                              "from random weights (--scratch, --model).", section=OPTIMIZATION)
     warmup_steps: int = TrainingOptions.default("warmup_steps", 20)
     weight_decay: float = TrainingOptions.default("weight_decay", 0.01)
     beta2: float = TrainingOptions.default("beta2", 0.999)
@@ -181,7 +180,8 @@ class FinetuneConfig(TrainingOptions):
 
             return learning_rate(width), f"auto: 0.5 / d_model {width}, from random weights"
         if self.lora_rank:
-            return LORA_LR_FACTOR * LR_PER_WIDTH / width, f"auto: {LORA_LR_FACTOR:g} x {LR_PER_WIDTH:g} / d_model {width}, LoRA"
+            return LORA_LR_FACTOR * LR_PER_WIDTH / width, \
+                   f"auto: {LORA_LR_FACTOR:g} x {LR_PER_WIDTH:g} / d_model {width}, LoRA"
         return LR_PER_WIDTH / width, f"auto: {LR_PER_WIDTH:g} / d_model {width}"
 
     def other_length_given(self) -> bool:

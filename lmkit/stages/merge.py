@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from lmkit import artifacts
-from lmkit.errors import UserError
 from lmkit.checkpoint import MODEL_CONFIG_FILE, TrainerState, read_checkpoint
+from lmkit.errors import UserError
 from lmkit.training.checkpoint import write_checkpoint
 
 

@@ -28,12 +28,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from lmkit import artifacts, config as config_lib
+from lmkit import artifacts
+from lmkit import config as config_lib
 from lmkit.data import sources
 from lmkit.data.executors import Executor, LocalExecutor, ReadJob
 from lmkit.data.languages import check_codes, identifier, temperature_shares
-from lmkit.data.preprocess_steps import (Chunk, CleanSettings, SourceInput, WrittenChunk, init_tokenize,
-                                         write_chunk)
+from lmkit.data.preprocess_steps import Chunk, CleanSettings, SourceInput, WrittenChunk, init_tokenize, write_chunk
 from lmkit.data.shards import SPLITS, shard_name
 from lmkit.data.spill import ChunkedSpill, HashingReader
 from lmkit.data.survivors import PassOneResult, Survivors
@@ -44,8 +44,8 @@ from lmkit.stages.preprocess_config import PreprocessConfig
 from lmkit.stages.preprocess_ray import RayExecutor
 from lmkit.tokenizer import TrainSettings, token_dtype_name, train
 from lmkit.tokenizer import load as load_tokenizer
-from lmkit.vocab import SPECIAL_TOKENS
 from lmkit.units import parse_size
+from lmkit.vocab import SPECIAL_TOKENS
 
 
 def _version(package: str) -> str:

@@ -229,16 +229,10 @@ class RayExecutor:
         started = time.monotonic()
         exact = np.unique(np.concatenate([np.zeros(0, np.uint64), *results[0::2]])) if job.exact_dedup else None
         near = np.unique(np.concatenate([np.zeros(0, np.uint64), *results[1::2]])) if job.clean.near_dedup else None
-        mask = np.uint64((1 << _POSITION_BITS) - 1)
         with reporter.task("deduplicating and splitting", total=sum(s.candidates for s in summaries),
                            unit="docs") as task:
-            for index, (path, role) in enumerate(job.inputs):
-                def of_input(positions: np.ndarray | None) -> set[int]:
-                    if positions is None:
-                        return set()
-                    return set((positions[(positions >> np.uint64(_POSITION_BITS)) == index] & mask).tolist())
-
-                exact_here, near_here = of_input(exact), of_input(near)
+            for index, (_path, role) in enumerate(job.inputs):
+                exact_here, near_here = _of_input(exact, index), _of_input(near, index)
                 number = 0
                 for rows in read_batches(Path(spills[index])):
                     for row in rows:
@@ -256,3 +250,11 @@ class RayExecutor:
         task = _ray().remote(_call).options(max_retries=3)
         yield from in_order((task.remote(fn, initializer, initargs, item) for item in items), 2 * cluster_cpus(),
                             _get)
+
+
+def _of_input(positions: np.ndarray | None, index: int) -> set[int]:
+    """The document numbers within input ``index`` of the global positions (input << _POSITION_BITS | number)."""
+    if positions is None:
+        return set()
+    mask = np.uint64((1 << _POSITION_BITS) - 1)
+    return set((positions[(positions >> np.uint64(_POSITION_BITS)) == index] & mask).tolist())

@@ -10,15 +10,21 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from lmkit import artifacts, config as config_lib
+from lmkit import artifacts
+from lmkit import config as config_lib
+from lmkit.checkpoint import read_checkpoint
 from lmkit.errors import UserError
 from lmkit.models import build_model
 from lmkit.models.presets import model_config
 from lmkit.stages.pretrain_config import DEFAULT_STEPS, PretrainConfig
 from lmkit.training import budget, distributed, rundir
-from lmkit.checkpoint import read_checkpoint
-from lmkit.training.objectives import (DEFAULT_OBJECTIVE, OBJECTIVES, SENTENCE_OBJECTIVES, ObjectiveInputs,
-                                       refuse_unread_options)
+from lmkit.training.objectives import (
+    DEFAULT_OBJECTIVE,
+    OBJECTIVES,
+    SENTENCE_OBJECTIVES,
+    ObjectiveInputs,
+    refuse_unread_options,
+)
 from lmkit.training.run import TrainingPlan, batch_layout, run_training, sequence_length
 
 # The objectives --objective chooses from (PretrainConfig spells them for --help without importing torch).

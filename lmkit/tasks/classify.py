@@ -19,8 +19,19 @@ from lmkit.evaluation.scoring import Inference
 from lmkit.generation.classify import classify, reads_pairs
 from lmkit.progress import reporter
 from lmkit.tasks import inputs as generate_inputs
-from lmkit.tasks.base import (DOCUMENTS, Baseline, EvalPlan, Evaluation, Generation, Inputs, Loaded, Route, TaskSpec,
-                              load_model, read_documents)
+from lmkit.tasks.base import (
+    DOCUMENTS,
+    Baseline,
+    EvalPlan,
+    Evaluation,
+    Generation,
+    Inputs,
+    Loaded,
+    Route,
+    TaskSpec,
+    load_model,
+    read_documents,
+)
 from lmkit.tokenizer import Tokenizer
 
 PAIR_FIELD = "text_pair"  # a pair classifier's second text (JSONL; --text-pair; serve's classify field)

@@ -15,8 +15,17 @@ from lmkit.evaluation import tasks as outcomes
 from lmkit.evaluation.scoring import Inference
 from lmkit.generation.fill_mask import fill_mask
 from lmkit.progress import reporter
-from lmkit.tasks.base import (DOCUMENTS, EvalPlan, Evaluation, Generation, Inputs, Loaded, Route, TaskSpec, load_model,
-                              register)
+from lmkit.tasks.base import (
+    DOCUMENTS,
+    EvalPlan,
+    Evaluation,
+    Generation,
+    Inputs,
+    Loaded,
+    Route,
+    TaskSpec,
+    load_model,
+)
 from lmkit.tokenizer import Tokenizer
 
 

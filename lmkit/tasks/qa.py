@@ -17,8 +17,19 @@ from lmkit.evaluation import question_answering
 from lmkit.evaluation.scoring import Inference
 from lmkit.generation.qa import answer_questions, one_question, questions_of_jsonl
 from lmkit.progress import reporter
-from lmkit.tasks.base import (JSONL, Baseline, EvalPlan, Evaluation, Generation, Inputs, Loaded, Route, TaskSpec,
-                              load_model, read_examples)
+from lmkit.tasks.base import (
+    JSONL,
+    Baseline,
+    EvalPlan,
+    Evaluation,
+    Generation,
+    Inputs,
+    Loaded,
+    Route,
+    TaskSpec,
+    load_model,
+    read_examples,
+)
 from lmkit.tasks.inputs import text_of
 from lmkit.tokenizer import Tokenizer
 
@@ -28,7 +39,8 @@ def _examples(plan: EvalPlan, tokenizer: Tokenizer) -> list[QAExample]:
 
 
 def _answer(plan: EvalPlan, inference: Inference, tokenizer: Tokenizer, examples: list[QAExample]):
-    return question_answering.question_answering(inference, tokenizer, examples, QASettings.from_head(plan.checkpoint.qa))
+    return question_answering.question_answering(inference, tokenizer, examples,
+                                                 QASettings.from_head(plan.checkpoint.qa))
 
 
 def _first_sentence(plan: EvalPlan, tokenizer: Tokenizer, examples: list[QAExample],
@@ -60,7 +72,8 @@ def _read(config, checkpoint: Checkpoint) -> Inputs:
 
 
 def _interactive(checkpoint: Checkpoint) -> str:
-    return "answers a question from a context; give --question with --context or --context-file, or --input JSONL records"
+    return "answers a question from a context; give --question with --context or --context-file, or --input " \
+           "JSONL records"
 
 
 def answer(loaded: Loaded, given: Inputs, config, stream=None) -> list[dict[str, Any]]:

@@ -18,8 +18,19 @@ from lmkit.generation.model import compile_choice
 from lmkit.generation.settings import SamplingSettings
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
-from lmkit.tasks.base import (DOCUMENTS, JSONL, Baseline, EvalPlan, Evaluation, Generation, Inputs, LoadOptions,
-                              Route, TaskSpec, read_examples)
+from lmkit.tasks.base import (
+    DOCUMENTS,
+    JSONL,
+    Baseline,
+    EvalPlan,
+    Evaluation,
+    Generation,
+    Inputs,
+    LoadOptions,
+    Route,
+    TaskSpec,
+    read_examples,
+)
 from lmkit.tokenizer import Tokenizer
 
 CAUSAL = "a causal language model"

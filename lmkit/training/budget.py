@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from lmkit.errors import UserError
 from lmkit.config import given_fields
+from lmkit.errors import UserError
 
 # Chinchilla's fitted law (Hoffmann et al. 2022, eq. 10) and Muennighoff et al.'s repetition constant.
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
@@ -199,10 +199,10 @@ def apply(config: Any) -> Any:
         values["max_time"] = config.budget  # a safety stop: the steps were sized to end well before it
     values = {key: value for key, value in values.items() if key not in given}
     plan = {"budget": config.budget or f"{config.budget_flops:.3g} FLOPs", "compute_flops": compute,
-            "unique_tokens": unique, "depth": choice.depth, "width": choice.width, "optimum_depth": round(choice.optimum, 2),
-            "tokens": choice.tokens, "epochs": round(choice.epochs, 2), "predicted_loss": round(choice.predicted_loss, 4),
-            "batch_sequences": batch, "steps": steps, **probe, "chosen": values,
-            "kept": sorted(given & set(FIELDS))}
+            "unique_tokens": unique, "depth": choice.depth, "width": choice.width,
+            "optimum_depth": round(choice.optimum, 2), "tokens": choice.tokens, "epochs": round(choice.epochs, 2),
+            "predicted_loss": round(choice.predicted_loss, 4), "batch_sequences": batch, "steps": steps, **probe,
+            "chosen": values, "kept": sorted(given & set(FIELDS))}
     _describe(plan, vocab, seq_len)
     return _with_plan(dataclasses.replace(config, **values), plan)
 
@@ -224,7 +224,8 @@ def _describe(plan: dict[str, Any], vocab: int, seq_len: int) -> None:
                   f"law with repeated epochs discounted (Muennighoff et al.) is lowest at depth "
                   f"{plan['optimum_depth']}")
     if plan["kept"]:
-        reporter.info(f"--budget: kept the flags you gave: {', '.join('--' + k.replace('_', '-') for k in plan['kept'])}")
+        reporter.info("--budget: kept the flags you gave: "
+                      f"{', '.join('--' + k.replace('_', '-') for k in plan['kept'])}")
 
 
 def _with_plan(config: Any, plan: dict[str, Any]) -> Any:

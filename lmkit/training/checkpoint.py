@@ -20,8 +20,15 @@ from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from lmkit import artifacts
-from lmkit.checkpoint import (MODEL_CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, Checkpoint, TrainerState,
-                              not_safetensors)
+from lmkit.checkpoint import (
+    MODEL_CONFIG_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    Checkpoint,
+    TrainerState,
+    not_safetensors,
+)
 from lmkit.models.config import ModelConfig
 
 

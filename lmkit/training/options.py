@@ -19,7 +19,6 @@ Fields declared with ``resume=True`` fix a run's data order and model: a resumed
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from lmkit import artifacts
+from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.devices import can_compile, keep_freed_memory, peak_flops, resolve_precision
 from lmkit.errors import UserError
 from lmkit.models import count_parameters, flops_per_token
 from lmkit.models.config import ModelConfig
 from lmkit.progress import reporter
 from lmkit.training import distributed, rundir
-from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.training.checkpoint import restore_training
 from lmkit.training.loop import LoopSettings
 from lmkit.training.loop import train as fit  # run.fit: the name tests patch to see a run's LoopSettings
@@ -129,7 +129,8 @@ def open_session(plan: TrainingPlan) -> Session:
     if plan.start.resumed_launch is not None:
         changed = rundir.changed_settings(plan.start.resumed_launch, plan.start.launch)
         if changed:
-            described = ", ".join(f"{key} {value!r} -> {plan.start.launch.get(key)!r}" for key, value in changed.items())
+            described = ", ".join(f"{key} {value!r} -> {plan.start.launch.get(key)!r}"
+                                  for key, value in changed.items())
             reporter.info(f"resumed with changed settings (recorded in the checkpoints' history): {described}")
     return Session(plan, built, objective, model, optimizers, precision, state)
 

@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
-from lmkit import artifacts, config as config_lib
+from lmkit import artifacts
+from lmkit import config as config_lib
+from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.config import flag_name
 from lmkit.errors import UserError
 from lmkit.models import build_model
 from lmkit.models.config import ModelConfig
 from lmkit.training import distributed
-from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.training.checkpoint import step_tag, write_checkpoint
 
 CHECKPOINT_PREFIX = "step-"

@@ -6,9 +6,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.cli import app
 from lmkit.generation import Generator, SamplingSettings
-from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 from tests.generation import checkpoints
 

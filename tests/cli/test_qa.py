@@ -52,11 +52,11 @@ def test_bad_qa_input_is_one_line_naming_the_place(qa_checkpoint, tmp_path):
 def test_export_and_attribution_refuse_a_span_model_and_attention_reads_its_body(qa_checkpoint, tmp_path):
     import pytest
 
+    from lmkit.checkpoint import read_checkpoint
     from lmkit.errors import UserError
     from lmkit.interop.hf_export import refusals
     from lmkit.interpret.attention import attention_maps
     from lmkit.interpret.attribution import explained_output
-    from lmkit.checkpoint import read_checkpoint
 
     exported = run_lmkit("export", str(qa_checkpoint), "--out", str(tmp_path / "hf"))
     assert exported.returncode == 1 and "a question-answering (span) model" in exported.stderr

@@ -10,7 +10,6 @@ from lmkit.data import cleaning
 from lmkit.data.cleaning import NORMALIZATIONS, clean_text, html_to_text
 from lmkit.errors import UserError
 
-
 # --- Unicode normalization -------------------------------------------------------------------
 
 

@@ -127,8 +127,8 @@ def _reference_lsh_params(threshold: float, num_perm: int, steps: int = 4000):
     best, best_error = None, float("inf")
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            fp = area(lambda s: 1 - (1 - s**r) ** b, 0.0, threshold)
-            fn = area(lambda s: (1 - s**r) ** b, threshold, 1.0)
+            fp = area(lambda s, r=r, b=b: 1 - (1 - s**r) ** b, 0.0, threshold)
+            fn = area(lambda s, r=r, b=b: (1 - s**r) ** b, threshold, 1.0)
             if fp + fn < best_error:
                 best, best_error = (b, r), fp + fn
     return best

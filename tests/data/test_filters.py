@@ -182,7 +182,8 @@ def test_bad_thresholds_reported_together():
 
 # The fast paths for text without CJK (str.split, one regex pass for letterless words) against the
 # general definitions: the regex's words and a letter search per word.
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 _MIXED = st.text(alphabet=st.sampled_from(list("ab Z9_-.#…é\u0301ß \t\n\u00a0\u2003\x1c東京ｱ한1٣")), max_size=60)
 

@@ -26,7 +26,8 @@ def test_temperature_shares():
     assert languages.temperature_shares(sizes, 1.0) == pytest.approx({"en": 0.9, "de": 0.1})
     assert languages.temperature_shares(sizes, 0.0) == pytest.approx({"en": 0.5, "de": 0.5})
     half = languages.temperature_shares(sizes, 0.5)
-    assert half["de"] == pytest.approx(0.1 ** 0.5 / (0.1 ** 0.5 + 0.9 ** 0.5)) and sum(half.values()) == pytest.approx(1)
+    assert half["de"] == pytest.approx(0.1 ** 0.5 / (0.1 ** 0.5 + 0.9 ** 0.5)) \
+        and sum(half.values()) == pytest.approx(1)
 
 
 def test_a_missing_identifier_names_the_extra(monkeypatch):

@@ -44,8 +44,7 @@ def test_a_source_with_a_tiny_share_still_gets_a_slot():
 
 
 def test_masked_windows_mix_deterministically_with_the_windows_their_count_promises():
-    from lmkit.data.packing import (MaskedWindows, MaskingSettings, TokenStream, masked_window_count,
-                                    seeded_generator)
+    from lmkit.data.packing import MaskedWindows, MaskingSettings, TokenStream, masked_window_count, seeded_generator
 
     streams = [TokenStream(np.arange(10, 10 + n, dtype=np.int32) % 90 + 10, 1, n) for n in (400, 130)]
     parts = [MaskedWindows(stream, 12, 100, MaskingSettings()) for stream in streams]

@@ -3,8 +3,16 @@ import pytest
 import torch
 
 from lmkit import artifacts
-from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, TokenStream, load_stream, mask_tokens,
-                                read_stream, sample_indices)
+from lmkit.data.packing import (
+    CausalWindows,
+    MaskedWindows,
+    MaskingSettings,
+    TokenStream,
+    load_stream,
+    mask_tokens,
+    read_stream,
+    sample_indices,
+)
 from lmkit.data.shards import read_shard
 from lmkit.vocab import CLS_ID, EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, MASK_ID, SEP_ID
 from tests.conftest import run_lmkit
@@ -43,7 +51,8 @@ def test_lazy_stream_reads_what_the_stream_in_ram_holds(many_shards):
     for seq_len in (7, 64):  # windows, causal and masked, equal whichever stream they read
         lazy_windows, ram_windows = CausalWindows(lazy, seq_len), CausalWindows(in_ram, seq_len)
         indices = lazy_windows.sample(3, 0, lazy_windows.count)
-        assert all(torch.equal(a, b) for a, b in zip(lazy_windows.batch(indices), ram_windows.batch(indices)))
+        assert all(torch.equal(a, b)
+                   for a, b in zip(lazy_windows.batch(indices), ram_windows.batch(indices)))
         masked = [MaskedWindows(s, seq_len, 400, MaskingSettings()) for s in (lazy, in_ram)]
         indices = masked[0].sample(3, 0, masked[0].count)
         first, second = (w.batch(indices, torch.Generator().manual_seed(1)) for w in masked)

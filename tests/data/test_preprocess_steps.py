@@ -9,8 +9,7 @@ import pytest
 from lmkit.data.dedup import pair_digest, text_digest
 from lmkit.data.executors import LocalExecutor, ReadJob
 from lmkit.data.filters import FILTERS, FilterThresholds
-from lmkit.data.preprocess_steps import (CleanSettings, Cleaner, Kept, SourceDocument, SourceInput, batches,
-                                         documents)
+from lmkit.data.preprocess_steps import Cleaner, CleanSettings, Kept, SourceDocument, SourceInput, batches, documents
 from lmkit.data.sources import ReadOptions
 from lmkit.data.spill import SpillRow
 from lmkit.data.split import split_of

@@ -45,7 +45,8 @@ def test_every_layout_is_read(tmp_path):
     ({"question": "q", "context": CONTEXT, "answer": "Paris", "answer_start": 99}, "answer_start 99 of answer 'Paris' "
      "is not an offset in the context"),
     ({"question": "q", "context": CONTEXT, "answers": {"text": [], "answer_start": []}}, "no answer (SQuAD v2"),
-    ({"question": "", "context": CONTEXT, "answer": "Paris", "answer_start": 0}, "field 'question' must be a non-empty"),
+    ({"question": "", "context": CONTEXT, "answer": "Paris", "answer_start": 0},
+     "field 'question' must be a non-empty"),
     ({"question": "q", "context": CONTEXT, "answers": {"text": ["Paris"]}}, "needs lists 'text' and 'answer_start'"),
 ])
 def test_bad_records_are_refused_with_their_line(tmp_path, record, message):

@@ -50,7 +50,8 @@ def test_boundaries_start_a_sentence_inside_a_document(split):
         assert before.rstrip().endswith((".", "!", "?")) and after.startswith("▁"), (before, after)
     # every ". X" inside a document is found: count them in the decoded text of the first documents
     for document in range(5):
-        text = tokenizer.decode(stream.gather(np.arange(starts[document], starts[document] + lengths[document])).tolist())
+        text = tokenizer.decode(stream.gather(np.arange(starts[document],
+                                                        starts[document] + lengths[document])).tolist())
         expected = sum(text.count(f"{mark} ") for mark in ".!?")
         assert int((boundaries.documents == document).sum()) == expected, text
 
@@ -75,7 +76,8 @@ def test_pairs_are_framed_with_segment_ids_and_half_are_negatives(split, task):
         n = int(real.sum())
         assert ids[0] == CLS_ID and ids[n - 1] == SEP_ID and np.all(ids[n:] == PAD_ID) and real[:n].all()
         middle = int(np.flatnonzero(ids[:n] == SEP_ID)[0])
-        assert types[:middle + 1].tolist() == [0] * (middle + 1) and types[middle + 1:n].tolist() == [1] * (n - middle - 1)
+        assert types[:middle + 1].tolist() == [0] * (middle + 1) \
+            and types[middle + 1:n].tolist() == [1] * (n - middle - 1)
         assert not types[n:].any() and n <= SEQ_LEN
         first, second = ids[1:middle], ids[middle + 1:n - 1]
         assert len(first) and len(second)

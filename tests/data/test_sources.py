@@ -20,9 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmkit.data import sources
-from lmkit.data.sources import streams
-from lmkit.data.sources import RawDocument, ReadOptions, iter_documents, resolve_inputs
+from lmkit.data.sources import RawDocument, ReadOptions, iter_documents, resolve_inputs, streams
 from lmkit.errors import ConfigError, UserError
 
 

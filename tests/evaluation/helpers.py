@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 from lmkit import artifacts
+from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.config import resolve
+from lmkit.data.framing import format_inputs
 from lmkit.data.instructions import DEFAULT_TEMPLATE
 from lmkit.models.classifier import SequenceClassifier
-from lmkit.data.framing import format_inputs
 from lmkit.stages import preprocess
 from lmkit.stages.preprocess_config import PreprocessConfig
 from lmkit.tokenizer import Tokenizer
-from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.training.checkpoint import write_checkpoint
 from tests.conftest import paragraphs
 

@@ -2,6 +2,7 @@
 over the vocabulary in every context), matches hand-worked values, and learns; the TF-IDF classifier
 chooses its C on validation and separates what words separate."""
 
+import itertools
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_probabilities_sum_to_one_in_every_context():
     seen = set()
     for tokens in _corpus():
         padded = [start, start] + tokens
-        seen.update(zip(padded, padded[1:]))
+        seen.update(itertools.pairwise(padded))
     contexts += list(seen)[:20]
     for u, v in contexts:
         w = np.arange(vocab)

@@ -10,11 +10,11 @@ import torch
 from lmkit.errors import UserError
 from lmkit.evaluation import choice
 from lmkit.evaluation.choice import ChoiceItem, continuation_span, encode_pair, evaluate_choices, read_choice_file
-from lmkit.evaluation.language_modeling import EOS_ID
 from lmkit.evaluation.scoring import Inference, SpanScore
 from lmkit.models import build_model
 from lmkit.models.config import ModelConfig
 from lmkit.tokenizer import Tokenizer
+from lmkit.vocab import EOS_ID
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def test_accuracy_and_length_normalized_accuracy_hand_worked(tokenizer, monkeypa
     totals = iter([-2.0, -4.0, -6.0, -1.0])
     monkeypatch.setattr(choice, "score_spans", lambda inference, spans, advance=None: [
         SpanScore(np.array([next(totals)]), False) for _ in spans])
-    metrics, predictions = evaluate_choices(Inference(None, torch.device("cpu"), "fp32", 1), tokenizer, items, max_len=64)
+    metrics, predictions = evaluate_choices(Inference(None, torch.device("cpu"), "fp32", 1), tokenizer, items,
+                                            max_len=64)
     assert metrics == {"accuracy": 0.5, "acc_norm": 1.0}
     assert [(p["predicted"], p["predicted_norm"]) for p in predictions] == [(0, 1), (1, 1)]
     assert predictions[0] == {"id": "a", "gold": 1, "predicted": 0, "predicted_norm": 1, "logprobs": [-2.0, -4.0]}

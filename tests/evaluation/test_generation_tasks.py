@@ -5,8 +5,13 @@ import json
 import pytest
 
 from lmkit.errors import UserError
-from lmkit.evaluation.generation_tasks import (GenerationItem, evaluate_generation, missing_extra,
-                                               read_generation_file, text_metrics)
+from lmkit.evaluation.generation_tasks import (
+    GenerationItem,
+    evaluate_generation,
+    missing_extra,
+    read_generation_file,
+    text_metrics,
+)
 
 
 def test_exact_match_compares_stripped_text():

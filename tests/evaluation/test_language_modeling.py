@@ -8,11 +8,19 @@ import torch
 from torch import nn
 
 from lmkit.data.packing import MaskingSettings
-from lmkit.evaluation.language_modeling import (EOS_ID, bits_per_byte, evaluate_causal, evaluate_masked, lm_metrics,
-                                                masked_windows, rolling_spans, score_documents)
+from lmkit.evaluation.language_modeling import (
+    bits_per_byte,
+    evaluate_causal,
+    evaluate_masked,
+    lm_metrics,
+    masked_windows,
+    rolling_spans,
+    score_documents,
+)
 from lmkit.evaluation.scoring import Inference, Span, score_spans, token_logprobs
 from lmkit.models import build_model
 from lmkit.models.config import ModelConfig
+from lmkit.vocab import EOS_ID
 
 
 class UniformBytes(nn.Module):

@@ -5,7 +5,8 @@ import string
 from collections import Counter
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lmkit.evaluation.squad import exact_match, f1, normalize_answer, squad_scores
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from lmkit import artifacts
+from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.data.instructions import DEFAULT_TEMPLATE
 from lmkit.models.classifier import SequenceClassifier
-from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.training.checkpoint import write_checkpoint
 
 LABELS = ["module", "class", "function"]

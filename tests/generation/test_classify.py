@@ -4,12 +4,12 @@ for inputs framed as in finetuning, in batches or alone."""
 import pytest
 import torch
 
-from lmkit.generation.classify import classify
 from lmkit import tasks
-from lmkit.generation.model import load_model
-from lmkit.data.framing import format_inputs
-from lmkit.tokenizer import Tokenizer
 from lmkit.checkpoint import read_checkpoint
+from lmkit.data.framing import format_inputs
+from lmkit.generation.classify import classify
+from lmkit.generation.model import load_model
+from lmkit.tokenizer import Tokenizer
 from tests.generation import checkpoints
 
 TEXTS = ["Return the sum of the values.", "A class that holds a list", "Module for regular expressions",

@@ -5,11 +5,11 @@ that compute the same thing then pick the same tokens, and a wrong position or m
 import pytest
 import torch
 
-from lmkit.vocab import LMKIT
 from lmkit.generation.decode import STOP_CONTEXT, STOP_EOS, STOP_LENGTH, STOP_STRING, decode
 from lmkit.generation.sampling import row_generators
 from lmkit.generation.settings import SamplingSettings
 from lmkit.models import build_model
+from lmkit.vocab import LMKIT
 from tests.models.conftest import VOCAB, tiny_config
 
 PROMPTS = [[9, 17, 33], [40, 41, 42, 43, 44, 45, 46, 47, 48], [100], [12, 13, 14, 15, 16]]

@@ -4,12 +4,12 @@ model saw them in training."""
 import pytest
 import torch
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.errors import UserError
 from lmkit.generation.fill_mask import encode_masked, fill_mask
-from lmkit.vocab import CLS_ID, MASK_ID, SEP_ID
 from lmkit.generation.model import load_model
 from lmkit.tokenizer import Tokenizer
-from lmkit.checkpoint import read_checkpoint
+from lmkit.vocab import CLS_ID, MASK_ID, SEP_ID
 
 
 @pytest.fixture(scope="module")

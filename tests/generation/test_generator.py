@@ -4,10 +4,10 @@ empty prompts, int8, and checkpoints that do not generate text."""
 import pytest
 import torch
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.data.instructions import render_prompt
 from lmkit.errors import UserError
 from lmkit.generation import Generator, SamplingSettings
-from lmkit.checkpoint import read_checkpoint
 from tests.generation import checkpoints
 
 PROMPTS = ["The for statement", "An exception", "Names refer to objects", "x"]

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from lmkit.errors import ConfigError
-from lmkit.generation.sampling import (filtered_probs, next_tokens, penalize_repetition, prompt_key, row_generators,
-                                       sample_from)
+from lmkit.generation.sampling import (
+    filtered_probs,
+    next_tokens,
+    penalize_repetition,
+    prompt_key,
+    row_generators,
+    sample_from,
+)
 from lmkit.generation.settings import SamplingSettings, parse_stop
 
 PROBS = torch.tensor([0.35, 0.25, 0.15, 0.10, 0.07, 0.05, 0.03])

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from lmkit import artifacts
-from lmkit.models.classifier import SequenceClassifier, classifier_config
 from lmkit.checkpoint import TrainerState, read_checkpoint
+from lmkit.models.classifier import SequenceClassifier, classifier_config
 from lmkit.training.checkpoint import write_checkpoint
 
 # transformers must never reach the network in tests (set before it is imported).
@@ -38,7 +38,7 @@ def write_finetuned(source: Path, out: Path, *, labels: list[str] | None = None,
         model = pretrained
         extra["template"] = template
     if lora_rank:
-        from lmkit.models.lora import apply_lora, LoRALinear
+        from lmkit.models.lora import LoRALinear, apply_lora
 
         apply_lora(model, lora_rank, alpha=2.0 * lora_rank)
         for module in model.modules():

@@ -90,7 +90,8 @@ def make_hf_model(family: str, out: Path, *, seed: int = 0, **config_overrides) 
         model = transformers.BertForMaskedLM(config)
     else:
         stem = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}[family]
-        values = dict(vocab_size=vocab + (4 if family == "qwen2" and vocab == len(tokenizer) else 0),  # Qwen pads its embedding rows
+        # Qwen pads its embedding rows
+        values = dict(vocab_size=vocab + (4 if family == "qwen2" and vocab == len(tokenizer) else 0),
                       hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
                       tie_word_embeddings=family in ("qwen2", "qwen3"))

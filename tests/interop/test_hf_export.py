@@ -7,16 +7,16 @@ import sys
 import pytest
 import torch
 
-from lmkit.vocab import LMKIT
-
 from lmkit import artifacts
-from lmkit.config import resolve
-from lmkit.errors import UserError
-from lmkit.interop import export_stage as stage, hf_export as hf
-from lmkit.interop.export_config import ExportConfig
-from lmkit.data.framing import format_inputs
-from lmkit.tokenizer import Tokenizer
 from lmkit.checkpoint import read_checkpoint
+from lmkit.config import resolve
+from lmkit.data.framing import format_inputs
+from lmkit.errors import UserError
+from lmkit.interop import export_stage as stage
+from lmkit.interop import hf_export as hf
+from lmkit.interop.export_config import ExportConfig
+from lmkit.tokenizer import Tokenizer
+from lmkit.vocab import LMKIT
 from tests.conftest import paragraphs, train_tiny
 from tests.interop.conftest import write_finetuned
 

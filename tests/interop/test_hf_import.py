@@ -8,12 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.config import resolve
-from lmkit.errors import UserError
 from lmkit.interop import import_stage
 from lmkit.interop.import_config import ImportConfig
 from lmkit.tokenizer import HFTokenizer, Tokenizer
-from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 from tests.interop.hf_models import FAMILIES, make_hf_model, sentencepiece_dir
 from tests.interop.test_hf_export import export
@@ -233,7 +232,8 @@ def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_p
 
 def test_a_vocabulary_past_65536_tokens_gives_uint32_shards(tmp_path):
     """An imported tokenizer of 70,000 words: preprocess writes uint32 shards and reads the high ids back."""
-    from tokenizers import Tokenizer as Backend, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers
 
     from lmkit.data.shards import read_split, token_lists
 
@@ -309,7 +309,8 @@ def test_rope_scaling_imports_and_round_trips(tmp_path, scaling, ours):
     theirs = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     idx = torch.randint(0, checkpoint.model_config.vocab_size, (2, 60), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(checkpoint.inference_model()(idx)[0], theirs(input_ids=idx).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(checkpoint.inference_model()(idx)[0], theirs(input_ids=idx).logits,
+                                   atol=1e-5, rtol=0)
     written = json.loads((export(checkpoint.path, tmp_path / "out").path / "config.json").read_text())
     assert {key: written["rope_parameters"][key] for key in scaling} == scaling
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.errors import UserError
 from lmkit.interpret.activations import activations, neuron_activations
 from lmkit.models import build_model
-from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 from tests.models.conftest import tiny_config
 

@@ -3,15 +3,14 @@
 import pytest
 import torch
 
-from lmkit.vocab import LMKIT
-
+from lmkit.checkpoint import read_checkpoint
+from lmkit.data.framing import format_inputs
 from lmkit.errors import UserError
 from lmkit.interpret import attention
 from lmkit.interpret.attention import attention_maps, attention_weights
 from lmkit.models import build_model
-from lmkit.data.framing import format_inputs
 from lmkit.tokenizer import Tokenizer
-from lmkit.checkpoint import read_checkpoint
+from lmkit.vocab import LMKIT
 from tests.conftest import train_tiny
 from tests.interop.conftest import write_finetuned
 from tests.models.conftest import tiny_config

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.errors import UserError
 from lmkit.interpret.attribution import attribute, integrated_gradients
-from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 from tests.interop.conftest import write_finetuned
 
@@ -56,7 +56,7 @@ def test_quadrature_agrees_with_a_riemann_sum(checkpoints):
     for start in range(0, n, 250):
         alphas = (torch.arange(start, start + 250, dtype=torch.float32) + 0.5) / n
         point = (base + alphas[:, None, None] * (x - base)).requires_grad_(True)
-        handle = body.tok_emb.register_forward_hook(lambda m, a, out: point)
+        handle = body.tok_emb.register_forward_hook(lambda m, a, out, point=point: point)
         try:
             log_p = torch.log_softmax(model(ids.expand(250, -1))[0], -1)[:, 1]
         finally:
@@ -86,8 +86,8 @@ def test_targets_and_refusals(checkpoints, bert):
 def test_cli_writes_page_picture_and_numbers(checkpoints, bert, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "why"
-    result = run_lmkit("inspect", "attribution", str(checkpoints["gpt-classifier"]), "A </div><script>x</script> text", "--out",
-                       str(out), "--target", "a", check=True)
+    result = run_lmkit("inspect", "attribution", str(checkpoints["gpt-classifier"]), "A </div><script>x</script> text",
+                       "--out", str(out), "--target", "a", check=True)
     assert result.stdout.startswith(f"{out / 'attribution.html'}: log p(a | text) = ")
     saved = json.loads((out / "attribution.json").read_text())
     assert abs(saved["completeness_gap"]) <= 1e-3 and saved["target"] == "a"

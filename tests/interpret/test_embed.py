@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
+from lmkit.data.framing import format_inputs
 from lmkit.data.labeled import read_labeled
 from lmkit.interpret import embed
 from lmkit.interpret.states import encode_layers, pooled_layers
-from lmkit.data.framing import format_inputs
-from lmkit.checkpoint import read_checkpoint
 from tests.conftest import run_lmkit
 
 
@@ -30,7 +30,8 @@ def test_pooled_rows_are_the_models_states_a_batch_at_a_time(gpt, labeled, tmp_p
     assert table.num_rows == len(train.tokens) and n_batches == -(-len(train.tokens) // 16)
     assert table.column_names == ["split", "id", "label", "n_tokens", "layer0", "layer2"]
     checkpoint = read_checkpoint(gpt)
-    expected = pooled_layers(checkpoint.inference_model(), train.tokens, checkpoint.specials, checkpoint.max_len, "mean")
+    expected = pooled_layers(checkpoint.inference_model(), train.tokens, checkpoint.specials, checkpoint.max_len,
+                             "mean")
     for column, layer in (("layer0", 0), ("layer2", 2)):
         got = np.stack(table.column(column).to_numpy(zero_copy_only=False))
         assert np.allclose(got, expected[layer], atol=1e-5)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from lmkit.checkpoint import read_checkpoint
+from lmkit.data.framing import format_inputs
 from lmkit.errors import UserError
 from lmkit.interpret import probe as probe_module
 from lmkit.interpret.states import encode_layers, pooled_layers
 from lmkit.models import build_model
 from lmkit.models.layers import KeyPadding
-from lmkit.data.framing import format_inputs
-from lmkit.checkpoint import read_checkpoint
 from lmkit.vocab import LMKIT
 from tests.conftest import block_imports, labeled_records, preprocess_labeled, run_lmkit, train_tiny
 from tests.interop.conftest import write_finetuned
@@ -82,7 +82,8 @@ def test_probe_refusals(gpt, lstm, dataset, labeled_with_validation, labeled, tm
     out = tmp_path / "probe"
     # one through the command line (the exit code and the one-line error), the rest in this process
     result = run_lmkit("inspect", "probe", str(gpt), str(dataset), "--out", str(out))
-    assert result.returncode == 1 and f"error: {dataset}: has no labels; a probe needs a labeled dataset" in result.stderr
+    assert result.returncode == 1 \
+        and f"error: {dataset}: has no labels; a probe needs a labeled dataset" in result.stderr
     cases = [
         ((lstm, labeled_with_validation), {}, "does not expose its inner layers; lmkit inspect probe needs a gpt"),
         ((gpt, labeled_with_validation), {"split": "train"}, "--split train: the probes are fitted"),

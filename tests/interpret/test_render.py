@@ -10,9 +10,9 @@ import numpy
 import pytest
 import torch
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.errors import UserError
 from lmkit.interpret.render import write_attention_maps
-from lmkit.checkpoint import read_checkpoint
 
 Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")

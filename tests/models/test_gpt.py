@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 import torch
 
 from lmkit.models import build_model, count_parameters, flops_per_token, model_config

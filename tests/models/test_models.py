@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
-from lmkit.models import (BERT, CAUSAL_ARCHS, GPT, IGNORE_INDEX, MASKED_ARCHS, MODELS, LSTMLanguageModel,
-                          build_model)
+from lmkit.models import BERT, CAUSAL_ARCHS, GPT, IGNORE_INDEX, MASKED_ARCHS, MODELS, LSTMLanguageModel, build_model
 from lmkit.models.config import ARCHS
 from lmkit.models.presets import model_config
 from tests.models.conftest import VOCAB, tiny_config

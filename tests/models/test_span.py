@@ -6,10 +6,10 @@ import random
 import pytest
 import torch
 
-from lmkit.models.config import ModelConfig
 from lmkit.data.framing import window_starts
 from lmkit.data.qa_windows import QASettings, Window, answer_tokens, content_spans, make_windows, with_answer
 from lmkit.evaluation.spans import best_spans
+from lmkit.models.config import ModelConfig
 from lmkit.models.span import SpanExtractor
 from lmkit.tokenizer import Tokenizer
 from lmkit.vocab import LMKIT

@@ -3,7 +3,6 @@ moments, a full disk while saving. Each time the run continues from a committed 
 ends exactly where an uninterrupted run ends."""
 
 import errno
-import json
 import random
 import signal
 import subprocess
@@ -14,13 +13,13 @@ import pytest
 import torch
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
 from lmkit.config import resolve
 from lmkit.errors import UserError
 from lmkit.stages import pretrain
-from lmkit.training.objectives.language_modeling import CausalLM
-from lmkit.training import rundir
 from lmkit.stages.pretrain_config import PretrainConfig
-from lmkit.checkpoint import read_checkpoint
+from lmkit.training import rundir
+from lmkit.training.objectives.language_modeling import CausalLM
 from tests.conftest import run_lmkit
 
 STEPS = 400  # long enough that 20 kills (a few steps of progress each) come before the end
@@ -82,7 +81,7 @@ def test_kill_9_twenty_times_then_finish_equals_uninterrupted(dataset, tmp_path)
 def test_sigterm_at_random_moments_leaves_a_valid_checkpoint(dataset, tmp_path):
     run_dir = tmp_path / "run"
     rng = random.Random(1)
-    for attempt in range(5):
+    for _ in range(5):
         resume = ["--resume"] if committed(run_dir) else ["--force"]
         before = latest_step(run_dir)
         process = subprocess.Popen([sys.executable, "-m", "lmkit", "pretrain", str(dataset), "--out", str(run_dir),

@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 
 from lmkit import artifacts
 from lmkit.artifacts import MANIFEST, artifact_id, manifest_checksum
+from lmkit.checkpoint import MODEL_FILE, OPTIMIZER_FILE, read_checkpoint
 from lmkit.cli import app
 from lmkit.errors import ArtifactError
-from lmkit.checkpoint import MODEL_FILE, OPTIMIZER_FILE, read_checkpoint
 from tests.conftest import train_tiny
 
 runner = CliRunner()

@@ -144,14 +144,13 @@ def test_echo_returns_a_logprob_for_every_prompt_and_generated_token(text_server
 
 def test_lm_eval_local_completions_equals_the_in_process_adapter(text_server, gpt, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
+    import lm_eval
     import torch
 
-    import lm_eval
-
+    from lmkit.checkpoint import read_checkpoint
     from lmkit.evaluation import harness
     from lmkit.evaluation.scoring import Inference
     from lmkit.tokenizer import Tokenizer
-    from lmkit.checkpoint import read_checkpoint
     from tests.evaluation.helpers import write_tasks
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
@@ -332,8 +331,8 @@ def test_a_pair_classifier_classifies_text_pairs_and_names_a_missing_one(pair_cl
 def test_a_missing_extra_and_bad_flags_are_named(gpt, monkeypatch):
     from lmkit.config import resolve
     from lmkit.errors import ConfigError, UserError
-    from lmkit.stages.serve import run as serve
     from lmkit.serving.config import ServeConfig
+    from lmkit.stages.serve import run as serve
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if lmkit[serve] were not installed
     with pytest.raises(UserError, match=r"needs FastAPI and uvicorn; install lmkit\[serve\]"):

@@ -12,12 +12,12 @@ import torch
 from sklearn import metrics as sk
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
 from lmkit.config import resolve
 from lmkit.errors import UserError
 from lmkit.evaluation.scoring import Inference
 from lmkit.stages import evaluate
 from lmkit.stages.evaluate_config import EvaluateConfig
-from lmkit.checkpoint import read_checkpoint
 from tests.conftest import block_imports, paragraphs
 from tests.evaluation.helpers import LABELS, classifier_checkpoint, labeled_dataset
 
@@ -344,9 +344,9 @@ def test_choice_task_from_jsonl(gpt, tmp_path):
 
 # -- generation (SFT) ---------------------------------------------------------------------------------------
 def test_sft_checkpoint_generates_answers_scored_against_references(gpt, tmp_path):
+    from lmkit.checkpoint import read_checkpoint
     from lmkit.evaluation.generation_tasks import text_metrics
     from lmkit.generation import Generator, SamplingSettings
-    from lmkit.checkpoint import read_checkpoint
     from tests.evaluation.helpers import sft_checkpoint
 
     sft = sft_checkpoint(gpt, tmp_path / "sft")
@@ -435,7 +435,8 @@ def test_classification_baseline_beside_the_model_and_gated_on(classifier, topic
     assert m["baseline_accuracy"] > 0.9  # the keyword decides; the random-headed classifier cannot know it
     assert result.failures == [f"--fail-if 'accuracy<baseline_accuracy' holds: accuracy = {m['accuracy']:.6g}, "
                                f"baseline_accuracy = {m['baseline_accuracy']:.6g}"]
-    assert "| accuracy |" in (out / "report.md").read_text() and "Baseline: model TF-IDF" in (out / "report.md").read_text()
+    assert "| accuracy |" in (out / "report.md").read_text() \
+        and "Baseline: model TF-IDF" in (out / "report.md").read_text()
 
 
 def test_language_model_baseline_is_a_trigram_on_the_train_split(gpt, dataset):
@@ -524,7 +525,8 @@ def test_bits_per_byte_per_language(tmp_path):
     assert {lang: v["documents"] for lang, v in languages.items()} == counted
     total_bytes = sum(v["bytes"] for v in languages.values())
     assert total_bytes == report["counts"]["bytes"]
-    assert sum(v["bpb"] * v["bytes"] for v in languages.values()) / total_bytes == pytest.approx(report["metrics"]["bpb"])
+    assert sum(v["bpb"] * v["bytes"] for v in languages.values()) / total_bytes \
+        == pytest.approx(report["metrics"]["bpb"])
     predictions = read_jsonl(tmp_path / "report" / "predictions.jsonl")
     assert sorted({p["lang"] for p in predictions}) == sorted(counted)
     assert "## Per language" in (tmp_path / "report" / "report.md").read_text()

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
 from lmkit.config import resolve
 from lmkit.data.labeled import labeled_splits
 from lmkit.errors import UserError
 from lmkit.models.lora import has_lora, merge_lora
 from lmkit.stages import finetune
 from lmkit.stages.finetune_config import FinetuneConfig
-from lmkit.checkpoint import read_checkpoint
 from tests.conftest import labeled_records, preprocess_labeled, run_lmkit, train_tiny
 
 FAST = {"micro_batch": 8, "max_steps": 12, "eval_every": 4, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32",
@@ -303,10 +303,10 @@ def test_single_class_and_unseen_validation_label_refused(bases, dataset, tmp_pa
 
 
 def test_sft_targets_are_the_response_and_its_end_only():
-    from lmkit.vocab import EOS_ID, IGNORE_INDEX
-    from lmkit.training.objectives import BatchLayout
     from lmkit.data.instructions import InstructionExample
+    from lmkit.training.objectives import BatchLayout
     from lmkit.training.objectives.instruction import InstructionTuning
+    from lmkit.vocab import EOS_ID, IGNORE_INDEX
 
     short = InstructionExample([20, 21, 22, 30, 31, EOS_ID], prompt_length=3)  # prompt 20 21 22, response 30 31
     long = InstructionExample([20, 21, 22, 23, 24, 30, EOS_ID], prompt_length=5)
@@ -320,8 +320,8 @@ def test_sft_targets_are_the_response_and_its_end_only():
 
 
 def test_distillation_of_a_language_model_compares_predicted_positions_only():
-    from lmkit.vocab import IGNORE_INDEX
     from lmkit.training.objectives.distillation import Distillation
+    from lmkit.vocab import IGNORE_INDEX
 
     torch.manual_seed(0)
     student_logits, teacher_logits = torch.randn(1, 3, 5), torch.randn(1, 3, 5)
@@ -506,7 +506,8 @@ def test_packed_sft_equals_unpacked_per_example_losses(bases, instructions, tmp_
     packed, plain = packed_objective._batch(examples), unpacked._batch(examples)
     assert packed["idx"].shape[0] < plain["idx"].shape[0]  # fewer rows
     with torch.no_grad():
-        assert float(packed_objective.loss(model, packed)) == pytest.approx(float(unpacked.loss(model, plain)), abs=1e-5)
+        assert float(packed_objective.loss(model, packed)) == pytest.approx(float(unpacked.loss(model, plain)),
+                                                                            abs=1e-5)
         logits, _ = packed_objective.forward(model, packed)
         losses = F.cross_entropy(logits.flatten(0, 1), packed["targets"].flatten(), reduction="none",
                                  ignore_index=-100).view_as(packed["targets"])
@@ -515,7 +516,8 @@ def test_packed_sft_equals_unpacked_per_example_losses(bases, instructions, tmp_
             own_logits, own_loss = model(alone["idx"], alone["targets"])
             assert float(losses[packed["segments"] == i].sum() / (packed["targets"][packed["segments"] == i] != -100)
                          .sum()) == pytest.approx(float(own_loss), abs=1e-5)
-    refused = finetune.plan(config(bases["lstm"], instructions, tmp_path / "lstm", template="Q: {prompt}\nA: ", pack=True),
+    refused = finetune.plan(config(bases["lstm"], instructions, tmp_path / "lstm", template="Q: {prompt}\nA: ",
+                                   pack=True),
                             finetune.distributed.setup())
     with pytest.raises(UserError, match="--pack: packs examples with a block-diagonal attention mask"):
         refused.spec.build(refused.inputs)
@@ -535,8 +537,8 @@ def test_block_size_extends_a_rotary_model_and_refuses_what_cannot_extend(bases,
     learned = train_tiny(dataset, tmp_path / "learned", model="gpt2-tiny").path
     for base_path, message, size in ((learned, "learned position embeddings and no more; a longer context needs a "
                                       "rotary model", 256),
-                                     (result.checkpoint.path, r"the base already scales its rotary positions \(linear\)",
-                                      1024)):
+                                     (result.checkpoint.path,
+                                      r"the base already scales its rotary positions \(linear\)", 1024)):
         with pytest.raises(UserError, match=message):
             finetune.run(config(base_path, dataset, tmp_path / "refused", block_size=size))
         assert not (tmp_path / "refused").exists()

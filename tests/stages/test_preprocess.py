@@ -105,7 +105,8 @@ def test_split_is_stable_when_documents_are_added(tmp_path):
     small.write_text("\n\n".join(PARAGRAPHS[:200]))
     large.write_text("\n\n".join(PARAGRAPHS[100:400] + PARAGRAPHS[:100]))  # more, and reordered
     a = preprocess.run(config([small], tmp_path / "a", val_fraction=0.2, filters="none"))
-    b = preprocess.run(config([large], tmp_path / "b", val_fraction=0.2, filters="none", tokenizer=str(a.path / "tokenizer")))
+    b = preprocess.run(config([large], tmp_path / "b", val_fraction=0.2, filters="none",
+                              tokenizer=str(a.path / "tokenizer")))
     split_a = {doc: split for doc, (split, _) in all_texts(a.path).items()}
     split_b = {doc: split for doc, (split, _) in all_texts(b.path).items()}
     assert set(split_a) < set(split_b)

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
 from lmkit.config import resolve
 from lmkit.errors import UserError
 from lmkit.stages import pretrain
-from lmkit.training.objectives.language_modeling import CausalLM
 from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training import loop
-from lmkit.checkpoint import read_checkpoint
+from lmkit.training.objectives.language_modeling import CausalLM
 
 FAST = {"seq_len": 32, "micro_batch": 4, "max_steps": 12, "eval_every": 4, "eval_batches": 2,
         "checkpoint_every": 6, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32", "log_every": 1}
@@ -295,7 +295,8 @@ def test_shard_refusals(dataset, tmp_path, overrides, message):
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"max_steps": 0, "max_time": "1m", "schedule": "cosine"}, "--schedule cosine: decays over a known number of steps"),
+    ({"max_steps": 0, "max_time": "1m", "schedule": "cosine"},
+     "--schedule cosine: decays over a known number of steps"),
     ({"mask_prob": 0.0}, "--mask-prob: must be positive"),
     ({"max_steps": 0}, "give at least one limit"),
     ({"resume": True, "force": True}, "--resume and --force: choose one"),

@@ -7,13 +7,13 @@ import shutil
 import pytest
 import torch
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.config import resolve
 from lmkit.data.qa import first_sentence
 from lmkit.errors import UserError
 from lmkit.stages import evaluate, finetune
 from lmkit.stages.evaluate_config import EvaluateConfig
 from lmkit.stages.finetune_config import FinetuneConfig
-from lmkit.checkpoint import read_checkpoint
 from tests.stages.test_finetune import metrics, weights
 
 FAST = {"micro_batch": 8, "max_steps": 12, "eval_every": 4, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32",

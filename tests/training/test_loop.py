@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from lmkit.checkpoint import TrainerState
 from lmkit.data.packing import TokenStream
 from lmkit.models import build_model
 from lmkit.models.presets import model_config
-from lmkit.checkpoint import TrainerState
 from lmkit.training.distributed import Distributed
 from lmkit.training.loop import LoopSettings, train
 from lmkit.training.objectives import BatchLayout

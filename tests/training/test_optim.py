@@ -42,8 +42,8 @@ def test_state_round_trip_continues_identically():
 
 
 def test_config_choices_match_the_optimizers():
-    from lmkit.training.options import OPTIMIZERS as CHOICES
     from lmkit.training.optim import OPTIMIZERS
+    from lmkit.training.options import OPTIMIZERS as CHOICES
 
     assert CHOICES == OPTIMIZERS
 

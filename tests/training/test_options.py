@@ -49,7 +49,8 @@ def test_help_and_print_config_order_follows_the_sections():
     names = [f.name for f in config_lib.ordered_fields(FinetuneConfig)]
     assert names[:3] == ["out", "base", "data"] and names.index("lora_rank") < names.index("lr")
     text = config_lib.to_toml(finetune())
-    assert text.index("# -- parameter-efficient finetuning") < text.index("lora_rank = ") < text.index("\n# lr = (unset)")
+    assert text.index("# -- parameter-efficient finetuning") < text.index("lora_rank = ") \
+        < text.index("\n# lr = (unset)")
     assert resolve(FinetuneConfig, tomllib.loads(text), {}) == finetune()  # reads back
 
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from lmkit import artifacts
+from lmkit.checkpoint import read_checkpoint
 from lmkit.config import resolve
 from lmkit.errors import Interrupted, UserError
 from lmkit.stages import pretrain
 from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training import distributed, rundir
 from lmkit.training import loop as loop_module
-from lmkit.checkpoint import read_checkpoint
 from lmkit.training.objectives import Built, Count, ObjectiveInputs, ObjectiveSpec, register
 from lmkit.training.objectives.base import OBJECTIVES, BatchLayout
 from lmkit.training.objectives.language_modeling import CausalLM
@@ -215,7 +215,8 @@ def test_a_new_objective_and_stage_run_on_the_skeleton(dataset, tmp_path):
             tokenizer = artifacts.load(dataset / "tokenizer")
             model_cfg = model_config("gpt-tiny", int(tokenizer.stats["vocab_size"]))
             layout = BatchLayout(options.micro_batch, 1, 1)
-            start = rundir.start_run(tmp_path / "copy", options, {"options": options.max_steps}, env, model_cfg, layout, 8)
+            start = rundir.start_run(tmp_path / "copy", options, {"options": options.max_steps}, env, model_cfg,
+                                     layout, 8)
             inputs = ObjectiveInputs(spec.options_from(options), dataset, tokenizer, model_cfg, 8, layout, env.device,
                                      options.seed)
             return TrainingPlan(options=options, env=env, spec=spec, inputs=inputs, model_config=model_cfg,

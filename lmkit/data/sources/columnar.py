@@ -53,7 +53,8 @@ def _row_documents(texts: list[Any], labels: list[Any], pairs: list[Any] | None,
                    options: ReadOptions, counts: collections.Counter) -> Iterator[RawDocument]:
     """``pairs``: the --text-pair-field column's values, or None without one."""
     limit = options.max_record_bytes
-    for row, (text, label, pair) in enumerate(zip(texts, labels, pairs or [""] * len(texts)), start=rows_before + 1):
+    for row, (text, label, pair) in enumerate(zip(texts, labels, pairs or [""] * len(texts)),
+                                              start=rows_before + 1):
         location = f"{name}:row {row}"
         counts["records"] += 1
         whole = "" if text is None or pair is None else text + pair  # the limit bounds the record, both texts

@@ -9,8 +9,16 @@ import re
 from typing import Any, Iterator
 
 from lmkit.data.sources.options import RawDocument, ReadOptions
-from lmkit.data.sources.streams import (_TOO_LONG, _bad_record, _decode, _decoded_lines, _invalid_utf8,
-                                        _keep_encoding, _TextSource, _too_long)
+from lmkit.data.sources.streams import (
+    _TOO_LONG,
+    _bad_record,
+    _decode,
+    _decoded_lines,
+    _invalid_utf8,
+    _keep_encoding,
+    _TextSource,
+    _too_long,
+)
 from lmkit.errors import UserError
 
 _NEWLINE = b"\n"

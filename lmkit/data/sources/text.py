@@ -6,8 +6,15 @@ import collections
 from typing import Iterator
 
 from lmkit.data.sources.options import RawDocument, ReadOptions
-from lmkit.data.sources.streams import (_TOO_LONG, _bad_record, _decode, _decoded_lines, _keep_encoding,
-                                        _TextSource, _too_long)
+from lmkit.data.sources.streams import (
+    _TOO_LONG,
+    _bad_record,
+    _decode,
+    _decoded_lines,
+    _keep_encoding,
+    _TextSource,
+    _too_long,
+)
 
 
 def _read_txt(source: _TextSource, options: ReadOptions, counts: collections.Counter) -> Iterator[RawDocument]:

@@ -1,10 +1,23 @@
 """Training objectives, registered by name (see base.py). A new objective is one module that defines
 it, its options and registers its spec, plus its line below."""
 
-from lmkit.training.objectives.base import (OBJECTIVES, BatchLayout, Built, Count, Objective, ObjectiveInputs,
-                                            ObjectiveSpec, register)
-from lmkit.training.objectives import classification, distillation, instruction, language_modeling  # noqa: F401
-from lmkit.training.objectives import question_answering  # noqa: F401
+from lmkit.training.objectives import (  # noqa: F401
+                                            classification,
+                                            distillation,
+                                            instruction,
+                                            language_modeling,
+                                            question_answering,  # noqa: F401
+)
+from lmkit.training.objectives.base import (
+                                            OBJECTIVES,
+                                            BatchLayout,
+                                            Built,
+                                            Count,
+                                            Objective,
+                                            ObjectiveInputs,
+                                            ObjectiveSpec,
+                                            register,
+)
 from lmkit.training.objectives.objective_options import NoOptions, refuse_unread_options
 
 DEFAULT_OBJECTIVE = {"gpt": "clm", "lstm": "clm", "bert": "mlm"}  # pretraining's, by architecture

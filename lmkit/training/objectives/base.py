@@ -10,9 +10,8 @@ up instead of switching on its name, and a mismatch (MLM on a GPT) is refused be
 from __future__ import annotations
 
 import dataclasses
-from functools import cached_property
-
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 

@@ -15,18 +15,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmkit.data.framing import (
+    TRAIN_CHUNKS_PER_TEXT,
+    aggregate_logits,
+    chunk_texts,
+    default_stride,
+    format_examples,
+    long_text_settings,
+    text_room,
+)
 from lmkit.data.labeled import IMBALANCE_RATIO, LabeledSplit, labeled_splits
 from lmkit.data.packing import sample_indices, seeded_generator
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation.metrics import classification_metrics
-from lmkit.data.framing import (TRAIN_CHUNKS_PER_TEXT, aggregate_logits, chunk_texts, default_stride, format_examples,
-                                long_text_settings, text_room)
 from lmkit.models.classifier import DEFAULT_POOLING, POOLING
-from lmkit.vocab import Specials
-from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, dataset_for,
-                                            register)
+from lmkit.training.objectives.base import (
+    BatchLayout,
+    Built,
+    Count,
+    ObjectiveInputs,
+    ObjectiveSpec,
+    dataset_for,
+    register,
+)
 from lmkit.training.objectives.objective_options import HeldOutOptions
+from lmkit.vocab import Specials
 
 
 @dataclass(frozen=True)
@@ -152,7 +166,8 @@ class Classification:
         gold = self.val_labels[:count]
         loss = -float(np.mean(np.log(np.maximum(probabilities[np.arange(count), gold], 1e-12))))
         scores = classification_metrics(gold, probabilities.argmax(axis=1), [str(k) for k in range(self.n_classes)])
-        return {"val_loss": loss, "val_accuracy": scores["metrics"]["accuracy"], "val_f1": scores["metrics"]["macro_f1"]}
+        return {"val_loss": loss, "val_accuracy": scores["metrics"]["accuracy"],
+                "val_f1": scores["metrics"]["macro_f1"]}
 
 
 def _build(inputs: ObjectiveInputs[ClassifyOptions]) -> Built:

@@ -14,8 +14,16 @@ from torch import nn
 from lmkit.data.instructions import InstructionExample, read_instructions
 from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, examples_at,
-                                            held_out, register)
+from lmkit.training.objectives.base import (
+    BatchLayout,
+    Built,
+    Count,
+    ObjectiveInputs,
+    ObjectiveSpec,
+    examples_at,
+    held_out,
+    register,
+)
 from lmkit.training.objectives.objective_options import HeldOutOptions
 from lmkit.vocab import IGNORE_INDEX
 

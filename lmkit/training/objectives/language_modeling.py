@@ -15,12 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.data.languages import temperature_shares
-from lmkit.data.packing import (CausalWindows, MaskedWindows, MaskingSettings, Mixture, Stream, load_stream,
-                                seeded_generator)
+from lmkit.data.packing import (
+    CausalWindows,
+    MaskedWindows,
+    MaskingSettings,
+    Mixture,
+    Stream,
+    load_stream,
+    seeded_generator,
+)
 from lmkit.data.sentence_pairs import SentencePairs, find_boundaries, piece_classes
 from lmkit.errors import UserError
-from lmkit.training.objectives.base import (BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, datasets_for,
-                                            register)
+from lmkit.training.objectives.base import BatchLayout, Built, ObjectiveInputs, ObjectiveSpec, datasets_for, register
 from lmkit.vocab import IGNORE_INDEX, Specials
 
 

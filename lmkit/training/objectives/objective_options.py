@@ -14,9 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lmkit.config import flag_name, ordered_fields
+from lmkit.config import changed_by_user, flag_name, ordered_fields
 from lmkit.errors import UserError
-from lmkit.config import changed_by_user
 
 if TYPE_CHECKING:
     from lmkit.training.objectives.base import ObjectiveSpec

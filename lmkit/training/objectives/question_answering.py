@@ -18,14 +18,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.data.qa import QAExample, read_qa
+from lmkit.data.qa_windows import (
+    EncodedQuestion,
+    QASettings,
+    Window,
+    answer_tokens,
+    context_room,
+    encode_question,
+    format_windows,
+    make_windows,
+    with_answer,
+)
 from lmkit.errors import UserError
-from lmkit.evaluation.squad import squad_scores
-from lmkit.data.qa_windows import (EncodedQuestion, QASettings, Window, answer_tokens, context_room, encode_question,
-                                   format_windows, make_windows, with_answer)
 from lmkit.evaluation.spans import extract, window_logits
+from lmkit.evaluation.squad import squad_scores
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.objectives.base import (BatchLayout, Built, Count, ObjectiveInputs, ObjectiveSpec, examples_at,
-                                            held_out, register)
+from lmkit.training.objectives.base import (
+    BatchLayout,
+    Built,
+    Count,
+    ObjectiveInputs,
+    ObjectiveSpec,
+    examples_at,
+    held_out,
+    register,
+)
 from lmkit.training.objectives.objective_options import HeldOutOptions
 from lmkit.vocab import Specials
 
@@ -97,7 +114,8 @@ class QuestionAnswering:
         windows = [w for w in self.val_windows_list if w.example < count]
         logits = window_logits(model, windows, self.layout.micro_batch * 2, self.specials.pad, self.device)
         losses = [(F.cross_entropy(row[:, 0][None], torch.tensor([w.start])) +
-                   F.cross_entropy(row[:, 1][None], torch.tensor([w.end]))) / 2 for w, row in zip(windows, logits)]
+                   F.cross_entropy(row[:, 1][None], torch.tensor([w.end]))) / 2
+                  for w, row in zip(windows, logits)]
         examples = self.validation[:count]
         answers = extract(model, self.val_encoded[:count], [e.context for e in examples], self.settings, self.specials,
                           self.layout.micro_batch * 2, windows, logits)
