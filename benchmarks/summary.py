@@ -1,11 +1,12 @@
-"""The three speed ratios of issue 15, read from the benchmarks' last results (benchmarks/out/*.json).
+"""The speed ratios against the peers, read from the benchmarks' last results (benchmarks/out/*.json).
 
-    python benchmarks/summary.py      # after benchmarks/{preprocess,pretrain,generate}.py (make bench runs all)
+    python benchmarks/summary.py  # after benchmarks/{preprocess,pretrain,generate,finetune_peer}.py (make bench)
 
 Pretraining: lmkit's tokens/s over nanoGPT's (or over the nanoGPT-shaped baseline when nanoGPT was not
 given), in the precision --precision auto picks. Generation: lmkit's tokens/s over transformers' generate,
 at batch 1 and 8, eager and compiled, and the share of the memory-bandwidth bound at batch 1.
-Preprocessing: lmkit preprocess with 2 workers over 2 x one-core SentencePiece encoding.
+Preprocessing: lmkit preprocess with 2 workers over 2 x one-core SentencePiece encoding. Finetuning: lmkit's
+examples/s over transformers' Trainer on all-MiniLM-L6-v2, with test accuracy and peak memory.
 """
 
 from __future__ import annotations
@@ -46,12 +47,21 @@ def lines(results: dict[str, dict | None]) -> list[str]:
                              if "double" in preprocess else ""))
     else:
         rows.append("preprocess: no results (python benchmarks/preprocess.py)")
+    finetune = results.get("finetune_peer")
+    if finetune and "ratio" in finetune:
+        mine, theirs = finetune["sides"]["lmkit"], finetune["sides"]["trainer"]
+        rows.append(f"finetune: lmkit / transformers Trainer = {finetune['ratio']:.2f}x examples/s on "
+                    f"{finetune['model']} (aim >= 1.5x); test accuracy {mine['accuracy']['mean']:.3f} against "
+                    f"{theirs['accuracy']['mean']:.3f}; peak RSS {mine['peak_rss_mb']['mean']:,.0f} MB against "
+                    f"{theirs['peak_rss_mb']['mean']:,.0f}")
+    else:
+        rows.append("finetune: no results (python benchmarks/finetune_peer.py)")
     return rows
 
 
 def main() -> None:
     results = {}
-    for name in ("pretrain", "generate", "preprocess"):
+    for name in ("pretrain", "generate", "preprocess", "finetune_peer"):
         path = OUT / f"{name}.json"
         results[name] = json.loads(path.read_text()) if path.exists() else None
     print("\n".join(lines(results)))

@@ -4,6 +4,7 @@ FLOP/s, for MFU. (Training stages pick their device from the process layout: see
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import shutil
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -34,7 +36,56 @@ def resolve_device(requested: str | torch.device) -> torch.device:
     return device
 
 
+def usable_cpus() -> tuple[int, str]:
+    """How many CPUs this process may run on, and why: its CPU affinity (taskset, a scheduler's cpuset), capped
+    by a cgroup CPU quota (a container's --cpus), which os.cpu_count() sees neither of."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    why = f"{cpus} CPU{'s' if cpus != 1 else ''} in this process's affinity"
+    quota = _cgroup_cpu_quota()
+    if quota is not None and quota < cpus:
+        cpus, why = quota, f"a cgroup quota of {quota} CPU{'s' if quota != 1 else ''}"
+    return cpus, why
+
+
+def _cgroup_cpu_quota() -> int | None:
+    """The CPU quota of this process's cgroup in whole CPUs (rounded up), or None without one (v2, then v1)."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else max(1, math.ceil(quota / period))
+    except (OSError, ValueError):
+        return None
+
+
+def set_threads(requested: int = 0, processes: int | None = None) -> str:
+    """Set torch's intra-op threads: ``requested`` (--threads) when given, else OMP_NUM_THREADS when set, else the
+    usable CPUs divided among the
+    ``processes`` that share them (default: torchrun's LOCAL_WORLD_SIZE, else 1). Each process taking every core
+    makes several processes on one machine run many times slower (threads contending for the same cores).
+    Returns the choice and why, for the run's first line."""
+    if requested:
+        torch.set_num_threads(requested)
+        return f"{requested} thread{'s' if requested != 1 else ''} (--threads)"
+    told = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if told.isdigit() and int(told) > 0:  # the variable torch itself reads: a user's or a scheduler's choice
+        torch.set_num_threads(int(told))
+        return f"{told} thread{'s' if told != '1' else ''} (OMP_NUM_THREADS)"
+    processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cpus, why = usable_cpus()
+    threads = max(1, cpus // max(processes, 1))
+    torch.set_num_threads(threads)
+    shared = f", shared by {processes} processes" if processes > 1 else ""
+    return f"{threads} thread{'s' if threads != 1 else ''} ({why}{shared}; --threads to change)"
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
 
 
 def keep_freed_memory() -> bool:
@@ -44,12 +95,12 @@ def keep_freed_memory() -> bool:
     above its dynamic threshold afresh (and gives back the heap's freed top), so the kernel maps and zeroes
     their pages anew each step: hundreds of thousands of page faults a step. With mmap's threshold at its
     maximum (32 MiB) and trimming off, they are reused (gpt-tiny, 32 x 128 tokens on 2 cores: +9% tokens/s,
-    3% more peak memory). Skipped when the user set MALLOC_* variables or the C library is not glibc. True
-    when applied."""
+    3% more peak memory). Batches whose shapes vary (finetuning on texts of many lengths) leave freed chunks
+    that the next step's sizes do not fit, and the heap grows with them (all-MiniLM-L6-v2 finetuning: 1.2 GB
+    of heap, 1.0 GB of it free, after 50 steps; see benchmarks/finetune_peer.py). Skipped when the user set
+    MALLOC_* variables or the C library is not glibc. True when applied."""
     if platform.system() != "Linux" or any(name.startswith("MALLOC_") for name in os.environ):
         return False
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
@@ -58,13 +109,37 @@ def keep_freed_memory() -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """bf16 where the hardware computes it natively (CUDA bf16, or AVX-512 BF16 / AMX CPUs), else fp32."""
+    """bf16 where the hardware computes it natively (CUDA bf16, or AVX-512 BF16 / AMX CPUs), else fp32. (On such a
+    CPU, training's --precision auto then measures which of the two runs its model faster: training/precision.py.)"""
     if requested != "auto":
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     native = torch.cpu._is_avx512_bf16_supported() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return "bf16" if native else "fp32"
+
+
+def cached_measurement(file: str, key: str, measure: Callable[[], Any], valid: Callable[[Any], bool]) -> Any:
+    """A measurement of this machine kept in lmkit's cache directory under ``key``: the cached value when ``valid``,
+    else measured and kept (a cache that cannot be written is only a slower next start)."""
+    path = cache_dir() / file
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    if key in known and not isinstance(known[key], bool) and valid(known[key]):
+        return known[key]
+    value = measure()
+    known[key] = value
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(known, indent=1) + "\n")
+        partial.replace(path)  # atomic: processes measuring at once each leave a whole file
+    except OSError:
+        pass
+    return value
 
 
 def can_compile(device: torch.device) -> bool:
@@ -94,26 +169,10 @@ def peak_flops(device: torch.device, precision: str) -> float:
         for key, tflops in _DATASHEET_BF16_TFLOPS.items():
             if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name):  # "L4" is not "L40S", "A100" not "A1000"
                 return tflops * 1e12
-    key = "|".join([_processor_name(device), str(torch.get_num_threads()), torch.__version__, precision])
-    path = cache_dir() / "peak-flops.json"
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    cached = known.get(key) if isinstance(known, dict) else None
-    if isinstance(cached, (int, float)) and not isinstance(cached, bool) and math.isfinite(cached) and cached > 0:
-        return float(cached)
-    measured = _matmul_probe(device, torch.bfloat16 if precision == "bf16" else torch.float32)
-    known = known if isinstance(known, dict) else {}
-    known[key] = measured
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(known, indent=1) + "\n")
-        partial.replace(path)  # atomic: processes measuring at once each leave a whole file
-    except OSError:
-        pass  # a read-only home: measured again next time
-    return measured
+    key = "|".join([processor_name(device), str(torch.get_num_threads()), torch.__version__, precision])
+    return cached_measurement("peak-flops.json", key,
+                   lambda: _matmul_probe(device, torch.bfloat16 if precision == "bf16" else torch.float32),
+                   lambda value: isinstance(value, (int, float)) and math.isfinite(value) and value > 0)
 
 
 def cache_dir() -> Path:
@@ -123,7 +182,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmkit"
 
 
-def _processor_name(device: torch.device) -> str:
+def processor_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -138,10 +197,11 @@ def _processor_name(device: torch.device) -> str:
 def _matmul_probe(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
     """Best FLOP/s of n x n matmuls (2 n^3 FLOPs each) over a few sizes: about 0.3 s on a CPU."""
     sizes = (1024, 2048) if device.type == "cpu" else (4096, 8192)
+    generator = torch.Generator(device=device).manual_seed(0)  # its own: the training RNG is left as it is
     best = 0.0
     for n in sizes:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        a = torch.randn(n, n, device=device, generator=generator).to(dtype)
+        b = torch.randn(n, n, device=device, generator=generator).to(dtype)
         torch.matmul(a, b)  # warm-up: thread pool, kernel selection
         for _ in range(repeats):
             if device.type == "cuda":

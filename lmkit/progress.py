@@ -36,6 +36,16 @@ def _format_count(value: float, unit: str) -> str:
     return f"{int(value):,} {unit}"
 
 
+def _format_rate(rate: float, unit: str) -> str:
+    """A rate as a reader takes it in: bytes per second scaled; a count per second, or below one a second the
+    seconds each takes ("1.4 s/step"), so a slow run never reads "0 steps/s"."""
+    if unit == "B":
+        return f"{_format_count(rate, unit)}/s"
+    if 0 < rate < 1:
+        return f"{1 / rate:,.1f} s/{unit.removesuffix('s')}"
+    return f"{rate:,.0f} {unit}/s" if rate >= 10 else f"{rate:.1f} {unit}/s"
+
+
 class Task:
     """One progress counter; ``advance`` is cheap enough to call per batch.
 
@@ -87,7 +97,7 @@ class Task:
         text = f"{self.description}: {_format_count(self.completed, self.unit)}"
         if self.total:
             text += f" / {_format_count(self.total, self.unit)} ({100 * self.completed / self.total:.0f}%)"
-        text += f", {_format_count(self.rate(), self.unit)}/s"
+        text += f", {_format_rate(self.rate(), self.unit)}"
         remaining = self.remaining()
         if remaining is not None:
             text += f", ETA {_clock(remaining)}"
@@ -97,6 +107,14 @@ class Task:
 def _clock(seconds: float) -> str:
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class _RateColumn(ProgressColumn):
+    """An lmkit Task's rate, seconds per unit when below one a second (rich's own would read 0 it/s)."""
+
+    def render(self, task) -> Text:
+        lmkit_task = task.fields["lmkit_task"]
+        return Text(_format_rate(lmkit_task.rate(), lmkit_task.unit), style="progress.data.speed")
 
 
 class _RemainingColumn(ProgressColumn):
@@ -171,7 +189,8 @@ class Reporter:
         task = Task(self, description, total, unit, initial, deadline)
         if self.interactive:
             columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
-            columns += [DownloadColumn(), TransferSpeedColumn()] if unit == "B" else [MofNCompleteColumn()]
+            counts = [DownloadColumn(), TransferSpeedColumn()] if unit == "B" else [MofNCompleteColumn(), _RateColumn()]
+            columns += counts
             columns += [TimeElapsedColumn(), _RemainingColumn()]
             with Progress(*columns, console=self.err, transient=True) as live:
                 self._live = live

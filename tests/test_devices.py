@@ -121,3 +121,37 @@ def test_freed_memory_is_kept_on_glibc_unless_the_user_tunes_malloc(monkeypatch)
     assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the user's own setting wins
     assert keep_freed_memory() is False
+
+
+def test_threads_follow_the_usable_cpus_shared_among_processes(monkeypatch, tmp_path):
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(devices, "_cgroup_cpu_quota", lambda: None)
+    chosen = []
+    monkeypatch.setattr(devices.torch, "set_num_threads", chosen.append)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert devices.set_threads() == "8 threads (8 CPUs in this process's affinity; --threads to change)"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's two processes on this machine
+    assert devices.set_threads().startswith("4 threads (8 CPUs in this process's affinity, shared by 2 processes")
+    monkeypatch.setattr(devices, "_cgroup_cpu_quota", lambda: 3)  # a container's --cpus 2.5
+    assert devices.set_threads(processes=1).startswith("3 threads (a cgroup quota of 3 CPUs")
+    assert devices.set_threads(requested=5) == "5 threads (--threads)"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what torch itself reads: a user's or a scheduler's choice
+    assert devices.set_threads() == "2 threads (OMP_NUM_THREADS)"
+    assert devices.set_threads(requested=6) == "6 threads (--threads)"  # the flag wins
+    assert chosen == [8, 4, 3, 5, 2, 6]
+
+
+def test_the_cgroup_quota_is_read_in_whole_cpus(monkeypatch, tmp_path):
+    files = {}
+    real = devices.Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        return files[str(self)] if str(self) in files else real(self, *args, **kwargs)
+
+    monkeypatch.setattr(devices.Path, "read_text", read_text)
+    files["/sys/fs/cgroup/cpu.max"] = "250000 100000\n"
+    assert devices._cgroup_cpu_quota() == 3
+    files["/sys/fs/cgroup/cpu.max"] = "max 100000\n"
+    assert devices._cgroup_cpu_quota() is None
+

@@ -16,28 +16,34 @@ import torch
 from lmkit.errors import UserError
 from lmkit.vocab import Specials
 
+# Training pads a batch up to a multiple of this many positions: a few more padded positions (masked), and far
+# fewer distinct shapes from step to step, whose kernels and buffers are then reused.
+PAD_MULTIPLE = 8
 
-def format_inputs(token_lists: list[list[int]], arch: str, max_len: int,
-                  specials: Specials) -> tuple[torch.Tensor, torch.Tensor]:
+
+def format_inputs(token_lists: list[list[int]], arch: str, max_len: int, specials: Specials,
+                  multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists as one right-padded batch: ``[CLS] tokens [SEP]`` for an encoder, the tokens alone for a
     causal model (``</s>`` for an empty text), each cut to ``max_len`` (the beginning is kept), with the
     tokenizer's ``specials``. Returns idx (B, T) and the attention mask (B, T), True on real tokens; T is
-    the longest row."""
+    the longest row, rounded up to a ``multiple`` (at most ``max_len``)."""
     if arch == "bert":
         cls = specials.require("cls", "an encoder's input")
         sep = specials.require("sep", "an encoder's input")
         rows = [[cls, *tokens[:max_len - 2], sep] for tokens in token_lists]
     else:  # no </s>: in packed pretraining the position of </s> learns to forget what came before it
         rows = [list(tokens[:max_len]) or [specials.eos] for tokens in token_lists]
-    idx, mask, _ = pad_rows(rows, None, specials.pad)
+    idx, mask, _ = pad_rows(rows, None, specials.pad, multiple, max_len)
     return idx, mask
 
 
-def pad_rows(rows: Sequence[Sequence[int]], segments: Sequence[Sequence[int]] | None, pad: int
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_rows(rows: Sequence[Sequence[int]], segments: Sequence[Sequence[int]] | None, pad: int, multiple: int = 1,
+             limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows of ids (and their segment ids, or None: all 0) as one right-padded batch: idx (B, T), the
-    attention mask (B, T), True on real tokens, and the segment ids (B, T); T is the longest row."""
-    width = max(len(row) for row in rows)
+    attention mask (B, T), True on real tokens, and the segment ids (B, T); T is the longest row, rounded up to
+    a ``multiple`` but not past ``limit``."""
+    longest = max(len(row) for row in rows)
+    width = max(longest, min(-(-longest // multiple) * multiple, limit or longest))
     idx = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     types = torch.zeros((len(rows), width), dtype=torch.long)
@@ -90,21 +96,23 @@ def second_start(first_len: int, arch: str) -> int:
 
 
 def format_pair_inputs(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]], arch: str, max_len: int,
-                       specials: Specials) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       specials: Specials, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs of token lists as one right-padded batch (:func:`pair_row`), each pair cut to ``max_len`` longest
     first. Returns idx (B, T), the attention mask (B, T), True on real tokens, and the segment ids (B, T)."""
     rows = [pair_row(*truncate_pair(a, b, pair_room(arch, max_len)), arch, specials)
             for a, b in zip(firsts, seconds)]
-    return pad_rows([row for row, _ in rows], [segments for _, segments in rows], specials.pad)
+    return pad_rows([row for row, _ in rows], [segments for _, segments in rows], specials.pad, multiple, max_len)
 
 
 def format_examples(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]] | None, arch: str,
-                    max_len: int, specials: Specials) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                    max_len: int, specials: Specials, multiple: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A classifier's input batch: single texts (``seconds`` None: :func:`format_inputs`, no segment ids) or
-    pairs (:func:`format_pair_inputs`). Returns idx, the attention mask and the segment ids or None."""
+    pairs (:func:`format_pair_inputs`), padded to a ``multiple``. Returns idx, the attention mask and the segment
+    ids or None."""
     if seconds is None:
-        return (*format_inputs(firsts, arch, max_len, specials), None)
-    return format_pair_inputs(firsts, seconds, arch, max_len, specials)
+        return (*format_inputs(firsts, arch, max_len, specials, multiple), None)
+    return format_pair_inputs(firsts, seconds, arch, max_len, specials, multiple)
 
 
 def pair_uncut(first_len: int, second_len: int, arch: str, max_len: int) -> bool:

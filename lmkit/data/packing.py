@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -288,6 +289,44 @@ def sample_indices(count: int, seed: int, start: int, length: int) -> np.ndarray
         selected = epochs == epoch
         result[selected] = permutation[positions[selected] % count]
     return result
+
+
+class LengthGroupedOrder:
+    """Sample positions read in groups of similar length. The positions are cut into buckets of
+    ``groups_per_bucket`` steps of ``group`` examples (a step's global batch); a bucket holds the examples
+    sample_indices gives its positions (epoch after epoch of seeded permutations), sorted by length, dealt into
+    steps in that order, and the steps' order within the bucket shuffled (seeded by the seed and the bucket).
+    A batch then pads its texts to nearly one length, and lengths repeat from step to step, while every epoch
+    still reads every example once and the order stays random at the scale of buckets (transformers'
+    group_by_length does the same with its megabatches).
+
+    A pure function of (seed, position) given the lengths and the global batch: a resumed run reads what the
+    uninterrupted one would, whatever its micro-batch, accumulation or processes (an elastic resume keeps
+    the global batch)."""
+
+    def __init__(self, lengths: Sequence[int], seed: int, group: int, groups_per_bucket: int = 50):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.seed, self.group, self.size = seed, max(1, group), max(1, group) * max(1, groups_per_bucket)
+        self._last: tuple[int, np.ndarray] | None = None  # a step reads one bucket (two at most)
+
+    def bucket(self, number: int) -> np.ndarray:
+        """The examples read at the positions of bucket ``number``, in order."""
+        if self._last is None or self._last[0] != number:
+            examples = sample_indices(len(self.lengths), self.seed, number * self.size, self.size)
+            examples = examples[np.argsort(self.lengths[examples], kind="stable")]
+            steps = examples.reshape(-1, self.group)
+            shuffled = steps[np.random.default_rng([self.seed, number, 1]).permutation(len(steps))]
+            self._last = (number, shuffled.reshape(-1))
+        return self._last[1]
+
+    def indices(self, start: int, length: int) -> np.ndarray:
+        """Example indices for global sample positions [start, start + length)."""
+        positions = np.arange(start, start + length)
+        result = np.empty(length, dtype=np.int64)
+        for number in np.unique(positions // self.size):
+            selected = positions // self.size == number
+            result[selected] = self.bucket(int(number))[positions[selected] % self.size]
+        return result
 
 
 # -- mixtures of datasets --------------------------------------------------------------------------

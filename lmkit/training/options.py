@@ -108,7 +108,9 @@ class TrainingOptions:
     peak_tflops: float = option(0.0, "Peak TFLOP/s of one device in the training precision, for MFU (0: known "
                                 "GPUs' datasheet figure, else measured once with a matmul probe and cached).",
                                 affects_output=False, section=STOPPING)
-    threads: int = option(0, "Torch intra-op threads per process (0: torch's default).", affects_output=False,
+    threads: int = option(0, "Torch intra-op threads per process (0: OMP_NUM_THREADS if set, else the CPUs this "
+                          "process may use, its affinity and any cgroup quota, divided among torchrun's processes "
+                          "on this machine).", affects_output=False,
                           section=STOPPING)
     # -- run directory -----------------------------------------------------------------------------
     resume: bool = option(False, "Continue the run in --out from its latest checkpoint (an error if it has none).",

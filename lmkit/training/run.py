@@ -20,7 +20,7 @@ from torch import nn
 
 from lmkit import artifacts
 from lmkit.checkpoint import TrainerState, read_checkpoint
-from lmkit.devices import can_compile, keep_freed_memory, peak_flops, resolve_precision
+from lmkit.devices import can_compile, keep_freed_memory, peak_flops, resolve_precision, set_threads
 from lmkit.errors import UserError
 from lmkit.models import count_parameters, flops_per_token
 from lmkit.models.config import ModelConfig
@@ -32,6 +32,7 @@ from lmkit.training.loop import train as fit  # run.fit: the name tests patch to
 from lmkit.training.objectives import OBJECTIVES, BatchLayout, Built, Objective, ObjectiveInputs, ObjectiveSpec
 from lmkit.training.optim import Optimizers, build_optimizer
 from lmkit.training.options import COMPILE_AUTO_MINUTES, COMPILE_AUTO_STEPS, TrainingOptions
+from lmkit.training.precision import training_precision
 from lmkit.training.rundir import FINAL, RunStart
 
 
@@ -74,6 +75,8 @@ class Session:
     precision: str
     state: TrainerState
     saver: rundir.CheckpointSaver | None = None
+    precision_why: str = ""                     # how --precision was resolved, for the run's first line
+    threads: str = ""                           # how many threads, and why
 
     def save_final(self, resumable: bool = True, extra: dict | None = None) -> Path:
         """Commit final/ with the model as it is now; not ``resumable``: without optimizer state (a merged
@@ -101,16 +104,23 @@ def open_session(plan: TrainingPlan) -> Session:
     if (options.eval_every or options.patience) and not (objective.val_windows and objective.val_windows.count):
         reporter.warn(f"{plan.inputs.data}: no validation data; no evaluation, best checkpoint or early stopping "
                       "(make a validation split with --val-fraction)")
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    threads = set_threads(options.threads)
     if env.device.type == "cpu":
         keep_freed_memory()
-    precision = resolve_precision(options.precision, env.device)
     torch.manual_seed(options.seed)
     model = plan.new_model(built).to(env.device)
     checkpoint = read_checkpoint(plan.start.resume_from) if plan.start.resume_from is not None else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint.build_model().state_dict())
+    # A resumed run keeps the precision auto chose when it started: a new measurement could pick the other.
+    started_in = checkpoint.trainer_state().extra.get("precision") if checkpoint is not None else None
+    if options.precision == "auto" and started_in in ("bf16", "fp32"):
+        precision, precision_why = started_in, "auto: as the run started"
+    elif plan.sharded:  # a sharded model's forward is collective: no measurement, the hardware's default
+        precision, precision_why = resolve_precision(options.precision, env.device), "auto (--shard: not measured)"
+    else:
+        precision, precision_why = training_precision(options.precision, model, objective, plan.layout.micro_batch,
+                                                      env)
     if plan.sharded:
         distributed.shard_model(model)  # after loading full weights, before the optimizer sees parameters
     if plan.inputs.teacher is not None:
@@ -126,13 +136,15 @@ def open_session(plan: TrainingPlan) -> Session:
     state.world_size, state.global_batch = plan.env.world_size, plan.layout.global_batch  # this launch's layout
     state.extra["launch"] = plan.start.launch
     state.extra["history"] = plan.start.history
+    state.extra["precision"] = precision
     if plan.start.resumed_launch is not None:
         changed = rundir.changed_settings(plan.start.resumed_launch, plan.start.launch)
         if changed:
             described = ", ".join(f"{key} {value!r} -> {plan.start.launch.get(key)!r}"
                                   for key, value in changed.items())
             reporter.info(f"resumed with changed settings (recorded in the checkpoints' history): {described}")
-    return Session(plan, built, objective, model, optimizers, precision, state)
+    return Session(plan, built, objective, model, optimizers, precision, state, precision_why=precision_why,
+                   threads=threads)
 
 
 def run_training(plan: TrainingPlan) -> artifacts.Artifact:
@@ -160,8 +172,8 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     trainable = f" ({n_trainable:,} trainable, {n_trainable / n_params:.1%})" if n_trainable != n_params else ""
     compiled, why = compile_choice(options, plan, schedule_steps, env.device)
     reporter.info(f"{plan.label}: {plan.model_config.arch}, {n_params:,} parameters{trainable}, "
-                  f"{flops / 1e6:,.1f} MFLOPs per token; objective {plan.spec.name}, {session.precision}, "
-                  f"{'compiled' if compiled else 'eager'} ({why}); "
+                  f"{flops / 1e6:,.1f} MFLOPs per token; objective {plan.spec.name}, {session.precision} "
+                  f"({session.precision_why}), {'compiled' if compiled else 'eager'} ({why}); {session.threads}; "
                   f"{objective.train_windows.count:,} training {plan.spec.unit}; {length} of {layout.global_batch} x "
                   f"{plan.inputs.seq_len} tokens ({layout.accumulation} accumulation, {env.world_size} process(es)); "
                   f"schedule {options.schedule_name()}")
