@@ -7,13 +7,18 @@ A checkpoint is an artifact (kind ``checkpoint``)::
     model.json                   ModelConfig, the objective it was trained with and, for finetuned
                                  models, "head" (classifier labels and pooling), "qa" (a span model's
                                  window, stride and longest answer), "template" (the SFT prompt
-                                 template) and "lora" (adapters kept unmerged)
+                                 template), "chat" (a chat model's Jinja template, its variables, default
+                                 system prompt and end-of-turn token: data.chat_template.ChatFormat),
+                                 "stop" (token ids that end a reply besides eos: the end of turn, an
+                                 imported generation_config.json's eos_token_id list) and "lora"
+                                 (adapters kept unmerged)
     tokenizer/                   a copy of the tokenizer artifact (nested, verified with the rest)
     trainer/state.json           step, tokens seen, best metric, RNG states, optimizer metadata
     trainer/optimizer.safetensors  optimizer moments and the torch RNG state
 
-Everything that uses a model reads it here; writing checkpoints and resuming training from them belong to
-``lmkit.training.checkpoint``. Nothing is pickled: loading a checkpoint never executes code.
+A chat model's checkpoint is of format 2 (``CHAT_FORMAT``): an older lmkit refuses it rather than serving it as
+a plain text model. Everything that uses a model reads it here; writing checkpoints and resuming training from
+them belong to ``lmkit.training.checkpoint``. Nothing is pickled: loading a checkpoint never executes code.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from safetensors.torch import load_model
 from torch import nn
 
 from lmkit import artifacts
+from lmkit.data.chat_template import ChatFormat
 from lmkit.errors import ArtifactError
 from lmkit.models import build_model
 from lmkit.models.config import ModelConfig
@@ -39,6 +45,12 @@ MODEL_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model.json"
 STATE_FILE = "trainer/state.json"
 OPTIMIZER_FILE = "trainer/optimizer.safetensors"
+CHAT_FORMAT = 2  # the checkpoint format of a chat model (model.json "chat")
+
+
+def checkpoint_format(extra: dict[str, Any] | None) -> int | None:
+    """The format version a checkpoint with model.json additions ``extra`` is written in (None: the default)."""
+    return CHAT_FORMAT if extra and extra.get("chat") else None
 
 
 @dataclass
@@ -67,15 +79,25 @@ class Checkpoint:
     template: str | None = None             # sft: the prompt template, "{prompt}" marks the instruction
     lora: dict[str, Any] | None = None      # unmerged adapters: {"rank", "alpha", "dropout"}
     qa: dict[str, Any] | None = None        # span models (extractive QA): models.span.QASettings
+    chat: ChatFormat | None = None          # chat models: the template a conversation is rendered with
+    stop: tuple[int, ...] = ()              # ids that end a reply besides eos (end of turn, generation_config's)
 
     @property
     def task(self) -> str:
-        """What the checkpoint's model does: "lm" (clm or mlm), "classify", "qa" or "sft"."""
+        """What the checkpoint's model does: "lm" (clm or mlm), "classify", "qa", "sft" or "chat"."""
         if self.head is not None:
             return "classify"
         if self.qa is not None:
             return "qa"
+        if self.chat is not None:
+            return "chat"
         return "sft" if self.objective == "sft" else "lm"
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generated reply: eos, the end-of-turn token and the stored stop ids."""
+        end = self.chat.end_of_turn if self.chat is not None else None
+        return tuple(sorted({self.specials.eos, *self.stop, *([] if end is None else [end])}))
 
     @property
     def masked_lm(self) -> bool:
@@ -171,6 +193,15 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         model_config = ModelConfig.from_dict(saved["model"])
         objective = saved["objective"]
         head, template, lora, qa = saved.get("head"), saved.get("template"), saved.get("lora"), saved.get("qa")
+        chat = ChatFormat.from_dict(saved["chat"]) if saved.get("chat") is not None else None
+        stop = saved.get("stop") or []
+        if not isinstance(stop, list) or not all(isinstance(i, int) and 0 <= i < model_config.vocab_size
+                                                 for i in stop):
+            raise ValueError(f"'stop' must be a list of token ids below the vocabulary size {model_config.vocab_size}")
+        if chat is not None and chat.end_of_turn is not None and chat.end_of_turn >= model_config.vocab_size:
+            raise ValueError(f"'chat' 'end_of_turn' {chat.end_of_turn} is not below the vocabulary size")
+        if chat is not None and model_config.arch == "bert":
+            raise ValueError("'chat' needs a causal model")
         if head is not None and (not isinstance(head.get("labels"), list) or len(head["labels"]) < 2
                                  or not isinstance(head.get("pooling"), str)):
             raise ValueError("'head' needs a list of at least 2 labels and a pooling")
@@ -187,4 +218,4 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{artifact.file(MODEL_CONFIG_FILE)}: invalid model config ({exc})") from None
     return Checkpoint(artifact=artifact, model_config=model_config, objective=objective, head=head,
-                      template=template, lora=lora, qa=qa)
+                      template=template, lora=lora, qa=qa, chat=chat, stop=tuple(stop))

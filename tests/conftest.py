@@ -1,15 +1,31 @@
 """Shared fixtures: small real corpora and a dataset built once per test session."""
 
+import contextlib
+import dataclasses
 import json
 import os
 import pydoc_data.topics
+import socket
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Nothing is downloaded in the tests: Hugging Face's libraries read these when they are imported, so they are set
+# for the whole session (a command run in-process, invoke_lmkit, cannot set them for itself as a subprocess can).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# pytest -n N: N workers share the cores, and torch would take them all in each. A worker's share of the threads
+# (0 without workers: torch's and lmkit's own choice).
+WORKER_THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) \
+    if os.environ.get("PYTEST_XDIST_WORKER") else 0
+if WORKER_THREADS:  # lmkit's runs take OMP_NUM_THREADS when no --threads is given, as the processes they start do
+    os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
+    torch.set_num_threads(WORKER_THREADS)
 
 
 def paragraphs(limit: int = 300) -> list[str]:
@@ -38,10 +54,10 @@ def text_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory, text_corpus) -> Path:
-    """A dataset artifact made by the real CLI in a subprocess (read-only for tests: copy to change)."""
+    """A dataset artifact made by the real CLI, in-process (read-only for tests: copy to change)."""
     out = tmp_path_factory.mktemp("datasets") / "data"
-    run_lmkit("preprocess", str(text_corpus), "--out", str(out), "--vocab-size", "400", "--workers", "1",
-              check=True)
+    invoke_lmkit("preprocess", str(text_corpus), "--out", str(out), "--vocab-size", "400", "--workers", "1",
+                 check=True)
     return out
 
 
@@ -53,6 +69,49 @@ def run_lmkit(*args: str, check: bool = False, env: dict | None = None, **kwargs
     if check and result.returncode != 0:
         raise AssertionError(f"lmkit {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@dataclasses.dataclass
+class Invoked:
+    """What `invoke_lmkit` returns: the fields of run_lmkit's CompletedProcess that tests read."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke_lmkit(*args: str, check: bool = False, env: dict | None = None, input: str | None = None,
+                 cwd: str | Path | None = None) -> Invoked:
+    """`lmkit ARGS` in this process, through typer's CliRunner, returning what `run_lmkit` would: the exit code,
+    stdout and stderr (a bug's traceback included, as Python would print it, with exit code 1). For what needs
+    no process of its own (refusals, argument errors, output); signals, what a fresh interpreter imports, torchrun
+    and servers keep `run_lmkit`."""
+    from typer.testing import CliRunner
+
+    from lmkit.cli import app
+
+    threads = torch.get_num_threads()
+    try:
+        with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+            result = CliRunner().invoke(app, list(args), input=input, env={"NO_COLOR": "1", **(env or {})})
+    finally:  # what a process of its own would not leave behind: --threads N sets torch's for the whole process
+        torch.set_num_threads(threads)
+    returncode, stderr = result.exit_code, result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+        returncode = 1
+    invoked = Invoked(list(args), returncode, result.stdout, stderr)
+    if check and returncode != 0:
+        raise AssertionError(f"lmkit {' '.join(args)} exited {returncode}:\n{invoked.stdout}\n{invoked.stderr}")
+    return invoked
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for torchrun's rendezvous, a server under test)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def train_tiny(dataset: Path, out: Path, **overrides):
@@ -105,9 +164,9 @@ def labeled_records(n=160):
 def preprocess_labeled(dataset, out, records, *extra):
     source = out.with_suffix(".jsonl")
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    run_lmkit("preprocess", str(source), "--out", str(out), "--label-field", "label", "--tokenizer",
-              str(dataset / "tokenizer"), "--no-near-dedup", "--filters", "too_short", "--workers", "1", *extra,
-              check=True)
+    invoke_lmkit("preprocess", str(source), "--out", str(out), "--label-field", "label", "--tokenizer",
+                 str(dataset / "tokenizer"), "--no-near-dedup", "--filters", "too_short", "--workers", "1", *extra,
+                 check=True)
     return out
 
 
@@ -201,3 +260,45 @@ def block_imports(monkeypatch, *packages: str) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", blocked)
+
+
+# -- chat (tests/tasks/test_chat.py, tests/serving/test_chat_server.py, tests/cli/test_chat.py) -------------------
+
+CHAT_WORDS = ("red", "green", "blue", "amber", "violet", "black", "white", "grey")
+
+
+def chat_records(n=96, seed=0):
+    """Two-exchange conversations whose last reply depends on the first turn: the user names a colour, the
+    assistant acknowledges, and then repeats the colour when asked. Every fourth has a system prompt."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        word = rng.choice(CHAT_WORDS)
+        messages = ([{"role": "system", "content": "Answer in one word."}] if i % 4 == 0 else []) + [
+            {"role": "user", "content": f"My colour is {word}."}, {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": "Which colour?"}, {"role": "assistant", "content": word}]
+        records.append({"messages": messages})
+    return records
+
+
+@pytest.fixture(scope="session")
+def chat_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chat") / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_records()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_model(gpt, chat_file, tmp_path_factory):
+    """The tiny GPT finetuned on chat_file for 60 steps (lmkit's ChatML, its two tokens added): it has learned to
+    end its turns (read-only for tests)."""
+    from lmkit.config import resolve
+    from lmkit.stages import finetune
+    from lmkit.stages.finetune_config import FinetuneConfig
+
+    values = {"base": str(gpt), "data": str(chat_file), "out": str(tmp_path_factory.mktemp("chat-run") / "run"),
+              "max_steps": 60, "micro_batch": 8, "seq_len": 128, "lr": 3e-3, "eval_every": 0, "precision": "fp32",
+              "system_prompt": "Be brief."}
+    return finetune.run(resolve(FinetuneConfig, {}, values)).checkpoint.path

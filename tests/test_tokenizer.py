@@ -66,3 +66,48 @@ def test_space_marker_is_the_one_exception(tokenizer):
 
     assert tokenizer.decode(tokenizer.encode("a\u2581b")) == "a b"
     assert tokenizer.decode(tokenizer.encode(clean_text("a\u2581b"))) == clean_text("a\u2581b")
+
+
+# -- tokens added after the SentencePiece vocabulary (lmkit's chat tokens) -------------------------------------
+
+def test_added_tokens_follow_the_vocabulary_and_are_read_in_chat_renderings_only(dataset, tmp_path):
+    import json
+
+    from lmkit import artifacts
+    from lmkit.artifacts import ArtifactError
+    from lmkit.tokenizer import ADDED_FILE, load, specials_in, with_added_tokens
+
+    base = artifacts.load(dataset / "tokenizer", kind="tokenizer")
+    grown = with_added_tokens(base, ["<|im_start|>", "<|im_end|>"], tmp_path / "chat")
+    before, after = load(base.path), load(grown.path)
+    start, end = before.vocab_size, before.vocab_size + 1
+    assert after.vocab_size == before.vocab_size + 2 == grown.stats["vocab_size"]
+    assert grown.manifest["format_version"] == 2 and base.manifest["format_version"] == 1  # an older lmkit refuses it
+    assert after.specials.others == (start, end) == specials_in(grown.path).others
+    assert set(after.specials.never_generated) >= {start, end}
+    text = "<|im_start|>user\nHello, world<|im_end|>\n text"
+    chat_ids = after.encode_chat(text)
+    assert chat_ids[0] == start and end in chat_ids  # special strings are tokens in a rendering
+    assert after.encode_chat("a</s>b") == [*before.encode("a"), 3, *before.encode("b")]  # lmkit's own specials too
+    assert after.decode(chat_ids) == text
+    assert after.encode(text) == before.encode(text)  # in plain text they are text, as every special token
+    assert after.decode(after.encode(text)) == text and start not in after.encode(text)
+    ids, spans = after.encode_chat_offsets(text)
+    assert ids == chat_ids and [text[a:b] for (a, b), i in zip(spans, ids, strict=True) if i >= start] == \
+        ["<|im_start|>", "<|im_end|>"]
+    assert (after.id_to_piece(start), after.token_id("<|im_end|>"), after.token_id("hello")) == \
+        ("<|im_start|>", end, None)
+    # Adding to a grown tokenizer appends; a file whose ids do not follow the vocabulary is refused.
+    twice = load(with_added_tokens(grown, ["<|tool|>"], tmp_path / "more").path)
+    assert twice.added == ("<|im_start|>", "<|im_end|>", "<|tool|>") and twice.token_id("<|tool|>") == end + 1
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "tokenizer.model").write_bytes((base.path / "tokenizer.model").read_bytes())
+    (tmp_path / "bad" / ADDED_FILE).write_text(json.dumps({"tokens": [{"content": "<|x|>", "id": 5}]}))
+    with pytest.raises(UserError, match="the added tokens' ids do not follow the SentencePiece vocabulary"):
+        load(tmp_path / "bad")
+    manifest = json.loads((grown.path / "manifest.json").read_text())
+    manifest["format_version"] = 3
+    (grown.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"tokenizer format version 3 is not supported by lmkit .* \(reads versions "
+                                            r"1, 2\)"):
+        artifacts.load(grown.path, kind="tokenizer")

@@ -21,19 +21,25 @@ MANIFEST = "manifest.json"
 MANIFEST_FIELDS = ("kind", "format_version", "id", "recipe", "config", "inputs", "files", "stats",
                    "lmkit_version", "created_at", "checksum")
 
-# kind -> (format version this lmkit reads and writes, the command that makes it)
+# kind -> (format version this lmkit writes by default, the command that makes it)
 KINDS: dict[str, tuple[int, str]] = {}
+# kind -> every format version this lmkit reads. A later version is written only by artifacts that need it (what
+# an older lmkit would misread), so that it refuses them by version instead of misreading them.
+READS: dict[str, tuple[int, ...]] = {}
 
 
-def register_kind(kind: str, format_version: int, made_by: str) -> None:
+def register_kind(kind: str, format_version: int, made_by: str, reads: tuple[int, ...] | None = None) -> None:
     if kind in KINDS:
         raise ValueError(f"artifact kind {kind!r} registered twice")
     KINDS[kind] = (format_version, made_by)
+    READS[kind] = reads or (format_version,)
 
 
-register_kind("tokenizer", 1, "lmkit preprocess or lmkit import")
+# tokenizer 2: tokens added after a SentencePiece vocabulary (added_tokens.json: lmkit's chat tokens)
+register_kind("tokenizer", 1, "lmkit preprocess or lmkit import", reads=(1, 2))
 register_kind("dataset", 1, "lmkit preprocess")
-register_kind("checkpoint", 1, "lmkit pretrain, lmkit finetune or lmkit import")
+# checkpoint 2: a chat model (model.json "chat": its template, read by lmkit chat, generate and serve)
+register_kind("checkpoint", 1, "lmkit pretrain, lmkit finetune or lmkit import", reads=(1, 2))
 register_kind("report", 1, "lmkit evaluate")
 register_kind("export", 1, "lmkit export")
 register_kind("embeddings", 1, "lmkit inspect embed")
@@ -152,11 +158,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     kind = manifest["kind"]
     if not isinstance(kind, str) or kind not in KINDS:
         raise ArtifactError(f"{manifest_path}: unknown artifact kind {kind!r}")
-    version, made_by = KINDS[kind]
-    if manifest["format_version"] != version:
+    made_by, versions = KINDS[kind][1], READS[kind]
+    if manifest["format_version"] not in versions:
+        read = f"version {versions[0]}" if len(versions) == 1 else f"versions {', '.join(map(str, versions))}"
         raise ArtifactError(
             f"{manifest_path}: {kind} format version {manifest['format_version']!r} is not supported "
-            f"by lmkit {__version__} (reads version {version}); remake it with `{made_by}`")
+            f"by lmkit {__version__} (reads {read}); remake it with `{made_by}`")
     problem = _shape_problem(manifest)
     if problem:
         raise ArtifactError(f"{manifest_path}: invalid manifest ({problem})")

@@ -18,6 +18,7 @@ from lmkit import __version__
 from lmkit.artifacts.manifest import (
     KINDS,
     MANIFEST,
+    READS,
     Artifact,
     ArtifactError,
     artifact_id,
@@ -155,11 +156,13 @@ class ArtifactWriter:
                             f"(id {self.existing.id[:12]}); use --force to replace it")
 
     # -- commit -------------------------------------------------------------------------
-    def commit(self, config: dict[str, Any], inputs: dict[str, Any], stats: dict[str, Any]) -> Artifact:
-        """Seal the temporary directory with its manifest and move it into place."""
+    def commit(self, config: dict[str, Any], inputs: dict[str, Any], stats: dict[str, Any],
+               format_version: int | None = None) -> Artifact:
+        """Seal the temporary directory with its manifest and move it into place (``format_version``: a later
+        one than the kind's default, for an artifact that needs it)."""
         if self.recipe is None:
             raise RuntimeError("commit needs a recipe")  # set it once the inputs are hashed
-        manifest = seal(self.tmp, self.kind, self.recipe, config, inputs, stats)
+        manifest = seal(self.tmp, self.kind, self.recipe, config, inputs, stats, format_version)
         # The two renames must not be split by a signal handler: hold SIGINT/SIGTERM meanwhile.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
@@ -196,11 +199,15 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def seal(directory: Path, kind: str, recipe: str, config: dict[str, Any], inputs: dict[str, Any],
-         stats: dict[str, Any]) -> dict[str, Any]:
+         stats: dict[str, Any], format_version: int | None = None) -> dict[str, Any]:
     """Hash and fsync every file under ``directory``, then write its manifest, last.
 
     Used for the top-level artifact and for artifacts nested inside it (a dataset's tokenizer).
+    ``format_version``: one the kind reads, later than its default, for an artifact that an older lmkit
+    would misread (manifest.READS).
     """
+    if format_version is not None and format_version not in READS[kind]:
+        raise ValueError(f"{kind} format version {format_version} is not one lmkit writes")  # a bug
     files = {}
     for file_path in sorted(_walk(directory)):
         name = file_path.relative_to(directory).as_posix()
@@ -210,7 +217,7 @@ def seal(directory: Path, kind: str, recipe: str, config: dict[str, Any], inputs
         _fsync_path(file_path)
     manifest: dict[str, Any] = {
         "kind": kind,
-        "format_version": KINDS[kind][0],
+        "format_version": format_version or KINDS[kind][0],
         "id": artifact_id(kind, files, recipe, directory),
         "recipe": recipe,
         "config": config,

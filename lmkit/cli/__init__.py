@@ -31,6 +31,7 @@ def _global_options(
 
 # Registering the commands: each module adds itself to `app` on import.
 from lmkit.cli import (  # noqa: E402,F401
+    chat,
     demo,
     evaluate,
     export,

@@ -17,7 +17,8 @@ from lmkit.progress import reporter
 def demo_corpus(out: Path = typer.Option(..., "--out", "-o", help="Directory to write the corpus into.")) -> None:
     """Write a small corpus from Python's own documentation: topics/*.txt (language reference) and
     docstrings.jsonl (standard-library docstrings labeled module/class/function), instructions.jsonl
-    (instruction/response pairs made from them), pairs.jsonl and pairs-test.jsonl (a
+    (instruction/response pairs made from them), chats.jsonl and chats-test.jsonl (multi-turn conversations
+    about them, for chat finetuning), pairs.jsonl and pairs-test.jsonl (a
     docstring's first line with its rest or another's, labeled match/mismatch, for pair classification),
     qa.jsonl and qa-test.jsonl (extractive questions on pages of
     them, SQuAD's layout) and stdlib/*.txt (the other modules' docstrings, unlabeled,
@@ -27,5 +28,6 @@ def demo_corpus(out: Path = typer.Option(..., "--out", "-o", help="Directory to 
     stats = write_demo_corpus(out)
     reporter.out.print(f"{out}: {stats['topics']} topic files, {stats['docstrings']} labeled docstrings, "
                        f"{stats['stdlib_modules']} stdlib docstring files, {stats['text_pairs']} text pairs, "
+                       f"{stats['conversations']} conversations, "
                        f"{stats['qa_questions']} QA questions, "
                        f"{stats['bytes']:,} bytes ({stats['files_changed']} files written)", markup=False)

@@ -78,7 +78,8 @@ def run(config: GenerateConfig):
 
 config_command(
     "generate", GenerateConfig,
-    help="Use a checkpoint: continue text (causal LM; SFT models apply their prompt template), fill [MASK] "
+    help="Use a checkpoint: continue text (causal LM; SFT models apply their prompt template), reply to "
+         "conversations (chat models: --messages FILE, or a prompt as one user turn), fill [MASK] "
          "(BERT), predict labels (classifiers, of texts or of pairs with --text-pair), or answer --question from "
          "--context (question-answering models). The prompt comes from the argument, --prompt-file, --input "
          "(JSONL, batched) or stdin; a lone completion streams as it is generated. A prompt longer than the "

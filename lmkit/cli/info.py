@@ -37,6 +37,21 @@ def _model_line(path: Path, manifest: dict) -> str | None:
     return f"{config.arch}: {config.family}; {shape}, vocabulary {config.vocab_size:,}, block {config.block_size}"
 
 
+def _chat_line(path: Path, manifest: dict) -> str | None:
+    """A chat model's template in a line: its kind, the end-of-turn id, the stop ids and the system prompt."""
+    if manifest["kind"] != "checkpoint" or not (path / "model.json").is_file():
+        return None
+    described = json.loads((path / "model.json").read_text())
+    chat = described.get("chat")
+    if not isinstance(chat, dict):
+        return None
+    template = chat.get("template") or ""
+    kind = "ChatML" if "<|im_start|>" in template else "a Jinja template"
+    system = f"; system prompt {chat['system']!r}" if chat.get("system") else ""
+    return (f"{kind} ({len(template):,} characters), end of turn id {chat.get('end_of_turn')}, stop ids "
+            f"{described.get('stop', [])}{system}")
+
+
 @app.command("info")
 @handle_errors
 def info(
@@ -61,6 +76,9 @@ def info(
     model = _model_line(Path(path), manifest)
     if model:
         table.add_row("model", model)
+    chat = _chat_line(Path(path), manifest)
+    if chat:
+        table.add_row("chat", chat)
     raw = manifest["inputs"].get("files", [])
     if raw:
         table.add_row("raw inputs", f"{len(raw)} file(s), {sum(f['size'] for f in raw):,} bytes")

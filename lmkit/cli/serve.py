@@ -20,7 +20,8 @@ def render(stopped) -> None:
 config_command(
     "serve", ServeConfig,
     help="Serve a checkpoint over HTTP with an OpenAI-compatible API, the routes of its kind: /v1/completions and "
-         "/v1/chat/completions (SFT) with streaming, log-probabilities and echo; /v1/classify for classifiers "
+         "/v1/chat/completions (chat models: the conversation rendered with their chat template; SFT models: the "
+         "prompt template) with streaming, log-probabilities and echo; /v1/classify for classifiers "
          "(text_pair for a pair classifier); /v1/fill-mask for masked LMs; /v1/qa for question-answering models; "
          "and on every server /v1/models, /health and the tokenizer endpoints. Concurrent completion requests are "
          "batched into one decode. Needs lmkit[serve].\n\n"

@@ -8,6 +8,10 @@
   instruction/response pairs made from the same docstrings, for instruction tuning: the prompt
   asks for the kind of object a docstring documents and its first line; the response answers in
   a fixed format, ``KIND: FIRST LINE``.
+* ``chats.jsonl`` and ``chats-test.jsonl`` (every tenth held out): conversations for chat finetuning in
+  OpenAI's ``messages`` layout, made from the same docstrings: a system prompt, the user showing a docstring
+  and the assistant quoting its first word, then the user asking what kind of object it documents, which the
+  assistant can only answer from the earlier turn (``module``, ``class`` or ``function``).
 * ``qa.jsonl`` and ``qa-test.jsonl`` (every fifth page held out): extractive question answering in SQuAD's
   layout over pages of the same docstrings (cloze and return-value questions; see demo_qa.py).
 * ``pairs.jsonl`` and ``pairs-test.jsonl`` (every tenth held out): text pairs for pair classification, a
@@ -119,6 +123,25 @@ def _instructions(records: list[dict]) -> list[dict]:
     return pairs
 
 
+CHAT_SYSTEM = "Answer briefly."
+
+
+def _chats(records: list[dict]) -> list[dict]:
+    """One conversation per docstring: its first paragraph (at most 120 characters) shown and its first word
+    quoted, then the kind of object it documents asked for (the answer depends on the first turn, not on the
+    question)."""
+    chats = []
+    for record in records:
+        paragraph = record["text"].split("\n\n")[0][:120]
+        messages = [{"role": "system", "content": CHAT_SYSTEM},
+                    {"role": "user", "content": f"Here is a docstring:\n\n{paragraph}"},
+                    {"role": "assistant", "content": f"It starts with \"{paragraph.split()[0]}\"."},
+                    {"role": "user", "content": "What kind of object does it document?"},
+                    {"role": "assistant", "content": f"A {record['label']}."}]
+        chats.append({"messages": messages, "meta": record["meta"]})
+    return chats
+
+
 def write_demo_corpus(out: Path) -> dict:
     """Write the corpus under ``out``; returns counts. Unchanged files are not rewritten."""
     import pydoc_data.topics
@@ -141,6 +164,10 @@ def write_demo_corpus(out: Path) -> dict:
     for name, chosen in (("instructions.jsonl", [p for i, p in enumerate(pairs) if i % 10 != 9]),
                          ("instructions-test.jsonl", pairs[9::10])):  # every tenth pair held out for evaluation
         changed += _write_if_changed(out / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in chosen))
+    chats = _chats(records)
+    for name, chosen in (("chats.jsonl", [c for i, c in enumerate(chats) if i % 10 != 9]),
+                         ("chats-test.jsonl", chats[9::10])):  # every tenth conversation held out
+        changed += _write_if_changed(out / name, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chosen))
     qa_train, qa_test = qa_records(records, stdlib)
     for name, chosen in (("qa.jsonl", qa_train), ("qa-test.jsonl", qa_test)):
         changed += _write_if_changed(out / name, "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in chosen))
@@ -148,7 +175,7 @@ def write_demo_corpus(out: Path) -> dict:
     for name, chosen in (("pairs.jsonl", pairs_train), ("pairs-test.jsonl", pairs_test)):
         changed += _write_if_changed(out / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in chosen))
     return {"topics": len(pydoc_data.topics.topics), "docstrings": len(records), "stdlib_modules": len(stdlib),
-            "text_pairs": len(pairs_train) + len(pairs_test),
+            "text_pairs": len(pairs_train) + len(pairs_test), "conversations": len(chats),
             "qa_questions": len(qa_train) + len(qa_test),
             "files_changed": changed,
             "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}

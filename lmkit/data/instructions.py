@@ -13,6 +13,7 @@ from pathlib import Path
 from lmkit.data.jsonl import read_jsonl
 from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
+from lmkit.vocab import IGNORE_INDEX
 
 # Alpaca's layout (Taori et al. 2023), without its preamble: short, and plain text for any tokenizer.
 DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -29,6 +30,11 @@ class InstructionExample:
 
     tokens: list[int]
     prompt_length: int
+
+    def targets(self) -> list[int]:
+        """What position t predicts, for t < len(tokens) - 1: the response's tokens only (position t predicts
+        token t + 1, so the first response token is predicted at prompt_length - 1)."""
+        return [IGNORE_INDEX] * (self.prompt_length - 1) + self.tokens[self.prompt_length:]
 
 
 def read_instructions(path: Path, tokenizer: Tokenizer, template: str, prompt_field: str, response_field: str,

@@ -10,7 +10,7 @@ keep paying for short ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ STOP_EOS, STOP_STRING, STOP_LENGTH, STOP_CONTEXT = "eos", "stop", "length", "con
 
 @dataclass
 class Decoded:
-    ids: list[int]        # the new tokens (without the </s> that ended them)
+    ids: list[int]        # the new tokens (without the </s> or end of turn that ended them)
     reason: str           # STOP_EOS, STOP_STRING (should_stop said so), STOP_LENGTH (max_new_tokens), STOP_CONTEXT
 
 
@@ -43,7 +43,8 @@ def left_pad(prompts: list[list[int]], device: torch.device, pad: int = PAD_ID) 
 
 @torch.no_grad()
 def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSettings,
-           generators: list[torch.Generator], *, eos_id: int | None, banned: tuple[int, ...], use_cache: bool = True,
+           generators: list[torch.Generator], *, eos_id: int | Collection[int] | None, banned: tuple[int, ...],
+           use_cache: bool = True,
            should_stop: Callable[[int, list[int]], bool] | None = None,
            encode_step: Callable[..., torch.Tensor] | None = None) -> list[Decoded]:
     """Continue each prompt (a list of ids, 1 to block_size - 1 of them) with up to max_new_tokens ids.
@@ -51,7 +52,8 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
     ``model`` has ``encode(idx, attention_mask, cache)``, ``new_cache`` and ``lm_head`` (GPT, LSTM).
     ``eos_id`` and ``banned`` (ids never sampled) come from the tokenizer's Specials (``never_generated``:
     every special id but eos; lmkit's training data has only text and </s> as targets).
-    ``generators``: one per prompt (see sampling.row_generators). A row ends at ``eos_id`` (None: never),
+    ``generators``: one per prompt (see sampling.row_generators). A row ends at ``eos_id`` (or any of several
+    ids: a chat model's end of turn, a generation_config's eos list; None: never),
     at max_new_tokens, when the model's context (block_size positions) is full, or when
     ``should_stop(row, ids_so_far)`` returns True (called after each new token). ``encode_step``: what runs
     the decoding steps after the prompt (default ``model.encode``; a compiled copy of it, see Generator).
@@ -61,6 +63,7 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
     block_size = model.config.block_size
     if any(not 0 < len(p) < block_size for p in prompts):
         raise ValueError(f"every prompt needs 1 to {block_size - 1} tokens (the model's block size is {block_size})")
+    stops = frozenset(() if eos_id is None else (eos_id,) if isinstance(eos_id, int) else eos_id)
     device = model.tok_emb.weight.device
     idx, mask = left_pad(prompts, device)  # (B, P)
     budgets = [min(settings.max_new_tokens, block_size - len(p)) for p in prompts]
@@ -86,7 +89,7 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
         chosen = next_tokens(logits, settings, seen, [generators[r] for r in rows])  # (b,)
         keep = []
         for position, (row, token) in enumerate(zip(rows, chosen.tolist())):
-            if token == eos_id:
+            if token in stops:
                 reasons[row] = STOP_EOS
                 continue
             generated[row].append(token)

@@ -1,21 +1,29 @@
-"""``Generator``: text completions of prompts from a causal or SFT checkpoint, batched, with a KV cache.
+"""``Generator``: text completions of prompts from a causal, SFT or chat checkpoint, batched, with a KV cache.
 
-A prompt becomes model input as training saw text: a causal LM's prompt follows ``</s>`` (packing puts
-it before every document, so the model reads the prompt as a document's beginning); an SFT model's
-prompt is wrapped in the checkpoint's template and encoded as is (lmkit.data.instructions). A prompt
-longer than the context keeps its last block_size - 1 tokens, with a warning (``truncate="error"``
-refuses it instead); a completion ends at </s>, a stop string, max_new_tokens, or the context's end.
+A prompt becomes model input as training saw text: an lmkit causal LM's prompt follows ``</s>`` (packing puts it
+before every document, so the model reads the prompt as a document's beginning); an imported model's prompt is
+framed as its own tokenizer frames it (transformers' ``tokenizer(prompt)``: Llama's ``<s>`` first, nothing for
+GPT-2), so that greedy decoding continues as transformers does (``start_token`` True or False overrides either
+rule); an SFT model's prompt is wrapped in the checkpoint's template and encoded as is (lmkit.data.instructions);
+a chat model's conversation is rendered with its chat template (``encode_messages``, lmkit.data.conversations),
+its oldest turns dropped when it is longer than the context. A prompt longer than the context keeps its last
+block_size - 1 tokens, with a warning (``truncate="error"`` refuses it instead); a completion ends at a stop id
+(</s>, a chat model's end of turn, an imported model's generation_config eos ids), a stop string,
+max_new_tokens, or the context's end. A chat model's end-of-turn token is generated (and ends the reply) though
+it is a special token; every other special token is never sampled.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from lmkit.checkpoint import Checkpoint
+from lmkit.data.chat_template import render
 from lmkit.data.instructions import render_prompt
 from lmkit.errors import UserError
 from lmkit.generation.decode import STOP_CONTEXT, decode
@@ -25,14 +33,24 @@ from lmkit.generation.settings import SamplingSettings
 from lmkit.generation.text import CompletionText
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
-from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer import HFTokenizer, Tokenizer
 
 TRUNCATIONS = ("left", "error")
 
 
+@dataclass
+class Reply:
+    """One completion: its text, why it stopped (decode's STOP_EOS at a stop id, STOP_LENGTH ...) and its ids."""
+
+    text: str
+    reason: str
+    ids: list[int]
+
+
 class Generator:
     def __init__(self, checkpoint: Checkpoint, device: torch.device | str = "cpu", precision: str = "fp32",
-                 quantize: str | None = None, *, batch_size: int = 8, truncate: str = "left", compile: bool = False):
+                 quantize: str | None = None, *, batch_size: int = 8, truncate: str = "left", compile: bool = False,
+                 start_token: bool | None = None):
         """``batch_size``: prompts decoded together; ``truncate``: "left" keeps the end of a prompt longer
         than the context (with a warning), "error" refuses it.
 
@@ -40,8 +58,11 @@ class Generator:
         torch.compile; prompts are read eagerly, once per batch. The first steps compile; a recompile then
         makes the cache length (and the batch) symbolic, so a run settles on a graph or two. Measured on 2
         CPU cores (gpt-small, fp32, 512 new tokens): 538 tokens/s at batch 1 against 360 eager, 1,550 against
-        1,144 at batch 8."""
-        if checkpoint.task not in ("lm", "sft") or checkpoint.model_config.arch not in CAUSAL_ARCHS:
+        1,144 at batch 8.
+
+        ``start_token``: put the tokenizer's start token before a plain prompt (True), or nothing (False); None:
+        the model's own rule (lmkit's models: ``</s>``; an imported one: its tokenizer's framing)."""
+        if checkpoint.task not in ("lm", "sft", "chat") or checkpoint.model_config.arch not in CAUSAL_ARCHS:
             raise UserError(f"{checkpoint.path}: a {checkpoint.model_config.arch} {checkpoint.task} checkpoint does "
                             "not generate text (fill-mask and classifiers: see `lmkit generate --help`)")
         if batch_size < 1:
@@ -50,10 +71,18 @@ class Generator:
             raise UserError(f"--truncate: {truncate!r} is not one of {', '.join(TRUNCATIONS)}")
         self.checkpoint, self.batch_size, self.truncate = checkpoint, batch_size, truncate
         self.template = checkpoint.template if checkpoint.task == "sft" else None
+        self.chat = checkpoint.chat
         self.block_size = checkpoint.model_config.block_size
         self.tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
         specials = self.tokenizer.specials
         self.start = specials.eos if specials.start is None else specials.start  # what a causal prompt follows
+        # A plain prompt framed as the imported model's tokenizer frames it (transformers' default), else after start.
+        self.own_framing = start_token is None and isinstance(self.tokenizer, HFTokenizer)
+        self.prefix = (self.tokenizer.frame("") if self.own_framing
+                       else [self.start] if start_token is not False else [])  # what token-id prompts follow
+        self.stop_ids = checkpoint.stop_ids
+        # Special tokens are never sampled, but those that end a reply (a chat model's end of turn) are.
+        self.banned = tuple(sorted(set(specials.never_generated) - set(self.stop_ids)))
         self.model = load_model(checkpoint, device, precision, quantize)
         self.encode_step = torch.compile(self.model.encode) if compile else None
 
@@ -74,8 +103,10 @@ class Generator:
             raise UserError(f"{name}: is empty (give text for the model to continue)")
         if self.template is not None:
             ids = self.tokenizer.encode(render_prompt(self.template, prompt))
+        elif self.own_framing:
+            ids = self.tokenizer.frame(prompt)
         else:
-            ids = [self.start, *self.tokenizer.encode(prompt)]
+            ids = [*self.prefix, *self.tokenizer.encode(prompt)]
         limit = self.block_size - 1  # at least one position left for the completion
         if len(ids) > limit:
             if self.truncate == "error":
@@ -86,6 +117,34 @@ class Generator:
                           f"its last {limit} tokens (block size {self.block_size})")
             ids = ids[-limit:]
         return ids
+
+    def encode_messages(self, messages: list[dict[str, str]], name: str = "conversation", system: str | None = None,
+                        room: int = 1) -> tuple[list[int], int, str]:
+        """A chat model's input for the reply to ``messages`` (its template's rendering, opened by ``system`` or the
+        default system prompt), how many of its oldest turns were dropped to leave ``room`` new tokens in the
+        context (whole turns, the system turn kept; ``truncate="error"`` refuses instead), and the rendering (what
+        seeds the reply's sampling, as a prompt's text does)."""
+        if self.chat is None:
+            raise UserError(f"{self.checkpoint.path}: not a chat model (it has no chat template); give it a prompt "
+                            "instead of messages, or finetune it with --task chat")
+        limit = max(self.block_size - max(room, 1), 1)
+        dropped = 0
+        while True:
+            rendered = render(self.chat, self.chat.with_system(messages, system), True, name)
+            ids = self.tokenizer.encode_chat(rendered)
+            if len(ids) <= limit:
+                return ids, dropped, rendered
+            first = 1 if messages[0]["role"] == "system" else 0
+            rest = messages[first:]
+            # The oldest exchange goes: turns up to the next user turn after the first.
+            cut = next((i for i in range(1, len(rest)) if rest[i]["role"] == "user"), None)
+            if self.truncate == "error" or cut is None:
+                raise UserError(f"{name}: {len(ids)} tokens, more than the model's context allows ({limit}, leaving "
+                                f"{room} for the reply; block size {self.block_size})"
+                                + ("; shorten it or use --truncate left" if self.truncate == "error" and cut
+                                   else "; shorten the last message"))
+            messages = [*messages[:first], *rest[cut:]]
+            dropped += cut
 
     def generate(self, prompts: list[str], settings: SamplingSettings,
                  on_token: Callable[[int, str], None] | None = None, *, names: list[str] | None = None) -> list[str]:
@@ -103,14 +162,21 @@ class Generator:
         for name, prompt in zip(names, prompts):
             if prompt not in first:
                 first[prompt] = self.encode_prompt(prompt, name)
-        encoded = [first[p] for p in prompts]
+        return [reply.text for reply in self.generate_ids([first[p] for p in prompts], prompts, settings, on_token,
+                                                          names=names)]
+
+    def generate_ids(self, encoded: list[list[int]], keys: list[str], settings: SamplingSettings,
+                     on_token: Callable[[int, str], None] | None = None, *, names: list[str]) -> list[Reply]:
+        """``generate`` of inputs already encoded (``keys``: the text each was made from, which seeds its sampling:
+        the prompt, or a conversation's rendering)."""
         copies: Counter = Counter()
         streams = []
-        for prompt in prompts:
-            streams.append((prompt_key(prompt), copies[prompt]))
-            copies[prompt] += 1
+        for key in keys:
+            streams.append((prompt_key(key), copies[key]))
+            copies[key] += 1
         generators = row_generators(settings.seed, streams)
-        results: list[str] = [""] * len(prompts)
+        prompts = keys
+        results: list[Reply] = [Reply("", "", [])] * len(prompts)
         context_hits: list[str] = []
         # Similar lengths together: less padding. Rows do not influence each other, so order is free.
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
@@ -121,8 +187,8 @@ class Generator:
                 chunk = order[start:start + self.batch_size]
                 answers = self.generate_encoded([encoded[i] for i in chunk], settings, [generators[i] for i in chunk],
                                                 None if on_token is None else [_bind(on_token, i) for i in chunk])
-                for index, (text, reason, _ids) in zip(chunk, answers):
-                    results[index] = text
+                for index, (text, reason, ids) in zip(chunk, answers):
+                    results[index] = Reply(text, reason, ids)
                     if reason == STOP_CONTEXT:
                         context_hits.append(names[index])
                 if task is not None:
@@ -146,9 +212,7 @@ class Generator:
         def should_stop(row: int, ids: list[int]) -> bool:
             return bool(cancelled is not None and cancelled(row)) or (watch and texts[row].update(ids))
 
-        specials = self.tokenizer.specials
-        decoded = decode(self.model, encoded, settings, generators, eos_id=specials.eos,
-                         banned=specials.never_generated,
+        decoded = decode(self.model, encoded, settings, generators, eos_id=self.stop_ids, banned=self.banned,
                          should_stop=should_stop if watch or cancelled is not None else None,
                          encode_step=self.encode_step)
         results = []

@@ -67,6 +67,11 @@ def _write_info(directory: Path, checkpoint, target: hf.Target) -> None:
         info["labels"], info["pooling"] = checkpoint.labels, checkpoint.head["pooling"]
     if checkpoint.template is not None:
         info["prompt_template"] = checkpoint.template  # SFT: "{prompt}" marks the instruction
+    if checkpoint.chat is not None:  # the template itself is tokenizer_config.json's chat_template
+        info["chat"] = {"end_of_turn": checkpoint.chat.end_of_turn, "stop_ids": list(checkpoint.stop_ids),
+                        "system_prompt": checkpoint.chat.system,
+                        "input": "tokenizer.apply_chat_template(messages, add_generation_prompt=True) gives lmkit's "
+                                 "ids; generate stops at generation_config.json's eos_token_id list"}
     (directory / EXPORT_INFO).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
 
 

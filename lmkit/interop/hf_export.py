@@ -164,8 +164,10 @@ def write_model(directory: Path, checkpoint: Checkpoint, model: nn.Module, targe
     weights = hf_state_dict(model, checkpoint)
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if not target.classifier and target.family != "bert":
-        specials = checkpoint.specials
-        generation = transformers.GenerationConfig(bos_token_id=_bos(specials), eos_token_id=specials.eos,
+        specials, stop = checkpoint.specials, list(checkpoint.stop_ids)
+        # Every id that ends a reply: a chat model's end of turn too, so that generate stops where lmkit does.
+        generation = transformers.GenerationConfig(bos_token_id=_bos(specials),
+                                                   eos_token_id=stop if len(stop) > 1 else specials.eos,
                                                    pad_token_id=specials.pad)
         generation.save_pretrained(directory)
     return sum(tensor.numel() for tensor in weights.values())
@@ -190,6 +192,7 @@ def write_tokenizer(directory: Path, checkpoint: Checkpoint, target: Target, tra
         # Generation pads on the left (positions follow the attention mask); a classifier on the right,
         # as lmkit trains it (transformers' classifiers read the last non-padding token).
         "padding_side": "right" if target.classifier else "left",
+        **chat_settings(checkpoint),
     }
     config_path = directory / "tokenizer_config.json"
     config_path.write_text(json.dumps(settings, indent=2) + "\n")
@@ -202,6 +205,14 @@ def write_tokenizer(directory: Path, checkpoint: Checkpoint, target: Target, tra
         backend.post_processor = TemplateProcessing(single=f"{cls[0]} $A {sep[0]}",
                                                     pair=f"{cls[0]} $A {sep[0]} $B:1 {sep[0]}:1",
                                                     special_tokens=[cls, sep])
+    ours = load_tokenizer(checkpoint.tokenizer_path)
+    if ours.added:  # lmkit's chat tokens, after the SentencePiece vocabulary: special added tokens, same ids
+        from tokenizers import AddedToken
+
+        backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in ours.added])
+        ids = [backend.token_to_id(token) for token in ours.added]
+        if ids != list(range(ours.pieces, ours.vocab_size)):
+            raise RuntimeError(f"the exported tokenizer gave the added tokens ids {ids}")  # a bug
     backend.save(str(directory / "tokenizer.json"))
     _keep_special_pieces_out_of_unigram(directory / "tokenizer.json")
     config_path.write_text(json.dumps(settings, indent=2) + "\n")  # transformers' own save would add more
@@ -224,7 +235,28 @@ def _write_imported_tokenizer(directory: Path, checkpoint: Checkpoint, target: T
         token_id = getattr(specials, name)
         if token_id is not None:
             settings[f"{name}_token"] = tokenizer.id_to_piece(token_id)
+    settings.update(chat_settings(checkpoint))
     (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+
+
+def chat_settings(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A chat model's tokenizer_config.json entries: its template, the special-token strings it reads, and
+    transformers' default reading of special tokens in text (``split_special_tokens`` false), which is how
+    apply_chat_template reads the rendering, so that its ids are lmkit's."""
+    if checkpoint.chat is None:
+        return {}
+    return {**checkpoint.chat.variables, "chat_template": exported_template(checkpoint.chat),
+            "split_special_tokens": False}
+
+
+def exported_template(chat) -> str:
+    """The chat template as transformers will read it: with the default system prompt (finetune --system-prompt)
+    opening a conversation that has none, as lmkit does, so that apply_chat_template gives lmkit's ids."""
+    if not chat.system:
+        return chat.template
+    system = json.dumps(chat.system, ensure_ascii=False)  # a JSON string is a Jinja string literal
+    return ("{%- if not messages or messages[0]['role'] != 'system' -%}{%- set messages = [{'role': 'system', "
+            f"'content': {system}}}] + messages -%}}{{%- endif -%}}" + chat.template)
 
 
 def classifier_appends_eos() -> bool:
@@ -279,7 +311,31 @@ def check_export(directory: Path, checkpoint: Checkpoint, model: nn.Module, targ
     if not target.classifier and target.family != "bert":
         _check_greedy(checkpoint, model, loaded, target)
     _check_tokenizer(directory, checkpoint, target, transformers)
+    if checkpoint.chat is not None:
+        _check_chat(directory, checkpoint, transformers)
     return difference
+
+
+def _check_chat(directory: Path, checkpoint: Checkpoint, transformers: Any) -> None:
+    """apply_chat_template on the export must give lmkit's ids for probe conversations (a system prompt, several
+    turns), with the generation prompt and without it."""
+    from lmkit.data.chat_template import render
+
+    ours = load_tokenizer(checkpoint.tokenizer_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(directory))
+    chat = checkpoint.chat
+    probes = ([{"role": "user", "content": "Hello there!"}],
+              [{"role": "system", "content": "Answer in one line."}, {"role": "user", "content": "What is 2 + 2?"},
+               {"role": "assistant", "content": "4, of course."}, {"role": "user", "content": "And 3 + 3?"}])
+    for probe in probes:
+        for prompt in (True, False):
+            want = ours.encode_chat(render(chat, chat.with_system(probe), prompt, "the probe conversation"))
+            got = list(theirs.apply_chat_template(probe, add_generation_prompt=prompt, tokenize=True,
+                                                  return_dict=False))
+            if got != want:
+                raise UserError(f"{checkpoint.path}: transformers' apply_chat_template on the export gives "
+                                f"{got[:12]} for a probe conversation, lmkit {want[:12]}; refusing to write a "
+                                "different chat format")
 
 
 GREEDY_STEPS = 8
@@ -336,8 +392,10 @@ def _check_tokenizer(directory: Path, checkpoint: Checkpoint, target: Target, tr
         if got != want:
             raise UserError(f"{checkpoint.path}: the converted tokenizer splits {text!r} differently from lmkit's "
                             f"({got[:12]} vs {want[:12]}); refusing to write a different tokenizer")
-    if not isinstance(ours, Tokenizer):
-        return  # the special-token check below is about lmkit's SentencePiece conversion
+    if not isinstance(ours, Tokenizer) or checkpoint.chat is not None:
+        # the check below is about lmkit's SentencePiece conversion; a chat export reads special tokens in text
+        # (split_special_tokens false, as apply_chat_template needs), so they differ there by design
+        return
     if theirs(SPECIAL_TEXT, add_special_tokens=target.classifier)["input_ids"] != expected(SPECIAL_TEXT):
         reporter.warn(f"{checkpoint.path}: in transformers, special tokens written as text ({SPECIAL_TEXT}) "
                       "may tokenize differently from lmkit (a Unigram vocabulary lacking some of their characters)")

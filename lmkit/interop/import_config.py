@@ -17,4 +17,8 @@ class ImportConfig:
                          "committing; a mismatch refuses the import.", affects_output=False)
     trust_pickle: bool = option(False, "Read pickled weights (pytorch_model.bin) when there are no safetensors, with "
                                 "torch.load(weights_only=True), which runs no code from the file.")
+    chat_template: str | None = option(None, "A Jinja chat template file to render conversations with instead of "
+                                       "the model's own (tokenizer_config.json's chat_template); stored in the "
+                                       "checkpoint, which becomes a chat model (lmkit chat, serve's "
+                                       "/v1/chat/completions).", affects_output=False)  # by content
     force: bool = option(False, "Replace a different artifact already in --out.", affects_output=False)

@@ -23,7 +23,10 @@ from safetensors import SafetensorError, safe_open
 
 from lmkit import artifacts
 from lmkit import config as config_lib
-from lmkit.checkpoint import TrainerState
+from lmkit.checkpoint import TrainerState, checkpoint_format
+from lmkit.data import conversations
+from lmkit.data.chat_template import ChatFormat, check_template
+from lmkit.data.jsonl import read_text
 from lmkit.errors import ConfigError, UserError
 from lmkit.interop import tokenizers as hf_tokenizers
 from lmkit.interop.families import FAMILY_OF_TYPE, Family, supported_architectures
@@ -78,8 +81,11 @@ def run(config: ImportConfig) -> artifacts.Artifact:
     if not hf_tokenizers.has_tokenizer(source):
         raise UserError(f"{source}: has no tokenizer (tokenizer.json, tokenizer.model or vocab files); an lmkit "
                         "checkpoint carries its tokenizer")
+    chat_files = [source / name for name in hf_tokenizers.CHAT_FILES if (source / name).is_file()]
     files = [artifacts.describe_file(path) for path in [source / "config.json", *weight_files,
-                                                         *hf_tokenizers.source_files(source)]]
+                                                         *hf_tokenizers.source_files(source), *chat_files]]
+    if config.chat_template:
+        files.append({**artifacts.describe_file(config.chat_template), "role": "chat_template"})
     recipe = artifacts.make_recipe("checkpoint", {"import": config_lib.identity_dict(config)}, files, [])
     with artifacts.ArtifactWriter(config.out, "checkpoint", recipe, force=config.force) as writer:
         if writer.up_to_date:
@@ -90,16 +96,22 @@ def run(config: ImportConfig) -> artifacts.Artifact:
         with tempfile.TemporaryDirectory(prefix=".import-tokenizer-", dir=writer.tmp) as scratch:
             with quiet_transformers(transformers):
                 tokenizer = hf_tokenizers.import_tokenizer(source, Path(scratch) / "tokenizer", transformers)
-            _check_vocabulary(load_tokenizer(tokenizer.path).vocab_size, model_config, source)
+            loaded = load_tokenizer(tokenizer.path)
+            _check_vocabulary(loaded.vocab_size, model_config, source)
+            objective = "mlm" if model_config.arch == "bert" else "clm"
+            extra = {"imported": {"from": str(source.resolve()), "architecture": architecture,
+                                  "model_type": model_type}}
+            if objective == "clm":
+                with quiet_transformers(transformers):
+                    extra.update(chat_extra(config, source, loaded, model_config, transformers))
             difference = None
             if config.check:
                 reporter.info("checking: transformers loads the directory and must agree with lmkit")
                 with quiet_transformers(transformers):
                     difference = _check(model, source, architecture, model_config, transformers,
                                         tokenizer.stats["specials"]["pad"])
-            objective = "mlm" if model_config.arch == "bert" else "clm"
-            extra = {"imported": {"from": str(source.resolve()), "architecture": architecture,
-                                  "model_type": model_type}}
+                    if "chat" in extra:
+                        check_chat(ChatFormat.from_dict(extra["chat"]), loaded, source, transformers)
             write_checkpoint(writer.tmp, model, model_config, objective, ({}, {"optimizers": [], "keys": "index"}),
                              TrainerState(), tokenizer, extra)
             parents = [{"role": "tokenizer", "path": "tokenizer", "id": tokenizer.id}]
@@ -107,8 +119,76 @@ def run(config: ImportConfig) -> artifacts.Artifact:
                  "objective": objective, "arch": model_config.arch, "parameters": count_parameters(model),
                  "vocab_size": model_config.vocab_size, "initialized": fresh, "step": 0, "tokens": 0,
                  "resumable": False, "checked": config.check, "max_abs_logit_difference": difference,
-                 "transformers_version": transformers.__version__}
-        return writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": files}, stats)
+                 "transformers_version": transformers.__version__, "chat": "chat" in extra}
+        return writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": files}, stats,
+                             checkpoint_format(extra))
+
+
+def generation_stop_ids(source: Path, vocab_size: int) -> list[int]:
+    """The ids generation_config.json's eos_token_id lists (an id or a list: Llama 3's three, an instruct
+    model's end of turn), each below the vocabulary size."""
+    path = source / "generation_config.json"
+    if not path.is_file():
+        return []
+    value = _read_json(path).get("eos_token_id")
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(isinstance(i, int) and 0 <= i < vocab_size for i in ids):
+        raise UserError(f"{path}: eos_token_id must be token ids below the vocabulary size {vocab_size}, got {value!r}")
+    return sorted(set(ids))
+
+
+def chat_extra(config: ImportConfig, source: Path, tokenizer, model_config: ModelConfig, transformers: Any
+               ) -> dict[str, Any]:
+    """model.json's "chat" (the template, --chat-template or the tokenizer's own, its variables, the end-of-turn
+    token) and "stop" (generation_config.json's eos ids, the end of turn): empty for a model without a template."""
+    stop = generation_stop_ids(source, model_config.vocab_size)
+    template, variables = hf_tokenizers.chat_template_of(source, transformers)
+    where = f"{source} (its chat template)"
+    if config.chat_template:
+        template, where = read_text(config.chat_template), f"--chat-template {config.chat_template}"
+    if template is None:
+        return {"stop": stop} if stop else {}
+    try:
+        check_template(template, where)
+        chat = ChatFormat(template, variables)
+        end = conversations.end_of_turn(chat, tokenizer, where)
+    except UserError as exc:
+        if config.chat_template:
+            raise
+        reporter.warn(f"{exc}; imported without its chat template (a text model)")
+        return {"stop": stop} if stop else {}
+    chat = ChatFormat(template, variables, None, end)
+    if end is None:
+        reporter.warn(f"{where}: ends an assistant turn with no special token; replies stop at "
+                      + (f"generation_config.json's eos ids {stop}" if stop else "the end-of-text token only"))
+    else:
+        reporter.info(f"chat model: replies end at {tokenizer.id_to_piece(end)!r} (id {end})"
+                      + (f"; generation_config.json's eos ids {stop} stop them too" if stop else ""))
+    return {"chat": chat.to_dict(), "stop": sorted({*stop, *([end] if end is not None else [])})}
+
+
+# Conversations the import check renders with lmkit and with transformers: a system prompt, several turns.
+PROBE_CONVERSATIONS = (
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "What is 2 + 2?"},
+     {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3 + 3?"}],
+)
+
+
+def check_chat(chat: ChatFormat, tokenizer, source: Path, transformers: Any) -> None:
+    """lmkit's ids of probe conversations must be apply_chat_template's (with the generation prompt)."""
+    theirs_tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    for conversation in PROBE_CONVERSATIONS:
+        try:
+            theirs = theirs_tokenizer.apply_chat_template(conversation, chat_template=chat.template,
+                                                          add_generation_prompt=True, tokenize=True,
+                                                          return_dict=False)
+        except Exception:  # noqa: BLE001 -- a template may refuse a probe (no system role): nothing to compare
+            continue
+        ours = conversations.prompt_ids(conversation, chat, tokenizer, "the probe conversation")
+        if list(theirs) != ours:
+            raise UserError(f"{source}: lmkit renders and tokenizes a conversation differently from transformers' "
+                            f"apply_chat_template ({ours[:12]} vs {list(theirs)[:12]}); nothing was written")
 
 
 def _import_tokenizer_only(config: ImportConfig, source: Path, transformers: Any) -> artifacts.Artifact:

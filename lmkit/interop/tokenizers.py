@@ -24,6 +24,8 @@ from lmkit.vocab import Specials
 # Files of a Hugging Face tokenizer directory that decide how it tokenizes (hashed into the lineage).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json")
+# Files that decide how an imported model chats: its template (when not in tokenizer_config.json) and stop ids.
+CHAT_FILES = ("chat_template.jinja", "chat_template.json", "generation_config.json")
 
 
 def has_tokenizer(directory: Path) -> bool:
@@ -57,6 +59,18 @@ def read_specials(tokenizer: Any, where: str) -> Specials:
     others = {int(i) for i in tokenizer.all_special_ids} | {int(i) for i, token in added.items()
                                                           if getattr(token, "special", False)}
     return dataclasses.replace(named, others=tuple(sorted(others - named.ids)))
+
+
+def chat_template_of(source: Path, transformers: Any) -> tuple[str | None, dict[str, str]]:
+    """The chat template of the Hugging Face tokenizer in ``source`` (its default one when it has several: the one
+    apply_chat_template uses without tools; None when it has none) and the special-token strings transformers passes
+    to it (its special_tokens_map: ``bos_token``, ``eos_token`` ...)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    variables = {name: value for name, value in tokenizer.special_tokens_map.items() if isinstance(value, str)}
+    return (template if isinstance(template, str) and template.strip() else None), variables
 
 
 def tokenizer_recipe(source: Path) -> tuple[str, list[dict[str, Any]]]:

@@ -44,8 +44,8 @@ def encode(server: Server, text: str, name: str) -> Prompt:
 
 
 def prompts_of(server: Server, body: CompletionRequest) -> list[Prompt]:
-    """Each prompt of a request: text, or token ids (a causal model reads ``</s>`` first, as training and
-    generate do)."""
+    """Each prompt of a request: text, or token ids (after what generate puts before a prompt: an lmkit causal
+    model's ``</s>``, as training does; an imported tokenizer's own start)."""
     prompt, generator = body.prompt, server.model
     if isinstance(prompt, str):
         prompt = [prompt]
@@ -61,7 +61,7 @@ def prompts_of(server: Server, body: CompletionRequest) -> list[Prompt]:
             continue
         if not item or any(not 0 <= t < vocab_size for t in item):
             raise ApiError(400, f"{name}: token ids must be in [0, {vocab_size})", "prompt")
-        ids = list(item) if generator.template is not None else [generator.start, *item]
+        ids = list(item) if generator.template is not None else [*generator.prefix, *item]
         if len(ids) >= server.block_size:
             raise ApiError(400, f"{name}: {len(item)} tokens, more than the model's context allows "
                            f"({server.block_size - 1})", "prompt")
@@ -70,9 +70,11 @@ def prompts_of(server: Server, body: CompletionRequest) -> list[Prompt]:
 
 
 def skip(server: Server, ids: list[int]) -> int:
-    """How many leading ids are lmkit's own (the ``</s>`` before a causal prompt), not the prompt's."""
+    """How many leading ids are the framing's (the ``</s>`` before an lmkit causal prompt, an imported tokenizer's
+    ``<s>``), not the prompt's."""
     generator = server.model
-    return 1 if ids and ids[0] == generator.start and generator.template is None else 0
+    prefix = generator.prefix
+    return len(prefix) if prefix and ids[:len(prefix)] == prefix and generator.template is None else 0
 
 
 async def complete(server: Server, prompts: list[Prompt], body: Sampling, settings: SamplingSettings,

@@ -11,8 +11,8 @@ from lmkit.units import parse_duration, parse_size
 
 @dataclass(kw_only=True)
 class ServeConfig:
-    checkpoint: str = option(help="Checkpoint to serve: a text model (gpt/lstm clm or sft), a classifier, a masked "
-                             "LM or a question-answering (span) model.", positional=True)
+    checkpoint: str = option(help="Checkpoint to serve: a text model (gpt/lstm clm or sft), a chat model, a "
+                             "classifier, a masked LM or a question-answering (span) model.", positional=True)
     host: str = option("127.0.0.1", "Address to listen on (the default is this machine only; 0.0.0.0 for all).")
     port: int = option(8000, "TCP port.")
     api_key: str | None = option(None, "Require 'Authorization: Bearer KEY' on every endpoint but /health "

@@ -22,6 +22,7 @@ import torch
 from lmkit import artifacts
 from lmkit import config as config_lib
 from lmkit.checkpoint import Checkpoint, read_checkpoint
+from lmkit.data.conversations import looks_like_conversations
 from lmkit.data.qa import looks_like_qa
 from lmkit.errors import UserError
 from lmkit.models import build_model, count_parameters
@@ -32,6 +33,7 @@ from lmkit.models.presets import model_config
 from lmkit.models.span import SpanExtractor
 from lmkit.progress import reporter
 from lmkit.stages.finetune_config import TASKS, FinetuneConfig, parse_freeze
+from lmkit.tokenizer import load as load_tokenizer
 from lmkit.training import distributed, rundir
 from lmkit.training.checkpoint import step_tag
 from lmkit.training.objectives import OBJECTIVES, Built, ObjectiveInputs, refuse_unread_options
@@ -69,7 +71,7 @@ def _task(config: FinetuneConfig, base: Checkpoint, data: Path) -> str:
     if config.task != "auto":
         return config.task
     if data.is_file():
-        return "qa" if looks_like_qa(data) else "sft"
+        return "qa" if looks_like_qa(data) else "chat" if looks_like_conversations(data) else "sft"
     if (data / artifacts.MANIFEST).is_file():
         if "labels" in artifacts.read_manifest(data).get("stats", {}):
             return "classify"
@@ -107,8 +109,16 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
                                       bool(base.artifact.stats.get("imported")))
             config = dataclasses.replace(config, pooling=pooling)
         model_cfg = classifier_config(model_cfg)  # classic BERT classifies through its pooler
-    if task in ("sft", "clm") and base.objective not in ("clm", "sft") and not config.model:
+    if task in ("sft", "chat", "clm") and base.objective not in ("clm", "sft", "chat") and not config.model:
         raise UserError(f"{config.base}: was trained with {base.objective}; --task {task} needs a causal model")
+    grown = None
+    if spec.vocabulary is not None:  # the objective adds tokens (chat): the model's vocabulary grows with them
+        tokenizer, grown = _grow_vocabulary(spec, config, tokenizer, base)
+        if grown is not None:
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=max(model_cfg.vocab_size, grown.stop))
+            if parse_freeze(config.freeze)[0]:
+                raise UserError(f"--freeze embeddings: --task {task} adds tokens to the tokenizer, whose embedding "
+                                "rows must be learned; drop embeddings from --freeze")
     metric = _metric(config, task)  # refuses a classification metric for another task before reading any data
     _freeze_layers(config, model_cfg)
     if config.lora_rank and model_cfg.arch == "lstm":
@@ -123,6 +133,8 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     teacher = _teacher(config, tokenizer, task, seq_len) if config.teacher else None
     identity: dict[str, Any] = {**config_lib.identity_dict(config), "base": base.artifact.id}
     parents: list[tuple[str, artifacts.Artifact]] = [("base", base.artifact)]
+    if config.chat_template:  # the template's content, not its file name
+        identity["chat_template"] = artifacts.describe_file(config.chat_template)["sha256"]
     if data_path.is_file():
         identity["data"] = artifacts.describe_file(data_path)["sha256"]
     else:
@@ -137,14 +149,44 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     run_dir = Path(config.out)
     start = rundir.start_run(run_dir, config, identity, env, model_cfg, layout, seq_len)
     inputs = ObjectiveInputs(spec.options_from(config), data_path, tokenizer, model_cfg, seq_len, layout, env.device,
-                             config.seed, teacher=teacher)
+                             config.seed, teacher=teacher, base=base)
     return TrainingPlan(options=config, env=env, spec=spec, inputs=inputs, model_config=model_cfg, run_dir=run_dir,
                         start=start, parents=parents,
-                        new_model=lambda built: _new_model(built, config, base, model_cfg),
+                        new_model=lambda built: _new_model(built, config, base, model_cfg, grown),
                         step_limit=lambda objective: config.step_limit_for(objective.train_windows.count,
                                                                           layout.global_batch),
                         label=f"finetune ({task})", stats={"task": task}, metric=metric, eval_at_end=True,
                         model_extra=lora)
+
+
+def _grow_vocabulary(spec, config: FinetuneConfig, tokenizer: artifacts.Artifact, base: Checkpoint
+                     ) -> tuple[artifacts.Artifact, range | None]:
+    """The objective's tokenizer and the ids it adds to the base's (None: none added)."""
+    grown = spec.vocabulary(spec.options_from(config), tokenizer, base)
+    if grown.id == tokenizer.id:
+        return tokenizer, None
+    before, after = load_tokenizer(tokenizer.path), load_tokenizer(grown.path)
+    added = range(before.vocab_size, after.vocab_size)
+    reporter.info(f"tokenizer: {', '.join(repr(after.id_to_piece(i)) for i in added)} added (ids {added.start}-"
+                  f"{added.stop - 1}); their embedding rows start at the mean of the existing ones")
+    return grown, added
+
+
+def _grown_state(state: dict[str, torch.Tensor], vocab_size: int, added: range) -> dict[str, torch.Tensor]:
+    """The base's weights with the input and output embeddings grown to ``vocab_size`` rows, the rows of the
+    ``added`` tokens set to the mean of the rows before them (Hewitt 2021, "Initializing new word embeddings for
+    pretrained language models": the new tokens start as the average token, so the model's outputs barely move;
+    transformers' resize_token_embeddings(mean_resizing=True) samples around that mean)."""
+    grown = dict(state)
+    for name in ("tok_emb.weight", "lm_head.weight"):
+        if name not in state:
+            continue
+        old = state[name]
+        rows = torch.zeros(max(vocab_size, old.shape[0]), *old.shape[1:], dtype=old.dtype)
+        rows[:old.shape[0]] = old
+        rows[added.start:added.stop] = old[:added.start].mean(dim=0)
+        grown[name] = rows
+    return grown
 
 
 def _refuse_unread_options(config: FinetuneConfig, task: str) -> None:
@@ -204,8 +246,10 @@ def _teacher(config: FinetuneConfig, tokenizer: artifacts.Artifact, task: str, s
     return teacher
 
 
-def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg) -> torch.nn.Module:
-    """The model to train, with the base's weights unless --scratch or --model; LoRA and freezing applied."""
+def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg, added: range | None = None
+               ) -> torch.nn.Module:
+    """The model to train, with the base's weights unless --scratch or --model; LoRA and freezing applied;
+    ``added``: token ids the objective added, whose embedding rows are new."""
     head, qa = built.extra.get("head"), built.extra.get("qa")
     if head is not None:
         model = SequenceClassifier(model_cfg, len(head["labels"]), head["pooling"])
@@ -217,7 +261,10 @@ def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg
         model = body = build_model(model_cfg)
     if not (config.scratch or config.model):
         # no LM head in a classifier
-        missing, _ = body.load_state_dict(base.inference_model().state_dict(), strict=False)
+        state = base.inference_model().state_dict()
+        if added is not None:
+            state = _grown_state(state, model_cfg.vocab_size, added)
+        missing, _ = body.load_state_dict(state, strict=False)
         missing = [name for name in missing if not name.startswith("pooler.")]  # a new pooler starts fresh
         if missing:
             raise UserError(f"{config.base}: its weights lack {missing[:3]} for this model")
@@ -225,6 +272,9 @@ def _new_model(built: Built, config: FinetuneConfig, base: Checkpoint, model_cfg
         apply_lora(body, config.lora_rank, config.lora_alpha, config.lora_dropout)
         if head is not None or qa is not None:
             model.head.requires_grad_(True)  # the new head is trained in full
+        if added is not None:  # the added tokens' rows must be learned (PEFT's modules_to_save on the embeddings)
+            body.tok_emb.requires_grad_(True)
+            body.lm_head.requires_grad_(True)
     embeddings, layers = parse_freeze(config.freeze)
     if embeddings:
         body.tok_emb.requires_grad_(False)  # tied: the output projection too

@@ -19,7 +19,7 @@ from lmkit.data.labeled import IMBALANCE_RATIO
 from lmkit.stages.pretrain_config import PRESET_HELP
 from lmkit.training.options import BATCH, MASKING, OPTIMIZATION, RUN, STOPPING, TrainingOptions
 
-TASKS = ("auto", "classify", "sft", "qa", "clm", "mlm")
+TASKS = ("auto", "classify", "sft", "chat", "qa", "clm", "mlm")
 METRICS = ("auto", "accuracy", "f1", "exact_match", "loss")
 # Finetuning's length: at most DEFAULT_EPOCHS, evaluated twice an epoch and stopped after DEFAULT_PATIENCE
 # evaluations (two epochs) without a better validation metric; final/ holds the best.
@@ -53,14 +53,17 @@ class FinetuneConfig(TrainingOptions):
     base: str = option(help="Checkpoint to start from (its tokenizer, architecture and weights).", positional=True,
                        affects_output=False)  # its id goes into the run's identity
     data: str = option(help="Training data: a dataset artifact (labeled for classify; any for clm/mlm) or a JSONL "
-                       "file: instruction/response records for sft, question/context/answer records for qa "
+                       "file: instruction/response records for sft, conversations for chat ({\"messages\": [{\"role\", "
+                       "\"content\"}]} or ShareGPT's {\"conversations\": [{\"from\", \"value\"}]}), "
+                       "question/context/answer records for qa "
                        "(SQuAD's layout: {\"question\", \"context\", \"answers\": {\"text\": [...], "
                        "\"answer_start\": [...]}}, or \"answer\" and \"answer_start\").", positional=True,
                        affects_output=False)
-    task: str = option("auto", "classify, sft (instruction tuning), qa (extractive question answering: start/end "
-                       "heads on an encoder), clm or mlm (continued pretraining); auto: classify for a labeled "
-                       "dataset, qa for a JSONL file whose records have a question and a context, sft for another, "
-                       "else the base's objective.", choices=TASKS, resume=True)
+    task: str = option("auto", "classify, sft (instruction tuning), chat (multi-turn conversations), qa "
+                       "(extractive question answering: start/end heads on an encoder), clm or mlm (continued "
+                       "pretraining); auto: classify for a labeled dataset, qa for a JSONL file whose records have a "
+                       "question and a context, chat for one whose records hold \"messages\" or \"conversations\", "
+                       "sft for another, else the base's objective.", choices=TASKS, resume=True)
     # -- the model -----------------------------------------------------------------------------------
     scratch: bool = option(False, "Start from random weights of the base's architecture (a baseline for what "
                            "pretraining buys); the base still gives the tokenizer.", section="model", resume=True)
@@ -93,7 +96,7 @@ class FinetuneConfig(TrainingOptions):
     val_fraction: float = option(0.1, "Share of the training data held out for validation when the data has no "
                                  "validation split (stratified by label for classify).", section="data",
                                  resume=True)
-    max_train_examples: int = option(0, "classify, sft: train on a seeded random subset of this many examples "
+    max_train_examples: int = option(0, "classify, sft, chat: train on a seeded random subset of this many examples "
                                      "(0: all), e.g. for learning curves; validation is unchanged.", section="data",
                                      resume=True)
     class_weights: str = option("auto", "classify: weight the loss by inverse class frequency (balanced); auto: "
@@ -115,7 +118,11 @@ class FinetuneConfig(TrainingOptions):
                                     resume=True)
     token_dropout: float = option(0.0, "classify: drop each input token with this probability during training "
                                   "(augmentation).", section="data", resume=True)
-    pack: bool = option(False, "sft: pack the examples of a batch into as few rows as fit the window, with "
+    group_by_length: bool = option(True, "classify, sft: put examples of similar length in the same batches, "
+                                   "within a seeded shuffle of buckets of 50 steps (less padding, and shapes that "
+                                   "repeat); --no-group-by-length: batches drawn at random.", section="data",
+                                   resume=True)
+    pack: bool = option(False, "sft, chat: pack the examples of a batch into as few rows as fit the window, with "
                         "attention kept inside each example and its positions restarting, so that each example's "
                         "loss is what it is alone. It saves compute when a batch's examples are many and short "
                         "against the window; on the demo's (76 tokens on average in 128) it saved none (README). "
@@ -124,6 +131,20 @@ class FinetuneConfig(TrainingOptions):
     response_field: str = option("response", "sft: JSONL field of the response.", section="data", resume=True)
     template: str = option(DEFAULT_TEMPLATE, "sft: prompt template, {prompt} marks the instruction; stored in "
                            "the checkpoint so that generate applies it.", section="data", resume=True)
+    chat_template: str = option("", "chat: a Jinja chat template file (Hugging Face's chat_template language) to "
+                                "render conversations with; unset: the base's own (an imported chat model's), else "
+                                "lmkit's ChatML (<|im_start|>role ... <|im_end|>, its two tokens added to the "
+                                "tokenizer). Stored in the checkpoint for chat, generate, serve and export.",
+                                section="data", resume=True)
+    system_prompt: str = option("", "chat: the system turn of conversations that have none, in training and "
+                                "after (stored in the checkpoint; lmkit chat --system overrides it); unset: the "
+                                "base's, or none.", section="data", resume=True)
+    last_turn_only: bool = option(False, "chat: the loss on each conversation's last assistant turn only (the "
+                                  "earlier turns are context); default: on every assistant turn.", section="data",
+                                  resume=True)
+    skip_bad_records: bool = option(False, "chat: skip and count bad conversations (bad JSON, an unknown role, an "
+                                    "empty turn, no assistant turn, longer than the window) instead of stopping at "
+                                    "the first.", section="data", resume=True)
     # -- parameter-efficient finetuning ----------------------------------------------------------------
     lora_rank: int = option(0, "LoRA rank on attention and MLP projections (0: full finetuning).", section=PEFT,
                             resume=True)

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from lmkit import tasks
 from lmkit.checkpoint import Checkpoint, read_checkpoint
+from lmkit.devices import set_threads
 from lmkit.errors import UserError
 from lmkit.progress import reporter
 from lmkit.stages.generate_config import GenerateConfig
-from lmkit.tasks.base import Inputs, LoadOptions, TaskSpec
+from lmkit.tasks.base import Inputs, LoadOptions, TaskSpec, article
 from lmkit.tasks.inputs import read_inputs as read_plain_inputs
 
 
@@ -39,6 +38,10 @@ class GenerateResult:
 def read_inputs(config: GenerateConfig, spec: TaskSpec, checkpoint: Checkpoint) -> Inputs:
     """The inputs to answer, as the kind of model reads them; each checked before any model loads."""
     generation = spec.generation
+    for name in ("messages", "system"):  # conversations: what a chat model's generation reads
+        if getattr(config, name) is not None and name not in generation.flags:
+            raise UserError(f"--{name}: {config.checkpoint} is {article(spec.summary)}, not a chat model (it has no "
+                            "chat template; finetune one with --task chat)")
     if generation.read is not None:
         return generation.read(config, checkpoint)
     return read_plain_inputs(config, generation, spec.name)
@@ -92,8 +95,7 @@ class Session:
 def open_session(config: GenerateConfig, checkpoint: Checkpoint | None = None, new_tokens: int = 0) -> Session:
     """Load the checkpoint's model (``checkpoint``: already read) for a job of ``new_tokens`` (0: unknown, as an
     interactive session); flags its kind does not read are reported."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     checkpoint = checkpoint or read_checkpoint(config.checkpoint)
     spec = tasks.for_checkpoint(checkpoint)
     specific = dict.fromkeys(name for other in tasks.TASKS.values() for name in other.generation.flags)
@@ -102,7 +104,7 @@ def open_session(config: GenerateConfig, checkpoint: Checkpoint | None = None, n
         reporter.warn(f"{', '.join(ignored)}: no effect on a {spec.name} checkpoint ({checkpoint.path})")
     quantize = None if config.quantize == "none" else config.quantize
     model = spec.load(checkpoint, LoadOptions(config.device, config.precision, quantize, config.batch_size,
-                                              config.truncate, config.compile, new_tokens))
+                                              config.truncate, config.compile, new_tokens, config.start_token))
     return Session(config, checkpoint, spec, model)
 
 

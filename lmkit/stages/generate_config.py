@@ -18,8 +18,8 @@ TRUNCATIONS = ("left", "error")
 @dataclass(kw_only=True)
 class GenerateConfig:
     # -- what to run, on what --------------------------------------------------------------------
-    checkpoint: str = option(help="Checkpoint: a causal LM or SFT model (text), a BERT (fill-mask) or a classifier "
-                             "(labels).", positional=True)
+    checkpoint: str = option(help="Checkpoint: a causal LM or SFT model (text), a chat model (replies), a BERT "
+                             "(fill-mask) or a classifier (labels).", positional=True)
     prompt: str | None = option(None, "Text to continue; for a BERT, text with [MASK]; for a classifier, text to "
                                 "label. Without it: --prompt-file, --input, --interactive, or stdin.",
                                 positional=True)
@@ -36,6 +36,13 @@ class GenerateConfig:
     context: str | None = option(None, "With --question: the text to find the answer in.")
     context_file: str | None = option(None, "With --question: read the context from this file ('-': stdin), as "
                                       "it is.")
+    messages: str | None = option(None, "A chat model: a JSONL file ('-': stdin) of conversations, one a line, in "
+                                  "OpenAI's layout {\"messages\": [{\"role\": \"system\" | \"user\" | "
+                                  "\"assistant\", \"content\": ...}]} or ShareGPT's {\"conversations\": [{\"from\", "
+                                  "\"value\"}]}, each ending with the user's turn: the model writes the assistant's "
+                                  "reply (a record with \"reply\"). For a conversation on the terminal: lmkit chat.")
+    system: str | None = option(None, "A chat model: the system prompt of conversations that have none (default: "
+                                "the one stored at finetuning, if any).")
     output: str | None = option(None, "Write the results as JSONL here (atomically: the file appears complete or "
                                 "not at all) instead of printing them.", short="-o")
     force: bool = option(False, "Overwrite an existing --output file.")
@@ -56,7 +63,13 @@ class GenerateConfig:
     seed: int = option(0, "Random seed: the same seed gives the same text, whatever the batch.")
     num_samples: int = option(1, "Completions per prompt (needs --temperature > 0).")
     truncate: str = option("left", "A prompt longer than the model's context: left keeps its end (with a "
-                           "warning), error refuses it.", choices=TRUNCATIONS)
+                           "warning; a conversation loses its oldest turns), error refuses it.", choices=TRUNCATIONS)
+    start_token: bool | None = option(None, "Put the tokenizer's start token before a plain prompt (lmkit's </s>, "
+                                      "GPT-2's <|endoftext|>, Llama's <s>), as lmkit's pretraining packs documents; "
+                                      "--no-start-token: the prompt's tokens alone. Unset: the model's own rule: "
+                                      "lmkit's models read </s> first, an imported model's prompt is framed as its "
+                                      "own tokenizer frames it (transformers' tokenizer(prompt)), so that greedy "
+                                      "decoding continues as transformers does.")
     echo: bool = option(False, "Print each prompt before its completion (plain-text output).")
     # -- fill-mask -----------------------------------------------------------------------------------
     candidates: int = option(5, "Fill-mask: candidates shown for each [MASK].")
@@ -66,7 +79,8 @@ class GenerateConfig:
     precision: str = option("fp32", "Weights and activations in fp32 or bf16.", choices=PRECISIONS)
     quantize: str = option("none", "int8: int8 weights (dynamic int8 matmuls on CPU); none: as trained.",
                            choices=QUANTIZATIONS)
-    threads: int = option(0, "Torch intra-op threads (0: torch's default).")
+    threads: int = option(0, "Torch intra-op threads (0: OMP_NUM_THREADS if set, else the CPUs this process "
+                                "may use, its affinity and any cgroup quota).")
     compile: bool | None = option(None, "Compile the model with torch.compile (text generation): faster tokens "
                                   "after a compile of 3-15 s (cached by torch). Unset: auto, on for jobs of "
                                   "50,000+ new tokens (prompts x samples x --max-new-tokens).")
@@ -74,7 +88,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         problems = []
         sources = [flag for flag, value in (("PROMPT", self.prompt), ("--prompt-file", self.prompt_file),
-                                            ("--input", self.input)) if value is not None]
+                                            ("--input", self.input), ("--messages", self.messages))
+                   if value is not None]
         if len(sources) > 1:
             problems.append(f"{' and '.join(sources)}: give the prompts one way only")
         if self.interactive and sources:

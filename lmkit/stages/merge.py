@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from lmkit import artifacts
-from lmkit.checkpoint import MODEL_CONFIG_FILE, TrainerState, read_checkpoint
+from lmkit.checkpoint import MODEL_CONFIG_FILE, TrainerState, checkpoint_format, read_checkpoint
 from lmkit.errors import UserError
 from lmkit.training.checkpoint import write_checkpoint
 
@@ -21,7 +21,7 @@ def merge_checkpoint(source: str | Path, out: str | Path, force: bool = False) -
         raise UserError(f"--out {out}: is the checkpoint being merged; choose another directory")
     model = checkpoint.inference_model()
     described = json.loads(checkpoint.artifact.file(MODEL_CONFIG_FILE).read_text())
-    extra = {key: described[key] for key in ("head", "template") if key in described}
+    extra = {key: described[key] for key in ("head", "template", "chat", "stop") if key in described}
     tokenizer = artifacts.load(checkpoint.tokenizer_path, kind="tokenizer")
     recipe = artifacts.make_recipe("checkpoint", {"merge_lora": checkpoint.artifact.id}, [], [])
     with artifacts.ArtifactWriter(out, "checkpoint", recipe, force=force) as writer:
@@ -33,4 +33,5 @@ def merge_checkpoint(source: str | Path, out: str | Path, force: bool = False) -
         parents = [artifacts.describe_parent("unmerged", checkpoint.artifact, out),
                    {"role": "tokenizer", "path": "tokenizer", "id": tokenizer.id}]
         stats = {**checkpoint.artifact.stats, "merged_lora": checkpoint.lora}
-        return writer.commit({"merge_lora": str(source)}, {"artifacts": parents, "files": []}, stats)
+        return writer.commit({"merge_lora": str(source)}, {"artifacts": parents, "files": []}, stats,
+                             checkpoint_format(extra))

@@ -5,11 +5,11 @@ that defines its spec, plus its line below; ``evaluate``, ``generate`` and ``ser
     spec = tasks.for_checkpoint(read_checkpoint("runs/cls/final"))   # the classify spec
 """
 
-from lmkit.tasks import classify, fill_mask, qa, sft, text
+from lmkit.tasks import chat, classify, fill_mask, qa, sft, text
 from lmkit.tasks.base import TASKS, TaskSpec, evaluation_names, for_checkpoint, metric_names, register
 
 # In this order: it is the order messages list the kinds (and their evaluations) in.
-for _spec in (text.SPEC, sft.SPEC, fill_mask.SPEC, classify.SPEC, qa.SPEC):
+for _spec in (text.SPEC, sft.SPEC, chat.SPEC, fill_mask.SPEC, classify.SPEC, qa.SPEC):
     register(_spec)
 
 __all__ = ["TASKS", "TaskSpec", "evaluation_names", "for_checkpoint", "metric_names", "register"]

@@ -40,6 +40,7 @@ class LoadOptions:
     truncate: str = "left"               # a prompt longer than the context: "left" keeps its end, "error" refuses
     compile: bool | None = None          # torch.compile the decoding step; None: auto, by the job's size
     new_tokens: float = 0                # the job's size in new tokens (0: unknown; math.inf: a server's)
+    start_token: bool | None = None      # a plain prompt after the start token (True), alone (False), None: the model's
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Inputs:
     jsonl: bool = False
     pairs: list[str] | None = None       # a pair classifier's second texts; None otherwise
     contexts: list[str] | None = None    # a question-answering model's contexts (texts: the questions)
+    conversations: list[list[dict[str, str]]] | None = None  # a chat model's (texts: each one's last user turn)
 
 
 @dataclass

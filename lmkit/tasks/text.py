@@ -36,7 +36,7 @@ from lmkit.tokenizer import Tokenizer
 CAUSAL = "a causal language model"
 # The generate flags only text generation reads: given for another kind of checkpoint, they have no effect.
 SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "stop", "seed",
-                  "num_samples", "echo", "truncate")
+                  "num_samples", "echo", "truncate", "start_token")
 
 
 # -- evaluate ------------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def load(checkpoint: Checkpoint, options: LoadOptions) -> Generator:
     if compiled and options.new_tokens != float("inf"):
         reporter.info("torch.compile: the first tokens compile the model (seconds; cached for next time)")
     return Generator(checkpoint, options.device, options.precision, options.quantize, batch_size=options.batch_size,
-                     truncate=options.truncate, compile=compiled)
+                     truncate=options.truncate, compile=compiled, start_token=options.start_token)
 
 
 def answer(generator: Generator, given: Inputs, config, stream: Callable[[str], None] | None) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import torch
 
 from lmkit import artifacts
 from lmkit import config as config_lib
-from lmkit.checkpoint import TrainerState, read_checkpoint
+from lmkit.checkpoint import TrainerState, checkpoint_format, read_checkpoint
 from lmkit.config import flag_name
 from lmkit.errors import UserError
 from lmkit.models import build_model
@@ -252,7 +252,8 @@ class CheckpointSaver:
                         stats["history"] = [{"until_step": h["until_step"],
                                              "changed": changed_settings(h["settings"], state.extra["launch"])}
                                             for h in history]
-                    writer.commit(config_lib.as_dict(self.config), {"artifacts": parents, "files": []}, stats)
+                    writer.commit(config_lib.as_dict(self.config), {"artifacts": parents, "files": []}, stats,
+                                  checkpoint_format(extra))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise UserError(f"{path}: no space left on device while saving the checkpoint at step {state.step}; "

@@ -106,3 +106,110 @@ def make_hf_model(family: str, out: Path, *, seed: int = 0, **config_overrides) 
                 parameter.add_(torch.randn_like(parameter) * 0.2)
     model.save_pretrained(str(out))
     return out
+
+
+# -- chat models: a real Jinja chat template, special tokens for its turns, the stop ids of generation_config.json --
+
+# Qwen2.5-Instruct's template as published (tools, tool calls and tool responses included), and Llama 3's.
+QWEN_TEMPLATE = (
+    "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- messages[0]['content'] }}\n    {%- else %}\n"
+    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n    {%- endif %}\n"
+    "    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are "
+    "provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n"
+    "    {%- for tool in tools %}\n        {{- \"\\n\" }}\n        {{- tool | tojson }}\n    {%- endfor %}\n"
+    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n{%- else %}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n"
+    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == "
+    "\"assistant\" and not message.tool_calls) %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n"
+    "        {%- if message.content %}\n            {{- '\\n' + message.content }}\n        {%- endif %}\n"
+    "        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}\n"
+    "                {%- set tool_call = tool_call.function %}\n            {%- endif %}\n"
+    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n            {{- tool_call.name }}\n"
+    "            {{- '\", \"arguments\": ' }}\n            {{- tool_call.arguments | tojson }}\n"
+    "            {{- '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    "            {{- '<|im_end|>\\n' }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n")
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 "
+    "%}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+CHAT_STYLES = {
+    # style: (model family, special tokens, eos, bos, end of turn, template)
+    "qwen2": ("qwen2", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", None, "<|im_end|>",
+              QWEN_TEMPLATE),
+    "llama3": ("llama", ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                         "<|eot_id|>"], "<|end_of_text|>", "<|begin_of_text|>", "<|eot_id|>", LLAMA3_TEMPLATE),
+}
+
+
+def make_chat_model(style: str, out: Path, *, seed: int = 0) -> Path:
+    """A random tiny chat model in ``out``: a byte-level BPE tokenizer with the style's special tokens (Llama 3's
+    adds its <|begin_of_text|> to a prompt, as the real one does), its chat template in tokenizer_config.json,
+    and a generation_config.json whose eos_token_id lists the end of turn and the end of text."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    family, specials, eos, bos, end, template = CHAT_STYLES[style]
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=500, special_tokens=specials,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+    pad = "<|endoftext|>" if style == "qwen2" else "<|end_of_text|>"
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad,
+                                                     **({"bos_token": bos} if bos else {}))
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(str(out))
+    ids = {token: tok.token_to_id(token) for token in specials}
+    stem = {"qwen2": "Qwen2", "llama": "Llama"}[family]
+    config = getattr(transformers, stem + "Config")(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=ids.get(bos), eos_token_id=ids[end],
+        pad_token_id=ids[pad], tie_word_embeddings=family == "qwen2")
+    model = getattr(transformers, stem + "ForCausalLM")(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name.lower() or name.endswith("bias"):
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+    model.generation_config = transformers.GenerationConfig(bos_token_id=ids.get(bos), pad_token_id=ids[pad],
+                                                            eos_token_id=sorted({ids[end], ids[eos], ids[pad]}))
+    model.save_pretrained(str(out))
+    return out
+
+
+def conversations(count: int, seed: int = 0) -> list[list[dict]]:
+    """``count`` conversations of 1 to 4 exchanges on the test paragraphs, most with a system prompt, some ending
+    with the user's turn (to be answered) and some with the assistant's."""
+    import random
+
+    rng = random.Random(seed)
+    texts = paragraphs(200)
+    found = []
+    for _ in range(count):
+        messages = [{"role": "system", "content": rng.choice(texts)[:60]}] if rng.random() < 0.7 else []
+        for _turn in range(rng.randint(1, 4)):
+            messages.append({"role": "user", "content": rng.choice(texts)[:rng.randint(5, 80)]})
+            messages.append({"role": "assistant", "content": rng.choice(texts)[:rng.randint(1, 60)]})
+        if rng.random() < 0.5:
+            messages.pop()
+        found.append(messages)
+    return found

@@ -281,7 +281,7 @@ def test_a_flag_the_evaluation_does_not_read_is_refused_naming_who_reads_it(gpt,
         (config(classifier, dataset, stride=8), "--stride: read by --task lm, --harness-tasks, not by --task classify"),
         (config(gpt, dataset, long_text="max", max_new_tokens=4),
          "--long-text: read by --task classify, not by --task lm; --max-new-tokens: read by --task generate, "
-         "--harness-tasks, not by --task lm"),
+         "--task chat, --harness-tasks, not by --task lm"),
     ]
     choices = tmp_path / "choices.jsonl"
     choices.write_text(json.dumps({"context": "A", "choices": ["b", "c"], "answer": 0}) + "\n")
@@ -460,7 +460,7 @@ def test_baseline_refusals_before_any_compute(gpt, bert, classifier, dataset, tm
         evaluate.run(config(gpt, text, baseline=True))
     choices = tmp_path / "choices.jsonl"
     choices.write_text(json.dumps({"question": "A", "options": ["b", "c"], "label": 0}) + "\n")
-    with pytest.raises(UserError, match="--baseline: there is a baseline for --task classify, lm and qa, not for "
+    with pytest.raises(UserError, match="--baseline: there is a baseline for --task chat, classify, lm and qa, not for "
                                         "--task choice"):
         evaluate.run(config(gpt, choices, task="choice", baseline=True))
     with pytest.raises(UserError, match=r"--fail-if 'accuracy<baseline_accuracy': compares with the baseline; add "
@@ -510,14 +510,14 @@ def test_long_documents_are_read_as_chunks_unless_cut(classifier, labeled):
 
 
 def test_bits_per_byte_per_language(tmp_path):
-    from tests.conftest import run_lmkit, train_tiny
+    from tests.conftest import invoke_lmkit, train_tiny
     from tests.multilingual import write_jsonl
 
     pytest.importorskip("py3langid")
     source = write_jsonl(tmp_path / "mixed.jsonl", {"en": 40, "de": 25, "es": 15})
     data = tmp_path / "data"
-    run_lmkit("preprocess", str(source), "--out", str(data), "--language-id", "--vocab-size", "400", "--workers", "1",
-              "--filters", "none", "--no-near-dedup", "--val-fraction", "0.25", check=True)
+    invoke_lmkit("preprocess", str(source), "--out", str(data), "--language-id", "--vocab-size", "400", "--workers",
+                 "1", "--filters", "none", "--no-near-dedup", "--val-fraction", "0.25", check=True)
     gpt = train_tiny(data, tmp_path / "gpt").path
     report = evaluate.run(config(gpt, data, out=str(tmp_path / "report"))).report
     languages = report["languages"]

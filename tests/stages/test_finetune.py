@@ -16,7 +16,7 @@ from lmkit.errors import UserError
 from lmkit.models.lora import has_lora, merge_lora
 from lmkit.stages import finetune
 from lmkit.stages.finetune_config import FinetuneConfig
-from tests.conftest import labeled_records, preprocess_labeled, run_lmkit, train_tiny
+from tests.conftest import invoke_lmkit, labeled_records, preprocess_labeled, train_tiny
 
 FAST = {"micro_batch": 8, "max_steps": 12, "eval_every": 4, "warmup_steps": 2, "lr": 3e-3, "precision": "fp32",
         "log_every": 1, "seq_len": 48}
@@ -108,7 +108,7 @@ def test_lora_trains_few_parameters_and_merges_to_a_plain_checkpoint(bases, labe
     assert not any(p.requires_grad for p in served.parameters())
     assert torch.allclose(served(idx)[0], before, atol=1e-5)
     # The merge command writes a plain checkpoint with the same outputs.
-    result = run_lmkit("merge-lora", str(kept.checkpoint.path), "--out", str(tmp_path / "merged"))
+    result = invoke_lmkit("merge-lora", str(kept.checkpoint.path), "--out", str(tmp_path / "merged"))
     assert result.returncode == 0, result.stderr
     merged = read_checkpoint(tmp_path / "merged")
     assert merged.lora is None and merged.labels == unmerged.labels
@@ -266,8 +266,8 @@ def test_classifier_base_and_mismatched_teacher_refused(bases, labeled, dataset,
 @pytest.fixture(scope="session")
 def other_tokenizer_base(tmp_path_factory, text_corpus):
     root = tmp_path_factory.mktemp("other")
-    run_lmkit("preprocess", str(text_corpus), "--out", str(root / "data"), "--vocab-size", "350", "--workers", "1",
-              check=True)
+    invoke_lmkit("preprocess", str(text_corpus), "--out", str(root / "data"), "--vocab-size", "350", "--workers", "1",
+                 check=True)
     return train_tiny(root / "data", root / "gpt", max_steps=1).path
 
 
@@ -563,14 +563,16 @@ def test_block_size_extends_a_rotary_model_and_refuses_what_cannot_extend(bases,
     ("classify", {"template": "Q: {prompt}\nA: "}, "--template: read by --task sft, not by --task classify; drop it"),
     ("classify", {"prompt_field": "question"}, "--prompt-field: read by --task sft, not by --task classify"),
     ("classify", {"response_field": "answer"}, "--response-field: read by --task sft, not by --task classify"),
-    ("classify", {"pack": True}, "--pack: read by --task sft, not by --task classify; drop it"),
+    ("classify", {"pack": True}, "--pack: read by --task sft or chat, not by --task classify; drop it"),
     ("classify", {"mask_prob": 0.2}, "--mask-prob: read by --task mlm, not by --task classify; drop it"),
     ("classify", {"mask_replace": 0.7}, "--mask-replace: read by --task mlm, not by --task classify"),
     ("classify", {"mask_random": 0.2}, "--mask-random: read by --task mlm, not by --task classify"),
     ("classify", {"temperature": 3.0}, "--temperature: read by --teacher, not by --task classify; drop it"),
     ("classify", {"distill_alpha": 0.9}, "--distill-alpha: read by --teacher, not by --task classify; drop it"),
-    ("clm", {"val_fraction": 0.2}, "--val-fraction: read by --task classify, sft or qa, not by --task clm; drop it"),
-    ("clm", {"max_train_examples": 5}, "--max-train-examples: read by --task classify, sft or qa, not by --task clm"),
+    ("clm", {"val_fraction": 0.2},
+     "--val-fraction: read by --task classify, sft, chat or qa, not by --task clm; drop it"),
+    ("clm", {"max_train_examples": 5},
+     "--max-train-examples: read by --task classify, sft, chat or qa, not by --task clm"),
     ("sft", {"pooling": "mean", "class_weights": "none", "mask_prob": 0.2},
      "--pooling and --class-weights (read by --task classify), --mask-prob (read by --task mlm): not read by "
      "--task sft; drop them"),
@@ -631,4 +633,6 @@ def test_resume_invariants_are_the_fields_marked_resume():
         "task", "lora_rank", "lora_alpha", "lora_dropout", "freeze", "pooling", "scratch", "model", "n_layer",
         "n_head", "d_model", "d_ff", "dropout", "val_fraction", "max_train_examples", "template", "prompt_field",
         "response_field", "token_dropout", "class_weights", "temperature", "distill_alpha", "mask_prob",
-        "mask_replace", "mask_random", "chunk_stride", "max_answer_tokens"}
+        "mask_replace", "mask_random", "chunk_stride", "max_answer_tokens",
+        "group_by_length",  # (issue 30: which examples share a batch is the data order)
+        "chat_template", "system_prompt", "last_turn_only", "skip_bad_records"}  # chat: what the data reads as

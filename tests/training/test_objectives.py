@@ -52,8 +52,9 @@ def test_each_objective_reads_its_own_options_which_are_flags_of_the_stages_offe
     assert OBJECTIVES["clm"].options is NoOptions
     read = {name: {f.name for f in dataclasses.fields(OBJECTIVES[name].options)} for name in OBJECTIVES}
     assert read["classify"] == {"val_fraction", "max_train_examples", "pooling", "class_weights", "long_text",
-                                "chunk_stride", "token_dropout"}
-    assert read["sft"] == {"val_fraction", "max_train_examples", "template", "prompt_field", "response_field", "pack"}
+                                "chunk_stride", "token_dropout", "group_by_length"}
+    assert read["sft"] == {"val_fraction", "max_train_examples", "template", "prompt_field", "response_field", "pack",
+                           "group_by_length"}
     assert read["qa"] == {"val_fraction", "max_train_examples", "chunk_stride", "max_answer_tokens"}
     assert read["mlm"] == read["mlm+nsp"] == read["mlm+sop"] == {"mask_prob", "mask_replace", "mask_random"}
     assert read["distill"] == {"temperature", "distill_alpha"}

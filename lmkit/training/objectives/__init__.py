@@ -2,6 +2,7 @@
 it, its options and registers its spec, plus its line below."""
 
 from lmkit.training.objectives import (  # noqa: F401
+                                            chat,
                                             classification,
                                             distillation,
                                             instruction,

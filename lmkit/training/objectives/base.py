@@ -45,14 +45,17 @@ class BatchLayout:
         return step * self.global_batch + (micro * self.world_size + rank) * self.micro_batch
 
 
-def examples_at(examples: Sequence[Any], layout: BatchLayout, seed: int, step: int, micro: int, rank: int
-                ) -> list[Any]:
+def examples_at(examples: Sequence[Any], layout: BatchLayout, seed: int, step: int, micro: int, rank: int,
+                order: Any = None) -> list[Any]:
     """The examples a micro-batch reads: those at its global sample positions, epoch after epoch of seeded
-    permutations (packing.sample_indices), so that a resumed run reads what the uninterrupted one would."""
+    permutations (packing.sample_indices), or in ``order`` (a packing.LengthGroupedOrder of the examples), so
+    that a resumed run reads what the uninterrupted one would."""
     from lmkit.data.packing import sample_indices
 
     start = layout.start(step, micro, rank)
-    return [examples[i] for i in sample_indices(len(examples), seed, start, layout.micro_batch)]
+    indices = (order.indices(start, layout.micro_batch) if order is not None
+               else sample_indices(len(examples), seed, start, layout.micro_batch))
+    return [examples[i] for i in indices]
 
 
 def held_out(examples: list[Any], options: HeldOutOptions, seed: int, notes: list[str], unit: str
@@ -113,6 +116,7 @@ class ObjectiveInputs(Generic[Options]):
     mix_alpha: float | None = None      # or the power of the sizes (--mix-alpha)
     inner: Objective | None = None      # what a wrapping objective (distill) wraps
     notes: list[str] = field(default_factory=list)  # printed at the start of the run
+    base: Any | None = None             # the lmkit.checkpoint.Checkpoint finetuning starts from (its chat template)
 
     @cached_property  # specials.json, read once
     def specials(self) -> Specials:
@@ -137,6 +141,10 @@ class ObjectiveSpec:
     unit: str = "examples"                          # what one training sample is, for messages
     fixed_shapes: bool = False                      # every batch has one shape: --compile auto may compile it
     options: type = NoOptions                       # the frozen dataclass of the settings it reads
+    # The tokenizer it trains with when it adds tokens to the base's (chat: lmkit's chat tokens), from its options,
+    # the base's tokenizer artifact and the base checkpoint; the model's vocabulary grows to it (new rows: the
+    # mean of the old embeddings). None: the base's tokenizer as it is.
+    vocabulary: Callable[[Any, artifacts.Artifact, Any], artifacts.Artifact] | None = None
 
     def options_from(self, config: Any) -> Any:
         """This objective's options, read from a stage's flat config (one flag per field, same names)."""

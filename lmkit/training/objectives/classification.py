@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.data.framing import (
+    PAD_MULTIPLE,
     TRAIN_CHUNKS_PER_TEXT,
     aggregate_logits,
     chunk_texts,
@@ -25,7 +26,7 @@ from lmkit.data.framing import (
     text_room,
 )
 from lmkit.data.labeled import IMBALANCE_RATIO, LabeledSplit, labeled_splits
-from lmkit.data.packing import sample_indices, seeded_generator
+from lmkit.data.packing import LengthGroupedOrder, sample_indices, seeded_generator
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation.metrics import classification_metrics
@@ -52,6 +53,7 @@ class ClassifyOptions(HeldOutOptions):
     long_text: str          # cut, mean or max: how a text longer than the window is read
     chunk_stride: int       # tokens between a long text's chunks (0: half a window)
     token_dropout: float    # augmentation: each training token dropped with this probability
+    group_by_length: bool   # batches of similar lengths (within a seeded shuffle), or drawn at random
 
 
 def drop_tokens(tokens: list[int], probability: float, generator: torch.Generator) -> list[int]:
@@ -74,7 +76,7 @@ class Classification:
                  device: torch.device, specials: Specials, class_weights: torch.Tensor | None = None,
                  token_dropout: float = 0.0, teacher_arch: str | None = None, long_text: str = "cut",
                  chunk_stride: int | None = None, train_pairs: list[list[int]] | None = None,
-                 val_pairs: list[list[int]] | None = None):
+                 val_pairs: list[list[int]] | None = None, group_by_length: bool = False):
         """``train_pairs``, ``val_pairs``: the second texts of a pair dataset (None: single texts)."""
         self.long_text, self.chunk_stride = long_text, chunk_stride  # how predict() reads a long text
         self.train, self.train_labels = train, np.asarray(train_labels, dtype=np.int64)
@@ -90,6 +92,7 @@ class Classification:
         lengths = [len(t) + 2 for t in train] if train_pairs is None else \
             [len(a) + len(b) + 3 for a, b in zip(train, train_pairs)]
         self.tokens_per_sample = max(1, round(float(np.mean([min(n, seq_len) for n in lengths]))))
+        self.order = LengthGroupedOrder(lengths, seed, layout.global_batch) if group_by_length else None
 
     def _batch(self, token_lists: list[list[int]], labels: np.ndarray, pairs: list[list[int]] | None
                ) -> dict[str, torch.Tensor]:
@@ -98,7 +101,8 @@ class Classification:
         if self.teacher_arch is not None and self.teacher_arch != self.arch:  # a teacher reads its own format
             frames["teacher_"] = self.teacher_arch
         for prefix, arch in frames.items():
-            idx, mask, types = format_examples(token_lists, pairs, arch, self.seq_len, self.specials)
+            idx, mask, types = format_examples(token_lists, pairs, arch, self.seq_len, self.specials,
+                                               multiple=PAD_MULTIPLE)
             batch[f"{prefix}idx"], batch[f"{prefix}attention_mask"] = idx.to(self.device), mask.to(self.device)
             if types is not None:
                 batch[f"{prefix}token_types"] = types.to(self.device)
@@ -106,7 +110,8 @@ class Classification:
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         start = self.layout.start(step, micro, rank)
-        indices = sample_indices(len(self.train), self.seed, start, self.layout.micro_batch)
+        indices = (self.order.indices(start, self.layout.micro_batch) if self.order is not None
+                   else sample_indices(len(self.train), self.seed, start, self.layout.micro_batch))
         token_lists = [self.train[i] for i in indices]
         pairs = None if self.train_pairs is None else [self.train_pairs[i] for i in indices]
         if self.token_dropout:
@@ -146,7 +151,7 @@ class Classification:
             chosen = order[start:start + size]
             seconds = None if pairs is None else [pairs[i] for i in chosen]
             idx, mask, types = format_examples([chunks[i] for i in chosen], seconds, arch, self.seq_len,
-                                               self.specials)
+                                               self.specials, multiple=PAD_MULTIPLE)
             batch, _ = model(idx.to(self.device), None, mask.to(self.device),
                              None if types is None else types.to(self.device))
             logits[torch.as_tensor(chosen)] = batch.float().cpu()
@@ -219,7 +224,7 @@ def _build(inputs: ObjectiveInputs[ClassifyOptions]) -> Built:
     objective = Classification(train.tokens, train.labels, validation.tokens, validation.labels, len(names), arch,
                                inputs.seq_len, inputs.layout, inputs.seed, inputs.device, inputs.specials, weights,
                                options.token_dropout, teacher.model_config.arch if teacher else None, long_text,
-                               stride, train.pairs, validation.pairs)
+                               stride, train.pairs, validation.pairs, options.group_by_length)
     head = {"labels": names, "pooling": pooling, "max_len": inputs.seq_len, "long_text": long_text}
     if pairs:  # evaluate, generate and serve read two texts per example
         head["pairs"] = True

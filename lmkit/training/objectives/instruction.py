@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lmkit.data.instructions import InstructionExample, read_instructions
+from lmkit.data.instructions import read_instructions
+from lmkit.data.packing import LengthGroupedOrder
 from lmkit.errors import UserError
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.objectives.base import (
@@ -36,37 +38,41 @@ class SFTOptions(HeldOutOptions):
     prompt_field: str       # the JSONL field of the instruction
     response_field: str     # and of the response
     pack: bool              # pack a batch's examples into as few rows as fit the window
+    group_by_length: bool   # batches of similar lengths (within a seeded shuffle), or drawn at random
 
 
 class InstructionTuning:
-    """Next-token loss on the response (and its closing ``</s>``) only, never on the prompt."""
+    """Next-token loss on the response (and its closing ``</s>``) only, never on the prompt. The examples say
+    which tokens are predicted (``targets()``): an SFT record's response, a conversation's assistant turns
+    (objectives/chat.py)."""
 
     name = "sft"
 
-    def __init__(self, train: list[InstructionExample], validation: list[InstructionExample], layout: BatchLayout,
-                 seed: int, device: torch.device, pad: int, pack_width: int = 0):
+    def __init__(self, train: list[Any], validation: list[Any], layout: BatchLayout,
+                 seed: int, device: torch.device, pad: int, pack_width: int = 0, group_by_length: bool = False):
+        """``group_by_length``: batches of examples of similar length (packing.LengthGroupedOrder)."""
         self.train, self.validation, self.pad = train, validation, pad
+        self.order = (LengthGroupedOrder([len(e.tokens) for e in train], seed, layout.global_batch)
+                      if group_by_length else None)
         self.pack_width = pack_width  # > 0: a batch's examples are packed into rows of at most this many tokens
         self.layout, self.seed, self.device = layout, seed, device
         self.train_windows = Count(len(train))
         self.val_windows = Count(len(validation)) if validation else None
         self.tokens_per_sample = max(1, round(float(np.mean([len(e.tokens) - 1 for e in train]))))
 
-    def _batch(self, examples: list[InstructionExample]) -> dict[str, torch.Tensor]:
+    def _batch(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         if self.pack_width:
             return self._packed(examples)
         width = max(len(e.tokens) for e in examples) - 1
         idx = torch.full((len(examples), width), self.pad, dtype=torch.long)
         targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
-            tokens = torch.tensor(example.tokens, dtype=torch.long)
             n = len(example.tokens) - 1
-            idx[row, :n] = tokens[:-1]
-            # Position t predicts token t + 1: the first response token is predicted at prompt_length - 1.
-            targets[row, example.prompt_length - 1:n] = tokens[example.prompt_length:]
+            idx[row, :n] = torch.tensor(example.tokens[:-1], dtype=torch.long)
+            targets[row, :n] = torch.tensor(example.targets(), dtype=torch.long)
         return {"idx": idx.to(self.device), "targets": targets.to(self.device)}
 
-    def _packed(self, examples: list[InstructionExample]) -> dict[str, torch.Tensor]:
+    def _packed(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         """The same examples, inputs and targets as _batch, packed into as few rows as first-fit-decreasing
         finds (longest first, each into the first row with room), with ``segments`` telling the model
         where each example starts: attention stays inside an example and its positions start at 0, so
@@ -90,9 +96,8 @@ class InstructionTuning:
             at = 0
             for i in members:
                 example, n = examples[i], lengths[i]
-                tokens = torch.tensor(example.tokens, dtype=torch.long)
-                idx[r, at:at + n] = tokens[:-1]
-                targets[r, at + example.prompt_length - 1:at + n] = tokens[example.prompt_length:]
+                idx[r, at:at + n] = torch.tensor(example.tokens[:-1], dtype=torch.long)
+                targets[r, at:at + n] = torch.tensor(example.targets(), dtype=torch.long)
                 segments[r, at:at + n] = i
                 at += n
         return {"idx": idx.to(self.device), "targets": targets.to(self.device), "segments": segments.to(self.device)}
@@ -101,7 +106,7 @@ class InstructionTuning:
         return {"segments": batch["segments"]} if "segments" in batch else {}
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
-        return self._batch(examples_at(self.train, self.layout, self.seed, step, micro, rank))
+        return self._batch(examples_at(self.train, self.layout, self.seed, step, micro, rank, self.order))
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], teacher: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +149,7 @@ def _build(inputs: ObjectiveInputs[SFTOptions]) -> Built:
         raise UserError(f"--pack: packs examples with a block-diagonal attention mask, which an {arch} model does "
                         "not have; drop --pack")
     objective = InstructionTuning(train, validation, inputs.layout, inputs.seed, inputs.device, tokenizer.specials.pad,
-                                  inputs.seq_len if options.pack else 0)
+                                  inputs.seq_len if options.pack else 0, options.group_by_length)
     return Built(objective, {"template": options.template})
 
 
