@@ -59,27 +59,34 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
+@dataclasses.dataclass(frozen=True)
+class FlagSpec:
+    """How one config field appears on the command line: what ``--help`` shows and what the flag reference in
+    docs/reference/ is generated from (lmkit.cli.reference), so the two cannot drift."""
+
+    field: str
+    names: tuple[str, ...]  # ("--vocab-size",), ("--force/--no-force",), ("--out", "-o"); a positional: ("OUT",)
+    help: str
+    default: str  # as --help shows it: the value, "required", "unset" or "(none)"
+    positional: bool
+    type_name: str  # integer, number, text, list, true/false
+    section: str
+
+
+def flag_spec(field: dataclasses.Field, annotation: Any) -> FlagSpec:
     meta = field.metadata
     help_text = meta.get("help", "")
     if meta.get("choices"):
         help_text += f" Choices: {', '.join(meta['choices'])}."
     base, _optional = config_lib.base_type(annotation)
+    many = typing.get_origin(base) is list
+    type_name = "list" if many else {bool: "true/false", int: "integer", float: "number"}.get(base, "text")
+    section = meta.get("section", "")
     if meta.get("positional"):
-        default = typer.Argument(None, help=help_text, show_default=False)
-        many = typing.get_origin(base) is list
-        return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                 annotation=Optional[list[str]] if many else Optional[str])
+        return FlagSpec(field.name, (field.name.upper(),), help_text, "", True, type_name, section)
     names = [config_lib.flag_name(field.name)]
     if base is bool:
         names = [f"{names[0]}/--no-{names[0][2:]}"]
-        cli_type: Any = Optional[bool]
-    elif base is int:
-        cli_type = Optional[int]
-    elif base is float:
-        cli_type = Optional[float]
-    else:  # strings, and lists given comma-separated
-        cli_type = Optional[str]
     if meta.get("short"):
         names.append(meta["short"])
     shown = field.default if field.default is not dataclasses.MISSING else (
@@ -88,8 +95,33 @@ def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
         shown = ",".join(map(str, shown)) or "(none)"
     default_text = "required" if field.default is dataclasses.MISSING and \
         field.default_factory is dataclasses.MISSING else (str(shown) if shown is not None else "unset")
-    option = typer.Option(None, *names, help=help_text, show_default=default_text)
+    return FlagSpec(field.name, tuple(names), help_text, default_text, False, type_name, section)
+
+
+def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
+    spec = flag_spec(field, annotation)
+    base, _optional = config_lib.base_type(annotation)
+    if spec.positional:
+        default = typer.Argument(None, help=spec.help, show_default=False)
+        many = typing.get_origin(base) is list
+        return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=Optional[list[str]] if many else Optional[str])
+    if base is bool:
+        cli_type: Any = Optional[bool]
+    elif base is int:
+        cli_type = Optional[int]
+    elif base is float:
+        cli_type = Optional[float]
+    else:  # strings, and lists given comma-separated
+        cli_type = Optional[str]
+    option = typer.Option(None, *spec.names, help=spec.help, show_default=spec.default)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_type)
+
+
+# The config-driven commands, name -> config class: the flag reference reads their fields (lmkit.cli.reference).
+CONFIG_COMMANDS: dict[str, type] = {}
+CONFIG_FILE_HELP = "TOML file of settings (keys are the flag names with underscores); flags override it."
+PRINT_CONFIG_HELP = "Print the resolved settings as TOML and exit."
 
 
 def config_command(name: str, config_cls: type, help: str, render: Callable[[Any], None],
@@ -106,11 +138,10 @@ def config_command(name: str, config_cls: type, help: str, render: Callable[[Any
     params = [_parameter(f, types_[f.name]) for f in fields]
     params.append(inspect.Parameter(
         "config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-        default=typer.Option(None, "--config", "-c", help="TOML file of settings (keys are the flag names "
-                             "with underscores); flags override it.", show_default=False)))
+        default=typer.Option(None, "--config", "-c", help=CONFIG_FILE_HELP, show_default=False)))
     params.append(inspect.Parameter(
         "print_config", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-        default=typer.Option(False, "--print-config", help="Print the resolved settings as TOML and exit.")))
+        default=typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP)))
 
     @handle_errors
     def command(**kwargs: Any) -> None:
@@ -135,4 +166,7 @@ def config_command(name: str, config_cls: type, help: str, render: Callable[[Any
 
     command.__signature__ = inspect.Signature(params)  # typer reads the flags from this
     command.__doc__ = help
+    if name in CONFIG_COMMANDS:
+        raise ValueError(f"command {name!r} is registered twice")
+    CONFIG_COMMANDS[name] = config_cls
     app.command(name, help=help, no_args_is_help=True)(command)

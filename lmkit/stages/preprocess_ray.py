@@ -23,10 +23,12 @@ only when this executor starts, so it stays an optional dependency.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -76,8 +78,29 @@ def connect(address: str | None, cpus: int) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        with _quiet_logger(_RAY_AUTH_LOGGER):
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        reporter.detail("Ray started on this machine for this run (token authentication on, Ray's default)")
     return True
+
+
+# Recent Ray (2.60 here) turns token authentication on for a Ray that ray.init() starts, and says so in a warning
+# on every start, which `preprocess --executor ray` printed into its output. The Ray lmkit starts is private to one
+# run and stopped at its end, so that notice is not the user's business; for a cluster of the user's own
+# (--address) what Ray says about its authentication is left alone.
+_RAY_AUTH_LOGGER = "ray._private.authentication"
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """The logger ``name`` (and those below it) passes only errors, for the duration of the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def cluster_cpus() -> int:

@@ -1,11 +1,11 @@
 import json
 
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 
 
 def test_demo_corpus_is_written_once(tmp_path):
     out = tmp_path / "corpus"
-    first = run_lmkit("demo-corpus", "--out", str(out), check=True)
+    first = invoke_lmkit("demo-corpus", "--out", str(out), check=True)
     assert "topic files" in first.stdout
     records = [json.loads(line) for line in (out / "docstrings.jsonl").read_text().splitlines()]
     assert {r["label"] for r in records} == {"module", "class", "function"}
@@ -19,6 +19,14 @@ def test_demo_corpus_is_written_once(tmp_path):
     assert len(stdlib) > 100 and "json" not in stdlib and not any(name.startswith("json.") for name in stdlib)
     pretraining = "".join(p.read_text() for p in (out / "stdlib").glob("*.txt"))
     assert not [r["text"] for r in records if r["text"] in pretraining]  # _pydecimal repeats decimal's: left out
+    from lmkit.data import conversations
+
+    chats = [conversations.read(out / name) for name in ("chats.jsonl", "chats-test.jsonl")]
+    assert sum(map(len, chats)) == len(records) and len(chats[1]) == len(records) // 10  # every tenth held out
+    assert "conversations" in first.stdout
+    # The final question is the same in every conversation: only the docstring in the first turn answers it.
+    assert {c.messages[-2]["content"] for c in chats[0] + chats[1]} == {"What kind of object does it document?"}
+    assert {c.messages[-1]["content"] for c in chats[1]} == {"A module.", "A class.", "A function."}
     mtime = (out / "docstrings.jsonl").stat().st_mtime_ns
-    second = run_lmkit("demo-corpus", "--out", str(out), check=True)
+    second = invoke_lmkit("demo-corpus", "--out", str(out), check=True)
     assert "(0 files written)" in second.stdout and (out / "docstrings.jsonl").stat().st_mtime_ns == mtime

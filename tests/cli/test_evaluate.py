@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lmkit.cli import app
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit, run_lmkit
 from tests.evaluation.helpers import classifier_checkpoint, labeled_dataset
 
 runner = CliRunner()
@@ -25,33 +25,33 @@ def test_a_held_condition_exits_3_naming_it_and_the_report_is_kept(gpt, dataset,
 
 def test_repeated_and_combined_conditions_all_count(gpt, dataset):
     # The first condition holds: a repeated flag must not drop it.
-    result = run_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--limit", "3", "--fail-if", "loss>0",
-                       "--fail-if", "bpb>1000 and ppl<0")
+    result = invoke_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--limit", "3", "--fail-if", "loss>0",
+                          "--fail-if", "bpb>1000 and ppl<0")
     assert result.returncode == 3 and "error: --fail-if 'loss>0' holds" in result.stderr
     assert "'bpb>1000'" not in result.stderr and "'ppl<0'" not in result.stderr
 
 
 def test_a_condition_that_does_not_parse_exits_1_before_any_work(gpt, dataset, tmp_path):
-    result = run_lmkit("evaluate", str(gpt), str(dataset), "--out", str(tmp_path / "r"), "--fail-if",
-                       "accuracy=>0.8", "--fail-if", "bpb>1.2")
+    result = invoke_lmkit("evaluate", str(gpt), str(dataset), "--out", str(tmp_path / "r"), "--fail-if",
+                          "accuracy=>0.8", "--fail-if", "bpb>1.2")
     assert result.returncode == 1
     assert "error: --fail-if 'accuracy=>0.8': does not parse; write NAME OP NUMBER" in result.stderr
     assert not (tmp_path / "r").exists()
 
 
 def test_unknown_metric_and_a_gate_on_a_missing_metric_exit_1(gpt, dataset):
-    unknown = run_lmkit("evaluate", str(gpt), str(dataset), "--metrics", "bpb,perplexity")
+    unknown = invoke_lmkit("evaluate", str(gpt), str(dataset), "--metrics", "bpb,perplexity")
     assert unknown.returncode == 1 and "error: --metrics: 'perplexity' is not one of loss, ppl, bpb" in unknown.stderr
-    missing = run_lmkit("evaluate", str(gpt), str(dataset), "--fail-if", "accuracy<0.8")
+    missing = invoke_lmkit("evaluate", str(gpt), str(dataset), "--fail-if", "accuracy<0.8")
     assert missing.returncode == 1
     assert ("error: --fail-if 'accuracy<0.8': --task lm has no metric 'accuracy' (it has: bpb, loss, ppl)"
             in missing.stderr)
 
 
 def test_empty_split_and_missing_data_are_refused(gpt, dataset):
-    empty = run_lmkit("evaluate", str(gpt), str(dataset), "--split", "test")
+    empty = invoke_lmkit("evaluate", str(gpt), str(dataset), "--split", "test")
     assert empty.returncode == 1 and f"error: {dataset}: the test split is empty" in empty.stderr
-    nothing = run_lmkit("evaluate", str(gpt))
+    nothing = invoke_lmkit("evaluate", str(gpt))
     assert nothing.returncode == 1 and "error: DATA: required" in nothing.stderr
 
 
@@ -107,13 +107,13 @@ def test_harness_through_the_command_line(gpt, tmp_path):
 
 
 def test_baseline_columns_and_a_gate_against_it(gpt, dataset):
-    result = run_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb>baseline_bpb+1")
+    result = invoke_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb>baseline_bpb+1")
     assert result.returncode == 1 and "does not parse" in result.stderr  # arithmetic is not part of the grammar
-    result = run_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb<baseline_bpb")
+    result = invoke_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb<baseline_bpb")
     header = next(line for line in result.stdout.splitlines() if "metric" in line)
     assert "baseline" in header and "difference" in header
     # A two-step model does not beat a trigram: the gate holds and names both sides.
     assert result.returncode == 0, result.stderr
-    failing = run_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb>baseline_bpb")
+    failing = invoke_lmkit("evaluate", str(gpt), str(dataset), *FAST, "--baseline", "--fail-if", "bpb>baseline_bpb")
     assert failing.returncode == 3 and "error: --fail-if 'bpb>baseline_bpb' holds: bpb = " in failing.stderr
     assert ", baseline_bpb = " in failing.stderr

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lmkit.cli import app
-from tests.conftest import run_lmkit, train_tiny
+from tests.conftest import invoke_lmkit, train_tiny
 
 pytest.importorskip("transformers")
 runner = CliRunner()
@@ -20,31 +20,31 @@ def checkpoint(dataset, tmp_path_factory):
 
 def test_export_prints_what_it_wrote_then_is_up_to_date(checkpoint, tmp_path):
     out = tmp_path / "hf"
-    result = run_lmkit("export", str(checkpoint), "--format", "hf", "--out", str(out), env=OFFLINE, check=True)
+    result = invoke_lmkit("export", str(checkpoint), "--format", "hf", "--out", str(out), env=OFFLINE, check=True)
     assert "LlamaForCausalLM" in result.stdout and "token ids equal" in result.stdout
     assert "AutoModelForCausalLM.from_pretrained" in result.stdout
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
-    again = run_lmkit("export", str(checkpoint), "--out", str(out), env=OFFLINE, check=True)
+    again = invoke_lmkit("export", str(checkpoint), "--out", str(out), env=OFFLINE, check=True)
     assert "up to date" in again.stdout
-    assert run_lmkit("verify", str(out), check=True).returncode == 0
-    lineage = run_lmkit("lineage", str(out), check=True).stdout
+    assert invoke_lmkit("verify", str(out), check=True).returncode == 0
+    lineage = invoke_lmkit("lineage", str(out), check=True).stdout
     assert "checkpoint: checkpoint" in lineage and "dataset: dataset" in lineage
 
 
 def test_refusal_exits_1_naming_the_choice(dataset, tmp_path):
     source = train_tiny(dataset, tmp_path / "run", mlp="gelu").path
-    result = run_lmkit("export", str(source), "--out", str(tmp_path / "hf"), env=OFFLINE)
+    result = invoke_lmkit("export", str(source), "--out", str(tmp_path / "hf"), env=OFFLINE)
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and "--mlp gelu" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "hf").exists()
 
 
 def test_unknown_format_and_occupied_out(checkpoint, tmp_path):
-    result = run_lmkit("export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "x"))
+    result = invoke_lmkit("export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "x"))
     assert result.returncode == 1 and "--format: 'onnx' is not one of hf" in result.stderr
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
-    result = run_lmkit("export", str(checkpoint), "--out", str(tmp_path / "busy"), "--force", env=OFFLINE)
+    result = invoke_lmkit("export", str(checkpoint), "--out", str(tmp_path / "busy"), "--force", env=OFFLINE)
     assert result.returncode == 1 and "refusing to replace it" in result.stderr
     assert (tmp_path / "busy" / "keep.txt").read_text() == "x"
 

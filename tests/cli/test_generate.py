@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from lmkit.checkpoint import read_checkpoint
 from lmkit.cli import app
 from lmkit.generation import Generator, SamplingSettings
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 from tests.generation import checkpoints
 
 runner = CliRunner()
@@ -42,7 +42,7 @@ def test_the_simple_path_prints_the_completion(gpt, expected):
 
 
 def test_stdin_and_prompt_file_give_the_same_text(gpt, expected, tmp_path):
-    piped = run_lmkit("generate", str(gpt), *SAMPLING, input="An exception is raised\n")  # as `echo ... |`
+    piped = invoke_lmkit("generate", str(gpt), *SAMPLING, input="An exception is raised\n")  # as `echo ... |`
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == expected["An exception is raised"] + "\n"
     prompt_file = tmp_path / "prompt.txt"
@@ -130,8 +130,8 @@ def test_a_second_text_is_refused_unless_the_classifier_reads_pairs(labeler, gpt
 
 
 def test_interactive_mode_answers_each_line(gpt, expected):
-    result = run_lmkit("generate", str(gpt), "--interactive", *SAMPLING,
-                       input="The for statement\n\nx = 1\nexit\nnot read\n")
+    result = invoke_lmkit("generate", str(gpt), "--interactive", *SAMPLING,
+                          input="The for statement\n\nx = 1\nexit\nnot read\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected["The for statement"] + "\n" + expected["x = 1"] + "\n"
 
@@ -210,7 +210,7 @@ def test_bad_inputs_are_refused_naming_the_file_and_line(gpt, bert, dataset, tmp
 
 
 def test_an_empty_prompt_on_stdin_is_refused(gpt):
-    result = run_lmkit("generate", str(gpt), input="")
+    result = invoke_lmkit("generate", str(gpt), input="")
     assert result.returncode == 1 and "error: stdin: the prompt is empty" in result.stderr
 
 

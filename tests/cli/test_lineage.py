@@ -1,22 +1,22 @@
 import json
 
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 
 
 def test_lineage_reaches_raw_files(dataset, text_corpus):
-    tree = json.loads(run_lmkit("lineage", str(dataset), "--json", check=True).stdout)
+    tree = json.loads(invoke_lmkit("lineage", str(dataset), "--json", check=True).stdout)
     assert tree["kind"] == "dataset"
     (tokenizer,) = tree["parents"]
     assert tokenizer["role"] == "tokenizer" and tokenizer["kind"] == "tokenizer"
     assert [f["path"] for f in tokenizer["files"]] == [str(text_corpus / "docs.txt")]
-    text = run_lmkit("lineage", str(dataset), check=True).stdout
+    text = invoke_lmkit("lineage", str(dataset), check=True).stdout
     assert "tokenizer: tokenizer" in text and "docs.txt" in text
 
 
 def test_lineage_flags_a_changed_parent(tmp_path, text_corpus, dataset):
     child = tmp_path / "child"
-    run_lmkit("preprocess", str(text_corpus), "--tokenizer", str(dataset / "tokenizer"), "--out", str(child),
-              check=True)
+    invoke_lmkit("preprocess", str(text_corpus), "--tokenizer", str(dataset / "tokenizer"), "--out", str(child),
+                 check=True)
     moved = tmp_path / "tok"
     import shutil
     shutil.copytree(dataset / "tokenizer", moved)
@@ -25,7 +25,7 @@ def test_lineage_flags_a_changed_parent(tmp_path, text_corpus, dataset):
     manifest["inputs"]["artifacts"][0]["path"] = "../tok"
     manifest["inputs"]["artifacts"][0]["id"] = "f" * 32
     (child / "manifest.json").write_text(json.dumps(manifest))
-    tree = json.loads(run_lmkit("lineage", str(child), "--json", check=True).stdout)
+    tree = json.loads(invoke_lmkit("lineage", str(child), "--json", check=True).stdout)
     assert "changed since" in tree["parents"][0]["error"]
 
 
@@ -33,7 +33,7 @@ def test_checkpoint_lineage_shows_a_shared_parent_once(dataset, tmp_path):
     from tests.conftest import train_tiny
 
     final = train_tiny(dataset, tmp_path / "run")
-    text = run_lmkit("lineage", str(final.path), check=True).stdout
+    text = invoke_lmkit("lineage", str(final.path), check=True).stdout
     assert text.count("tokenizer: tokenizer") == 2 and text.count("(its lineage is shown above)") == 1
     assert "dataset: dataset" in text
 
@@ -42,14 +42,14 @@ def test_lineage_shows_key_values_and_json_has_config_and_stats(dataset, tmp_pat
     from tests.conftest import train_tiny
 
     final = train_tiny(dataset, tmp_path / "run", lr=0.002)
-    text = run_lmkit("lineage", str(final.path), check=True).stdout
+    text = invoke_lmkit("lineage", str(final.path), check=True).stdout
     root = text.splitlines()[0]
     assert root.startswith(f"checkpoint {final.id[:12]}  {final.path}  [")
     assert "model gpt-tiny, arch gpt, objective clm, step 2, max_steps 2, lr 0.002]" in root
     (dataset_line,) = [line for line in text.splitlines() if "dataset: dataset" in line]
     assert "[tokenizer bpe, vocab 400, documents " in dataset_line and "tokens " in dataset_line
     assert "tokenizer: tokenizer" in text and "[type bpe, vocab 400]" in text
-    tree = json.loads(run_lmkit("lineage", str(final.path), "--json", check=True).stdout)
+    tree = json.loads(invoke_lmkit("lineage", str(final.path), "--json", check=True).stdout)
     assert tree["config"]["lr"] == 0.002 and tree["stats"]["step"] == 2 and tree["created_at"]
     (parent,) = [p for p in tree["parents"] if p["role"] == "dataset"]
     assert parent["stats"]["vocab_size"] == 400 and parent["config"]["tokenizer_type"] == "bpe"

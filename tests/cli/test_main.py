@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from lmkit import __version__
 from lmkit.cli import app
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit, run_lmkit
 
 
 def test_version_from_module_and_console_script():
@@ -23,10 +23,12 @@ def test_help_lists_every_command():
 
 
 def test_commands_load_torch_only_when_they_run():
-    """Stages named as "module:function" (pretrain, finetune, evaluate, export) are imported on use."""
+    """Stages named as "module:function" (pretrain, finetune, evaluate, export) are imported on use, and chat's
+    loop imports its stage (and the chat templates' Jinja2) when it runs."""
     probe = ("import sys; from lmkit.cli import app; from typer.testing import CliRunner; "
-             "[CliRunner().invoke(app, [c, '--help']) for c in ('pretrain', 'finetune', 'evaluate', 'export')]; "
-             "print('torch' in sys.modules)")
+             "[CliRunner().invoke(app, [c, '--help']) for c in ('pretrain', 'finetune', 'evaluate', 'export', "
+             "'chat')]; "
+             "print('torch' in sys.modules or 'jinja2' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -63,9 +65,9 @@ def test_bad_progress_interval_is_a_warning_not_a_crash(tmp_path):
 
 
 def test_verbose_prints_step_details(tmp_path, text_corpus):
-    result = run_lmkit("--verbose", "preprocess", str(text_corpus), "--out", str(tmp_path / "o"),
-                       "--vocab-size", "400", env={"LMKIT_PROGRESS_INTERVAL": "1000"}, check=True)
+    result = invoke_lmkit("--verbose", "preprocess", str(text_corpus), "--out", str(tmp_path / "o"),
+                          "--vocab-size", "400", env={"LMKIT_PROGRESS_INTERVAL": "1000"}, check=True)
     assert "(done in" in result.stderr  # a line per finished step, only with --verbose
-    quiet = run_lmkit("preprocess", str(text_corpus), "--out", str(tmp_path / "p"), "--vocab-size", "400",
-                      env={"LMKIT_PROGRESS_INTERVAL": "1000"}, check=True)
+    quiet = invoke_lmkit("preprocess", str(text_corpus), "--out", str(tmp_path / "p"), "--vocab-size", "400",
+                         env={"LMKIT_PROGRESS_INTERVAL": "1000"}, check=True)
     assert "(done in" not in quiet.stderr

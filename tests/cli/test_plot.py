@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lmkit.cli import app
-from tests.conftest import run_lmkit, train_tiny
+from tests.conftest import invoke_lmkit, train_tiny
 
 pytest.importorskip("matplotlib")
 runner = CliRunner()
@@ -18,22 +18,22 @@ def run_dir(dataset, tmp_path_factory):
 
 
 def test_one_run_writes_into_its_directory_and_several_need_out(run_dir, tmp_path):
-    result = run_lmkit("plot", str(run_dir), check=True)
+    result = invoke_lmkit("plot", str(run_dir), check=True)
     assert result.stdout.strip() == f"{run_dir / 'plots.png'}: training curves of 1 run(s)"
     assert (run_dir / "plots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    result = run_lmkit("plot", str(run_dir), str(run_dir))
+    result = invoke_lmkit("plot", str(run_dir), str(run_dir))
     assert result.returncode == 1 and "--out: required when plotting several runs" in result.stderr
     out = tmp_path / "sub" / "both.png"
-    run_lmkit("plot", str(run_dir), str(run_dir), "--out", str(out), check=True)
+    invoke_lmkit("plot", str(run_dir), str(run_dir), "--out", str(out), check=True)
     assert out.stat().st_size > 10_000
 
 
 def test_mistakes_exit_1_naming_them(run_dir, tmp_path):
-    result = run_lmkit("plot", str(run_dir), "--out", str(tmp_path / "plot.jpg"))
+    result = invoke_lmkit("plot", str(run_dir), "--out", str(tmp_path / "plot.jpg"))
     assert result.returncode == 1 and "must be a .png file" in result.stderr
-    result = run_lmkit("plot", str(tmp_path / "missing"))
+    result = invoke_lmkit("plot", str(tmp_path / "missing"))
     assert result.returncode == 1 and "no metrics.jsonl" in result.stderr and "Traceback" not in result.stderr
-    assert run_lmkit("plot").returncode in (0, 2)  # no argument: the help
+    assert invoke_lmkit("plot").returncode in (0, 2)  # no argument: the help
 
 
 def test_missing_matplotlib_names_the_extra(run_dir, tmp_path, monkeypatch):

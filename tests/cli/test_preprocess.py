@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lmkit import artifacts
 from lmkit.cli import app
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit, run_lmkit
 
 runner = CliRunner()
 
@@ -38,7 +38,7 @@ def test_flags_override_the_config_file(tmp_path, text_corpus):
 def test_unknown_key_and_bad_values_reported_together(tmp_path):
     config_file = tmp_path / "c.toml"
     config_file.write_text('out = "x"\nvocab = 100\nval_fraction = 2.0\n')
-    result = run_lmkit("preprocess", "in.txt", "--config", str(config_file), "--vocab-size", "10")
+    result = invoke_lmkit("preprocess", "in.txt", "--config", str(config_file), "--vocab-size", "10")
     assert result.returncode == 1
     assert f"error: {config_file}: unknown key 'vocab'" in result.stderr
     assert "error: --vocab-size: must be at least" in result.stderr
@@ -48,15 +48,15 @@ def test_unknown_key_and_bad_values_reported_together(tmp_path):
 def test_rerun_is_up_to_date_then_refuses_a_different_one(tmp_path, text_corpus):
     out = tmp_path / "data"
     args = ["preprocess", str(text_corpus), "--out", str(out), "--vocab-size", "400"]
-    first = run_lmkit(*args, check=True)
+    first = invoke_lmkit(*args, check=True)
     assert "documents kept" in first.stdout
     manifest_before = (out / "manifest.json").read_bytes()
-    second = run_lmkit(*args, check=True)
+    second = invoke_lmkit(*args, check=True)
     assert "up to date" in second.stdout and (out / "manifest.json").read_bytes() == manifest_before
-    third = run_lmkit(*args[:-1], "500")
+    third = invoke_lmkit(*args[:-1], "500")
     assert third.returncode == 1 and "use --force to replace it" in third.stderr
     assert (out / "manifest.json").read_bytes() == manifest_before
-    forced = run_lmkit(*args[:-1], "500", "--force", check=True)
+    forced = invoke_lmkit(*args[:-1], "500", "--force", check=True)
     assert "documents kept" in forced.stdout
     assert artifacts.load(out).config["vocab_size"] == 500
 
@@ -102,19 +102,19 @@ def test_concurrent_runs_on_one_output(tmp_path):
 
 def test_output_path_that_is_a_file(tmp_path, text_corpus):
     (tmp_path / "out").write_text("precious")
-    result = run_lmkit("preprocess", str(text_corpus), "--out", str(tmp_path / "out"))
+    result = invoke_lmkit("preprocess", str(text_corpus), "--out", str(tmp_path / "out"))
     assert result.returncode == 1 and "exists and is a file" in result.stderr
     assert (tmp_path / "out").read_text() == "precious"
 
 
 def test_glob_matching_nothing(tmp_path):
-    result = run_lmkit("preprocess", str(tmp_path / "*.jsonl"), "--out", str(tmp_path / "out"))
+    result = invoke_lmkit("preprocess", str(tmp_path / "*.jsonl"), "--out", str(tmp_path / "out"))
     assert result.returncode == 1 and "no file matches this pattern" in result.stderr and "*.jsonl" in result.stderr
 
 
 def test_manifest_records_resolved_config(tmp_path, text_corpus):
-    run_lmkit("preprocess", str(text_corpus), "--out", str(tmp_path / "o"), "--vocab-size", "400",
-              "--split-by", "line", check=True)
+    invoke_lmkit("preprocess", str(text_corpus), "--out", str(tmp_path / "o"), "--vocab-size", "400",
+                 "--split-by", "line", check=True)
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["config"]["split_by"] == "line" and manifest["config"]["vocab_size"] == 400
     assert manifest["config"]["normalization"] == "NFC"  # defaults resolved, not omitted

@@ -10,8 +10,10 @@ import time
 import pytest
 
 from lmkit import artifacts
-from tests.conftest import run_lmkit
+from tests.conftest import free_port, invoke_lmkit
 
+# A free port for torchrun's rendezvous, so that runs of the suite side by side (pytest -n) do not collide.
+PORT = str(free_port())
 ARGS = ["--seq-len", "32", "--micro-batch", "4", "--eval-every", "0", "--checkpoint-every", "0",
         "--precision", "fp32", "--log-every", "1", "--threads", "1"]
 
@@ -45,8 +47,8 @@ def test_signal_saves_a_checkpoint_then_resume_continues(dataset, tmp_path, sign
     saved = artifacts.load(checkpoint).stats["step"]
     assert saved >= 3 and "resume with --resume" in stderr
     assert not list(run_dir.glob(".*tmp-*"))
-    resumed = run_lmkit("pretrain", str(dataset), "--out", str(run_dir), "--max-steps", str(saved + 2), *ARGS,
-                        "--resume", check=True)
+    resumed = invoke_lmkit("pretrain", str(dataset), "--out", str(run_dir), "--max-steps", str(saved + 2), *ARGS,
+                           "--resume", check=True)
     assert f"resuming from {checkpoint}" in resumed.stderr
     assert artifacts.load(run_dir / "final").stats["step"] == saved + 2
 
@@ -72,21 +74,21 @@ def test_second_ctrl_c_stops_at_once_without_partial_checkpoint(dataset, tmp_pat
 
 def test_existing_run_without_resume_is_refused(dataset, tmp_path):
     args = ["pretrain", str(dataset), "--out", str(tmp_path / "run"), "--max-steps", "2", *ARGS]
-    run_lmkit(*args, check=True)
-    again = run_lmkit(*args[:-len(ARGS) - 1], "3", *ARGS)
+    invoke_lmkit(*args, check=True)
+    again = invoke_lmkit(*args[:-len(ARGS) - 1], "3", *ARGS)
     assert again.returncode == 1 and "already holds a run" in again.stderr
-    assert "up to date" in run_lmkit(*args, check=True).stdout
+    assert "up to date" in invoke_lmkit(*args, check=True).stdout
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["gpt-tiny", "bert-tiny"])  # bert: masked counts differ per micro-batch
 def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
     common = ["pretrain", str(dataset), "--max-steps", "8", *ARGS, "--model", model]
-    single = run_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", "--checkpoint-every", "4",
-                       check=True)
+    single = invoke_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", "--checkpoint-every", "4",
+                          check=True)
     assert "2 accumulation, 1 process(es)" in single.stderr
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", "-m", "lmkit", *common, "--out", str(tmp_path / "two")],
+                             "--master_port", PORT, "-m", "lmkit", *common, "--out", str(tmp_path / "two")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 accumulation, 2 process(es)" in result.stderr
@@ -106,7 +108,7 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
     (tmp_path / "grown").mkdir()
     shutil.copytree(tmp_path / "one" / "step-00000004", tmp_path / "grown" / "step-00000004")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", "-m", "lmkit", *common, "--out", str(tmp_path / "grown"),
+                             "--master_port", PORT, "-m", "lmkit", *common, "--out", str(tmp_path / "grown"),
                              "--resume"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert losses("grown") == pytest.approx(one[4:], rel=1e-4, abs=1e-4)
@@ -115,11 +117,11 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
 @pytest.mark.slow
 def test_fsdp2_shard_matches_one_process_and_resumes_exactly(dataset, tmp_path):
     common = ["pretrain", str(dataset), "--max-steps", "6", *ARGS, "--checkpoint-every", "3"]
-    run_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", check=True)
+    invoke_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", check=True)
 
     def torchrun(out, *extra):
         result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                 "--master_port", "29518", "-m", "lmkit", *common, "--out", str(out), "--shard",
+                                 "--master_port", PORT, "-m", "lmkit", *common, "--out", str(out), "--shard",
                                  *extra], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         return result
@@ -144,7 +146,7 @@ def test_fsdp2_shard_matches_one_process_and_resumes_exactly(dataset, tmp_path):
     single.mkdir()
     shutil.copytree(tmp_path / "two" / "step-00000003", single / "step-00000003")
     # (without --batch-tokens the global batch would be 4: refused, as tests/stages/test_pretrain.py checks)
-    run_lmkit(*common, "--out", str(single), "--resume", "--batch-tokens", "256", check=True)
+    invoke_lmkit(*common, "--out", str(single), "--resume", "--batch-tokens", "256", check=True)
     assert losses(single) == pytest.approx(losses(tmp_path / "two")[3:], rel=1e-4, abs=1e-4)
     # and the other way: the one-process (unsharded, index-keyed optimizer state) run's step 3, sharded on two
     sharded_again = tmp_path / "sharded-again"
@@ -165,7 +167,7 @@ def test_a_save_failing_on_rank_0_stops_every_rank(dataset, tmp_path):
     fcntl.flock(lock, fcntl.LOCK_EX)  # as if another lmkit process were writing that checkpoint
     try:
         result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                 "--master_port", "29519", "-m", "lmkit", "pretrain", str(dataset), "--out",
+                                 "--master_port", PORT, "-m", "lmkit", "pretrain", str(dataset), "--out",
                                  str(run_dir), "--max-steps", "4", *ARGS, "--checkpoint-every", "2"],
                                 capture_output=True, text=True, timeout=120)  # a hang would time out here
     finally:

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from lmkit import artifacts
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def copy(dataset, tmp_path):
 
 
 def test_intact_dataset_verifies(copy):
-    result = run_lmkit("verify", str(copy), check=True)
+    result = invoke_lmkit("verify", str(copy), check=True)
     assert f"ok: {copy} (dataset" in result.stdout and f"ok: {copy}/tokenizer (tokenizer" in result.stdout
 
 
@@ -37,7 +37,7 @@ def flip_byte(path):
 ])
 def test_tampering_named_with_exit_1(copy, damage, name, message):
     damage(copy)
-    result = run_lmkit("verify", str(copy))
+    result = invoke_lmkit("verify", str(copy))
     assert result.returncode == 1
     named = f"{copy}: " if name == "manifest.json" else f"{copy}/{name}"
     assert named in result.stderr and message in result.stderr
@@ -48,14 +48,14 @@ def test_edited_manifest_detected(copy):
     manifest["stats"]["documents_kept"] += 1
     manifest["recipe"] = "0" * 64  # an edit that would make a stale dataset look up to date
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    result = run_lmkit("verify", str(copy))
+    result = invoke_lmkit("verify", str(copy))
     assert result.returncode == 1 and "id does not match its contents" in result.stderr
 
 
 def test_stage_refuses_a_damaged_parent(copy, tmp_path, text_corpus):
     flip_byte(copy / "tokenizer" / "tokenizer.model")
-    result = run_lmkit("preprocess", str(text_corpus), "--tokenizer", str(copy / "tokenizer"),
-                       "--out", str(tmp_path / "child"))
+    result = invoke_lmkit("preprocess", str(text_corpus), "--tokenizer", str(copy / "tokenizer"),
+                          "--out", str(tmp_path / "child"))
     assert result.returncode == 1 and "tokenizer.model: content changed" in result.stderr
     assert not (tmp_path / "child").exists()
     with pytest.raises(artifacts.ArtifactError):

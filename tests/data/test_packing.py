@@ -15,7 +15,7 @@ from lmkit.data.packing import (
 )
 from lmkit.data.shards import read_shard
 from lmkit.vocab import CLS_ID, EOS_ID, FIRST_TEXT_ID, IGNORE_INDEX, MASK_ID, SEP_ID
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 
 
 def test_stream_puts_a_separator_after_each_document(dataset):
@@ -34,8 +34,8 @@ def test_stream_puts_a_separator_after_each_document(dataset):
 def many_shards(tmp_path_factory, text_corpus):
     """The test corpus in shards of about 2 KB: many files, each with several record batches."""
     out = tmp_path_factory.mktemp("shards") / "data"
-    run_lmkit("preprocess", str(text_corpus), "--out", str(out), "--vocab-size", "400", "--workers", "1",
-              "--shard-size", "2KB", check=True)
+    invoke_lmkit("preprocess", str(text_corpus), "--out", str(out), "--vocab-size", "400", "--workers", "1",
+                 "--shard-size", "2KB", check=True)
     return artifacts.load(out)
 
 
@@ -115,3 +115,37 @@ def test_sample_indices_are_epoch_permutations_and_pure():
     assert sorted(second.tolist()) == list(range(50)) and second.tolist() != first.tolist()
     assert sample_indices(50, seed=3, start=45, length=10).tolist() == first[45:].tolist() + second[:5].tolist()
     assert sample_indices(50, seed=4, start=0, length=50).tolist() != first.tolist()
+
+
+def test_length_grouped_order_pads_less_reads_every_example_and_is_pure():
+    from lmkit.data.packing import LengthGroupedOrder, sample_indices
+
+    lengths = np.random.default_rng(0).integers(5, 128, 1000)
+    order = LengthGroupedOrder(lengths, seed=3, group=8)
+    read = order.indices(0, 3 * 50 * 8 * 2)  # six buckets of 50 steps of 8: 2.4 epochs
+    # The same examples as the unsorted order, bucket by bucket: only their order within a bucket changes.
+    plain = sample_indices(1000, 3, 0, len(read))
+    for begin in range(0, len(read), 400):
+        assert sorted(read[begin:begin + 400]) == sorted(plain[begin:begin + 400])
+
+    def padding(indices):  # padded positions per real one, over steps of 8
+        steps = lengths[indices].reshape(-1, 8)
+        return (steps.max(axis=1) * 8 - steps.sum(axis=1)).sum() / steps.sum()
+
+    assert padding(read) < 0.05 < 0.5 < padding(plain)
+    assert not np.all(np.diff(lengths[read[:400]]) >= 0)  # the steps are shuffled, not read short to long
+    # Pure: any position range, read afresh (a resumed run), gives what the run read.
+    again = LengthGroupedOrder(lengths, seed=3, group=8)
+    for start, count in ((0, 4), (396, 8), (404, 2), (2000, 16), (2396, 4)):
+        assert np.array_equal(again.indices(start, count), read[start:start + count])
+    assert not np.array_equal(LengthGroupedOrder(lengths, seed=4, group=8).indices(0, 400), read[:400])
+
+
+def test_padding_to_a_multiple_stops_at_the_window():
+    from lmkit.data.framing import format_inputs
+    from lmkit.vocab import LMKIT
+
+    idx, mask = format_inputs([[9] * 10, [9] * 3], "bert", 128, LMKIT, multiple=8)
+    assert idx.shape == (2, 16) and mask.sum().item() == 12 + 5  # 12 and 5 real positions, [CLS] and [SEP] in
+    idx, _ = format_inputs([[9] * 127], "bert", 130, LMKIT, multiple=8)
+    assert idx.shape == (1, 130)  # 129 real positions: rounded up to 136, but the window is 130

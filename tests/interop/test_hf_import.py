@@ -13,7 +13,7 @@ from lmkit.config import resolve
 from lmkit.interop import import_stage
 from lmkit.interop.import_config import ImportConfig
 from lmkit.tokenizer import HFTokenizer, Tokenizer
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 from tests.interop.hf_models import FAMILIES, make_hf_model, sentencepiece_dir
 from tests.interop.test_hf_export import export
 
@@ -125,27 +125,27 @@ def _labeled(tmp_path):
 def test_finetune_classify_on_an_imported_model_runs_resumes_and_exports(family, imported, tmp_path):
     checkpoint = imported[family]
     data = tmp_path / "data"
-    run_lmkit("preprocess", str(_labeled(tmp_path)), "--out", str(data), "--tokenizer", f"{checkpoint}/tokenizer",
-              "--label-field", "label", "--val-fraction", "0.2", "--workers", "1", check=True)
+    invoke_lmkit("preprocess", str(_labeled(tmp_path)), "--out", str(data), "--tokenizer", f"{checkpoint}/tokenizer",
+                 "--label-field", "label", "--val-fraction", "0.2", "--workers", "1", check=True)
     common = ["finetune", str(checkpoint), str(data), "--out", str(tmp_path / "run"), "--micro-batch", "4",
               "--eval-every", "2", "--checkpoint-every", "2", "--precision", "fp32"]
-    run_lmkit(*common, "--max-steps", "2", check=True)
-    resumed = run_lmkit(*common, "--max-steps", "4", "--resume", check=True)
+    invoke_lmkit(*common, "--max-steps", "2", check=True)
+    resumed = invoke_lmkit(*common, "--max-steps", "4", "--resume", check=True)
     assert "resum" in (resumed.stdout + resumed.stderr).lower()
     final = read_checkpoint(tmp_path / "run" / "final")
     assert final.artifact.stats["step"] == 4 and final.task == "classify"
     exported = export(final.path, tmp_path / "hf")  # transformers agrees on the finetuned classifier
     assert exported.stats["architecture"] == ("GPT2" if family == "gpt2" else "Bert") + "ForSequenceClassification"
-    report = run_lmkit("evaluate", str(final.path), str(data), "--split", "validation", check=True)
+    report = invoke_lmkit("evaluate", str(final.path), str(data), "--split", "validation", check=True)
     assert "accuracy" in report.stdout
     # Distillation both ways round: the imported model's classifier teaches a new classic student.
     student = ("gpt2-tiny" if family == "gpt2" else "bert-tiny")
-    run_lmkit("finetune", str(checkpoint), str(data), "--out", str(tmp_path / "student"), "--model", student,
-              "--teacher", str(final.path), "--seq-len", "64", "--micro-batch", "4", "--max-steps", "2",
-              "--precision", "fp32", check=True)
+    invoke_lmkit("finetune", str(checkpoint), str(data), "--out", str(tmp_path / "student"), "--model", student,
+                 "--teacher", str(final.path), "--seq-len", "64", "--micro-batch", "4", "--max-steps", "2",
+                 "--precision", "fp32", check=True)
     if family == "bert":  # and masked-LM training goes on with the imported tokenizer's [MASK]
-        run_lmkit("finetune", str(checkpoint), str(data), "--task", "mlm", "--out", str(tmp_path / "mlm"),
-                  "--seq-len", "32", "--micro-batch", "4", "--max-steps", "2", "--precision", "fp32", check=True)
+        invoke_lmkit("finetune", str(checkpoint), str(data), "--task", "mlm", "--out", str(tmp_path / "mlm"),
+                     "--seq-len", "32", "--micro-batch", "4", "--max-steps", "2", "--precision", "fp32", check=True)
 
 
 @pytest.mark.slow
@@ -155,11 +155,11 @@ def test_sft_with_lora_on_an_imported_llama_generates(imported, tmp_path):
                                  for i in range(2, 30)) + "\n")
     common = ["finetune", str(imported["llama"]), str(records), "--out", str(tmp_path / "run"), "--micro-batch", "4",
               "--lora-rank", "2", "--checkpoint-every", "2", "--eval-every", "0", "--precision", "fp32"]
-    run_lmkit(*common, "--max-steps", "2", check=True)
-    run_lmkit(*common, "--max-steps", "3", "--resume", check=True)
+    invoke_lmkit(*common, "--max-steps", "2", check=True)
+    invoke_lmkit(*common, "--max-steps", "3", "--resume", check=True)
     assert read_checkpoint(tmp_path / "run" / "final").artifact.stats["step"] == 3
-    generated = run_lmkit("generate", str(tmp_path / "run" / "final"), "Count to 3", "--max-new-tokens", "4",
-                          check=True)
+    generated = invoke_lmkit("generate", str(tmp_path / "run" / "final"), "Count to 3", "--max-new-tokens", "4",
+                             check=True)
     assert generated.stdout.strip()
 
 
@@ -220,7 +220,7 @@ def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_p
     elif case == "rope-scaling":
         _edit_config(source, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0})
     trust = ["--trust-pickle"] if case == "pickled-list" else []  # read, then refused for what it holds
-    result = run_lmkit("import", str(source), "--out", str(tmp_path / "out"), *trust)
+    result = invoke_lmkit("import", str(source), "--out", str(tmp_path / "out"), *trust)
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr, result.stderr
@@ -245,8 +245,8 @@ def test_a_vocabulary_past_65536_tokens_gives_uint32_shards(tmp_path):
     tokenizer = import_dir(tmp_path / "hf", tmp_path / "tok")
     assert tokenizer.stats["vocab_size"] == 70_002
     (tmp_path / "text.txt").write_text("\n\n".join(f"w1 w{60_000 + i} w69999 w5 w7 w9 w11 w13" for i in range(40)))
-    run_lmkit("preprocess", str(tmp_path / "text.txt"), "--out", str(tmp_path / "data"), "--tokenizer",
-              str(tmp_path / "tok"), "--workers", "1", "--filters", "none", "--no-near-dedup", check=True)
+    invoke_lmkit("preprocess", str(tmp_path / "text.txt"), "--out", str(tmp_path / "data"), "--tokenizer",
+                 str(tmp_path / "tok"), "--workers", "1", "--filters", "none", "--no-near-dedup", check=True)
     from lmkit import artifacts
 
     dataset = artifacts.load(tmp_path / "data", kind="dataset")
@@ -344,5 +344,5 @@ def test_an_untied_bert_decoder_is_imported(tmp_path):
 
 
 def test_info_names_an_imported_checkpoints_family(imported):
-    shown = run_lmkit("info", str(imported["gpt2"]), check=True).stdout
+    shown = invoke_lmkit("info", str(imported["gpt2"]), check=True).stdout
     assert "GPT-2 (LayerNorm, learned positions, GELU, biases)" in " ".join(shown.split())

@@ -11,7 +11,7 @@ from lmkit.checkpoint import read_checkpoint
 from lmkit.errors import UserError
 from lmkit.interpret.activations import activations, neuron_activations
 from lmkit.models import build_model
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 from tests.models.conftest import tiny_config
 
 
@@ -43,8 +43,8 @@ def test_strongest_neurons_and_their_tokens(gpt, lstm, tmp_path):
             token, position, value = neuron["top_tokens"][0]
             assert value == max(neuron["values"]) == neuron["max"] and result.tokens[position] == token
     out = tmp_path / "neurons"
-    printed = run_lmkit("inspect", "activations", str(gpt), "The <for> statement", "--out", str(out), "--top", "3",
-                        check=True)
+    printed = invoke_lmkit("inspect", "activations", str(gpt), "The <for> statement", "--out", str(out), "--top", "3",
+                           check=True)
     assert printed.stdout.startswith(f"{out / 'activations.html'}: 2 layers, ")
     saved = json.loads((out / "activations.json").read_text())
     assert [len(row["neurons"]) for row in saved["layers"]] == [3, 3]

@@ -9,7 +9,7 @@ import torch
 from lmkit.checkpoint import read_checkpoint
 from lmkit.errors import UserError
 from lmkit.interpret.attribution import attribute, integrated_gradients
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 from tests.interop.conftest import write_finetuned
 
 TEXT = "The for statement iterates over the items"
@@ -86,8 +86,8 @@ def test_targets_and_refusals(checkpoints, bert):
 def test_cli_writes_page_picture_and_numbers(checkpoints, bert, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "why"
-    result = run_lmkit("inspect", "attribution", str(checkpoints["gpt-classifier"]), "A </div><script>x</script> text",
-                       "--out", str(out), "--target", "a", check=True)
+    result = invoke_lmkit("inspect", "attribution", str(checkpoints["gpt-classifier"]),
+                          "A </div><script>x</script> text", "--out", str(out), "--target", "a", check=True)
     assert result.stdout.startswith(f"{out / 'attribution.html'}: log p(a | text) = ")
     saved = json.loads((out / "attribution.json").read_text())
     assert abs(saved["completeness_gap"]) <= 1e-3 and saved["target"] == "a"
@@ -95,6 +95,6 @@ def test_cli_writes_page_picture_and_numbers(checkpoints, bert, tmp_path):
     assert "<script" not in page and "&lt;" in page  # the text is escaped; the page needs no script
     assert "http" not in page.replace("http-equiv", "")
     assert (out / "attribution.png").read_bytes()[:4] == b"\x89PNG"
-    refused = run_lmkit("inspect", "attribution", str(bert), "text", "--out", str(tmp_path / "no"))
+    refused = invoke_lmkit("inspect", "attribution", str(bert), "text", "--out", str(tmp_path / "no"))
     assert refused.returncode == 1 and "has no single output for a text to explain" in refused.stderr
     assert not (tmp_path / "no").exists()

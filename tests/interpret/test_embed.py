@@ -13,7 +13,7 @@ from lmkit.data.framing import format_inputs
 from lmkit.data.labeled import read_labeled
 from lmkit.interpret import embed
 from lmkit.interpret.states import encode_layers, pooled_layers
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 
 
 def read(path):
@@ -45,8 +45,8 @@ def test_pooled_rows_are_the_models_states_a_batch_at_a_time(gpt, labeled, tmp_p
 
 def test_every_position_with_pooling_none(bert, dataset, tmp_path):
     out = tmp_path / "states"
-    result = run_lmkit("inspect", "embed", str(bert), str(dataset), "--split", "validation", "--pooling", "none",
-                       "--out", str(out), check=True)
+    result = invoke_lmkit("inspect", "embed", str(bert), str(dataset), "--split", "validation", "--pooling", "none",
+                          "--out", str(out), check=True)
     assert "layers 2 (every position, " in result.stdout
     table, _ = read(out)
     assert "label" not in table.column_names  # an unlabeled dataset
@@ -61,8 +61,8 @@ def test_every_position_with_pooling_none(bert, dataset, tmp_path):
     row = np.array(table.column("layer2")[0].as_py(), dtype=np.float32)
     assert row.shape == (table.column("n_tokens")[0].as_py(), model.config.d_model) == tuple(states.shape)
     assert np.allclose(row, states.numpy(), atol=1e-5)
-    again = run_lmkit("inspect", "embed", str(bert), str(dataset), "--split", "validation", "--pooling", "none",
-                      "--out", str(out), check=True)
+    again = invoke_lmkit("inspect", "embed", str(bert), str(dataset), "--split", "validation", "--pooling", "none",
+                         "--out", str(out), check=True)
     assert "up to date" in again.stderr
 
 
@@ -74,6 +74,6 @@ def test_every_position_with_pooling_none(bert, dataset, tmp_path):
     (("--pooling", "cls"), "--pooling cls: not a pooling of a gpt model"),
 ])
 def test_refusals_write_nothing(gpt, dataset, tmp_path, flags, message):
-    result = run_lmkit("inspect", "embed", str(gpt), str(dataset), "--out", str(tmp_path / "v"), *flags)
+    result = invoke_lmkit("inspect", "embed", str(gpt), str(dataset), "--out", str(tmp_path / "v"), *flags)
     assert result.returncode == 1 and message in result.stderr
     assert not (tmp_path / "v").exists()

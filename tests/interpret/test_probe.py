@@ -15,7 +15,7 @@ from lmkit.interpret.states import encode_layers, pooled_layers
 from lmkit.models import build_model
 from lmkit.models.layers import KeyPadding
 from lmkit.vocab import LMKIT
-from tests.conftest import block_imports, labeled_records, preprocess_labeled, run_lmkit, train_tiny
+from tests.conftest import block_imports, invoke_lmkit, labeled_records, preprocess_labeled, train_tiny
 from tests.interop.conftest import write_finetuned
 from tests.models.conftest import tiny_config
 
@@ -63,7 +63,7 @@ def test_pooled_last_layer_is_what_a_classifier_reads(dataset, tmp_path):
 
 def test_probe_reads_an_easy_task_and_writes_table_and_plot(gpt, labeled_with_validation, tmp_path):
     out = tmp_path / "probe"
-    result = run_lmkit("inspect", "probe", str(gpt), str(labeled_with_validation), "--out", str(out), check=True)
+    result = invoke_lmkit("inspect", "probe", str(gpt), str(labeled_with_validation), "--out", str(out), check=True)
     saved = json.loads((out / "probe.json").read_text())
     assert [row["layer"] for row in saved["layers"]] == [0, 1, 2]  # gpt-tiny: 2 blocks
     documents = json.loads((labeled_with_validation / "manifest.json").read_text())["stats"]["splits"]
@@ -81,7 +81,7 @@ def test_probe_reads_an_easy_task_and_writes_table_and_plot(gpt, labeled_with_va
 def test_probe_refusals(gpt, lstm, dataset, labeled_with_validation, labeled, tmp_path):
     out = tmp_path / "probe"
     # one through the command line (the exit code and the one-line error), the rest in this process
-    result = run_lmkit("inspect", "probe", str(gpt), str(dataset), "--out", str(out))
+    result = invoke_lmkit("inspect", "probe", str(gpt), str(dataset), "--out", str(out))
     assert result.returncode == 1 \
         and f"error: {dataset}: has no labels; a probe needs a labeled dataset" in result.stderr
     cases = [
@@ -111,16 +111,16 @@ def test_a_classifier_beats_its_random_control_on_the_demo_labeled_set(tmp_path)
     the test split. (The demo's pretrained GPT and BERT beat theirs too, 0.709 and 0.706 against 0.669 and
     0.611; a language model pretrained for the few seconds a test can spend does not.)"""
     corpus = tmp_path / "corpus"
-    run_lmkit("demo-corpus", "--out", str(corpus), check=True)
+    invoke_lmkit("demo-corpus", "--out", str(corpus), check=True)
     data, labeled = tmp_path / "data", tmp_path / "labeled"
-    run_lmkit("preprocess", str(corpus / "topics"), "--out", str(data), "--vocab-size", "2000", "--workers", "1",
-              "--no-near-dedup", check=True)
-    run_lmkit("preprocess", str(corpus / "docstrings.jsonl"), "--label-field", "label", "--tokenizer",
-              str(data / "tokenizer"), "--val-fraction", "0.1", "--test-fraction", "0.4", "--filters",
-              "too_short,too_long", "--no-near-dedup", "--workers", "1", "--out", str(labeled), check=True)
+    invoke_lmkit("preprocess", str(corpus / "topics"), "--out", str(data), "--vocab-size", "2000", "--workers", "1",
+                 "--no-near-dedup", check=True)
+    invoke_lmkit("preprocess", str(corpus / "docstrings.jsonl"), "--label-field", "label", "--tokenizer",
+                 str(data / "tokenizer"), "--val-fraction", "0.1", "--test-fraction", "0.4", "--filters",
+                 "too_short,too_long", "--no-near-dedup", "--workers", "1", "--out", str(labeled), check=True)
     gpt = train_tiny(data, tmp_path / "gpt").path
-    run_lmkit("finetune", str(gpt), str(labeled), "--epochs", "4", "--seq-len", "64", "--lr", "3e-3", "--out",
-              str(tmp_path / "clf"), check=True)
+    invoke_lmkit("finetune", str(gpt), str(labeled), "--epochs", "4", "--seq-len", "64", "--lr", "3e-3", "--out",
+                 str(tmp_path / "clf"), check=True)
     result = probe_module.run_probe(tmp_path / "clf" / "final", labeled, split="test")
     best = max(row["accuracy"] for row in result.layers)
     control = max(row["control_accuracy"] for row in result.layers)

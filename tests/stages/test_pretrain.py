@@ -134,13 +134,13 @@ def test_sentence_pair_pretraining_reports_each_loss_and_adds_segments_and_a_sen
 
 
 def test_sentence_pairs_on_one_sentence_documents_are_refused_before_compute(dataset, tmp_path):
-    from tests.conftest import paragraphs, run_lmkit
+    from tests.conftest import invoke_lmkit, paragraphs
 
     corpus = tmp_path / "lines"
     corpus.mkdir()  # one document per line, each the first sentence of a paragraph, without its full stop
     (corpus / "lines.txt").write_text("\n\n".join(p.split(". ")[0].rstrip(".") for p in paragraphs()) + "\n")
-    run_lmkit("preprocess", str(corpus), "--out", str(tmp_path / "data"), "--tokenizer", str(dataset / "tokenizer"),
-              check=True)
+    invoke_lmkit("preprocess", str(corpus), "--out", str(tmp_path / "data"), "--tokenizer", str(dataset / "tokenizer"),
+                 check=True)
     with pytest.raises(UserError, match="needs documents of two sentences or more .* each of its \\d+ training "
                                         "documents is one sentence or line"):
         pretrain.run(config(tmp_path / "data", tmp_path / "run", model="encoder-tiny", objective="mlm+sop"))
@@ -309,13 +309,13 @@ def test_config_refusals(dataset, tmp_path, values, message):
 
 
 def test_a_mixture_of_datasets_samples_by_share_records_its_sources_and_resumes_exactly(dataset, tmp_path):
-    from tests.conftest import run_lmkit
+    from tests.conftest import invoke_lmkit
 
     other = tmp_path / "other"
     source = tmp_path / "other.txt"
     source.write_text("\n\n".join(f"Another corpus, paragraph number {i}, with words of its own." for i in range(300)))
-    run_lmkit("preprocess", str(source), "--out", str(other), "--tokenizer", str(dataset / "tokenizer"), "--workers",
-              "1", "--no-near-dedup", check=True)
+    invoke_lmkit("preprocess", str(source), "--out", str(other), "--tokenizer", str(dataset / "tokenizer"), "--workers",
+                 "1", "--no-near-dedup", check=True)
     mixed = {"dataset": f"{dataset},{other}", "weights": [0.75, 0.25], "keep_last": 5}
     full = pretrain.run(config(dataset, tmp_path / "full", **mixed))
     sources = full.stats["mixture"]["sources"]
@@ -373,12 +373,12 @@ def test_mixture_flags_are_checked(dataset, tmp_path, values, message):
 
 
 def test_datasets_with_different_tokenizers_are_not_mixed(dataset, tmp_path):
-    from tests.conftest import run_lmkit
+    from tests.conftest import invoke_lmkit
 
     source = tmp_path / "other.txt"
     source.write_text("\n\n".join(f"Paragraph {i} of a corpus with its own tokenizer." for i in range(200)))
-    run_lmkit("preprocess", str(source), "--out", str(tmp_path / "other"), "--vocab-size", "350", "--workers", "1",
-              check=True)
+    invoke_lmkit("preprocess", str(source), "--out", str(tmp_path / "other"), "--vocab-size", "350", "--workers", "1",
+                 check=True)
     with pytest.raises(UserError, match=r"other: was tokenized with another tokenizer .* a mixture needs one "
                                         r"tokenizer: preprocess it with --tokenizer"):
         pretrain.run(config(dataset, tmp_path / "run", dataset=f"{dataset},{tmp_path / 'other'}"))

@@ -12,7 +12,7 @@ from lmkit.errors import ConfigError, UserError
 from lmkit.stages import pretrain
 from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training import budget
-from tests.conftest import run_lmkit
+from tests.conftest import invoke_lmkit
 
 
 @pytest.mark.parametrize("unique", [30_000, 1_000_000, 30_000_000])
@@ -84,7 +84,7 @@ def test_a_budget_run_trains_records_its_choice_and_resumes_with_it(dataset, tmp
 
 
 def test_print_config_shows_the_probed_choice(dataset, tmp_path):
-    result = run_lmkit("pretrain", str(dataset), "--out", str(tmp_path / "p"), "--budget", "1m", "--print-config")
+    result = invoke_lmkit("pretrain", str(dataset), "--out", str(tmp_path / "p"), "--budget", "1m", "--print-config")
     assert result.returncode == 0, result.stderr
     assert "the probe measured" in result.stderr and "--budget: depth " in result.stderr
     assert 'budget = "1m"' in result.stdout and "n_layer = " in result.stdout and "max_steps = " in result.stdout
