@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lmkit.data.chat_template import ROLES, ChatFormat, assistant_spans, render
-from lmkit.data.jsonl import read_text
+from lmkit.data.jsonl import first_record, read_text
 from lmkit.errors import UserError
 from lmkit.vocab import IGNORE_INDEX
 
@@ -138,15 +138,8 @@ def read(path: str | Path, skip_bad: bool = False, needs_reply: bool = True, ski
 
 def looks_like_conversations(path: str | Path) -> bool:
     """Whether the first record of a JSONL file holds a "messages" or "conversations" list (finetune --task auto)."""
-    for line in read_text(path).split("\n"):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return False  # the reader of the chosen task reports it with its line
-            return isinstance(record, dict) and any(isinstance(record.get(key), list)
-                                                    for key in ("messages", "conversations"))
-    return False
+    record = first_record(path)
+    return record is not None and any(isinstance(record.get(key), list) for key in ("messages", "conversations"))
 
 
 # -- tokenizing -----------------------------------------------------------------------------------------------

@@ -44,3 +44,16 @@ def json_objects(text: str, source: str, expected: str = "a JSON object") -> Ite
 def read_jsonl(path: str | Path, expected: str = "a JSON object") -> Iterator[tuple[str, dict]]:
     """``json_objects`` of a file."""
     return json_objects(read_text(path), str(path), expected)
+
+
+def first_record(path: str | Path) -> dict | None:
+    """The first record of a JSONL file, to tell what kind of data it holds (finetune --task auto); None when it
+    is empty, or its first line is not a JSON object (the reader of the chosen task reports that with its line)."""
+    for line in read_text(path).split("\n"):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                return None
+            return record if isinstance(record, dict) else None
+    return None

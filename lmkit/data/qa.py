@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmkit.data.jsonl import read_jsonl, read_text
+from lmkit.data.jsonl import first_record, read_jsonl
 from lmkit.errors import UserError
 
 QA_FIELDS = ("question", "context")
@@ -121,14 +121,8 @@ def read_qa(path: str | Path, with_answers: bool = True, limit: int = 0) -> list
 
 def looks_like_qa(path: str | Path) -> bool:
     """Whether the first record of a JSONL file has a question and a context (finetune --task auto)."""
-    for line in read_text(path).split("\n"):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return False  # the reader of the chosen task reports it with its line
-            return isinstance(record, dict) and all(field in record for field in QA_FIELDS)
-    return False
+    record = first_record(path)
+    return record is not None and all(field in record for field in QA_FIELDS)
 
 
 def first_sentence(context: str) -> str:

@@ -159,6 +159,27 @@ async def completions(body: CompletionRequest, call: Call):
             "choices": choices, "usage": counts}
 
 
+CHAT_MAX_TOKENS = 256  # a chat reply's default length (capped by serve --max-tokens)
+
+
+async def chat_reply(call: Call, prompts: list[Prompt], body: Sampling):
+    """OpenAI's chat completion (or its stream) of ``prompts``, already rendered from a request's messages by
+    the kind of model serving them."""
+    server = call.server
+    default = min(CHAT_MAX_TOKENS, server.options.max_tokens)
+    max_tokens = default if body.max_tokens is None else body.max_tokens
+    settings = sampling(server, body, default)
+    name, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if body.stream:
+        return stream(call, prompts, body, settings, max_tokens, name, created, chat=True)
+    rows = await complete(server, prompts, body, settings, max_tokens)
+    used = usage(server, prompts, rows)
+    call.used(used["total_tokens"])
+    return {"id": name, "object": "chat.completion", "created": created, "model": server.options.model_name,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": row.text}, "finish_reason": row.finish}
+                        for i, row in enumerate(rows)], "usage": used}
+
+
 def stream(call: Call, prompts: list[Prompt], body: Sampling, settings: SamplingSettings, max_tokens: int, name: str,
            created: int, chat: bool) -> StreamingResponse:
     """The completions as server-sent events: each piece of text as it is decoded, then each row's finish

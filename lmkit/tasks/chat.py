@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,7 +30,6 @@ from lmkit.tasks import text
 from lmkit.tasks.base import JSONL, Baseline, EvalPlan, Evaluation, Generation, Inputs, Route, TaskSpec, read_examples
 from lmkit.tasks.inputs import read_inputs, text_of
 
-CHAT_MAX_TOKENS = 256  # a chat reply's default length in serve (capped by serve --max-tokens)
 REPLY_METRICS = (*generation_tasks.GENERATION_METRICS, "stop_rate")
 CHAT_MODEL = "a chat model"
 MAKE = "`lmkit finetune BASE conversations.jsonl --task chat`"
@@ -225,19 +223,7 @@ async def chat_completions(body, call):
         raise ApiError(400, str(exc), "messages") from None
     messages = conversation.as_list()
     ids, _dropped, rendered = generator.encode_messages(messages, "messages")  # the server refuses what does not fit
-    prompts = [(rendered, ids)]
-    default = min(CHAT_MAX_TOKENS, server.options.max_tokens)
-    max_tokens = default if body.max_tokens is None else body.max_tokens
-    settings = completions.sampling(server, body, default)
-    name, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    if body.stream:
-        return completions.stream(call, prompts, body, settings, max_tokens, name, created, chat=True)
-    rows = await completions.complete(server, prompts, body, settings, max_tokens)
-    usage = completions.usage(server, prompts, rows)
-    call.used(usage["total_tokens"])
-    return {"id": name, "object": "chat.completion", "created": created, "model": server.options.model_name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": row.text}, "finish_reason": row.finish}
-                        for i, row in enumerate(rows)], "usage": usage}
+    return await completions.chat_reply(call, [(rendered, ids)], body)
 
 
 def routes(server) -> list[Route]:

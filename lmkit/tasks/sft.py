@@ -4,15 +4,10 @@ the conversation's system and user turns filling the template's one ``{prompt}``
 
 from __future__ import annotations
 
-import time
-import uuid
-
 from lmkit.checkpoint import Checkpoint
 from lmkit.models import CAUSAL_ARCHS
 from lmkit.tasks import text
 from lmkit.tasks.base import Route, TaskSpec
-
-CHAT_MAX_TOKENS = 256  # a chat answer's default length (capped by serve --max-tokens)
 
 
 async def chat(body, call):
@@ -26,18 +21,7 @@ async def chat(body, call):
     # The SFT template has one {prompt}: the system and user turns, in order, fill it.
     prompts = [completions.encode(server, "\n\n".join(m.content for m in body.messages
                                                       if m.role in ("system", "user")), "messages")]
-    default = min(CHAT_MAX_TOKENS, server.options.max_tokens)
-    max_tokens = default if body.max_tokens is None else body.max_tokens
-    settings = completions.sampling(server, body, default)
-    name, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    if body.stream:
-        return completions.stream(call, prompts, body, settings, max_tokens, name, created, chat=True)
-    rows = await completions.complete(server, prompts, body, settings, max_tokens)
-    usage = completions.usage(server, prompts, rows)
-    call.used(usage["total_tokens"])
-    return {"id": name, "object": "chat.completion", "created": created, "model": server.options.model_name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": row.text}, "finish_reason": row.finish}
-                        for i, row in enumerate(rows)], "usage": usage}
+    return await completions.chat_reply(call, prompts, body)
 
 
 def routes(server) -> list[Route]:
