@@ -3,10 +3,9 @@ conversation lmkit.generation.chat's)."""
 
 from __future__ import annotations
 
-import torch
-
 from lmkit import tasks
 from lmkit.checkpoint import read_checkpoint
+from lmkit.devices import set_threads
 from lmkit.errors import UserError
 from lmkit.generation.chat import ChatSession
 from lmkit.stages.chat_config import ChatConfig
@@ -15,8 +14,7 @@ from lmkit.tasks.base import LoadOptions
 
 def open_chat(config: ChatConfig) -> ChatSession:
     """The checkpoint's model behind a new conversation; a checkpoint that is not a chat model is refused."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     checkpoint = read_checkpoint(config.checkpoint)
     spec = tasks.for_checkpoint(checkpoint)
     if checkpoint.chat is None:

@@ -28,7 +28,8 @@ class ChatConfig:
     precision: str = option("fp32", "Weights and activations in fp32 or bf16.", choices=PRECISIONS)
     quantize: str = option("none", "int8: int8 weights (dynamic int8 matmuls on CPU); none: as trained.",
                            choices=QUANTIZATIONS)
-    threads: int = option(0, "Torch intra-op threads (0: torch's default).")
+    threads: int = option(0, "Torch intra-op threads (0: OMP_NUM_THREADS if set, else the CPUs this process may "
+                                "use, its affinity and any cgroup quota).")
 
     def __post_init__(self) -> None:
         problems = []

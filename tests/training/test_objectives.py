@@ -61,3 +61,36 @@ def test_each_objective_reads_its_own_options_which_are_flags_of_the_stages_offe
     config = FinetuneConfig(base="b", data="d", out="o", pooling="cls", chunk_stride=7)
     options = OBJECTIVES["classify"].options_from(config)
     assert (options.pooling, options.chunk_stride, options.val_fraction) == ("cls", 7, 0.1)
+
+
+def test_classify_reads_batches_of_similar_lengths_and_every_example_once():
+    """The classifier's training batches come from the length-grouped order (issue 30): over an epoch the same
+    examples as at random, with far less padding."""
+    import numpy as np
+    import torch
+
+    from lmkit.training.objectives.base import BatchLayout
+    from lmkit.training.objectives.classification import Classification
+    from lmkit.vocab import Specials
+
+    rng = np.random.default_rng(0)
+    texts = [list(range(5, 5 + int(n))) for n in rng.integers(3, 120, size=400)]
+    labels = np.arange(400) % 2
+    layout = BatchLayout(micro_batch=8, accumulation=1, world_size=1)
+    specials = Specials(pad=0, eos=1)
+
+    def epoch(grouped: bool) -> tuple[list[int], int]:
+        objective = Classification(texts, labels, [], np.array([]), 2, "gpt", 128, layout, 0, torch.device("cpu"),
+                                   specials, group_by_length=grouped)
+        seen, padding = [], 0
+        for step in range(len(texts) // 8):
+            batch = objective.train_batch(step, 0, 0)
+            mask = batch["attention_mask"]
+            padding += int((~mask).sum())
+            seen += mask.sum(dim=1).tolist()
+        return sorted(seen), padding
+
+    grouped_lengths, grouped_padding = epoch(True)
+    random_lengths, random_padding = epoch(False)
+    assert grouped_lengths == random_lengths == sorted(len(t) for t in texts)  # every example once
+    assert grouped_padding * 5 < random_padding

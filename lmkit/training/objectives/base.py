@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +24,11 @@ from lmkit.models.config import ModelConfig
 from lmkit.tokenizer import specials_in
 from lmkit.training.objectives.objective_options import HeldOutOptions, NoOptions
 from lmkit.vocab import Specials
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from lmkit.data.packing import LengthGroupedOrder
 
 Options = TypeVar("Options")  # an objective's options class (ObjectiveSpec.options)
 
@@ -45,17 +50,23 @@ class BatchLayout:
         return step * self.global_batch + (micro * self.world_size + rank) * self.micro_batch
 
 
-def examples_at(examples: Sequence[Any], layout: BatchLayout, seed: int, step: int, micro: int, rank: int,
-                order: Any = None) -> list[Any]:
-    """The examples a micro-batch reads: those at its global sample positions, epoch after epoch of seeded
-    permutations (packing.sample_indices), or in ``order`` (a packing.LengthGroupedOrder of the examples), so
-    that a resumed run reads what the uninterrupted one would."""
+def indices_at(count: int, layout: BatchLayout, seed: int, step: int, micro: int, rank: int,
+               order: LengthGroupedOrder | None = None) -> np.ndarray:
+    """Which of ``count`` examples a micro-batch reads: those at its global sample positions, epoch after epoch
+    of seeded permutations (packing.sample_indices), or in ``order`` (the examples grouped by length), so that a
+    resumed run reads what the uninterrupted one would."""
     from lmkit.data.packing import sample_indices
 
     start = layout.start(step, micro, rank)
-    indices = (order.indices(start, layout.micro_batch) if order is not None
-               else sample_indices(len(examples), seed, start, layout.micro_batch))
-    return [examples[i] for i in indices]
+    if order is not None:
+        return order.indices(start, layout.micro_batch)
+    return sample_indices(count, seed, start, layout.micro_batch)
+
+
+def examples_at(examples: Sequence[Any], layout: BatchLayout, seed: int, step: int, micro: int, rank: int,
+                order: LengthGroupedOrder | None = None) -> list[Any]:
+    """The examples a micro-batch reads (:func:`indices_at`)."""
+    return [examples[i] for i in indices_at(len(examples), layout, seed, step, micro, rank, order)]
 
 
 def held_out(examples: list[Any], options: HeldOutOptions, seed: int, notes: list[str], unit: str

@@ -26,7 +26,7 @@ from lmkit.data.framing import (
     text_room,
 )
 from lmkit.data.labeled import IMBALANCE_RATIO, LabeledSplit, labeled_splits
-from lmkit.data.packing import LengthGroupedOrder, sample_indices, seeded_generator
+from lmkit.data.packing import LengthGroupedOrder, seeded_generator
 from lmkit.data.split import seeded_subset
 from lmkit.errors import UserError
 from lmkit.evaluation.metrics import classification_metrics
@@ -38,6 +38,7 @@ from lmkit.training.objectives.base import (
     ObjectiveInputs,
     ObjectiveSpec,
     dataset_for,
+    indices_at,
     register,
 )
 from lmkit.training.objectives.objective_options import HeldOutOptions
@@ -110,8 +111,7 @@ class Classification:
 
     def train_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
         start = self.layout.start(step, micro, rank)
-        indices = (self.order.indices(start, self.layout.micro_batch) if self.order is not None
-                   else sample_indices(len(self.train), self.seed, start, self.layout.micro_batch))
+        indices = indices_at(len(self.train), self.layout, self.seed, step, micro, rank, self.order)
         token_lists = [self.train[i] for i in indices]
         pairs = None if self.train_pairs is None else [self.train_pairs[i] for i in indices]
         if self.token_dropout:
