@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 
 from lmkit import artifacts
 from lmkit import config as config_lib
-from lmkit.checkpoint import TrainerState, checkpoint_format
+from lmkit.checkpoint import TrainerState
 from lmkit.data import conversations
 from lmkit.data.chat_template import ChatFormat, check_template
 from lmkit.data.jsonl import read_text
@@ -112,8 +112,8 @@ def run(config: ImportConfig) -> artifacts.Artifact:
                                         tokenizer.stats["specials"]["pad"])
                     if "chat" in extra:
                         check_chat(ChatFormat.from_dict(extra["chat"]), loaded, source, transformers)
-            write_checkpoint(writer.tmp, model, model_config, objective, ({}, {"optimizers": [], "keys": "index"}),
-                             TrainerState(), tokenizer, extra)
+            version = write_checkpoint(writer.tmp, model, model_config, objective,
+                                       ({}, {"optimizers": [], "keys": "index"}), TrainerState(), tokenizer, extra)
             parents = [{"role": "tokenizer", "path": "tokenizer", "id": tokenizer.id}]
         stats = {"imported": True, "architecture": architecture, "model_type": model_type, "family": family.name,
                  "objective": objective, "arch": model_config.arch, "parameters": count_parameters(model),
@@ -121,7 +121,7 @@ def run(config: ImportConfig) -> artifacts.Artifact:
                  "resumable": False, "checked": config.check, "max_abs_logit_difference": difference,
                  "transformers_version": transformers.__version__, "chat": "chat" in extra}
         return writer.commit(config_lib.as_dict(config), {"artifacts": parents, "files": files}, stats,
-                             checkpoint_format(extra))
+                             version)
 
 
 def generation_stop_ids(source: Path, vocab_size: int) -> list[int]:

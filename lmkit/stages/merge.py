@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from lmkit import artifacts
-from lmkit.checkpoint import MODEL_CONFIG_FILE, TrainerState, checkpoint_format, read_checkpoint
+from lmkit.checkpoint import MODEL_CONFIG_FILE, TrainerState, read_checkpoint
 from lmkit.errors import UserError
 from lmkit.training.checkpoint import write_checkpoint
 
@@ -28,10 +28,10 @@ def merge_checkpoint(source: str | Path, out: str | Path, force: bool = False) -
         if writer.up_to_date:
             return writer.existing
         state = TrainerState(**{**checkpoint.trainer_state().__dict__})
-        write_checkpoint(writer.tmp, model, checkpoint.model_config, checkpoint.objective,
-                         ({}, {"optimizers": [], "keys": "index"}), state, tokenizer, extra)
+        version = write_checkpoint(writer.tmp, model, checkpoint.model_config, checkpoint.objective,
+                                   ({}, {"optimizers": [], "keys": "index"}), state, tokenizer, extra)
         parents = [artifacts.describe_parent("unmerged", checkpoint.artifact, out),
                    {"role": "tokenizer", "path": "tokenizer", "id": tokenizer.id}]
         stats = {**checkpoint.artifact.stats, "merged_lora": checkpoint.lora}
         return writer.commit({"merge_lora": str(source)}, {"artifacts": parents, "files": []}, stats,
-                             checkpoint_format(extra))
+                             version)

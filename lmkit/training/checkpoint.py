@@ -27,6 +27,7 @@ from lmkit.checkpoint import (
     STATE_FILE,
     Checkpoint,
     TrainerState,
+    checkpoint_format,
     not_safetensors,
 )
 from lmkit.models.config import ModelConfig
@@ -53,11 +54,13 @@ def _restore_rng(saved: dict[str, Any], torch_state: torch.Tensor) -> None:
 
 def write_checkpoint(directory: Path, model: nn.Module, model_config: ModelConfig, objective: str,
                      optimizer_state: tuple[dict[str, torch.Tensor], dict[str, Any]], state: TrainerState,
-                     tokenizer: artifacts.Artifact, extra: dict[str, Any] | None = None) -> None:
-    """Write a checkpoint's files into ``directory`` (an ArtifactWriter's temporary directory).
+                     tokenizer: artifacts.Artifact, extra: dict[str, Any] | None = None) -> int | None:
+    """Write a checkpoint's files into ``directory`` (an ArtifactWriter's temporary directory). Returns the
+    format version these files need, for the writer's commit (None: the kind's default; a chat checkpoint's
+    model.json needs a later one).
 
     ``model`` is an unsharded module; ``optimizer_state`` is ``Optimizers.state_tensors(...)``;
-    ``extra`` adds keys to model.json ("head", "template", "lora").
+    ``extra`` adds keys to model.json ("head", "template", "lora", "chat").
     """
     save_model(model, str(directory / MODEL_FILE))
     described = {"model": model_config.to_dict(), "objective": objective, **(extra or {})}
@@ -75,6 +78,7 @@ def write_checkpoint(directory: Path, model: nn.Module, model_config: ModelConfi
     save_file(tensors, str(directory / OPTIMIZER_FILE))
     payload = {"state": asdict(state), "rng": _rng_state(), "optimizer": optimizer_meta}
     (directory / STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
+    return checkpoint_format(extra)
 
 
 

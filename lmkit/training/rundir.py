@@ -19,7 +19,7 @@ import torch
 
 from lmkit import artifacts
 from lmkit import config as config_lib
-from lmkit.checkpoint import TrainerState, checkpoint_format, read_checkpoint
+from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.config import flag_name
 from lmkit.errors import UserError
 from lmkit.models import build_model
@@ -241,8 +241,8 @@ class CheckpointSaver:
         try:
             with artifacts.ArtifactWriter(path, "checkpoint", recipe, force=True) as writer:
                 if not writer.up_to_date:
-                    write_checkpoint(writer.tmp, model, self.model_config, self.objective, optimizer_state, state,
-                                     self.tokenizer, extra)
+                    version = write_checkpoint(writer.tmp, model, self.model_config, self.objective,
+                                               optimizer_state, state, self.tokenizer, extra)
                     parents = [artifacts.describe_parent(role, parent, path) for role, parent in self.parents]
                     parents.append({"role": "tokenizer", "path": "tokenizer", "id": self.tokenizer.id})
                     stats = {**self.stats, "step": state.step, "tokens": state.tokens, "best_step": state.best_step,
@@ -253,7 +253,7 @@ class CheckpointSaver:
                                              "changed": changed_settings(h["settings"], state.extra["launch"])}
                                             for h in history]
                     writer.commit(config_lib.as_dict(self.config), {"artifacts": parents, "files": []}, stats,
-                                  checkpoint_format(extra))
+                                  version)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise UserError(f"{path}: no space left on device while saving the checkpoint at step {state.step}; "
