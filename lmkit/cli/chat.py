@@ -44,7 +44,7 @@ def _command(session, line: str) -> bool:
 
 
 def run(config: ChatConfig) -> None:
-    from lmkit.generation.decode import STOP_EOS
+    from lmkit.generation.decode import STOP_EOS, STOP_LENGTH
     from lmkit.stages.chat import open_chat  # torch loads only when the command runs
 
     try:
@@ -81,7 +81,7 @@ def run(config: ChatConfig) -> None:
             if dropped:
                 reporter.info(f"(the {dropped} oldest turns no longer fit the model's context and were left out)")
             if reply.reason != STOP_EOS:
-                limit = "--max-new-tokens" if reply.reason == "length" else "the end of the context"
+                limit = "--max-new-tokens" if reply.reason == STOP_LENGTH else "the end of the context"
                 reporter.info(f"(the reply stopped at {limit} before the end of its turn)")
         except UserError as exc:
             report_user_error(exc)

@@ -16,10 +16,8 @@ from lmkit.generation.settings import SamplingSettings
 
 class ChatSession:
     def __init__(self, generator: Generator, settings: SamplingSettings, system: str | None = None):
-        """``system``: the system prompt (None: the one the checkpoint stores, if any)."""
-        if generator.chat is None:
-            raise UserError(f"{generator.checkpoint.path}: not a chat model (it has no chat template); finetune one "
-                            "with --task chat, or use lmkit generate")
+        """``system``: the system prompt (None: the one the checkpoint stores, if any); the generator is a chat
+        model's (stages.chat.open_chat refuses others)."""
         self.generator, self.settings, self.system = generator, settings, system
         self.history: list[dict[str, str]] = []
         # The reply's room in the context: the history is cut to leave it (at most half the context).

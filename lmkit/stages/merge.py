@@ -21,7 +21,9 @@ def merge_checkpoint(source: str | Path, out: str | Path, force: bool = False) -
         raise UserError(f"--out {out}: is the checkpoint being merged; choose another directory")
     model = checkpoint.inference_model()
     described = json.loads(checkpoint.artifact.file(MODEL_CONFIG_FILE).read_text())
-    extra = {key: described[key] for key in ("head", "template", "chat", "stop") if key in described}
+    # Everything model.json carries besides what write_checkpoint writes itself and the LoRA now merged in
+    # (a classifier's or QA model's head, a template, a chat format, stop ids).
+    extra = {key: value for key, value in described.items() if key not in ("model", "objective", "lora")}
     tokenizer = artifacts.load(checkpoint.tokenizer_path, kind="tokenizer")
     recipe = artifacts.make_recipe("checkpoint", {"merge_lora": checkpoint.artifact.id}, [], [])
     with artifacts.ArtifactWriter(out, "checkpoint", recipe, force=force) as writer:

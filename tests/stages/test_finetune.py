@@ -118,6 +118,18 @@ def test_lora_trains_few_parameters_and_merges_to_a_plain_checkpoint(bases, labe
     assert read_checkpoint(plain.checkpoint.path).lora is None
 
 
+def test_merging_lora_keeps_everything_model_json_carries(bases, qa_file, tmp_path):
+    """merge-lora copies every key of model.json but the LoRA it merges (a QA model's head too)."""
+    kept = finetune.run(config(bases["bert"], qa_file, tmp_path / "kept", task="qa", lora_rank=4, lora_merge=False,
+                               max_steps=2))
+    result = invoke_lmkit("merge-lora", str(kept.checkpoint.path), "--out", str(tmp_path / "merged"))
+    assert result.returncode == 0, result.stderr
+    before = json.loads((kept.checkpoint.path / "model.json").read_text())
+    after = json.loads((tmp_path / "merged" / "model.json").read_text())
+    assert "lora" in before and "lora" not in after
+    assert {k: v for k, v in before.items() if k != "lora"} == after
+
+
 def test_freeze_keeps_frozen_weights(bases, labeled, tmp_path):
     result = finetune.run(config(bases["gpt"], labeled, tmp_path / "run", freeze="embeddings,layers:1"))
     tuned, base = weights(result.checkpoint.path), weights(bases["gpt"])
