@@ -74,7 +74,7 @@ class Checkpoint:
 
     artifact: artifacts.Artifact
     model_config: ModelConfig
-    objective: str                    # clm, mlm (mlm+nsp, mlm+sop), classify or sft
+    objective: str                    # what it last trained with: clm, mlm (+nsp, +sop), classify, sft, chat, dpo
     head: dict[str, Any] | None = None      # classifiers: {"labels": [names by index], "pooling", "max_len"}
     template: str | None = None             # sft: the prompt template, "{prompt}" marks the instruction
     lora: dict[str, Any] | None = None      # unmerged adapters: {"rank", "alpha", "dropout"}
@@ -91,7 +91,7 @@ class Checkpoint:
             return "qa"
         if self.chat is not None:
             return "chat"
-        return "sft" if self.objective == "sft" else "lm"
+        return "sft" if self.template is not None else "lm"  # sft, or preference-tuned/RL from an SFT model
 
     @property
     def stop_ids(self) -> tuple[int, ...]:

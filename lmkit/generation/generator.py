@@ -1,12 +1,9 @@
 """``Generator``: text completions of prompts from a causal, SFT or chat checkpoint, batched, with a KV cache.
 
-A prompt becomes model input as training saw text: an lmkit causal LM's prompt follows ``</s>`` (packing puts it
-before every document, so the model reads the prompt as a document's beginning); an imported model's prompt is
-framed as its own tokenizer frames it (transformers' ``tokenizer(prompt)``: Llama's ``<s>`` first, nothing for
-GPT-2), so that greedy decoding continues as transformers does (``start_token`` True or False overrides either
-rule); an SFT model's prompt is wrapped in the checkpoint's template and encoded as is (lmkit.data.instructions);
-a chat model's conversation is rendered with its chat template (``encode_messages``, lmkit.data.conversations),
-its oldest turns dropped when it is longer than the context. A prompt longer than the context keeps its last
+A prompt becomes model input as training saw text (prompts.PromptFormat, which the Generator is, with the
+model's weights: an imported model's prompt framed as its tokenizer frames it, so that greedy decoding continues
+as transformers does; an SFT model's in its template; a chat model's conversation rendered with its chat
+template, its oldest turns dropped when it is longer than the context). A prompt longer than the context keeps its last
 block_size - 1 tokens, with a warning (``truncate="error"`` refuses it instead); a completion ends at a stop id
 (</s>, a chat model's end of turn, an imported model's generation_config eos ids), a stop string,
 max_new_tokens, or the context's end. A chat model's end-of-turn token is generated (and ends the reply) though
@@ -23,19 +20,16 @@ from typing import Callable
 import torch
 
 from lmkit.checkpoint import Checkpoint
-from lmkit.data.chat_template import render
-from lmkit.data.instructions import render_prompt
 from lmkit.errors import UserError
 from lmkit.generation.decode import STOP_CONTEXT, decode
 from lmkit.generation.model import load_model
+from lmkit.generation.prompts import TRUNCATIONS, PromptFormat
 from lmkit.generation.sampling import prompt_key, row_generators
 from lmkit.generation.settings import SamplingSettings
 from lmkit.generation.text import CompletionText
-from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
-from lmkit.tokenizer import HFTokenizer, Tokenizer
 
-TRUNCATIONS = ("left", "error")
+__all__ = ["TRUNCATIONS", "Generator", "Reply"]
 
 
 @dataclass
@@ -47,42 +41,22 @@ class Reply:
     ids: list[int]
 
 
-class Generator:
+class Generator(PromptFormat):
     def __init__(self, checkpoint: Checkpoint, device: torch.device | str = "cpu", precision: str = "fp32",
                  quantize: str | None = None, *, batch_size: int = 8, truncate: str = "left", compile: bool = False,
                  start_token: bool | None = None):
-        """``batch_size``: prompts decoded together; ``truncate``: "left" keeps the end of a prompt longer
-        than the context (with a warning), "error" refuses it.
+        """``batch_size``: prompts decoded together; ``truncate`` and ``start_token``: how prompts are framed
+        (lmkit.generation.prompts.PromptFormat).
 
         ``compile``: the decoding step (the model's ``encode`` of one new column) runs compiled by
         torch.compile; prompts are read eagerly, once per batch. The first steps compile; a recompile then
         makes the cache length (and the batch) symbolic, so a run settles on a graph or two. Measured on 2
         CPU cores (gpt-small, fp32, 512 new tokens): 538 tokens/s at batch 1 against 360 eager, 1,550 against
-        1,144 at batch 8.
-
-        ``start_token``: put the tokenizer's start token before a plain prompt (True), or nothing (False); None:
-        the model's own rule (lmkit's models: ``</s>``; an imported one: its tokenizer's framing)."""
-        if checkpoint.task not in ("lm", "sft", "chat") or checkpoint.model_config.arch not in CAUSAL_ARCHS:
-            raise UserError(f"{checkpoint.path}: a {checkpoint.model_config.arch} {checkpoint.task} checkpoint does "
-                            "not generate text (fill-mask and classifiers: see `lmkit generate --help`)")
+        1,144 at batch 8."""
+        super().__init__(checkpoint, truncate=truncate, start_token=start_token)
         if batch_size < 1:
             raise UserError(f"--batch-size: must be at least 1, got {batch_size}")
-        if truncate not in TRUNCATIONS:
-            raise UserError(f"--truncate: {truncate!r} is not one of {', '.join(TRUNCATIONS)}")
-        self.checkpoint, self.batch_size, self.truncate = checkpoint, batch_size, truncate
-        self.template = checkpoint.template if checkpoint.task == "sft" else None
-        self.chat = checkpoint.chat
-        self.block_size = checkpoint.model_config.block_size
-        self.tokenizer = Tokenizer.from_artifact(checkpoint.tokenizer_path)
-        specials = self.tokenizer.specials
-        self.start = specials.eos if specials.start is None else specials.start  # what a causal prompt follows
-        # A plain prompt framed as the imported model's tokenizer frames it (transformers' default), else after start.
-        self.own_framing = start_token is None and isinstance(self.tokenizer, HFTokenizer)
-        self.prefix = (self.tokenizer.frame("") if self.own_framing
-                       else [self.start] if start_token is not False else [])  # what token-id prompts follow
-        self.stop_ids = checkpoint.stop_ids
-        # Special tokens are never sampled, but those that end a reply (a chat model's end of turn) are.
-        self.banned = tuple(sorted(set(specials.never_generated) - set(self.stop_ids)))
+        self.batch_size = batch_size
         self.model = load_model(checkpoint, device, precision, quantize)
         self.encode_step = torch.compile(self.model.encode) if compile else None
 
@@ -96,55 +70,6 @@ class Generator:
             prompts = [[self.start] * min(length, longest) for length in lengths]
             decode(self.model, prompts, settings, row_generators(0, [(0, i) for i in range(len(prompts))]),
                    eos_id=None, banned=(), encode_step=self.encode_step)
-
-    def encode_prompt(self, prompt: str, name: str = "prompt") -> list[int]:
-        """The model input of ``prompt`` (called ``name`` in messages), cut to fit the context."""
-        if not prompt.strip():
-            raise UserError(f"{name}: is empty (give text for the model to continue)")
-        if self.template is not None:
-            ids = self.tokenizer.encode(render_prompt(self.template, prompt))
-        elif self.own_framing:
-            ids = self.tokenizer.frame(prompt)
-        else:
-            ids = [*self.prefix, *self.tokenizer.encode(prompt)]
-        limit = self.block_size - 1  # at least one position left for the completion
-        if len(ids) > limit:
-            if self.truncate == "error":
-                raise UserError(f"{name}: {len(ids)} tokens, more than the model's context allows "
-                                f"({limit} + 1 new token; block size {self.block_size}); shorten it or use "
-                                "--truncate left")
-            reporter.warn(f"{name}: {len(ids)} tokens, longer than the model's context allows; kept "
-                          f"its last {limit} tokens (block size {self.block_size})")
-            ids = ids[-limit:]
-        return ids
-
-    def encode_messages(self, messages: list[dict[str, str]], name: str = "conversation", system: str | None = None,
-                        room: int = 1) -> tuple[list[int], int, str]:
-        """A chat model's input for the reply to ``messages`` (its template's rendering, opened by ``system`` or the
-        default system prompt), how many of its oldest turns were dropped to leave ``room`` new tokens in the
-        context (whole turns, the system turn kept; ``truncate="error"`` refuses instead), and the rendering (what
-        seeds the reply's sampling, as a prompt's text does)."""
-        if self.chat is None:
-            raise UserError(f"{self.checkpoint.path}: not a chat model (it has no chat template); give it a prompt "
-                            "instead of messages, or finetune it with --task chat")
-        limit = max(self.block_size - max(room, 1), 1)
-        dropped = 0
-        while True:
-            rendered = render(self.chat, self.chat.with_system(messages, system), True, name)
-            ids = self.tokenizer.encode_chat(rendered)
-            if len(ids) <= limit:
-                return ids, dropped, rendered
-            first = 1 if messages[0]["role"] == "system" else 0
-            rest = messages[first:]
-            # The oldest exchange goes: turns up to the next user turn after the first.
-            cut = next((i for i in range(1, len(rest)) if rest[i]["role"] == "user"), None)
-            if self.truncate == "error" or cut is None:
-                raise UserError(f"{name}: {len(ids)} tokens, more than the model's context allows ({limit}, leaving "
-                                f"{room} for the reply; block size {self.block_size})"
-                                + ("; shorten it or use --truncate left" if self.truncate == "error" and cut
-                                   else "; shorten the last message"))
-            messages = [*messages[:first], *rest[cut:]]
-            dropped += cut
 
     def generate(self, prompts: list[str], settings: SamplingSettings,
                  on_token: Callable[[int, str], None] | None = None, *, names: list[str] | None = None) -> list[str]:

@@ -40,6 +40,7 @@ from lmkit.training.objectives import OBJECTIVES, Built, ObjectiveInputs, refuse
 from lmkit.training.run import Session, TrainingPlan, batch_layout, open_session, run_training, sequence_length
 
 # What a teacher must be for each task: its checkpoint's task (and, for language models, its objective).
+CAUSAL_TASKS = ("sft", "chat", "clm", "dpo", "orpo", "grpo")  # what needs a causal base
 _TEACHER_TASKS = {"classify": ("classify",), "sft": ("lm", "sft"), "clm": ("lm", "sft"), "mlm": ("lm",)}
 
 
@@ -109,7 +110,7 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
                                       bool(base.artifact.stats.get("imported")))
             config = dataclasses.replace(config, pooling=pooling)
         model_cfg = classifier_config(model_cfg)  # classic BERT classifies through its pooler
-    if task in ("sft", "chat", "clm") and base.objective not in ("clm", "sft", "chat") and not config.model:
+    if task in CAUSAL_TASKS and (base.masked_lm or base.model_config.arch == "bert") and not config.model:
         raise UserError(f"{config.base}: was trained with {base.objective}; --task {task} needs a causal model")
     grown = None
     if spec.vocabulary is not None:  # the objective adds tokens (chat): the model's vocabulary grows with them

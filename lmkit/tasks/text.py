@@ -141,8 +141,13 @@ TEXT = Generation("prompt", answer, render, flags=SAMPLING_FLAGS, other_field="t
                   streams=True)
 
 
+# A causal LM pretrained on text (clm), or preference-tuned or trained with RL from one.
+TEXT_OBJECTIVES = ("clm", "dpo", "orpo", "grpo")
+
+
 def _is_text_model(checkpoint: Checkpoint) -> bool:
-    return checkpoint.objective == "clm" and checkpoint.task == "lm" and checkpoint.model_config.arch in CAUSAL_ARCHS
+    return (checkpoint.objective in TEXT_OBJECTIVES and checkpoint.task == "lm"
+            and checkpoint.model_config.arch in CAUSAL_ARCHS)
 
 
 SPEC = TaskSpec("text", "causal language model", _is_text_model, (PERPLEXITY, CHOICE, GENERATE), load, TEXT,

@@ -48,8 +48,10 @@ class MetricsLog:
     def trained(self, tokens: int) -> None:
         self.window_tokens += tokens
 
-    def training(self, state: TrainerState, result: StepResult, lr: float, now: float) -> str:
-        """Log a training step; returns the progress bar's status."""
+    def training(self, state: TrainerState, result: StepResult, lr: float, now: float,
+                 extra: dict[str, float] | None = None) -> str:
+        """Log a training step, with the objective's own figures since the last logged step (``extra``: an RL
+        run's mean reward ...); returns the progress bar's status."""
         rate = self.window_tokens / max(now - self.window_start, 1e-9)
         self.window_start, self.window_tokens = now, 0
         record = {"step": state.step, "tokens": state.tokens, "loss": result.loss, "lr": lr,
@@ -58,6 +60,9 @@ class MetricsLog:
         if self.peak_flops > 0:
             record["mfu"] = self.flops_per_token * rate / (self.peak_flops * self.env.world_size)
             status += f" MFU {record['mfu']:.1%}"
+        for key, value in (extra or {}).items():
+            record[key] = value
+            status += f" {key} {value:.3g}"
         self.write(record)
         return status
 

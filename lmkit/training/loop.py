@@ -125,7 +125,7 @@ def train(model: nn.Module, objective: Objective, optimizers: Optimizers, settin
                 log.trained(tokens_per_step)
                 task.advance(1)
                 if logged:
-                    task.set_status(log.training(state, result, lr, now))
+                    task.set_status(log.training(state, result, lr, now, train_metrics(objective)))
                 finished = _limit_reached(state, settings) or (max_seconds > 0 and any_rank(out_of_time(), env))
                 if validation.due(state.step, finished):
                     if validation.run(eval_model, state, parts.autocast):
@@ -146,6 +146,12 @@ def train(model: nn.Module, objective: Objective, optimizers: Optimizers, settin
             signal.signal(sig, handler)
         log.close()
     return state
+
+
+def train_metrics(objective: Objective) -> dict[str, float]:
+    """The objective's own figures of the steps since the last logged one (Objective.train_metrics; this rank's)."""
+    read = getattr(objective, "train_metrics", None)
+    return read() if read is not None else {}
 
 
 def _step_model(model: nn.Module, objective: Objective, optimizers: Optimizers, settings: LoopSettings,

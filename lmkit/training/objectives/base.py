@@ -107,6 +107,10 @@ class Objective(Protocol):
 
     def evaluate(self, model: nn.Module, max_batches: int) -> dict[str, float]: ...
 
+    # Optional: ``train_metrics() -> dict[str, float]``, the objective's own figures of the training steps since
+    # the last logged step (an RL run's mean reward, pass rate, KL, reply length), averaged and reset; the loop logs
+    # them with the loss (rank 0's).
+
 
 @dataclass
 class ObjectiveInputs(Generic[Options]):
