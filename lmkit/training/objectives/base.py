@@ -182,6 +182,18 @@ def register(spec: ObjectiveSpec) -> ObjectiveSpec:
     return spec
 
 
+def kept_kind(base: Any) -> dict[str, Any]:
+    """model.json's additions that keep the base's kind through a training that does not change it (preference
+    tuning, RL): an SFT model's template, a chat model's template and stop ids; none for a plain language model."""
+    if base is None:
+        return {}
+    if base.chat is not None:
+        return {"chat": base.chat.to_dict(), "stop": list(base.stop)}
+    if base.template is not None:
+        return {"template": base.template}
+    return {"stop": list(base.stop)} if base.stop else {}
+
+
 def dataset_for(inputs: ObjectiveInputs, path: Path | None = None) -> artifacts.Artifact:
     """The dataset artifact at ``path`` (default ``inputs.data``), refused when it was tokenized with another
     tokenizer than the model's."""
