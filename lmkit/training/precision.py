@@ -22,26 +22,37 @@ from lmkit.models import count_parameters
 from lmkit.training.distributed import Distributed, sum_across_ranks
 from lmkit.training.objectives import Objective
 
-REPEATS = 3  # timed forward-backward passes per precision, after one to warm up
+REPEATS = 1  # timed forward-backward passes per precision in each of two alternating rounds, after one to warm up
 
 
 def training_precision(requested: str, model: nn.Module, objective: Objective, micro_batch: int,
-                       env: Distributed) -> tuple[str, str]:
-    """The precision to train in, and why (for the run's first line)."""
+                       env: Distributed, started_in: str | None = None, sharded: bool = False) -> tuple[str, str]:
+    """The precision to train in, and why (for the run's first line). ``started_in``: the precision a resumed run
+    started in, which auto keeps (a new measurement could pick the other); ``sharded``: the model will be sharded,
+    whose forward is collective, so auto is the hardware's default, not measured."""
     native = resolve_precision(requested, env.device)
     if requested != "auto":
         return requested, "--precision"
+    if started_in in ("bf16", "fp32"):
+        return started_in, "auto: as the run started"
     if env.device.type != "cpu" or native == "fp32":
         return native, "auto: " + ("bf16 on this GPU" if native == "bf16" else "no native bf16 here")
+    if sharded:
+        return native, "auto (--shard: not measured)"
     tokens = objective.tokens_per_sample * micro_batch
     bucket = 1 << max(4, round(math.log2(max(tokens, 1))))
     key = "|".join([processor_name(env.device), str(torch.get_num_threads()), torch.__version__,
                     type(model).__name__, str(count_parameters(model)), str(bucket)])
-    measured = cached_measurement("training-precision.json", key, lambda: _measure(model, objective),
-                                  lambda value: isinstance(value, dict) and set(value) == {"bf16", "fp32"})
-    # Ranks measure on their own cores: every rank takes rank 0's choice, or they would disagree.
-    first = torch.tensor(float(measured["bf16"] < measured["fp32"]) if env.is_main else 0.0, device=env.device)
+    # Rank 0 measures (or reads its cache) and every rank takes its choice: ranks measuring on their own cores
+    # could disagree, and would slow each other down while they measure.
+    measured = (cached_measurement("training-precision.json", key, lambda: _measure(model, objective),
+                                   lambda value: isinstance(value, dict) and set(value) == {"bf16", "fp32"})
+                if env.is_main else None)
+    first = torch.tensor(float(measured["bf16"] < measured["fp32"]) if measured is not None else 0.0,
+                         device=env.device)
     chosen = "bf16" if sum_across_ranks(first, env).item() > 0 else "fp32"
+    if measured is None:
+        return chosen, "auto: rank 0's measurement"
     return chosen, (f"auto: faster for this model here ({measured['bf16'] * 1e3:.0f} ms a step in bf16, "
                     f"{measured['fp32'] * 1e3:.0f} in fp32)")
 
@@ -54,7 +65,7 @@ def _measure(model: nn.Module, objective: Objective) -> dict[str, float]:
     with torch.random.fork_rng(devices=[]):
         for name in ("fp32", "bf16") * 2:  # alternating: a neighbour's load slows both alike
             context = torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else nullcontext()
-            for attempt in range(REPEATS // 2 + 1):
+            for attempt in range(REPEATS + 1):
                 started = time.perf_counter()
                 with context:
                     loss = objective.loss(model, batch)

@@ -20,7 +20,7 @@ from torch import nn
 
 from lmkit import artifacts
 from lmkit.checkpoint import TrainerState, read_checkpoint
-from lmkit.devices import can_compile, keep_freed_memory, peak_flops, resolve_precision, set_threads
+from lmkit.devices import can_compile, keep_freed_memory, peak_flops, set_threads
 from lmkit.errors import UserError
 from lmkit.models import count_parameters, flops_per_token
 from lmkit.models.config import ModelConfig
@@ -112,15 +112,9 @@ def open_session(plan: TrainingPlan) -> Session:
     checkpoint = read_checkpoint(plan.start.resume_from) if plan.start.resume_from is not None else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint.build_model().state_dict())
-    # A resumed run keeps the precision auto chose when it started: a new measurement could pick the other.
     started_in = checkpoint.trainer_state().extra.get("precision") if checkpoint is not None else None
-    if options.precision == "auto" and started_in in ("bf16", "fp32"):
-        precision, precision_why = started_in, "auto: as the run started"
-    elif plan.sharded:  # a sharded model's forward is collective: no measurement, the hardware's default
-        precision, precision_why = resolve_precision(options.precision, env.device), "auto (--shard: not measured)"
-    else:
-        precision, precision_why = training_precision(options.precision, model, objective, plan.layout.micro_batch,
-                                                      env)
+    precision, precision_why = training_precision(options.precision, model, objective, plan.layout.micro_batch, env,
+                                                  started_in, plan.sharded)
     if plan.sharded:
         distributed.shard_model(model)  # after loading full weights, before the optimizer sees parameters
     if plan.inputs.teacher is not None:

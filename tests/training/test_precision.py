@@ -2,6 +2,7 @@
 on the run's first batch once and cached, the same for every rank, kept by a resumed run."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -49,12 +50,36 @@ def test_auto_picks_the_faster_measured_once_and_cached(objective, monkeypatch, 
     assert list(cached.values()) == [{"bf16": 0.30, "fp32": 0.20}]
 
 
+def test_only_rank_0_measures_and_every_rank_takes_its_choice(objective, monkeypatch):
+    monkeypatch.setattr(precision_module, "resolve_precision", lambda requested, device: "bf16")
+    monkeypatch.setattr(precision_module, "cached_measurement", lambda *a: pytest.fail("rank 1 measured"))
+    # rank 0 measured bf16 faster: its 1.0 is the sum the collective brings every rank
+    monkeypatch.setattr(precision_module, "sum_across_ranks", lambda value, env: value + 1.0)
+    model = build_model(model_config("gpt-tiny", 64))
+    second = Distributed(rank=1, world_size=2)
+    assert precision_module.training_precision("auto", model, objective, 2, second) == \
+        ("bf16", "auto: rank 0's measurement")
+
+
+def test_resumed_and_sharded_runs_are_not_measured(objective, monkeypatch):
+    monkeypatch.setattr(precision_module, "resolve_precision", lambda requested, device: "bf16")
+    monkeypatch.setattr(precision_module, "_measure", lambda *a: pytest.fail("measured"))
+    model = build_model(model_config("gpt-tiny", 64))
+    assert precision_module.training_precision("auto", model, objective, 2, Distributed(), started_in="fp32") == \
+        ("fp32", "auto: as the run started")
+    assert precision_module.training_precision("auto", model, objective, 2, Distributed(), sharded=True) == \
+        ("bf16", "auto (--shard: not measured)")
+    # an explicit precision is the user's, sharded or resumed
+    assert precision_module.training_precision("fp32", model, objective, 2, Distributed(), "bf16", True) == \
+        ("fp32", "--precision")
+
+
 def test_the_measurement_leaves_the_rng_and_the_gradients_as_they_were(objective):
     model = build_model(model_config("gpt-tiny", 64))
     torch.manual_seed(5)
     state = torch.get_rng_state()
     measured = precision_module._measure(model, objective)
-    assert set(measured) == {"bf16", "fp32"} and all(0 < v < 60 for v in measured.values())
+    assert set(measured) == {"bf16", "fp32"} and all(math.isfinite(v) and v > 0 for v in measured.values())
     assert torch.equal(torch.get_rng_state(), state)
     assert all(p.grad is None for p in model.parameters())
 
