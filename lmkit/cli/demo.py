@@ -21,7 +21,8 @@ def demo_corpus(out: Path = typer.Option(..., "--out", "-o", help="Directory to 
     about them, for chat finetuning), pairs.jsonl and pairs-test.jsonl (a
     docstring's first line with its rest or another's, labeled match/mismatch, for pair classification),
     qa.jsonl and qa-test.jsonl (extractive questions on pages of
-    them, SQuAD's layout) and stdlib/*.txt (the other modules' docstrings, unlabeled,
+    them, SQuAD's layout), arithmetic*.jsonl (two-digit additions for SFT, preference tuning and RL with a checked
+    answer) and stdlib/*.txt (the other modules' docstrings, unlabeled,
     for pretraining). No download."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory (--out)")
@@ -29,5 +30,5 @@ def demo_corpus(out: Path = typer.Option(..., "--out", "-o", help="Directory to 
     reporter.out.print(f"{out}: {stats['topics']} topic files, {stats['docstrings']} labeled docstrings, "
                        f"{stats['stdlib_modules']} stdlib docstring files, {stats['text_pairs']} text pairs, "
                        f"{stats['conversations']} conversations, "
-                       f"{stats['qa_questions']} QA questions, "
+                       f"{stats['qa_questions']} QA questions, {stats['arithmetic_problems']:,} arithmetic problems, "
                        f"{stats['bytes']:,} bytes ({stats['files_changed']} files written)", markup=False)

@@ -17,6 +17,8 @@
 * ``pairs.jsonl`` and ``pairs-test.jsonl`` (every tenth held out): text pairs for pair classification, a
   docstring's first line and the rest of it (``match``) or of another docstring (``mismatch``), balanced
   (see demo_pairs.py).
+* ``arithmetic*.jsonl``: two-digit additions for SFT, preference tuning and RL with a checked answer (see
+  demo_arithmetic.py).
 * ``stdlib/*.txt``: the docstrings of every other standard-library module (read from the source
   with ``ast``, nothing imported), about 0.7 MB of unlabeled text in the labeled set's domain, for
   pretraining. The labeled modules are left out, so no labeled text is seen in pretraining.
@@ -34,6 +36,7 @@ import re
 import sysconfig
 from pathlib import Path
 
+from lmkit.data.demo_arithmetic import arithmetic_sets
 from lmkit.data.demo_pairs import pair_records
 from lmkit.data.demo_qa import qa_records
 
@@ -174,8 +177,12 @@ def write_demo_corpus(out: Path) -> dict:
     pairs_train, pairs_test = pair_records(records)
     for name, chosen in (("pairs.jsonl", pairs_train), ("pairs-test.jsonl", pairs_test)):
         changed += _write_if_changed(out / name, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in chosen))
+    arithmetic = arithmetic_sets()
+    for name, chosen in arithmetic.items():
+        changed += _write_if_changed(out / name, "".join(json.dumps(r) + "\n" for r in chosen))
     return {"topics": len(pydoc_data.topics.topics), "docstrings": len(records), "stdlib_modules": len(stdlib),
             "text_pairs": len(pairs_train) + len(pairs_test), "conversations": len(chats),
             "qa_questions": len(qa_train) + len(qa_test),
+            "arithmetic_problems": sum(len(records) for records in arithmetic.values()),
             "files_changed": changed,
             "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}

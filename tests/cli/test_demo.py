@@ -27,6 +27,16 @@ def test_demo_corpus_is_written_once(tmp_path):
     # The final question is the same in every conversation: only the docstring in the first turn answers it.
     assert {c.messages[-2]["content"] for c in chats[0] + chats[1]} == {"What kind of object does it document?"}
     assert {c.messages[-1]["content"] for c in chats[1]} == {"A module.", "A class.", "A function."}
+    # Two-digit additions, each operand pair in one file at most: nothing held out was trained on.
+    arithmetic = {name: [json.loads(line) for line in (out / name).read_text().splitlines()]
+                  for name in ("arithmetic.jsonl", "arithmetic-rl.jsonl", "arithmetic-prefs.jsonl",
+                               "arithmetic-test.jsonl")}
+    seen = [r["prompt"] for records in arithmetic.values() for r in records]
+    assert len(seen) == len(set(seen)) == 6300 and "6,300 arithmetic problems" in first.stdout
+    for record in arithmetic["arithmetic-test.jsonl"]:
+        a, b = (int(x) for x in record["prompt"].removeprefix("What is ").removesuffix("?").split(" + "))
+        assert record["response"] == record["answer"] == record["chosen"] == str(a + b) != record["rejected"]
+    assert all(r["chosen"] != r["rejected"] for r in arithmetic["arithmetic-prefs.jsonl"])
     mtime = (out / "docstrings.jsonl").stat().st_mtime_ns
     second = invoke_lmkit("demo-corpus", "--out", str(out), check=True)
     assert "(0 files written)" in second.stdout and (out / "docstrings.jsonl").stat().st_mtime_ns == mtime
