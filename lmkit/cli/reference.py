@@ -86,8 +86,8 @@ def _config_rows(config_cls: type) -> list[Row]:
     rows = []
     for field in config_lib.ordered_fields(config_cls):
         spec = _util.flag_spec(field, types_[field.name])
-        default = "required" if spec.positional and spec.default == "" and field.default is dataclasses.MISSING \
-            else spec.default
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = "required" if spec.positional and spec.default == "" and required else spec.default
         rows.append(Row(spec.names, spec.type_name, default, spec.help, spec.section))
     rows.append(Row(("--config", "-c"), "path", "", _util.CONFIG_FILE_HELP))
     rows.append(Row(("--print-config",), "flag", "false", _util.PRINT_CONFIG_HELP))
