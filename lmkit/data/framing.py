@@ -43,7 +43,8 @@ def pad_rows(rows: Sequence[Sequence[int]], segments: Sequence[Sequence[int]] | 
     attention mask (B, T), True on real tokens, and the segment ids (B, T); T is the longest row, rounded up to
     a ``multiple`` but not past ``limit``."""
     longest = max(len(row) for row in rows)
-    width = max(longest, min(-(-longest // multiple) * multiple, limit or longest))
+    rounded = -(-longest // multiple) * multiple
+    width = max(longest, min(rounded, limit) if limit else rounded)
     idx = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     types = torch.zeros((len(rows), width), dtype=torch.long)
