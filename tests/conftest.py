@@ -14,14 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmkit.devices import usable_cpus
+
 ROOT = Path(__file__).resolve().parents[1]
 # Nothing is downloaded in the tests: Hugging Face's libraries read these when they are imported, so they are set
 # for the whole session (a command run in-process, invoke_lmkit, cannot set them for itself as a subprocess can).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# pytest -n N: N workers share the cores, and torch would take them all in each. A worker's share of the threads
-# (0 without workers: torch's and lmkit's own choice).
-WORKER_THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) \
+# pytest -n N: N workers share the cores, and torch would take them all in each. A worker's share of the CPUs this
+# process may use (affinity, cgroup quota: lmkit.devices.usable_cpus; 0 without workers: torch's and lmkit's own
+# choice).
+WORKER_THREADS = max(1, usable_cpus()[0] // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) \
     if os.environ.get("PYTEST_XDIST_WORKER") else 0
 if WORKER_THREADS:  # lmkit's runs take OMP_NUM_THREADS when no --threads is given, as the processes they start do
     os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
