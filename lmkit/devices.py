@@ -86,8 +86,6 @@ def set_threads(requested: int = 0, processes: int | None = None) -> str:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
-
-
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed memory for the next step instead of returning it to the kernel.
 

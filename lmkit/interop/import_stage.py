@@ -178,6 +178,7 @@ PROBE_CONVERSATIONS = (
 def check_chat(chat: ChatFormat, tokenizer, source: Path, transformers: Any) -> None:
     """lmkit's ids of probe conversations must be apply_chat_template's (with the generation prompt)."""
     theirs_tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    compared = 0
     for conversation in PROBE_CONVERSATIONS:
         try:
             theirs = theirs_tokenizer.apply_chat_template(conversation, chat_template=chat.template,
@@ -185,10 +186,14 @@ def check_chat(chat: ChatFormat, tokenizer, source: Path, transformers: Any) -> 
                                                           return_dict=False)
         except Exception:  # noqa: BLE001 -- a template may refuse a probe (no system role): nothing to compare
             continue
+        compared += 1
         ours = conversations.prompt_ids(conversation, chat, tokenizer, "the probe conversation")
         if list(theirs) != ours:
             raise UserError(f"{source}: lmkit renders and tokenizes a conversation differently from transformers' "
                             f"apply_chat_template ({ours[:12]} vs {list(theirs)[:12]}); nothing was written")
+    if not compared:
+        reporter.warn(f"{source}: its chat template refused every probe conversation, so lmkit's rendering of it "
+                      "could not be compared with transformers'")
 
 
 def _import_tokenizer_only(config: ImportConfig, source: Path, transformers: Any) -> artifacts.Artifact:

@@ -239,3 +239,21 @@ def test_chat_finetuning_of_an_imported_model_without_a_template_adds_lmkits_tok
         prompt = messages[-1]["role"] == "user"
         assert theirs.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True, return_dict=False) \
             == tokenizer.encode_chat(render(tuned.chat, messages, prompt, "x"))
+
+
+def test_a_template_that_refuses_every_probe_is_said_not_compared(monkeypatch, tmp_path):
+    class Refusing:
+        def apply_chat_template(self, *args, **kwargs):
+            raise ValueError("this template takes no system turn and no user turn")
+
+    class Transformers:
+        class AutoTokenizer:
+            @staticmethod
+            def from_pretrained(*args, **kwargs):
+                return Refusing()
+
+    said = []
+    monkeypatch.setattr(import_stage.reporter, "warn", said.append)
+    import_stage.check_chat(None, None, tmp_path, Transformers)
+    assert said == [f"{tmp_path}: its chat template refused every probe conversation, so lmkit's rendering of it "
+                    "could not be compared with transformers'"]
