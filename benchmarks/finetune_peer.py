@@ -17,11 +17,23 @@ examples/s (train examples x epochs / wall time), test accuracy (lmkit: ``lmkit 
 split; Trainer: ``trainer.predict``), peak RSS during training (before the test split is read) and RSS after a
 third of the run and at its end.
 
+A causal model on an SFT set (``--model demo-gpt``): lmkit's own demo GPT (a Llama-style decoder pretrained by
+``make -C examples``, 2 blocks of width 128), exported with ``lmkit export --format hf`` so that Trainer starts
+from the very same weights, finetuned on the demo's 3,000 two-digit additions (arithmetic.jsonl: "What is
+47 + 38?" -> "85", in lmkit's SFT template) with the loss on the response tokens only on both sides:
+
+* lmkit: ``lmkit finetune GPT arithmetic.jsonl --task sft --micro-batch 8 --epochs 3 --seed S``, its defaults;
+* Trainer: ``AutoModelForCausalLM`` on the export, the same token ids (labels -100 on the prompt), lr 5e-5,
+  batch 8, dynamic padding (DataCollatorForSeq2Seq), otherwise as above.
+
+Both are scored by the same code on the 300 held-out problems (arithmetic-test.jsonl): the mean loss on the
+response tokens and their greedy next-token accuracy.
+
     python benchmarks/finetune_peer.py                  # 3 seeds, both sides: about 25 minutes on 2 cores
     python benchmarks/finetune_peer.py --seeds 1 --sides lmkit
-    python benchmarks/finetune_peer.py --model gpt2     # a causal model on an SFT set (see --help)
+    python benchmarks/finetune_peer.py --model demo-gpt # the causal model on the SFT set: about 10 minutes
 
-Results go to stdout (a markdown table) and benchmarks/out/finetune_peer.json.
+Results go to stdout (a markdown table) and benchmarks/out/finetune_peer.json (finetune_peer_demo-gpt.json).
 """
 
 from __future__ import annotations
@@ -131,6 +143,47 @@ def prepare() -> tuple[Path, Path, Path]:
     return source, checkpoint, data
 
 
+def prepare_causal(work: Path) -> tuple[Path, Path, Path, Path]:
+    """(the exported model directory, the lmkit checkpoint, the SFT records, the held-out records) of the demo GPT,
+    built in ``work`` by the examples' Makefile when missing."""
+    lmkit = Path(sys.executable).parent / "lmkit"
+    subprocess.run(["make", "--no-print-directory", "-C", str(ROOT / "examples"), f"LMKIT={lmkit}",
+                    f"WORK={work.resolve()}", f"{work.resolve()}/gpt/final/manifest.json"], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([str(lmkit), "demo-corpus", "--out", str(work / "corpus")], check=True, stdout=subprocess.DEVNULL)
+    checkpoint, exported = work / "gpt" / "final", WORK / "demo-gpt-hf"
+    subprocess.run([str(lmkit), "-q", "export", str(checkpoint), "--format", "hf", "--out", str(exported),
+                    "--force"], check=True, stdout=subprocess.DEVNULL)
+    return exported, checkpoint, work / "corpus" / "arithmetic.jsonl", work / "corpus" / "arithmetic-test.jsonl"
+
+
+def sft_examples(checkpoint: str, path: str) -> list:
+    """The records as lmkit's SFT reads them (its template, the response and </s>): the ids both sides train on."""
+    from lmkit.data.instructions import DEFAULT_TEMPLATE, read_instructions
+    from lmkit.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_artifact(Path(checkpoint) / "tokenizer")
+    return read_instructions(Path(path), tokenizer, DEFAULT_TEMPLATE, "prompt", "response", 129)[0]
+
+
+def response_scores(forward, examples: list) -> tuple[float, float]:
+    """(mean loss, next-token accuracy) over the response tokens of ``examples``, one at a time; ``forward(ids)``
+    returns the logits (T, V) of a causal model."""
+    import torch
+
+    loss, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for example in examples:
+            ids = torch.tensor([example.tokens[:-1]])
+            targets = torch.tensor(example.targets())
+            chosen = targets != -100
+            logits = forward(ids).float()[chosen]
+            loss += float(torch.nn.functional.cross_entropy(logits, targets[chosen], reduction="sum"))
+            correct += int((logits.argmax(-1) == targets[chosen]).sum())
+            count += int(chosen.sum())
+    return loss / count, correct / count
+
+
 # -- the two sides, each in a child process --------------------------------------------------------------------
 
 def child_lmkit(settings: dict) -> dict:
@@ -149,13 +202,20 @@ def child_lmkit(settings: dict) -> dict:
         result = finetune.run(config)
         seconds = time.perf_counter() - started
     peak_training = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the test split's evaluation
-    report = evaluate.run(resolve(EvaluateConfig, {}, {"checkpoint": str(result.checkpoint.path),
-                                                       "data": [settings["data"]], "split": "test"})).report
     records = [json.loads(line) for line in (Path(settings["out"]) / "metrics.jsonl").read_text().splitlines()]
     steps = max(r["step"] for r in records)
-    return {"seconds": seconds, "steps": steps, "examples": steps * BATCH, "accuracy": report["metrics"]["accuracy"],
-            "peak_rss_mb": peak_training,
-            "rss_third_mb": sampler.at(1 / 3), "rss_end_mb": sampler.at(1.0)}
+    measured = {"seconds": seconds, "steps": steps, "examples": steps * BATCH, "peak_rss_mb": peak_training,
+                "rss_third_mb": sampler.at(1 / 3), "rss_end_mb": sampler.at(1.0)}
+    if settings.get("test"):  # the causal model: scored on the held-out records' responses
+        from lmkit.checkpoint import read_checkpoint
+
+        model = read_checkpoint(result.checkpoint.path).inference_model()
+        loss, accuracy = response_scores(lambda ids: model(ids)[0][0], sft_examples(settings["checkpoint"],
+                                                                                    settings["test"]))
+        return {**measured, "test_loss": loss, "accuracy": accuracy}
+    report = evaluate.run(resolve(EvaluateConfig, {}, {"checkpoint": str(result.checkpoint.path),
+                                                       "data": [settings["data"]], "split": "test"})).report
+    return {**measured, "accuracy": report["metrics"]["accuracy"]}
 
 
 def child_trainer(settings: dict) -> dict:
@@ -203,7 +263,39 @@ def child_trainer(settings: dict) -> dict:
             "rss_third_mb": sampler.at(1 / 3), "rss_end_mb": sampler.at(1.0)}
 
 
-CHILDREN = {"lmkit": child_lmkit, "trainer": child_trainer}
+def child_trainer_causal(settings: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    train = [{"input_ids": e.tokens, "labels": [-100] * e.prompt_length + e.tokens[e.prompt_length:]}
+             for e in sft_examples(settings["checkpoint"], settings["data"])]
+    torch.manual_seed(settings["seed"])
+    model = AutoModelForCausalLM.from_pretrained(settings["model"], dtype=torch.float32)
+    args = TrainingArguments(output_dir=settings["out"], learning_rate=PEER_LR, num_train_epochs=settings["epochs"],
+                             per_device_train_batch_size=BATCH, seed=settings["seed"], use_cpu=True, report_to=[],
+                             save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+                             dataloader_num_workers=0)
+    tokenizer = AutoTokenizer.from_pretrained(settings["model"])
+    if tokenizer.pad_token is None:  # padding is masked out; any id will do
+        tokenizer.pad_token = tokenizer.eos_token
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+    with Sampler() as sampler:
+        started = time.perf_counter()
+        output = trainer.train()
+        seconds = time.perf_counter() - started
+    peak_training = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model.eval()
+    loss, accuracy = response_scores(lambda ids: model(input_ids=ids).logits[0],
+                                     sft_examples(settings["checkpoint"], settings["test"]))
+    return {"seconds": seconds, "steps": output.global_step, "examples": output.global_step * BATCH,
+            "test_loss": loss, "accuracy": accuracy, "peak_rss_mb": peak_training,
+            "rss_third_mb": sampler.at(1 / 3), "rss_end_mb": sampler.at(1.0)}
+
+
+CHILDREN = {"lmkit": child_lmkit, "trainer": child_trainer, "trainer-causal": child_trainer_causal}
 
 
 def in_child(side: str, settings: dict) -> dict:
@@ -229,12 +321,23 @@ def main() -> None:
     parser.add_argument("--sides", default="lmkit,trainer", help="comma-separated: lmkit, trainer")
     parser.add_argument("--flag", action="append", default=[], metavar="NAME=VALUE",
                         help="an lmkit finetune setting for this run (e.g. --flag compile=false), repeatable")
+    parser.add_argument("--model", choices=("minilm", "demo-gpt"), default="minilm",
+                        help="minilm: the sentence classifier on the fortunes; demo-gpt: lmkit's demo GPT on an SFT "
+                        "set")
+    parser.add_argument("--work", type=Path, default=ROOT / "demo", help="demo-gpt: the demo directory (built if "
+                        "missing)")
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "SETTINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child[0]](json.loads(args.child[1]))))
         return
-    source, checkpoint, data = prepare()
+    causal = args.model == "demo-gpt"
+    test = None
+    if causal:
+        WORK.mkdir(parents=True, exist_ok=True)
+        source, checkpoint, data, test = prepare_causal(args.work)
+    else:
+        source, checkpoint, data = prepare()
     if "trainer" in args.sides:
         ensure("accelerate", "accelerate>=1.1")
     flags = {}
@@ -246,16 +349,21 @@ def main() -> None:
     for seed in range(args.seeds):
         for side in (sides if seed % 2 == 0 else sides[::-1]):
             settings = {"seed": seed, "epochs": args.epochs, "out": str(WORK / f"run-{side}-{seed}"), "data": str(data),
-                        "checkpoint": str(checkpoint), "model": str(source), "flags": flags}
+                        "checkpoint": str(checkpoint), "model": str(source), "flags": flags,
+                        "test": str(test) if test else None}
+            if causal and side == "lmkit":
+                settings["flags"] = {"task": "sft", **flags}
             shutil.rmtree(settings["out"], ignore_errors=True)  # an up-to-date run would be skipped, not timed
-            run = in_child(side, settings)
+            run = in_child("trainer-causal" if causal and side == "trainer" else side, settings)
             runs[side].append(run)
             print(f"seed {seed}: {side:8s} {run['seconds']:7.1f} s, {run['examples'] / run['seconds']:6.1f} "
-                  f"examples/s, {run['steps']} steps, test accuracy {run['accuracy']:.3f}, peak RSS "
+                  f"examples/s, {run['steps']} steps, test accuracy {run['accuracy']:.3f}"
+                  + (f" (response tokens; loss {run['test_loss']:.3f})" if causal else "") + ", peak RSS "
                   f"{run['peak_rss_mb']:,.0f} MB in training (a third in {run['rss_third_mb']:,.0f}, "
                   f"end {run['rss_end_mb']:,.0f})",
                   flush=True)
-    results = {"model": "all-MiniLM-L6-v2", "epochs": args.epochs, "batch": BATCH, "flags": flags, "sides": {}}
+    results = {"model": "demo GPT (Llama-style, 2 x 128)" if causal else "all-MiniLM-L6-v2", "epochs": args.epochs,
+               "batch": BATCH, "flags": flags, "sides": {}}
     print("\n| side | examples/s | test accuracy | peak RSS (MB) | RSS at 1/3 -> end (MB) |\n"
           "| --- | ---: | ---: | ---: | ---: |")
     for side, side_runs in runs.items():
@@ -273,7 +381,8 @@ def main() -> None:
         results["ratio"] = round(ratio, 3)
         print(f"\nlmkit / Trainer examples/s: {ratio:.2f}x (aim {AIM}x with accuracy at least Trainer's): "
               f"{'MET' if met else 'NOT MET'}")
-    (OUT / "finetune_peer.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = "finetune_peer_demo-gpt.json" if causal else "finetune_peer.json"
+    (OUT / name).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
