@@ -103,7 +103,8 @@ def render(result: EvaluationResult) -> None:
 config_command(
     "evaluate", EvaluateConfig,
     help="Evaluate a checkpoint: loss, perplexity and bits per byte (masked-LM loss and accuracy for BERT), "
-         "classification metrics, zero-shot multiple choice, SFT generation, or lm-evaluation-harness tasks; "
+         "classification metrics, zero-shot multiple choice, SFT generation, preference accuracy on chosen/rejected "
+         "pairs, or lm-evaluation-harness tasks; "
          "writes a report artifact with --out.\n\n"
          f"Exit codes: 0 done; 1 bad input; 2 bad usage; {GATE_EXIT_CODE} a --fail-if condition held "
          "(the report is still written).\n\n"

@@ -42,7 +42,7 @@ def _render_range_test(result) -> None:
 config_command(
     "finetune", FinetuneConfig,
     help="Finetune a checkpoint: classify (labeled dataset), sft (instruction/response JSONL), chat (multi-turn "
-         "conversations JSONL), or clm/mlm "
+         "conversations JSONL), dpo or orpo (preference pairs JSONL), or clm/mlm "
          "(continued pretraining), with LoRA, frozen layers, distillation from a --teacher, early stopping on "
          "a validation metric and exact resume.\n\n"
          "Example: lmkit finetune runs/gpt/final data/labeled --out runs/classifier --epochs 3",

@@ -27,6 +27,7 @@ STOP_EOS, STOP_STRING, STOP_LENGTH, STOP_CONTEXT = "eos", "stop", "length", "con
 class Decoded:
     ids: list[int]        # the new tokens (without the </s> or end of turn that ended them)
     reason: str           # STOP_EOS, STOP_STRING (should_stop said so), STOP_LENGTH (max_new_tokens), STOP_CONTEXT
+    stop_id: int | None = None  # with STOP_EOS: which of the stop ids ended it (RL trains on it as a reply's end)
 
 
 def left_pad(prompts: list[list[int]], device: torch.device, pad: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +75,7 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
         seen.scatter_(1, idx, mask)  # padding scatters False
     generated: list[list[int]] = [[] for _ in prompts]
     reasons: list[str | None] = [None] * len(prompts)
+    stopped_by: list[int | None] = [None] * len(prompts)
     rows = list(range(len(prompts)))  # the prompt index of each batch row still generating
     step_input = idx
     while rows:
@@ -90,7 +92,7 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
         keep = []
         for position, (row, token) in enumerate(zip(rows, chosen.tolist())):
             if token in stops:
-                reasons[row] = STOP_EOS
+                reasons[row], stopped_by[row] = STOP_EOS, token
                 continue
             generated[row].append(token)
             if should_stop is not None and should_stop(row, generated[row]):
@@ -115,4 +117,4 @@ def decode(model: nn.Module, prompts: list[list[int]], settings: SamplingSetting
         mask = torch.cat([mask, torch.ones_like(step_input, dtype=torch.bool)], dim=1)
         if seen is not None:
             seen.scatter_(1, step_input, True)
-    return [Decoded(ids, reason) for ids, reason in zip(generated, reasons)]
+    return [Decoded(ids, reason, stop) for ids, reason, stop in zip(generated, reasons, stopped_by, strict=True)]

@@ -25,6 +25,7 @@ from lmkit.devices import resolve_device, resolve_precision
 from lmkit.errors import UserError
 from lmkit.evaluation import gate, generation_tasks, inputs
 from lmkit.evaluation import report as report_files
+from lmkit.evaluation.rewards import code_files
 from lmkit.evaluation.scoring import Inference
 from lmkit.progress import reporter
 from lmkit.stages.evaluate_config import EvaluateConfig
@@ -97,11 +98,12 @@ def _metrics(config: EvaluateConfig, evaluation: Evaluation | None, notes: list[
         if config.metrics:
             raise UserError("--metrics: chooses among a task's metrics; harness tasks report their own")
         return []
-    wrong = [m for m in config.metrics if m not in evaluation.metrics]
+    offered = evaluation.offered(config)
+    wrong = [m for m in config.metrics if m not in offered]
     if wrong:
         raise UserError(f"--metrics: {', '.join(wrong)} not computed by {evaluation.called}; its metrics: "
-                        f"{', '.join(evaluation.metrics)}")
-    chosen = list(config.metrics or evaluation.metrics)
+                        f"{', '.join(offered)}")
+    chosen = list(config.metrics or offered)
     for metric in list(chosen):
         module = generation_tasks.missing_extra(metric)
         if module is None:
@@ -201,10 +203,15 @@ def _plan(config: EvaluateConfig) -> EvalPlan:
     other = report_files.load_report(config.compare) if config.compare else None
 
     input_files = [{**artifacts.describe_file(path), "role": "data"} for path in files if path != "-"]
+    if evaluation is not None and "reward" in evaluation.flags:  # a reward function's code, by its content
+        input_files += [{**artifacts.describe_file(path), "role": "reward"} for path in code_files(config.reward)
+                        if Path(path).is_file()]
     if config.harness_include:
         input_files += [{**artifacts.describe_file(path), "role": "harness"}
                         for path in sorted(Path(config.harness_include).rglob("*")) if path.is_file()]
     parents = [{"role": "checkpoint", "id": checkpoint.artifact.id}]
+    if config.reference:  # a checkpoint by its id, as the evaluated one
+        parents.append({"role": "reference", "id": read_checkpoint(config.reference).artifact.id})
     if dataset is not None:
         parents.append({"role": "dataset", "id": dataset.id})
     identity = {**config_lib.identity_dict(config), "split": split}
@@ -353,6 +360,8 @@ def _write(writer: artifacts.ArtifactWriter, config: EvaluateConfig, plan: EvalP
     artifacts.write_json_durable(writer.tmp / report_files.REPORT_JSON, report)
     (writer.tmp / report_files.REPORT_MD).write_text(report_files.markdown(report), encoding="utf-8")
     parents = [artifacts.describe_parent("checkpoint", plan.checkpoint.artifact, writer.out)]
+    if config.reference:
+        parents.append(artifacts.describe_parent("reference", read_checkpoint(config.reference).artifact, writer.out))
     if plan.dataset is not None:
         parents.append(artifacts.describe_parent("dataset", plan.dataset, writer.out))
     stats = {"task": report["task"], "examples": report["examples"], "metrics": report["metrics"],

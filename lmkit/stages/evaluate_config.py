@@ -25,9 +25,12 @@ class EvaluateConfig:
                              affects_output=False)
     task: str = option("auto", "What to measure: lm (loss, perplexity, bits per byte; masked LM for BERT), classify, "
                        "choice (zero-shot multiple choice), generate (SFT answers vs references), qa (extractive "
-                       "answers of a span model vs question/context/answer records, SQuAD's exact match and F1), or "
-                       "auto (by the checkpoint: lm for language models, classify for classifiers, generate for SFT, "
-                       "qa for span models).")
+                       "answers of a span model vs question/context/answer records, SQuAD's exact match and F1), "
+                       "preference (how often a causal model ranks a pair's chosen reply above its rejected one: "
+                       "prompt/chosen/rejected JSONL, as finetune --task dpo reads), pass-at-k (sampled replies "
+                       "to prompt/answer JSONL scored by --reward: pass@k for each --k), or auto (by the "
+                       "checkpoint: lm for language models, classify for classifiers, generate for SFT, qa for span "
+                       "models).")
     split: str = option("auto", "Dataset split to evaluate; auto is validation, or test when validation is empty.",
                         choices=SPLITS)
     metrics: list[str] = option([], "Metrics to report (comma-separated; empty: every metric of the task).")
@@ -40,7 +43,7 @@ class EvaluateConfig:
     label_field: str = option("label", "classify: JSON field or CSV/parquet column holding the gold label.")
     text_pair_field: str | None = option(None, "classify with a pair classifier: JSON field (dotted path) or "
                                          "CSV/parquet column holding each example's second text.")
-    prompt_field: str = option("prompt", "generate: JSON field holding the prompt.")
+    prompt_field: str = option("prompt", "generate, pass-at-k: JSON field holding the prompt.")
     response_field: str = option("response", "generate: JSON field holding the reference answer.")
     # -- method ----------------------------------------------------------------------------------------
     window: int = option(0, "lm/choice: tokens per forward pass; 0 means the model's block size.")
@@ -49,16 +52,31 @@ class EvaluateConfig:
     mask_prob: float = option(0.15, "lm on BERT: share of tokens masked for prediction.")
     mask_replace: float = option(0.8, "lm on BERT: of the chosen, share replaced by [MASK].")
     mask_random: float = option(0.1, "lm on BERT: of the chosen, share replaced by a random token (the rest stay).")
-    seed: int = option(0, "Seed of the masking (and of the harness's sampling).")
+    seed: int = option(0, "Seed of the masking (and of the harness's and pass-at-k's sampling).")
     long_text: str = option("auto", "classify: a text longer than the classifier's window is read as overlapping "
                             "chunks whose class logits are averaged (mean) or maxed per class (max), or cut to its "
                             "beginning (cut); auto: what the classifier was finetuned with (finetune --long-text; "
                             "cut for classifiers that recorded none).", choices=("auto", "mean", "max", "cut"))
     chunk_stride: int = option(0, "classify: tokens between the starts of consecutive chunks; 0: the classifier's own, "
                                "or half a window.")
-    max_new_tokens: int = option(128, "generate: most tokens per answer (greedy decoding).")
+    max_new_tokens: int = option(128, "generate, pass-at-k: most tokens per answer (generate: greedy decoding).")
     stop: str = option("", "generate: end an answer before any of these strings (comma-separated; escapes \\n \\t "
                        "\\r \\, \\\\ as in `lmkit generate --stop`).")
+    reference: str | None = option(None, "preference: score each reply by DPO's implicit reward, the model's "
+                                   "log-probability minus this reference checkpoint's (the model preference tuning "
+                                   "started from; same tokenizer), instead of the model's log-probability alone.",
+                                   affects_output=False)  # its id goes into the report's identity
+    reward: str = option("exact", "pass-at-k: how a reply is scored against its record, as finetune --reward: exact, "
+                         "number, json, regex:PATTERN, length:N, terms joined by + (number+length:64), or your own "
+                         "function as MODULE:FUNCTION or PATH.py:FUNCTION, called as function(prompt, reply, record) "
+                         "-> number: your own Python code, run in this process. A reply passes when every term but "
+                         "length scores above 0.")
+    answer_field: str = option("answer", "pass-at-k: JSON field holding the reference answer (a list: any of them).")
+    samples: int = option(8, "pass-at-k: replies sampled per prompt (the n of the pass@k estimator).")
+    k: list[str] = option([], "pass-at-k: the k of each pass@k reported as pass_at_K (comma-separated, each at most "
+                          "--samples; unbiased estimator of Chen et al. 2021); default: 1 and --samples.")
+    sampling_temperature: float = option(1.0, "pass-at-k: the temperature replies are sampled at (greedy_pass_rate "
+                                         "is the greedy reply's).")
     # -- lm-evaluation-harness -----------------------------------------------------------------------------
     harness_tasks: list[str] = option([], "lm-evaluation-harness tasks to run (comma-separated; needs the "
                                       "'harness' extra of lmkit; runs offline).")
@@ -92,7 +110,7 @@ class EvaluateConfig:
         for name in ("limit", "window", "stride", "seed"):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)}: must not be negative")
-        for name in ("batch_size", "max_new_tokens"):
+        for name in ("batch_size", "max_new_tokens", "samples"):
             if getattr(self, name) < 1:
                 problems.append(f"{flag_name(name)}: must be at least 1")
         if self.window and self.stride > self.window:
@@ -106,6 +124,9 @@ class EvaluateConfig:
             problems.append("--mask-prob: must be positive (masked-LM metrics need masked tokens)")
         if self.mask_replace + self.mask_random > 1.0:
             problems.append("--mask-replace + --mask-random: must not exceed 1")
+        problems += self.pass_k_problems()
+        if not self.sampling_temperature > 0:
+            problems.append(f"--sampling-temperature: must be positive, got {self.sampling_temperature}")
         problems += self.unknown_names()
         if not self.data and not self.harness_tasks:
             problems.append("DATA: required (a dataset artifact or files), unless --harness-tasks is given")
@@ -123,12 +144,26 @@ class EvaluateConfig:
         --help, which loads no torch)."""
         from lmkit import tasks
 
-        problems, evaluations, metrics = [], tasks.evaluation_names(), tasks.metric_names()
+        problems, evaluations, metrics = [], tasks.evaluation_names(), tasks.metric_names(self)
         if self.task != "auto" and self.task not in evaluations:
             problems.append(f"--task: '{self.task}' is not one of auto, {', '.join(evaluations)}")
         problems += [f"--metrics: '{name}' is not one of {', '.join(metrics)}" for name in self.metrics
                      if name not in metrics]
         return problems
+
+    def pass_k(self) -> list[int]:
+        """The --k values (default 1 and --samples); ValueError when one is not a whole number."""
+        if not self.k:
+            return sorted({1, self.samples})
+        return [int(value) for value in self.k]
+
+    def pass_k_problems(self) -> list[str]:
+        try:
+            values = self.pass_k()
+        except ValueError:
+            return [f"--k: {','.join(self.k)}: whole numbers, comma-separated (e.g. 1,8)"]
+        return [f"--k {value}: must be between 1 and --samples {self.samples}" for value in values
+                if not 1 <= value <= self.samples]
 
     def stop_strings(self) -> tuple[str, ...]:
         """The --stop strings; ValueError when the value does not parse."""

@@ -23,8 +23,11 @@ from lmkit import artifacts
 from lmkit import config as config_lib
 from lmkit.checkpoint import Checkpoint, read_checkpoint
 from lmkit.data.conversations import looks_like_conversations
+from lmkit.data.jsonl import first_record
+from lmkit.data.preferences import looks_like_preferences
 from lmkit.data.qa import looks_like_qa
 from lmkit.errors import UserError
+from lmkit.evaluation.rewards import code_files
 from lmkit.models import build_model, count_parameters
 from lmkit.models.classifier import SequenceClassifier, classifier_config, default_pooling
 from lmkit.models.config import ModelConfig
@@ -41,6 +44,7 @@ from lmkit.training.run import Session, TrainingPlan, batch_layout, open_session
 
 # What a teacher must be for each task: its checkpoint's task (and, for language models, its objective).
 CAUSAL_TASKS = ("sft", "chat", "clm", "dpo", "orpo", "grpo")  # what needs a causal base
+PREFERENCE_TASKS = ("dpo", "orpo")  # validated on held-out pairs: loss or preference_accuracy
 _TEACHER_TASKS = {"classify": ("classify",), "sft": ("lm", "sft"), "clm": ("lm", "sft"), "mlm": ("lm",)}
 
 
@@ -72,6 +76,8 @@ def _task(config: FinetuneConfig, base: Checkpoint, data: Path) -> str:
     if config.task != "auto":
         return config.task
     if data.is_file():
+        if looks_like_preferences(first_record(data)):  # before chat: a pair's prompt may be a conversation
+            return "dpo"
         return "qa" if looks_like_qa(data) else "chat" if looks_like_conversations(data) else "sft"
     if (data / artifacts.MANIFEST).is_file():
         if "labels" in artifacts.read_manifest(data).get("stats", {}):
@@ -136,6 +142,9 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     parents: list[tuple[str, artifacts.Artifact]] = [("base", base.artifact)]
     if config.chat_template:  # the template's content, not its file name
         identity["chat_template"] = artifacts.describe_file(config.chat_template)["sha256"]
+    rewards = [path for path in code_files(config.reward) if Path(path).is_file()]
+    if rewards:  # grpo: a reward function's code by its content (a missing file is refused when it is imported)
+        identity["reward_code"] = [artifacts.describe_file(path)["sha256"] for path in rewards]
     if data_path.is_file():
         identity["data"] = artifacts.describe_file(data_path)["sha256"]
     else:
@@ -145,6 +154,10 @@ def plan(config: FinetuneConfig, env: distributed.Distributed) -> TrainingPlan:
     if teacher is not None:
         identity["teacher"] = teacher.artifact.id
         parents.append(("teacher", teacher.artifact))
+    if config.reference:  # DPO's (or GRPO's KL) reference, by its id (the objective checks it when it is built)
+        reference = read_checkpoint(config.reference).artifact
+        identity["reference"] = reference.id
+        parents.append(("reference", reference))
     lora = ({"lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout}}
             if config.lora_rank else {})
     run_dir = Path(config.out)
@@ -313,6 +326,17 @@ def _metric(config: FinetuneConfig, task: str) -> str:
     if name == "exact_match" and task != "qa":
         raise UserError(f"--metric exact_match: is a question-answering metric; --task {task} validates on "
                         f"{OBJECTIVES[task].metric.removeprefix('val_')}")
+    if name == "preference_accuracy" and task not in PREFERENCE_TASKS:
+        raise UserError("--metric preference_accuracy: is a preference-tuning metric (--task dpo or orpo); "
+                        f"--task {task} validates on {OBJECTIVES[task].metric.removeprefix('val_')}")
+    if task in PREFERENCE_TASKS and name not in ("loss", "preference_accuracy"):
+        raise UserError(f"--metric {name}: --task {task} validates on loss or preference_accuracy (held-out pairs)")
+    if name in ("pass_rate", "reward") and task != "grpo":
+        raise UserError(f"--metric {name}: is an RL metric (--task grpo); --task {task} validates on "
+                        f"{OBJECTIVES[task].metric.removeprefix('val_')}")
+    if task == "grpo" and name not in ("pass_rate", "reward"):
+        raise UserError(f"--metric {name}: --task grpo validates on pass_rate or reward (greedy replies to held-out "
+                        "prompts)")
     if name in ("accuracy", "f1") and task not in ("classify", "qa"):
         raise UserError(f"--metric {name}: is a classification metric; --task {task} validates on loss")
     return f"val_{name}"

@@ -19,8 +19,8 @@ from lmkit.data.labeled import IMBALANCE_RATIO
 from lmkit.stages.pretrain_config import PRESET_HELP
 from lmkit.training.options import BATCH, MASKING, OPTIMIZATION, RUN, STOPPING, TrainingOptions
 
-TASKS = ("auto", "classify", "sft", "chat", "qa", "clm", "mlm")
-METRICS = ("auto", "accuracy", "f1", "exact_match", "loss")
+TASKS = ("auto", "classify", "sft", "chat", "qa", "clm", "mlm", "dpo", "orpo", "grpo")
+METRICS = ("auto", "accuracy", "f1", "exact_match", "loss", "preference_accuracy", "pass_rate", "reward")
 # Finetuning's length: at most DEFAULT_EPOCHS, evaluated twice an epoch and stopped after DEFAULT_PATIENCE
 # evaluations (two epochs) without a better validation metric; final/ holds the best.
 DEFAULT_EPOCHS = 10.0
@@ -29,6 +29,8 @@ DEFAULT_PATIENCE = 4
 # finetunes), ten times that for LoRA's adapters, pretraining's scale from random weights.
 LR_PER_WIDTH, LORA_LR_FACTOR = 0.06, 10.0
 PEFT, DISTILL = "parameter-efficient finetuning", "distillation"
+PREFERENCE = "preference tuning"
+RL = "RL with rewards"
 
 
 def parse_freeze(text: str) -> tuple[bool, int]:
@@ -46,8 +48,8 @@ def parse_freeze(text: str) -> tuple[bool, int]:
 
 @dataclass(kw_only=True)
 class FinetuneConfig(TrainingOptions):
-    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data", PEFT, DISTILL, BATCH, OPTIMIZATION, MASKING, STOPPING,
-                                           RUN)
+    SECTIONS: ClassVar[tuple[str, ...]] = ("model", "data", PEFT, DISTILL, PREFERENCE, RL, BATCH, OPTIMIZATION,
+                                           MASKING, STOPPING, RUN)
 
     # -- what to train on --------------------------------------------------------------------------
     base: str = option(help="Checkpoint to start from (its tokenizer, architecture and weights).", positional=True,
@@ -57,13 +59,20 @@ class FinetuneConfig(TrainingOptions):
                        "\"content\"}]} or ShareGPT's {\"conversations\": [{\"from\", \"value\"}]}), "
                        "question/context/answer records for qa "
                        "(SQuAD's layout: {\"question\", \"context\", \"answers\": {\"text\": [...], "
-                       "\"answer_start\": [...]}}, or \"answer\" and \"answer_start\").", positional=True,
+                       "\"answer_start\": [...]}}, or \"answer\" and \"answer_start\"), preference pairs for dpo "
+                       "and orpo ({\"prompt\", \"chosen\", \"rejected\"}, the prompt a text or a conversation; "
+                       "TRL's conversational chosen/rejected message lists too), prompts with reference answers "
+                       "for grpo ({\"prompt\", \"answer\"}, or \"messages\" ending with the user's turn for a "
+                       "chat model).", positional=True,
                        affects_output=False)
     task: str = option("auto", "classify, sft (instruction tuning), chat (multi-turn conversations), qa "
                        "(extractive question answering: start/end heads on an encoder), clm or mlm (continued "
-                       "pretraining); auto: classify for a labeled dataset, qa for a JSONL file whose records have a "
-                       "question and a context, chat for one whose records hold \"messages\" or \"conversations\", "
-                       "sft for another, else the base's objective.", choices=TASKS, resume=True)
+                       "pretraining), dpo or orpo (preference tuning on chosen/rejected pairs: DPO against a frozen "
+                       "reference, ORPO without one), grpo (RL: replies sampled from the model, scored by "
+                       "--reward); auto: classify for a labeled dataset, qa for a JSONL file whose records have a "
+                       "question and a context, dpo for one whose records hold \"chosen\" and \"rejected\", chat "
+                       "for one whose records hold \"messages\" or \"conversations\", sft for another, else the "
+                       "base's objective.", choices=TASKS, resume=True)
     # -- the model -----------------------------------------------------------------------------------
     scratch: bool = option(False, "Start from random weights of the base's architecture (a baseline for what "
                            "pretraining buys); the base still gives the tokenizer.", section="model", resume=True)
@@ -96,8 +105,9 @@ class FinetuneConfig(TrainingOptions):
     val_fraction: float = option(0.1, "Share of the training data held out for validation when the data has no "
                                  "validation split (stratified by label for classify).", section="data",
                                  resume=True)
-    max_train_examples: int = option(0, "classify, sft, chat: train on a seeded random subset of this many examples "
-                                     "(0: all), e.g. for learning curves; validation is unchanged.", section="data",
+    max_train_examples: int = option(0, "classify, sft, chat, dpo, orpo: train on a seeded random subset of this many "
+                                     "examples (0: all), e.g. for learning curves; validation is unchanged.",
+                                     section="data",
                                      resume=True)
     class_weights: str = option("auto", "classify: weight the loss by inverse class frequency (balanced); auto: "
                                 f"balanced when the largest class has {IMBALANCE_RATIO:g}x the smallest's training "
@@ -127,7 +137,8 @@ class FinetuneConfig(TrainingOptions):
                         "loss is what it is alone. It saves compute when a batch's examples are many and short "
                         "against the window; on the demo's (76 tokens on average in 128) it saved none (README). "
                         "GPT only.", section="data")
-    prompt_field: str = option("prompt", "sft: JSONL field of the instruction.", section="data", resume=True)
+    prompt_field: str = option("prompt", "sft: JSONL field of the instruction; grpo: of the prompt.", section="data",
+                               resume=True)
     response_field: str = option("response", "sft: JSONL field of the response.", section="data", resume=True)
     template: str = option(DEFAULT_TEMPLATE, "sft: prompt template, {prompt} marks the instruction; stored in "
                            "the checkpoint so that generate applies it.", section="data", resume=True)
@@ -160,6 +171,33 @@ class FinetuneConfig(TrainingOptions):
                                 resume=True)
     distill_alpha: float = option(0.5, "Weight of the soft-target loss; 1 - alpha weighs the hard labels.",
                                   section=DISTILL, resume=True)
+    # -- preference tuning -----------------------------------------------------------------------------
+    beta: float = option(0.1, "dpo: the strength of the pull towards the reference (DPO's beta: the implicit reward "
+                         "is beta x the log-probability ratio of policy to reference; lower lets the model move "
+                         "further). orpo: lambda, the weight of the odds-ratio term against the chosen replies' "
+                         "negative log-likelihood (TRL's ORPOConfig calls it beta).", section=PREFERENCE, resume=True)
+    reference: str | None = option(None, "dpo: the frozen reference checkpoint (same tokenizer as the base); unset: "
+                                   "the base. Its log-probabilities of every pair are computed once, before "
+                                   "training. grpo: the reference of the KL term (with --kl-coef).",
+                                   affects_output=False, section=PREFERENCE, resume=True)  # by id
+    # -- RL with rewards (grpo) --------------------------------------------------------------------------
+    reward: str = option("exact", "grpo: how a reply is scored against its record: exact (normalized match with the "
+                         "answer), number (the reply's last number equals the answer's), json (the reply parses), "
+                         "regex:PATTERN (its first group, or match, equals the answer; 1 on a match when the record "
+                         "has none; put it last, it takes the rest), length:N (-max(0, tokens - N) / N), terms joined "
+                         "by + and added (number+length:64), or your own function as MODULE:FUNCTION or "
+                         "PATH.py:FUNCTION, called as function(prompt, reply, record) -> number. That is your own "
+                         "Python code, imported and run in this process (as TRL runs reward functions). A reply "
+                         "passes when every term but length scores above 0.", section=RL)
+    answer_field: str = option("answer", "grpo: JSONL field of the reference answer (a list: any of them).",
+                               section=RL)
+    group_size: int = option(4, "grpo: replies sampled per prompt; each reply's advantage is its reward against "
+                             "the group's mean and spread, so at least 2.", section=RL)
+    max_new_tokens: int = option(64, "grpo: the longest sampled reply, in tokens.", section=RL)
+    sampling_temperature: float = option(1.0, "grpo: the temperature replies are sampled at (validation replies "
+                                         "are greedy).", section=RL)
+    kl_coef: float = option(0.0, "grpo: weight of the KL penalty to the reference (--reference, else the base; "
+                            "k3 estimator, as DeepSeekMath); 0: none, and no reference is loaded.", section=RL)
     # -- finetuning's defaults (small data, a pretrained start); help and place are the shared options' --------
     micro_batch: int = TrainingOptions.default("micro_batch", 16, "Sequences (classify, sft: examples) per "
                                                "forward pass on each process.")
@@ -184,7 +222,10 @@ class FinetuneConfig(TrainingOptions):
                                   "stopping usually ends the run before), unless --max-steps, --max-tokens or "
                                   "--max-time bounds the run.", section=STOPPING)
     metric: str = option("auto", "Validation metric for the best checkpoint and early stopping; auto: accuracy "
-                         "for classify, f1 (SQuAD's) for qa, loss otherwise.", choices=METRICS, section=STOPPING)
+                         "for classify, f1 (SQuAD's) for qa, loss otherwise (for dpo and orpo their loss on the "
+                         "held-out pairs; preference_accuracy: the share of them ranked right); for grpo pass_rate, "
+                         "the share of greedy replies to held-out prompts that pass --reward (or reward, their mean "
+                         "reward).", choices=METRICS, section=STOPPING)
     final: str = option("best", "What final/ holds: the best checkpoint's weights by --metric, or the last.",
                         choices=("best", "last"), section=STOPPING)
     find_lr: bool = option(False, "Run a learning-rate range test instead of training: print loss against "
@@ -228,6 +269,18 @@ class FinetuneConfig(TrainingOptions):
             problems.append("--token-dropout: must be below 1 (1 drops every token)")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             problems.append(f"--dropout: must be in [0, 1), got {self.dropout}")
+        if self.beta <= 0:
+            problems.append(f"--beta: must be positive, got {self.beta}")
+        if self.group_size < 2:
+            problems.append(f"--group-size {self.group_size}: group-normalized advantages need at least 2 replies "
+                            "per prompt (a mean and a spread)")
+        if self.max_new_tokens < 1:
+            problems.append(f"--max-new-tokens: must be at least 1, got {self.max_new_tokens}")
+        if not self.sampling_temperature > 0:
+            problems.append(f"--sampling-temperature: must be positive (at 0 a group's replies are all the same), "
+                            f"got {self.sampling_temperature}")
+        if not self.kl_coef >= 0:
+            problems.append(f"--kl-coef: must not be negative, got {self.kl_coef}")
         if self.temperature <= 0:
             problems.append(f"--temperature: must be positive, got {self.temperature}")
         if self.lora_alpha <= 0:

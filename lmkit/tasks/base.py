@@ -128,10 +128,17 @@ class Evaluation:
     flags: tuple[str, ...] = ()                  # the evaluate flags it reads, besides those every one reads
     label: str | None = None                     # how messages name it (default: --task NAME)
     own_model: bool = False                      # generation loads its own model: no scoring model is loaded
+    # The metrics its flags name, besides ``metrics`` (pass-at-k's pass_at_K for each --k); () when they do not parse.
+    metrics_for: Callable[[EvaluateConfig], tuple[str, ...]] | None = None
 
     @property
     def called(self) -> str:
         return self.label or f"--task {self.name}"
+
+    def offered(self, config: EvaluateConfig | None) -> tuple[str, ...]:
+        """The metrics it reports for ``config``'s flags (None: the fixed ones only)."""
+        named = self.metrics_for(config) if self.metrics_for is not None and config is not None else ()
+        return (*named, *self.metrics)
 
 
 @dataclass(frozen=True)
@@ -203,9 +210,9 @@ def evaluation_names() -> list[str]:
     return list(dict.fromkeys(e.name for spec in TASKS.values() for e in spec.evaluations))
 
 
-def metric_names() -> list[str]:
-    """Every metric some evaluation reports."""
-    return list(dict.fromkeys(m for spec in TASKS.values() for e in spec.evaluations for m in e.metrics))
+def metric_names(config: EvaluateConfig | None = None) -> list[str]:
+    """Every metric some evaluation reports (with ``config``: those its flags name too, pass-at-k's --k)."""
+    return list(dict.fromkeys(m for spec in TASKS.values() for e in spec.evaluations for m in e.offered(config)))
 
 
 # -- helpers the task modules share ---------------------------------------------------------------------------

@@ -236,6 +236,6 @@ def _is_chat_model(checkpoint: Checkpoint) -> bool:
     return checkpoint.task == "chat" and checkpoint.model_config.arch in CAUSAL_ARCHS
 
 
-SPEC = TaskSpec("chat", "chat model", _is_chat_model, (REPLIES, LOSS, text.PERPLEXITY, text.CHOICE), text.load,
-                REPLY, endpoints=("/v1/completions", "/v1/chat/completions"), routes=routes, harness=True,
-                decodes=True)
+SPEC = TaskSpec("chat", "chat model", _is_chat_model,
+                (REPLIES, LOSS, text.PERPLEXITY, text.CHOICE, text.PREFERENCE, text.PASS_AT_K), text.load, REPLY,
+                endpoints=("/v1/completions", "/v1/chat/completions"), routes=routes, harness=True, decodes=True)

@@ -35,5 +35,5 @@ def _is_sft_model(checkpoint: Checkpoint) -> bool:
 
 
 SPEC = TaskSpec("sft", "instruction-tuned (sft) language model", _is_sft_model,
-               (text.GENERATE, text.PERPLEXITY, text.CHOICE), text.load, text.TEXT,
+               (text.GENERATE, text.PERPLEXITY, text.CHOICE, text.PREFERENCE, text.PASS_AT_K), text.load, text.TEXT,
                endpoints=("/v1/completions", "/v1/chat/completions"), routes=routes, harness=True, decodes=True)

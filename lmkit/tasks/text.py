@@ -1,5 +1,6 @@
 """A causal language model (a GPT or an LSTM trained with clm): perplexity and bits per byte on documents,
-zero-shot multiple choice and greedy answers scored against references; continued text in ``generate``;
+zero-shot multiple choice, greedy answers scored against references and preference pairs ranked (preferences.py);
+continued text in ``generate``;
 ``/v1/completions`` in ``serve``. The evaluations and the text generation here serve instruction-tuned
 models too (sft.py)."""
 
@@ -31,6 +32,8 @@ from lmkit.tasks.base import (
     TaskSpec,
     read_examples,
 )
+from lmkit.tasks.preferences import PREFERENCE
+from lmkit.tasks.rewards import PASS_AT_K
 from lmkit.tokenizer import Tokenizer
 
 CAUSAL = "a causal language model"
@@ -150,5 +153,6 @@ def _is_text_model(checkpoint: Checkpoint) -> bool:
             and checkpoint.model_config.arch in CAUSAL_ARCHS)
 
 
-SPEC = TaskSpec("text", "causal language model", _is_text_model, (PERPLEXITY, CHOICE, GENERATE), load, TEXT,
-               endpoints=("/v1/completions",), routes=routes, harness=True, decodes=True)
+SPEC = TaskSpec("text", "causal language model", _is_text_model,
+               (PERPLEXITY, CHOICE, GENERATE, PREFERENCE, PASS_AT_K), load, TEXT, endpoints=("/v1/completions",),
+               routes=routes, harness=True, decodes=True)

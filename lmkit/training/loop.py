@@ -110,6 +110,7 @@ def train(model: nn.Module, objective: Objective, optimizers: Optimizers, settin
     total = settings.step_limit or (math.ceil(options.max_tokens / tokens_per_step) if options.max_tokens else None)
     deadline = started + max_seconds if max_seconds > 0 else None
     model.train()
+    train_metrics(objective)  # dropped: what a probe before the first step (the precision measurement) recorded
     try:
         with reporter.task("training", total=total, unit="steps", initial=state.step, deadline=deadline) as task:
             # The first check follows from the checkpoint alone; later ones are one decision for all ranks (a time

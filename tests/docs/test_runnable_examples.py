@@ -99,9 +99,11 @@ def test_a_marker_without_a_shell_block_is_refused(tmp_path):
 @pytest.fixture(scope="session")
 def demo_miniature(tmp_path_factory, dataset, gpt, bert, instructions, qa_file) -> Path:
     """``demo/`` as `make demo` lays it out, from the session's tiny artifacts: corpus/ (topics, labeled
-    docstrings, instructions, QA), data/ and gpt/ and bert/ (the session's dataset and runs, linked), labeled/ (50/10/40
-    split as the demo's), classifier/ and sft/ (finetuned for a few steps). Read-only for the examples."""
+    docstrings, instructions, QA, 40 records of each arithmetic set), data/ and gpt/ and bert/ (the session's
+    dataset and runs, linked), labeled/ (50/10/40 split as the demo's), classifier/ and sft/ (finetuned for a few
+    steps). Read-only for the examples."""
     from lmkit.config import resolve
+    from lmkit.data.demo_arithmetic import arithmetic_sets
     from lmkit.stages import finetune
     from lmkit.stages.finetune_config import FinetuneConfig
 
@@ -115,6 +117,8 @@ def demo_miniature(tmp_path_factory, dataset, gpt, bert, instructions, qa_file) 
     (corpus / "docstrings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labeled_records()))
     shutil.copy(instructions, corpus / "instructions.jsonl")
     shutil.copy(qa_file, corpus / "qa.jsonl")
+    for name, records in arithmetic_sets().items():  # the demo's arithmetic sets, cut small
+        (corpus / name).write_text("".join(json.dumps(r) + "\n" for r in records[:40]))
     (demo / "data").symlink_to(dataset)
     (demo / "gpt").symlink_to(gpt.parent)
     (demo / "bert").symlink_to(bert.parent)

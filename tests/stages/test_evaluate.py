@@ -281,7 +281,7 @@ def test_a_flag_the_evaluation_does_not_read_is_refused_naming_who_reads_it(gpt,
         (config(classifier, dataset, stride=8), "--stride: read by --task lm, --harness-tasks, not by --task classify"),
         (config(gpt, dataset, long_text="max", max_new_tokens=4),
          "--long-text: read by --task classify, not by --task lm; --max-new-tokens: read by --task generate, "
-         "--task chat, --harness-tasks, not by --task lm"),
+         "--task pass-at-k, --task chat, --harness-tasks, not by --task lm"),
     ]
     choices = tmp_path / "choices.jsonl"
     choices.write_text(json.dumps({"context": "A", "choices": ["b", "c"], "answer": 0}) + "\n")

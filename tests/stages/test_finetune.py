@@ -573,7 +573,7 @@ def test_block_size_extends_a_rotary_model_and_refuses_what_cannot_extend(bases,
     ("sft", {"chunk_stride": 8}, "--chunk-stride: read by --task classify or qa, not by --task sft; drop it"),
     ("sft", {"max_answer_tokens": 10}, "--max-answer-tokens: read by --task qa, not by --task sft; drop it"),
     ("classify", {"template": "Q: {prompt}\nA: "}, "--template: read by --task sft, not by --task classify; drop it"),
-    ("classify", {"prompt_field": "question"}, "--prompt-field: read by --task sft, not by --task classify"),
+    ("classify", {"prompt_field": "question"}, "--prompt-field: read by --task sft or grpo, not by --task classify"),
     ("classify", {"response_field": "answer"}, "--response-field: read by --task sft, not by --task classify"),
     ("classify", {"pack": True}, "--pack: read by --task sft or chat, not by --task classify; drop it"),
     ("classify", {"mask_prob": 0.2}, "--mask-prob: read by --task mlm, not by --task classify; drop it"),
@@ -582,9 +582,9 @@ def test_block_size_extends_a_rotary_model_and_refuses_what_cannot_extend(bases,
     ("classify", {"temperature": 3.0}, "--temperature: read by --teacher, not by --task classify; drop it"),
     ("classify", {"distill_alpha": 0.9}, "--distill-alpha: read by --teacher, not by --task classify; drop it"),
     ("clm", {"val_fraction": 0.2},
-     "--val-fraction: read by --task classify, sft, chat or qa, not by --task clm; drop it"),
+     "--val-fraction: read by --task classify, sft, chat, qa, dpo, orpo or grpo, not by --task clm; drop it"),
     ("clm", {"max_train_examples": 5},
-     "--max-train-examples: read by --task classify, sft, chat or qa, not by --task clm"),
+     "--max-train-examples: read by --task classify, sft, chat, qa, dpo, orpo or grpo, not by --task clm"),
     ("sft", {"pooling": "mean", "class_weights": "none", "mask_prob": 0.2},
      "--pooling and --class-weights (read by --task classify), --mask-prob (read by --task mlm): not read by "
      "--task sft; drop them"),
@@ -647,4 +647,5 @@ def test_resume_invariants_are_the_fields_marked_resume():
         "response_field", "token_dropout", "class_weights", "temperature", "distill_alpha", "mask_prob",
         "mask_replace", "mask_random", "chunk_stride", "max_answer_tokens",
         "group_by_length",  # (issue 30: which examples share a batch is the data order)
-        "chat_template", "system_prompt", "last_turn_only", "skip_bad_records"}  # chat: what the data reads as
+        "chat_template", "system_prompt", "last_turn_only", "skip_bad_records",  # chat: what the data reads as
+        "beta", "reference"}  # preference tuning: the loss's strength and the model it is measured against

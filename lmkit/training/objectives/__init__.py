@@ -5,8 +5,10 @@ from lmkit.training.objectives import (  # noqa: F401
                                             chat,
                                             classification,
                                             distillation,
+                                            grpo,
                                             instruction,
                                             language_modeling,
+                                            preference,
                                             question_answering,  # noqa: F401
 )
 from lmkit.training.objectives.base import (
