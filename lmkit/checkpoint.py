@@ -35,8 +35,8 @@ from torch import nn
 
 from lmkit import artifacts
 from lmkit.data.chat_template import ChatFormat
-from lmkit.errors import ArtifactError
-from lmkit.models import build_model
+from lmkit.errors import ArtifactError, UserError
+from lmkit.models import CAUSAL_ARCHS, build_model
 from lmkit.models.config import ModelConfig
 from lmkit.tokenizer import specials_in
 from lmkit.vocab import Specials
@@ -178,6 +178,27 @@ class Checkpoint:
     def trainer_state(self) -> TrainerState:
         payload = json.loads(self.artifact.file(STATE_FILE).read_text())
         return TrainerState(**payload["state"])
+
+
+def read_reference(path: str, model: Checkpoint, compares: str, context: int = 0, context_flag: str = "") -> Checkpoint:
+    """``--reference PATH`` (DPO's frozen reference, GRPO's KL term, evaluate's implicit reward): refused in one line
+    unless it is a causal language model over ``model``'s tokens (its tokenizer and vocabulary) with at least
+    ``context`` positions (``context_flag``: what asks for them, in the refusal). ``compares``: what the two models
+    are compared on, for the tokenizer's refusal."""
+    reference = read_checkpoint(path)
+    flag, config = f"--reference {path}", reference.model_config
+    if config.arch not in CAUSAL_ARCHS or reference.masked_lm or reference.task in ("classify", "qa"):
+        raise UserError(f"{flag}: a {config.arch} {reference.task} checkpoint ({reference.objective}); the reference "
+                        "is a causal language model (the model tuning started from, or another finetune of it)")
+    if (artifacts.load(reference.tokenizer_path, kind="tokenizer").id
+            != artifacts.load(model.tokenizer_path, kind="tokenizer").id):
+        raise UserError(f"{flag}: its tokenizer differs from {model.path}'s; {compares}")
+    if config.vocab_size != model.model_config.vocab_size:
+        raise UserError(f"{flag}: its vocabulary has {config.vocab_size} entries, {model.path}'s "
+                        f"{model.model_config.vocab_size}; the reference must score the same tokens")
+    if config.block_size < context:
+        raise UserError(f"{flag}: its block size {config.block_size} is below {context_flag} {context}")
+    return reference
 
 
 def not_safetensors(path: Path, exc: SafetensorError) -> ArtifactError:

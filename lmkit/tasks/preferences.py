@@ -15,14 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmkit import artifacts
-from lmkit.checkpoint import Checkpoint, read_checkpoint
+from lmkit.checkpoint import Checkpoint, read_reference
 from lmkit.data.preferences import read_preferences
 from lmkit.errors import UserError
 from lmkit.evaluation.scoring import Inference, Span, score_spans
 from lmkit.evaluation.tasks import TaskOutcome
 from lmkit.generation.prompts import PromptFormat
-from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
 from lmkit.tasks.base import JSONL, EvalPlan, Evaluation, read_examples
 
@@ -63,24 +61,10 @@ def _pairs(plan: EvalPlan, tokenizer) -> list[ScoredPair]:
 
 
 def _reference(plan: EvalPlan) -> Checkpoint:
-    """--reference, refused unless it is a causal model over the evaluated model's tokens and context."""
-    config, checkpoint = plan.config, plan.checkpoint
-    reference = read_checkpoint(config.reference)
-    flag = f"--reference {config.reference}"
-    if reference.model_config.arch not in CAUSAL_ARCHS or reference.masked_lm or reference.task in ("classify", "qa"):
-        raise UserError(f"{flag}: a {reference.model_config.arch} {reference.task} checkpoint; the reference is a "
-                        "causal language model (the model preference tuning started from)")
-    if (artifacts.load(reference.tokenizer_path, kind="tokenizer").id
-            != artifacts.load(checkpoint.tokenizer_path, kind="tokenizer").id):
-        raise UserError(f"{flag}: its tokenizer differs from {config.checkpoint}'s; the implicit reward compares "
-                        "the two models' log-probabilities of the same tokens")
-    if reference.model_config.vocab_size != checkpoint.model_config.vocab_size:
-        raise UserError(f"{flag}: its vocabulary has {reference.model_config.vocab_size} entries, "
-                        f"{config.checkpoint}'s {checkpoint.model_config.vocab_size}")
-    if reference.model_config.block_size < checkpoint.model_config.block_size:
-        raise UserError(f"{flag}: its context ({reference.model_config.block_size}) is shorter than "
-                        f"{config.checkpoint}'s ({checkpoint.model_config.block_size})")
-    return reference
+    """--reference: a causal model over the evaluated model's tokens and context."""
+    return read_reference(plan.config.reference, plan.checkpoint, "the implicit reward compares the two models' "
+                          "log-probabilities of the same tokens", plan.checkpoint.model_config.block_size,
+                          "the evaluated model's block size")
 
 
 def _check(plan: EvalPlan) -> None:

@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit import artifacts
-from lmkit.checkpoint import Checkpoint, read_checkpoint
+from lmkit.checkpoint import Checkpoint, read_reference
 from lmkit.errors import UserError
 from lmkit.evaluation.rewards import Reward, Score
 from lmkit.generation.decode import STOP_EOS, Decoded, decode
@@ -267,14 +266,9 @@ def reference_model(inputs: ObjectiveInputs[GRPOOptions]) -> nn.Module | None:
             raise UserError("--reference: the KL term's reference model, read only with --kl-coef above 0; give "
                             "--kl-coef or drop --reference")
         return None
-    reference: Checkpoint = read_checkpoint(options.reference) if options.reference else inputs.base
-    if options.reference:
-        if artifacts.load(reference.tokenizer_path, kind="tokenizer").id != inputs.tokenizer.id:
-            raise UserError(f"--reference {options.reference}: its tokenizer differs from the base's; the KL term "
-                            "compares the two models' probabilities of the same tokens")
-        if reference.task not in ("lm", "sft", "chat") or reference.masked_lm:
-            raise UserError(f"--reference {options.reference}: a {reference.task} checkpoint "
-                            f"({reference.objective}); the reference is a causal language model")
+    reference: Checkpoint = inputs.base if not options.reference else read_reference(
+        options.reference, inputs.base, "the KL term compares the two models' probabilities of the same tokens",
+        inputs.seq_len, "--seq-len")
     model = reference.inference_model().to(inputs.device)
     model.requires_grad_(False)
     return model.eval()

@@ -34,12 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit import artifacts
-from lmkit.checkpoint import Checkpoint, read_checkpoint
+from lmkit.checkpoint import Checkpoint, read_reference
 from lmkit.data.preferences import PreferencePair, read_preferences
 from lmkit.errors import UserError
 from lmkit.generation.prompts import PromptFormat
-from lmkit.models import CAUSAL_ARCHS
 from lmkit.progress import reporter
 from lmkit.training.objectives.base import (
     BatchLayout,
@@ -239,25 +237,11 @@ class PreferenceTuning:
 # -- building --------------------------------------------------------------------------------------------------
 
 def _reference(options: DPOOptions, inputs: ObjectiveInputs) -> Checkpoint:
-    """The frozen reference: ``--reference``, refused unless it is a causal model over the base's tokens, or the
-    base."""
+    """The frozen reference: ``--reference`` (a causal model over the base's tokens), or the base."""
     if not options.reference:
         return inputs.base
-    reference = read_checkpoint(options.reference)
-    flag = f"--reference {options.reference}"
-    if reference.model_config.arch not in CAUSAL_ARCHS or reference.masked_lm or reference.task in ("classify", "qa"):
-        raise UserError(f"{flag}: a {reference.model_config.arch} {reference.task} checkpoint; the reference is a "
-                        "causal language model (the base, or another finetune of it)")
-    if artifacts.load(reference.tokenizer_path, kind="tokenizer").id != inputs.tokenizer.id:
-        raise UserError(f"{flag}: its tokenizer differs from the base's; DPO compares the two models' "
-                        "log-probabilities of the same tokens")
-    if reference.model_config.vocab_size != inputs.model_config.vocab_size:
-        raise UserError(f"{flag}: its vocabulary has {reference.model_config.vocab_size} entries, the model's "
-                        f"{inputs.model_config.vocab_size}; the reference must score the same tokens")
-    if reference.model_config.block_size < inputs.seq_len:
-        raise UserError(f"{flag}: its block size {reference.model_config.block_size} is below --seq-len "
-                        f"{inputs.seq_len}; lower --seq-len")
-    return reference
+    return read_reference(options.reference, inputs.base, "DPO compares the two models' log-probabilities of the "
+                          "same tokens", inputs.seq_len, "--seq-len")
 
 
 @torch.no_grad()
