@@ -203,3 +203,25 @@ def training_figure(runs: list[RunMetrics]) -> Any:
         ax.set_visible(False)
     figure.suptitle("training curves: " + ", ".join(names), fontsize=11)
     return figure
+
+
+def plot_metrics(runs: list[RunMetrics], metrics: list[str], out: str | Path, x: str = "step",
+                 names: list[str] | None = None) -> Path:
+    """One chart per metric in ``metrics`` (``lmkit runs --plot``), every run a line on it, against ``x``
+    (step or tokens); ``names`` label the runs (default: their directories)."""
+    Figure = require_matplotlib("lmkit runs --plot")
+    figure = Figure(figsize=(8, 4.2 * len(metrics) + 0.4), layout="constrained")
+    axes = figure.subplots(len(metrics), 1, squeeze=False).flatten()
+    names = names or _display_names(runs)
+    for ax, metric in zip(axes, metrics, strict=True):
+        for index, (run, name) in enumerate(zip(runs, names, strict=True)):
+            records = sorted((r for r in run.train + run.evals if metric in r), key=lambda r: r["step"])
+            xs, ys = _series(records, x, metric)
+            if xs:
+                ax.plot(xs, ys, "o-" if len(xs) <= 50 else "-", color=f"C{index % 10}", label=name, linewidth=1.4,
+                        markersize=3)
+        ax.set_title(f"{metric} vs {x}", fontsize=10)
+        ax.set_xlabel("optimizer step" if x == "step" else "tokens")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    return save_figure(figure, Path(out))

@@ -45,6 +45,7 @@ from lmkit.cli import (  # noqa: E402,F401
     plot,
     preprocess,
     pretrain,
+    runs,
     serve,
     verify,
 )

@@ -112,7 +112,9 @@ def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
         cli_type = Optional[int]
     elif base is float:
         cli_type = Optional[float]
-    else:  # strings, and lists given comma-separated
+    elif typing.get_origin(base) is list:  # repeatable, each value possibly comma-separated
+        cli_type = Optional[list[str]]
+    else:
         cli_type = Optional[str]
     option = typer.Option(None, *spec.names, help=spec.help, show_default=spec.default)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_type)
@@ -148,9 +150,11 @@ def config_command(name: str, config_cls: type, help: str, render: Callable[[Any
         config_file = kwargs.pop("config_file")
         print_config = kwargs.pop("print_config")
         file_values = config_lib.load_toml(config_file) if config_file else {}
-        for f in fields:  # positional lists arrive as an empty tuple/list when not given
-            if f.metadata.get("positional") and not kwargs.get(f.name):
+        for f in fields:  # lists arrive as an empty tuple/list when not given
+            if isinstance(kwargs.get(f.name), (list, tuple)) and not kwargs[f.name]:
                 kwargs[f.name] = None
+            elif isinstance(kwargs.get(f.name), (list, tuple)) and not f.metadata.get("positional"):
+                kwargs[f.name] = ",".join(kwargs[f.name])  # --track a --track b,c: one comma-separated list
         config = config_lib.resolve(config_cls, file_values, kwargs, config_file)
         if prepare is not None:
             module, function = prepare.split(":")

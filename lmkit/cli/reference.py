@@ -114,7 +114,7 @@ def click_commands() -> dict[tuple[str, ...], Any]:
 
 # The pipeline's order, then the tools around it; a command not named here comes last.
 ORDER = ("preprocess", "pretrain", "finetune", "evaluate", "generate", "chat", "serve", "import", "export",
-         "merge-lora", "info", "verify", "lineage", "plot", "inspect", "demo-corpus")
+         "merge-lora", "info", "verify", "lineage", "plot", "runs", "inspect", "demo-corpus")
 
 
 def commands() -> list[CommandReference]:

@@ -17,7 +17,7 @@ from lmkit.errors import UserError
 from lmkit.models import build_model
 from lmkit.models.presets import model_config
 from lmkit.stages.pretrain_config import DEFAULT_STEPS, PretrainConfig
-from lmkit.training import budget, distributed, rundir
+from lmkit.training import budget, distributed, downstream, rundir
 from lmkit.training.objectives import (
     DEFAULT_OBJECTIVE,
     OBJECTIVES,
@@ -100,6 +100,12 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
             model.load_state_dict(init_from.build_model().state_dict())
         return model
 
+    if config.eval_tasks and spec.name != "clm":
+        raise UserError(f"--eval-tasks: scores a causal model's choices; {chosen} trains a {spec.name} model")
+    if config.eval_tasks and not config.eval_every:
+        raise UserError("--eval-tasks: scored at each validation; --eval-every 0 never validates")
+    evaluations = downstream.choice_tasks(config.eval_tasks, config.eval_task_items, tokenizer, seq_len, env.device,
+                                          layout.micro_batch)
     stats = {}
     if len(datasets) > 1:
         stats["mixture"] = mixture_stats(config, datasets, spec.name, seq_len,
@@ -110,7 +116,7 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
     return TrainingPlan(options=config, env=env, spec=spec, inputs=inputs, model_config=model_cfg, run_dir=run_dir,
                         start=start, parents=parents, new_model=new_model,
                         step_limit=lambda _objective: config.step_limit(DEFAULT_STEPS), label=config.model,
-                        sharded=config.shard, stats=stats)
+                        sharded=config.shard, stats=stats, evaluations=evaluations)
 
 
 def mixture_stats(config: PretrainConfig, datasets: list[artifacts.Artifact], objective: str, seq_len: int,

@@ -71,6 +71,13 @@ class PretrainConfig(TrainingOptions):
                          "--print-config shows the choice.", section=STOPPING)
     budget_flops: float = option(0.0, "As --budget, for this many training FLOPs (no probe: the same choice on "
                                  "every machine).", section=STOPPING)
+    eval_tasks: list[str] = option([], "Downstream tasks scored at each validation (--eval-every): JSONL files of "
+                                   "{context, choices, answer}, as `lmkit evaluate --task choice` reads them; "
+                                   "logged as val_NAME_accuracy and val_NAME_acc_norm (NAME: the file's stem), "
+                                   "their time as eval_tasks_s. Causal models (--objective clm).",
+                                   affects_output=False, section=STOPPING)
+    eval_task_items: int = option(200, "--eval-tasks: score the first N items of each task (0: all).",
+                                  affects_output=False, section=STOPPING)
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -102,6 +109,10 @@ class PretrainConfig(TrainingOptions):
             problems.append("--budget and --budget-flops: give one (time on this machine, or FLOPs)")
         if self.budget_flops < 0:
             problems.append("--budget-flops: must not be negative")
+        if self.eval_task_items < 0:
+            problems.append("--eval-task-items: must not be negative")
+        if self.eval_tasks and self.shard:
+            problems.append("--eval-tasks and --shard: the tasks score a whole model; drop one")
         if (self.budget or self.budget_flops) and self.init_from:
             problems.append("--budget and --init-from: the budget chooses a model, --init-from fixes it; drop one")
         if self.resume and self.init_from:  # (--auto-resume takes both: --init-from starts it, later launches resume)

@@ -23,23 +23,24 @@ from lmkit.training.distributed import Distributed, mean_across_ranks
 from lmkit.training.objectives import Objective
 from lmkit.training.optim import Optimizers
 from lmkit.training.step import StepResult
+from lmkit.training.tracking import Tracking
 
 # A checkpoint callback: (tag, state, optimizers) -> path of the committed checkpoint.
 SaveCheckpoint = Callable[[str, TrainerState, Optimizers], Path]
 
 
 class MetricsLog:
-    """RUN/metrics.jsonl (and TensorBoard's event files when tensorboard is installed), written by rank 0: a line
-    per logged training step and per evaluation. On resume, the lines after the checkpoint are dropped first:
-    the run logs those steps again."""
+    """RUN/metrics.jsonl, written by rank 0: a line per logged training step and per evaluation, each also sent
+    to the run's trackers (--track: training.tracking). On resume, the lines after the checkpoint are dropped
+    first: the run logs those steps again."""
 
     def __init__(self, run_dir: Path, env: Distributed, every: int, resume_step: int, now: float,
-                 flops_per_token: float = 0.0, peak_flops: float = 0.0):
+                 flops_per_token: float = 0.0, peak_flops: float = 0.0, tracker: Tracking | None = None):
         self.path, self.env, self.every = run_dir / "metrics.jsonl", env, every
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         if env.is_main:
             _drop_after(self.path, resume_step)
-        self.board = _tensorboard(run_dir, env)
+        self.tracker = tracker if env.is_main else None
         self.window_start, self.window_tokens = now, 0  # throughput since the last logged step
 
     def due(self, step: int) -> bool:
@@ -71,25 +72,24 @@ class MetricsLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.board is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.board.add_scalar(key, value, record["step"])
+        if self.tracker is not None:
+            self.tracker.metrics(record)
 
     def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
+        """Nothing to release: the run closes its trackers after the final checkpoint (training.run)."""
 
 
 class Validation:
     """Validates every ``every`` steps (0: never), and after the last step with ``at_end``; keeps the best
-    ``metric`` in the trainer state and counts evaluations without improvement (``patience``: 0, never stop)."""
+    ``metric`` in the trainer state and counts evaluations without improvement (``patience``: 0, never stop).
+    ``more``: further figures of the model for the same record (pretrain --eval-tasks: training.downstream)."""
 
     def __init__(self, objective: Objective, env: Distributed, log: MetricsLog, every: int, batches: int,
-                 metric: str, maximize: bool, patience: int, at_end: bool):
+                 metric: str, maximize: bool, patience: int, at_end: bool,
+                 more: Callable[[nn.Module], dict[str, float]] | None = None):
         self.objective, self.env, self.log = objective, env, log
         self.every, self.batches, self.metric, self.maximize = every, batches, metric, maximize
-        self.patience, self.at_end = patience, at_end
+        self.patience, self.at_end, self.more = patience, at_end, more
 
     def due(self, step: int, finished: bool) -> bool:
         return bool(self.every) and (step % self.every == 0 or (self.at_end and finished))
@@ -99,6 +99,8 @@ class Validation:
         model.eval()
         with autocast:
             metrics = self.objective.evaluate(model, self.batches)
+            if metrics and self.more is not None:
+                metrics = {**metrics, **self.more(model)}
         model.train()
         if not metrics:
             return False
@@ -147,14 +149,3 @@ def _drop_after(path: Path, resume_step: int) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text("".join(line + "\n" for line in kept))
     partial.replace(path)  # atomic: a crash here leaves the old or the new history, never half
-
-
-def _tensorboard(run_dir: Path, env: Distributed):
-    """A TensorBoard writer into RUN/tensorboard when the tensorboard package is installed."""
-    if not env.is_main:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # an optional extra: metrics.jsonl has the same figures
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

@@ -22,6 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from lmkit.training.optim import Optimizers
 from lmkit.training.options import TrainingOptions
 from lmkit.training.schedule import lr_at
 from lmkit.training.step import NonFiniteError, StepModel, train_step
+from lmkit.training.tracking import Tracking
 
 __all__ = ["LoopSettings", "NonFiniteError", "SaveCheckpoint", "train"]
 
@@ -58,6 +60,7 @@ class LoopSettings:
     sharded: bool = False      # the model is already wrapped with FSDP2 (fully_shard)
     metric: str = "val_loss"   # the validation metric that picks the best checkpoint and early stopping
     eval_at_end: bool = False  # also validate after the last step (finetuning: the best may be the last)
+    evaluations: Callable[[nn.Module], dict[str, float]] | None = None  # more validation figures (--eval-tasks)
 
     @property
     def maximize(self) -> bool:
@@ -87,14 +90,15 @@ class _StopRequest:
 
 def train(model: nn.Module, objective: Objective, optimizers: Optimizers, settings: LoopSettings,
           layout: BatchLayout, env: Distributed, run_dir: Path, state: TrainerState,
-          save: SaveCheckpoint, last_checkpoint: Path | None = None) -> TrainerState:
-    """Train until a stop condition; returns the final state (the caller saves the final checkpoint)."""
+          save: SaveCheckpoint, last_checkpoint: Path | None = None, tracker: Tracking | None = None) -> TrainerState:
+    """Train until a stop condition; returns the final state (the caller saves the final checkpoint). ``tracker``
+    receives every logged record too (--track; the caller opens and closes it)."""
     options = settings.options
     log = MetricsLog(run_dir, env, options.log_every, state.step, time.monotonic(), settings.flops_per_token,
-                     settings.peak_flops)
+                     settings.peak_flops, tracker)
     checkpoints = Checkpoints(save, options.checkpoint_every, last_checkpoint)
     validation = Validation(objective, env, log, settings.eval_every, options.eval_batches, settings.metric,
-                            settings.maximize, options.patience, settings.eval_at_end)
+                            settings.maximize, options.patience, settings.eval_at_end, settings.evaluations)
     parts = _step_model(model, objective, optimizers, settings, env)
     eval_model = model if settings.compile else parts.forward_model
     tokens_per_step = layout.global_batch * objective.tokens_per_sample

@@ -31,6 +31,8 @@ from lmkit.units import parse_duration
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("auto", "cosine", "linear", "constant", "wsd")
 PRECISIONS = ("auto", "bf16", "fp32")
+# The backends lmkit.training.tracking sends a run to (--track).
+TRACKERS = ("mlflow", "wandb", "tensorboard")
 # --compile auto: a run this long pays for its compile even from a cold cache. Measured on 2 CPU cores
 # (benchmarks/pretrain.py): gpt-small's compile costs 27 s cold and 3.5 s warm and saves 144 ms a step
 # (break-even at 181 steps cold, 21 warm); gpt-tiny's costs 10 s cold and saves 18 ms a step (550 cold, 130 warm).
@@ -119,6 +121,12 @@ class TrainingOptions:
                                "command line for every launch of a preemptible job.", affects_output=False,
                                section=RUN)
     force: bool = option(False, "Delete an existing run in --out and start over.", affects_output=False, section=RUN)
+    track: list[str] = option([], "Send the run to experiment trackers (repeatable or comma-separated; needs the "
+                              "track extra): its config, every metric of metrics.jsonl with its step, the final "
+                              "manifest, plot and lineage. mlflow: MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME; "
+                              "wandb: WANDB_PROJECT, WANDB_MODE; tensorboard: event files in RUN/tensorboard. A "
+                              "resumed run continues the same tracking run.", choices=TRACKERS,
+                              affects_output=False, section=RUN)
 
     def __post_init__(self) -> None:
         validate(self, self.problems())

@@ -18,14 +18,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lmkit import artifacts
+from lmkit import __version__, artifacts
+from lmkit import config as config_lib
 from lmkit.checkpoint import TrainerState, read_checkpoint
 from lmkit.devices import can_compile, keep_freed_memory, peak_flops, set_threads
-from lmkit.errors import UserError
+from lmkit.errors import Interrupted, UserError
 from lmkit.models import count_parameters, flops_per_token
 from lmkit.models.config import ModelConfig
+from lmkit.plotting import PLOT_FILE
 from lmkit.progress import reporter
-from lmkit.training import distributed, rundir
+from lmkit.training import distributed, rundir, tracking
 from lmkit.training.checkpoint import restore_training
 from lmkit.training.loop import LoopSettings
 from lmkit.training.loop import train as fit  # run.fit: the name tests patch to see a run's LoopSettings
@@ -57,6 +59,7 @@ class TrainingPlan:
     sharded: bool = False
     eval_at_end: bool = False                   # also validate after the last step (the best may be the last)
     finish: Callable[["Session"], Path] | None = None  # saves final/ (default: the model as trained)
+    evaluations: Callable[[nn.Module], dict[str, float]] | None = None  # more validation figures (--eval-tasks)
 
     @property
     def layout(self):
@@ -146,10 +149,12 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     existing = up_to_date(plan)
     if existing is not None:
         return existing
+    tracking.check_installed(plan.options.track)
     session = open_session(plan)
     options, env, layout, objective = plan.options, plan.env, plan.layout, session.objective
     # Only now, with every input read and checked, is the run directory touched.
     rundir.prepare(plan.run_dir, options, env, fresh=plan.start.fresh)
+    tracker: tracking.Tracking | None = None  # opened once the MFU probe is done (its thread would disturb it)
 
     max_steps = plan.step_limit(objective)
     tokens_per_step = layout.global_batch * objective.tokens_per_sample
@@ -181,6 +186,8 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
         plan.parents, stats, env, extra={**session.built.extra, **plan.model_extra} or None, sharded=plan.sharded)
 
     def save(tag: str, trainer_state: TrainerState, optimizer_state) -> Path:
+        if tracker is not None:  # the tracking runs' ids: a resumed run continues them
+            tracker.remember(trainer_state.extra)
         return session.saver.save(tag, model, optimizer_state, trainer_state)
 
     # Unset (finetuning's default): twice an epoch, so early stopping reads the validation curve per epoch.
@@ -191,12 +198,51 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
         precision=session.precision, compile=compiled, flops_per_token=flops, sharded=plan.sharded,
         # Rank 0 logs MFU; the probe runs there alone (ranks measuring at once would share the cores).
         peak_flops=options.peak_tflops * 1e12 or (_peak_flops(env, session.precision) if env.is_main else 0.0),
-        metric=plan.metric, eval_at_end=plan.eval_at_end)
-    session.state = fit(model, objective, session.optimizers, settings, layout, env, plan.run_dir, session.state, save,
-                        last_checkpoint=plan.start.resume_from)
-    final = plan.finish(session) if plan.finish is not None else session.save_final()
-    rundir.write_plot(plan.run_dir, env)
-    return artifacts.load(final)
+        metric=plan.metric, eval_at_end=plan.eval_at_end, evaluations=plan.evaluations)
+    tracker = open_tracking(plan, session.state) if env.is_main else None
+    try:
+        session.state = fit(model, objective, session.optimizers, settings, layout, env, plan.run_dir, session.state,
+                            save, last_checkpoint=plan.start.resume_from, tracker=tracker)
+        if tracker is not None:
+            tracker.remember(session.state.extra)
+        final = plan.finish(session) if plan.finish is not None else session.save_final()
+        rundir.write_plot(plan.run_dir, env)
+    except BaseException as exc:
+        if tracker is not None:  # a stop request (KILLED) or an error (FAILED): what was sent stays
+            tracker.close("KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
+        raise
+    artifact = artifacts.load(final)
+    if tracker is not None:
+        close_tracking(tracker, plan, artifact)
+    return artifact
+
+
+def open_tracking(plan: TrainingPlan, state: TrainerState) -> tracking.Tracking | None:
+    """The run's trackers (--track), reopening the tracking runs the checkpoint names; sends the resolved config
+    (the stage's settings and the model's, as ``model.FIELD``) and the inputs' lineage."""
+    info = tracking.RunInfo(plan.run_dir.resolve().name, plan.run_dir, state.step)
+    tracker = tracking.start(plan.options.track, info, state.extra.get(tracking.STATE_KEY, {}))
+    if tracker is None:
+        return None
+    tracker.params({**config_lib.as_dict(plan.options),
+                    **{f"model.{k}": v for k, v in plan.model_config.to_dict().items()}})
+    tags = {"lmkit.version": __version__, "lmkit.stage": plan.label, "lmkit.objective": plan.spec.name,
+            "lmkit.run_dir": str(plan.run_dir.resolve())}
+    roles: dict[str, int] = {}
+    for role, parent in plan.parents:  # the lineage: each input artifact's id and path
+        roles[role] = roles.get(role, 0) + 1
+        key = f"lmkit.input.{role}" + (f".{roles[role]}" if roles[role] > 1 else "")
+        tags[f"{key}.id"], tags[f"{key}.path"] = parent.id, str(parent.path)
+    tracker.tags(tags)
+    return tracker
+
+
+def close_tracking(tracker: tracking.Tracking, plan: TrainingPlan, final: artifacts.Artifact) -> None:
+    """The final checkpoint's id as a tag, its manifest, the plot, config and metrics as files; then the end."""
+    tracker.tags({"lmkit.checkpoint.id": final.id, "lmkit.checkpoint.path": str(final.path.resolve())})
+    tracker.files([final.path / artifacts.MANIFEST, plan.run_dir / PLOT_FILE, plan.run_dir / "config.toml",
+                   plan.run_dir / "metrics.jsonl"])
+    tracker.close("FINISHED")
 
 
 def _peak_flops(env: distributed.Distributed, precision: str) -> float:
