@@ -49,7 +49,7 @@ demo: setup
 	$(MAKE) -C examples LMKIT="$(abspath $(BIN)/lmkit)" WORK="$(abspath $(DEMO_DIR))"
 	$(BIN)/lmkit verify $(DEMO_DIR)/data
 	$(BIN)/lmkit lineage $(DEMO_DIR)/student/final
-	@for r in gpt bert bert-classifier bert-classifier-scratch classifier classifier-lora student sft chat imported-classifier; do \
+	@for r in gpt bert bert-classifier bert-classifier-scratch classifier classifier-lora student sft chat imported-classifier arithmetic grpo dpo; do \
 		echo "== $$r: $$($(BIN)/python -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; \
 		print(', '.join(f'{k} {v:.4g}' for k, v in m.items()))" $(DEMO_DIR)/reports/$$r/report.json)"; done
 	@echo "(bert-classifier against bert-classifier-scratch: what pretraining buys this tiny BERT with 392 labels, one seed"
@@ -75,6 +75,7 @@ bench: setup
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/finetune_peer.py
 	$(BIN)/python benchmarks/finetune.py --work $(DEMO_DIR)
+	$(BIN)/python benchmarks/align.py --work $(DEMO_DIR)
 	$(BIN)/python benchmarks/serve.py --checkpoint $(DEMO_DIR)/gpt/final
 	$(BIN)/python benchmarks/summary.py
 

@@ -45,8 +45,9 @@ def test_dry_run_plans_every_stage_of_the_demo(tmp_path):
     dry = make(work, "-n", "all")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     for run in ("gpt", "bert", "bert-classifier", "bert-classifier-scratch", "classifier", "classifier-lora",
-                "student", "sft"):
+                "student", "sft", "chat", "arithmetic", "grpo", "dpo"):
         assert f"--out {work / run} --force" in dry.stdout, run
         assert f"--out {work / 'reports' / run} --force" in dry.stdout, run
     assert "--scratch" in dry.stdout and "--teacher" in dry.stdout and "--lora-rank" in dry.stdout
+    assert "--task pass-at-k --reward number" in dry.stdout and "--task preference" in dry.stdout
     assert not work.exists()  # a dry run writes nothing
