@@ -203,10 +203,30 @@ def split_terms(spec: str) -> list[str]:
 
 
 def code_files(spec: str) -> list[str]:
-    """The PATH.py files of a --reward spec's own functions: their content belongs in a run's or report's identity
-    (a changed function is another reward)."""
-    return [term.rpartition(":")[0] for term in split_terms(spec)
-            if not term.startswith("regex:") and term.rpartition(":")[0].endswith(".py")]
+    """The source files of a --reward spec's own functions (PATH.py, or MODULE's file): their content belongs in a
+    run's or report's identity (a changed function is another reward)."""
+    files = []
+    for term in split_terms(spec):
+        where = term.rpartition(":")[0]
+        if not where or term.startswith(("regex:", "length:")):
+            continue
+        found = where if where.endswith(".py") else _module_file(where)
+        if found is not None:
+            files.append(found)
+    return files
+
+
+def _module_file(name: str) -> str | None:
+    """The source file of the user's module ``name``, looked for as load_function imports it (the current directory
+    too), without running it; None when it is not found or is no .py file (a built-in module)."""
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a parent package that cannot be imported: load_function names the problem
+        return None
+    origin = spec.origin if spec is not None else None
+    return origin if origin and origin.endswith(".py") and Path(origin).is_file() else None
 
 
 class Reward:

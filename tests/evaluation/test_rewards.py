@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lmkit.errors import UserError
-from lmkit.evaluation.rewards import Reward, last_number, pass_at_k
+from lmkit.evaluation.rewards import Reward, code_files, last_number, pass_at_k
 
 
 def score(spec, reply, record=None, tokens=1, where="data.jsonl:3"):
@@ -69,6 +69,15 @@ def test_a_user_function_from_a_file_and_from_a_module(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert score("my_rewards:says_yes", "yes") == score("my_rewards:says_yes", "yes")
     assert score("my_rewards:says_yes", "yes").value == 1.0 and score("my_rewards:says_yes", "no").value == 0.0
+
+
+def test_the_source_of_a_users_reward_is_named_for_the_runs_identity(tmp_path, monkeypatch):
+    (tmp_path / "grader_module.py").write_text("def f(prompt, reply, record):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = f"number+grader_module:f+{tmp_path / 'other.py'}:g+length:8"
+    assert code_files(spec) == [str(tmp_path / "grader_module.py"), str(tmp_path / "other.py")]
+    # built-in terms, a built-in module and a regex (whose pattern may hold a colon) name no file
+    assert code_files("exact+json+math:sqrt+regex:(\\d+):") == []
 
 
 @pytest.mark.parametrize("body, message", [
