@@ -13,6 +13,10 @@ from lmkit.cli._util import app, handle_errors
 from lmkit.errors import UserError
 from lmkit.progress import reporter
 
+# Beyond this many setting and validation columns a row no longer fits a terminal (the runs of a whole pipeline
+# differ in dozens of settings): they go into two columns of "name value" lines instead.
+WIDE_COLUMNS = 8
+
 
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
@@ -71,20 +75,32 @@ def runs(
 
     val_keys = sorted({key for s in summaries for key in s.final if key != "loss"},
                       key=lambda k: (k != "val_loss", k))
+    wide = len(differing) + len(val_keys) <= WIDE_COLUMNS
+    said = (", ".join(differing) or "none") if wide else f"{len(differing)}, in the settings column"
     table = Table(title=f"{len(summaries)} run(s) under {root}" + ("" if len(summaries) < 2 else
-                  f"; settings that differ: {', '.join(differing) or 'none'}"), title_justify="left")
+                  f"; settings that differ: {said}"), title_justify="left", show_lines=not wide)
     table.add_column("run")
-    for key in differing:
+    for key in differing if wide else ():
         table.add_column(key)
-    for name in ("state", "steps", "tokens", "time", "tokens/s", "MFU", "loss", *val_keys):
+    for name in ("state", "steps", "tokens", "time", "tokens/s", "MFU", "loss", *(val_keys if wide else ())):
         table.add_column(name, justify="left" if name == "state" else "right")
+    if not wide:
+        table.add_column("validation")
+        table.add_column("settings")
     for s in summaries:
+        figures = [_value(s.final.get("loss"))]
+        if wide:
+            settings = [_value(s.config.get(key)) for key in differing]
+            figures += [_value(s.final.get(key)) for key in val_keys]
+        else:  # each run's own: the validation metrics it logged, the differing settings it has
+            settings = []
+            figures += ["\n".join(f"{key} {_value(s.final[key])}" for key in val_keys if key in s.final),
+                        "\n".join(f"{key}={_value(s.config[key])}" for key in differing if key in s.config)]
         table.add_row(
-            s.name, *(_value(s.config.get(key)) for key in differing), "final" if s.finished else "unfinished",
+            s.name, *settings, "final" if s.finished else "unfinished",
             f"{s.step:,}", f"{s.tokens:,}", _duration(s.seconds),
             "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}",
-            "-" if s.mfu is None else f"{s.mfu:.1%}",
-            *(_value(s.final.get(key)) for key in ("loss", *val_keys)))
+            "-" if s.mfu is None else f"{s.mfu:.1%}", *figures)
     reporter.out.print(table)
     if wanted:
         from lmkit.plotting import plot_metrics

@@ -76,9 +76,16 @@ def summarize(run_dir: Path, root: Path) -> RunSummary:
 
 
 def differing_settings(runs: list[RunSummary]) -> list[str]:
-    """The settings whose values differ between the runs (a setting one run lacks counts as differing)."""
+    """The settings in which the runs differ: those with two values or more among the runs that have them, and
+    those only one run has (--teacher; config.toml leaves out what is unset). A setting of one stage that its runs
+    share (finetuning's defaults, under a directory of pretraining and finetuning runs) is no difference."""
     keys = sorted({key for run in runs for key in run.config} - set(NOT_COMPARED))
-    return [key for key in keys if len({repr(run.config.get(key)) for run in runs}) > 1]
+    differing = []
+    for key in keys:
+        values = [repr(run.config[key]) for run in runs if key in run.config]
+        if len(set(values)) > 1 or len(values) == 1:
+            differing.append(key)
+    return differing
 
 
 def compare(root: Path) -> tuple[list[RunSummary], list[str]]:

@@ -54,3 +54,26 @@ def test_runs_of_a_directory_without_runs_says_so(tmp_path):
     result = invoke_lmkit("runs", str(tmp_path))
     assert result.returncode == 1
     assert f"{tmp_path}: no run directories under it" in result.stderr
+
+
+def test_runs_differing_in_many_settings_list_them_per_run(runs, monkeypatch):
+    from lmkit.cli import runs as runs_command
+
+    monkeypatch.setattr(runs_command, "WIDE_COLUMNS", 0)  # as a whole pipeline's runs would: too many to be columns
+    result = invoke_lmkit("runs", str(runs), env={"COLUMNS": "200"}, check=True)
+    assert "settings that differ: 1, in the settings column" in " ".join(result.stdout.split())  # the title wraps
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│ fast") or line.startswith("│ slow")]
+    assert len(rows) == 2 and "lr=0.003" in rows[0] and "val_loss " in rows[0] and "lr=0.0001" in rows[1]
+
+
+def test_a_setting_differs_when_its_runs_disagree_or_one_run_alone_has_it():
+    from types import SimpleNamespace
+
+    from lmkit.training.compare import differing_settings
+
+    runs = [SimpleNamespace(config={"lr": 1e-3, "seed": 0}),  # a pretraining run
+            SimpleNamespace(config={"lr": 1e-3, "seed": 0, "task": "sft", "lora_alpha": 16.0}),
+            SimpleNamespace(config={"lr": 2e-3, "seed": 0, "task": "sft", "lora_alpha": 16.0,
+                                    "teacher": "t/final", "out": "elsewhere"})]
+    # finetuning's shared default (lora_alpha) is no difference; --out never is
+    assert differing_settings(runs) == ["lr", "teacher"]
