@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import pydoc_data.topics
+import signal
 import socket
 import subprocess
 import sys
@@ -115,6 +116,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def sigterm_at_call(real, call: int):
+    """``real``, sending this process SIGTERM during its ``call``-th call (a preemption)."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    return wrapper
 
 
 def train_tiny(dataset: Path, out: Path, **overrides):

@@ -3,8 +3,6 @@
 it reports, torch.compile, and a third training stage written as one page on top of it."""
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from lmkit.training.objectives import Built, Count, ObjectiveInputs, ObjectiveSp
 from lmkit.training.objectives.base import OBJECTIVES, BatchLayout
 from lmkit.training.objectives.language_modeling import CausalLM
 from lmkit.training.run import TrainingPlan, run_training
+from tests.conftest import sigterm_at_call
 
 FAST = {"seq_len": 32, "micro_batch": 4, "eval_every": 0, "checkpoint_every": 2, "warmup_steps": 2,
         "lr": 3e-3, "precision": "fp32", "log_every": 1}
@@ -38,18 +37,6 @@ def weights(path):
 
 def recipe(path):
     return artifacts.read_manifest(path)["recipe"]
-
-
-def sigterm_at_call(real, call: int):
-    """``real``, sending this process SIGTERM during its ``call``-th call (a preemption)."""
-    calls = {"n": 0}
-
-    def wrapper(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-    return wrapper
 
 
 def test_auto_resume_runs_one_command_line_for_every_launch(dataset, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from lmkit.stages.pretrain_config import PretrainConfig
 from lmkit.training import rundir, tracking
 from lmkit.training.objectives.language_modeling import CausalLM
 from lmkit.training.tracking import Backend, Tracking
-from tests.conftest import free_port, invoke_lmkit
+from tests.conftest import free_port, invoke_lmkit, sigterm_at_call
 
 FAST = {"seq_len": 32, "micro_batch": 4, "eval_every": 4, "eval_batches": 2, "checkpoint_every": 2,
         "warmup_steps": 2, "lr": 3e-3, "precision": "fp32", "log_every": 1}
@@ -30,18 +30,6 @@ FAST = {"seq_len": 32, "micro_batch": 4, "eval_every": 4, "eval_batches": 2, "ch
 
 def config(dataset, out, **overrides):
     return resolve(PretrainConfig, {}, {"dataset": str(dataset), "out": str(out), **FAST, **overrides})
-
-
-def sigterm_at_call(real, call: int):
-    """``real``, sending this process SIGTERM during its ``call``-th call (a preemption)."""
-    calls = {"n": 0}
-
-    def wrapper(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-    return wrapper
 
 
 def killed_and_resumed(dataset, out, monkeypatch, steps=8, kill_at=5, **overrides):
