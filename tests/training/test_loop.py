@@ -125,6 +125,7 @@ def test_precision_auto_falls_back_to_fp32_without_native_bf16(monkeypatch):
 
 def test_data_parallel_wrapper_raises_no_deprecation_warning(tmp_path):
     """DDP under torchrun printed "`broadcast_buffers` is deprecated" on every run (torch 2.13)."""
+    import gc
     import warnings
 
     import torch.distributed as dist
@@ -132,6 +133,7 @@ def test_data_parallel_wrapper_raises_no_deprecation_warning(tmp_path):
     from lmkit.training.loop import _data_parallel
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    wrapped = loss = None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -140,6 +142,10 @@ def test_data_parallel_wrapper_raises_no_deprecation_warning(tmp_path):
         _, loss = wrapped(torch.randint(7, 64, (2, 8)), torch.randint(7, 64, (2, 8)))
         loss.backward()
     finally:
+        # The DDP reducer goes while its process group lives: freed after destroy_process_group, the group's
+        # destructor once waited forever for gloo's threads (a hung suite).
+        del wrapped, loss
+        gc.collect()
         dist.destroy_process_group()
 
 
