@@ -67,3 +67,12 @@ def test_help_text_reaches_the_page_escaped():
         reference.Row(("--t",), "text", "### Q:\n{prompt}\n\n### A:\n", "The template."),))])
     row = next(line for line in page.splitlines() if line.startswith("| `--t`"))
     assert row == "| `--t` | text | `### Q:\\n{prompt}\\n\\n### A:\\n` | The template. |"
+
+
+def test_a_positional_list_with_a_default_is_not_shown_required():
+    """evaluate's DATA and pretrain's DATASET have defaults (empty lists): the reference showed them "required"."""
+    rows = {r.path: r.rows for r in reference.commands()}
+    for command, name in ((("evaluate",), "DATA"), (("pretrain",), "DATASET")):
+        row = next(row for row in rows[command] if row.names == (name,))
+        assert row.default != "required", (command, name)
+    assert next(row for row in rows[("finetune",)] if row.names == ("BASE",)).default == "required"
