@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,11 +51,11 @@ METRICS = ("greedy_pass@1", "pass@1", "pass@8", "preference_accuracy")
 
 
 def build_demo(work: Path) -> None:
-    lmkit = Path(sys.executable).parent / "lmkit"
-    subprocess.run(["make", "--no-print-directory", "-C", str(ROOT / "examples"), f"LMKIT={lmkit}",
-                    f"WORK={work.resolve()}", f"{work.resolve()}/gpt/final/manifest.json"], check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run([str(lmkit), "demo-corpus", "--out", str(work / "corpus")], check=True, stdout=subprocess.DEVNULL)
+    """The demo's GPT and corpus in ``work``, as benchmarks/chat.py builds them."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from chat import build_demo as build
+
+    build(work)
 
 
 def train(base: Path, data: Path, out: Path, values: dict) -> tuple[Path, float]:

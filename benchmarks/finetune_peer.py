@@ -146,11 +146,11 @@ def prepare() -> tuple[Path, Path, Path]:
 def prepare_causal(work: Path) -> tuple[Path, Path, Path, Path]:
     """(the exported model directory, the lmkit checkpoint, the SFT records, the held-out records) of the demo GPT,
     built in ``work`` by the examples' Makefile when missing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from chat import build_demo  # the demo's GPT and corpus, as benchmarks/chat.py builds them
+
+    build_demo(work)
     lmkit = Path(sys.executable).parent / "lmkit"
-    subprocess.run(["make", "--no-print-directory", "-C", str(ROOT / "examples"), f"LMKIT={lmkit}",
-                    f"WORK={work.resolve()}", f"{work.resolve()}/gpt/final/manifest.json"], check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run([str(lmkit), "demo-corpus", "--out", str(work / "corpus")], check=True, stdout=subprocess.DEVNULL)
     checkpoint, exported = work / "gpt" / "final", WORK / "demo-gpt-hf"
     subprocess.run([str(lmkit), "-q", "export", str(checkpoint), "--format", "hf", "--out", str(exported),
                     "--force"], check=True, stdout=subprocess.DEVNULL)
