@@ -32,14 +32,14 @@ def _offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def task_manager(include: str | None):
+def task_manager(include: str | None, flag: str = "--harness-tasks"):
     """The harness's task index: only the tasks of ``include`` when given (fast, and no built-in task
-    could run offline without its dataset cached), else the built-in tasks."""
+    could run offline without its dataset cached), else the built-in tasks. ``flag``: the option the errors name."""
     _offline()
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise UserError(f"--harness-tasks: the lm-evaluation-harness is not installed; install {HARNESS_EXTRA}") \
+        raise UserError(f"{flag}: the lm-evaluation-harness is not installed; install {HARNESS_EXTRA}") \
             from None
     if include is not None and not Path(include).is_dir():
         raise UserError(f"--harness-include {include}: not a directory of task files")
@@ -48,14 +48,42 @@ def task_manager(include: str | None):
     return TaskManager(include_path=include, include_defaults=include is None)
 
 
-def check_tasks(manager, tasks: list[str], include: str | None) -> None:
+def check_tasks(manager, tasks: list[str], include: str | None, flag: str = "--harness-tasks") -> None:
     unknown = [task for task in tasks if task not in manager.all_tasks]
     if unknown:
         where = f"in {include}" if include else "among the harness's built-in tasks (pass --harness-include DIR)"
         known = sorted(manager.all_tasks)
         shown = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
-        raise UserError(f"--harness-tasks: no task {', '.join(repr(t) for t in unknown)} {where}; "
+        raise UserError(f"{flag}: no task {', '.join(repr(t) for t in unknown)} {where}; "
                         f"known: {shown or 'none'}")
+
+
+def output_types(manager, tasks: list[str]) -> dict[str, str]:
+    """Each task's kind of request (loglikelihood, loglikelihood_rolling, generate_until, ...), its data loaded
+    once: a missing local file is an error here, not at the first evaluation."""
+    try:
+        if hasattr(manager, "load"):  # lm_eval 0.4.10 on: a flat dict of the leaf tasks
+            leaves = manager.load(tasks)["tasks"]
+        else:
+            from lm_eval.tasks import get_task_dict
+
+            leaves = _leaves(get_task_dict(tasks, manager))
+    except Exception as exc:  # noqa: BLE001 -- the harness raises many kinds; the user needs its message
+        text = str(exc).strip().splitlines()
+        raise UserError(f"--eval-tasks {','.join(tasks)}: the harness could not load it "
+                        f"({text[0][:200] if text else type(exc).__name__})") from None
+    return {name: task.OUTPUT_TYPE for name, task in leaves.items()}
+
+
+def _leaves(entries: dict) -> dict:
+    """The tasks of get_task_dict's nested groups, by name."""
+    leaves = {}
+    for name, entry in entries.items():
+        if isinstance(entry, dict):
+            leaves.update(_leaves(entry))
+        else:
+            leaves[getattr(entry, "task_name", None) or str(name)] = entry
+    return leaves
 
 
 def make_lm(inference: Inference, tokenizer: Tokenizer, window: int, stride: int,

@@ -104,8 +104,8 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
         raise UserError(f"--eval-tasks: scores a causal model's choices; {chosen} trains a {spec.name} model")
     if config.eval_tasks and not config.eval_every:
         raise UserError("--eval-tasks: scored at each validation; --eval-every 0 never validates")
-    evaluations = downstream.choice_tasks(config.eval_tasks, config.eval_task_items, tokenizer, seq_len, env.device,
-                                          layout.micro_batch)
+    evaluations = downstream.downstream_tasks(config.eval_tasks, config.eval_task_items, dataset, tokenizer, seq_len,
+                                              env.device, layout.micro_batch, config.harness_include, config.seed)
     stats = {}
     if len(datasets) > 1:
         stats["mixture"] = mixture_stats(config, datasets, spec.name, seq_len,

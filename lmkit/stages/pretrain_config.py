@@ -71,13 +71,22 @@ class PretrainConfig(TrainingOptions):
                          "--print-config shows the choice.", section=STOPPING)
     budget_flops: float = option(0.0, "As --budget, for this many training FLOPs (no probe: the same choice on "
                                  "every machine).", section=STOPPING)
-    eval_tasks: list[str] = option([], "Downstream tasks scored at each validation (--eval-every): JSONL files of "
-                                   "{context, choices, answer}, as `lmkit evaluate --task choice` reads them; "
-                                   "logged as val_NAME_accuracy and val_NAME_acc_norm (NAME: the file's stem), "
-                                   "their time as eval_tasks_s. Causal models (--objective clm).",
+    eval_tasks: list[str] = option([], "Downstream tasks scored at each validation (--eval-every): 'heldout' (two "
+                                   "4-way choice tasks made from the dataset's validation documents: a passage's "
+                                   "next tokens among other documents', its next words among their shuffles), "
+                                   "JSONL files of {context, choices, answer} as `lmkit evaluate --task choice` reads "
+                                   "them, or lm-evaluation-harness task names found in --harness-include. Logged as "
+                                   "val_NAME_accuracy and val_NAME_acc_norm (NAME: the file's stem or the task), "
+                                   "val_TASK_METRIC for harness tasks, val_tasks_score (the choice tasks' accuracies "
+                                   "centered on chance and averaged, as nanochat's CORE score) and their time as "
+                                   "eval_tasks_s. Causal models (--objective clm).",
                                    affects_output=False, section=STOPPING)
     eval_task_items: int = option(200, "--eval-tasks: score the first N items of each task (0: all).",
                                   affects_output=False, section=STOPPING)
+    harness_include: str | None = option(None, "--eval-tasks: a directory of lm-evaluation-harness task files "
+                                         "(YAML and their local data: nothing is downloaded) whose tasks "
+                                         "--eval-tasks may name; needs lmkit[harness].",
+                                         affects_output=False, section=STOPPING)
 
     def problems(self) -> list[str]:
         problems = super().problems()
