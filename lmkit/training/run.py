@@ -11,6 +11,7 @@ Every check on the inputs happens before the run directory is touched.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -148,6 +149,8 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     """Train as planned and commit final/; an up-to-date run does no work."""
     existing = up_to_date(plan)
     if existing is not None:
+        if plan.env.is_main:
+            finish_tracking(plan, existing)
         return existing
     tracking.check_installed(plan.options.track)
     session = open_session(plan)
@@ -217,11 +220,14 @@ def run_training(plan: TrainingPlan) -> artifacts.Artifact:
     return artifact
 
 
-def open_tracking(plan: TrainingPlan, state: TrainerState) -> tracking.Tracking | None:
-    """The run's trackers (--track), reopening the tracking runs the checkpoint names; sends the resolved config
-    (the stage's settings and the model's, as ``model.FIELD``) and the inputs' lineage."""
+def open_tracking(plan: TrainingPlan, state: TrainerState, names: list[str] | None = None
+                  ) -> tracking.Tracking | None:
+    """The run's trackers (--track, or ``names`` of them), reopening the tracking runs the checkpoint names; sends
+    the resolved config (the stage's settings and the model's, as ``model.FIELD``) and the inputs' lineage."""
     info = tracking.RunInfo(plan.run_dir.resolve().name, plan.run_dir, state.step)
-    tracker = tracking.start(plan.options.track, info, state.extra.get(tracking.STATE_KEY, {}))
+    names = plan.options.track if names is None else names
+    kept = state.extra.get(tracking.STATE_KEY, {})
+    tracker = tracking.start(names, info, {name: kept[name] for name in names if name in kept})
     if tracker is None:
         return None
     tracker.params({**config_lib.as_dict(plan.options),
@@ -242,7 +248,26 @@ def close_tracking(tracker: tracking.Tracking, plan: TrainingPlan, final: artifa
     tracker.tags({"lmkit.checkpoint.id": final.id, "lmkit.checkpoint.path": str(final.path.resolve())})
     tracker.files([final.path / artifacts.MANIFEST, plan.run_dir / PLOT_FILE, plan.run_dir / "config.toml",
                    plan.run_dir / "metrics.jsonl"])
-    tracker.close("FINISHED")
+    rundir.mark_tracked(plan.run_dir, tracker.close("FINISHED"))
+
+
+def finish_tracking(plan: TrainingPlan, final: artifacts.Artifact) -> None:
+    """An up-to-date run's trackers that do not have its end: a launch stopped between committing final/ and its
+    trackers' last send, or a --track added to a finished run. The tracking runs its checkpoint names are reopened
+    (a new one otherwise), sent what metrics.jsonl holds beyond their last step, and closed."""
+    if not plan.options.track:
+        return
+    done = rundir.tracked(plan.run_dir)
+    missing = [name for name in dict.fromkeys(plan.options.track) if name not in done]
+    if not missing:
+        return
+    tracking.check_installed(missing)
+    reporter.info(f"{plan.run_dir} is up to date; sending its end to {', '.join(missing)}")
+    tracker = open_tracking(plan, read_checkpoint(final.path).trainer_state(), missing)
+    metrics = plan.run_dir / "metrics.jsonl"
+    tracker.replay([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+                   if metrics.exists() else [])
+    close_tracking(tracker, plan, final)
 
 
 def _peak_flops(env: distributed.Distributed, precision: str) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import shutil
 import time
@@ -29,6 +30,7 @@ from lmkit.training.checkpoint import step_tag, write_checkpoint
 
 CHECKPOINT_PREFIX = "step-"
 FINAL = "final"
+TRACKED_FILE = "tracked.json"  # the trackers that got a finished run's end (run.finish_tracking)
 # Identity keys that name a run's training data and base (artifact ids, a file's hash): a resumed run must
 # keep them (new data changes what a step reads; a classifier's labels may not even fit).
 INPUT_KEYS = ("dataset", "data", "base")
@@ -186,6 +188,21 @@ def prepare(run_dir: Path, config: Any, env: distributed.Distributed, fresh: boo
     distributed.barrier(env)
     if env.is_main:
         (run_dir / "config.toml").write_text(config_lib.to_toml(config))
+        (run_dir / TRACKED_FILE).unlink(missing_ok=True)  # a launch that trains: no tracker has its end yet
+
+
+def tracked(run_dir: Path) -> set[str]:
+    """The trackers (--track) that got this run's end: its last metrics, final artifacts and close."""
+    try:
+        return set(json.loads((run_dir / TRACKED_FILE).read_text())["finished"])
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
+def mark_tracked(run_dir: Path, names: list[str]) -> None:
+    temporary = run_dir / f".{TRACKED_FILE}.tmp"
+    temporary.write_text(json.dumps({"finished": sorted(tracked(run_dir) | set(names))}) + "\n")
+    os.replace(temporary, run_dir / TRACKED_FILE)
 
 
 @dataclasses.dataclass

@@ -300,8 +300,15 @@ class Tracking:
     def files(self, paths: list[Path]) -> None:
         self._put("files", [p for p in paths if p.is_file()])
 
-    def close(self, status: str = "FINISHED", timeout: float = CLOSE_SECONDS) -> None:
-        """Send what is queued (for at most ``timeout`` seconds), then end the tracking runs."""
+    def replay(self, records: list[dict[str, Any]]) -> None:
+        """Send a finished run's records, waiting for room in the queue (nothing trains meanwhile); the steps a
+        reopened tracking run holds are skipped as always."""
+        for record in records:
+            self._queue.put(("metrics", record))
+
+    def close(self, status: str = "FINISHED", timeout: float = CLOSE_SECONDS) -> list[str]:
+        """Send what is queued (for at most ``timeout`` seconds), then end the tracking runs; returns the backends
+        that got everything and were closed."""
         try:
             self._queue.put(("close", status), timeout=timeout)
         except queue.Full:
@@ -310,9 +317,12 @@ class Tracking:
         if self._thread.is_alive():
             reporter.warn(f"tracking: gave up after {timeout:.0f} s with {self._queue.qsize():,} events unsent "
                           "(metrics.jsonl has every figure)")
-        elif self._dropped:
+            return []
+        if self._dropped:
             reporter.warn(f"tracking: {self._dropped:,} events dropped while the tracker fell behind "
                           "(metrics.jsonl has every figure)")
+            return []
+        return [backend.name for backend in self._backends if backend.name not in self._failed]
 
     def _put(self, kind: str, payload: Any) -> None:
         try:

@@ -141,6 +141,83 @@ def test_a_reopened_run_is_not_sent_the_steps_it_holds():
     assert backend.records == [4, 5, 6] and tracker.ids() == {"recording": "run-7"}
 
 
+class Server:
+    """A tracking server's memory, shared by every launch's backend: the runs, their steps, files and status."""
+
+    def __init__(self):
+        self.steps, self.files, self.status, self.opened = {}, {}, {}, 0
+
+
+class Stored(Backend):
+    """A backend of the Server in ``Stored.server``, standing in for a real one under a name --track accepts."""
+
+    name = "tensorboard"
+    server: Server
+
+    def __init__(self, info):
+        self.run_id = ""
+
+    def open(self, run_id):
+        self.server.opened += 1
+        self.run_id = run_id or f"run-{len(self.server.steps) + 1}"
+        self.server.steps.setdefault(self.run_id, [])
+        self.server.status[self.run_id] = "RUNNING"
+        return self.run_id
+
+    def sent_until(self):
+        return max(self.server.steps[self.run_id], default=0)
+
+    def params(self, params):
+        pass
+
+    def tags(self, tags):
+        pass
+
+    def metrics(self, records):
+        self.server.steps[self.run_id] += [r["step"] for r in records if "loss" in r]
+
+    def files(self, paths):
+        self.server.files[self.run_id] = sorted(p.name for p in paths)
+
+    def close(self, status):
+        self.server.status[self.run_id] = status
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setattr(Stored, "server", Server(), raising=False)
+    monkeypatch.setitem(tracking.BACKENDS, "tensorboard", ("json", Stored))
+    return Stored.server
+
+
+def test_a_launch_stopped_before_its_trackers_end_is_finished_by_the_next(dataset, tmp_path, monkeypatch, server):
+    from lmkit.training import run
+
+    launch = config(dataset, tmp_path / "run", max_steps=6, checkpoint_every=0, track=["tensorboard"])
+    with monkeypatch.context() as patch:  # killed after final/ is committed, before the tracker's last send
+        patch.setattr(run, "close_tracking", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            pretrain.run(launch)
+    (run_id,) = server.steps
+    assert server.status[run_id] == "RUNNING" and run_id not in server.files
+    assert not (tmp_path / "run" / rundir.TRACKED_FILE).exists()
+
+    final = pretrain.run(launch)  # up to date: no training, the tracker's end sent
+    assert server.steps == {run_id: [1, 2, 3, 4, 5, 6]} and server.status[run_id] == "FINISHED"
+    assert server.files[run_id] == ["config.toml", "manifest.json", "metrics.jsonl", "plots.png"]
+    assert tracking_ids(final.path) == {"tensorboard": run_id}
+    opened = server.opened
+    pretrain.run(launch)  # the trackers have the end: nothing to send
+    assert server.opened == opened
+
+
+def test_track_added_to_a_finished_run_sends_it_whole(dataset, tmp_path, server):
+    pretrain.run(config(dataset, tmp_path / "run", max_steps=4, checkpoint_every=0))
+    assert server.steps == {}
+    pretrain.run(config(dataset, tmp_path / "run", max_steps=4, checkpoint_every=0, track=["tensorboard"]))
+    assert server.steps == {"run-1": [1, 2, 3, 4]} and server.status["run-1"] == "FINISHED"
+
+
 # -- MLflow: a real server -----------------------------------------------------------------------------------------
 
 def start_mlflow(root: Path) -> tuple[str, subprocess.Popen]:
