@@ -56,6 +56,8 @@ def continuation_items(documents: Sequence[Sequence[int]], tokenizer: Tokenizer,
         for other in rng.sample([i for i in usable if i != index], CHOICES - 1):
             where = rng.randrange(1, len(documents[other]) - span + 1)
             choices.append(_after(documents[other], where, span, decode))
+        if any(len(tokenizer.encode(choice)) > window // 2 for choice in choices):
+            continue  # text a cut changes the tokens of (rare): it would not fit the window
         made.append(_shuffled(f"{SET_NAME}_continuation/{index}", context, choices, rng))
     return made
 
@@ -81,9 +83,10 @@ def order_items(documents: Sequence[Sequence[int]], tokenizer: Tokenizer, items:
         tail = words[context_words:context_words + ORDER_WORDS]
         if len(tail) < ORDER_WORDS:
             continue
-        while len(tail) > ORDER_WORDS // 2 and len(tokenizer.encode(" " + " ".join(tail))) > window // 2:
+        while len(tail) > 4 and len(tokenizer.encode(" " + " ".join(tail))) > window // 2:
             tail.pop()
-        if len(set(tail)) < 4:  # four distinct orders
+        # Four distinct orders, each within half the window (long words, URLs, code, may take many tokens).
+        if len(set(tail)) < 4 or len(tokenizer.encode(" " + " ".join(tail))) > window // 2:
             continue
         choices = [" " + " ".join(tail)]
         while len(choices) < CHOICES:

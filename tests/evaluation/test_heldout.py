@@ -76,4 +76,8 @@ def test_items_fit_a_short_window(documents):
     for items in heldout.tasks(docs, tokenizer, 10, 0, window=32).values():
         assert items
         for item in items:
-            assert all(len(tokenizer.encode(choice)) <= 32 for choice in item.choices)  # the scorer's bound
+            assert all(len(tokenizer.encode(choice)) <= 16 for choice in item.choices)
+    # Words of many tokens each (code, URLs): no four of them fit half the window, so no item is made of them.
+    rng = random.Random(0)
+    long_words = " ".join("".join(rng.choice("qxzjkv") for _ in range(30)) for _ in range(60))
+    assert heldout.order_items([tokenizer.encode(long_words)] * 8, tokenizer, 10, 0, window=32) == []
