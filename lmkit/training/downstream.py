@@ -27,7 +27,7 @@ from lmkit import tokenizer as tokenizer_lib
 from lmkit.data.shards import read_split, token_lists
 from lmkit.errors import UserError
 from lmkit.evaluation import heldout
-from lmkit.evaluation.choice import ChoiceItem, evaluate_choices, read_choice_file
+from lmkit.evaluation.choice import ChoiceItem, encode_pair, evaluate_choices, read_choice_file
 from lmkit.evaluation.scoring import Inference
 
 HELDOUT_DOCUMENTS = 20  # documents read per item asked for: enough of them are long enough, without reading a corpus
@@ -120,7 +120,9 @@ def downstream_tasks(values: list[str], limit: int, dataset: artifacts.Artifact,
         elif value.endswith(".jsonl") or Path(value).is_file():
             if not Path(value).is_file():
                 raise UserError(f"--eval-tasks {value}: no such file (a JSONL file of context, choices and answer)")
-            add(Path(value).stem.replace("-", "_").replace(" ", "_"), read_choice_file(value, limit), value)
+            items = read_choice_file(value, limit)
+            _check_fit(items, loaded, max_len, value)
+            add(Path(value).stem.replace("-", "_").replace(" ", "_"), items, value)
         elif harness_include:
             harness_names.append(value)
         else:
@@ -128,6 +130,19 @@ def downstream_tasks(values: list[str], limit: int, dataset: artifacts.Artifact,
                             "DIR to find a harness task of that name in")
     return DownstreamTasks(choices, loaded, max_len, device, batch_size, limit,
                            _harness(harness_names, harness_include, seed) if harness_names else None)
+
+
+def _check_fit(items: list[ChoiceItem], tokenizer: tokenizer_lib.Tokenizer, max_len: int, path: str) -> None:
+    """What scoring would refuse at the first validation, refused before the run: a choice with no tokens of its
+    own, or longer than the model's window."""
+    for item in items:
+        for choice in item.choices:
+            _, continuation = encode_pair(tokenizer, item.context, choice)
+            if not continuation or len(continuation) > max_len:
+                why = "has no tokens of its own after the context" if not continuation else (
+                    f"takes {len(continuation)} tokens, more than the {max_len}-token window (--seq-len)")
+                where = item.id if item.id.startswith(f"{path}:") else f"{path}: item {item.id}"
+                raise UserError(f"--eval-tasks {where}: choice {choice!r} {why}")
 
 
 def _documents(dataset: artifacts.Artifact, limit: int) -> list:

@@ -77,6 +77,16 @@ def test_bad_eval_tasks_are_refused_before_the_run(dataset, tmp_path, choices, o
     assert not (tmp_path / "run").exists()
 
 
+def test_a_choice_longer_than_the_window_is_refused_before_the_run(dataset, tmp_path):
+    tasks = tmp_path / "long.jsonl"
+    tasks.write_text(json.dumps({"context": "The for", "choices": [" statement", " statement" * 40], "answer": 0}))
+    with pytest.raises(UserError) as error:
+        pretrain.run(config(dataset, tmp_path / "run", eval_tasks=[str(tasks)]))
+    assert str(error.value).startswith(f"--eval-tasks {tasks}:1: choice ' statement statement")
+    assert str(error.value).endswith("more than the 32-token window (--seq-len)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_heldout_set_is_made_from_the_validation_split_and_scored(dataset, tmp_path):
     pretrain.run(config(dataset, tmp_path / "run", eval_tasks=["heldout"], eval_task_items=8, max_steps=2))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
