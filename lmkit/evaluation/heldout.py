@@ -39,18 +39,27 @@ def _after(ids: Sequence[int], start: int, length: int, decode: Callable[[list[i
     return decode(list(ids[start - 1:start + length]))[len(lead):]
 
 
+def _passages(documents: Sequence[Sequence[int]], length: int, rng: random.Random) -> list[tuple[int, int]]:
+    """(document, start) of every passage of ``length`` tokens the documents hold, side by side from each one's
+    second token (a long document gives several), in a seeded random order."""
+    found = [(index, 1 + k * length) for index, ids in enumerate(documents) for k in range((len(ids) - 1) // length)]
+    rng.shuffle(found)
+    return found
+
+
 def continuation_items(documents: Sequence[Sequence[int]], tokenizer: Tokenizer, items: int, seed: int,
                        window: int = 1024) -> list[ChoiceItem]:
     rng, decode = random.Random(f"{seed}/continuation"), tokenizer.decode
     context_tokens, span = min(CONTEXT_TOKENS, window // 2), min(CONTINUATION_TOKENS, window // 4)
-    need = 1 + context_tokens + span
-    usable = [i for i, ids in enumerate(documents) if len(ids) >= need]
+    passages = _passages(documents, context_tokens + span, rng)
+    usable = sorted({index for index, _ in passages})
     if len(usable) < CHOICES:  # distractors come from other documents
         return []
     made = []
-    for index in rng.sample(usable, min(items, len(usable))):
+    for index, start in passages:
+        if len(made) == items:
+            break
         ids = documents[index]
-        start = rng.randrange(1, len(ids) - context_tokens - span + 1)
         context = _after(ids, start, context_tokens, decode)
         choices = [_after(ids, start + context_tokens, span, decode)]
         for other in rng.sample([i for i in usable if i != index], CHOICES - 1):
@@ -58,7 +67,7 @@ def continuation_items(documents: Sequence[Sequence[int]], tokenizer: Tokenizer,
             choices.append(_after(documents[other], where, span, decode))
         if any(len(tokenizer.encode(choice)) > window // 2 for choice in choices):
             continue  # text a cut changes the tokens of (rare): it would not fit the window
-        made.append(_shuffled(f"{SET_NAME}_continuation/{index}", context, choices, rng))
+        made.append(_shuffled(f"{SET_NAME}_continuation/{index}@{start}", context, choices, rng))
     return made
 
 
@@ -67,22 +76,15 @@ def order_items(documents: Sequence[Sequence[int]], tokenizer: Tokenizer, items:
     rng, decode = random.Random(f"{seed}/order"), tokenizer.decode
     context_tokens = min(CONTEXT_TOKENS, window // 2)
     made = []
-    order = list(range(len(documents)))
-    rng.shuffle(order)
-    for index in order:
+    for index, start in _passages(documents, context_tokens + 3 * ORDER_WORDS, rng):
         if len(made) == items:
             break
         ids = documents[index]
-        if len(ids) < 1 + context_tokens + 2 * ORDER_WORDS:
-            continue
-        start = rng.randrange(1, max(2, len(ids) - context_tokens - 4 * ORDER_WORDS + 1))
-        # Cut at words: the context is the whole words of CONTEXT_TOKENS tokens, the words to put back in order
-        # the next ones (a word takes one token or several, by the tokenizer).
+        # Cut at words: the context is the whole words of its tokens, the words to put back in order the next ones
+        # (a word takes one token or several, by the tokenizer).
         context_words = len(_after(ids, start, context_tokens, decode).split()) - 1
-        words = _after(ids, start, len(ids) - start, decode).split()
+        words = _after(ids, start, context_tokens + 3 * ORDER_WORDS, decode).split()
         tail = words[context_words:context_words + ORDER_WORDS]
-        if len(tail) < ORDER_WORDS:
-            continue
         while len(tail) > 4 and len(tokenizer.encode(" " + " ".join(tail))) > window // 2:
             tail.pop()
         # Four distinct orders, each within half the window (long words, URLs, code, may take many tokens).
@@ -93,7 +95,7 @@ def order_items(documents: Sequence[Sequence[int]], tokenizer: Tokenizer, items:
             shuffled = " " + " ".join(rng.sample(tail, len(tail)))
             if shuffled not in choices:
                 choices.append(shuffled)
-        made.append(_shuffled(f"{SET_NAME}_order/{index}", " ".join(words[:context_words]), choices, rng))
+        made.append(_shuffled(f"{SET_NAME}_order/{index}@{start}", " ".join(words[:context_words]), choices, rng))
     return made
 
 

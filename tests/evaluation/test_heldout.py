@@ -27,7 +27,7 @@ def test_continuation_items_pick_the_documents_next_tokens(documents):
     for item in items:
         assert len(item.choices) == heldout.CHOICES == len(set(item.choices))
         right = item.context + item.choices[item.answer]
-        owner = int(item.id.rsplit("/", 1)[1])
+        owner = int(item.id.rsplit("/", 1)[1].split("@")[0])
         assert right in texts[owner]
         # Each wrong choice comes from another document: it does not continue this context.
         for k, choice in enumerate(item.choices):
@@ -42,7 +42,7 @@ def test_order_items_shuffle_the_same_words(documents):
     assert len(items) == 20
     for item in items:
         right = item.choices[item.answer]
-        owner = tokenizer.decode(docs[int(item.id.rsplit("/", 1)[1])])
+        owner = tokenizer.decode(docs[int(item.id.rsplit("/", 1)[1].split("@")[0])])
         assert " ".join((item.context + right).split()) in " ".join(owner.split())
         assert all(sorted(choice.split()) == sorted(right.split()) for choice in item.choices)
         assert len(set(item.choices)) == heldout.CHOICES
