@@ -159,3 +159,37 @@ def sequence_logprobs(model: nn.Module, start: int, ids: list[int], top: int = 0
         best = torch.log_softmax(logits.double(), dim=-1).topk(top, dim=-1)
         tops = [dict(zip(i.tolist(), v.tolist())) for v, i in zip(best.values, best.indices)]
     return logprobs.tolist(), tops
+
+
+@torch.no_grad()
+def sequences_logprobs(model: nn.Module, start: int, rows: list[list[int]], top: int = 0
+                       ) -> list[tuple[list[float], list[dict[int, float]]]]:
+    """``sequence_logprobs`` of several rows, read together (right-padded: a causal model's real positions never
+    see the padding after them), up to about 2^24 logits a forward pass."""
+    device = model.tok_emb.weight.device
+    results: list[tuple[list[float], list[dict[int, float]]]] = []
+    budget = max(_LOGPROB_ELEMENTS // model.config.vocab_size, 1)  # positions whose logits one pass holds
+    group: list[list[int]] = []
+    for index, ids in enumerate(rows):
+        group.append(ids)
+        following = rows[index + 1] if index + 1 < len(rows) else None
+        if following is not None and sum(map(len, group)) + len(following) <= budget:
+            continue
+        width = max(len(ids) for ids in group)
+        idx = torch.full((len(group), width), PAD_ID, dtype=torch.long)
+        for row, ids in enumerate(group):
+            idx[row, :len(ids)] = torch.tensor([start, *ids[:-1]])
+        real = torch.arange(width)[None, :] < torch.tensor([len(ids) for ids in group])[:, None]  # (b, width)
+        hidden = model.encode(idx.to(device))[real.to(device)]  # (N, C): the real positions, row after row
+        logits = model.lm_head(model.head_input(hidden)).float()  # (N, V)
+        logprobs, _ = token_logprobs(logits, torch.tensor([t for ids in group for t in ids], device=device))
+        best = torch.log_softmax(logits.double(), dim=-1).topk(top, dim=-1) if top else None
+        offset = 0
+        for ids in group:
+            mine = slice(offset, offset + len(ids))
+            tops = ([dict(zip(i.tolist(), v.tolist())) for v, i in zip(best.values[mine], best.indices[mine])]
+                    if best is not None else [{} for _ in ids])
+            results.append((logprobs[mine].tolist(), tops))
+            offset += len(ids)
+        group = []
+    return results

@@ -79,3 +79,23 @@ def next_tokens(logits: torch.Tensor, settings: SamplingSettings, seen: torch.Te
     probs = filtered_probs(logits / settings.temperature, settings.top_k, settings.top_p, settings.min_p)
     uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(probs.device)  # (B,)
     return sample_from(probs, uniforms)
+
+
+def next_tokens_per_row(logits: torch.Tensor, settings: list[SamplingSettings], seen: torch.Tensor | None,
+                        generators: list[torch.Generator]) -> torch.Tensor:
+    """``next_tokens`` with each row's own settings (continuous batching: requests of different settings share a
+    step). Row i gets the token ``next_tokens(logits[i:i + 1], settings[i], ...)`` gives, from one draw of its own
+    generator (none when greedy): rows of equal settings are chosen together, and every step above works row by
+    row, so a row's numbers do not depend on its neighbours."""
+    groups: dict[tuple, list[int]] = {}
+    for row, each in enumerate(settings):
+        key = (each.temperature, each.top_k, each.top_p, each.min_p, each.repetition_penalty)
+        groups.setdefault(key, []).append(row)
+    if len(groups) == 1:
+        return next_tokens(logits, settings[0], seen, generators)
+    chosen = torch.empty(len(settings), dtype=torch.long, device=logits.device)
+    for rows in groups.values():
+        index = torch.tensor(rows, device=logits.device)
+        chosen[index] = next_tokens(logits[index], settings[rows[0]], None if seen is None else seen[index],
+                                    [generators[row] for row in rows])
+    return chosen

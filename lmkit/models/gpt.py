@@ -6,7 +6,8 @@ GPT-2 (pre-norm LayerNorm, learned absolute positions, tanh-GELU, biases, tied h
 ``gpt2-*`` presets). The blocks live in layers.py, shared with the encoder; this file is the model
 around them. For
 generation, ``encode`` also takes a KV cache (``new_cache``) and the attention mask of a
-left-padded batch, in which each row's positions start at 0 at its first real token.
+left-padded batch, in which each row's positions start at 0 at its first real token; or, for continuous
+batching, a ``SlotBatch`` of a slot cache (``new_slots``), in which each row continues its own sequence.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from lmkit.models.layers import (
     Embeddings,
     KVCache,
     ScoreBias,
+    SlotBatch,
+    SlotCache,
     attention_mask_4d,
     causal_bias,
     init_transformer_weights,
@@ -82,8 +85,14 @@ class GPT(nn.Module):
         return KVCache(self.config.n_layer, batch_size, self.config.kv_heads, self.config.head_dim, max_len,
                        dtype=weight.dtype, device=weight.device)
 
+    def new_slots(self, slots: int) -> SlotCache:
+        """An empty slot cache (continuous batching): ``slots`` sequences of up to block_size positions each."""
+        weight = self.tok_emb.weight
+        return SlotCache(self.config.n_layer, slots, self.config.kv_heads, self.config.head_dim,
+                         self.config.block_size, dtype=weight.dtype, device=weight.device)
+
     def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               cache: KVCache | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
+               cache: KVCache | SlotBatch | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, C) of idx (B, T): what the output projection and a
         classification head read. Causal: position t sees positions <= t only, so padding placed
         after the real tokens cannot change them.
@@ -97,11 +106,18 @@ class GPT(nn.Module):
         Packed rows (training): ``segments`` (B, T) gives each position the index of the sequence it
         belongs to; a position attends only to earlier positions of its own sequence, and positions restart
         at 0 with each sequence, so every sequence gets the states it would get alone.
+
+        Continuous batching: ``cache`` is a SlotBatch, which gives each row its slot's positions and the keys it
+        may attend to (attention_mask unused); the scheduler keeps each sequence within block_size.
         """
         B, T = idx.shape
-        past = 0 if cache is None else cache.length
+        past = 0 if cache is None or isinstance(cache, SlotBatch) else cache.length
         mask: AttentionMask | None = None
-        if segments is not None:
+        if isinstance(cache, SlotBatch):
+            positions = cache.positions  # (B, T)
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd/2)
+            mask = None if cache.allowed is None else AllowedKeys(cache.allowed)  # (B, 1, T, S)
+        elif segments is not None:
             if attention_mask is not None or cache is not None:
                 raise ValueError("segments (packed rows) go without an attention mask or a cache")
             positions = segment_positions(segments)  # (B, T)

@@ -1,8 +1,9 @@
 """Transformer building blocks shared by the decoder (gpt.py) and the encoder (bert.py).
 
-Read top to bottom: rotary position embeddings, attention (with the KV cache a decoder uses to
-generate; grouped-query when it has fewer key/value heads), feed-forward layers, the block (pre-norm,
-or post-norm as in BERT) that combines them, the embeddings, and the initialization both models use.
+Read top to bottom: rotary position embeddings, attention (with the KV caches a decoder uses to
+generate: one batch's, or a server's slots of continuous batching; grouped-query when it has fewer
+key/value heads), feed-forward layers, the block (pre-norm, or post-norm as in BERT) that combines
+them, the embeddings, and the initialization both models use.
 The settings of ``ModelConfig`` (norm, positions, bias, mlp ...) cover lmkit's modern models and the
 classic GPT-2 and BERT, and the Hugging Face families ``lmkit import`` reads. The loss every model computes
 is in loss.py.
@@ -168,6 +169,119 @@ class KVCache:
     def select(self, rows: torch.Tensor) -> None:
         for layer in self.layers:
             layer.select(rows)
+
+
+class SlotCache:
+    """The KV cache of continuous batching: up to ``slots`` sequences of up to ``max_len`` positions side by side,
+    each with its own length, so that between two decoding steps a request can join (its prompt written into a
+    free slot, all at once or in chunks) and another leave (its slot freed), while the others go on. The model
+    reads and extends it through a :class:`SlotBatch`; the scheduler (lmkit.serving.scheduler) keeps the lengths.
+
+    The buffers grow (doubling, copied once) as more slots and longer sequences are used, up to slots x max_len
+    positions: a server sized for 32 rows of a 2,048-token context does not hold them all from its start."""
+
+    def __init__(self, n_layer: int, slots: int, n_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.slots, self.max_len = slots, max_len
+        shape = (min(slots, 4), n_head, min(max_len, 256), head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]  # (slots, nh, L, hd)
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.lengths = [0] * slots  # positions each slot holds
+
+    def reserve(self, slots: int, length: int) -> None:
+        """Room for slots 0 .. slots - 1 of ``length`` positions each (at most the limits)."""
+        held_slots, _, held_len, _ = self.keys[0].shape
+        slots, length = min(slots, self.slots), min(length, self.max_len)
+        if slots <= held_slots and length <= held_len:
+            return
+        grown_slots = min(max(slots, 2 * held_slots if slots > held_slots else held_slots), self.slots)
+        grown_len = min(max(length, 2 * held_len if length > held_len else held_len), self.max_len)
+        for buffers in (self.keys, self.values):
+            for layer, old in enumerate(buffers):
+                new = old.new_zeros((grown_slots, old.shape[1], grown_len, old.shape[3]))
+                new[:held_slots, :, :held_len] = old
+                buffers[layer] = new
+
+    def batch(self, rows: list[int], widths: list[int]) -> SlotBatch:
+        """One model call that continues slot ``rows[i]`` with ``widths[i]`` new positions (the input is
+        (B, max(widths)), each row's tokens first); ``extend`` records them once the call has run."""
+        self.reserve(max(rows) + 1, max(self.lengths[row] for row in rows) + max(widths))
+        return SlotBatch(self, rows, widths)
+
+    def extend(self, rows: list[int], widths: list[int]) -> None:
+        for row, width in zip(rows, widths, strict=True):
+            self.lengths[row] += width
+
+    def move(self, source: int, target: int) -> None:
+        """Slot ``source``'s positions into slot ``target`` (which they replace); ``source`` is then empty."""
+        length = self.lengths[source]
+        for keys, values in zip(self.keys, self.values) if length else ():  # (an empty slot may lie past the buffers)
+            keys[target, :, :length] = keys[source, :, :length]
+            values[target, :, :length] = values[source, :, :length]
+        self.lengths[target], self.lengths[source] = length, 0
+
+    def read(self, slot: int, start: int, end: int) -> torch.Tensor:
+        """A copy of positions [start, end) of a slot: (n_layer, 2, nh, end - start, hd), keys then values."""
+        return torch.stack([torch.stack((k[slot, :, start:end], v[slot, :, start:end]))
+                            for k, v in zip(self.keys, self.values)])
+
+    def write(self, slot: int, start: int, stored: torch.Tensor) -> None:
+        """Put what ``read`` returned at positions [start, ...) of a slot, which then holds them and nothing after."""
+        end = start + stored.shape[3]
+        self.reserve(slot + 1, end)
+        for layer, (keys, values) in enumerate(zip(self.keys, self.values)):
+            keys[slot, :, start:end], values[slot, :, start:end] = stored[layer, 0], stored[layer, 1]
+        self.lengths[slot] = end
+
+
+class SlotBatch:
+    """What a decoder's ``encode`` takes as its cache to run rows of a :class:`SlotCache` together: row i's tokens
+    are at positions lengths[rows[i]] ... of its own slot, its keys and values go there, and it attends to its
+    slot's positions up to its own only. Padding after a row's tokens (a row shorter than the widest) reads and
+    writes positions past the row's length, which nothing reads before they are written for real (positions
+    past the cache are clamped to its last one, which no sequence shorter than max_len reaches)."""
+
+    def __init__(self, cache: SlotCache, rows: list[int], widths: list[int]):
+        device = cache.keys[0].device
+        starts = [cache.lengths[row] for row in rows]
+        T, last = max(widths), cache.max_len - 1
+        self.cache, self.rows = cache, rows
+        self.span = (rows[0], rows[0] + len(rows)) if rows == list(range(rows[0], rows[0] + len(rows))) else None
+        self.start = starts[0] if len(rows) == 1 else None  # one row: plain slices
+        self.keys_used = min(max(start + T for start in starts), cache.max_len)  # S
+        steps = torch.arange(T, device=device)
+        self.positions = (torch.tensor(starts, device=device)[:, None] + steps).clamp(max=last)  # (B, T)
+        self.index = torch.tensor(rows, device=device)  # (B,)
+        # Rows of equal lengths and widths need no mask: the attention is then causal after the cached keys.
+        uniform = len(set(starts)) == 1 and len(set(widths)) == 1
+        keys = torch.arange(self.keys_used, device=device)
+        self.allowed = None if uniform else (keys <= self.positions[:, :, None])[:, None]  # (B, 1, T, S)
+        self.layers = [SlotLayer(self, layer) for layer in range(len(cache.keys))]
+
+
+class SlotLayer:
+    """One layer's part of a :class:`SlotBatch`: what the attention calls ``append`` on, as on a LayerCache."""
+
+    def __init__(self, batch: SlotBatch, layer: int):
+        self.batch, self.layer = batch, layer
+
+    # Compiled (a server's --compile), the step breaks its graph here: what this reads of the batch (slots,
+    # lengths) changes at every step, and traced it would specialize the graph on those numbers.
+    @torch.compiler.disable
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hd) at each row's positions; returns the rows' keys and values (B, nh, S, hd)."""
+        batch = self.batch
+        keys, values = batch.cache.keys[self.layer], batch.cache.values[self.layer]
+        S = batch.keys_used
+        if batch.start is not None:
+            row, start = batch.rows[0], batch.start
+            keys[row, :, start:start + k.shape[2]], values[row, :, start:start + k.shape[2]] = k[0], v[0]
+            return keys[row:row + 1, :, :S], values[row:row + 1, :, :S]
+        where = (batch.index[:, None], slice(None), batch.positions)  # (B, T, nh, hd) in the buffers
+        keys[where], values[where] = k.transpose(1, 2), v.transpose(1, 2)
+        if batch.span is not None:
+            return keys[batch.span[0]:batch.span[1], :, :S], values[batch.span[0]:batch.span[1], :, :S]
+        return keys[batch.index, :, :S], values[batch.index, :, :S]
 
 
 # Windows up to this long get explicit attention on a CPU (see explicit_attention); SDPA beyond.

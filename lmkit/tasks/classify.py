@@ -193,6 +193,7 @@ def render(records: list[dict[str, Any]], settings: dict[str, Any]) -> None:
 
 
 def routes(server) -> list[Route]:
+    from lmkit.serving.engine import BATCH, Batched
     from lmkit.serving.errors import ApiError
     from lmkit.serving.protocol import Body
 
@@ -220,16 +221,23 @@ def routes(server) -> list[Route]:
             raise ApiError(400, "text_pair: every text must be non-empty", "text_pair")
         return pairs
 
+    def classify_items(items: list[tuple[str, str | None]]) -> list:
+        """The predictions of (text, its pair or None) items, of one request or several."""
+        checkpoint, texts = loaded.checkpoint, [text for text, _ in items]
+        pairs = [pair for _, pair in items] if reads_pairs(checkpoint.head) else None
+        return classify(loaded.model, loaded.tokenizer, checkpoint.labels, texts, batch_size=server.engine.max_batch,
+                        head=checkpoint.head, pairs=pairs)
+
     async def classify_texts(body: ClassifyRequest, call) -> dict[str, Any]:
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or any(not text.strip() for text in texts):
             raise ApiError(400, "input: every text must be non-empty", "input")
-        pairs, checkpoint, batch = pairs_of(body, texts), loaded.checkpoint, server.engine.max_batch
-        predictions = await server.call(lambda: classify(loaded.model, loaded.tokenizer, checkpoint.labels, texts,
-                                                         batch_size=batch, head=checkpoint.head, pairs=pairs))
+        pairs = pairs_of(body, texts)
+        items = list(zip(texts, pairs or [None] * len(texts), strict=True))
+        predictions = await server.submit(BATCH, Batched("classify", items, classify_items))  # with others' texts
         tokens = sum(len(ids) for ids in loaded.tokenizer.encode_batch(texts + (pairs or [])))
         call.used(tokens)
-        return {"object": "list", "model": server.options.model_name, "labels": checkpoint.labels,
+        return {"object": "list", "model": server.options.model_name, "labels": loaded.checkpoint.labels,
                 "data": [{"index": i, **p.to_dict()} for i, p in enumerate(predictions)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 

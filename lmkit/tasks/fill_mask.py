@@ -67,6 +67,7 @@ def render(records: list[dict[str, Any]], settings: dict[str, Any]) -> None:
 def routes(server) -> list[Route]:
     from pydantic import Field
 
+    from lmkit.serving.engine import BATCH, Batched
     from lmkit.serving.errors import ApiError
     from lmkit.serving.protocol import Body
 
@@ -79,8 +80,11 @@ def routes(server) -> list[Route]:
         if not texts:
             raise ApiError(400, "input: give at least one text with [MASK]", "input")
         loaded, batch = call.server.model, call.server.engine.max_batch
-        results = await call.server.call(lambda: fill_mask(loaded.model, loaded.tokenizer, texts, top_k=body.top_k,
-                                                           batch_size=batch))
+
+        def fill_texts(texts: list[str]) -> list:  # one request's texts, or several's of the same top_k
+            return fill_mask(loaded.model, loaded.tokenizer, texts, top_k=body.top_k, batch_size=batch)
+
+        results = await call.server.submit(BATCH, Batched(("fill-mask", body.top_k), texts, fill_texts))
         tokens = sum(len(ids) for ids in loaded.tokenizer.encode_batch(texts))
         call.used(tokens)
         return {"object": "list", "model": call.server.options.model_name,

@@ -99,6 +99,7 @@ def render(records: list[dict[str, Any]], settings: dict[str, Any]) -> None:
 
 
 def routes(server) -> list[Route]:
+    from lmkit.serving.engine import BATCH, Batched
     from lmkit.serving.errors import ApiError
     from lmkit.serving.protocol import Body
 
@@ -109,12 +110,16 @@ def routes(server) -> list[Route]:
     loaded = server.model
     settings = QASettings.from_head(loaded.checkpoint.qa)
 
+    def answer_items(items: list[tuple[str, str]]) -> list:
+        """The answers of (question, context) items, of one request or several."""
+        return answer_questions(loaded.model, loaded.tokenizer, settings, [q for q, _ in items], [c for _, c in items],
+                                server.engine.max_batch)
+
     async def answer_question(body: QARequest, call) -> dict[str, Any]:
         for name in ("question", "context"):
             if not getattr(body, name).strip():
                 raise ApiError(400, f"{name}: must be non-empty", name)
-        found = (await server.call(lambda: answer_questions(loaded.model, loaded.tokenizer, settings, [body.question],
-                                                            [body.context], server.engine.max_batch)))[0]
+        found = (await server.submit(BATCH, Batched("qa", [(body.question, body.context)], answer_items)))[0]
         tokens = sum(len(ids) for ids in loaded.tokenizer.encode_batch([body.question, body.context]))
         call.used(tokens)
         return {"object": "answer", "model": server.options.model_name, **found.to_dict(),

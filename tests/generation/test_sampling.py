@@ -10,6 +10,7 @@ from lmkit.errors import ConfigError
 from lmkit.generation.sampling import (
     filtered_probs,
     next_tokens,
+    next_tokens_per_row,
     penalize_repetition,
     prompt_key,
     row_generators,
@@ -90,6 +91,31 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     settings = SamplingSettings(temperature=0, repetition_penalty=2.5)
     assert next_tokens(logits, settings, seen, []).tolist() == [2]
     assert next_tokens(logits, SamplingSettings(temperature=0), seen, []).tolist() == [0]
+
+
+def test_rows_of_different_settings_each_draw_what_they_draw_alone():
+    # Continuous batching: rows of different settings share a step; each row's token and generator state must be
+    # exactly those of next_tokens on the row alone (bitwise: the same functions on the row's own numbers).
+    settings = [SamplingSettings(temperature=0), SamplingSettings(temperature=0.7, top_k=3),
+                SamplingSettings(temperature=1.3, top_p=0.6, min_p=0.05), SamplingSettings(temperature=0.7, top_k=3),
+                SamplingSettings(temperature=1.0, repetition_penalty=1.5), SamplingSettings(temperature=0,
+                                                                                           repetition_penalty=2.0)]
+    logits = torch.randn(len(settings), 50, generator=torch.Generator().manual_seed(0)) * 3
+    seen = torch.rand(len(settings), 50, generator=torch.Generator().manual_seed(1)) < 0.3
+    for step in range(20):
+        together = row_generators(step, [(i,) for i in range(len(settings))])
+        alone = row_generators(step, [(i,) for i in range(len(settings))])
+        chosen = next_tokens_per_row(logits, settings, seen, together)
+        expected = [int(next_tokens(logits[i:i + 1], each, seen[i:i + 1], [alone[i]])) for i, each in
+                    enumerate(settings)]
+        assert chosen.tolist() == expected
+        assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(together, alone, strict=True))
+        logits = logits.roll(step + 1, dims=1)
+    # The positive control: the rows' settings matter (the same logits under one setting give other tokens).
+    uniform = next_tokens_per_row(logits, [settings[2]] * len(settings), seen, row_generators(0, [(i,) for i in
+                                                                                                range(6)]))
+    assert uniform.tolist() != next_tokens_per_row(logits, settings, seen, row_generators(0, [(i,) for i in
+                                                                                             range(6)])).tolist()
 
 
 def test_row_generators_are_reproducible_and_distinct():

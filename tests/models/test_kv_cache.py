@@ -101,3 +101,65 @@ def test_padding_queries_attend_to_themselves_only():
                              [False, False, True, False], [False, False, True, True]]
     # The encoder keeps its plain key mask: every query sees the real keys.
     assert attention_mask_4d(key_mask, 4, causal=False).shape == (1, 1, 1, 4)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"positions": "learned", "norm": "layer", "mlp": "gelu_tanh", "bias": True},
+                                       {"n_kv_head": 2}])
+def test_slot_cache_rows_of_their_own_lengths_equal_each_sequence_alone(overrides):
+    # Continuous batching: rows of a slot cache continue sequences of different lengths in one call (a prompt read
+    # in chunks, right-padded beside another's, decoding steps of rows at different positions, a slot moved).
+    model = decoder("gpt", **overrides)
+    seqs = [torch.randint(7, VOCAB, (n,), generator=torch.Generator().manual_seed(n)) for n in (9, 14, 5)]
+    cache = model.new_slots(6)
+
+    def run(slots, pieces):
+        widths = [len(piece) for piece in pieces]
+        idx = torch.zeros(len(slots), max(widths), dtype=torch.long)
+        for row, piece in enumerate(pieces):
+            idx[row, :len(piece)] = piece
+        out = logits(model, idx, cache=cache.batch(slots, widths))
+        cache.extend(slots, widths)
+        return out
+
+    first = run([2, 0], [seqs[0][:4], seqs[1][:12]])         # two prompts from empty slots, one padded
+    second = run([2, 1], [seqs[0][4:8], seqs[2][:4]])        # a second chunk beside a new prompt
+    steps = run([0, 1, 2], [seqs[1][12:13], seqs[2][4:5], seqs[0][8:9]])  # one token each, three lengths
+    alone = [logits(model, seq[None])[0] for seq in seqs]
+    assert torch.allclose(first[0, :4], alone[0][:4], atol=1e-10)
+    assert torch.allclose(first[1, :12], alone[1][:12], atol=1e-10)
+    assert torch.allclose(second[0, :4], alone[0][4:8], atol=1e-10)
+    assert torch.allclose(second[1, :4], alone[2][:4], atol=1e-10)
+    assert torch.allclose(steps[:, 0], torch.stack([alone[1][12], alone[2][4], alone[0][8]]), atol=1e-10)
+    assert cache.lengths == [13, 5, 9, 0, 0, 0]
+    cache.move(2, 3)  # a slot freed below: its last row moves down, keys and all
+    assert cache.lengths == [13, 5, 0, 9, 0, 0]
+    extra = torch.tensor([5])
+    moved = run([3], [extra])
+    assert torch.allclose(moved[0, 0], logits(model, torch.cat([seqs[0], extra])[None])[0, -1], atol=1e-10)
+    # A stored prefix written into another slot continues as the original does.
+    cache.write(2, 0, cache.read(3, 0, 8))
+    again = run([2], [seqs[0][8:10]])
+    assert torch.allclose(again[0], alone[0][8:10], atol=1e-10)
+    # The buffers grow with the slots used: 4 of the 6 so far.
+    assert cache.keys[0].shape == (4, model.config.kv_heads, model.config.block_size, 8)
+    cache.write(5, 0, cache.read(0, 0, 13))
+    assert cache.keys[0].shape[0] == 6  # doubled, up to the limit
+    assert torch.allclose(run([5], [seqs[1][13:14]])[0, 0], alone[1][13], atol=1e-10)  # kept across the growth
+    # The positive control: without its slot's keys, the step sees no context and gives other logits.
+    assert (logits(model, seqs[0][8:9][None])[0, 0] - alone[0][8]).abs().max() > 1e-3
+
+
+def test_slot_cache_buffers_grow_by_doubling_up_to_their_limits():
+    from lmkit.models.layers import SlotCache
+
+    cache = SlotCache(n_layer=1, slots=6, n_head=1, head_dim=2, max_len=1000)
+    cache.lengths[5] = 0
+    cache.move(5, 0)  # an empty slot past the buffers (taken, nothing written yet) moves down as well
+    assert cache.keys[0].shape == (4, 1, 256, 2)
+    cache.keys[0][3, 0, 255] = 7.0
+    cache.reserve(5, 300)
+    assert cache.keys[0].shape == (6, 1, 512, 2) and cache.keys[0][3, 0, 255, 0] == 7.0
+    cache.reserve(1, 900)
+    assert cache.keys[0].shape == (6, 1, 1000, 2) and cache.keys[0][3, 0, 255, 0] == 7.0
+    cache.reserve(60, 5000)  # never past the limits
+    assert cache.keys[0].shape == (6, 1, 1000, 2)
