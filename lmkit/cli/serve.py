@@ -23,7 +23,10 @@ config_command(
          "/v1/chat/completions (chat models: the conversation rendered with their chat template; SFT models: the "
          "prompt template) with streaming, log-probabilities and echo; /v1/classify for classifiers "
          "(text_pair for a pair classifier); /v1/fill-mask for masked LMs; /v1/qa for question-answering models; "
-         "and on every server /v1/models, /health and the tokenizer endpoints. Concurrent completion requests are "
-         "batched into one decode. Needs lmkit[serve].\n\n"
+         "and on every server /v1/models and the tokenizer endpoints, /health/live, /health/ready and /health (503 "
+         "until the model is loaded and warmed up: the server listens at once and loads it meanwhile), /metrics "
+         "(Prometheus) and a chat page at /. Completion requests share one running batch that rows join and "
+         "leave at every step (continuous batching, whatever their sampling settings), and a prompt's beginning "
+         "computed for an earlier request (a system prompt) is reused. Needs lmkit[serve].\n\n"
          "Example: lmkit serve runs/sft/final --port 8000 --api-key $KEY",
     render=render, run="lmkit.stages.serve:run")

@@ -1,10 +1,11 @@
 """The HTTP side of ``lmkit serve``: a FastAPI app composed of the routes of the model's task (lmkit.tasks)
 and the endpoints every server has.
 
-Every server: ``GET /health``, ``GET /v1/models``, and the tokenizer endpoints lm-evaluation-harness's remote
-tokenizer uses (``GET /tokenizer_info``, ``POST /tokenize``, ``POST /detokenize``). The task adds its own
-(``/v1/completions``, ``/v1/classify``, ...); another kind's endpoint answers a 400 that names this model's.
-Errors are JSON (errors.py); the body limit, the API key and the request log are the Guard's (guard.py).
+Every server: ``GET /v1/models`` and the tokenizer endpoints lm-evaluation-harness's remote tokenizer uses
+(``GET /tokenizer_info``, ``POST /tokenize``, ``POST /detokenize``). The task adds its own (``/v1/completions``,
+``/v1/classify``, ...); another kind's endpoint answers a 400 that names this model's. A route's JSON answer carries
+its ``timings`` (timing.py). Errors are JSON (errors.py); the body limit, the API key and the request log are the
+Guard's (guard.py); health, metrics and the page answer before the model is loaded (lifecycle.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lmkit.serving.config import ServeOptions
 from lmkit.serving.engine import CALL, Engine, QueueFull
 from lmkit.serving.errors import ApiError
 from lmkit.serving.protocol import DetokenizeRequest, TokenizeRequest
+from lmkit.serving.timing import Timing
 
 
 @dataclass
@@ -63,13 +65,20 @@ def busy() -> ApiError:
 
 @dataclass
 class Call:
-    """One request to a route: the server, the HTTP request, and the tokens it used (for the log line)."""
+    """One request to a route: the server, the HTTP request, and what it spent (the log line, its timings and the
+    metrics read it from the request's state)."""
 
     server: Server
     request: Request
 
-    def used(self, tokens: int) -> None:
+    @property
+    def timing(self) -> Timing:
+        return self.request.state.timing
+
+    def used(self, tokens: int, completion: int = 0) -> None:
+        """The request used ``tokens``, ``completion`` of them generated."""
         self.request.state.tokens = tokens
+        self.timing.prompt_tokens, self.timing.completion_tokens = tokens - completion, completion
 
 
 def create_app(server: Server, routes: list, elsewhere: dict[str, str]) -> FastAPI:
@@ -78,11 +87,6 @@ def create_app(server: Server, routes: list, elsewhere: dict[str, str]) -> FastA
     app = FastAPI(title="lmkit", docs_url=None, redoc_url=None, openapi_url=None)
     errors.install(app)
     own = ", ".join(route.path for route in routes)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": server.options.model_name, "kind": server.kind,
-                "queued": server.engine.pending}
 
     @app.get("/v1/models")
     async def models():
@@ -100,9 +104,14 @@ def create_app(server: Server, routes: list, elsewhere: dict[str, str]) -> FastA
 
 
 def _endpoint(server: Server, request_type: type, handler) -> Callable:
-    """An endpoint FastAPI validates as ``request_type`` (its signature says so), calling ``handler(body, call)``."""
+    """An endpoint FastAPI validates as ``request_type`` (its signature says so), calling ``handler(body, call)``;
+    a JSON answer gets the request's ``timings`` (a stream puts them in its last event)."""
     async def endpoint(body, request: Request):
-        return await handler(body, Call(server, request))
+        request.state.timing = Timing()
+        answer = await handler(body, Call(server, request))
+        if isinstance(answer, dict):
+            answer["timings"] = request.state.timing.report()
+        return answer
 
     endpoint.__signature__ = inspect.Signature([
         inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=request_type),

@@ -12,14 +12,15 @@ from typing import Any, Callable
 from fastapi.responses import StreamingResponse
 
 from lmkit.errors import UserError
-from lmkit.evaluation.scoring import sequence_logprobs
+from lmkit.evaluation.scoring import sequences_logprobs
 from lmkit.generation.settings import SamplingSettings
 from lmkit.progress import reporter
 from lmkit.serving.app import Call, Server, busy
-from lmkit.serving.engine import COMPLETE, Row
+from lmkit.serving.engine import BATCH, COMPLETE, Batched, Row
 from lmkit.serving.errors import ApiError
 from lmkit.serving.protocol import CompletionRequest, Sampling
 from lmkit.serving.streaming import DONE, Finished, event, relay
+from lmkit.serving.timing import Timing
 from lmkit.tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -78,18 +79,28 @@ def skip(server: Server, ids: list[int]) -> int:
 
 
 async def complete(server: Server, prompts: list[Prompt], body: Sampling, settings: SamplingSettings,
-                   max_tokens: int, on_text: Callable[[int, str], None] | None = None) -> list[Row]:
-    """``body.n`` completions of each prompt, decoded by the engine with other requests' rows."""
+                   max_tokens: int, timing: Timing, on_text: Callable[[int, str], None] | None = None) -> list[Row]:
+    """``body.n`` completions of each prompt, decoded by the engine with other requests' rows; ``timing`` notes
+    when the first text and the end came."""
     engine = server.engine
     if len(prompts) * body.n > engine.max_batch:
         raise ApiError(400, f"prompt: {len(prompts)} prompt(s) x n {body.n} = {len(prompts) * body.n} completions, "
                        f"more than this server decodes at once ({engine.max_batch}); send fewer per request", "prompt")
-    rows = engine.rows([ids for _, ids in prompts], [text for text, _ in prompts], body.n, settings.seed, on_text)
+
+    def noted(index: int, text: str) -> None:  # on the engine's worker thread
+        timing.token()
+        if on_text is not None:
+            on_text(index, text)
+
+    # Without a stream too: the first piece of text is the time to first token (the engine reports no other).
+    rows = engine.rows([ids for _, ids in prompts], [text for text, _ in prompts], body.n, settings.seed, noted)
     if max_tokens == 0:
         for row in rows:
             row.finish = "length"
         return rows
-    return await server.submit(COMPLETE, rows, settings)
+    rows = await server.submit(COMPLETE, rows, settings)
+    timing.decoded(max(len(row.new_ids) for row in rows))
+    return rows
 
 
 def token_text(tokenizer, token: int) -> str:
@@ -106,15 +117,16 @@ async def logprobs_of(server: Server, prompts: list[Prompt], rows: list[Row], n:
     generator, tokenizer, block_size = server.model, server.tokenizer, server.block_size
     wanted = [(prompts[i // n][1] + row.new_ids)[skip(server, prompts[i // n][1]):] for i, row in enumerate(rows)]
 
-    def score() -> list[tuple[list[float], list[dict[int, float]]]]:
+    def score(wanted: list[list[int]]) -> list[tuple[list[float], list[dict[int, float]]]]:
         if any(len(ids) > block_size for ids in wanted):
             longest = max(len(ids) for ids in wanted)
             raise UserError(f"prompt: {longest} tokens with the completion, more than the model's context "
                             f"({block_size - 1} tokens)")
-        return [sequence_logprobs(generator.model, generator.start, ids, top) for ids in wanted]
+        return sequences_logprobs(generator.model, generator.start, wanted, top)
 
+    scores = await server.submit(BATCH, Batched(("logprobs", top), wanted, score))  # with other requests' rows
     results = []
-    for index, (row, (logprobs, tops)) in enumerate(zip(rows, await server.call(score), strict=True)):
+    for index, (row, (logprobs, tops)) in enumerate(zip(rows, scores, strict=True)):
         ids = prompts[index // n][1]
         offset = skip(server, ids)  # the scores are of full[offset:], each given </s> and the ids before it
         start = offset if echo else len(ids)
@@ -147,14 +159,14 @@ async def completions(body: CompletionRequest, call: Call):
         if body.echo or body.logprobs is not None:
             raise ApiError(400, "stream: cannot be combined with echo or logprobs on this server", "stream")
         return stream(call, prompts, body, settings, max_tokens, name, created, chat=False)
-    rows = await complete(server, prompts, body, settings, max_tokens)
+    rows = await complete(server, prompts, body, settings, max_tokens, call.timing)
     scored = body.logprobs is not None or body.echo
     logprobs = await logprobs_of(server, prompts, rows, body.n, body.logprobs or 0, body.echo) if scored else None
     choices = [{"index": index, "text": (prompts[index // body.n][0] if body.echo else "") + row.text,
                 "logprobs": logprobs[index] if logprobs is not None else None, "finish_reason": row.finish}
                for index, row in enumerate(rows)]
     counts = usage(server, prompts, rows)
-    call.used(counts["total_tokens"])
+    call.used(counts["total_tokens"], counts["completion_tokens"])
     return {"id": name, "object": "text_completion", "created": created, "model": server.options.model_name,
             "choices": choices, "usage": counts}
 
@@ -172,9 +184,9 @@ async def chat_reply(call: Call, prompts: list[Prompt], body: Sampling):
     name, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if body.stream:
         return stream(call, prompts, body, settings, max_tokens, name, created, chat=True)
-    rows = await complete(server, prompts, body, settings, max_tokens)
+    rows = await complete(server, prompts, body, settings, max_tokens, call.timing)
     used = usage(server, prompts, rows)
-    call.used(used["total_tokens"])
+    call.used(used["total_tokens"], used["completion_tokens"])
     return {"id": name, "object": "chat.completion", "created": created, "model": server.options.model_name,
             "choices": [{"index": i, "message": {"role": "assistant", "content": row.text}, "finish_reason": row.finish}
                         for i, row in enumerate(rows)], "usage": used}
@@ -183,26 +195,27 @@ async def chat_reply(call: Call, prompts: list[Prompt], body: Sampling):
 def stream(call: Call, prompts: list[Prompt], body: Sampling, settings: SamplingSettings, max_tokens: int, name: str,
            created: int, chat: bool) -> StreamingResponse:
     """The completions as server-sent events: each piece of text as it is decoded, then each row's finish
-    reason and ``[DONE]``; chat chunks open with the assistant's role."""
+    reason (the last one with the request's ``timings``) and ``[DONE]``; chat chunks open with the assistant's
+    role."""
     server = call.server
     if server.engine.pending >= server.engine.max_queue:
         raise busy()
     kind = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> str:
+    def chunk(index: int, text: str | None, finish: str | None, first: bool = False, timings=None) -> str:
         if chat:
             delta = {"role": "assistant"} if first else ({"content": text} if text is not None else {})
             choice = {"index": index, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": index, "text": text or "", "finish_reason": finish}
         return event({"id": name, "object": kind, "created": created, "model": server.options.model_name,
-                      "choices": [choice]})
+                      "choices": [choice], **({"timings": timings} if timings is not None else {})})
 
     async def events():
         if chat:
             for index in range(len(prompts) * body.n):
                 yield chunk(index, None, None, first=True)
-        async for item in relay(lambda emit: complete(server, prompts, body, settings, max_tokens,
+        async for item in relay(lambda emit: complete(server, prompts, body, settings, max_tokens, call.timing,
                                                       on_text=lambda at, text: emit((at, text)))):
             if not isinstance(item, Finished):
                 yield chunk(item[0], item[1], None)
@@ -212,9 +225,12 @@ def stream(call: Call, prompts: list[Prompt], body: Sampling, settings: Sampling
                 reporter.warn("".join(traceback.format_exception(item.error)).rstrip())
                 yield event({"error": {"message": "internal server error", "type": "server_error"}})
             else:
+                counts = usage(server, prompts, item.result)
+                call.used(counts["total_tokens"], counts["completion_tokens"])
+                last = len(item.result) - 1
                 for index, row in enumerate(item.result):
-                    yield chunk(index, None if chat else "", row.finish)
-                call.used(usage(server, prompts, item.result)["total_tokens"])
+                    yield chunk(index, None if chat else "", row.finish,
+                                timings=call.timing.report() if index == last else None)
                 yield DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")

@@ -12,6 +12,13 @@ from lmkit.progress import reporter
 from lmkit.serving.config import ServeOptions
 from lmkit.serving.errors import error_response
 
+# What the API key leaves open: the health probes (orchestrators and load balancers send no key) and the chat page,
+# which holds no data and sends the key its user types with each request. The API and /metrics (it tells the
+# traffic) need the key. serve's --api-key help says the same.
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/"})
+# Probes and scrapes are not logged (an orchestrator asks every few seconds), but for the Guard's own refusals.
+UNLOGGED_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+
 
 class Guard:
     """ASGI middleware: the body size limit (413), the API key (401), and one log line per request."""
@@ -44,7 +51,7 @@ class Guard:
                 else:
                     await self.app(scope, _replay(body, receive), sending)
         finally:
-            if self.options.log_requests:
+            if self.options.log_requests and (scope["path"] not in UNLOGGED_PATHS or status["code"] in (401, 413)):
                 milliseconds = (time.perf_counter() - started) * 1000
                 reporter.info(f"{scope['method']} {scope['path']} {status['code']} tokens={state.get('tokens', 0)} "
                               f"{milliseconds:.0f}ms")
@@ -55,7 +62,7 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > self.options.max_body:
             return error_response(413, f"request body: {int(length):,} bytes, larger than the server's limit of "
                                   f"{self.options.max_body:,} bytes")
-        if self.options.api_key and scope["path"] != "/health":
+        if self.options.api_key and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"").decode("latin-1")
             expected = f"Bearer {self.options.api_key}"
             if not hmac.compare_digest(given.encode(), expected.encode()):

@@ -335,7 +335,7 @@ def test_a_missing_extra_and_bad_flags_are_named(gpt, monkeypatch):
     from lmkit.stages.serve import run as serve
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if lmkit[serve] were not installed
-    with pytest.raises(UserError, match=r"needs FastAPI and uvicorn; install lmkit\[serve\]"):
+    with pytest.raises(UserError, match=r"needs FastAPI, uvicorn and prometheus_client; install lmkit\[serve\]"):
         serve(resolve(ServeConfig, {}, {"checkpoint": str(gpt)}))
     with pytest.raises(ConfigError) as info:
         resolve(ServeConfig, {}, {"checkpoint": str(gpt), "port": 0, "timeout": "soon", "max_body": "big"})
