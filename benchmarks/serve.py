@@ -14,6 +14,15 @@ replaced (``--scheduler dynamic``, the same build), and prefix reuse.
    questions after the same system prompt), with the prefix cache, without it (--prefix-cache-tokens 0), and with
    dynamic batching. A new system prompt each round, so each round's first request is cold.
 
+3. The peer (``--only peer``): the same mixed load against llama.cpp's server on the same weights, exported with
+   ``lmkit export --format gguf --gguf-type f32`` (lmkit serves fp32 too) and served by llama-cpp-python's
+   ``python -m llama_cpp.server`` (llama.cpp built from source by ``pip install 'llama-cpp-python[server]'``), both
+   with the machine's cores. llama.cpp gets every setting explicitly (its server's defaults differ: top-k 40,
+   top-p 0.95, min-p 0.05, repeat penalty 1.1; and a new request interrupts the running one unless
+   ``--interrupt_requests False``, which the benchmark passes), and its generated tokens are counted as the
+   stream's chunks with text (one per token), lmkit's from its timings. llama-cpp-python's server decodes one
+   request at a time (llama.cpp's C++ ``llama-server`` batches; it is not built here).
+
 Real HTTP on 127.0.0.1 against the real command. Needs lmkit[serve] and a text checkpoint (the demo GPT by default:
 run `make demo` first). Run it alone on the machine (flock), as every benchmark.
 
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import http.client
+import importlib.util
 import json
 import os
 import random
@@ -50,6 +60,9 @@ SETTINGS = [({"temperature": 0}, 48), ({"temperature": 0.8, "top_k": 40}, 32),
                                                        24),
             ({"temperature": 0.9, "stop": ["\n\n"]}, 40), ({"temperature": 0}, 16)]
 SCHEDULERS = ("continuous", "dynamic")
+PEER_COUNTS_CHUNKS: dict[int, bool] = {}  # port -> the server there is llama.cpp's (no timings in its stream)
+# What llama.cpp's server must be told to sample as lmkit does by default (its own defaults differ).
+LLAMA_NEUTRAL = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
 
 
 def free_port() -> int:
@@ -84,7 +97,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def stream(port: int, body: dict) -> tuple[float, float, int]:
-    """One streamed completion: (seconds to the end, seconds to the first text, completion tokens)."""
+    """One streamed completion: (seconds to the end, seconds to the first text, completion tokens; llama.cpp's
+    server sends no timings: its chunks with text, one per token)."""
     started = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     connection.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
@@ -92,17 +106,21 @@ def stream(port: int, body: dict) -> tuple[float, float, int]:
     response = connection.getresponse()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
-    first, tokens = None, None
+    first, tokens, chunks = None, None, 0
     for line in response:
         if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
             continue
         chunk = json.loads(line[6:])
         if "error" in chunk:
             raise RuntimeError(f"stream error: {chunk['error']}")
-        if first is None and chunk["choices"][0]["text"]:
-            first = time.perf_counter() - started
+        if chunk["choices"] and chunk["choices"][0]["text"]:
+            chunks += 1
+            if first is None:
+                first = time.perf_counter() - started
         if "timings" in chunk:
             tokens = chunk["timings"]["completion_tokens"]
+    if tokens is None and PEER_COUNTS_CHUNKS.get(port):
+        tokens = chunks
     connection.close()
     total = time.perf_counter() - started
     if tokens is None:
@@ -126,9 +144,19 @@ def mixed_request(k: int, i: int) -> dict:
     return {"prompt": prompt, "max_tokens": max_tokens, "seed": k * 1000 + i, **settings}
 
 
+def for_llama(body: dict) -> dict:
+    """The same request for llama.cpp's server: every setting explicit, its name for the repetition penalty."""
+    body = {**LLAMA_NEUTRAL, **body}
+    if "repetition_penalty" in body:
+        body["repeat_penalty"] = body.pop("repetition_penalty")
+    return body
+
+
 def load(port: int, clients: int, requests: int) -> dict:
+    shape = for_llama if PEER_COUNTS_CHUNKS.get(port) else (lambda body: body)
+
     def client(k: int) -> list[tuple[float, float, int]]:
-        return [stream(port, mixed_request(k, i)) for i in range(requests)]
+        return [stream(port, shape(mixed_request(k, i))) for i in range(requests)]
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -167,6 +195,63 @@ def mixed(args, flags: list[str]) -> list[dict]:
     finally:
         for process, _ in servers.values():
             stop(process)
+    return rows
+
+
+def start_llama(args) -> tuple[subprocess.Popen, int]:
+    """llama.cpp's server on the checkpoint's weights, exported to GGUF (f32) beside the benchmark's output."""
+    gguf_dir = Path(args.out).parent / "serve-gguf"
+    subprocess.run([sys.executable, "-m", "lmkit", "--quiet", "export", args.checkpoint, "--format", "gguf",
+                    "--gguf-type", "f32", "--out", str(gguf_dir)], check=True)
+    from lmkit.checkpoint import read_checkpoint
+
+    context = read_checkpoint(args.checkpoint).model_config.block_size
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_dir / "model.gguf"),
+                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(context),
+                                "--n_threads", str(len(os.sched_getaffinity(0))), "--verbose", "False",
+                                # Its default lets each new request cut the running one short; queue them instead.
+                                "--interrupt_requests", "False"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    PEER_COUNTS_CHUNKS[port] = True
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited {process.returncode} (pip install 'llama-cpp-python[server]')")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/v1/models")
+            if connection.getresponse().status == 200:
+                return process, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("llama_cpp.server did not start")
+
+
+def peer(args, flags: list[str]) -> list[dict]:
+    """The mixed load on lmkit serve (continuous batching) and on llama.cpp's server, sides alternating."""
+    sides = {"lmkit": start(args.checkpoint, "--scheduler", "continuous", *flags), "llama.cpp": start_llama(args)}
+    rows = []
+    try:
+        for name, (_, port) in sides.items():
+            stream(port, (for_llama if name == "llama.cpp" else dict)({"prompt": "warm up", "max_tokens": 4}))
+        for clients in (1, 8, 32):
+            measured: dict[str, list[dict]] = {name: [] for name in sides}
+            for round_ in range(args.rounds):
+                for name in (list(sides) if round_ % 2 == 0 else list(sides)[::-1]):
+                    measured[name].append(load(sides[name][1], clients, args.requests))
+            for name in sides:
+                row = {"server": name, **best(measured[name])}
+                rows.append(row)
+                print(f"{name:>10} {clients:>3} clients: {row['tokens_per_s']:7.1f} tok/s  "
+                      f"p50 {row['p50_ms']:6.0f} ms  p99 {row['p99_ms']:6.0f} ms  "
+                      f"TTFT p50 {row['ttft_p50_ms']:5.0f} ms  p99 {row['ttft_p99_ms']:5.0f} ms  "
+                      f"({row['requests']} requests)", flush=True)
+    finally:
+        stop(sides["lmkit"][0])
+        os.killpg(sides["llama.cpp"][0].pid, signal.SIGTERM)
     return rows
 
 
@@ -235,7 +320,7 @@ def main() -> None:
     parser.add_argument("--system-tokens", type=int, default=1000)
     parser.add_argument("--questions", type=int, default=6, help="requests after each system prompt")
     parser.add_argument("--compile", action="store_true", help="serve with --compile (default: --no-compile)")
-    parser.add_argument("--only", choices=("mixed", "prefix"), default=None)
+    parser.add_argument("--only", choices=("mixed", "prefix", "peer"), default=None)
     parser.add_argument("--out", default="benchmarks/out/serve.json")
     args = parser.parse_args()
     if not Path(args.checkpoint).is_dir():
@@ -247,6 +332,8 @@ def main() -> None:
         report["mixed"] = mixed(args, flags)
     if args.only in (None, "prefix"):
         report["prefix"] = prefix(args, flags)
+    if args.only == "peer" or (args.only is None and importlib.util.find_spec("llama_cpp") is not None):
+        report["peer"] = peer(args, flags)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
 
