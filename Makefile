@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo
 
-.PHONY: setup test test-fast lint docs docs-check demo bench clean
+.PHONY: setup test test-fast lint docs docs-check demo bench bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -78,6 +78,10 @@ bench: setup
 	$(BIN)/python benchmarks/align.py --work $(DEMO_DIR)
 	$(BIN)/python benchmarks/serve.py --checkpoint $(DEMO_DIR)/gpt/final
 	$(BIN)/python benchmarks/summary.py
+
+# On a GPU machine, which needs no .venv: the Python there with torch (docs/performance.md#a-gpu-run).
+bench-gpu:
+	bash benchmarks/gpu.sh
 
 clean:
 	rm -rf $(DEMO_DIR) benchmarks/out .pytest_cache site build/docs-site

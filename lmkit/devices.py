@@ -154,8 +154,19 @@ def can_compile(device: torch.device) -> bool:
 
 
 # Dense bf16 tensor-core peaks from the datasheets (TFLOP/s), the convention MFU is quoted in (PaLM, nanoGPT).
-_DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.5, "H100 PCIe": 756.0, "H100": 989.4,
-                          "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10G": 70.0, "A10": 125.0}
+# Matched against torch.cuda.get_device_name in this order, so a variant comes before its family's name
+# ("NVIDIA H100 PCIe" is the PCIe card; "NVIDIA H100 80GB HBM3", the SXM one, matches "H100").
+_DATASHEET_BF16_TFLOPS = {"GH200": 989.4, "H200 NVL": 835.5, "H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.5,
+                          "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0,
+                          "A10G": 70.0, "A10": 125.0}
+
+
+def datasheet_bf16_tflops(name: str) -> float | None:
+    """The datasheet's dense bf16 TFLOP/s of the GPU that torch names ``name``, or None for one not in the table."""
+    for key, tflops in _DATASHEET_BF16_TFLOPS.items():
+        if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name):  # "L4" is not "L40S", "A100" not "A1000"
+            return tflops
+    return None
 
 
 def peak_flops(device: torch.device, precision: str) -> float:
@@ -163,10 +174,9 @@ def peak_flops(device: torch.device, precision: str) -> float:
     short square-matmul probe, measured once per machine, thread count, torch version and precision and kept
     in lmkit's cache directory (a cache that cannot be written is only a slower next start)."""
     if device.type == "cuda" and precision == "bf16":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in _DATASHEET_BF16_TFLOPS.items():
-            if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name):  # "L4" is not "L40S", "A100" not "A1000"
-                return tflops * 1e12
+        tflops = datasheet_bf16_tflops(torch.cuda.get_device_name(device))
+        if tflops is not None:
+            return tflops * 1e12
     key = "|".join([processor_name(device), str(torch.get_num_threads()), torch.__version__, precision])
     return cached_measurement("peak-flops.json", key,
                    lambda: _matmul_probe(device, torch.bfloat16 if precision == "bf16" else torch.float32),

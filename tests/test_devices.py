@@ -34,6 +34,30 @@ def test_a_corrupt_or_unwritable_cache_only_costs_a_measurement(tmp_path, monkey
     assert devices.peak_flops(torch.device("cpu"), "fp32") == 2e11
 
 
+@pytest.mark.parametrize("name,tflops", [
+    ("NVIDIA H100 80GB HBM3", 989.4),  # the SXM card, as torch names it
+    ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.5), ("NVIDIA H200", 989.4), ("NVIDIA H200 NVL", 835.5),
+    ("NVIDIA GH200 480GB", 989.4), ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA A100 80GB PCIe", 312.0),
+    ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.1), ("NVIDIA A10G", 70.0), ("NVIDIA A10", 125.0),
+    ("NVIDIA RTX A1000", None), ("NVIDIA L40", None), ("NVIDIA GeForce RTX 4090", None), ("NVIDIA H800", None),
+])
+def test_the_datasheet_peak_of_a_gpu_by_the_name_torch_gives_it(name, tflops):
+    assert devices.datasheet_bf16_tflops(name) == tflops
+
+
+def test_a_known_gpu_takes_its_datasheet_peak_and_an_unknown_one_is_measured(tmp_path, monkeypatch):
+    """No GPU needed: torch names the device, and the probe is replaced."""
+    monkeypatch.setenv("LMKIT_CACHE", str(tmp_path))
+    probed = []
+    monkeypatch.setattr(devices, "_matmul_probe", lambda device, dtype: probed.append(device) or 3e14)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert devices.peak_flops(torch.device("cuda", 0), "bf16") == pytest.approx(989.4e12)
+    assert devices.peak_flops(torch.device("cuda", 0), "fp32") == 3e14  # the datasheet figure is bf16's
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
+    assert devices.peak_flops(torch.device("cuda", 0), "bf16") == 3e14
+    assert probed == [torch.device("cuda", 0)] * 2
+
+
 def test_the_probe_measures_a_plausible_peak():
     assert 1e9 < devices._matmul_probe(torch.device("cpu"), torch.float32, repeats=1) < 1e15
 

@@ -68,8 +68,9 @@ def plan(config: PretrainConfig, env: distributed.Distributed) -> TrainingPlan:
                                         type_vocab_size=model_cfg.type_vocab_size or 2)
     if config.shard and model_cfg.arch == "lstm":
         raise UserError("--shard: FSDP2 shards transformer blocks; an LSTM model is trained unsharded")
-    if config.shard and env.world_size == 1:
-        raise UserError("--shard: needs several processes; run under torchrun --nproc_per_node N")
+    if config.shard and env.world_size == 1 and not env.rendezvous:  # one process under torchrun may shard (a test)
+        raise UserError("--shard: needs torchrun (FSDP2 shards over its processes); run under torchrun "
+                        "--nproc_per_node N")
     if config.shard and config.optimizer == "muon":
         raise UserError("--shard with --optimizer muon: Muon needs whole matrices; use adamw with --shard")
     seq_len = sequence_length(config, model_cfg)

@@ -44,6 +44,24 @@ def _rng_state() -> dict[str, Any]:
             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]}
 
 
+def _cuda_rng_state() -> dict[str, torch.Tensor]:
+    """The CUDA generator of the device this process trains on (setup made it current), as ``rng.cuda.0``: every
+    rank's is the same (one seed, the same random ops), and rank 0 saves it. Older checkpoints hold every visible
+    device's generator, ``rng.cuda.N``, of which rank 0's own (cuda:0) is the one that had advanced."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"rng.cuda.0": torch.cuda.get_rng_state(torch.cuda.current_device())}
+
+
+def _restore_cuda_rng(tensors: dict[str, torch.Tensor]) -> None:
+    """Set this process's training device's CUDA generator from ``rng.cuda.0``, and drop every ``rng.cuda.N``
+    from ``tensors``. Each rank sets its own device, on any number of devices (restoring every saved device's
+    state set rank r's cuda:r to rank 0's unused copy, and failed where fewer devices than saved were visible)."""
+    saved = {key: tensors.pop(key) for key in [key for key in tensors if key.startswith("rng.cuda.")]}
+    if "rng.cuda.0" in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved["rng.cuda.0"], torch.cuda.current_device())
+
+
 def _restore_rng(saved: dict[str, Any], torch_state: torch.Tensor) -> None:
     version, internal, gauss = saved["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -71,10 +89,7 @@ def write_checkpoint(directory: Path, model: nn.Module, model_config: ModelConfi
         shutil.copy2(tokenizer.path / name, tokenizer_dir / name)
     (directory / "trainer").mkdir()
     tensors, optimizer_meta = optimizer_state
-    tensors = {**tensors, "rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{index}"] = cuda_state
+    tensors = {**tensors, "rng.torch": torch.get_rng_state(), **_cuda_rng_state()}
     save_file(tensors, str(directory / OPTIMIZER_FILE))
     payload = {"state": asdict(state), "rng": _rng_state(), "optimizer": optimizer_meta}
     (directory / STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
@@ -94,9 +109,7 @@ def restore_training(checkpoint: Checkpoint, optimizers, model: nn.Module, shard
     except SafetensorError as exc:
         raise not_safetensors(checkpoint.artifact.file(OPTIMIZER_FILE), exc) from None
     torch_rng = tensors.pop("rng.torch")
-    cuda_states = [tensors.pop(k) for k in sorted(k for k in list(tensors) if k.startswith("rng.cuda."))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    _restore_cuda_rng(tensors)
     by_name = payload["optimizer"].get("keys") == "name"
     if by_name or sharded:
         from lmkit.training.distributed import load_full_optimizer_states

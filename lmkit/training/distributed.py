@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from lmkit.errors import UserError
 from lmkit.progress import reporter
 
 
@@ -21,6 +22,7 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    rendezvous: bool = False  # launched by torchrun (its MASTER_ADDR and MASTER_PORT): a process group can be made
 
     @property
     def is_main(self) -> bool:
@@ -38,13 +40,29 @@ def setup(prefer_cuda: bool = True) -> Distributed:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = prefer_cuda and torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda and local_rank >= torch.cuda.device_count():  # NCCL runs one process per GPU, never two on one
+        raise UserError(f"torchrun: process {local_rank} of this machine has no GPU of its own (it has "
+                        f"{torch.cuda.device_count()} visible); use --nproc_per_node {torch.cuda.device_count()} "
+                        "or fewer")
     if cuda:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        init_group(device)
     if rank != 0:
         reporter.silence()  # one voice: rank 0 logs and prints results
-    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    rendezvous = bool(os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"))
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device, rendezvous=rendezvous)
+
+
+def backend(device: torch.device) -> str:
+    """The collectives' backend for a process training on ``device``: NCCL between GPUs, gloo between CPUs."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_group(device: torch.device) -> None:
+    """The default process group, for processes training on ``device``. A GPU process binds its group to its GPU
+    (device_id): NCCL then knows the device of every collective, barriers included, instead of guessing it."""
+    dist.init_process_group(backend=backend(device), device_id=device if device.type == "cuda" else None)
 
 
 def mean_across_ranks(value: torch.Tensor, env: Distributed) -> torch.Tensor:
@@ -78,17 +96,23 @@ def barrier(env: Distributed) -> None:
 
 
 def teardown(env: Distributed) -> None:
-    if env.enabled and dist.is_initialized():
+    """Destroy the process group: setup's, or the one-process group shard_model made under torchrun (NCCL warns at
+    exit about a group left alive)."""
+    if (env.enabled or env.rendezvous) and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def shard_model(model: torch.nn.Module) -> None:
+def shard_model(model: torch.nn.Module, env: Distributed) -> None:
     """FSDP2 (``fully_shard``): each transformer block, then the root, so that only one block's
-    parameters are gathered at a time (Zhao et al. 2023; torchtitan's wrapping)."""
+    parameters are gathered at a time (Zhao et al. 2023; torchtitan's wrapping). One process under torchrun
+    (setup made no group for it) gets a group of one, with the backend of its device: fully_shard would
+    otherwise make one of its own, with torch's default backends."""
     from torch.distributed.fsdp import fully_shard
 
     from lmkit.models.layers import distinct_modules
 
+    if not dist.is_initialized():
+        init_group(env.device)
     for block in distinct_modules(model.blocks):  # a shared block (--share-layers) is sharded once
         fully_shard(block)
     fully_shard(model)

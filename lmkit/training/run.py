@@ -120,7 +120,7 @@ def open_session(plan: TrainingPlan) -> Session:
     precision, precision_why = training_precision(options.precision, model, objective, plan.layout.micro_batch, env,
                                                   started_in, plan.sharded)
     if plan.sharded:
-        distributed.shard_model(model)  # after loading full weights, before the optimizer sees parameters
+        distributed.shard_model(model, env)  # after loading full weights, before the optimizer sees parameters
     if plan.inputs.teacher is not None:
         distill = OBJECTIVES["distill"]
         inputs = dataclasses.replace(plan.inputs, inner=objective, options=distill.options_from(options))

@@ -157,6 +157,32 @@ def test_fsdp2_shard_matches_one_process_and_resumes_exactly(dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp2_on_one_process_under_torchrun_trains_as_unsharded_and_resumes(dataset, tmp_path):
+    """What a machine of one GPU can check of --shard (benchmarks/gpu.sh does it there): a group of one process."""
+    common = ["pretrain", str(dataset), "--max-steps", "6", *ARGS, "--checkpoint-every", "3"]
+    invoke_lmkit(*common, "--out", str(tmp_path / "plain"), check=True)
+
+    def torchrun(out, *extra):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+                                 "--master_port", str(free_port()), "-m", "lmkit", *common, "--out", str(out),
+                                 "--shard", *extra], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in line]
+
+    torchrun(tmp_path / "sharded")
+    assert losses(tmp_path / "sharded") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4, abs=1e-4)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tmp_path / "sharded" / "step-00000003", resumed / "step-00000003")
+    torchrun(resumed, "--resume")
+    assert losses(resumed) == losses(tmp_path / "sharded")[3:]
+
+
+@pytest.mark.slow
 def test_a_save_failing_on_rank_0_stops_every_rank(dataset, tmp_path):
     import fcntl
     import os

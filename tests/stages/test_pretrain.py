@@ -285,7 +285,7 @@ def test_resume_refuses_settings_that_fix_the_data_order_or_model(dataset, tmp_p
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"shard": True}, "--shard: needs several processes"),
+    ({"shard": True}, "--shard: needs torchrun"),
     ({"shard": True, "model": "lstm-small"}, "--shard: FSDP2 shards transformer blocks"),
 ])
 def test_shard_refusals(dataset, tmp_path, overrides, message):
