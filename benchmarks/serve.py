@@ -232,9 +232,10 @@ def start_llama(args) -> tuple[subprocess.Popen, int]:
 
 def peer(args, flags: list[str]) -> list[dict]:
     """The mixed load on lmkit serve (continuous batching) and on llama.cpp's server, sides alternating."""
-    sides = {"lmkit": start(args.checkpoint, "--scheduler", "continuous", *flags), "llama.cpp": start_llama(args)}
+    sides = {"lmkit": start(args.checkpoint, "--scheduler", "continuous", *flags)}
     rows = []
     try:
+        sides["llama.cpp"] = start_llama(args)
         for name, (_, port) in sides.items():
             stream(port, (for_llama if name == "llama.cpp" else dict)({"prompt": "warm up", "max_tokens": 4}))
         for clients in (1, 8, 32):
@@ -251,7 +252,8 @@ def peer(args, flags: list[str]) -> list[dict]:
                       f"({row['requests']} requests)", flush=True)
     finally:
         stop(sides["lmkit"][0])
-        os.killpg(sides["llama.cpp"][0].pid, signal.SIGTERM)
+        if "llama.cpp" in sides:
+            os.killpg(sides["llama.cpp"][0].pid, signal.SIGTERM)
     return rows
 
 
