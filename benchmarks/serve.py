@@ -75,20 +75,26 @@ def start(checkpoint: str, *args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "lmkit", "--quiet", "serve", checkpoint, "--port", str(port),
                                 "--max-queue", "1024", *args], env={**os.environ, "NO_COLOR": "1"})
-    deadline = time.monotonic() + 600  # a compile (--compile) takes a minute or more on a CPU
+    # A compile (--compile) takes a minute or more on a CPU.
+    return process, wait_ready(process, port, "/health", 600, "lmkit serve")
+
+
+def wait_ready(process: subprocess.Popen, port: int, path: str, seconds: float, name: str) -> int:
+    """``port`` once GET ``path`` answers 200; the server killed and an error after ``seconds`` or if it exits."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"lmkit serve exited {process.returncode}")
+            raise RuntimeError(f"{name} exited {process.returncode}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/health")
+            connection.request("GET", path)
             if connection.getresponse().status == 200:
-                return process, port
+                return port
         except OSError:
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError("the server did not start")
+    raise RuntimeError(f"{name} did not start")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -214,20 +220,8 @@ def start_llama(args) -> tuple[subprocess.Popen, int]:
                                 "--interrupt_requests", "False"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     PEER_COUNTS_CHUNKS[port] = True
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited {process.returncode} (pip install 'llama-cpp-python[server]')")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/v1/models")
-            if connection.getresponse().status == 200:
-                return process, port
-        except OSError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("llama_cpp.server did not start")
+    return process, wait_ready(process, port, "/v1/models", 120,
+                               "llama_cpp.server (pip install 'llama-cpp-python[server]')")
 
 
 def peer(args, flags: list[str]) -> list[dict]:
