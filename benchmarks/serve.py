@@ -158,11 +158,14 @@ def for_llama(body: dict) -> dict:
     return body
 
 
-def load(port: int, clients: int, requests: int) -> dict:
-    shape = for_llama if PEER_COUNTS_CHUNKS.get(port) else (lambda body: body)
+def shaped(port: int, body: dict) -> dict:
+    """``body`` as the server on ``port`` wants it (llama.cpp's: for_llama)."""
+    return for_llama(body) if PEER_COUNTS_CHUNKS.get(port) else body
 
+
+def load(port: int, clients: int, requests: int) -> dict:
     def client(k: int) -> list[tuple[float, float, int]]:
-        return [stream(port, shape(mixed_request(k, i))) for i in range(requests)]
+        return [stream(port, shaped(port, mixed_request(k, i))) for i in range(requests)]
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -180,28 +183,34 @@ def best(rows: list[dict]) -> dict:
             **{key: min(r[key] for r in rows) for key in ("p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms")}}
 
 
+def compare(ports: dict[str, int], args, label: str) -> list[dict]:
+    """The mixed load at 1, 8 and 32 clients on each server of ``ports`` (name -> port), the sides alternating
+    round by round; each side's best of --rounds, as a row whose ``label`` is the side's name."""
+    for port in ports.values():
+        stream(port, shaped(port, {"prompt": "warm up", "max_tokens": 4}))
+    rows = []
+    for clients in (1, 8, 32):
+        measured: dict[str, list[dict]] = {name: [] for name in ports}
+        for round_ in range(args.rounds):
+            for name in (list(ports) if round_ % 2 == 0 else list(ports)[::-1]):
+                measured[name].append(load(ports[name], clients, args.requests))
+        for name in ports:
+            row = {label: name, **best(measured[name])}
+            rows.append(row)
+            print(f"{name:>10} {clients:>3} clients: {row['tokens_per_s']:7.1f} tok/s  "
+                  f"p50 {row['p50_ms']:6.0f} ms  p99 {row['p99_ms']:6.0f} ms  "
+                  f"TTFT p50 {row['ttft_p50_ms']:5.0f} ms  p99 {row['ttft_p99_ms']:5.0f} ms  "
+                  f"({row['requests']} requests)", flush=True)
+    return rows
+
+
 def mixed(args, flags: list[str]) -> list[dict]:
     servers = {name: start(args.checkpoint, "--scheduler", name, *flags) for name in SCHEDULERS}
-    rows = []
     try:
-        for _, port in servers.values():
-            stream(port, {"prompt": "warm up", "max_tokens": 4})
-        for clients in (1, 8, 32):
-            measured: dict[str, list[dict]] = {name: [] for name in SCHEDULERS}
-            for round_ in range(args.rounds):
-                for name in (SCHEDULERS if round_ % 2 == 0 else SCHEDULERS[::-1]):
-                    measured[name].append(load(servers[name][1], clients, args.requests))
-            for name in SCHEDULERS:
-                row = {"scheduler": name, **best(measured[name])}
-                rows.append(row)
-                print(f"{name:>10} {clients:>3} clients: {row['tokens_per_s']:7.1f} tok/s  "
-                      f"p50 {row['p50_ms']:6.0f} ms  p99 {row['p99_ms']:6.0f} ms  "
-                      f"TTFT p50 {row['ttft_p50_ms']:5.0f} ms  p99 {row['ttft_p99_ms']:5.0f} ms  "
-                      f"({row['requests']} requests)", flush=True)
+        return compare({name: port for name, (_, port) in servers.items()}, args, "scheduler")
     finally:
         for process, _ in servers.values():
             stop(process)
-    return rows
 
 
 def start_llama(args) -> tuple[subprocess.Popen, int]:
@@ -227,28 +236,13 @@ def start_llama(args) -> tuple[subprocess.Popen, int]:
 def peer(args, flags: list[str]) -> list[dict]:
     """The mixed load on lmkit serve (continuous batching) and on llama.cpp's server, sides alternating."""
     sides = {"lmkit": start(args.checkpoint, "--scheduler", "continuous", *flags)}
-    rows = []
     try:
         sides["llama.cpp"] = start_llama(args)
-        for name, (_, port) in sides.items():
-            stream(port, (for_llama if name == "llama.cpp" else dict)({"prompt": "warm up", "max_tokens": 4}))
-        for clients in (1, 8, 32):
-            measured: dict[str, list[dict]] = {name: [] for name in sides}
-            for round_ in range(args.rounds):
-                for name in (list(sides) if round_ % 2 == 0 else list(sides)[::-1]):
-                    measured[name].append(load(sides[name][1], clients, args.requests))
-            for name in sides:
-                row = {"server": name, **best(measured[name])}
-                rows.append(row)
-                print(f"{name:>10} {clients:>3} clients: {row['tokens_per_s']:7.1f} tok/s  "
-                      f"p50 {row['p50_ms']:6.0f} ms  p99 {row['p99_ms']:6.0f} ms  "
-                      f"TTFT p50 {row['ttft_p50_ms']:5.0f} ms  p99 {row['ttft_p99_ms']:5.0f} ms  "
-                      f"({row['requests']} requests)", flush=True)
+        return compare({name: port for name, (_, port) in sides.items()}, args, "server")
     finally:
         stop(sides["lmkit"][0])
         if "llama.cpp" in sides:
             os.killpg(sides["llama.cpp"][0].pid, signal.SIGTERM)
-    return rows
 
 
 def long_checkpoint(args) -> str:
