@@ -43,10 +43,11 @@ class Server:
     def block_size(self) -> int:
         return self.model.checkpoint.model_config.block_size
 
-    async def submit(self, kind: str, payload: Any, settings=None) -> Any:
-        """A job's result from the engine: 503 with Retry-After when its queue is full, 504 after the timeout."""
+    async def submit(self, kind: str, payload: Any, settings=None, admitted: bool = False) -> Any:
+        """A job's result from the engine: 503 with Retry-After when its queue is full (unless ``admitted``: a
+        stream whose 200 is sent), 504 after the timeout."""
         try:
-            return await self.engine.submit(kind, payload, settings, timeout=self.options.timeout)
+            return await self.engine.submit(kind, payload, settings, timeout=self.options.timeout, admitted=admitted)
         except QueueFull:
             raise busy() from None
         except asyncio.TimeoutError:

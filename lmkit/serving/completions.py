@@ -79,9 +79,10 @@ def skip(server: Server, ids: list[int]) -> int:
 
 
 async def complete(server: Server, prompts: list[Prompt], body: Sampling, settings: SamplingSettings,
-                   max_tokens: int, timing: Timing, on_text: Callable[[int, str], None] | None = None) -> list[Row]:
+                   max_tokens: int, timing: Timing, on_text: Callable[[int, str], None] | None = None,
+                   admitted: bool = False) -> list[Row]:
     """``body.n`` completions of each prompt, decoded by the engine with other requests' rows; ``timing`` notes
-    when the first text and the end came."""
+    when the first text and the end came. ``admitted``: a stream's, past the queue check (see stream)."""
     engine = server.engine
     if len(prompts) * body.n > engine.max_batch:
         raise ApiError(400, f"prompt: {len(prompts)} prompt(s) x n {body.n} = {len(prompts) * body.n} completions, "
@@ -98,7 +99,7 @@ async def complete(server: Server, prompts: list[Prompt], body: Sampling, settin
         for row in rows:
             row.finish = "length"
         return rows
-    rows = await server.submit(COMPLETE, rows, settings)
+    rows = await server.submit(COMPLETE, rows, settings, admitted=admitted)
     timing.decoded(max(len(row.new_ids) for row in rows))
     return rows
 
@@ -198,6 +199,8 @@ def stream(call: Call, prompts: list[Prompt], body: Sampling, settings: Sampling
     reason (the last one with the request's ``timings``) and ``[DONE]``; chat chunks open with the assistant's
     role."""
     server = call.server
+    # The queue is checked here, while a 503 can still be answered: once the stream has begun (its 200 sent) its job
+    # is queued whatever the queue holds by then, rather than ending the stream with a "busy" error event.
     if server.engine.pending >= server.engine.max_queue:
         raise busy()
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -216,7 +219,7 @@ def stream(call: Call, prompts: list[Prompt], body: Sampling, settings: Sampling
             for index in range(len(prompts) * body.n):
                 yield chunk(index, None, None, first=True)
         async for item in relay(lambda emit: complete(server, prompts, body, settings, max_tokens, call.timing,
-                                                      on_text=lambda at, text: emit((at, text)))):
+                                                      on_text=lambda at, text: emit((at, text)), admitted=True)):
             if not isinstance(item, Finished):
                 yield chunk(item[0], item[1], None)
             elif isinstance(item.error, ApiError):

@@ -103,11 +103,12 @@ class Engine:
         return self.scheduler.prefix.lookups if self.scheduler is not None else 0
 
     async def submit(self, kind: str, payload: Any, settings: SamplingSettings | None = None,
-                     timeout: float | None = None) -> Any:
+                     timeout: float | None = None, admitted: bool = False) -> Any:
         """Queue a job (COMPLETE: rows decoded with ``settings``; CALL: a function run on the worker; BATCH: a
-        Batched) and wait for its result; QueueFull when the queue is full, TimeoutError after ``timeout``
-        seconds (the job is then dropped, or its rows leave the batch at the next step)."""
-        if self.pending >= self.max_queue:
+        Batched) and wait for its result; QueueFull when the queue is full (unless ``admitted``: the caller checked
+        the queue already and can no longer refuse), TimeoutError after ``timeout`` seconds (the job is then
+        dropped, or its rows leave the batch at the next step)."""
+        if not admitted and self.pending >= self.max_queue:
             raise QueueFull()
         loop = asyncio.get_running_loop()
         job = Job(kind, payload, settings, loop, loop.create_future())

@@ -9,6 +9,7 @@ import traceback
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from lmkit.errors import UserError
 from lmkit.progress import reporter
@@ -30,7 +31,13 @@ def error_response(status: int, message: str, param: str | None = None, kind: st
 
 
 def install(app: FastAPI) -> None:
-    """Answer ApiError, invalid bodies (400 naming the field), UserError (400) and bugs (500) as JSON errors."""
+    """Answer ApiError, invalid bodies (400 naming the field), UserError (400), an unknown path (404) or method
+    (405), and bugs (500) as JSON errors."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                              headers=exc.headers)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError):
