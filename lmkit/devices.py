@@ -93,10 +93,10 @@ def keep_freed_memory() -> bool:
     above its dynamic threshold afresh (and gives back the heap's freed top), so the kernel maps and zeroes
     their pages anew each step: hundreds of thousands of page faults a step. With mmap's threshold at its
     maximum (32 MiB) and trimming off, they are reused (gpt-tiny, 32 x 128 tokens on 2 cores: +9% tokens/s,
-    3% more peak memory). Batches whose shapes vary (finetuning on texts of many lengths) leave freed chunks
-    that the next step's sizes do not fit, and the heap grows with them (all-MiniLM-L6-v2 finetuning: 1.2 GB
-    of heap, 1.0 GB of it free, after 50 steps; see benchmarks/finetune_peer.py). Skipped when the user set
-    MALLOC_* variables or the C library is not glibc. True when applied."""
+    3% more peak memory). Batches of varying shapes (finetuning on texts of many lengths) keep the freed memory
+    of their longest batch, as glibc's own thresholds do too; the heap stays flat when the shapes recur
+    (framing.padded_width: all-MiniLM-L6-v2 finetuning, benchmarks/finetune_memory.py). Skipped when the user
+    set MALLOC_* variables or the C library is not glibc. True when applied."""
     if platform.system() != "Linux" or any(name.startswith("MALLOC_") for name in os.environ):
         return False
     try:

@@ -16,34 +16,45 @@ import torch
 from lmkit.errors import UserError
 from lmkit.vocab import Specials
 
-# Training pads a batch up to a multiple of this many positions: a few more padded positions (masked), and far
-# fewer distinct shapes from step to step, whose kernels and buffers are then reused.
-PAD_MULTIPLE = 8
+# Training pads a batch to one of a few widths (padded_width): a few more padded positions (masked), and far fewer
+# distinct shapes from step to step, whose kernels, cached primitives and freed buffers are then reused.
+PAD_MULTIPLE = 8  # the finest step between two widths
+
+
+def padded_width(longest: int) -> int:
+    """The width a batch whose longest row has ``longest`` positions is padded to: a multiple of 8 up to 64, beyond it
+    a multiple of an eighth of the power of two at or above ``longest`` (16 up to 128, 32 up to 256, 64 up to 512):
+    at most four widths per doubling, and past 64 each less than a quarter wider than its longest row. A multiple
+    of 8 alone makes a new shape every 8 positions, and each leaves per-shape state in the heap (oneDNN's cached
+    primitives in bf16: a few MB a width for all-MiniLM-L6-v2) that the freed memory of later batches fragments
+    around: resident memory then grew all through a run (docs/finetune.md, "Speed and memory")."""
+    step = max(PAD_MULTIPLE, (1 << max(int(longest) - 1, 0).bit_length()) // 8)
+    return -(-longest // step) * step
 
 
 def format_inputs(token_lists: list[list[int]], arch: str, max_len: int, specials: Specials,
-                  multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                  bucketed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists as one right-padded batch: ``[CLS] tokens [SEP]`` for an encoder, the tokens alone for a
     causal model (``</s>`` for an empty text), each cut to ``max_len`` (the beginning is kept), with the
     tokenizer's ``specials``. Returns idx (B, T) and the attention mask (B, T), True on real tokens; T is
-    the longest row, rounded up to a ``multiple`` (at most ``max_len``)."""
+    the longest row (``bucketed``: its :func:`padded_width`, at most ``max_len``)."""
     if arch == "bert":
         cls = specials.require("cls", "an encoder's input")
         sep = specials.require("sep", "an encoder's input")
         rows = [[cls, *tokens[:max_len - 2], sep] for tokens in token_lists]
     else:  # no </s>: in packed pretraining the position of </s> learns to forget what came before it
         rows = [list(tokens[:max_len]) or [specials.eos] for tokens in token_lists]
-    idx, mask, _ = pad_rows(rows, None, specials.pad, multiple, max_len)
+    idx, mask, _ = pad_rows(rows, None, specials.pad, bucketed, max_len)
     return idx, mask
 
 
-def pad_rows(rows: Sequence[Sequence[int]], segments: Sequence[Sequence[int]] | None, pad: int, multiple: int = 1,
-             limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_rows(rows: Sequence[Sequence[int]], segments: Sequence[Sequence[int]] | None, pad: int,
+             bucketed: bool = False, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows of ids (and their segment ids, or None: all 0) as one right-padded batch: idx (B, T), the
-    attention mask (B, T), True on real tokens, and the segment ids (B, T); T is the longest row, rounded up to
-    a ``multiple`` but not past ``limit``."""
+    attention mask (B, T), True on real tokens, and the segment ids (B, T); T is the longest row (``bucketed``:
+    rounded up to its :func:`padded_width` but not past ``limit``)."""
     longest = max(len(row) for row in rows)
-    rounded = -(-longest // multiple) * multiple
+    rounded = padded_width(longest) if bucketed else longest
     width = max(longest, min(rounded, limit) if limit else rounded)
     idx = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -97,23 +108,23 @@ def second_start(first_len: int, arch: str) -> int:
 
 
 def format_pair_inputs(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]], arch: str, max_len: int,
-                       specials: Specials, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       specials: Specials, bucketed: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs of token lists as one right-padded batch (:func:`pair_row`), each pair cut to ``max_len`` longest
     first. Returns idx (B, T), the attention mask (B, T), True on real tokens, and the segment ids (B, T)."""
     rows = [pair_row(*truncate_pair(a, b, pair_room(arch, max_len)), arch, specials)
             for a, b in zip(firsts, seconds)]
-    return pad_rows([row for row, _ in rows], [segments for _, segments in rows], specials.pad, multiple, max_len)
+    return pad_rows([row for row, _ in rows], [segments for _, segments in rows], specials.pad, bucketed, max_len)
 
 
 def format_examples(firsts: Sequence[Sequence[int]], seconds: Sequence[Sequence[int]] | None, arch: str,
-                    max_len: int, specials: Specials, multiple: int = 1
+                    max_len: int, specials: Specials, bucketed: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A classifier's input batch: single texts (``seconds`` None: :func:`format_inputs`, no segment ids) or
-    pairs (:func:`format_pair_inputs`), padded to a ``multiple``. Returns idx, the attention mask and the segment
-    ids or None."""
+    pairs (:func:`format_pair_inputs`), padded to the longest row (``bucketed``: to its :func:`padded_width`).
+    Returns idx, the attention mask and the segment ids or None."""
     if seconds is None:
-        return (*format_inputs(firsts, arch, max_len, specials, multiple), None)
-    return format_pair_inputs(firsts, seconds, arch, max_len, specials, multiple)
+        return (*format_inputs(firsts, arch, max_len, specials, bucketed), None)
+    return format_pair_inputs(firsts, seconds, arch, max_len, specials, bucketed)
 
 
 def pair_uncut(first_len: int, second_len: int, arch: str, max_len: int) -> bool:

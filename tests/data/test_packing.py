@@ -141,11 +141,11 @@ def test_length_grouped_order_pads_less_reads_every_example_and_is_pure():
     assert not np.array_equal(LengthGroupedOrder(lengths, seed=4, group=8).indices(0, 400), read[:400])
 
 
-def test_padding_to_a_multiple_stops_at_the_window():
+def test_bucketed_padding_stops_at_the_window():
     from lmkit.data.framing import format_inputs
     from lmkit.vocab import LMKIT
 
-    idx, mask = format_inputs([[9] * 10, [9] * 3], "bert", 128, LMKIT, multiple=8)
+    idx, mask = format_inputs([[9] * 10, [9] * 3], "bert", 128, LMKIT, bucketed=True)
     assert idx.shape == (2, 16) and mask.sum().item() == 12 + 5  # 12 and 5 real positions, [CLS] and [SEP] in
-    idx, _ = format_inputs([[9] * 127], "bert", 130, LMKIT, multiple=8)
-    assert idx.shape == (1, 130)  # 129 real positions: rounded up to 136, but the window is 130
+    idx, _ = format_inputs([[9] * 127], "bert", 130, LMKIT, bucketed=True)
+    assert idx.shape == (1, 130)  # 129 real positions: rounded up to 160, but the window is 130

@@ -94,3 +94,42 @@ def test_classify_reads_batches_of_similar_lengths_and_every_example_once():
     random_lengths, random_padding = epoch(False)
     assert grouped_lengths == random_lengths == sorted(len(t) for t in texts)  # every example once
     assert grouped_padding * 5 < random_padding
+
+
+def test_classify_batches_repeat_a_few_widths():
+    """Training and validation batches are padded to framing.padded_width (issue 30): over an epoch of texts of every
+    length up to 300 tokens a few widths recur, each holding its longest row, so that per-shape state (kernels,
+    oneDNN's cached primitives) and freed buffers are reused and resident memory stays flat."""
+    import numpy as np
+    import torch
+
+    from lmkit.data.framing import padded_width
+    from lmkit.training.objectives.base import BatchLayout
+    from lmkit.training.objectives.classification import Classification
+    from lmkit.vocab import Specials
+
+    rng = np.random.default_rng(0)
+    texts = [list(range(5, 5 + int(n))) for n in rng.integers(1, 300, size=800)]
+    labels = np.arange(800) % 2
+    layout = BatchLayout(micro_batch=8, accumulation=1, world_size=1)
+    objective = Classification(texts, labels, texts[:64], labels[:64], 2, "gpt", 512, layout, 0, torch.device("cpu"),
+                               Specials(pad=0, eos=1), group_by_length=True)
+    widths, longest = set(), set()
+    for step in range(len(texts) // 8):
+        batch = objective.train_batch(step, 0, 0)
+        width, rows = batch["idx"].shape[1], int(batch["attention_mask"].sum(dim=1).max())
+        assert width == padded_width(rows)
+        widths.add(width)
+        longest.add(rows)
+    assert len(widths) <= 8 + 3 * 4  # 8, 16, ..., 64, then four a doubling up to 320
+    assert len({-(-n // 8) for n in longest}) > 2 * len(widths)  # a multiple of 8 made twice as many shapes or more
+
+    seen = []
+
+    class Recorder(torch.nn.Module):  # validation's batches, through predict
+        def forward(self, idx, targets, mask, types):
+            seen.append((idx.shape[1], int(mask.sum(dim=1).max())))
+            return torch.zeros(idx.shape[0], 2), None
+
+    objective.evaluate(Recorder(), 0)
+    assert seen and all(width == padded_width(rows) for width, rows in seen)

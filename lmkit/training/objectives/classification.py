@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.data.framing import (
-    PAD_MULTIPLE,
     TRAIN_CHUNKS_PER_TEXT,
     aggregate_logits,
     chunk_texts,
@@ -102,8 +101,7 @@ class Classification:
         if self.teacher_arch is not None and self.teacher_arch != self.arch:  # a teacher reads its own format
             frames["teacher_"] = self.teacher_arch
         for prefix, arch in frames.items():
-            idx, mask, types = format_examples(token_lists, pairs, arch, self.seq_len, self.specials,
-                                               multiple=PAD_MULTIPLE)
+            idx, mask, types = format_examples(token_lists, pairs, arch, self.seq_len, self.specials, bucketed=True)
             batch[f"{prefix}idx"], batch[f"{prefix}attention_mask"] = idx.to(self.device), mask.to(self.device)
             if types is not None:
                 batch[f"{prefix}token_types"] = types.to(self.device)
@@ -151,7 +149,7 @@ class Classification:
             chosen = order[start:start + size]
             seconds = None if pairs is None else [pairs[i] for i in chosen]
             idx, mask, types = format_examples([chunks[i] for i in chosen], seconds, arch, self.seq_len,
-                                               self.specials, multiple=PAD_MULTIPLE)
+                                               self.specials, bucketed=True)
             batch, _ = model(idx.to(self.device), None, mask.to(self.device),
                              None if types is None else types.to(self.device))
             logits[torch.as_tensor(chosen)] = batch.float().cpu()
