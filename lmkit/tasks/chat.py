@@ -161,9 +161,6 @@ def _read(config, checkpoint: Checkpoint) -> Inputs:
         given = read_inputs(config, REPLY, "chat")
         given.conversations = [[{"role": "user", "content": prompt}] for prompt in given.texts]
         return given
-    if config.question is not None or config.text_pair is not None:
-        raise UserError(f"{'--question' if config.question is not None else '--text-pair'}: {config.checkpoint} is "
-                        "a chat model")
     where = "stdin" if config.messages == "-" else config.messages
     found = conversations.read(where, needs_reply=False, text=text_of(config.messages))
     return Inputs([c.messages[-1]["content"] for c in found], [{"messages": c.as_list()} for c in found],

@@ -14,7 +14,6 @@ import json
 import time
 from typing import Any
 
-from lmkit.errors import UserError
 from lmkit.evaluation.rewards import Reward, pass_at_k
 from lmkit.evaluation.scoring import Inference
 from lmkit.evaluation.tasks import TaskOutcome
@@ -43,11 +42,6 @@ def _load(plan: EvalPlan, tokenizer) -> list[RewardPrompt]:
     prompts = PromptFormat(plan.checkpoint, truncate="error")
     return read_examples(plan, lambda path, left: read_reward_prompts(path, prompts, reward, config.prompt_field,
                                                                       limit=left))
-
-
-def _check(plan: EvalPlan) -> None:
-    if plan.config.samples < max(plan.config.pass_k()):
-        raise UserError(f"--k {max(plan.config.pass_k())}: more than --samples {plan.config.samples}")
 
 
 def _replies(generator: Generator, items: list[RewardPrompt], settings: SamplingSettings, copies: int,
@@ -108,6 +102,6 @@ def _run(plan: EvalPlan, inference: Inference, tokenizer, items: list[RewardProm
 
 
 PASS_AT_K = Evaluation("pass-at-k", FIXED_METRICS, JSONL, _run, needs="a causal language model", load=_load,
-                       check=_check, own_model=True, metrics_for=_metrics_for,
+                       own_model=True, metrics_for=_metrics_for,
                        flags=("prompt_field", "answer_field", "reward", "samples", "k", "sampling_temperature",
                               "max_new_tokens", "seed"))

@@ -125,6 +125,24 @@ def test_chat_refuses_a_model_without_a_chat_template_and_bad_settings(gpt):
     assert result.exit_code == 1 and "--temperature" in result.stderr
 
 
+def test_a_save_it_cannot_do_is_refused_in_one_line_and_the_conversation_goes_on(chat_model, tmp_path):
+    """In-process, lines piped in: each refusal is an `error: ` line naming the file, the session keeps going (exit
+    0) and nothing is written."""
+    missing = tmp_path / "missing" / "chat.jsonl"
+    lines = ["/save", f"/save {tmp_path / 'early.jsonl'}", "My colour is red.", f"/save {tmp_path}", f"/save {missing}",
+             "/exit"]
+    result = runner.invoke(app, ["chat", str(chat_model), "--temperature", "0", "--max-new-tokens", "4"],
+                           input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: /save: give the file to append the conversation to, e.g. /save chat.jsonl",
+                      "error: /save: nothing to save yet",
+                      f"error: {tmp_path}: is a directory; give a file name",
+                      f"error: {missing}: the directory {missing.parent} does not exist"], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout.strip()  # the message between them was answered
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_chat_help_names_every_command():
     result = runner.invoke(app, ["chat", "--help"])
     assert result.exit_code == 0

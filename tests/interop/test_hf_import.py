@@ -3,6 +3,7 @@ export, every stage on an imported model, and bad input refused with nothing wri
 
 import json
 import shutil
+import types
 
 import pytest
 import torch
@@ -185,10 +186,14 @@ def _edit_config(directory, **changes):
     ("rope-scaling", "rope scaling 'yarn' is not supported"),
     ("wrong-type", "config.json: a setting has the wrong type"),
     ("broken-tokenizer", "transformers cannot read its tokenizer"),
+    ("no-eos", "src: the tokenizer has no end-of-text token (eos_token, or sep_token for an encoder); lmkit "
+               "separates documents with it"),
+    ("slow-tokenizer", "src: the tokenizer has no fast (tokenizers) form; lmkit imports fast tokenizers and "
+                       "SentencePiece models transformers converts"),
     ("pickled-list", "pytorch_model.bin: holds no state dict of tensors"),
     ("unstackable", "do not stack"),
 ])
-def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_path):
+def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_path, monkeypatch):
     source = _copy(hf_dirs["llama" if case in ("rope-scaling", "unstackable") else "gpt2"], tmp_path)
     if case == "unsupported":
         _edit_config(source, model_type="t5", architectures=["T5ForConditionalGeneration"])
@@ -217,6 +222,15 @@ def test_bad_input_is_refused_with_nothing_written(case, message, hf_dirs, tmp_p
         _edit_config(source, n_positions=None)
     elif case == "broken-tokenizer":
         (source / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
+    elif case == "no-eos":  # a bare tokenizers tokenizer naming no special token: none to end a text with
+        tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
+        for name in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token"):
+            tokenizer_config.pop(name, None)
+        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (source / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    elif case == "slow-tokenizer":  # what transformers returns for a tokenizer it has no tokenizers form of
+        monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                            lambda *args, **kwargs: types.SimpleNamespace(backend_tokenizer=None))
     elif case == "rope-scaling":
         _edit_config(source, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0})
     trust = ["--trust-pickle"] if case == "pickled-list" else []  # read, then refused for what it holds

@@ -338,3 +338,52 @@ def test_a_malformed_chat_entry_in_model_json_is_refused(chat_model, tmp_path):
                            checkpoint.tokenizer_path, {"chat": chat})
         with pytest.raises(UserError, match=message):
             read_checkpoint(path)
+
+
+def one_error(result) -> str:
+    """The one `error: ` line of a refused command (exit 1, no traceback), without its prefix."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0].removeprefix("error: ")
+
+
+@pytest.mark.parametrize("task,bad,message", [
+    ("chat", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hello."}]},
+     r"held-out.jsonl:2: no user turn before the final assistant turn to answer$"),
+    ("chat-lm", {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]},
+     r"held-out.jsonl:2: \d+ tokens, more than the model's context \(128\); shorten the conversation$"),
+], ids=["no-user-turn", "longer-than-the-context"])
+def test_evaluate_refuses_a_conversation_it_cannot_score_naming_its_line(chat_model, tmp_path, task, bad, message):
+    data = tmp_path / "held-out.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [chat_records(1)[0], bad, *chat_records(2, seed=3)]))
+    result = runner.invoke(app, ["evaluate", str(chat_model), str(data), "--task", task, "--precision", "fp32",
+                                 "--out", str(tmp_path / "report")])
+    assert re.search(message, one_error(result))
+    assert not (tmp_path / "report").exists()
+
+
+def test_chat_finetuning_refuses_what_leaves_nothing_to_train_with_nothing_written(gpt, lstm, chat_file, tmp_path):
+    long = tmp_path / "long.jsonl"  # every conversation longer than the window: all skipped, none left
+    long.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "word " * 200},
+                                                     {"role": "assistant", "content": w}]}) + "\n"
+                            for w in ("red", "blue")))
+    result = runner.invoke(app, ["finetune", str(gpt), str(long), "--out", str(tmp_path / "run"), "--max-steps", "1",
+                                 "--micro-batch", "2", "--seq-len", "128", "--skip-bad-records"])
+    assert one_error(result) == f"{long}: no conversation fits the window (--seq-len 128)"
+    result = runner.invoke(app, ["finetune", str(lstm), str(chat_file), "--out", str(tmp_path / "run"),
+                                 "--max-steps", "1", "--micro-batch", "2", "--seq-len", "128", "--pack"])
+    assert one_error(result) == ("--pack: packs conversations with a block-diagonal attention mask, which an lstm "
+                                 "model does not have; drop --pack")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_chat_session_refuses_an_empty_message_and_keeps_its_history(chat_model):
+    session = ChatSession(Generator(read_checkpoint(chat_model)), GREEDY)
+    session.history = [{"role": "user", "content": "My colour is red."}, {"role": "assistant", "content": "Noted."}]
+    for blank in ("", "  \n\t"):
+        with pytest.raises(UserError, match="^the message is empty$"):
+            session.reply(blank)
+    assert session.history == [{"role": "user", "content": "My colour is red."},
+                               {"role": "assistant", "content": "Noted."}]

@@ -100,9 +100,13 @@ def test_refusals_are_one_line_with_exit_code_1(gpt, tmp_path):
     other = write_model(tmp_path / "other", build_model(base.model_config), base.model_config, "clm", grown.path)
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "word " * 400, "chosen": "a", "rejected": "b"}) + "\n")
+    frame = PromptFormat(base)
+    prompt, chosen = frame.encode_exchange("word " * 400, "a")
+    tokens = len(prompt) + max(len(chosen), len(frame.encode_exchange("word " * 400, "b")[1]))
     for args, message in (
             ((gpt, pairs, "--reference", other), f"--reference {other}: its tokenizer differs"),
-            ((gpt, long), "long.jsonl:1: "),
+            ((gpt, long), f"long.jsonl:1: {tokens} tokens (prompt and the longer reply), more than the model's "
+                          "context (128 + 1) holds; shorten the pair"),
             ((gpt, tmp_path / "missing.jsonl"), "missing.jsonl: no such file")):
         result = evaluate(*args)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -3,6 +3,7 @@ that logs its per-step figures, exact resume, a user's reward file, and every ba
 nothing half-written."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -249,6 +250,24 @@ def test_bad_inputs_are_refused_before_anything_is_written(bases, problems, tmp_
     assert "--group-size: read by --task grpo, not by --task sft" in refused(
         base, data, "--out", str(out), "--task", "sft", "--group-size", "3")
     assert "--task grpo validates on pass_rate or reward" in refused(base, data, *common, "--metric", "loss")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("line, said", [
+    ('{"answer": "1"}', "{data}:1: field 'prompt' is missing (every record needs a prompt, or \"messages\" for a "
+                        "chat model; see --prompt-field)"),
+    ('{"prompt": " ", "answer": "1"}', "{data}:1: field 'prompt' is empty or not a string (every record needs"),
+    ('{"prompt": ["What is 1 + 1?"], "answer": "2"}', "{data}:1: field 'prompt' is empty or not a string"),
+    # longer than --seq-len 48 but within the model's context of 128: no room for the reply
+    ('{"prompt": "' + "word " * 20 + '", "answer": "1"}',
+     "{data}:1: the prompt is N tokens, no room for a reply within --seq-len 48; shorten it or raise --seq-len"),
+    ("", "{data}: no records"),
+], ids=["missing", "blank", "not-a-string", "no-room", "empty-file"])
+def test_a_prompt_file_it_cannot_read_is_refused_naming_the_record(gpt, tmp_path, line, said):
+    data, out = tmp_path / "prompts.jsonl", tmp_path / "run"
+    data.write_text(line + "\n")
+    message = refused(str(gpt), str(data), "--out", str(out), "--task", "grpo", "--max-steps", "2", "--seq-len", "48")
+    assert re.sub(r"is \d+ tokens", "is N tokens", message).startswith(said.format(data=data)), message
     assert not out.exists()
 
 

@@ -261,6 +261,36 @@ def test_bad_references_and_options_are_refused_before_compute(gpt, pairs_file, 
         config(gpt, pairs_file, tmp_path / "run", beta=0.0)
 
 
+def test_a_chat_template_that_renders_the_prompt_by_its_reply_is_refused(chat_model, tmp_path):
+    """A template whose rendering of the prompt depends on the reply (here its length, written first) gives the two
+    replies of a pair different prompts: not a pair of replies to one prompt."""
+    checkpoint = read_checkpoint(chat_model)
+    chat = {**checkpoint.chat.to_dict(), "template": (
+        "{{ messages[-1]['content'] | length }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}"
+        "{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")}
+    base = write_model(tmp_path / "base", checkpoint.build_model(), checkpoint.model_config, "chat",
+                       checkpoint.tokenizer_path, {"chat": chat, "stop": list(checkpoint.stop_ids)})
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Which colour?", "chosen": "red", "rejected": "amber"}])
+    result = invoke_lmkit("finetune", str(base), str(data), "--out", str(tmp_path / "run"), "--task", "dpo",
+                          "--seq-len", "64", "--max-steps", "1")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert errors == [f"error: {data}:1: the chat template renders the prompt differently before each reply"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_preference_tuning_refuses_inputs_without_a_base(gpt, pairs_file, tmp_path):
+    """The objective reads its pairs as the base frames them: built without one (not from `lmkit finetune BASE`,
+    whose BASE is required), it is refused in one line, not an AttributeError."""
+    planned = finetune.plan(config(gpt, pairs_file, tmp_path / "run", task="dpo"), finetune.distributed.setup())
+    with pytest.raises(UserError, match=rf"^{pairs_file}: preference tuning starts from a checkpoint \(lmkit finetune "
+                                        r"BASE \.\.\.\)$"):
+        planned.spec.build(dataclasses.replace(planned.inputs, base=None))
+    assert not (tmp_path / "run").exists()
+
+
 def test_pairs_are_framed_as_generate_frames_them(sft_base):
     """The reply's ids follow the prompt's as the SFT template writes it, and end with </s>."""
     frame = PromptFormat(read_checkpoint(sft_base))
