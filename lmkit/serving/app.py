@@ -4,18 +4,21 @@ and the endpoints every server has.
 Every server: ``GET /v1/models`` and the tokenizer endpoints lm-evaluation-harness's remote tokenizer uses
 (``GET /tokenizer_info``, ``POST /tokenize``, ``POST /detokenize``). The task adds its own (``/v1/completions``,
 ``/v1/classify``, ...); another kind's endpoint answers a 400 that names this model's. A route's JSON answer carries
-its ``timings`` (timing.py). Errors are JSON (errors.py); the body limit, the API key and the request log are the
+its ``timings`` (timing.py). A client that disconnects before its JSON answer cancels the request (its rows leave the
+engine's batch at the next step) and is counted with nginx's status 499; a stream stops the same way (streaming.py).
+Errors are JSON (errors.py); the body limit, the API key and the request log are the
 Guard's (guard.py); health, metrics and the page answer before the model is loaded (lifecycle.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
 from lmkit.serving import errors
 from lmkit.serving.config import ServeOptions
@@ -109,7 +112,7 @@ def _endpoint(server: Server, request_type: type, handler) -> Callable:
     a JSON answer gets the request's ``timings`` (a stream puts them in its last event)."""
     async def endpoint(body, request: Request):
         request.state.timing = Timing()
-        answer = await handler(body, Call(server, request))
+        answer = await _unless_gone(request, handler(body, Call(server, request)))
         if isinstance(answer, dict):
             answer["timings"] = request.state.timing.report()
         return answer
@@ -118,6 +121,36 @@ def _endpoint(server: Server, request_type: type, handler) -> Callable:
         inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=request_type),
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)])
     return endpoint
+
+
+CLIENT_GONE = 499  # nginx's "client closed request": no one reads the answer (counted in /metrics as such)
+
+
+async def _unless_gone(request: Request, work) -> Any:
+    """``work``'s answer, or an empty 499 once the client has disconnected: ``work`` is then cancelled, and with
+    it the engine's job (its rows leave the batch at the next step). A stream's handler returns at once with its
+    response, which watches the connection itself."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the server cancels this request (a shutdown): its work goes with it
+        task.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return Response(status_code=CLIENT_GONE)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read: nothing else comes before)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _refusal(path: str, serves: str, kind: str, own: str) -> Callable:

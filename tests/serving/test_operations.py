@@ -303,3 +303,37 @@ def test_metrics_and_health_answer_while_a_slow_job_holds_the_worker_and_the_que
             worker.join(timeout=30)
         status, body, _ = http.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})
         assert status == 200 and body["timings"]["completion_tokens"] == body["usage"]["completion_tokens"]
+
+
+def test_a_client_that_leaves_before_its_json_answer_frees_its_rows_and_is_counted_499(gpt):
+    import socket
+
+    from lmkit.config import resolve
+    from lmkit.serving.config import ServeConfig
+    from lmkit.stages.serve import prepare
+
+    config = resolve(ServeConfig, {}, {"checkpoint": str(gpt), "compile": False, "max_batch": 2})
+    service = prepare(config)
+    with serving(service) as http:
+        wait_until(lambda: http.request("GET", "/health/ready")[0] == 200)
+        scheduler, steps = service.engine.scheduler, []
+        scheduler.stops = frozenset()  # no end-of-text: the request decodes to its max_tokens unless cancelled
+        step = scheduler.step
+
+        def slow_step():  # a step long enough for the disconnect to reach the server while the row decodes
+            steps.append(1)
+            time.sleep(0.01)
+            step()
+        scheduler.step = slow_step
+        max_tokens = http.request("GET", "/v1/models")[1]["data"][0]["max_model_len"] - 4
+        body = json.dumps({"prompt": "x", "max_tokens": max_tokens, "temperature": 0}).encode()
+        client = socket.create_connection(("127.0.0.1", http.port))
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_until(lambda: service.engine.running == 1)
+        client.close()  # gone before its JSON answer
+        wait_until(lambda: service.engine.running == 0)
+        assert len(steps) < max_tokens // 2  # it left the batch long before its last token
+        assert value(scrape(http), "lmkit_requests_total", route="/v1/completions", status="499") == 1
+        status, answer, _ = http.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 3})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 3  # the engine serves on
