@@ -292,7 +292,10 @@ class HFTokenizer:
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
+        # encode_batch_fast (tokenizers >= 0.20.2) skips the character offsets no caller of this needs:
+        # 1.2-1.45x faster in preprocessing's tokenizing pass (benchmarks/preprocess_peer.py).
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
     def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """The ids of ``text`` and each token's character span ``[start, end)`` in it (the tokenizer's own

@@ -111,3 +111,22 @@ def test_added_tokens_follow_the_vocabulary_and_are_read_in_chat_renderings_only
     with pytest.raises(ArtifactError, match=r"tokenizer format version 3 is not supported by lmkit .* \(reads versions "
                                             r"1, 2\)"):
         artifacts.load(grown.path, kind="tokenizer")
+
+
+def test_an_imported_tokenizer_encodes_a_batch_as_each_text_alone(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from lmkit.tokenizer import HFTokenizer
+    from lmkit.vocab import Specials
+
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]", "[PAD]", "</s>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    texts = [topic[:300] for topic in list(pydoc_data.topics.topics.values())[:40]]
+    backend.train_from_iterator(texts, trainer)
+    backend.save(str(tmp_path / "tokenizer.json"))
+    hf = HFTokenizer(tmp_path / "tokenizer.json", Specials(pad=1, eos=2, unk=0))
+    batch = texts + ["", "  two  spaces", "</s> as text", "émigré 東京 🙂"]
+    assert hf.encode_batch(batch) == [hf.encode(text) for text in batch]
+    assert hf.decode(hf.encode_batch(["émigré 東京 🙂"])[0]) == "émigré 東京 🙂"
