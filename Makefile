@@ -71,6 +71,7 @@ demo: setup
 # without it, with the nanoGPT-shaped baseline in benchmarks/pretrain.py. The last lines are the ratios against the peers.
 bench: setup
 	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/python benchmarks/preprocess_peer.py
 	$(BIN)/python benchmarks/pretrain.py $(if $(NANOGPT),--nanogpt $(NANOGPT))
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/finetune_peer.py

@@ -5,7 +5,8 @@
 Pretraining: lmkit's tokens/s over nanoGPT's (or over the nanoGPT-shaped baseline when nanoGPT was not
 given), in the precision --precision auto picks. Generation: lmkit's tokens/s over transformers' generate,
 at batch 1 and 8, eager and compiled, and the share of the memory-bandwidth bound at batch 1.
-Preprocessing: lmkit preprocess with 2 workers over 2 x one-core SentencePiece encoding. Finetuning: lmkit's
+Preprocessing: lmkit preprocess with 2 workers over 2 x one-core SentencePiece encoding, and over datatrove
+(the same pipeline, benchmarks/preprocess_peer.py). Finetuning: lmkit's
 examples/s over transformers' Trainer on all-MiniLM-L6-v2, with test accuracy and peak memory.
 """
 
@@ -47,6 +48,12 @@ def lines(results: dict[str, dict | None]) -> list[str]:
                              if "double" in preprocess else ""))
     else:
         rows.append("preprocess: no results (python benchmarks/preprocess.py)")
+    peer = results.get("preprocess_peer")
+    if peer and peer.get("datatrove"):
+        ratios = ", ".join(f"{run['ratio']:.2f}x against its {words} words" for words, run in peer["datatrove"].items())
+        rows.append(f"preprocess: lmkit / datatrove MB/s end to end = {ratios} (aim >= {peer['aim']}x)")
+    else:
+        rows.append("preprocess: no datatrove results (python benchmarks/preprocess_peer.py)")
     finetune = results.get("finetune_peer")
     if finetune and "ratio" in finetune:
         mine, theirs = finetune["sides"]["lmkit"], finetune["sides"]["trainer"]
@@ -61,7 +68,7 @@ def lines(results: dict[str, dict | None]) -> list[str]:
 
 def main() -> None:
     results = {}
-    for name in ("pretrain", "generate", "preprocess", "finetune_peer"):
+    for name in ("pretrain", "generate", "preprocess", "preprocess_peer", "finetune_peer"):
         path = OUT / f"{name}.json"
         results[name] = json.loads(path.read_text()) if path.exists() else None
     print("\n".join(lines(results)))
