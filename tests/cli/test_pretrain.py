@@ -87,17 +87,9 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
     single = invoke_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", "--checkpoint-every", "4",
                           check=True)
     assert "2 accumulation, 1 process(es)" in single.stderr
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", PORT, "-m", "lmkit", *common, "--out", str(tmp_path / "two")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = under_torchrun(2, PORT, *common, "--out", str(tmp_path / "two"))
     assert "1 accumulation, 2 process(es)" in result.stderr
-
-    def losses(run):
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(line)["loss"] for line in lines if '"loss"' in line]
-
-    one, two = losses("one"), losses("two")
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 8
     assert one == pytest.approx(two, rel=1e-4, abs=1e-4)
     assert artifacts.load(tmp_path / "two" / "final").stats["step"] == 8
@@ -107,11 +99,23 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, model):
     # LM, whose masks must not depend on how a step's samples are laid out)
     (tmp_path / "grown").mkdir()
     shutil.copytree(tmp_path / "one" / "step-00000004", tmp_path / "grown" / "step-00000004")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", PORT, "-m", "lmkit", *common, "--out", str(tmp_path / "grown"),
-                             "--resume"], capture_output=True, text=True, timeout=300)
+    under_torchrun(2, PORT, *common, "--out", str(tmp_path / "grown"), "--resume")
+    assert losses(tmp_path / "grown") == pytest.approx(one[4:], rel=1e-4, abs=1e-4)
+
+
+def under_torchrun(processes: int, port, *args: str) -> subprocess.CompletedProcess:
+    """``lmkit ARGS`` under torchrun with ``processes`` processes on this machine; it must succeed."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                             "--master_port", str(port), "-m", "lmkit", *args], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert losses("grown") == pytest.approx(one[4:], rel=1e-4, abs=1e-4)
+    return result
+
+
+def losses(run) -> list[float]:
+    """The training losses a run logged, step by step."""
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line]
 
 
 @pytest.mark.slow
@@ -120,19 +124,10 @@ def test_fsdp2_shard_matches_one_process_and_resumes_exactly(dataset, tmp_path):
     invoke_lmkit(*common, "--out", str(tmp_path / "one"), "--batch-tokens", "256", check=True)
 
     def torchrun(out, *extra):
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                 "--master_port", PORT, "-m", "lmkit", *common, "--out", str(out), "--shard",
-                                 *extra], capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result
+        return under_torchrun(2, PORT, *common, "--out", str(out), "--shard", *extra)
 
     sharded = torchrun(tmp_path / "two")
     assert sharded.stdout.count("checkpoint ") == 1  # only rank 0 prints results
-
-    def losses(run):
-        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-                if '"loss"' in line]
-
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), rel=1e-4, abs=1e-4)
     # the gathered checkpoint is a plain one; resuming sharded from step 3 ends where the full run ended
     partial = tmp_path / "partial"
@@ -163,15 +158,7 @@ def test_fsdp2_on_one_process_under_torchrun_trains_as_unsharded_and_resumes(dat
     invoke_lmkit(*common, "--out", str(tmp_path / "plain"), check=True)
 
     def torchrun(out, *extra):
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-                                 "--master_port", str(free_port()), "-m", "lmkit", *common, "--out", str(out),
-                                 "--shard", *extra], capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result
-
-    def losses(run):
-        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-                if '"loss"' in line]
+        return under_torchrun(1, free_port(), *common, "--out", str(out), "--shard", *extra)
 
     torchrun(tmp_path / "sharded")
     assert losses(tmp_path / "sharded") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4, abs=1e-4)
