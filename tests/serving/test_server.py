@@ -43,7 +43,8 @@ class Server:
                 if self.request("GET", "/health")[0] == 200:
                     return
             except OSError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)  # not listening yet, or still loading (503): ask again shortly, not in a busy loop
         raise AssertionError("lmkit serve did not answer /health in 90 s")
 
     def request(self, method, path, body=None, headers=None, raw: bytes | None = None, timeout=60, chunks=None):
