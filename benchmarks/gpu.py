@@ -40,7 +40,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from serve import free_port  # benchmarks/serve.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MFU_GOAL = 0.45
@@ -169,15 +170,9 @@ def last_json(output: str) -> dict:
     raise PartFailed("failed", f"no JSON result in the output: {tail(output, 4)}")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # -- the parts ---------------------------------------------------------------------------------------------
 
-def part_env(runner: Runner, sizes: Sizes, device: str) -> dict:
+def part_env(runner: Runner, device: str) -> dict:
     return last_json(runner.run("env", worker("worker-env", "--device", device)))
 
 
@@ -546,7 +541,7 @@ def run(args) -> None:
         return results[name]
 
     steps = {
-        "env": lambda: part_env(runner, sizes, device),
+        "env": lambda: part_env(runner, device),
         "data": lambda: part_data(runner, sizes),
         "pretrain-compiled": lambda: part_pretrain(runner, sizes, needs("data")["dataset"], compiled=True),
         "pretrain-eager": lambda: part_pretrain(runner, sizes, needs("data")["dataset"], compiled=False),

@@ -32,6 +32,7 @@ import argparse
 import collections
 import concurrent.futures
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import SENTENCES, free_port, percentile  # noqa: E402
+from serve import SENTENCES, free_port, percentile, wait_ready  # noqa: E402
 from serve_traffic import (  # noqa: E402
     CHAT_MIX,
     CLIENT_TIMEOUT,
@@ -78,40 +79,31 @@ def start(checkpoint: str, *args: str) -> Served:
     process = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", checkpoint, "--port", str(port),
                                 "--max-body", str(MAX_BODY), *args], stdout=subprocess.DEVNULL,
                                stderr=log.open("w"), env={**os.environ, "NO_COLOR": "1"})
-    served = Served(port=port, process=process, log=log)
-    deadline = time.monotonic() + 600  # a compile (--compile) takes a minute or more on a CPU
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"lmkit serve exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if plain(served, "GET", "/health/ready", timeout=2)[0] == 200:
-                return served
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server did not become ready")
+    try:  # a compile (--compile) takes a minute or more on a CPU
+        wait_ready(process, port, "/health/ready", 600, "lmkit serve")
+    except RuntimeError as error:
+        raise RuntimeError(f"{error}: {log.read_text()[-2000:]}") from None
+    return Served(port=port, process=process, log=log)
 
 
-def plain(served: Served, method: str, path: str, body: Any = None, timeout: float = 60.0):
-    """One request, answered whole: (status, parsed JSON or bytes, headers). Counted in the server's tally."""
+def get(served: Served, path: str, timeout: float = 60.0):
+    """GET ``path``, answered whole: (status, parsed JSON or bytes). Counted in the server's tally."""
     connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=timeout)
     try:
-        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        connection.request("GET", path)
         response = connection.getresponse()
         payload = response.read()
     finally:
         connection.close()
     served.tally.add(path if path in ROUTES else "other", response.status)
-    parsed = json.loads(payload) if payload[:1] in (b"{", b"[") else payload
-    return response.status, parsed, {k.lower(): v for k, v in response.headers.items()}
+    return response.status, json.loads(payload) if payload[:1] in (b"{", b"[") else payload
 
 
 def scrape(served: Served) -> dict[tuple[str, frozenset], float]:
     """Every sample of GET /metrics: {(name, labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    status, text, _ = plain(served, "GET", "/metrics", timeout=30)
+    status, text = get(served, "/metrics", timeout=30)
     if status != 200:
         raise RuntimeError(f"GET /metrics: {status}")
     return {(sample.name, frozenset(sample.labels.items())): sample.value
@@ -206,7 +198,7 @@ def settle(served: Served, before: dict, tally_before: collections.Counter, answ
         if (idle and counted == expected) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    _, health, _ = plain(served, "GET", "/health")
+    _, health = get(served, "/health")
 
     def grew(name: str) -> int:
         return int(gauge(after, name) - gauge(before, name))
@@ -229,7 +221,7 @@ def settle(served: Served, before: dict, tally_before: collections.Counter, answ
 # -- the phases ----------------------------------------------------------------------------------------------------
 
 def mixed(served: Served, total: int, clients: int, seed: int, max_tokens: int, mix: dict[str, int] = MIX) -> dict:
-    _, info, _ = plain(served, "GET", "/tokenizer_info")
+    _, info = get(served, "/tokenizer_info")
     requests = plan(total, seed, info["vocab_size"], max_tokens, mix)
     tally_before, before = served.tally.snapshot(), scrape(served)
     load = run_load(served, requests, clients)
@@ -286,10 +278,9 @@ def sigterm(served: Served, in_flight: int, grace: float) -> dict:
             response = connection.getresponse()
             answer.status = response.status
             lines = iter(response)
-            head = [next(lines)]
+            head = next(lines)
             first_texts.release()
-            response_rest = (line for line in [*head, *lines])
-            read_stream(response_rest, answer, started)
+            read_stream(itertools.chain([head], lines), answer, started)
         except (OSError, http.client.HTTPException, StopIteration) as exc:
             answer.status, answer.problem = None, f"{type(exc).__name__}: {exc}"
             first_texts.release()
@@ -364,20 +355,15 @@ def load_checks(load: dict, requests: int, clients: int) -> dict[str, bool]:
 
 def checks(report: dict, args) -> dict[str, bool]:
     found = load_checks(report["mixed"], args.requests, args.clients)
-    if "disconnects" in report:
-        storm = report["disconnects"]
-        found["closed streams free their slots before they would have ended"] = (
-            storm["running_after"] == 0 and storm["errors"] == 0 and storm["freed_seconds"] < storm["whole_seconds"])
-    if "sigterm" in report:
-        term = report["sigterm"]
-        found["SIGTERM: in-flight requests finish whole, exit 0 or 143"] = (
-            term["finished_whole"] == term["in_flight"] and term["exit_code"] in (0, 143)
-            and not term["log_has_traceback"])
-    if "overload" in report:
-        over = report["overload"]
-        found["overload: 503 with Retry-After, nothing else, then serves"] = (
-            over["busy_503"] > 0 and over["busy_with_retry_after"] == over["busy_503"] and over["other"] == 0
-            and over["queue_after"] == 0 and over["serves_after"])
+    storm, term, over = report["disconnects"], report["sigterm"], report["overload"]
+    found["closed streams free their slots before they would have ended"] = (
+        storm["running_after"] == 0 and storm["errors"] == 0 and storm["freed_seconds"] < storm["whole_seconds"])
+    found["SIGTERM: in-flight requests finish whole, exit 0 or 143"] = (
+        term["finished_whole"] == term["in_flight"] and term["exit_code"] in (0, 143)
+        and not term["log_has_traceback"])
+    found["overload: 503 with Retry-After, nothing else, then serves"] = (
+        over["busy_503"] > 0 and over["busy_with_retry_after"] == over["busy_503"] and over["other"] == 0
+        and over["queue_after"] == 0 and over["serves_after"])
     if "chat" in report:
         found |= {f"chat: {name}": passed for name, passed in load_checks(report["chat"], args.chat_requests,
                                                                           args.chat_clients).items()}
