@@ -494,20 +494,21 @@ def filter_agreement(corpus: Path, megabytes: float) -> dict:
             "different": differ[:10], "different_count": len(differ)}
 
 
-def run_ceiling(corpus: Path, tokenizer: Path) -> dict:
+def _one_core(script: str, *argv: str) -> dict:
+    """``script`` in a fresh interpreter importing this checkout's lmkit, tokenizers on one thread; its JSON."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", _CEILING, str(tokenizer / "tokenizer.json"), *corpus_files(corpus)],
-                          capture_output=True, text=True, check=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout)
+
+
+def run_ceiling(corpus: Path, tokenizer: Path) -> dict:
+    return _one_core(_CEILING, str(tokenizer / "tokenizer.json"), *corpus_files(corpus))
 
 
 def run_profile(corpus: Path, tokenizer: Path, megabytes: float) -> dict:
     """One process, lmkit's pass-one steps one after the other over the first ``megabytes`` of the corpus, then
     tokenizing what they keep (TOKENIZERS_PARALLELISM=false: one core): single-core seconds per step."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", _PROFILE, str(tokenizer), str(int(megabytes * 1e6)),
-                           *corpus_files(corpus)], capture_output=True, text=True, check=True, env=env)
-    return json.loads(proc.stdout)
+    return _one_core(_PROFILE, str(tokenizer), str(int(megabytes * 1e6)), *corpus_files(corpus))
 
 
 # -- summaries -------------------------------------------------------------------------------------------------

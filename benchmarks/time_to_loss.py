@@ -349,7 +349,7 @@ def lmkit_checkpoints(run_dir: Path) -> list[Path]:
     return steps + ([run_dir / "final"] if (run_dir / "final").is_dir() else [])
 
 
-def evaluate_lmkit(run_dir: Path, clock: dict, paths: list[Path], settings: dict) -> dict:
+def evaluate_lmkit(clock: dict, paths: list[Path], settings: dict) -> dict:
     result = in_child("evaluate", {**settings, "checkpoints": [str(p) for p in paths]})
     for point in result["points"]:
         point["train_s"] = round(train_seconds(point, clock), 2)
@@ -373,10 +373,10 @@ def crossing(curve: list[dict], target: float) -> dict:
 
 # -- the benchmark ---------------------------------------------------------------------------------
 
-def one_seed(index: int, seed: int, args, dataset: Path, data: dict, work: Path) -> dict:
+def one_seed(seed: int, args, dataset: Path, data: dict, work: Path) -> dict:
     budget_s = args.minutes * 60
     shared = {"val_bin": str(work / "val.bin"), "val_windows": args.val_windows, "threads": args.threads}
-    order = ["nanogpt", "lmkit"] if index % 2 == 0 else ["lmkit", "nanogpt"]
+    order = ["nanogpt", "lmkit"] if seed % 2 == 0 else ["lmkit", "nanogpt"]
     result: dict = {"seed": seed, "order": order}
     for side in order:
         print(f"seed {seed}: training {side} for {args.minutes:g} min ...", file=sys.stderr, flush=True)
@@ -397,7 +397,7 @@ def one_seed(index: int, seed: int, args, dataset: Path, data: dict, work: Path)
                 if path.name == "final" or seconds - last >= args.eval_every:
                     paths.append(path)
                     last = seconds
-            evaluated = evaluate_lmkit(run_dir, clock, paths, shared)
+            evaluated = evaluate_lmkit(clock, paths, shared)
             train = [r for r in run["records"] if "tokens_per_s" in r]
             own = [{"step": r["step"], "val_loss": r["val_loss"]} for r in run["records"] if "val_loss" in r]
             result["lmkit"] = {"command": run["command"], "first_line": run["first_line"], "wall_s": run["wall_s"],
@@ -418,7 +418,7 @@ def one_seed(index: int, seed: int, args, dataset: Path, data: dict, work: Path)
         extra = [p for p in lmkit_checkpoints(Path(lm["run_dir"])) if p.name not in done and p.name != "final"
                  and low < clock["clock"].get(int(p.name.split("-")[1]), -1) < high]
         if extra:
-            lm["curve"] = sorted(lm["curve"] + evaluate_lmkit(Path(lm["run_dir"]), clock, extra, shared)["points"],
+            lm["curve"] = sorted(lm["curve"] + evaluate_lmkit(clock, extra, shared)["points"],
                                  key=lambda p: p["train_s"])
     del lm["_clock"]
     # The cross-check: lmkit's own bf16 val_loss against the shared float32 one, at the steps both have.
@@ -548,8 +548,8 @@ def main() -> None:
     print(f"corpus: {corpus['chapters']} chapters; {data['splits']['train']['tokens']:,} train tokens, "
           f"{data['splits']['validation']['tokens']:,} validation tokens, vocabulary {data['vocab_size']}",
           file=sys.stderr, flush=True)
-    for index in range(args.seeds):
-        results["seeds"].append(one_seed(index, index, args, dataset, data, work))
+    for seed in range(args.seeds):
+        results["seeds"].append(one_seed(seed, args, dataset, data, work))
         results["summary"] = summarize(results["seeds"])
         results["seconds"] = round(time.perf_counter() - started, 1)
         (OUT / "time_to_loss.json").write_text(json.dumps(results, indent=2) + "\n")
