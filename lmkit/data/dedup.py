@@ -2,7 +2,7 @@
 (Broder 1997, "On the resemblance and containment of documents") with LSH banding (Leskovec,
 Rajaraman & Ullman, "Mining of Massive Datasets", ch. 3.4) for near duplicates.
 
-Determinism: every hash here is blake2b, crc32 or plain integer arithmetic, never Python's
+Determinism: every hash here is blake2b or plain integer arithmetic, never Python's
 ``hash()`` (salted per process), so signatures and band keys are identical in every worker and
 every run.
 
@@ -26,16 +26,15 @@ import functools
 import hashlib
 import re
 import unicodedata
-import zlib
 
 import numpy as np
 
-from lmkit.data.filters import split_words
+from lmkit.data.filters import CJK, split_words
 from lmkit.errors import ConfigError
 
 _EMPTY_SLOT = np.uint64(1 << 32)  # above every permuted hash value, which has 32 bits
-# Bound on num_perm x shingles values per vectorized step (8 MiB per uint64 temporary).
-_CHUNK_VALUES = 1 << 20
+# Bound on num_perm x shingles values per vectorized step (1 MiB per uint64 temporary: a core's L2 cache).
+_CHUNK_VALUES = 1 << 17
 
 
 def text_digest(text: str) -> bytes:
@@ -113,66 +112,143 @@ def _coefficients(count: int, seed: int, label: str) -> np.ndarray:
     return values
 
 
-# A regex deletes ASCII punctuation far faster than str.translate; non-ASCII runs go through
-# _drop_punctuation, which keeps combining marks.
-_ASCII_PUNCTUATION = re.compile("[" + re.escape("".join(chr(c) for c in range(128)
-                                                          if not chr(c).isalnum() and not chr(c).isspace())) + "]+")
-_word_cache: dict[str, int] = {}
+# Word hash: the polynomial sum((code point + 1) * P**i) mod 2**64 over the word's characters, top 32 bits. P is
+# odd, so it has an inverse mod 2**64, which lets one prefix sum over a whole batch give every word's hash.
+_WORD_BASE = 0x9E3779B97F4A7C15
+_powers: dict[int, np.ndarray] = {}
+_NEITHER_WORD_NOR_SPACE = re.compile(r"[^\w\s]")
+_SPACE = re.compile(r"\s")
 
 
-def _word_hashes(text: str) -> np.ndarray:
-    """crc32 of each word (as in ``shingles``), cached per process: corpora repeat words a lot."""
-    lowered = _ASCII_PUNCTUATION.sub("", text.lower())
-    if not lowered.isascii():
-        lowered = _PUNCTUATION_RUN.sub(_drop_punctuation, lowered)
-    words = split_words(lowered)
-    if len(_word_cache) > 1_000_000:  # bound the cache on huge vocabularies
-        _word_cache.clear()
-    hashes = list(map(_word_cache.get, words))  # C-level passes; words not seen before are hashed below
-    if None in hashes:
-        for index, value in enumerate(hashes):
-            if value is None:
-                word = words[index]
-                hashes[index] = _word_cache[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
-    return np.array(hashes, dtype=np.uint64)
+def _power_table(base: int, length: int) -> np.ndarray:
+    """base**i mod 2**64 for i < length (at least), cached; uint64 products wrap around, which is the mod."""
+    table = _powers.get(base)
+    if table is None or len(table) < length:
+        size = max(length, 2 * len(table) if table is not None else 1 << 16)
+        table = np.cumprod(np.full(size, base, dtype=np.uint64))
+        table[1:] = table[:-1].copy()
+        table[0] = 1
+        table.flags.writeable = False
+        _powers[base] = table
+    return table
 
 
-def _shingle_hashes(text: str, size: int, seed: int) -> np.ndarray:
-    """Distinct 32-bit hashes of the word ``size``-grams: a random linear combination of the
-    words' hashes mod 2**64, top 32 bits (multiply-shift hashing, Dietzfelbinger et al. 1997)."""
-    words = _word_hashes(text)
-    if len(words) == 0:
-        return words
-    width = min(size, len(words))
-    count = len(words) - width + 1
-    weights = _coefficients(width, seed, "shingle")
-    combined = np.zeros(count, dtype=np.uint64)
-    for offset in range(width):  # uint64 arithmetic wraps around: that is the mod 2**64
-        combined += words[offset:offset + count] * weights[offset]
-    return np.unique(combined >> np.uint64(32))
+def _character_classes(chars: str) -> np.ndarray:
+    """For each character, as ``shingles`` reads it: bit 1 when it is deleted (neither a word character nor
+    whitespace nor a combining mark: punctuation, symbols, emoji), bit 2 when it is whitespace, bit 4 when it is a
+    word of its own (``filters.CJK``). Found by the very regexes ``shingles`` uses."""
+    classes = np.zeros(len(chars), dtype=np.uint8)
+    for match in _NEITHER_WORD_NOR_SPACE.finditer(chars):
+        if not unicodedata.category(match.group()).startswith("M"):
+            classes[match.start()] = 1
+    classes[[m.start() for m in _SPACE.finditer(chars)]] |= 2
+    classes[[m.start() for m in CJK.finditer(chars)]] |= 4
+    return classes
 
 
-def minhash_signature(
-    text: str, num_perm: int = 128, shingle_size: int = 5, seed: int = 1
-) -> np.ndarray:
-    """MinHash signature (uint64 values below 2**32, length ``num_perm``) of the text's word
-    ``shingle_size``-grams (Broder 1997).
+@functools.cache
+def _plane_zero_classes() -> np.ndarray:
+    """``_character_classes`` of every code point below 0x10000, computed once per process (about 30 ms)."""
+    return _character_classes("".join(map(chr, range(0x10000))))
 
-    Permutation i is the multiply-add-shift hash ((a_i * x + b_i) mod 2**64) >> 32 of the
-    shingle hash x, a 2-independent family that numpy computes in two vector operations.
-    A text without words gets the all-``2**32`` signature.
+
+def _classify(points: np.ndarray) -> np.ndarray:
+    classes = _plane_zero_classes()[np.minimum(points, 0xFFFF)]
+    astral = np.flatnonzero(points > 0xFFFF)
+    if len(astral):  # emoji and rare ideographs: their distinct code points one by one
+        values, inverse = np.unique(points[astral], return_inverse=True)
+        classes[astral] = _character_classes("".join(map(chr, values.tolist())))[inverse]
+    return classes
+
+
+def _word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The 32-bit hash of each word of each text, the words of ``shingles`` (as uint64), and each text's word
+    count, for a whole batch in a few vector passes over its code points."""
+    lowered = [text.lower() for text in texts]
+    # Texts one space apart, so that no word spans two; UTF-32 gives one unit per character, lone surrogates too.
+    points = np.frombuffer(" ".join(lowered).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    text_start = np.zeros(len(texts), dtype=np.int64)
+    if len(texts) > 1:
+        np.cumsum([len(text) + 1 for text in lowered[:-1]], out=text_start[1:])
+    classes = _classify(points)
+    kept = (classes & 1) == 0
+    text_start = np.concatenate(([0], np.cumsum(kept)))[text_start]  # in the kept characters
+    points, classes = points[kept], classes[kept]
+    word, alone = (classes & 2) == 0, (classes & 4) != 0
+    # A word starts after whitespace or at a character that is a word of its own, or just after one; ends alike.
+    before = np.concatenate(([False], word[:-1] & ~alone[:-1]))
+    after = np.concatenate((word[1:] & ~alone[1:], [False]))
+    starts = np.flatnonzero(word & (alone | ~before))
+    ends = np.flatnonzero(word & (alone | ~after)) + 1
+    forward = _power_table(_WORD_BASE, len(points))[: len(points)]
+    prefix = np.zeros(len(points) + 1, dtype=np.uint64)
+    np.cumsum((points.astype(np.uint64) + np.uint64(1)) * forward, out=prefix[1:])
+    inverse = _power_table(pow(_WORD_BASE, -1, 1 << 64), len(points))
+    hashes = (prefix[ends] - prefix[starts]) * inverse[starts] >> np.uint64(32)
+    counts = np.diff(np.searchsorted(starts, text_start), append=len(starts))
+    return hashes, counts
+
+
+def _shingle_hashes(words: np.ndarray, counts: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 32-bit hash of each word ``size``-gram of each text, in text order, and each text's count: a random
+    linear combination of the words' hashes mod 2**64, top 32 bits (multiply-shift hashing, Dietzfelbinger et
+    al. 1997). A text with fewer than ``size`` words has one shingle of all of them, one with none has none.
+    Shingles repeat as they occur in the text, which changes no minimum."""
+    weights = _coefficients(size, seed, "shingle")
+    span = max(len(words) - size + 1, 0)
+    combined = np.zeros(span, dtype=np.uint64)
+    for offset in range(size if span else 0):  # uint64 arithmetic wraps around: that is the mod
+        combined += words[offset:offset + span] * weights[offset]
+    owner = np.repeat(np.arange(len(counts)), counts)  # the text of each word
+    combined = combined[owner[:span] == owner[size - 1:]]  # the windows within one text
+    shingle_counts = np.where(counts >= size, counts - size + 1, np.minimum(counts, 1))
+    short = np.flatnonzero((counts > 0) & (counts < size))
+    if len(short):  # few texts are this short: one shingle each, of all their words, put in its place
+        first_word = np.cumsum(counts) - counts
+        values = [sum(int(words[first_word[i] + k]) * int(weights[k]) for k in range(counts[i])) % (1 << 64)
+                  for i in short]
+        place = (np.cumsum(shingle_counts) - shingle_counts)[short] - np.arange(len(short))
+        combined = np.insert(combined, place, np.array(values, dtype=np.uint64))
+    return combined >> np.uint64(32), shingle_counts
+
+
+def minhash_signatures(texts: list[str], num_perm: int = 128, shingle_size: int = 5, seed: int = 1) -> np.ndarray:
+    """MinHash signatures (``len(texts)`` x ``num_perm``, uint64 values below 2**32) of the texts' word
+    ``shingle_size``-grams (Broder 1997), computed for the whole batch at once.
+
+    Permutation i is the multiply-add-shift hash ((a_i * x + b_i) mod 2**64) >> 32 of the shingle hash x, a
+    2-independent family that numpy computes in two vector operations. A text without words gets the
+    all-``2**32`` signature.
     """
+    if shingle_size < 1:
+        raise ValueError(f"shingle size must be >= 1, got {shingle_size}")
     a = _coefficients(num_perm, seed, "a")[:, None]
     b = _coefficients(num_perm, seed, "b")[:, None]
-    signature = np.full(num_perm, _EMPTY_SLOT, dtype=np.uint64)
-    hashes = _shingle_hashes(text, shingle_size, seed)
-    chunk = max(1, _CHUNK_VALUES // num_perm)  # bounds memory on very long documents
+    words, word_counts = _word_hashes(texts)
+    hashes, counts = _shingle_hashes(words, word_counts, shingle_size, seed)
+    signatures = np.full((num_perm, len(texts)), np.iinfo(np.uint64).max, dtype=np.uint64)
+    owner = np.repeat(np.arange(len(texts)), counts)  # the text of each shingle, in order
+    chunk = max(1, _CHUNK_VALUES // num_perm)  # bounds memory, and keeps a step's values in cache
     for start in range(0, len(hashes), chunk):
-        permuted = a * hashes[None, start:start + chunk]  # (num_perm, chunk)
+        stop = min(start + chunk, len(hashes))
+        permuted = a * hashes[None, start:stop]  # (num_perm, chunk)
         permuted += b
-        # The shift is monotonic, so it commutes with the minimum: one pass over num_perm values, not chunk.
-        np.minimum(signature, permuted.min(axis=1) >> np.uint64(32), out=signature)
-    return signature
+        # Each text's shingles are contiguous: one minimum per text present in this chunk.
+        here = owner[start:stop]
+        first = np.flatnonzero(np.concatenate(([True], here[1:] != here[:-1])))
+        texts_here = here[first]
+        lowest = np.minimum.reduceat(permuted, first, axis=1)
+        np.minimum(signatures[:, texts_here], lowest, out=lowest)
+        signatures[:, texts_here] = lowest
+    # The shift is monotonic, so it commutes with the minimum: one pass over the minima, not the shingles.
+    signatures = np.ascontiguousarray((signatures >> np.uint64(32)).T)
+    signatures[counts == 0] = _EMPTY_SLOT
+    return signatures
+
+
+def minhash_signature(text: str, num_perm: int = 128, shingle_size: int = 5, seed: int = 1) -> np.ndarray:
+    """``minhash_signatures`` of one text."""
+    return minhash_signatures([text], num_perm, shingle_size, seed)[0]
 
 
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
@@ -211,22 +287,23 @@ def _integrate(function, low: float, high: float, points: int = 1001) -> np.ndar
     return (values[:, 1:] + values[:, :-1]).sum(axis=1) * step / 2.0
 
 
-def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[int]:
-    """One stable 64-bit key per band: blake2b of the band's slots, band index in the low bits.
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> list[list[int]]:
+    """One stable 64-bit key per band of each signature (a row of ``signatures``): blake2b of the band's slots,
+    band index in the low bits.
 
     The low ``bit_length(bands - 1)`` bits hold the band index, so keys of different bands can
     never be equal and one set can hold all bands.
     """
-    if bands * rows > len(signature):
-        raise ValueError(f"{bands} bands x {rows} rows exceed {len(signature)} signature slots")
+    if bands * rows > signatures.shape[1]:
+        raise ValueError(f"{bands} bands x {rows} rows exceed {signatures.shape[1]} signature slots")
     index_bits = (bands - 1).bit_length()
-    slots = np.ascontiguousarray(signature[: bands * rows], dtype="<u8")
-    keys = []
-    for band in range(bands):
-        content = slots[band * rows : (band + 1) * rows].tobytes()
-        digest = hashlib.blake2b(content, digest_size=8).digest()
-        keys.append((int.from_bytes(digest, "little") >> index_bits << index_bits) | band)
-    return keys
+    slots = memoryview(np.ascontiguousarray(signatures[:, : bands * rows], dtype="<u8").tobytes())
+    width = rows * 8
+    digests = b"".join([hashlib.blake2b(slots[start:start + width], digest_size=8).digest()
+                        for start in range(0, len(slots), width)])
+    keys = np.frombuffer(digests, dtype="<u8").reshape(len(signatures), bands)
+    keys = keys >> np.uint64(index_bits) << np.uint64(index_bits) | np.arange(bands, dtype=np.uint64)
+    return keys.tolist()
 
 
 class NearDeduper:
@@ -256,16 +333,17 @@ class NearDeduper:
         self.bands, self.rows = lsh_params(threshold, num_perm)
         self._seen: set[int] = set()
 
-    def keys(self, text: str) -> list[int]:
-        """Band keys of ``text``; pure, so worker processes can compute them.
+    def keys(self, texts: list[str]) -> list[list[int]]:
+        """Band keys of each text, the batch's signatures computed at once; pure, so worker processes can
+        compute them.
 
         A text without shingles ("!!! ???", emoji only) has no keys: its all-empty signature
         would otherwise make every such text a near duplicate of the first one.
         """
-        signature = minhash_signature(text, self.num_perm, self.shingle_size)
-        if signature[0] == _EMPTY_SLOT:  # a real slot is below 2**32, so no shingle was hashed
-            return []
-        return band_keys(signature, self.bands, self.rows)
+        signatures = minhash_signatures(texts, self.num_perm, self.shingle_size)
+        keys = band_keys(signatures, self.bands, self.rows)
+        # A real slot is below 2**32, so an empty one means that no shingle was hashed.
+        return [[] if empty else text_keys for empty, text_keys in zip(signatures[:, 0] == _EMPTY_SLOT, keys)]
 
     def pair_keys(self, text: str, pair: str) -> list[int]:
         """Band keys of a pair of texts: band b of both signatures hashed together, so two pairs share a key
@@ -280,7 +358,7 @@ class NearDeduper:
         used = self.bands * self.rows
         both = np.concatenate([first[:used].reshape(self.bands, self.rows),
                                second[:used].reshape(self.bands, self.rows)], axis=1)  # (bands, 2 * rows)
-        return band_keys(both.reshape(-1), self.bands, 2 * self.rows)
+        return band_keys(both.reshape(1, -1), self.bands, 2 * self.rows)[0]
 
     def is_duplicate(self, keys: list[int]) -> bool:
         """True if any key was seen before; the keys are remembered either way (a later document near this one

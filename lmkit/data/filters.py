@@ -87,14 +87,20 @@ _CJK_RANGES = (
 )
 _has_letter = re.compile(r"[^\W\d_]").search  # a letter (or another non-digit alphanumeric)
 _WORD = re.compile(f"[{_CJK_RANGES}]|[^\\s{_CJK_RANGES}]+")
-_CJK = re.compile(f"[{_CJK_RANGES}]")
+CJK = re.compile(f"[{_CJK_RANGES}]")  # a character that is a word of its own (split_words)
+_ASCII_NEITHER_LETTER_NOR_SPACE = bytes(c for c in range(128) if not chr(c).isalpha() and not chr(c).isspace())
 # A whitespace-separated word made only of characters that are not letters ([^\W\d_]) nor whitespace.
 _WORD_WITHOUT_LETTER = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")
 
 
-@functools.lru_cache(maxsize=4)  # several filters ask for the words of the same document in a row
+@functools.lru_cache(maxsize=4)  # several filters ask about the same document in a row
+def _without_cjk(text: str) -> bool:
+    return text.isascii() or CJK.search(text) is None
+
+
+@functools.lru_cache(maxsize=4)
 def _words(text: str) -> tuple[str, ...]:
-    if _CJK.search(text) is None:  # the words are the whitespace runs, which str.split finds 5x faster
+    if _without_cjk(text):  # the words are the whitespace runs, which str.split finds 5x faster
         return tuple(text.split())  # (str.isspace and the regex's \s are the same characters)
     return tuple(_WORD.findall(text))
 
@@ -151,7 +157,9 @@ def _mostly_alphabetic(text: str, thresholds: FilterThresholds) -> bool:
     words = _words(text)
     if not words:
         return True  # nothing to judge; few_words is the filter for empty documents
-    if _CJK.search(text) is None:  # count the words without a letter in one regex pass, not a search per word
+    if text.isascii():  # delete what is neither a letter nor whitespace: the words left are those with a letter
+        alphabetic = len(text.encode("ascii").translate(None, _ASCII_NEITHER_LETTER_NOR_SPACE).decode().split())
+    elif _without_cjk(text):  # count the words without a letter in one regex pass, not a search per word
         alphabetic = len(words) - len(_WORD_WITHOUT_LETTER.findall(text))
     else:
         alphabetic = sum(1 for word in words if _has_letter(word))

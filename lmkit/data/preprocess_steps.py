@@ -113,6 +113,7 @@ class Cleaner:
         filters and language identification judge the first text, dedup the pair."""
         settings, near = self.settings, self.near
         results: list[Kept | str] = []
+        singles: list[int] = []  # results that are single texts: their near-dedup keys come as one batch
         for text, label, role, pair in batch:
             cleaned = clean_text(text, settings.normalization, settings.strip_html)
             if not cleaned:
@@ -132,12 +133,17 @@ class Cleaner:
                 results.append("other_language")
                 continue
             if pair is None:
-                keys = near.keys(cleaned) if near is not None else None
+                keys = None
                 digest = text_digest(cleaned)
+                singles.append(len(results))
             else:
                 keys = near.pair_keys(cleaned, pair) if near is not None else None
                 digest = pair_digest(cleaned, pair)
             results.append(Kept(SpillRow(cleaned, label, digest, lang, pair), role, keys))
+        if near is not None and singles:
+            kept = [results[i] for i in singles]
+            for index, keys in zip(singles, near.keys([k.row.text for k in kept])):
+                results[index] = results[index]._replace(keys=keys)
         return results
 
 

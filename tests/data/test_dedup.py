@@ -3,12 +3,14 @@ and determinism across processes."""
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 
 import numpy as np
 import pytest
 
+import lmkit.data.dedup as dedup_module
 from lmkit.data.dedup import (
     ExactDeduper,
     NearDeduper,
@@ -16,6 +18,7 @@ from lmkit.data.dedup import (
     estimate_jaccard,
     lsh_params,
     minhash_signature,
+    minhash_signatures,
     pair_digest,
     shingles,
     text_digest,
@@ -97,6 +100,56 @@ def test_seed_changes_the_permutations():
     assert not np.array_equal(minhash_signature(doc(0), seed=1), minhash_signature(doc(0), seed=2))
 
 
+# The definition the vectorized signatures must equal, written plainly with Python integers.
+_MASK = (1 << 64) - 1
+
+
+def reference_signature(text: str, num_perm: int = 128, size: int = 5, seed: int = 1) -> list[int]:
+    words = shingles(text, size=1)  # size 1: the words themselves
+    if not words:
+        return [1 << 32] * num_perm
+    base = 0x9E3779B97F4A7C15
+
+    def word_hash(word: str) -> int:
+        return sum((ord(char) + 1) * pow(base, i, 1 << 64) for i, char in enumerate(word)) % (1 << 64) >> 32
+
+    hashes = [word_hash(w) for w in words]
+    width = min(size, len(hashes))
+    weights = [int(w) for w in dedup_module._coefficients(size, seed, "shingle")]
+    grams = [sum(h * w for h, w in zip(hashes[i:i + width], weights)) & _MASK
+             for i in range(len(hashes) - width + 1)]
+    a = [int(v) for v in dedup_module._coefficients(num_perm, seed, "a")]
+    b = [int(v) for v in dedup_module._coefficients(num_perm, seed, "b")]
+    return [min(((ai * (g >> 32) + bi) & _MASK) >> 32 for g in grams) for ai, bi in zip(a, b)]
+
+
+_ODD_TEXTS = [
+    "The cat sat on the mat, and the dog_sat on the log!",  # punctuation deleted, "_" kept
+    "Ünïcödé café naïve — “quoted” résumé Straße İstanbul",  # accents, dashes, quotes, lowercasing that grows
+    "e\u0301 combining marks stay: a\u0301\u0300 o\u0308, x",  # decomposed accents
+    "東京タワーは高い tower 123 東",  # CJK characters are words of their own
+    "東\u0301京 𠀀𠀁x 𠀂 hi🙂there, ok",  # a mark after one, ideographs beyond 0xFFFF, an emoji between letters
+    "tab\tand\u3000ideographic\xa0spaces\u2003em\nlines",  # every kind of whitespace separates words
+    "two words", "one", "", " ... !! ___ ", "🙂🙂 🙂",  # short, empty, punctuation only, emoji
+    "lone \udcff surrogate from undecodable bytes here ok",
+    "x " * 40,  # repeated shingles
+]
+
+
+@pytest.mark.parametrize("text", _ODD_TEXTS)
+def test_signature_matches_the_plain_definition(text):
+    assert minhash_signature(text, num_perm=16).tolist() == reference_signature(text, num_perm=16)
+
+
+def test_batch_signatures_match_one_at_a_time():
+    texts = _ODD_TEXTS + [doc(i, 30 + i) for i in range(0, 200, 37)] + _ODD_TEXTS[::-1]
+    batch = minhash_signatures(texts, num_perm=32)
+    assert batch.shape == (len(texts), 32)
+    for text, signature in zip(texts, batch):
+        np.testing.assert_array_equal(signature, minhash_signature(text, num_perm=32))
+    assert minhash_signatures([], num_perm=32).shape == (0, 32)
+
+
 def test_long_document_chunked_signature_matches_unchunked(monkeypatch):
     import lmkit.data.dedup as dedup
 
@@ -140,15 +193,27 @@ def test_lsh_params_match_a_reference_minimization(threshold):
 
 
 def test_band_keys_never_collide_across_bands():
-    constant = np.full(128, 7, dtype=np.uint64)  # every band has the same content
-    keys = band_keys(constant, bands=16, rows=8)
+    constant = np.full((1, 128), 7, dtype=np.uint64)  # every band has the same content
+    [keys] = band_keys(constant, bands=16, rows=8)
     assert len(set(keys)) == 16
     assert all(0 <= key < 2**64 for key in keys)
 
 
+def test_band_keys_are_blake2b_of_each_band_with_its_index():
+    signatures = _RNG.integers(0, 2**32, size=(3, 20), dtype=np.uint64)
+    keys = band_keys(signatures, bands=3, rows=6)
+    for signature, text_keys in zip(signatures, keys):
+        expected = []
+        for band in range(3):
+            content = b"".join(int(v).to_bytes(8, "little") for v in signature[band * 6:(band + 1) * 6])
+            digest = int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "little")
+            expected.append(digest >> 2 << 2 | band)
+        assert text_keys == expected
+
+
 def test_band_keys_reject_too_many_rows():
     with pytest.raises(ValueError):
-        band_keys(np.zeros(16, dtype=np.uint64), bands=5, rows=4)
+        band_keys(np.zeros((1, 16), dtype=np.uint64), bands=5, rows=4)
 
 
 # --- near-duplicate decisions ----------------------------------------------------------------
@@ -166,16 +231,16 @@ def test_two_changed_words_in_200_is_a_near_duplicate_unrelated_is_not():
     near = _edit(original, [50, 150])
     assert true_jaccard(original, near) > 0.85
     dedup = NearDeduper(threshold=0.8)
-    assert dedup.is_duplicate(dedup.keys(original)) is False
-    assert dedup.is_duplicate(dedup.keys(near)) is True
-    assert dedup.is_duplicate(dedup.keys(doc(300))) is False
+    assert dedup.is_duplicate(dedup.keys([original])[0]) is False
+    assert dedup.is_duplicate(dedup.keys([near])[0]) is True
+    assert dedup.is_duplicate(dedup.keys([doc(300)])[0]) is False
 
 
 def test_first_document_of_a_cluster_survives():
     original = doc(0)
     cluster = [_edit(original, [10]), original, _edit(original, [100, 180]), doc(300)]
     dedup = NearDeduper()
-    assert [dedup.is_duplicate(dedup.keys(text)) for text in cluster] == [False, True, True, False]
+    assert [dedup.is_duplicate(keys) for keys in dedup.keys(cluster)] == [False, True, True, False]  # one batch
 
 
 def test_a_document_near_any_earlier_one_is_dropped_kept_or_not():
@@ -201,12 +266,13 @@ def test_pairs_are_near_duplicates_only_when_both_texts_are():
 def test_documents_without_shingles_are_never_near_duplicates():
     # Without words every signature slot is empty, so all such documents would share every band.
     dedup = NearDeduper()
-    for text in ["!!! ???", "\U0001f44d\U0001f44d", "", "  \n ", "!!! ???"]:
-        assert dedup.keys(text) == []
-        assert dedup.is_duplicate(dedup.keys(text)) is False
+    texts = ["!!! ???", "\U0001f44d\U0001f44d", "", "  \n ", "!!! ???"]
+    assert dedup.keys(texts) == [[]] * len(texts)
+    for keys in dedup.keys(texts):
+        assert dedup.is_duplicate(keys) is False
     assert dedup.is_duplicate([]) is False
     assert dedup._seen == set()  # nothing remembered
-    assert dedup.is_duplicate(dedup.keys(doc(0))) is False
+    assert dedup.is_duplicate(dedup.keys([doc(0)])[0]) is False
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
@@ -234,9 +300,9 @@ def test_signatures_and_keys_identical_in_a_spawned_process(monkeypatch):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         child_hash = pool.apply(hash, ("salted probe",))
         child_signature = pool.apply(minhash_signature, (text,), {"num_perm": 64})
-        child_keys = pool.apply(near.keys, (text,))
+        child_keys = pool.apply(near.keys, ([text],))
         child_digest = pool.apply(text_digest, (text,))
     assert child_hash != hash("salted probe")
     np.testing.assert_array_equal(child_signature, minhash_signature(text, num_perm=64))
-    assert child_keys == near.keys(text)
+    assert child_keys == near.keys([text])
     assert child_digest == text_digest(text)

@@ -185,7 +185,8 @@ def test_bad_thresholds_reported_together():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-_MIXED = st.text(alphabet=st.sampled_from(list("ab Z9_-.#…é\u0301ß \t\n\u00a0\u2003\x1c東京ｱ한1٣")), max_size=60)
+_MIXED = st.text(alphabet=st.sampled_from(list("ab Z9_-.#…é\u0301ß \t\n\u00a0\u2003\x1c東京ｱ한1٣²—🙂\udcff")),
+                 max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
