@@ -67,7 +67,8 @@ def clean_text(text: str, normalization: str = "NFC", strip_html: bool = False) 
     _check_normalization(normalization)
     if strip_html:
         text = html_to_text(text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _ANY_CONTROL.search(text):
         text = text.translate(_CONTROL_TABLE)
     if normalization != "none":
@@ -92,10 +93,15 @@ def _tidy_whitespace(text: str) -> str:
     Leading indentation is kept because code and poetry carry meaning in it; each tab of it
     becomes one space like any other whitespace character.
     """
-    text = _OTHER_WHITESPACE.sub(" ", text)
-    text = _INNER_SPACE_RUN.sub(" ", text)
-    text = _TRAILING_SPACES.sub("", text)  # also empties lines made only of spaces
-    text = _EXTRA_NEWLINES.sub("\n\n", text)
+    # Each substitution only where a fast substring test finds something for it to do: most texts need none.
+    if "\t" in text or not text.isascii():  # ASCII's other whitespace is a control character, gone by now
+        text = _OTHER_WHITESPACE.sub(" ", text)
+    if "  " in text:
+        text = _INNER_SPACE_RUN.sub(" ", text)
+    if " \n" in text or text.endswith(" "):
+        text = _TRAILING_SPACES.sub("", text)  # also empties lines made only of spaces
+    if "\n\n\n" in text:
+        text = _EXTRA_NEWLINES.sub("\n\n", text)
     return text.strip("\n")
 
 
