@@ -50,6 +50,12 @@ seed. Results: a markdown table on stdout and benchmarks/out/time_to_loss.json.
 
     python benchmarks/time_to_loss.py --nanogpt /tmp/nanoGPT/model.py                 # 3 seeds of 15 minutes
     python benchmarks/time_to_loss.py --nanogpt /tmp/nanoGPT/model.py --minutes 1 --seeds 1   # a smoke run
+
+lmkit reaches nanoGPT's 15-minute loss in a few of its minutes, so ``--lmkit-minutes 4`` trains it for
+less: its curve up to then is the same, since its rate is constant after warmup and the script passes the
+``--compile`` choice its defaults make for nanoGPT's budget. ``--nanogpt-from OUT.json`` takes nanoGPT's
+curves from an earlier run (the same budget and dataset) for the seeds that run holds, so that a change to
+lmkit is measured again without 15 more minutes of nanoGPT a seed.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lmkit.training.options import COMPILE_AUTO_MINUTES
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -286,10 +294,13 @@ def in_child(kind: str, settings: dict) -> dict:
 # -- lmkit's side ----------------------------------------------------------------------------------
 
 def run_lmkit(dataset: Path, run_dir: Path, seed: int, budget_s: float, warm_cache: bool,
-              checkpoint_every: int | None) -> dict:
-    """`lmkit pretrain` as a user runs it, in a fresh process; its output goes to RUN.log."""
+              checkpoint_every: int | None, compile_flag: str | None = None) -> dict:
+    """`lmkit pretrain` as a user runs it, in a fresh process; its output goes to RUN.log. ``compile_flag``: the
+    choice its --compile auto makes for nanoGPT's budget, given when lmkit's own budget is shorter."""
     command = [sys.executable, "-m", "lmkit", "pretrain", str(dataset), "--out", str(run_dir), "--model", LMKIT_MODEL,
                "--seed", str(seed), "--max-time", f"{budget_s:g}s", "--keep-last", str(LMKIT_KEEP_LAST), "--force"]
+    if compile_flag:
+        command.append(compile_flag)
     if checkpoint_every:
         command += ["--checkpoint-every", str(checkpoint_every)]
     cache = None if warm_cache else tempfile.mkdtemp(prefix="lmkit-ttl-inductor-")
@@ -312,7 +323,8 @@ def run_lmkit(dataset: Path, run_dir: Path, seed: int, budget_s: float, warm_cac
             "first_line": first_line.strip()}
 
 
-def lmkit_clock(records: list[dict], checkpoint_every: int = LMKIT_CHECKPOINT_EVERY) -> dict:
+def lmkit_clock(records: list[dict], checkpoint_every: int = LMKIT_CHECKPOINT_EVERY,
+                eval_every: int = LMKIT_EVAL_EVERY) -> dict:
     """Training seconds at each logged step: elapsed_s less validation and checkpoint time. The logged interval
     that follows a step where lmkit validated or saved (a multiple of its --eval-every / --checkpoint-every) is
     counted at the median step time of the last 20 clean intervals instead."""
@@ -321,7 +333,7 @@ def lmkit_clock(records: list[dict], checkpoint_every: int = LMKIT_CHECKPOINT_EV
     previous_step, previous_elapsed, total = 0, 0.0, 0.0
     for step, elapsed in train:
         seconds = elapsed - previous_elapsed
-        interrupted = any(b > 0 and (b % LMKIT_EVAL_EVERY == 0 or b % checkpoint_every == 0)
+        interrupted = any(b > 0 and (b % eval_every == 0 or b % checkpoint_every == 0)
                           for b in range(previous_step, step))
         if interrupted and clean:
             per_step = statistics.median(clean[-20:])
@@ -373,13 +385,26 @@ def crossing(curve: list[dict], target: float) -> dict:
 
 # -- the benchmark ---------------------------------------------------------------------------------
 
-def one_seed(seed: int, args, dataset: Path, data: dict, work: Path) -> dict:
+def one_seed(seed: int, args, dataset: Path, data: dict, work: Path, earlier: dict | None = None) -> dict:
+    """One seed of both sides; ``earlier``: this seed's result in an earlier run (--nanogpt-from), whose nanoGPT
+    side is taken as it is."""
     budget_s = args.minutes * 60
     shared = {"val_bin": str(work / "val.bin"), "val_windows": args.val_windows, "threads": args.threads}
     order = ["nanogpt", "lmkit"] if seed % 2 == 0 else ["lmkit", "nanogpt"]
     result: dict = {"seed": seed, "order": order}
+    lmkit_budget_s = (args.lmkit_minutes or args.minutes) * 60
+    # A shorter lmkit budget must not change what lmkit's defaults do in nanoGPT's: --compile auto decides by the
+    # run's length (its schedule does not: time alone bounds it, so the rate is constant after warmup).
+    compile_flag = None
+    if lmkit_budget_s < budget_s:
+        compile_flag = "--compile" if args.minutes >= COMPILE_AUTO_MINUTES else "--no-compile"
+    if earlier is not None:
+        result["nanogpt"] = earlier["nanogpt"]
+        result["nanogpt_from"] = str(args.nanogpt_from)
+        order = ["lmkit"]
     for side in order:
-        print(f"seed {seed}: training {side} for {args.minutes:g} min ...", file=sys.stderr, flush=True)
+        minutes = (budget_s if side == "nanogpt" else lmkit_budget_s) / 60
+        print(f"seed {seed}: training {side} for {minutes:g} min ...", file=sys.stderr, flush=True)
         if side == "nanogpt":
             result["nanogpt"] = in_child("nanogpt", {**shared, "seed": seed, "budget_s": budget_s,
                                                      "eval_every": args.eval_every, "nanogpt": args.nanogpt,
@@ -387,7 +412,8 @@ def one_seed(seed: int, args, dataset: Path, data: dict, work: Path) -> dict:
                                                      "train_bin": str(work / "train.bin")})
         else:
             run_dir = work / f"lmkit-seed{seed}"
-            run = run_lmkit(dataset, run_dir, seed, budget_s, args.warm_compile_cache, args.lmkit_checkpoint_every)
+            run = run_lmkit(dataset, run_dir, seed, lmkit_budget_s, args.warm_compile_cache,
+                            args.lmkit_checkpoint_every, compile_flag)
             clock = lmkit_clock(run["records"], args.lmkit_checkpoint_every or LMKIT_CHECKPOINT_EVERY)
             # Coarse first: checkpoints about --eval-every training seconds apart, and the final one.
             paths, last = [], -math.inf
@@ -449,7 +475,8 @@ def report(results: dict) -> None:
         n, m = seeds[0]["nanogpt"]["parameters"], seeds[0]["lmkit"]["parameters"]
         print(f"parameters: nanoGPT {n['non_embedding']:,} non-embedding ({n['total']:,} in all); lmkit {LMKIT_MODEL} "
               f"{m['non_embedding']:,} non-embedding ({m['total']:,} in all)")
-    print(f"budget: {results['minutes']:g} min of training time per side\n")
+    lmkit_minutes = results.get("lmkit_minutes", results["minutes"])
+    print(f"budget: {results['minutes']:g} min of training time for nanoGPT, {lmkit_minutes:g} for lmkit\n")
     print("| seed | nanoGPT val loss at budget (steps, tokens) | nanoGPT time to it | lmkit time to it (steps) | "
           "lmkit / nanoGPT | lmkit val loss at budget (steps, tokens) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -510,6 +537,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", help="nanoGPT's model.py (from a clone of karpathy/nanoGPT)")
     parser.add_argument("--minutes", type=float, default=15.0, help="training time per side and seed")
+    parser.add_argument("--lmkit-minutes", type=float, default=None,
+                        help="lmkit's training time per seed, when it needs less than nanoGPT's to reach nanoGPT's "
+                             "loss (its learning rate does not depend on --max-time, so its curve up to then is the "
+                             "same); default: --minutes")
+    parser.add_argument("--nanogpt-from", type=Path, default=None,
+                        help="an earlier run's time_to_loss.json: take nanoGPT's curve of each seed it holds from it "
+                             "(same --minutes and dataset) instead of training nanoGPT again")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, the sides alternating which runs first")
     parser.add_argument("--eval-every", type=float, default=45.0, help="training seconds between validations")
     parser.add_argument("--val-windows", type=int, default=160, help="validation windows of 256 tokens scored")
@@ -542,14 +576,22 @@ def main() -> None:
                     "--val-fraction", str(VAL_FRACTION), "--force"], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     data = in_child("export", {"dataset": str(dataset), "out": str(work)})
-    results: dict = {"corpus": corpus, "data": data, "minutes": args.minutes, "val_windows": args.val_windows,
+    results: dict = {"corpus": corpus, "data": data, "minutes": args.minutes,
+                     "lmkit_minutes": args.lmkit_minutes or args.minutes, "val_windows": args.val_windows,
                      "eval_every_s": args.eval_every, "nanogpt_recipe": NANOGPT, "lmkit_model": LMKIT_MODEL,
                      "threads": args.threads, "cores": os.cpu_count(), "seeds": []}
     print(f"corpus: {corpus['chapters']} chapters; {data['splits']['train']['tokens']:,} train tokens, "
           f"{data['splits']['validation']['tokens']:,} validation tokens, vocabulary {data['vocab_size']}",
           file=sys.stderr, flush=True)
+    earlier = {}
+    if args.nanogpt_from:
+        before = json.loads(args.nanogpt_from.read_text())
+        if before.get("minutes") != args.minutes or before.get("data", {}).get("dataset_id") != data["dataset_id"]:
+            raise SystemExit(f"time_to_loss.py: --nanogpt-from {args.nanogpt_from}: its runs had another budget or "
+                             "dataset")
+        earlier = {r["seed"]: r for r in before["seeds"]}
     for seed in range(args.seeds):
-        results["seeds"].append(one_seed(seed, args, dataset, data, work))
+        results["seeds"].append(one_seed(seed, args, dataset, data, work, earlier.get(seed)))
         results["summary"] = summarize(results["seeds"])
         results["seconds"] = round(time.perf_counter() - started, 1)
         (OUT / "time_to_loss.json").write_text(json.dumps(results, indent=2) + "\n")
