@@ -562,6 +562,24 @@ def _cpu_model() -> str:
 PEER_WORDS = {"spacy": "datatrove", "whitespace": "datatrove, whitespace words"}
 
 
+def side_by_side(corpus: Path, tokenizer: Path, input_bytes: int, workers: int, rounds: int) -> None:
+    """lmkit's run and the ceiling right after it, ``rounds`` times: the ratio of each round, both sides measured
+    within a minute of each other. Results: stdout and benchmarks/out/preprocess_ceiling_rounds.json."""
+    rows = []
+    for round_ in range(rounds):
+        run = run_lmkit(corpus, tokenizer, WORK / "run-lmkit", workers)
+        ceiling = run_ceiling(corpus, tokenizer)
+        ceiling_mb_s = ceiling["bytes"] / 1e6 / ceiling["encode_batch"]["seconds"]
+        kept_mb = run["stats"]["bytes"] / 1e6
+        rows.append({"round": round_ + 1, "lmkit_s": round(run["seconds"], 2),
+                     "phase_seconds": run["stats"].get("phase_seconds"), "kept_text_mb": round(kept_mb, 3),
+                     "ceiling_mb_s": round(ceiling_mb_s, 3),
+                     "kept_ratio": round(kept_mb / run["seconds"] / (workers * ceiling_mb_s), 3),
+                     "input_ratio": round(input_bytes / 1e6 / run["seconds"] / (workers * ceiling_mb_s), 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    (OUT / "preprocess_ceiling_rounds.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=50, help="corpus size in MB (default 50)")
@@ -573,6 +591,9 @@ def main() -> None:
     parser.add_argument("--profile-mb", type=float, default=5, help="MB of the corpus for lmkit's step profile")
     parser.add_argument("--agreement-mb", type=float, default=2,
                         help="MB of the corpus on which both sides' filters are compared document by document")
+    parser.add_argument("--ceiling-rounds", type=int, default=0,
+                        help="only lmkit against the ceiling: this many rounds of an lmkit run followed at once by "
+                             "the ceiling, each round's ratio (this machine's speed drifts over minutes)")
     args = parser.parse_args()
     variants = [w.strip() for w in args.peer_words.split(",") if w.strip()]
     if not variants or any(w not in PEER_WORDS for w in variants):
@@ -582,6 +603,9 @@ def main() -> None:
     corpus = WORK / f"corpus-{args.mb:g}mb"
     info = write_corpus(corpus, args.mb, seed=1)
     tokenizer = prepare_tokenizer(corpus, WORK)
+    if args.ceiling_rounds:
+        side_by_side(corpus, tokenizer, info["bytes"], args.workers, args.ceiling_rounds)
+        return
     prepare_peer()
     mb = info["bytes"] / 1e6
     print(f"corpus: {mb:.1f} MB, {info['documents']:,} documents in {info['files']} JSONL files ({corpus}); "
