@@ -292,8 +292,9 @@ class HFTokenizer:
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        # encode_batch_fast (tokenizers >= 0.20.2) skips the character offsets no caller of this needs:
-        # 1.2-1.45x faster in preprocessing's tokenizing pass (benchmarks/preprocess_peer.py).
+        # encode_batch_fast (tokenizers >= 0.20.2) skips the character offsets no caller of this needs. Its gain is
+        # small and not steady: 1.05-1.2x on 6,000 documents alternating, within noise over a whole 44 MB corpus
+        # (benchmarks/preprocess_peer.py's ceiling line measures both).
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
         return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
