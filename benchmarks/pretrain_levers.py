@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from time_to_loss import LMKIT_MODEL, OUT, ROOT, VAL_FRACTION, crossing, kjv_corpus, lmkit_clock  # noqa: E402
+from time_to_loss import LMKIT_MODEL, OUT, ROOT, crossing, kjv_dataset, lmkit_clock  # noqa: E402
 
 LEVERS = {"defaults": [], "muon": ["--optimizer", "muon"], "qk-norm": ["--qk-norm"], "wsd": ["--schedule", "wsd"]}
 
@@ -40,12 +40,7 @@ LEVERS = {"defaults": [], "muon": ["--optimizer", "muon"], "qk-norm": ["--qk-nor
 def dataset(work: Path) -> Path:
     """time_to_loss.py's dataset: reused when it is there, else built the same way."""
     data = work / "data"
-    if not (data / "manifest.json").is_file():
-        kjv_corpus(work / "kjv.jsonl")
-        subprocess.run([sys.executable, "-m", "lmkit", "preprocess", str(work / "kjv.jsonl"), "--out", str(data),
-                        "--val-fraction", str(VAL_FRACTION), "--force"], check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return data
+    return data if (data / "manifest.json").is_file() else kjv_dataset(work)[1]
 
 
 def train(data: Path, run_dir: Path, seed: int, flags: list[str], steps: int, eval_every: int) -> dict:

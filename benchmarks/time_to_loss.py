@@ -117,6 +117,16 @@ def kjv_corpus(path: Path) -> dict:
             "packages": versions, "chapters": len(chapters), "verses": verses, "bytes": len(text.encode())}
 
 
+def kjv_dataset(work: Path) -> tuple[dict, Path]:
+    """The corpus (``kjv_corpus``) tokenized once by `lmkit preprocess` with its defaults: WORK/data."""
+    corpus = kjv_corpus(work / "kjv.jsonl")
+    dataset = work / "data"
+    subprocess.run([sys.executable, "-m", "lmkit", "preprocess", str(work / "kjv.jsonl"), "--out", str(dataset),
+                    "--val-fraction", str(VAL_FRACTION), "--force"], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return corpus, dataset
+
+
 # -- child processes -------------------------------------------------------------------------------
 
 def shared_val_loss(logits_of, windows, batch: int = 16) -> float:
@@ -570,11 +580,7 @@ def main() -> None:
     started = time.perf_counter()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    corpus = kjv_corpus(work / "kjv.jsonl")
-    dataset = work / "data"
-    subprocess.run([sys.executable, "-m", "lmkit", "preprocess", str(work / "kjv.jsonl"), "--out", str(dataset),
-                    "--val-fraction", str(VAL_FRACTION), "--force"], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    corpus, dataset = kjv_dataset(work)
     data = in_child("export", {"dataset": str(dataset), "out": str(work)})
     results: dict = {"corpus": corpus, "data": data, "minutes": args.minutes,
                      "lmkit_minutes": args.lmkit_minutes or args.minutes, "val_windows": args.val_windows,
