@@ -181,3 +181,15 @@ def test_clean_text_is_idempotent(text, normalization):
 def test_cleaned_html_is_stable_under_plain_cleaning(text, normalization):
     once = clean_text(text, normalization=normalization, strip_html=True)
     assert clean_text(once, normalization=normalization) == once
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(_TRICKY + list("  \n\n\n  x"))))
+def test_whitespace_tidying_skips_only_substitutions_with_nothing_to_do(text):
+    # clean_text tests for each substitution's work before running it; running all four always is the definition.
+    text = text.replace("\r", "\n").translate(cleaning._CONTROL_TABLE)  # what _tidy_whitespace is given
+    expected = cleaning._OTHER_WHITESPACE.sub(" ", text)
+    expected = cleaning._INNER_SPACE_RUN.sub(" ", expected)
+    expected = cleaning._TRAILING_SPACES.sub("", expected)
+    expected = cleaning._EXTRA_NEWLINES.sub("\n\n", expected).strip("\n")
+    assert cleaning._tidy_whitespace(text) == expected
